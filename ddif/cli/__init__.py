@@ -1,0 +1,1 @@
+"""Command-line interface (``ddif ...``), generated from the dataclass configs."""

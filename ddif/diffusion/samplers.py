@@ -1,0 +1,149 @@
+"""Samplers for an x0-predicting network, in the style of diffusers schedulers
+(``set_timesteps(n)``, ``timesteps``, ``step(model_output, index, sample)``).
+
+- :class:`DDIMScheduler`: Song et al., "Denoising Diffusion Implicit Models" (ICLR 2021), with eta.
+- :class:`DDPMScheduler`: ancestral sampling of Ho et al. (NeurIPS 2020) on a respaced schedule
+  (Nichol & Dhariwal, 2021).
+
+Respaced steps always map back to the training timesteps they stand for: ``timesteps`` holds
+training timesteps, and those are what the network is fed (the published loop fed the step
+index instead; see :func:`ddif.diffusion.sample` with ``legacy_published_sampler=True``).
+All coefficients are computed in float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ddif.diffusion.schedule import NoiseSchedule
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def respace(num_train: int, num_steps: int, spacing: str = "leading") -> torch.Tensor:
+    """Training timesteps (descending) used by an ``num_steps``-step sampler.
+
+    leading:  {0, k, 2k, ...} with k = T // n (guided-diffusion's "ddimN": 25 of 500 -> 480, ..., 20, 0);
+    trailing: {T-1, T-1-k, ...} (starts at the noisiest step);
+    linspace: round(linspace(0, T-1, n)).
+    """
+    if not 1 <= num_steps <= num_train:
+        raise ValueError(f"number of sampling steps must be in [1, {num_train}], got {num_steps}")
+    if spacing == "leading":
+        k = num_train // num_steps
+        ts = torch.arange(num_steps, dtype=torch.int64) * k
+    elif spacing == "trailing":
+        k = num_train / num_steps
+        ts = (torch.round(torch.arange(num_train, 0, -k, dtype=torch.float64)) - 1).to(torch.int64).flip(0)
+    elif spacing == "linspace":
+        ts = torch.linspace(0, num_train - 1, num_steps, dtype=torch.float64).round().to(torch.int64)
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {SPACINGS}")
+    return ts.flip(0)
+
+
+@dataclass
+class SchedulerOutput:
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+class _RespacedScheduler:
+    def __init__(self, schedule: NoiseSchedule, spacing: str = "leading", clip_sample: float | None = None):
+        self.schedule = schedule
+        self.spacing = spacing
+        self.clip_sample = clip_sample
+        self.timesteps = torch.empty(0, dtype=torch.int64)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.schedule.num_timesteps
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        self.timesteps = respace(self.num_train_timesteps, num_inference_steps, self.spacing)
+        ab = self.schedule.alphas_cumprod
+        self._ab = ab[self.timesteps]
+        # alpha_bar of the step each one leads to; the last step leads to the clean image
+        self._ab_prev = torch.cat([ab[self.timesteps[1:]], torch.ones(1, dtype=torch.float64)])
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def _coef(self, value: float, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(value, dtype=like.dtype, device=like.device)
+
+    def _clip(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0.clamp(-self.clip_sample, self.clip_sample) if self.clip_sample is not None else x0
+
+    def _check(self, index: int) -> None:
+        if not len(self.timesteps):
+            raise RuntimeError("call set_timesteps(n) before step()")
+        if not 0 <= index < len(self.timesteps):
+            raise IndexError(f"step index {index} out of range [0, {len(self.timesteps)})")
+
+
+class DDIMScheduler(_RespacedScheduler):
+    """x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z."""
+
+    def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, spacing: str = "leading",
+                 clip_sample: float | None = None):
+        super().__init__(schedule, spacing, clip_sample)
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.eta = eta
+
+    def step(self, model_output: torch.Tensor, index: int, sample: torch.Tensor,
+             generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> SchedulerOutput:
+        """One step from ``timesteps[index]`` given the network's x0 prediction."""
+        self._check(index)
+        ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
+        x0 = self._clip(model_output)
+        eps = (sample - ab ** 0.5 * x0) / (1 - ab) ** 0.5
+        sigma = self.eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
+        dir_coef = max(1 - ab_prev - sigma ** 2, 0.0) ** 0.5
+        prev = ab_prev ** 0.5 * x0 + dir_coef * eps
+        if sigma > 0:
+            if noise is None:
+                noise = _randn_like(sample, generator)
+            prev = prev + sigma * noise
+        return SchedulerOutput(prev, x0)
+
+
+class DDPMScheduler(_RespacedScheduler):
+    """Ancestral sampling from the posterior q(x_prev | x_t, x0) of the respaced chain."""
+
+    def step(self, model_output: torch.Tensor, index: int, sample: torch.Tensor,
+             generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> SchedulerOutput:
+        self._check(index)
+        ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
+        beta = 1 - ab / ab_prev
+        x0 = self._clip(model_output)
+        c0 = ab_prev ** 0.5 * beta / (1 - ab)
+        ct = (1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab)
+        prev = c0 * x0 + ct * sample
+        var = beta * (1 - ab_prev) / (1 - ab)
+        if index < len(self.timesteps) - 1 and var > 0:
+            if noise is None:
+                noise = _randn_like(sample, generator)
+            prev = prev + var ** 0.5 * noise
+        return SchedulerOutput(prev, x0)
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    # Drawn on the generator's device (CPU by default) so results do not depend on the device.
+    gen_device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=gen_device, dtype=torch.float32).to(x.device, x.dtype)
+
+
+SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+
+
+def make_scheduler(name: str, schedule: NoiseSchedule, eta: float = 0.0, spacing: str = "leading",
+                   clip_sample: float | None = None) -> _RespacedScheduler:
+    name = name.lower()
+    if name == "ddim":
+        return DDIMScheduler(schedule, eta=eta, spacing=spacing, clip_sample=clip_sample)
+    if name == "ddpm":
+        return DDPMScheduler(schedule, spacing=spacing, clip_sample=clip_sample)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SCHEDULERS)}")

@@ -1,0 +1,115 @@
+"""High-level entry point: ``ddif.Fuser(model).fuse(lms, pan)`` -> fused image in [0, 1]."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ddif.diffusion.samplers import make_scheduler
+from ddif.diffusion.sampling import _as_generator, sample_residual
+from ddif.diffusion.schedule import NoiseSchedule
+from ddif.utils.validation import check_image
+
+# Images are DN / max_DN; values far outside [0, 1] mean the caller forgot to normalise.
+PLAUSIBLE_RANGE = (-0.5, 3.0)
+
+
+class Fuser:
+    """Fuse an upsampled MS/HS image ``lms`` with its guide ``pan`` (PAN or RGB).
+
+    Any H x W is accepted: inputs are padded (reflect) to the network's multiple and cropped
+    back. Batches are processed ``batch_size`` images at a time; the initial noise is drawn for
+    the whole batch up front from ``seed`` so that the result does not depend on ``batch_size``
+    or on the device.
+    """
+
+    def __init__(self, model, sampler: str | None = None, steps: int | None = None, *, eta: float | None = None,
+                 use_cache: bool = True, self_condition: bool = True, legacy_published_sampler: bool = False,
+                 batch_size: int | None = None, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None, clip_sample: float | None = None, progress: bool = False):
+        dcfg = model.preset.diffusion
+        self.model = model
+        if device is not None or dtype is not None:
+            self.model = model.to(device=device, dtype=dtype)
+        self.model.eval()
+        self.schedule = NoiseSchedule.from_config(dcfg)
+        self.scheduler = make_scheduler(sampler or dcfg.sampler, self.schedule,
+                                        eta=dcfg.eta if eta is None else eta, spacing=dcfg.timestep_spacing,
+                                        clip_sample=clip_sample)
+        self.steps = int(steps or dcfg.sample_steps)
+        self.scheduler.set_timesteps(self.steps)
+        self.use_cache = use_cache
+        self.self_condition = self_condition
+        self.legacy_published_sampler = legacy_published_sampler
+        self.batch_size = batch_size
+        self.progress = progress
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def check_inputs(self, lms: torch.Tensor, pan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        cfg = self.model.config
+        unbatched = isinstance(lms, torch.Tensor) and lms.dim() == 3
+        lms = check_image("lms", lms, channels=cfg.bands, allow_unbatched=True,
+                          channel_what=f"bands for preset '{self.model.preset.name}'")
+        pan = check_image("pan", pan, channels=cfg.guide_bands, allow_unbatched=True, batch=lms.shape[0],
+                          spatial=lms.shape[-2:], spatial_of="lms",
+                          channel_what="PAN band(s)" if cfg.guide_bands == 1 else "guide bands")
+        for name, x in (("lms", lms), ("pan", pan)):
+            lo, hi = float(x.min()), float(x.max())
+            if lo < PLAUSIBLE_RANGE[0] or hi > PLAUSIBLE_RANGE[1]:
+                raise ValueError(f"{name}: values span [{lo:g}, {hi:g}], expected images scaled to [0, 1] "
+                                 f"(divide digital numbers by the sensor's max DN, {cfg.max_dn:g} for this preset)")
+        return lms, pan, unbatched
+
+    @torch.no_grad()
+    def fuse(self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0,
+             generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+             return_residual: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Fused image clamp(lms + residual, 0, 1) with the input's shape ((C,H,W) or (B,C,H,W))."""
+        lms, pan, unbatched = self.check_inputs(lms, pan)
+        b, c, h, w = lms.shape
+        m = self.model.config.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        out_dtype = lms.dtype
+        lms_d = lms.to(self.device, self.dtype)
+        pan_d = pan.to(self.device, self.dtype)
+        if ph or pw:
+            mode = "reflect" if (ph < h and pw < w) else "replicate"
+            lms_d = F.pad(lms_d, (0, pw, 0, ph), mode=mode)
+            pan_d = F.pad(pan_d, (0, pw, 0, ph), mode=mode)
+        if noise is None:
+            gen = generator if generator is not None else _as_generator(seed)
+            noise = torch.randn(lms_d.shape, generator=gen, dtype=torch.float32,
+                                device=gen.device if gen is not None else "cpu")
+        elif tuple(noise.shape) != tuple(lms_d.shape):
+            raise ValueError(f"noise: expected shape {tuple(lms_d.shape)} (padded to a multiple of {m}), "
+                             f"got {tuple(noise.shape)}")
+        noise = noise.to(self.device, self.dtype)
+        step = self.batch_size or b
+        residuals = []
+        for start in range(0, b, step):
+            sl = slice(start, start + step)
+            residuals.append(sample_residual(
+                self.model, lms_d[sl], pan_d[sl], self.scheduler, noise=noise[sl], generator=gen_for_steps(seed, start),
+                use_cache=self.use_cache, self_condition=self.self_condition,
+                legacy_published_sampler=self.legacy_published_sampler, callback=callback))
+        residual = torch.cat(residuals)[..., :h, :w].to(lms.device, out_dtype)
+        result = residual if return_residual else (lms + residual).clamp(0, 1)
+        return result[0] if unbatched else result
+
+
+def gen_for_steps(seed: int | None, offset: int) -> torch.Generator | None:
+    """Generator for the per-step noise of stochastic samplers (DDPM, DDIM with eta > 0)."""
+    if seed is None:
+        return None
+    g = torch.Generator()
+    g.manual_seed(int(seed) * 1_000_003 + offset + 1)
+    return g
+

@@ -1,0 +1,302 @@
+"""The DDIF denoiser: an SR3-style U-Net whose encoder is modulated by CSM (coarse style from
+cat[lms, pan]) and whose decoder is modulated by FWM (linear attention against the Haar wavelet
+condition).
+
+Cao et al., "Diffusion model with disentangled modulations for sharpening multispectral and
+hyperspectral images", Information Fusion 104 (2024), arXiv:2304.04774.
+
+The network predicts the clean residual ``x0 = gt - lms`` from a noisy residual ``x_t``.
+Everything that depends only on the condition (lms, guide) is gathered by
+:meth:`DDIF.encode_condition` into a :class:`ConditionCache`, so a sampler computes it once per
+image rather than once per step; the uncached call is literally ``encode_condition`` followed
+by the cached denoiser, so both give bit-identical results.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ddif.config import ModelConfig, Preset, get_preset
+from ddif.models.blocks import (DecoderBlock, Downsample, EncoderBlock, MidBlock, NormActConv,
+                                TimestepEncoding, Upsample, resize_to)
+from ddif.utils.validation import check_image, check_timesteps
+from kernels.haar_dwt import wavelet_condition_ref
+
+CHECKPOINT_FORMAT = "ddif-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def checks_enabled() -> bool:
+    """Data-dependent input checks are skipped while tracing/exporting a graph."""
+    if torch.jit.is_tracing():
+        return False
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()):
+        return False
+    onnx = getattr(torch, "onnx", None)
+    return not (onnx is not None and onnx.is_in_onnx_export())
+
+
+@dataclass
+class ConditionCache:
+    """Everything the denoiser needs from (lms, guide), computed once per image.
+
+    styles:   per encoder block, the CSM (scale, shift) maps at the block's resolution;
+    contexts: per decoder block, the FWM context (B, heads, d, d);
+    wavelet:  the wavelet condition (B, C + 3P, H, W) they were computed from.
+    """
+
+    styles: list[tuple[torch.Tensor, torch.Tensor]]
+    contexts: list[torch.Tensor]
+    wavelet: torch.Tensor
+    size: tuple[int, int] = field(default=(0, 0))
+
+    @property
+    def batch(self) -> int:
+        return self.wavelet.shape[0]
+
+    def index_select(self, index: torch.Tensor) -> "ConditionCache":
+        pick = lambda t: t.index_select(0, index)  # noqa: E731
+        return ConditionCache([(pick(a), pick(b)) for a, b in self.styles],
+                              [pick(c) for c in self.contexts], pick(self.wavelet), self.size)
+
+    def to(self, *args, **kwargs) -> "ConditionCache":
+        mv = lambda t: t.to(*args, **kwargs)  # noqa: E731
+        return ConditionCache([(mv(a), mv(b)) for a, b in self.styles],
+                              [mv(c) for c in self.contexts], mv(self.wavelet), self.size)
+
+    def nbytes(self) -> int:
+        tensors = [t for pair in self.styles for t in pair] + list(self.contexts) + [self.wavelet]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class DDIF(nn.Module):
+    """DDIF denoiser. Parameter names follow the published checkpoint layout."""
+
+    def __init__(self, preset: Preset | ModelConfig | str = "wv3"):
+        super().__init__()
+        if isinstance(preset, str):
+            preset = get_preset(preset)
+        elif isinstance(preset, ModelConfig):
+            preset = Preset(name="custom", model=preset)
+        self.preset = preset
+        cfg = self.config = preset.model
+        width, groups, time_dim = cfg.base_width, cfg.norm_groups, cfg.base_width
+
+        self.noise_level_mlp = nn.Sequential(
+            TimestepEncoding(time_dim),
+            nn.Linear(time_dim, time_dim * 4),
+            nn.SiLU(),
+            nn.Linear(time_dim * 4, time_dim),
+        )
+
+        in_ch = cfg.bands * (2 if cfg.self_condition else 1)
+        downs: list[nn.Module] = [nn.Conv2d(in_ch, width, 3, padding=1)]
+        skip_dims = [width]
+        dim = width
+        res = cfg.image_size
+        for level, mult in enumerate(cfg.channel_mults):
+            dim_out = width * mult
+            with_attn = res in cfg.attn_resolutions
+            for _ in range(cfg.res_blocks):
+                downs.append(EncoderBlock(cfg.coarse_channels, dim, dim_out, time_dim, groups, cfg.dropout,
+                                          cfg.attn_heads, with_attn))
+                skip_dims.append(dim_out)
+                dim = dim_out
+            if level != cfg.num_levels - 1:
+                downs.append(Downsample(dim))
+                skip_dims.append(dim)
+                res //= 2
+        self.downs = nn.ModuleList(downs)
+
+        self.mid = nn.ModuleList([
+            MidBlock(dim, time_dim, groups, cfg.dropout, cfg.attn_heads, with_attn=True),
+            MidBlock(dim, time_dim, groups, cfg.dropout, cfg.attn_heads, with_attn=False),
+        ])
+
+        ups: list[nn.Module] = []
+        for level, mult in reversed(list(enumerate(cfg.channel_mults))):
+            dim_out = width * mult
+            with_attn = res in cfg.attn_resolutions
+            for _ in range(cfg.res_blocks + 1):
+                ups.append(DecoderBlock(cfg.wavelet_channels, dim + skip_dims.pop(), dim_out, time_dim, groups,
+                                        cfg.dropout, cfg.drop_path, cfg.attn_heads, cfg.fwm_heads, with_attn))
+                dim = dim_out
+            if level != 0:
+                ups.append(Upsample(dim))
+                res *= 2
+        self.ups = nn.ModuleList(ups)
+        self.final_conv = NormActConv(dim, cfg.bands, groups)
+
+    # ------------------------------------------------------------------ construction / IO
+    @classmethod
+    def from_preset(cls, name: str, **model_overrides: Any) -> "DDIF":
+        preset = get_preset(name)
+        for key, value in model_overrides.items():
+            if not hasattr(preset.model, key):
+                raise ValueError(f"unknown model option {key!r}")
+            setattr(preset.model, key, value)
+        preset.model.__post_init__()
+        return cls(preset)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+        """Write weights + config + metadata atomically, and the config as JSON beside it."""
+        from ddif.utils.io import atomic_torch_save
+
+        path = Path(path)
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "config": self.preset.to_json(),
+            "metadata": json.dumps(metadata or {}),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+        atomic_torch_save(payload, path)
+        self.preset.save_json(path.with_suffix(".json"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "DDIF":
+        """Load an engine checkpoint written by :meth:`save` (``weights_only=True``)."""
+        payload = read_checkpoint(path, map_location)
+        if payload.get("format") != CHECKPOINT_FORMAT or "state_dict" not in payload:
+            raise ValueError(f"{path}: not a ddif checkpoint (no 'format': '{CHECKPOINT_FORMAT}' entry); "
+                             "for checkpoints of the published code use ddif.models.load_published")
+        model = cls(Preset.from_json(payload["config"]))
+        from ddif.models.published import load_state_dict_checked
+
+        load_state_dict_checked(model, payload["state_dict"], source=str(path))
+        model.metadata = json.loads(payload.get("metadata") or "{}")
+        return model.eval()
+
+    # ------------------------------------------------------------------ condition
+    def check_condition(self, lms: torch.Tensor, pan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        guide_what = "PAN band(s)" if cfg.guide_bands == 1 else "guide bands"
+        lms = check_image("lms", lms, channels=cfg.bands, channel_what=f"bands for preset '{self.preset.name}'")
+        pan = check_image("pan", pan, channels=cfg.guide_bands, channel_what=guide_what,
+                          batch=lms.shape[0], spatial=lms.shape[-2:], spatial_of="lms")
+        self.check_size(lms.shape[-2:], "lms")
+        return lms, pan
+
+    def check_size(self, size, name: str) -> None:
+        m = self.config.size_multiple
+        if size[0] % m or size[1] % m:
+            raise ValueError(f"{name}: spatial size {size[0]}x{size[1]} is not a multiple of {m} (the network "
+                             f"halves it {self.config.num_levels - 1} times); pad it, or use ddif.Fuser which pads and crops")
+
+    def _param_dtype(self) -> torch.dtype:
+        return self.downs[0].weight.dtype
+
+    def wavelet_condition(self, lms: torch.Tensor, pan: torch.Tensor) -> torch.Tensor:
+        return wavelet_condition_ref(lms, pan, self.config.detail_order)
+
+    def encode_condition(self, lms: torch.Tensor, pan: torch.Tensor) -> ConditionCache:
+        """Compute every condition-only tensor once: CSM styles, FWM contexts, wavelet condition."""
+        if checks_enabled():
+            lms, pan = self.check_condition(lms, pan)
+        dtype = self._param_dtype()
+        lms, pan = lms.to(dtype), pan.to(dtype)
+        coarse = torch.cat([lms, pan], dim=1)
+        wavelet = self.wavelet_condition(lms, pan)
+        h, w = lms.shape[-2:]
+
+        styles = []
+        coarse_at: dict[tuple[int, int], torch.Tensor] = {}
+        size = (h, w)
+        for block in self.downs[1:]:
+            if isinstance(block, Downsample):
+                size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
+                continue
+            if size not in coarse_at:
+                coarse_at[size] = resize_to(coarse, size)
+            styles.append(block.cond_inj.style(coarse_at[size]))
+
+        contexts = []
+        wavelet_at: dict[tuple[int, int], torch.Tensor] = {}
+        for block in self.ups:
+            if isinstance(block, Upsample):
+                size = (size[0] * 2, size[1] * 2)
+                continue
+            if size not in wavelet_at:
+                wavelet_at[size] = resize_to(wavelet, size)
+            contexts.append(block.cond_inj.context(wavelet_at[size]))
+        return ConditionCache(styles, contexts, wavelet, (h, w))
+
+    # ------------------------------------------------------------------ denoiser
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        lms: torch.Tensor | None = None,
+        pan: torch.Tensor | None = None,
+        self_cond: torch.Tensor | None = None,
+        cache: ConditionCache | None = None,
+    ) -> torch.Tensor:
+        """Predict the clean residual x0 from the noisy residual ``x_t`` at training timesteps ``t``.
+
+        Give either (lms, pan) or a ``cache`` from :meth:`encode_condition`. Without
+        ``self_cond`` the network is fed ``x_t`` in its place (as the published network does).
+        """
+        if cache is None:
+            if lms is None or pan is None:
+                raise ValueError("forward needs either (lms, pan) or cache=model.encode_condition(lms, pan)")
+            cache = self.encode_condition(lms, pan)
+        cfg = self.config
+        if checks_enabled():
+            x_t = check_image("x_t", x_t, channels=cfg.bands, batch=cache.batch, spatial=cache.size,
+                              spatial_of="the condition (lms)")
+            t = check_timesteps("t", t, x_t.shape[0], self.preset.diffusion.timesteps)
+            if self_cond is not None:
+                self_cond = check_image("self_cond", self_cond, channels=cfg.bands, batch=cache.batch,
+                                        spatial=cache.size, spatial_of="x_t")
+        dtype = self._param_dtype()
+        x_t = x_t.to(dtype)
+        if cfg.self_condition:
+            x = torch.cat([x_t if self_cond is None else self_cond.to(dtype), x_t], dim=1)
+        else:
+            x = x_t
+        t_emb = self.noise_level_mlp[1:](self.noise_level_mlp[0](t).to(dtype))
+        return self._denoise(x, t_emb, cache)
+
+    def _denoise(self, x: torch.Tensor, t_emb: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
+        x = self.downs[0](x)
+        skips = [x]
+        styles = iter(cache.styles)
+        for block in self.downs[1:]:
+            x = block(x) if isinstance(block, Downsample) else block(x, t_emb, next(styles))
+            skips.append(x)
+        for block in self.mid:
+            x = block(x, t_emb)
+        contexts = iter(cache.contexts)
+        for block in self.ups:
+            if isinstance(block, Upsample):
+                x = block(x)
+            else:
+                x = block(torch.cat([x, skips.pop()], dim=1), t_emb, next(contexts))
+        return self.final_conv(x)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """torch.load with ``weights_only=True`` and errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: checkpoint file is empty")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, wrong format, pickled code objects...
+        raise ValueError(f"{path}: cannot read checkpoint (corrupt, truncated or not a torch file): "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict in the checkpoint, got {type(obj).__name__}")
+    return obj

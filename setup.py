@@ -1,0 +1,4 @@
+"""Build script. Metadata lives in pyproject.toml; native extensions are added here (optional)."""
+from setuptools import setup
+
+setup()
