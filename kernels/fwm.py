@@ -40,3 +40,21 @@ def fwm_apply_ref(q: torch.Tensor, context: torch.Tensor, heads: int) -> torch.T
 
 def fwm_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     return fwm_apply_ref(q, fwm_context_ref(k, v, heads), heads)
+
+
+class FWMAttention(torch.nn.Module):
+    """FWM linear attention with a cacheable context; ``fused=True`` selects the Triton kernels."""
+
+    def __init__(self, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.fused = False
+
+    def context(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return fwm_context_ref(k, v, self.heads)
+
+    def forward(self, q: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return fwm_apply_ref(q, context, self.heads)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, fused={self.fused}"

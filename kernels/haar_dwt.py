@@ -64,3 +64,18 @@ def wavelet_condition_ref(lms: torch.Tensor, guide: torch.Tensor, detail_order: 
     by_name = {"H": gh, "V": gv, "D": gd}
     half = torch.cat([ll] + [by_name[k] for k in detail_order], dim=1)
     return F.interpolate(half, size=size, mode="bilinear", align_corners=False)
+
+
+class WaveletCondition(torch.nn.Module):
+    """Computes the wavelet condition; ``fused=True`` selects the Triton kernel where it is live."""
+
+    def __init__(self, detail_order: str = "HDV"):
+        super().__init__()
+        self.detail_order = detail_order
+        self.fused = False
+
+    def forward(self, lms: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        return wavelet_condition_ref(lms, guide, self.detail_order)
+
+    def extra_repr(self) -> str:
+        return f"detail_order={self.detail_order!r}, fused={self.fused}"

@@ -20,3 +20,21 @@ def style_modulated_conv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.
     if weight.dim() == 2:
         weight = weight[:, :, None, None]
     return F.conv2d(x, weight, bias) * (1 + scale) + shift
+
+
+class StyleModulatedConv(torch.nn.Conv2d):
+    """1x1 convolution with a per-pixel style modulation in its epilogue.
+
+    Subclasses ``nn.Conv2d`` so the parameters keep the published names (``x_conv.weight``,
+    ``x_conv.bias``); ``fused=True`` selects the C++/CUDA extension where it is built.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, kernel_size=1)
+        self.fused = False
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
+        if scale is None:
+            return super().forward(x)
+        return style_modulated_conv_ref(x, self.weight, self.bias, scale, shift)

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.fwm import fwm_apply_ref, fwm_context_ref
-from kernels.style_conv import style_modulated_conv_ref
+from kernels.fwm import FWMAttention
+from kernels.style_conv import StyleModulatedConv
 
 
 def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -134,7 +134,7 @@ class CoarseStyleModulation(nn.Module):
         )
         nn.init.zeros_(self.body[3].weight)
         nn.init.zeros_(self.body[3].bias)
-        self.x_conv = nn.Conv2d(dim_in, dim_out, 1)
+        self.x_conv = StyleModulatedConv(dim_in, dim_out)
 
     def style(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scale, shift = self.body(cond).chunk(2, dim=1)
@@ -142,7 +142,7 @@ class CoarseStyleModulation(nn.Module):
 
     def forward(self, x: torch.Tensor, style: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         scale, shift = style
-        return style_modulated_conv_ref(x, self.x_conv.weight, self.x_conv.bias, scale, shift)
+        return self.x_conv(x, scale, shift)
 
 
 class WaveletModulation(nn.Module):
@@ -172,15 +172,16 @@ class WaveletModulation(nn.Module):
             nn.Conv2d(dim_out, dim_out, 1),
         )
         self.drop_path = DropPath(drop_path)
+        self.attention = FWMAttention(heads)
 
     def context(self, wavelet: torch.Tensor) -> torch.Tensor:
         """(B, heads, d, d) context from the wavelet condition at this block's size."""
         k, v = self.kv(wavelet).chunk(2, dim=1)
-        return fwm_context_ref(k, v, self.heads)
+        return self.attention.context(k, v)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.prenorm_x(x)
-        out = fwm_apply_ref(self.q(x), context, self.heads)
+        out = self.attention(self.q(x), context)
         y = self.attn_out(out) + self.attn_res(x)
         return y + self.drop_path(self.ffn(y))
 

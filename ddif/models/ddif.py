@@ -26,7 +26,7 @@ from ddif.config import ModelConfig, Preset, get_preset
 from ddif.models.blocks import (DecoderBlock, Downsample, EncoderBlock, MidBlock, NormActConv,
                                 TimestepEncoding, Upsample, resize_to)
 from ddif.utils.validation import check_image, check_timesteps
-from kernels.haar_dwt import wavelet_condition_ref
+from kernels.haar_dwt import WaveletCondition
 
 CHECKPOINT_FORMAT = "ddif-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -133,6 +133,7 @@ class DDIF(nn.Module):
                 res *= 2
         self.ups = nn.ModuleList(ups)
         self.final_conv = NormActConv(dim, cfg.bands, groups)
+        self.wavelet = WaveletCondition(cfg.detail_order)
 
     # ------------------------------------------------------------------ construction / IO
     @classmethod
@@ -144,6 +145,18 @@ class DDIF(nn.Module):
             setattr(preset.model, key, value)
         preset.model.__post_init__()
         return cls(preset)
+
+    def set_fused_kernels(self, enabled: bool = True) -> "DDIF":
+        """Route the hot paths (wavelet condition, FWM attention, CSM conv) through the fused
+        kernels where they are live (see ``kernels.available()``); references otherwise."""
+        for module in self.modules():
+            if hasattr(module, "fused") and module is not self:
+                module.fused = bool(enabled)
+        return self
+
+    @property
+    def fused_kernels(self) -> bool:
+        return any(getattr(m, "fused", False) for m in self.modules() if m is not self)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -197,7 +210,7 @@ class DDIF(nn.Module):
         return self.downs[0].weight.dtype
 
     def wavelet_condition(self, lms: torch.Tensor, pan: torch.Tensor) -> torch.Tensor:
-        return wavelet_condition_ref(lms, pan, self.config.detail_order)
+        return self.wavelet(lms, pan)
 
     def encode_condition(self, lms: torch.Tensor, pan: torch.Tensor) -> ConditionCache:
         """Compute every condition-only tensor once: CSM styles, FWM contexts, wavelet condition."""
