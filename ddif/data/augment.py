@@ -1,0 +1,65 @@
+"""Training augmentation: the same random flip / rot90 applied to every image of a sample.
+
+Pansharpening samples are several co-registered images at two resolutions (``gt``, ``lms``,
+``pan`` on the PAN grid, ``ms`` on the coarse grid). Flips and 90-degree rotations act on the
+last two axes only, so they commute with decimation by the ratio and keep every key aligned
+with the others, whatever its resolution.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+
+Sample = dict[str, torch.Tensor]
+
+
+def dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """One of the 8 symmetries of the square on the last two axes: optional horizontal flip,
+    then ``k`` counter-clockwise quarter turns."""
+    if flip:
+        x = torch.flip(x, dims=(-1,))
+    if k % 4:
+        x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return x.contiguous()
+
+
+class RandomDihedral:
+    """Draw one element of the dihedral group D4 per sample and apply it to every tensor in it.
+
+    Randomness comes from ``generator`` when given, otherwise from torch's global RNG, which
+    ``torch.utils.data.DataLoader`` seeds differently in every worker (base seed + worker id), so
+    a seeded training run draws the same augmentations every time.
+    """
+
+    def __init__(self, flips: bool = True, rotations: bool = True, generator: torch.Generator | None = None):
+        self.flips = flips
+        self.rotations = rotations
+        self.generator = generator
+
+    def draw(self) -> tuple[int, bool]:
+        r = torch.randint(0, 8, (1,), generator=self.generator).item()
+        k = r % 4 if self.rotations else 0
+        flip = bool(r // 4) if self.flips else False
+        return k, flip
+
+    def __call__(self, sample: Mapping[str, torch.Tensor]) -> Sample:
+        k, flip = self.draw()
+        return {key: dihedral(value, k, flip) for key, value in sample.items()}
+
+    def __repr__(self) -> str:
+        return f"RandomDihedral(flips={self.flips}, rotations={self.rotations})"
+
+
+def resolve_augment(augment, train: bool) -> Callable[[Sample], Sample] | None:
+    """``None`` -> RandomDihedral when training, nothing otherwise; ``True``/``False`` force it on
+    or off; a callable (sample dict -> sample dict) is used as given."""
+    if augment is None:
+        augment = train
+    if augment is True:
+        return RandomDihedral()
+    if augment is False:
+        return None
+    if callable(augment):
+        return augment
+    raise ValueError(f"augment must be None, a bool or a callable(sample) -> sample, got {augment!r}")
