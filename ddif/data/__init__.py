@@ -14,6 +14,7 @@ _LAZY = {
     "inspect_h5": "ddif.data.h5",
     "detect_layout": "ddif.data.h5",
     "open_h5": "ddif.data.h5",
+    "open_dataset": "ddif.data.h5",
     "write_pancollection_h5": "ddif.data.h5",
     "write_hisr_h5": "ddif.data.h5",
     # augmentation

@@ -9,6 +9,7 @@ rasterio is imported only when these functions run.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,7 +29,7 @@ def _rasterio():
 class Raster:
     """Pixels ``(bands, H, W)`` in their stored dtype, with georeferencing."""
 
-    data: np.ndarray
+    array: np.ndarray
     nodata: float | None                     # the file's nodata tag (None when it has none)
     crs: str | None                          # WKT, or None for an ungeoreferenced file
     transform: tuple[float, ...] | None      # affine (a, b, c, d, e, f): x = a*col + b*row + c, y = d*col + e*row + f
@@ -36,11 +37,11 @@ class Raster:
 
     @property
     def bands(self) -> int:
-        return int(self.data.shape[0])
+        return int(self.array.shape[0])
 
     @property
     def shape(self) -> tuple[int, int]:
-        return int(self.data.shape[1]), int(self.data.shape[2])
+        return int(self.array.shape[1]), int(self.array.shape[2])
 
     @property
     def resolution(self) -> tuple[float, float] | None:
@@ -63,7 +64,7 @@ class Raster:
     def fill_mask(self, extra_nodata: Sequence[float] = ()) -> np.ndarray:
         """(H, W) bool: True where any band holds nodata (the tag or one of ``extra_nodata``) or a
         non-finite value."""
-        return fill_mask(self.data, ([] if self.nodata is None else [self.nodata]) + list(extra_nodata))
+        return fill_mask(self.array, ([] if self.nodata is None else [self.nodata]) + list(extra_nodata))
 
 
 def fill_mask(data: np.ndarray, nodata_values: Sequence[float]) -> np.ndarray:
@@ -101,8 +102,14 @@ def read_geotiff(path: str | os.PathLike, bands: Sequence[int] | None = None) ->
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, expected a GeoTIFF")
     try:
-        with rasterio.open(path) as src:
+        with warnings.catch_warnings():
+            # an ungeoreferenced file is fine: transform is None then
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            src = rasterio.open(path)
+        with src:
             count = src.count
+            if count == 0:
+                raise ValueError(f"{path}: has no raster bands (driver {src.driver}); expected a GeoTIFF")
             if bands is None:
                 indexes = list(range(1, count + 1))
             else:
@@ -123,7 +130,7 @@ def read_geotiff(path: str | os.PathLike, bands: Sequence[int] | None = None) ->
         raise ValueError(f"{path}: cannot read as a GeoTIFF (corrupt, truncated or not a raster?): {e}") from None
     if data.dtype.kind not in "iuf":
         raise ValueError(f"{path}: pixel dtype {data.dtype} is not integer or float")
-    return Raster(data=data, nodata=None if nodata is None else float(nodata), crs=crs, transform=transform,
+    return Raster(array=data, nodata=None if nodata is None else float(nodata), crs=crs, transform=transform,
                   path=str(path))
 
 
@@ -146,12 +153,12 @@ def read_geotiff_stack(paths: Sequence[str | os.PathLike]) -> Raster:
             raise ValueError(f"{r.path}: CRS differs from {first.path}")
         if not _same_transform(r.transform, first.transform):
             raise ValueError(f"{r.path}: transform {r.transform} differs from {first.path} {first.transform}")
-        if r.data.dtype != first.data.dtype:
-            raise ValueError(f"{r.path}: dtype {r.data.dtype} differs from {first.path} ({first.data.dtype})")
+        if r.array.dtype != first.array.dtype:
+            raise ValueError(f"{r.path}: dtype {r.array.dtype} differs from {first.path} ({first.array.dtype})")
     tags = {r.nodata for r in rasters if r.nodata is not None}
     if len(tags) > 1:
         raise ValueError(f"nodata tags differ between {[r.path for r in rasters]}: {sorted(tags)}")
-    return Raster(data=np.concatenate([r.data for r in rasters], axis=0), nodata=next(iter(tags), None),
+    return Raster(array=np.concatenate([r.array for r in rasters], axis=0), nodata=next(iter(tags), None),
                   crs=first.crs, transform=first.transform, path=",".join(r.path for r in rasters))
 
 

@@ -399,6 +399,9 @@ def open_h5(path: str | os.PathLike, preset_or_max_dn, train: bool = False, augm
     return cls(path, preset_or_max_dn, train, augment, **kw)
 
 
+open_dataset = open_h5
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
