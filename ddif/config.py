@@ -77,6 +77,17 @@ class DiffusionConfig:
     sample_steps: int = 25
     eta: float = 0.0
     timestep_spacing: str = "leading"   # leading: {0, T/n, 2T/n, ...}, as guided-diffusion's "ddimN"
+    # explicit training timesteps of the sampler, descending (e.g. a distilled student's grid);
+    # when given, they replace sample_steps / timestep_spacing
+    sample_timesteps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.sample_timesteps = tuple(int(t) for t in self.sample_timesteps)
+        ts = self.sample_timesteps
+        if ts:
+            if any(b >= a for a, b in zip(ts, ts[1:])) or ts[-1] < 0 or ts[0] >= self.timesteps:
+                raise ValueError(f"sample_timesteps must be strictly descending within [0, {self.timesteps}), got {ts}")
+            self.sample_steps = len(ts)
 
 
 @dataclass

@@ -37,8 +37,11 @@ class Fuser:
         self.scheduler = make_scheduler(sampler or dcfg.sampler, self.schedule,
                                         eta=dcfg.eta if eta is None else eta, spacing=dcfg.timestep_spacing,
                                         clip_sample=clip_sample)
-        self.steps = int(steps or dcfg.sample_steps)
-        self.scheduler.set_timesteps(self.steps)
+        if steps is None and dcfg.sample_timesteps:
+            self.scheduler.set_timesteps(timesteps=dcfg.sample_timesteps)   # e.g. a distilled student's grid
+        else:
+            self.scheduler.set_timesteps(int(steps or dcfg.sample_steps))
+        self.steps = len(self.scheduler.timesteps)
         self.use_cache = use_cache
         self.self_condition = self_condition
         self.legacy_published_sampler = legacy_published_sampler

@@ -60,8 +60,19 @@ class _RespacedScheduler:
     def num_train_timesteps(self) -> int:
         return self.schedule.num_timesteps
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        self.timesteps = respace(self.num_train_timesteps, num_inference_steps, self.spacing)
+    def set_timesteps(self, num_inference_steps: int | None = None, timesteps=None) -> None:
+        """Choose the sampling grid: ``num_inference_steps`` respaced steps, or explicit training
+        ``timesteps`` (strictly descending; the last step always leads to the clean image)."""
+        if timesteps is not None and len(timesteps):
+            ts = torch.as_tensor(list(timesteps), dtype=torch.int64)
+            if (ts[1:] >= ts[:-1]).any() or ts.min() < 0 or ts.max() >= self.num_train_timesteps:
+                raise ValueError(f"timesteps must be strictly descending within [0, {self.num_train_timesteps}), "
+                                 f"got {ts.tolist()}")
+            self.timesteps = ts
+        elif num_inference_steps is not None:
+            self.timesteps = respace(self.num_train_timesteps, num_inference_steps, self.spacing)
+        else:
+            raise ValueError("set_timesteps needs num_inference_steps or timesteps")
         ab = self.schedule.alphas_cumprod
         self._ab = ab[self.timesteps]
         # alpha_bar of the step each one leads to; the last step leads to the clean image

@@ -1,0 +1,62 @@
+"""Metrics of a checkpoint next to the classical baselines, as a Markdown and a CSV table.
+
+    ddif evaluate --ckpt run/model_ema.pt --test test_reduced.h5 [--full test_full.h5] --out-dir eval/
+
+Reduced resolution (Wald protocol, files with ground truth): SAM, ERGAS, Q2n, SCC, PSNR.
+Full resolution (no ground truth): D_lambda, D_s, HQNR. Several checkpoints (e.g. distilled
+students) can be compared at once: --ckpt a.pt --ckpt b.pt, each at its own step count
+(or --steps).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ddif.cli.common import add_sampler_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", action="append", required=True, help="checkpoint(s) to evaluate (repeatable)")
+    p.add_argument("--preset", default=None, help="preset of published-layout checkpoints")
+    p.add_argument("--test", default=None, help="reduced-resolution test .h5 (with ground truth)")
+    p.add_argument("--full", default=None, help="full-resolution test .h5 (no ground truth)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--baselines", default="all", help="comma list of classical baselines, 'all' or 'none'")
+    p.add_argument("--out-dir", default="eval", help="where results.md and results.csv are written")
+    add_sampler_args(p)
+
+
+def run(args) -> int:
+    from ddif.cli.common import make_fuser
+    from ddif.cli.train import open_dataset
+    from ddif.evaluation import classical_methods, eval_set_from_dataset, evaluate, fuser_method, markdown, write_csv
+    from ddif.models import load_model
+    from ddif.utils.io import atomic_write_text
+
+    if not args.test and not args.full:
+        raise ValueError("give --test (reduced resolution) and/or --full (full resolution)")
+    models = [(Path(c).name, load_model(c, args.preset)) for c in args.ckpt]
+    preset = models[0][1].preset
+    ratio, sensor = preset.data.ratio, preset.data.sensor
+    methods = {}
+    if args.baselines != "none":
+        names = None if args.baselines == "all" else [n.strip() for n in args.baselines.split(",")]
+        methods.update(classical_methods(ratio, sensor, names))
+    for name, model in models:
+        fuser = make_fuser(model, args)
+        methods[f"DDIF {name} ({fuser.steps} steps)"] = fuser_method(fuser, args.seed)
+
+    out_dir = Path(args.out_dir)
+    report = []
+    for label, path in (("reduced resolution", args.test), ("full resolution", args.full)):
+        if not path:
+            continue
+        data = eval_set_from_dataset(open_dataset(path, preset, train=False), args.limit)
+        rows = evaluate(methods, data, ratio, sensor, batch_size=args.batch_size)
+        table = markdown(rows, f"{label}: {path} ({len(data)} images)")
+        print(table + "\n")
+        report.append(table)
+        write_csv(rows, out_dir / f"results_{label.split()[0]}.csv", {"protocol": label, "file": path})
+    atomic_write_text(out_dir / "results.md", "\n\n".join(report) + "\n")
+    print(f"tables written to {out_dir}/")
+    return 0
