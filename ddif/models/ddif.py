@@ -222,26 +222,28 @@ class DDIF(nn.Module):
         wavelet = self.wavelet_condition(lms, pan)
         h, w = lms.shape[-2:]
 
+        # Resized conditions are shared by the blocks of one level. They are keyed by the level
+        # index, not by the size: under torch.export the sizes are symbolic (unhashable) ints.
         styles = []
-        coarse_at: dict[tuple[int, int], torch.Tensor] = {}
-        size = (h, w)
+        coarse_at: dict[int, torch.Tensor] = {}
+        size, level = (h, w), 0
         for block in self.downs[1:]:
             if isinstance(block, Downsample):
-                size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
+                size, level = ((size[0] + 1) // 2, (size[1] + 1) // 2), level + 1
                 continue
-            if size not in coarse_at:
-                coarse_at[size] = resize_to(coarse, size)
-            styles.append(block.cond_inj.style(coarse_at[size]))
+            if level not in coarse_at:
+                coarse_at[level] = resize_to(coarse, size)
+            styles.append(block.cond_inj.style(coarse_at[level]))
 
         contexts = []
-        wavelet_at: dict[tuple[int, int], torch.Tensor] = {}
+        wavelet_at: dict[int, torch.Tensor] = {}
         for block in self.ups:
             if isinstance(block, Upsample):
-                size = (size[0] * 2, size[1] * 2)
+                size, level = (size[0] * 2, size[1] * 2), level - 1
                 continue
-            if size not in wavelet_at:
-                wavelet_at[size] = resize_to(wavelet, size)
-            contexts.append(block.cond_inj.context(wavelet_at[size]))
+            if level not in wavelet_at:
+                wavelet_at[level] = resize_to(wavelet, size)
+            contexts.append(block.cond_inj.context(wavelet_at[level]))
         return ConditionCache(styles, contexts, wavelet, (h, w))
 
     # ------------------------------------------------------------------ denoiser
