@@ -1,9 +1,15 @@
 """Data: lazy HDF5 datasets (PanCollection, HISR), writers, GeoTIFF I/O, the Wald-protocol
 simulator and dataset building from real MS + PAN scenes.
 
-Names are imported lazily so that ``import ddif.data`` loads neither h5py nor rasterio.
+Names are imported lazily so that ``import ddif.data`` loads neither h5py nor rasterio (nor
+torch). The one exception is :mod:`ddif.data.make_dataset` (numpy only at import): its function
+shares the submodule's name, and binding it here, after the submodule import, is what makes
+``from ddif.data import make_dataset`` the function rather than the module.
 """
 from __future__ import annotations
+
+from ddif.data.make_dataset import (LANDSAT8_OLI_BANDPASS_NM, MakeDatasetConfig, bandpass_pan_weights,
+                                    make_dataset, synthesize_pan)
 
 _LAZY = {
     # HDF5 datasets and writers
@@ -30,15 +36,10 @@ _LAZY = {
     "upsample": "ddif.data.mtf",
     "interp23tap": "ddif.data.mtf",
     "SENSOR_MTF": "ddif.data.mtf",
-    # building datasets from scenes
-    "MakeDatasetConfig": "ddif.data.make_dataset",
-    "make_dataset": "ddif.data.make_dataset",
-    "synthesize_pan": "ddif.data.make_dataset",
-    "bandpass_pan_weights": "ddif.data.make_dataset",
-    "LANDSAT8_OLI_BANDPASS_NM": "ddif.data.make_dataset",
 }
 
-__all__ = list(_LAZY)
+__all__ = list(_LAZY) + ["MakeDatasetConfig", "make_dataset", "synthesize_pan", "bandpass_pan_weights",
+                         "LANDSAT8_OLI_BANDPASS_NM"]
 
 
 def __getattr__(name: str):

@@ -463,6 +463,7 @@ class FusionH5Writer:
         self._stack: contextlib.ExitStack | None = None
         self._file = None
         self._layout_seen: tuple[tuple[str, ...], dict[str, tuple[int, ...]]] | None = None
+        self._extra_names: tuple[str, ...] = ()
 
     def __enter__(self) -> "FusionH5Writer":
         from ddif.utils.io import atomic_path
@@ -498,8 +499,11 @@ class FusionH5Writer:
         stack.__exit__(type(error), error, error.__traceback__)
         raise error
 
-    def append(self, *, ms, lms, pan, gt=None) -> None:
-        """Append one item (C, H, W) or a batch (N, C, H, W) of each image."""
+    def append(self, *, ms, lms, pan, gt=None, extra: Mapping[str, Any] | None = None) -> None:
+        """Append one item (C, H, W) or a batch (N, C, H, W) of each image.
+
+        ``extra`` maps further dataset names to per-item numeric arrays (N, ...) stored alongside,
+        e.g. patch coordinates; readers ignore them."""
         if self._file is None:
             raise RuntimeError("FusionH5Writer.append() outside its `with` block")
         arrays = {"ms": _as_array("ms", ms), "lms": _as_array("lms", lms), "pan": _as_array("pan", pan)}
@@ -531,10 +535,29 @@ class FusionH5Writer:
                     shuffle=self.compression is not None)
         elif signature != self._layout_seen:
             raise ValueError(f"appended images {signature} differ from the first ones {self._layout_seen}")
+        extras = {}
+        for name, value in (extra or {}).items():
+            a = np.asarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value)
+            if name in self.keys.values():
+                raise ValueError(f"extra dataset name {name!r} clashes with an image dataset")
+            if a.ndim < 1 or a.shape[0] != n or not _is_numeric(a.dtype):
+                raise ValueError(f"extra {name!r}: expected a numeric array with {n} rows, got {a.dtype} {a.shape}")
+            extras[name] = a
+        if self.length == 0:
+            self._extra_names = tuple(extras)
+            for name, a in extras.items():
+                self._file.create_dataset(name, shape=(0, *a.shape[1:]), maxshape=(None, *a.shape[1:]),
+                                          dtype=a.dtype, chunks=True)
+        elif tuple(extras) != self._extra_names:
+            raise ValueError(f"extra datasets {tuple(extras)} differ from the first append's {self._extra_names}")
         for k, a in arrays.items():
             d = self._file[self.keys[k]]
             d.resize(self.length + n, axis=0)
             d[self.length:] = _to_storage(a * self.max_dn, self.dtype)
+        for name, a in extras.items():
+            d = self._file[name]
+            d.resize(self.length + n, axis=0)
+            d[self.length:] = a
         self.length += n
 
 
