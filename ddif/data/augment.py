@@ -45,6 +45,8 @@ class RandomDihedral:
 
     def __call__(self, sample: Mapping[str, torch.Tensor]) -> Sample:
         k, flip = self.draw()
+        if k % 2 and any(v.shape[-1] != v.shape[-2] for v in sample.values()):
+            k -= 1          # quarter turns would transpose non-square images and break batching
         return {key: dihedral(value, k, flip) for key, value in sample.items()}
 
     def __repr__(self) -> str:
