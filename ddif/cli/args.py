@@ -54,6 +54,31 @@ def add_config_args(parser: argparse.ArgumentParser, sections: tuple[str, ...] =
                                    help=f"{what} (generic default {default})")
 
 
+def add_dataclass_args(parser: argparse.ArgumentParser, dc: type, title: str) -> None:
+    """One option per field of any dataclass (default: the dataclass default)."""
+    hints = typing.get_type_hints(dc)
+    defaults = dc()
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(dc):
+        tp, default = hints[f.name], getattr(defaults, f.name)
+        dest = f"dc__{dc.__name__}__{f.name}"
+        if tp is bool:
+            group.add_argument(_option(f.name), dest=dest, action=argparse.BooleanOptionalAction, default=default)
+            continue
+        optional = typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None))
+        if optional:
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        conv, what = _parser_for(tp)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        group.add_argument(_option(f.name), dest=dest, type=conv, default=default, metavar=what.upper()[:5],
+                           help=f"{what} (default {shown})")
+
+
+def dataclass_from_args(dc: type, args: argparse.Namespace):
+    prefix = f"dc__{dc.__name__}__"
+    return dc(**{k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)})
+
+
 def apply_config_args(preset: Preset, args: argparse.Namespace) -> Preset:
     """Set every option the user gave on the preset (re-validating each section)."""
     for key, value in vars(args).items():

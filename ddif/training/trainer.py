@@ -136,7 +136,7 @@ class Trainer:
         if self.opts.fused_kernels:
             self.model.set_fused_kernels(True)
         self.schedule = NoiseSchedule.from_config(preset.diffusion)
-        self.loss_module: torch.nn.Module = DiffusionLoss(self.model, self.schedule)
+        self.loss_module: torch.nn.Module = self.build_loss_module()
         if self.world > 1:
             self.loss_module = torch.nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -150,6 +150,9 @@ class Trainer:
         self.train_set, self.val_set = train_set, val_set
         self.history: list[dict[str, float]] = []
         self._tb = None
+
+    def build_loss_module(self) -> torch.nn.Module:
+        return DiffusionLoss(self.model, self.schedule)
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -272,11 +275,9 @@ class Trainer:
         self.model.train()
         batch = dihedral_augment(batch, self.generator)
         gt, lms, pan = (batch[k].to(self.device, non_blocking=True) for k in ("gt", "lms", "pan"))
-        draw = draw_noise(gt.shape, self.schedule.num_timesteps, self.cfg.self_cond_prob,
-                          self.model.config.self_condition, self.device, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = self.loss_module(gt, lms, pan, draw.t, draw.noise, draw.use_self_cond)
+            loss, info = self.compute_loss(gt, lms, pan)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step}")
         self.scaler.scale(loss).backward()
@@ -292,7 +293,14 @@ class Trainer:
             dist.all_reduce(loss_value)
             loss_value /= self.world
         return {"step": self.step, "loss": float(loss_value), "lr": self.scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm), "self_cond": int(draw.use_self_cond)}
+                "grad_norm": float(grad_norm), **info}
+
+    def compute_loss(self, gt, lms, pan) -> tuple[torch.Tensor, dict[str, float]]:
+        """The diffusion loss of one batch (randomness from the trainer's generator)."""
+        draw = draw_noise(gt.shape, self.schedule.num_timesteps, self.cfg.self_cond_prob,
+                          self.model.config.self_condition, self.device, self.generator)
+        loss = self.loss_module(gt, lms, pan, draw.t, draw.noise, draw.use_self_cond)
+        return loss, {"self_cond": int(draw.use_self_cond)}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -304,7 +312,9 @@ class Trainer:
         model = self.ema_model().to(self.device)
         g = torch.Generator().manual_seed(12345)
         loss_fn = DiffusionLoss(model, self.schedule)
-        fuser = Fuser(model, steps=min(self.opts.val_sample_steps, self.schedule.num_timesteps))
+        # a distilled student samples on its own grid; otherwise a few respaced steps
+        own_grid = bool(model.preset.diffusion.sample_timesteps)
+        fuser = Fuser(model, steps=None if own_grid else min(self.opts.val_sample_steps, self.schedule.num_timesteps))
         losses, preds, gts = [], [], []
         n = len(self.val_set)
         for b in range(self.opts.val_batches):
