@@ -12,13 +12,33 @@ length-2 filter), giving ceil(n / 2) outputs.
 The wavelet condition of DDIF (Cao et al., 2024) is ``cat[LL(lms), details(guide)]`` with the
 guide's detail bands in the model's recorded order (grouped by detail type), resized bilinearly
 (align_corners=False) back to the input size.
+
+Three layers per op: Triton kernels and launchers (:mod:`kernels._haar_triton`, imported on first
+use), ``torch.library.custom_op`` wrappers with fake (meta) and autograd registrations
+(``ddif::haar_dwt2``, ``ddif::haar_synthesis``, ``ddif::wavelet_condition`` and its backward), and
+the public ``*_fused`` functions, which validate inputs, fall back to the ``*_ref`` ops while a
+graph is exported, and otherwise call the custom ops. :class:`WaveletCondition` picks fused or
+reference per call.
+
+Backward passes: every map here is linear. The DWT's backward is the synthesis kernel (the
+orthonormal inverse with the replicate padding folded back: the transpose of the analysis) and
+vice versa; the wavelet condition has its own backward kernel (transpose of the bilinear resize as
+a gather, then the synthesis), whose own backward is the forward kernel again.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-__all__ = ["haar_dwt2_ref", "haar_idwt2_ref", "wavelet_condition_ref"]
+from kernels._triton_utils import KERNEL_DTYPES, can_launch, exporting, launch_error, load_kernels, status_entry
+
+__all__ = ["haar_dwt2_ref", "haar_idwt2_ref", "wavelet_condition_ref", "haar_dwt2_fused", "haar_idwt2_fused",
+           "wavelet_condition_fused", "fused_ready", "WaveletCondition"]
+
+_KERNELS = "kernels._haar_triton"
 
 
 def _pad_even(x: torch.Tensor) -> torch.Tensor:
@@ -66,8 +86,203 @@ def wavelet_condition_ref(lms: torch.Tensor, guide: torch.Tensor, detail_order: 
     return F.interpolate(half, size=size, mode="bilinear", align_corners=False)
 
 
+
+# ----------------------------------------------------------------------------------- custom ops
+def _kernels():
+    return load_kernels(_KERNELS)
+
+
+@torch.library.custom_op("ddif::haar_dwt2", mutates_args=())
+def _haar_dwt2_op(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _kernels().haar_dwt2(x)
+
+
+@_haar_dwt2_op.register_fake
+def _(x):
+    b, c, h, w = x.shape
+    return tuple(x.new_empty((b, c, (h + 1) // 2, (w + 1) // 2)) for _ in range(4))
+
+
+@torch.library.custom_op("ddif::haar_synthesis", mutates_args=())
+def _haar_synthesis_op(ll: Tensor, h: Tensor, v: Tensor, d: Tensor, out_h: int, out_w: int) -> Tensor:
+    return _kernels().haar_synthesis(ll, h, v, d, out_h, out_w)
+
+
+@_haar_synthesis_op.register_fake
+def _(ll, h, v, d, out_h, out_w):
+    return ll.new_empty((ll.shape[0], ll.shape[1], out_h, out_w))
+
+
+def _zeros_for_none(grads: Sequence[Tensor | None], like: Tensor) -> list[Tensor]:
+    return [torch.zeros_like(like) if g is None else g for g in grads]
+
+
+def _dwt2_setup(ctx, inputs, output):
+    ctx.out_hw = inputs[0].shape[-2:]
+
+
+def _dwt2_backward(ctx, g_ll, g_h, g_v, g_d):
+    like = next(g for g in (g_ll, g_h, g_v, g_d) if g is not None)
+    grads = _zeros_for_none((g_ll, g_h, g_v, g_d), like)
+    return torch.ops.ddif.haar_synthesis(*grads, ctx.out_hw[0], ctx.out_hw[1])
+
+
+def _synthesis_setup(ctx, inputs, output):
+    pass
+
+
+def _synthesis_backward(ctx, grad):
+    return (*torch.ops.ddif.haar_dwt2(grad), None, None)
+
+
+torch.library.register_autograd("ddif::haar_dwt2", _dwt2_backward, setup_context=_dwt2_setup)
+torch.library.register_autograd("ddif::haar_synthesis", _synthesis_backward, setup_context=_synthesis_setup)
+
+
+@torch.library.custom_op("ddif::wavelet_condition", mutates_args=())
+def _wavelet_condition_op(lms: Tensor, guide: Tensor, detail_order: str, resize: bool) -> Tensor:
+    return _kernels().wavelet_condition(lms, guide, detail_order, resize)
+
+
+@_wavelet_condition_op.register_fake
+def _(lms, guide, detail_order, resize):
+    b, c, h, w = lms.shape
+    size = (h, w) if resize else ((h + 1) // 2, (w + 1) // 2)
+    return lms.new_empty((b, c + 3 * guide.shape[1], *size))
+
+
+@torch.library.custom_op("ddif::wavelet_condition_backward", mutates_args=())
+def _wavelet_condition_backward_op(grad: Tensor, bands: int, guide_bands: int, height: int, width: int,
+                                   detail_order: str, resize: bool) -> tuple[Tensor, Tensor]:
+    return _kernels().wavelet_condition_backward(grad, bands, guide_bands, height, width, detail_order, resize)
+
+
+@_wavelet_condition_backward_op.register_fake
+def _(grad, bands, guide_bands, height, width, detail_order, resize):
+    b = grad.shape[0]
+    return grad.new_empty((b, bands, height, width)), grad.new_empty((b, guide_bands, height, width))
+
+
+def _condition_setup(ctx, inputs, output):
+    lms, guide, ctx.detail_order, ctx.resize = inputs
+    ctx.dims = (lms.shape[1], guide.shape[1], lms.shape[2], lms.shape[3])
+
+
+def _condition_backward(ctx, grad):
+    g_lms, g_guide = torch.ops.ddif.wavelet_condition_backward(grad, *ctx.dims, ctx.detail_order, ctx.resize)
+    return g_lms, g_guide, None, None
+
+
+def _condition_bwd_setup(ctx, inputs, output):
+    _, ctx.bands, ctx.guide_bands, _, _, ctx.detail_order, ctx.resize = inputs
+
+
+def _condition_bwd_backward(ctx, gg_lms, gg_guide):
+    # the backward is linear in ``grad``: its own backward is the forward map
+    if gg_lms is None and gg_guide is None:
+        return (None,) * 7
+    like = gg_lms if gg_lms is not None else gg_guide
+    if gg_lms is None:
+        gg_lms = like.new_zeros((like.shape[0], ctx.bands, *like.shape[-2:]))
+    if gg_guide is None:
+        gg_guide = like.new_zeros((like.shape[0], ctx.guide_bands, *like.shape[-2:]))
+    return (torch.ops.ddif.wavelet_condition(gg_lms, gg_guide, ctx.detail_order, ctx.resize),) + (None,) * 6
+
+
+torch.library.register_autograd("ddif::wavelet_condition", _condition_backward, setup_context=_condition_setup)
+torch.library.register_autograd("ddif::wavelet_condition_backward", _condition_bwd_backward,
+                                setup_context=_condition_bwd_setup)
+
+
+# ----------------------------------------------------------------------------------- public API
+def fused_ready(*tensors: Tensor) -> bool:
+    """Whether the Triton kernels can take these tensors here (device, dtype, non-empty)."""
+    t = tensors[0]
+    return (all(x.dtype in KERNEL_DTYPES and x.numel() > 0 and x.device == t.device for x in tensors)
+            and can_launch(t.device, _KERNELS))
+
+
+def _check_image(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name}: expected a tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+    if x.dtype not in KERNEL_DTYPES:
+        raise ValueError(f"{name}: the fused kernels take float16, bfloat16 or float32, got {x.dtype} "
+                         "(use the reference op)")
+
+
+def _require_launch(x: Tensor) -> None:
+    if not can_launch(x.device, _KERNELS):
+        raise launch_error(x.device)
+
+
+def haar_dwt2_fused(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Triton :func:`haar_dwt2_ref`: (B, C, H, W) -> (LL, H, V, D)."""
+    if exporting():
+        return haar_dwt2_ref(x)
+    _check_image("x", x)
+    _require_launch(x)
+    return torch.ops.ddif.haar_dwt2(x)
+
+
+def haar_idwt2_fused(ll: Tensor, h: Tensor, v: Tensor, d: Tensor) -> Tensor:
+    """Triton :func:`haar_idwt2_ref`: four (B, C, h, w) bands -> (B, C, 2h, 2w)."""
+    if exporting():
+        return haar_idwt2_ref(ll, h, v, d)
+    for name, t in (("ll", ll), ("h", h), ("v", v), ("d", d)):
+        _check_image(name, t)
+        if t.shape != ll.shape or t.dtype != ll.dtype or t.device != ll.device:
+            raise ValueError(f"{name}: shape {tuple(t.shape)} {t.dtype} on {t.device} does not match "
+                             f"ll: {tuple(ll.shape)} {ll.dtype} on {ll.device}")
+    _require_launch(ll)
+    return torch.ops.ddif.haar_synthesis(ll, h, v, d, 2 * ll.shape[-2], 2 * ll.shape[-1])
+
+
+def _check_detail_order(detail_order: str) -> None:
+    if not isinstance(detail_order, str) or sorted(detail_order) != ["D", "H", "V"]:
+        raise ValueError(f"detail_order must be a permutation of 'HDV', got {detail_order!r}")
+
+
+def wavelet_condition_fused(lms: Tensor, guide: Tensor, detail_order: str = "HDV",
+                            fuse_resize: bool = True) -> Tensor:
+    """Triton :func:`wavelet_condition_ref`: one pass from (lms, guide) to the (B, C + 3P, H, W)
+    condition. With ``fuse_resize=False`` the kernel writes the half-size condition and
+    ``F.interpolate`` resizes it (same result; kept to measure what the fused resize gains)."""
+    if exporting():
+        return wavelet_condition_ref(lms, guide, detail_order)
+    _check_image("lms", lms)
+    _check_image("guide", guide)
+    _check_detail_order(detail_order)
+    if guide.shape[0] != lms.shape[0] or guide.shape[-2:] != lms.shape[-2:]:
+        raise ValueError(f"guide: shape {tuple(guide.shape)} does not match lms {tuple(lms.shape)} "
+                         "(same batch and H x W expected)")
+    if guide.device != lms.device:
+        raise ValueError(f"guide is on {guide.device} but lms on {lms.device}")
+    dtype = torch.promote_types(lms.dtype, guide.dtype)
+    lms, guide = lms.to(dtype), guide.to(dtype)
+    _require_launch(lms)
+    if fuse_resize:
+        return torch.ops.ddif.wavelet_condition(lms, guide, detail_order, True)
+    half = torch.ops.ddif.wavelet_condition(lms, guide, detail_order, False)
+    return F.interpolate(half, size=lms.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _status() -> dict[str, str | bool]:
+    return status_entry("haar_dwt (triton)")
+
+
 class WaveletCondition(torch.nn.Module):
-    """Computes the wavelet condition; ``fused=True`` selects the Triton kernel where it is live."""
+    """Computes the wavelet condition; ``fused=True`` selects the Triton kernel where it can run
+    (CUDA, or CPU under ``TRITON_INTERPRET=1``) and the reference elsewhere.
+
+    ``fuse_resize`` chooses the one-pass kernel (DWT + bilinear resize) over the half-size kernel
+    followed by ``F.interpolate``; ``benchmarks/ops.py`` measures both.
+    """
+
+    fuse_resize: bool = True
 
     def __init__(self, detail_order: str = "HDV"):
         super().__init__()
@@ -75,6 +290,8 @@ class WaveletCondition(torch.nn.Module):
         self.fused = False
 
     def forward(self, lms: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        if self.fused and not exporting() and fused_ready(lms, guide):
+            return wavelet_condition_fused(lms, guide, self.detail_order, self.fuse_resize)
         return wavelet_condition_ref(lms, guide, self.detail_order)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,144 @@
+"""Plumbing shared by the Triton kernels: can Triton launch here, autocast, export guards, launch
+sizes.
+
+Nothing here imports Triton at module import. The kernel modules (``kernels._haar_triton``,
+``kernels._fwm_triton``) are imported on first use; Triton decides *when a kernel is defined*
+whether it is compiled for a GPU or run by its CPU interpreter (``TRITON_INTERPRET=1``), so each
+kernel module records the mode it was built in (``INTERPRETED``) and launch decisions follow it.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+import torch
+
+#: dtypes the Triton kernels take (they accumulate in fp32 whatever the input).
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def interpret_requested() -> bool:
+    """True when ``TRITON_INTERPRET`` asks for Triton's CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_driver() -> tuple[bool, str]:
+    """(True, description) when Triton can compile and launch for a visible GPU."""
+    if not torch.cuda.is_available():
+        return False, ("no CUDA GPU visible (Triton compiles for GPUs only; TRITON_INTERPRET=1 runs the "
+                       "kernels in Triton's CPU interpreter, for tests)")
+    try:
+        import triton
+        from triton.runtime import driver
+
+        driver.active.get_current_target()
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not launchable", with its reason
+        return False, f"Triton has no usable GPU driver: {type(exc).__name__}: {exc}"
+    return True, f"Triton {triton.__version__} on {torch.cuda.get_device_name()}"
+
+
+def triton_status() -> tuple[str, str]:
+    """('live' | 'interpreter' | 'missing', detail)."""
+    if importlib.util.find_spec("triton") is None:
+        return "missing", "triton is not installed (pip install 'ddif[triton]')"
+    built = [m for m in (sys.modules.get("kernels._haar_triton"), sys.modules.get("kernels._fwm_triton")) if m]
+    interpreted = built[0].INTERPRETED if built else interpret_requested()
+    if interpreted:
+        return "interpreter", ("TRITON_INTERPRET=1: the Triton kernels run in Triton's CPU interpreter "
+                               "(correct but slow; meant for tests)")
+    ok, detail = _gpu_driver()
+    return ("live", detail) if ok else ("missing", detail)
+
+
+def status_entry(name: str) -> dict[str, str | bool]:
+    """``{name: True}`` when live on a GPU, else ``{name: reason}`` (for ``kernels.available()``)."""
+    mode, detail = triton_status()
+    if mode == "live":
+        return {name: True}
+    return {name: f"{mode}: {detail}"}
+
+
+def load_kernels(module: str) -> ModuleType | None:
+    """Import a Triton kernel module, or None when Triton is not installed."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    return importlib.import_module(module)
+
+
+def can_launch(device: torch.device, module: str) -> bool:
+    """Whether the kernels of ``module`` can run on tensors on ``device``.
+
+    Compiled kernels run on CUDA tensors with a live driver; interpreted kernels (built while
+    ``TRITON_INTERPRET=1``) run on CPU tensors (and on CUDA ones, by copying: slow).
+    Decides without importing Triton whenever the answer is plainly no.
+    """
+    if device.type not in ("cpu", "cuda"):
+        return False
+    loaded = sys.modules.get(module)
+    if loaded is None:
+        if device.type == "cpu" and not interpret_requested():
+            return False
+        if device.type == "cuda" and not interpret_requested() and not _gpu_driver()[0]:
+            return False
+        loaded = load_kernels(module)
+        if loaded is None:
+            return False
+    if loaded.INTERPRETED:
+        return True
+    return device.type == "cuda" and _gpu_driver()[0]
+
+
+def launch_error(device: torch.device) -> RuntimeError:
+    mode, detail = triton_status()
+    return RuntimeError(f"the fused Triton kernels cannot run on device '{device}' here ({mode}: {detail}); "
+                        "use the reference op, or a CUDA tensor, or set TRITON_INTERPRET=1 before the first "
+                        "kernel use to run on CPU in the interpreter")
+
+
+def exporting() -> bool:
+    """True while a graph is traced for export (ONNX or torch.export): use the reference ops then,
+    so the exported graph holds only standard operators."""
+    if torch.jit.is_tracing():
+        return True
+    if torch.onnx.is_in_onnx_export():
+        return True
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting and is_exporting())
+
+
+def autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The autocast policy of the fused ops: under ``torch.autocast`` floating inputs are cast to
+    the autocast dtype (the kernels still accumulate in fp32), the way eager matmuls are."""
+    device_type = tensors[0].device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)
+    return tensors
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def target_programs(device: torch.device, interpreted: bool) -> int:
+    """How many programs a launch should aim for: a few waves on a GPU, as few as possible in the
+    interpreter (whose cost is per program)."""
+    if interpreted or device.type != "cuda":
+        return 1
+    return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
