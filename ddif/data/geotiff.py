@@ -87,8 +87,10 @@ def _representable(v: float, dtype: np.dtype) -> bool:
     return True
 
 
-def read_geotiff(path: str | os.PathLike, bands: Sequence[int] | None = None) -> Raster:
-    """Read a GeoTIFF (all bands, or the 1-based ``bands``).
+def read_geotiff(path: str | os.PathLike, bands: Sequence[int] | None = None,
+                 window: Sequence[int] | None = None) -> Raster:
+    """Read a GeoTIFF (all bands, or the 1-based ``bands``), whole or only ``window`` =
+    (row, col, height, width) (then the transform is the window's).
 
     ``FileNotFoundError`` for a missing file; ``ValueError`` naming the file for one rasterio
     cannot open or decode (corrupt, truncated, not a raster) or for bands it does not have.
@@ -119,11 +121,22 @@ def read_geotiff(path: str | os.PathLike, bands: Sequence[int] | None = None) ->
                     raise ValueError(f"{path}: has {count} bands (1-based), asked for {bad}")
             if len(set(src.dtypes[i - 1] for i in indexes)) > 1:
                 raise ValueError(f"{path}: bands {indexes} have mixed dtypes {src.dtypes}")
-            data = src.read(indexes)
+            if window is None:
+                data = src.read(indexes)
+                t = src.transform
+            else:
+                from rasterio.windows import Window
+
+                row, col, height, width = (int(v) for v in window)
+                if row < 0 or col < 0 or height <= 0 or width <= 0 or row + height > src.height \
+                        or col + width > src.width:
+                    raise ValueError(f"{path}: window (row {row}, col {col}, {height}x{width}) is not inside the "
+                                     f"{src.height}x{src.width} raster")
+                data = src.read(indexes, window=Window(col, row, width, height))
+                t = _shift_transform(src.transform, row, col)
             nodata = src.nodata
             crs = src.crs.to_wkt() if src.crs else None
-            t = src.transform
-            transform = None if t.is_identity else tuple(float(v) for v in (t.a, t.b, t.c, t.d, t.e, t.f))
+            transform = None if src.transform.is_identity else tuple(float(v) for v in tuple(t)[:6])
     except (RasterioError, OSError) as e:
         # rasterio raises RasterioIOError on open ("not recognized as a supported file format") and
         # on decode of damaged tiles / strips ("Read or write failed", "TIFFReadEncodedTile").
@@ -134,7 +147,13 @@ def read_geotiff(path: str | os.PathLike, bands: Sequence[int] | None = None) ->
                   path=str(path))
 
 
-def read_geotiff_stack(paths: Sequence[str | os.PathLike]) -> Raster:
+def _shift_transform(t, row: int, col: int) -> tuple[float, ...]:
+    """The affine transform of a window starting at (row, col)."""
+    a, b, c, d, e, f = (float(v) for v in tuple(t)[:6])
+    return (a, b, c + a * col + b * row, d, e, f + d * col + e * row)
+
+
+def read_geotiff_stack(paths: Sequence[str | os.PathLike], window: Sequence[int] | None = None) -> Raster:
     """Stack single- or multi-band GeoTIFFs on one grid into one raster (bands in the given order).
 
     All files must share size, CRS and transform; the nodata tags must agree (a file without a tag
@@ -143,7 +162,7 @@ def read_geotiff_stack(paths: Sequence[str | os.PathLike]) -> Raster:
         paths = [paths]
     if not paths:
         raise ValueError("no GeoTIFF paths given")
-    rasters = [read_geotiff(p) for p in paths]
+    rasters = [read_geotiff(p, window=window) for p in paths]
     first = rasters[0]
     for r in rasters[1:]:
         if r.shape != first.shape:
@@ -195,7 +214,8 @@ def write_geotiff(path: str | os.PathLike, data: np.ndarray, *, crs: str | None 
     if compress:
         profile["compress"] = compress
     path = Path(path)
-    with atomic_path(path, suffix=".partial.tif") as tmp:
+    with atomic_path(path, suffix=".partial.tif") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)   # allowed: no transform given
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
     return path

@@ -63,7 +63,7 @@ class MakeDatasetConfig:
     ms_bands: tuple[int, ...] = ()    # 1-based bands of a multi-band MS file to use (() = all)
     pan_weights: tuple[float, ...] = ()  # synthetic-PAN weight per MS band (only when pan is ""); see bandpass_pan_weights
     max_dn: float = 0.0               # input DN mapped to 1.0 (0 -> the dtype's max for integer data, 1.0 for floats)
-    out_max_dn: float = 1.0           # the files store value * out_max_dn: set to the training preset's model.max_dn
+    out_max_dn: float = 0.0           # files store value * out_max_dn = the training preset's model.max_dn (0 -> max_dn: the scene's DN)
     nodata: tuple[float, ...] = ()    # fill values besides the GeoTIFF nodata tag (e.g. 0 for Landsat L1 scenes)
     fill_margin: int = -1             # keep patches this far from fill and region borders (-1 -> 4 * ratio)
     crop: tuple[int, ...] = ()        # (row, col, height, width) of the scene to use, MS grid (() = whole scene)
@@ -97,8 +97,8 @@ class MakeDatasetConfig:
             raise ValueError(f"holdout_side must be one of {SIDES}, got {self.holdout_side!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        if self.max_dn < 0 or self.out_max_dn <= 0:
-            raise ValueError(f"max_dn must be >= 0 (0 = auto) and out_max_dn > 0, got {self.max_dn}, {self.out_max_dn}")
+        if self.max_dn < 0 or self.out_max_dn < 0:
+            raise ValueError(f"max_dn and out_max_dn must be >= 0 (0 = auto), got {self.max_dn}, {self.out_max_dn}")
         if self.crop and (len(self.crop) != 4 or min(self.crop[2:]) <= 0 or min(self.crop[:2]) < 0):
             raise ValueError(f"crop must be (row, col, height, width) with positive size, got {self.crop}")
         if self.interpolation not in ("interp23tap", "bicubic"):
@@ -178,7 +178,11 @@ class _Scene:
     source: str
 
 
-def _load(source, what: str, bands: Sequence[int], extra_nodata: Sequence[float]) -> _Scene:
+def _load(source, what: str, bands: Sequence[int], extra_nodata: Sequence[float],
+          window: Sequence[int] | None = None) -> _Scene:
+    """Pixels, fill mask and georeferencing of ``source`` (paths, Raster, array or tensor), only
+    inside ``window`` = (row, col, height, width) when given (GeoTIFFs and .npy files are read
+    only there)."""
     import torch
 
     from ddif.data.geotiff import Raster, fill_mask, read_geotiff, read_geotiff_stack
@@ -195,25 +199,39 @@ def _load(source, what: str, bands: Sequence[int], extra_nodata: Sequence[float]
             if not paths[0].exists():
                 raise FileNotFoundError(f"{paths[0]}: no such file")
             try:
-                arr = np.load(paths[0], mmap_mode="r")
+                arr = np.load(paths[0], mmap_mode="r")       # memory-mapped: only the window is read
             except ValueError as e:
                 raise ValueError(f"{paths[0]}: not a readable .npy file: {e}") from None
-            return _from_array(np.asarray(arr), what, bands, extra_nodata, source=str(paths[0]))
-        raster = read_geotiff(paths[0]) if len(paths) == 1 else read_geotiff_stack(paths)
-        source = raster
+            return _from_array(arr, what, bands, extra_nodata, str(paths[0]), window)
+        source = read_geotiff(paths[0], window=window) if len(paths) == 1 else \
+            read_geotiff_stack(paths, window=window)
+        window = None                                        # already applied
     if isinstance(source, Raster):
-        arr = source.array
+        arr, transform = source.array, source.transform
+        if window is not None:
+            arr = _window(arr, window, f"{what} ({source.path})")
+            if transform is not None:
+                from ddif.data.geotiff import _shift_transform
+
+                transform = _shift_transform(transform, window[0], window[1])
         if bands:
             arr = _select_bands(arr, bands, f"{what} ({source.path})")
         if arr.dtype.kind not in "iuf":
             raise ValueError(f"{what}: pixel dtype {arr.dtype} is not numeric")
         tags = [] if source.nodata is None else [source.nodata]
-        return _Scene(arr, fill_mask(arr, tags + list(extra_nodata)), source.crs, source.transform,
-                      source.path)
+        return _Scene(arr, fill_mask(arr, tags + list(extra_nodata)), source.crs, transform, source.path)
     if isinstance(source, np.ndarray):
-        return _from_array(source, what, bands, extra_nodata, source="array")
+        return _from_array(source, what, bands, extra_nodata, "array", window)
     raise ValueError(f"{what}: expected a path, a list of GeoTIFF paths, a numpy array or a tensor, "
                      f"got {type(source).__name__}")
+
+
+def _window(arr: np.ndarray, window: Sequence[int], what: str) -> np.ndarray:
+    row, col, height, width = (int(v) for v in window)
+    h, w = arr.shape[-2:]
+    if row < 0 or col < 0 or row + height > h or col + width > w:
+        raise ValueError(f"{what}: window (row {row}, col {col}, {height}x{width}) is not inside the {h}x{w} image")
+    return arr[..., row:row + height, col:col + width]
 
 
 def _select_bands(arr: np.ndarray, bands: Sequence[int], what: str) -> np.ndarray:
@@ -223,7 +241,7 @@ def _select_bands(arr: np.ndarray, bands: Sequence[int], what: str) -> np.ndarra
     return arr[[b - 1 for b in bands]]
 
 
-def _from_array(arr: np.ndarray, what: str, bands, extra_nodata, source: str) -> _Scene:
+def _from_array(arr: np.ndarray, what: str, bands, extra_nodata, source: str, window=None) -> _Scene:
     from ddif.data.geotiff import fill_mask
 
     if arr.ndim == 2:
@@ -236,9 +254,12 @@ def _from_array(arr: np.ndarray, what: str, bands, extra_nodata, source: str) ->
         raise ValueError(f"{what}: expected integer or float pixels, got dtype {arr.dtype}")
     if arr.size == 0:
         raise ValueError(f"{what}: empty image of shape {arr.shape}")
+    if window is not None:
+        arr = _window(arr, window, what)
     if bands:
         arr = _select_bands(arr, bands, what)
-    return _Scene(np.ascontiguousarray(arr), fill_mask(arr, list(extra_nodata)), None, None, source)
+    arr = np.ascontiguousarray(arr)
+    return _Scene(arr, fill_mask(arr, list(extra_nodata)), None, None, source)
 
 
 def _auto_max_dn(arr: np.ndarray) -> float:
@@ -410,7 +431,8 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
 
     ``ms`` / ``pan`` override ``cfg.ms`` / ``cfg.pan`` with arrays (C, h, w) and (P, r*h, r*w) in
     DN, tensors, :class:`ddif.data.geotiff.Raster` objects or paths. Returns a summary (patch
-    counts, file paths, regions), also written as ``{name}_summary.json``.
+    counts, file paths, regions), also written as ``{name}_summary.json``. ``progress`` shows
+    tqdm bars while patches are written.
     """
     import torch
 
@@ -418,15 +440,17 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
     from ddif.utils.io import atomic_write_text
 
     r = cfg.ratio
-    ms_scene = _load(cfg.ms if ms is None else ms, "ms", cfg.ms_bands, cfg.nodata)
+    crop = cfg.crop or None
+    ms_scene = _load(cfg.ms if ms is None else ms, "ms", cfg.ms_bands, cfg.nodata, window=crop)
     pan_source = cfg.pan if pan is None else pan
     has_pan = not (isinstance(pan_source, str) and pan_source == "")
     info: dict[str, Any] = {}
     if has_pan:
-        pan_scene = _load(pan_source, "pan", (), cfg.nodata)
-        info.update(_check_alignment(ms_scene, pan_scene, r))
         if cfg.pan_weights:
             raise ValueError("pan_weights is for synthesising a PAN; a real PAN was given as well")
+        pan_window = None if crop is None else tuple(r * v for v in crop)
+        pan_scene = _load(pan_source, "pan", (), cfg.nodata, window=pan_window)
+        info.update(_check_alignment(ms_scene, pan_scene, r))
     else:
         pan_scene = None
         if not cfg.pan_weights:
@@ -436,34 +460,26 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
         if len(cfg.pan_weights) != ms_scene.array.shape[0]:
             raise ValueError(f"pan_weights has {len(cfg.pan_weights)} weights for {ms_scene.array.shape[0]} MS bands")
 
-    # --- crop, normalise, mask ------------------------------------------------------------
-    ms_arr, fill = ms_scene.array, ms_scene.fill
-    pan_arr = None if pan_scene is None else pan_scene.array
+    # --- trim to whole coarse pixels, mask, normalise ---------------------------------------
+    row0, col0 = (crop[0], crop[1]) if crop else (0, 0)
+    H, W = ms_scene.array.shape[1] // r * r, ms_scene.array.shape[2] // r * r
+    if H == 0 or W == 0:
+        raise ValueError(f"the MS image ({ms_scene.array.shape[1]}x{ms_scene.array.shape[2]}) is smaller than "
+                         f"the ratio {r}")
+    ms_arr, fill = ms_scene.array[:, :H, :W], ms_scene.fill[:H, :W]
+    pan_arr = pan_fill = None
     if pan_scene is not None:
-        pf = pan_scene.fill
-        fill = fill | pf.reshape(pf.shape[0] // r, r, pf.shape[1] // r, r).any(axis=(1, 3))
-    row0, col0 = 0, 0
-    if cfg.crop:
-        row0, col0, ch, cw = cfg.crop
-        H, W = fill.shape
-        if row0 + ch > H or col0 + cw > W:
-            raise ValueError(f"crop {cfg.crop} reaches outside the {H}x{W} scene")
-        ms_arr, fill = ms_arr[:, row0:row0 + ch, col0:col0 + cw], fill[row0:row0 + ch, col0:col0 + cw]
-        if pan_arr is not None:
-            pan_arr = pan_arr[:, r * row0:r * (row0 + ch), r * col0:r * (col0 + cw)]
-    H, W = fill.shape[0] // r * r, fill.shape[1] // r * r     # whole ms pixels after decimation
-    ms_arr, fill = ms_arr[:, :H, :W], fill[:H, :W]
-    if pan_arr is not None:
-        pan_arr = pan_arr[:, :r * H, :r * W]
+        pan_arr, pan_fill = pan_scene.array[:, :r * H, :r * W], pan_scene.fill[:r * H, :r * W]
+        fill = fill | pan_fill.reshape(H, r, W, r).any(axis=(1, 3))   # a fill PAN pixel spoils its MS pixel
     if fill.all():
         raise ValueError("the scene (or crop) is all fill / nodata")
     in_max = cfg.max_dn or _auto_max_dn(ms_arr)
-    ms_norm = _fill_holes(ms_arr.astype(np.float32) / np.float32(in_max), fill)
+    out_max = cfg.out_max_dn or in_max
+    ms_norm = ms_arr.astype(np.float32) / np.float32(in_max)
     pan_norm = None
     if pan_arr is not None:
         pan_max = cfg.max_dn or _auto_max_dn(pan_arr)
-        pan_fill_full = pan_scene.fill[r * row0:, r * col0:][:r * H, :r * W] if pan_scene is not None else None
-        pan_norm = _fill_holes(pan_arr.astype(np.float32) / np.float32(pan_max), pan_fill_full)
+        pan_norm = pan_arr.astype(np.float32) / np.float32(pan_max)
 
     # --- regions ----------------------------------------------------------------------------
     regions = split_regions(H, W, cfg)
@@ -482,48 +498,38 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
     }
     compression = cfg.compression or None
     summary: dict[str, Any] = {"pan": "real" if has_pan else "synthesized", "ratio": r, "scene_size": (H, W),
-                               "regions": {k: v.as_tuple() for k, v in regions.items()}, "files": {}}
+                               "max_dn": float(out_max), "regions": {k: v.as_tuple() for k, v in regions.items()},
+                               "files": {}}
 
     def degrade(region: Region) -> dict[str, np.ndarray]:
-        sl = np.s_[:, region.row:region.row + region.height, region.col:region.col + region.width]
-        pan_full = None if pan_norm is None else pan_norm[:, r * region.row:r * (region.row + region.height),
-                                                          r * region.col:r * (region.col + region.width)]
-        return _wald(ms_norm[sl], pan_full, cfg.pan_weights, cfg)
+        # Fill is patched from this region's own pixels only: nothing outside it may leak in.
+        rows, cols = slice(region.row, region.row + region.height), slice(region.col, region.col + region.width)
+        gt = _fill_holes(ms_norm[:, rows, cols], fill[rows, cols])
+        pan_full = None
+        if pan_norm is not None:
+            prow, pcol = slice(r * rows.start, r * rows.stop), slice(r * cols.start, r * cols.stop)
+            pan_full = _fill_holes(pan_norm[:, prow, pcol], pan_fill[prow, pcol])
+        return _wald(gt, pan_full, cfg.pan_weights, cfg)
 
-    def write_patches(split: str, region: Region, shuffle: bool, limit: int) -> int:
+    # --- plan everything first, so that a scene that cannot give every split writes nothing ----
+    p, q = cfg.patch_size, cfg.patch_size // r
+    plans: dict[str, np.ndarray] = {}
+    for split in ("train", "val"):
+        if split not in regions:
+            continue
+        region = regions[split]
         region_fill = fill[region.row:region.row + region.height, region.col:region.col + region.width]
-        pos, rejected = patch_positions(region_fill, cfg.patch_size, cfg.stride, cfg.margin, r)
-        summary[f"{split}_rejected_fill"] = rejected
-        if shuffle:
-            rng = np.random.default_rng(cfg.seed)
-            pos = pos[rng.permutation(len(pos))]
-            if limit:
-                pos = pos[:limit]
+        pos, rejected = patch_positions(region_fill, p, cfg.stride, cfg.margin, r)
         if len(pos) == 0:
-            raise ValueError(f"{split} region {region.as_tuple()} holds no fill-free {cfg.patch_size}-pixel patch "
+            raise ValueError(f"{split} region {region.as_tuple()} holds no fill-free {p}-pixel patch "
                              f"(margin {cfg.margin}); use a smaller patch_size / fill_margin or move the split")
-        images = degrade(region)
-        p, q = cfg.patch_size, cfg.patch_size // r
-        path = out_dir / f"{cfg.name}_{split}.h5"
-        attrs = {**common_attrs, "split": split, "region": region.as_tuple()}
-        with FusionH5Writer(path, max_dn=cfg.out_max_dn, compression=compression, attrs=attrs) as w:
-            for start in range(0, len(pos), 256):
-                chunk = pos[start:start + 256]
-                batch = {k: [] for k in ("gt", "ms", "lms", "pan")}
-                for y, x in chunk:
-                    for k in ("gt", "lms", "pan"):
-                        batch[k].append(images[k][:, y:y + p, x:x + p])
-                    batch["ms"].append(images["ms"][:, y // r:y // r + q, x // r:x // r + q])
-                coords = chunk + np.array([row0 + region.row, col0 + region.col])
-                w.append(**{k: np.stack(v) for k, v in batch.items()}, extra={"coords": coords.astype(np.int32)})
-        summary["files"][split] = str(path)
-        summary[f"{split}_patches"] = int(len(pos))
-        return len(pos)
-
-    write_patches("train", regions["train"], shuffle=True, limit=cfg.max_train_patches)
-    if "val" in regions:
-        write_patches("val", regions["val"], shuffle=False, limit=0)
-
+        if split == "train":
+            pos = pos[np.random.default_rng(cfg.seed).permutation(len(pos))]
+            if cfg.max_train_patches:
+                pos = pos[:cfg.max_train_patches]
+        plans[split] = pos
+        summary[f"{split}_rejected_fill"] = rejected
+    test_crop = None
     if cfg.test_size:
         region = regions["test"]
         region_fill = fill[region.row:region.row + region.height, region.col:region.col + region.width]
@@ -531,29 +537,60 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
         if corner is None:
             raise ValueError(f"no fill-free {cfg.test_size}x{cfg.test_size} test crop in the test strip "
                              f"{region.as_tuple()}; use a smaller test_size or another holdout_side")
-        crop = Region(region.row + corner[0], region.col + corner[1], cfg.test_size, cfg.test_size)
-        images = degrade(crop)
+        test_crop = Region(region.row + corner[0], region.col + corner[1], cfg.test_size, cfg.test_size)
+
+    def scene_coords(rows_cols: np.ndarray, region: Region) -> np.ndarray:
+        return (np.asarray(rows_cols).reshape(-1, 2) + np.array([row0 + region.row, col0 + region.col])).astype(np.int32)
+
+    # --- write ---------------------------------------------------------------------------------
+    for split, pos in plans.items():
+        region = regions[split]
+        images = degrade(region)
+        path = out_dir / f"{cfg.name}_{split}.h5"
+        attrs = {**common_attrs, "split": split, "region": region.as_tuple()}
+        with FusionH5Writer(path, max_dn=out_max, compression=compression, attrs=attrs) as w:
+            starts = range(0, len(pos), 256)
+            if progress:
+                from tqdm.auto import tqdm
+
+                starts = tqdm(starts, desc=f"{split} patches", unit="batch")
+            for start in starts:
+                chunk = pos[start:start + 256]
+                batch: dict[str, list[np.ndarray]] = {k: [] for k in ("gt", "ms", "lms", "pan")}
+                for y, x in chunk:
+                    for k in ("gt", "lms", "pan"):
+                        batch[k].append(images[k][:, y:y + p, x:x + p])
+                    batch["ms"].append(images["ms"][:, y // r:y // r + q, x // r:x // r + q])
+                w.append(**{k: np.stack(v) for k, v in batch.items()}, extra={"coords": scene_coords(chunk, region)})
+        summary["files"][split] = str(path)
+        summary[f"{split}_patches"] = int(len(pos))
+
+    if test_crop is not None:
+        crop_region = test_crop
+        images = degrade(crop_region)
         path = out_dir / f"{cfg.name}_test.h5"
-        attrs = {**common_attrs, "split": "test", "region": crop.as_tuple()}
-        with FusionH5Writer(path, max_dn=cfg.out_max_dn, compression=compression, attrs=attrs) as w:
-            w.append(**images, extra={"coords": np.array([[row0 + crop.row, col0 + crop.col]], dtype=np.int32)})
+        attrs = {**common_attrs, "split": "test", "region": crop_region.as_tuple()}
+        corner = np.array([[row0 + crop_region.row, col0 + crop_region.col]], dtype=np.int32)
+        with FusionH5Writer(path, max_dn=out_max, compression=compression, attrs=attrs) as w:
+            w.append(**images, extra={"coords": corner})
         summary["files"]["test"] = str(path)
-        summary["test_crop"] = crop.as_tuple()
+        summary["test_crop"] = crop_region.as_tuple()
         if pan_norm is not None:
             # Full resolution (no ground truth): the original MS and the real PAN of the same crop.
             from ddif.data.mtf import upsample
 
-            ms_full = torch.from_numpy(np.ascontiguousarray(
-                ms_norm[:, crop.row:crop.row + crop.height, crop.col:crop.col + crop.width]))[None]
-            pan_full = pan_norm[:, r * crop.row:r * (crop.row + crop.height), r * crop.col:r * (crop.col + crop.width)]
+            rows = slice(crop_region.row, crop_region.row + crop_region.height)
+            cols = slice(crop_region.col, crop_region.col + crop_region.width)
+            ms_full = torch.from_numpy(np.ascontiguousarray(ms_norm[:, rows, cols]))[None]
+            pan_full = pan_norm[:, r * rows.start:r * rows.stop, r * cols.start:r * cols.stop]
             with torch.no_grad():
                 lms_full = upsample(ms_full, r, method=cfg.interpolation, padding=cfg.padding)
             path = out_dir / f"{cfg.name}_test_full.h5"
             attrs = {**common_attrs, "split": "test_full", "protocol": "full resolution (no ground truth)",
-                     "region": crop.as_tuple()}
-            with FusionH5Writer(path, max_dn=cfg.out_max_dn, compression=compression, attrs=attrs) as w:
+                     "region": crop_region.as_tuple()}
+            with FusionH5Writer(path, max_dn=out_max, compression=compression, attrs=attrs) as w:
                 w.append(ms=ms_full[0].numpy(), lms=lms_full[0].float().numpy(), pan=pan_full,
-                         extra={"coords": np.array([[row0 + crop.row, col0 + crop.col]], dtype=np.int32)})
+                         extra={"coords": corner})
             summary["files"]["test_full"] = str(path)
 
     summary["config"] = asdict(cfg)
