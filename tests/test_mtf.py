@@ -175,3 +175,29 @@ def test_simulate_reduced_resolution_validation():
         simulate_reduced_resolution(ms, pan, 4, "wv3")
     with pytest.raises(ValueError, match="ratio"):
         simulate_reduced_resolution(ms, pan, 1, "qb")
+
+
+def _interp23tap_direct(x: torch.Tensor, ratio: int) -> torch.Tensor:
+    """Textbook form of the toolbox's interp23tap: per stage, zero insertion (first stage at odd
+    positions, later stages at even ones), then circular filtering with the full 23-tap kernel."""
+    half = [0.5, 0.305334091185, 0, -0.072698593239, 0, 0.021809577942, 0,
+            -0.005192756653, 0, 0.000807762146, 0, -0.000060081482]
+    kernel = 2 * torch.tensor(half[:0:-1] + half, dtype=torch.float64)
+    y = x
+    for stage in range(int(math.log2(ratio))):
+        b, c, h, w = y.shape
+        up = torch.zeros(b, c, 2 * h, 2 * w, dtype=y.dtype)
+        o = 1 if stage == 0 else 0
+        up[..., o::2, o::2] = y
+        up = torch.nn.functional.pad(up, (11, 11, 11, 11), mode="circular")
+        up = torch.nn.functional.conv2d(up.reshape(-1, 1, *up.shape[-2:]), kernel.view(1, 1, 23, 1))
+        up = torch.nn.functional.conv2d(up, kernel.view(1, 1, 1, 23))
+        y = up.view(b, c, 2 * h, 2 * w)
+    return y
+
+
+@pytest.mark.parametrize("ratio", [2, 4, 8])
+def test_interp23tap_matches_zero_insertion_form(ratio):
+    torch.manual_seed(4)
+    x = torch.rand(1, 2, 12, 16, dtype=torch.float64)
+    assert torch.allclose(interp23tap(x, ratio), _interp23tap_direct(x, ratio), atol=1e-12)
