@@ -254,8 +254,8 @@ def test_geotiff_roundtrip_window_and_errors(tmp_path):
     garbage.write_bytes(np.random.default_rng(0).bytes(2000))
     with pytest.raises(ValueError, match="garbage.tif: cannot read as a GeoTIFF"):
         read_geotiff(garbage)
-    big = write_geotiff(tmp_path / "big.tif", np.random.default_rng(0).integers(0, 60000, (1, 256, 256), dtype=np.uint16),
-                        compress="deflate")
+    noise = np.random.default_rng(0).integers(0, 60000, (1, 256, 256), dtype=np.uint16)
+    big = write_geotiff(tmp_path / "big.tif", noise, compress="deflate")
     truncated = tmp_path / "truncated.tif"
     truncated.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
     with pytest.raises(ValueError, match="truncated.tif: cannot read"):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -44,37 +44,52 @@ LANDSAT8_OLI_BANDPASS_NM: dict[str, tuple[float, float]] = {
 SIDES = ("left", "right", "top", "bottom")
 
 
+def _option(default, help: str):
+    """A dataclass field with its CLI help text (``field.metadata["help"]``)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class MakeDatasetConfig:
     """Everything ``make_dataset`` needs (the ``ddif make-dataset`` options).
 
     Sizes (``patch_size``, ``stride``, ``test_size``, ``fill_margin``, ``crop``) are in pixels of the
-    reduced-resolution PAN grid, which is the scene's MS grid.
+    reduced-resolution PAN grid, which is the scene's MS grid. Each field's ``metadata["help"]``
+    says what it is (for generated CLI help).
     """
 
-    ms: tuple[str, ...] = ()          # MS GeoTIFF (multi-band), one GeoTIFF per band in order, or one .npy (C, h, w) of DN
-    pan: str = ""                     # PAN GeoTIFF / .npy (P, ratio*h, ratio*w); "" -> synthesise it from the MS (semi-synthetic)
-    out_dir: str = "data/dataset"
-    name: str = "dataset"             # files: {name}_train.h5, {name}_val.h5, {name}_test.h5 (+ {name}_test_full.h5 with a real PAN)
-    ratio: int = 4
-    sensor: str = "generic"           # MTF gains of the degradation (ddif.data.mtf.SENSOR_MTF: wv3, qb, gf2, landsat8, generic, ...)
-    interpolation: str = "interp23tap"  # how ms is re-interpolated to lms: interp23tap or bicubic
-    padding: str = "symmetric"        # interp23tap boundary: symmetric, replicate or circular (the toolbox's wrap-around)
-    ms_bands: tuple[int, ...] = ()    # 1-based bands of a multi-band MS file to use (() = all)
-    pan_weights: tuple[float, ...] = ()  # synthetic-PAN weight per MS band (only when pan is ""); see bandpass_pan_weights
-    max_dn: float = 0.0               # input DN mapped to 1.0 (0 -> the dtype's max for integer data, 1.0 for floats)
-    out_max_dn: float = 0.0           # files store value * out_max_dn = the training preset's model.max_dn (0 -> max_dn: the scene's DN)
-    nodata: tuple[float, ...] = ()    # fill values besides the GeoTIFF nodata tag (e.g. 0 for Landsat L1 scenes)
-    fill_margin: int = -1             # keep patches this far from fill and region borders (-1 -> 4 * ratio)
-    crop: tuple[int, ...] = ()        # (row, col, height, width) of the scene to use, MS grid (() = whole scene)
-    patch_size: int = 64
-    stride: int = 32
-    holdout_side: str = "left"        # side of the scene holding the test strip, then the val strip: left/right/top/bottom
-    val_fraction: float = 0.15        # width of the validation strip as a fraction of the scene along that axis
-    test_size: int = 256              # side of the square held-out test crop (0 -> no test file)
-    max_train_patches: int = 0        # keep a random subset of this many training patches (0 -> all)
-    seed: int = 0                     # shuffles the training patches (and picks the subset)
-    compression: str = "gzip"         # gzip, lzf or "" (none)
+    ms: tuple[str, ...] = _option((), "MS GeoTIFF (multi-band), one GeoTIFF per band in order, or one .npy "
+                                      "(C, h, w) of DN")
+    pan: str = _option("", "PAN GeoTIFF / .npy (P, ratio*h, ratio*w); '' -> synthesise it from the MS "
+                           "(semi-synthetic)")
+    out_dir: str = _option("data/dataset", "folder for the .h5 files and the summary JSON")
+    name: str = _option("dataset", "files: {name}_train.h5, {name}_val.h5, {name}_test.h5 (+ {name}_test_full.h5 "
+                                   "with a real PAN)")
+    ratio: int = _option(4, "MS / PAN resolution ratio")
+    sensor: str = _option("generic", "MTF gains of the degradation (ddif.data.mtf.SENSOR_MTF: wv3, qb, gf2, "
+                                     "landsat8, generic, ...)")
+    interpolation: str = _option("interp23tap", "how ms is re-interpolated to lms: interp23tap or bicubic")
+    padding: str = _option("symmetric", "interp23tap boundary: symmetric, replicate or circular (the toolbox's "
+                                        "wrap-around)")
+    ms_bands: tuple[int, ...] = _option((), "1-based bands of a multi-band MS file to use (empty = all)")
+    pan_weights: tuple[float, ...] = _option((), "synthetic-PAN weight per MS band (only without a PAN); see "
+                                                 "bandpass_pan_weights")
+    max_dn: float = _option(0.0, "input DN mapped to 1.0 (0 -> the dtype's max for integer data, 1.0 for floats)")
+    out_max_dn: float = _option(0.0, "files store value * out_max_dn, the training preset's model.max_dn "
+                                     "(0 -> max_dn: the files hold the scene's DN)")
+    nodata: tuple[float, ...] = _option((), "fill values besides the GeoTIFF nodata tag (e.g. 0 for Landsat L1 "
+                                            "scenes)")
+    fill_margin: int = _option(-1, "keep patches this far from fill and region borders (-1 -> 4 * ratio)")
+    crop: tuple[int, ...] = _option((), "row,col,height,width of the scene to use, MS grid (empty = whole scene)")
+    patch_size: int = _option(64, "side of a training / validation patch on the gt grid (multiple of ratio)")
+    stride: int = _option(32, "step between patches (multiple of ratio)")
+    holdout_side: str = _option("left", "side of the scene holding the test strip, then the val strip: "
+                                        "left/right/top/bottom")
+    val_fraction: float = _option(0.15, "width of the validation strip, as a fraction of the scene along that axis")
+    test_size: int = _option(256, "side of the square held-out test crop (0 -> no test file)")
+    max_train_patches: int = _option(0, "keep a random subset of this many training patches (0 -> all)")
+    seed: int = _option(0, "shuffles the training patches (and picks the subset)")
+    compression: str = _option("gzip", "gzip, lzf or '' (none)")
 
     def __post_init__(self) -> None:
         if isinstance(self.ms, (str, os.PathLike)):
@@ -121,7 +136,8 @@ class MakeDatasetConfig:
 # Synthetic PAN
 # ---------------------------------------------------------------------------------------------
 
-def bandpass_pan_weights(band_passes_nm: Sequence[tuple[float, float]], pan_pass_nm: tuple[float, float]) -> tuple[float, ...]:
+def bandpass_pan_weights(band_passes_nm: Sequence[tuple[float, float]],
+                         pan_pass_nm: tuple[float, float]) -> tuple[float, ...]:
     """Weights for :func:`synthesize_pan`: the overlap (nm) of each MS band pass with the PAN pass,
     normalised to sum to 1 (box approximation of the relative spectral responses).
 
@@ -540,7 +556,8 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
         test_crop = Region(region.row + corner[0], region.col + corner[1], cfg.test_size, cfg.test_size)
 
     def scene_coords(rows_cols: np.ndarray, region: Region) -> np.ndarray:
-        return (np.asarray(rows_cols).reshape(-1, 2) + np.array([row0 + region.row, col0 + region.col])).astype(np.int32)
+        offset = np.array([row0 + region.row, col0 + region.col])
+        return (np.asarray(rows_cols).reshape(-1, 2) + offset).astype(np.int32)
 
     # --- write ---------------------------------------------------------------------------------
     for split, pos in plans.items():
