@@ -1,0 +1,38 @@
+"""Runtime backends for the fixed-step sampler: PyTorch, ONNX Runtime, TensorRT.
+
+    import ddif.runtime
+    backend = ddif.runtime.best_available("student.pt")     # or fuser.onnx / fuser.plan
+    fused = backend.fuse(lms, pan, seed=0)
+
+Every backend has ``fuse(lms, pan, seed)`` and the attributes ``name``, ``bands``,
+``guide_bands``, ``max_dn``, ``rgb_bands``, ``ratio``, ``steps``, ``timesteps``. Nothing is
+imported until used (onnxruntime and tensorrt are optional).
+"""
+from __future__ import annotations
+
+_LAZY = {
+    "FuserBackend": "ddif.runtime.backends",
+    "TorchFuser": "ddif.runtime.backends",
+    "OnnxRuntimeFuser": "ddif.runtime.backends",
+    "TensorRTFuser": "ddif.runtime.backends",
+    "best_available": "ddif.runtime.backends",
+    "ensure_onnx": "ddif.runtime.backends",
+    "SamplingPlan": "ddif.runtime.plan",
+    "resolve_sampling_plan": "ddif.runtime.plan",
+    "ExportSpec": "ddif.runtime.spec",
+    "ShapeProfile": "ddif.runtime.spec",
+    "EngineCache": "ddif.runtime.tensorrt",
+    "EngineKey": "ddif.runtime.tensorrt",
+    "TensorRTUnavailable": "ddif.runtime.tensorrt",
+    "tensorrt_unavailable_reason": "ddif.runtime.tensorrt",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ddif.runtime' has no attribute {name!r}")

@@ -1,0 +1,482 @@
+"""Runtime backends with one interface: ``backend.fuse(lms, pan, seed) -> fused``.
+
+- :class:`TorchFuser`: the engine itself (:class:`ddif.Fuser`), any device;
+- :class:`OnnxRuntimeFuser`: an exported graph (``python -m export.onnx``) on ONNX Runtime;
+- :class:`TensorRTFuser`: a TensorRT engine (``python -m export.tensorrt``) on an NVIDIA GPU.
+
+All run the same deterministic DDIM sampler (eta 0) over the same timesteps and draw the initial
+noise from ``seed`` exactly as :meth:`ddif.Fuser.fuse` does (on the CPU generator, at the padded
+size), so given a seed they agree with each other and with ``ddif.Fuser`` up to floating-point
+rounding. Inputs are (B, C, H, W) or (C, H, W) floats in [0, 1] of any H x W: they are padded
+(reflect) to the model's size multiple and cropped back, as ``ddif.Fuser`` does.
+
+:func:`best_available` picks the fastest backend that works here and logs why.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ddif.config import Preset
+from ddif.runtime.plan import SamplingPlan, resolve_sampling_plan
+from ddif.runtime.spec import INPUT_NAMES, ExportSpec, ShapeProfile, sha256_file, spec_path_for
+from ddif.runtime.tensorrt import (EngineCache, EngineRunner, TensorRTUnavailable, build_engine, default_cache_dir,
+                                   engine_key, gpu_identity, import_tensorrt, tensorrt_unavailable_reason)
+from ddif.utils.validation import check_image
+
+log = logging.getLogger("ddif.runtime")
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+class FuserBackend:
+    """Common interface and the shared input handling (checks, padding, seeded noise, cropping)."""
+
+    name = "backend"
+
+    def __init__(self, preset: Preset, plan: SamplingPlan, batch_size: int | None = None):
+        self.preset = preset
+        self.plan = plan
+        self.batch_size = batch_size
+        cfg = preset.model
+        self.bands: int = int(cfg.bands)
+        self.guide_bands: int = int(cfg.guide_bands)
+        self.max_dn: float = float(cfg.max_dn)
+        self.rgb_bands: tuple[int, ...] = tuple(int(b) for b in preset.data.rgb_bands)
+        self.ratio: int = int(preset.data.ratio)
+        self.size_multiple: int = int(cfg.size_multiple)
+
+    @property
+    def steps(self) -> int:
+        return self.plan.steps
+
+    @property
+    def timesteps(self) -> tuple[int, ...]:
+        return self.plan.timesteps
+
+    def describe(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.describe()}, preset={self.preset.name!r}, bands={self.bands}, "
+                f"steps={self.steps}, timesteps={list(self.timesteps)})")
+
+    # ---- inputs
+    def check_inputs(self, lms, pan) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """ValueErrors naming the tensor: wrong bands, mismatched sizes, NaN/Inf, integer or
+        unscaled images (the same checks and messages as :meth:`ddif.Fuser.check_inputs`)."""
+        from ddif.fuser import PLAUSIBLE_RANGE
+
+        unbatched = isinstance(lms, torch.Tensor) and lms.dim() == 3
+        lms = check_image("lms", lms, channels=self.bands, allow_unbatched=True,
+                          channel_what=f"bands for preset '{self.preset.name}'")
+        pan = check_image("pan", pan, channels=self.guide_bands, allow_unbatched=True, batch=lms.shape[0],
+                          spatial=lms.shape[-2:], spatial_of="lms",
+                          channel_what="PAN band(s)" if self.guide_bands == 1 else "guide bands")
+        for name, x in (("lms", lms), ("pan", pan)):
+            lo, hi = float(x.min()), float(x.max())
+            if lo < PLAUSIBLE_RANGE[0] or hi > PLAUSIBLE_RANGE[1]:
+                raise ValueError(f"{name}: values span [{lo:g}, {hi:g}], expected images scaled to [0, 1] "
+                                 f"(divide digital numbers by the sensor's max DN, {self.max_dn:g} for this preset)")
+        return lms, pan, unbatched
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad bottom/right to the size multiple: reflect where possible, else replicate (as ddif.Fuser)."""
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            mode = "reflect" if (ph < h and pw < w) else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        return x
+
+    def initial_noise(self, padded_shape: Sequence[int], seed: int | None) -> torch.Tensor:
+        """x_T drawn exactly as ddif.Fuser.fuse draws it: float32 on the seed's CPU generator."""
+        from ddif.diffusion.sampling import _as_generator
+
+        gen = _as_generator(seed)
+        return torch.randn(tuple(padded_shape), generator=gen, dtype=torch.float32,
+                           device=gen.device if gen is not None else "cpu")
+
+    # ---- fusion
+    @torch.no_grad()
+    def fuse(self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0, *,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused image clamp(lms + residual, 0, 1), shaped like ``lms`` ((C,H,W) or (B,C,H,W)), on
+        ``lms``'s device and dtype. ``noise`` (padded shape) replaces the seeded x_T."""
+        lms4, pan4, unbatched = self.check_inputs(lms, pan)
+        h, w = lms4.shape[-2:]
+        lms_p = self.pad(lms4.float())
+        pan_p = self.pad(pan4.float())
+        if noise is None:
+            noise = self.initial_noise(lms_p.shape, seed)
+        elif tuple(noise.shape) != tuple(lms_p.shape):
+            raise ValueError(f"noise: expected shape {tuple(lms_p.shape)} (padded to a multiple of "
+                             f"{self.size_multiple}), got {tuple(noise.shape)}")
+        step = self.batch_size or lms_p.shape[0]
+        parts = [self._run(lms_p[i:i + step], pan_p[i:i + step], noise[i:i + step].float())
+                 for i in range(0, lms_p.shape[0], step)]
+        out = torch.cat(parts)[..., :h, :w].to(lms4.device, lms4.dtype)
+        return out[0] if unbatched else out
+
+    def _run(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Padded float32 (B, C, H, W) inputs -> padded fused image."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------- PyTorch
+class TorchFuser(FuserBackend):
+    """The engine itself: :class:`ddif.Fuser` (condition cache, self-conditioning), DDIM eta 0
+    over the plan's timesteps. ``model`` is a :class:`ddif.DDIF` or an engine checkpoint path."""
+
+    name = "pytorch"
+
+    def __init__(self, model, *, steps: int | None = None, timesteps: Iterable[int] | str | None = None,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                 fused_kernels: bool | None = None, batch_size: int | None = None):
+        from ddif.fuser import Fuser
+
+        if isinstance(model, (str, os.PathLike)):
+            model = load_engine_checkpoint(model)
+        plan = resolve_sampling_plan(model.preset, getattr(model, "metadata", None), steps=steps, timesteps=timesteps)
+        super().__init__(model.preset, plan, batch_size)
+        if fused_kernels is not None:
+            model.set_fused_kernels(fused_kernels)
+        self.fuser = Fuser(model, sampler="ddim", steps=plan.steps, eta=0.0, device=device, dtype=dtype,
+                           batch_size=batch_size)
+        self.fuser.scheduler = plan.scheduler(model.preset)      # the plan's exact grid
+        self.model = self.fuser.model
+        self.device = self.fuser.device
+
+    def describe(self) -> str:
+        return f"pytorch (eager, {self.device} {str(self.fuser.dtype).replace('torch.', '')})"
+
+    @torch.no_grad()
+    def fuse(self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0, *,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        # ddif.Fuser runs the same input checks (check_image, plausible range) itself
+        return self.fuser.fuse(lms, pan, seed=seed, noise=noise)
+
+
+# -------------------------------------------------------------------------------- ONNX Runtime
+class OnnxRuntimeFuser(FuserBackend):
+    """An exported sampler (``fuser.onnx`` + ``fuser.onnx.json``) on ONNX Runtime.
+
+    ``providers`` default: CUDA then CPU where ``device`` is CUDA and onnxruntime has the CUDA
+    provider, else CPU. ``intra_op_threads`` / ``graph_optimization`` set the session options.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: str | os.PathLike, *, device: str | torch.device | None = None,
+                 providers: Sequence[str] | None = None, intra_op_threads: int | None = None,
+                 graph_optimization: str = "all", steps: int | None = None,
+                 timesteps: Iterable[int] | str | None = None, batch_size: int | None = None):
+        ort = import_onnxruntime()
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {self.path}")
+        spec = load_onnx_spec(self.path)
+        preset, plan = spec.preset_obj(), spec.plan()
+        check_plan_matches(self.path, plan, preset, steps, timesteps)
+        super().__init__(preset, plan, batch_size)
+        self.spec = spec
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if providers is None:
+            providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+                         else ["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        if graph_optimization not in levels:
+            raise ValueError(f"graph_optimization must be one of {list(levels)}, got {graph_optimization!r}")
+        options.graph_optimization_level = levels[graph_optimization]
+        if intra_op_threads:
+            options.intra_op_num_threads = int(intra_op_threads)
+        options.log_severity_level = 3          # errors only: ORT's warnings are about its own fusions
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own exception types for invalid models
+            raise ValueError(f"{self.path}: onnxruntime cannot load the model ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        names = [i.name for i in self.session.get_inputs()]
+        if sorted(names) != sorted(INPUT_NAMES):
+            raise ValueError(f"{self.path}: expected inputs {list(INPUT_NAMES)}, the model has {names}")
+        self.providers = self.session.get_providers()
+        self.intra_op_threads = intra_op_threads
+
+    def describe(self) -> str:
+        threads = f", {self.intra_op_threads} threads" if self.intra_op_threads else ""
+        return f"onnxruntime ({self.providers[0]}{threads})"
+
+    def _run(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        feed = {name: t.detach().to("cpu", torch.float32).contiguous().numpy()
+                for name, t in (("lms", lms), ("pan", pan), ("noise", noise))}
+        return torch.from_numpy(self.session.run(["fused"], feed)[0])
+
+
+# ------------------------------------------------------------------------------------ TensorRT
+class TensorRTFuser(FuserBackend):
+    """A TensorRT engine on an NVIDIA GPU.
+
+    ``model_path`` is a ``.plan`` (with its ``.plan.json`` spec, from ``python -m export.tensorrt``)
+    or an ``.onnx`` whose engine is built on first use and cached (:class:`EngineCache`, key:
+    ONNX hash + GPU + TensorRT version + precision + profile). Images whose padded size lies
+    outside the engine's profile raise ValueError; batches above its max batch are split.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, model_path: str | os.PathLike, *, device: str | torch.device | None = None, fp16: bool = True,
+                 profile: ShapeProfile | str | None = None, cache_dir: str | os.PathLike | None = None,
+                 steps: int | None = None, timesteps: Iterable[int] | str | None = None,
+                 batch_size: int | None = None, trt=None):
+        trt = trt or import_tensorrt()
+        self.device = torch.device(device if device is not None else "cuda")
+        if self.device.type != "cuda" or not torch.cuda.is_available():
+            raise TensorRTUnavailable(f"TensorRT needs a CUDA GPU (device {self.device}, CUDA available: "
+                                      f"{torch.cuda.is_available()})")
+        path = Path(model_path)
+        if path.suffix == ".onnx":
+            onnx_spec = load_onnx_spec(path)
+            mult = onnx_spec.size_multiple
+            if isinstance(profile, str):
+                profile = ShapeProfile.parse(profile, mult)
+            profile = profile or onnx_spec.shape_profile()
+            key = engine_key(path, profile, fp16=fp16, gpu=gpu_identity(self.device),
+                             tensorrt_version=str(trt.__version__))
+            cache = EngineCache(Path(cache_dir) / "tensorrt" if cache_dir else None)
+            model = onnx_spec.preset["model"]
+
+            def build(onnx_path: Path, out: Path) -> None:
+                log.info("building a TensorRT engine for %s (%s, profile %s); cached as %s", onnx_path,
+                         "fp16" if fp16 else "fp32", profile, out)
+                with torch.cuda.device(self.device):
+                    build_engine(onnx_path, out, profile, fp16=fp16, bands=model["bands"],
+                                 guide_bands=model["guide_bands"], trt=trt)
+
+            path, _ = cache.get_or_build(path, key, profile, build)
+        spec = ExportSpec.for_model(path, verify=True)
+        if spec.kind != "tensorrt":
+            raise ValueError(f"{path}: spec kind is {spec.kind!r}, expected 'tensorrt'")
+        built_for = (spec.tensorrt.get("gpu"), spec.tensorrt.get("tensorrt_version"))
+        here = (gpu_identity(self.device), str(trt.__version__))
+        if built_for != here:
+            raise ValueError(f"{path}: engine built for {built_for[0]} with TensorRT {built_for[1]}, this is "
+                             f"{here[0]} with TensorRT {here[1]}: rebuild it (python -m export.tensorrt)")
+        preset, plan = spec.preset_obj(), spec.plan()
+        check_plan_matches(path, plan, preset, steps, timesteps)
+        super().__init__(preset, plan, batch_size)
+        self.spec = spec
+        self.path = path
+        self.runner = EngineRunner(path, self.device, trt=trt)
+        self.profile = spec.shape_profile()
+        self.precision = spec.tensorrt.get("precision", "?")
+        if self.batch_size is None or self.batch_size > self.profile.max[0]:
+            self.batch_size = self.profile.max[0]
+
+    def describe(self) -> str:
+        return f"tensorrt ({self.precision}, {self.device})"
+
+    def _run(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = lms.shape
+        if not self.profile.contains(b, h, w):
+            raise ValueError(f"lms: padded size {h}x{w} (batch {b}) is outside the engine's profile "
+                             f"{self.profile} (BxHxW min/opt/max); rebuild with larger --shapes")
+        dev = self.device
+        return self.runner.run(lms.to(dev).contiguous(), pan.to(dev).contiguous(), noise.to(dev).contiguous())
+
+
+# ------------------------------------------------------------------------------------- helpers
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeError(f"onnxruntime is not installed ({exc}): pip install 'ddif[onnx]'") from None
+    return onnxruntime
+
+
+def onnxruntime_unavailable_reason(device: torch.device) -> str | None:
+    try:
+        ort = import_onnxruntime()
+    except RuntimeError as exc:
+        return str(exc)
+    if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ("onnxruntime has no CUDA provider here (providers: "
+                f"{', '.join(ort.get_available_providers())}) and PyTorch on the GPU beats ONNX Runtime on the CPU")
+    return None
+
+
+def load_engine_checkpoint(path: str | os.PathLike):
+    from ddif.models import DDIF
+
+    return DDIF.load(path)
+
+
+def load_onnx_spec(path: Path) -> ExportSpec:
+    """The spec beside the model (hash-checked), else the copy embedded in its metadata."""
+    if spec_path_for(path).is_file():
+        spec = ExportSpec.for_model(path, verify=True)
+    else:
+        from export.onnx import read_embedded_spec
+
+        try:
+            spec = read_embedded_spec(path)
+        except Exception as exc:  # onnx raises DecodeError & co. for corrupt files
+            raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+        if spec is None:
+            raise ValueError(f"{path}: no export spec beside it ({spec_path_for(path).name}) nor in its metadata: "
+                             "export it with python -m export.onnx")
+        log.info("%s: spec file missing, using the copy embedded in the model", path)
+    if spec.kind != "onnx":
+        raise ValueError(f"{path}: spec kind is {spec.kind!r}, expected 'onnx'")
+    return spec
+
+
+def check_plan_matches(path: Path, plan: SamplingPlan, preset: Preset, steps: int | None,
+                       timesteps: Iterable[int] | str | None) -> None:
+    """An exported graph has its timesteps baked in: a different request is an error, not a silent swap."""
+    if steps is None and timesteps is None:
+        return
+    want = resolve_sampling_plan(preset, {}, steps=steps, timesteps=timesteps)
+    if steps is not None and timesteps is None and steps == plan.steps:
+        return
+    if want.timesteps != plan.timesteps:
+        raise ValueError(f"{path} was exported for {plan.steps} steps at timesteps {list(plan.timesteps)}, "
+                         f"not {list(want.timesteps)}: export again with --steps / --timesteps")
+
+
+def ensure_onnx(checkpoint: str | os.PathLike, *, steps: int | None = None,
+                timesteps: Iterable[int] | str | None = None, cache_dir: str | os.PathLike | None = None,
+                exporter: str = "dynamo", opset: int | None = None) -> Path:
+    """An ONNX export of an engine checkpoint, from the cache or exported now (once).
+
+    Keyed by the checkpoint's SHA-256, the timesteps, the exporter, opset and torch version.
+    """
+    from export.onnx import DEFAULT_OPSET, export_model
+
+    checkpoint = Path(checkpoint)
+    model = load_engine_checkpoint(checkpoint)
+    plan = resolve_sampling_plan(model.preset, getattr(model, "metadata", None), steps=steps, timesteps=timesteps)
+    opset = opset or DEFAULT_OPSET
+    ident = {"checkpoint_sha256": sha256_file(checkpoint), "timesteps": list(plan.timesteps), "exporter": exporter,
+             "opset": opset, "torch": torch.__version__}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    out = root / "onnx" / f"{checkpoint.stem}-{plan.steps}steps-{digest}.onnx"
+    if out.is_file() and spec_path_for(out).is_file():
+        try:
+            ExportSpec.for_model(out, verify=True)
+            return out
+        except ValueError as exc:
+            log.info("re-exporting %s: %s", out, exc)
+    log.info("exporting %s (%d steps) to ONNX once; cached as %s", checkpoint, plan.steps, out)
+    export_model(model, out, plan, opset=opset, exporter=exporter, check=True,
+                 source={"weights": "engine checkpoint", "checkpoint": str(checkpoint),
+                         "checkpoint_sha256": ident["checkpoint_sha256"]})
+    return out
+
+
+# -------------------------------------------------------------------------------- best_available
+def best_available(model_path: str | os.PathLike, device: str | torch.device | None = None, *,
+                   steps: int | None = None, timesteps: Iterable[int] | str | None = None,
+                   cache_dir: str | os.PathLike | None = None, fp16: bool = True, allow_export: bool = True,
+                   exporter: str = "dynamo", ort_threads: int | None = None,
+                   torch_checkpoint: str | os.PathLike | None = None) -> FuserBackend:
+    """The fastest backend that works here for ``model_path`` (an engine checkpoint ``.pt``, an
+    exported ``.onnx`` or a TensorRT ``.plan``), with one log line saying what was chosen and why.
+
+    Order: TensorRT (CUDA device, ``tensorrt`` importable; a ``.plan`` as is, an ``.onnx`` or
+    ``.pt`` through the engine cache), then ONNX Runtime (CPU, or CUDA where onnxruntime has
+    that provider; an ``.onnx`` as is, a ``.pt`` exported once into the cache unless
+    ``allow_export`` is False), then PyTorch (needs the checkpoint: ``model_path`` or
+    ``torch_checkpoint``). ``device`` defaults to CUDA when available, else CPU.
+    """
+    path = Path(model_path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind = _model_kind(path)
+    skipped: list[tuple[str, str]] = []
+
+    def onnx_source() -> Path | None:
+        if kind == "onnx":
+            return path
+        if kind == "plan":
+            spec = ExportSpec.load(spec_path_for(path))
+            src = spec.tensorrt.get("onnx_file")
+            return Path(src) if src and Path(src).is_file() else None
+        if allow_export:
+            return ensure_onnx(path, steps=steps, timesteps=timesteps, cache_dir=cache_dir, exporter=exporter)
+        return None
+
+    def attempt(label: str, make):
+        try:
+            return make()
+        except (TensorRTUnavailable, ValueError, RuntimeError, FileNotFoundError, ImportError, OSError) as exc:
+            skipped.append((label, f"{type(exc).__name__}: {exc}"))
+            return None
+
+    backend: FuserBackend | None = None
+    reason = tensorrt_unavailable_reason(device)
+    if reason is not None:
+        skipped.append(("TensorRT", reason))
+    else:
+        def make_trt():
+            if kind == "plan":
+                return TensorRTFuser(path, device=device, steps=steps, timesteps=timesteps)
+            src = onnx_source()
+            return TensorRTFuser(src, device=device, fp16=fp16, cache_dir=cache_dir, steps=steps, timesteps=timesteps)
+        backend = attempt("TensorRT", make_trt)
+
+    if backend is None:
+        reason = onnxruntime_unavailable_reason(device)
+        if reason is not None:
+            skipped.append(("ONNX Runtime", reason))
+        else:
+            def make_ort():
+                src = onnx_source()
+                if src is None:
+                    raise FileNotFoundError("no ONNX model (export disabled, or the engine's ONNX source is gone)")
+                return OnnxRuntimeFuser(src, device=device, intra_op_threads=ort_threads, steps=steps,
+                                        timesteps=timesteps)
+            backend = attempt("ONNX Runtime", make_ort)
+
+    if backend is None:
+        ckpt = Path(torch_checkpoint) if torch_checkpoint else (path if kind == "checkpoint" else None)
+        if ckpt is None:
+            raise RuntimeError(f"no backend can run {path}: " + "; ".join(f"{k}: {v}" for k, v in skipped)
+                               + " (PyTorch needs the engine checkpoint: pass torch_checkpoint=...)")
+        backend = TorchFuser(ckpt, steps=steps, timesteps=timesteps, device=device)
+
+    why = "; ".join(f"{k} not used: {v}" for k, v in skipped)
+    level = logging.WARNING if (kind == "plan" and backend.name != "tensorrt") else logging.INFO
+    log.log(level, "ddif.runtime: using %s for %s, %d steps%s", backend.describe(), path.name, backend.steps,
+            f". {why}" if why else "")
+    return backend
+
+
+def _model_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".plan" or suffix == ".engine":
+        return "plan"
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "checkpoint"
+    raise ValueError(f"{path}: expected an engine checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}), an .onnx or a "
+                     f".plan, got '{suffix or 'no suffix'}'")
+
+
+__all__ = ["FuserBackend", "TorchFuser", "OnnxRuntimeFuser", "TensorRTFuser", "best_available", "ensure_onnx",
+           "load_onnx_spec"]
