@@ -493,9 +493,8 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
     out_max = cfg.out_max_dn or in_max
     ms_norm = ms_arr.astype(np.float32) / np.float32(in_max)
     pan_norm = None
-    if pan_arr is not None:
-        pan_max = cfg.max_dn or _auto_max_dn(pan_arr)
-        pan_norm = pan_arr.astype(np.float32) / np.float32(pan_max)
+    if pan_arr is not None:   # one max DN for MS and PAN, as in PanCollection
+        pan_norm = pan_arr.astype(np.float32) / np.float32(in_max)
 
     # --- regions ----------------------------------------------------------------------------
     regions = split_regions(H, W, cfg)
