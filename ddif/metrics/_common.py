@@ -5,9 +5,6 @@ import torch
 
 from ddif.utils.validation import check_image
 
-Metric = "float | torch.Tensor"
-
-
 def prepare(name: str, x, *, like: torch.Tensor | None = None, like_name: str = "",
             unbatched: bool | None = None) -> tuple[torch.Tensor, bool]:
     """Validate (C, H, W) or (B, C, H, W), return the float64 4-D tensor and whether it was unbatched."""

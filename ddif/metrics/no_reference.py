@@ -71,7 +71,7 @@ def _d_lambda(f, m, ratio, sensor, block_size):
     gains, _ = sensor_gains(sensor, f.shape[1])
     fused_lp = _filtered(mtf_filter, f, gains, ratio)
     ms_exp = _filtered(upsample, m, ratio, method=_interp_method(ratio))
-    return 1.0 - q2n(fused_lp, ms_exp, block_size, block_size)
+    return 1.0 - q2n(fused_lp, ms_exp, block_size, block_size)     # 4-D inputs: a (B,) tensor
 
 
 def _block_q(x: torch.Tensor, y: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -116,7 +116,7 @@ def d_lambda(fused, ms, pan=None, ratio: int = 4, sensor: str = "wv3", block_siz
     full-resolution indices share one signature).
     """
     f, m, _, unbatched = _prepare_full(fused, ms, pan, ratio, need_pan=False)
-    return finish(_to_tensor(_d_lambda(f, m, ratio, sensor, block_size)), unbatched)
+    return finish(_d_lambda(f, m, ratio, sensor, block_size), unbatched)
 
 
 def d_s(fused, ms, pan, ratio: int = 4, sensor: str = "wv3", block_size: int = 32, q: float = 1.0):
@@ -137,12 +137,7 @@ def hqnr(fused, ms, pan, ratio: int = 4, sensor: str = "wv3", block_size: int = 
 def full_resolution_metrics(fused, ms, pan, ratio: int = 4, sensor: str = "wv3", block_size: int = 32) -> dict:
     """``{"D_lambda", "D_s", "HQNR"}`` of a full-resolution fusion (floats, or (B,) tensors when batched)."""
     f, m, p, unbatched = _prepare_full(fused, ms, pan, ratio, need_pan=True)
-    dl = _to_tensor(_d_lambda(f, m, ratio, sensor, block_size))
+    dl = _d_lambda(f, m, ratio, sensor, block_size)
     ds = _d_s(f, m, p, ratio, block_size, 1.0)
     return {"D_lambda": finish(dl, unbatched), "D_s": finish(ds, unbatched),
             "HQNR": finish((1 - dl) * (1 - ds), unbatched)}
-
-
-def _to_tensor(value) -> torch.Tensor:
-    # q2n on 4-D inputs always returns a tensor; kept explicit for clarity.
-    return value if isinstance(value, torch.Tensor) else torch.tensor([value], dtype=torch.float64)
