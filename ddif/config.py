@@ -191,7 +191,7 @@ def _small_rgb() -> Preset:
     """A small 3-band model for the shipped demo (Landsat-8 B2-B4 + synthesised PAN)."""
     return Preset(
         name="landsat_small",
-        model=ModelConfig(bands=3, guide_bands=1, detail_order="HDV", max_dn=1.0, base_width=16,
+        model=ModelConfig(bands=3, guide_bands=1, detail_order="HDV", max_dn=32767.0, base_width=16,
                           channel_mults=(1, 2, 2), res_blocks=1, image_size=64, attn_resolutions=(),
                           dropout=0.0, drop_path=0.0),
         diffusion=DiffusionConfig(timesteps=500, sample_steps=10),

@@ -19,6 +19,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[P
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())      # mkstemp makes 0600; products get the usual mode
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
@@ -29,6 +30,12 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[P
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
