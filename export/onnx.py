@@ -195,13 +195,20 @@ def _random_inputs(bands: int, guide: int, batch: int, h: int, w: int, seed: int
 def check_against_torch(path: Path, sampler: FixedStepSampler, cfg, mult: int) -> float:
     """Max abs difference of onnxruntime (CPU) vs PyTorch over two shapes (dynamic axes exercised)."""
     ort = _require("onnxruntime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
+    cases = []
     for seed, (b, h, w) in enumerate([(1, 2 * mult, 2 * mult), (3, 3 * mult, 5 * mult)]):
-        lms, pan, noise = _random_inputs(cfg.bands, cfg.guide_bands, b, h, w, seed=100 + seed)
-        got = session.run(None, {"lms": lms.numpy(), "pan": pan.numpy(), "noise": noise.numpy()})[0]
+        inputs = _random_inputs(cfg.bands, cfg.guide_bands, b, h, w, seed=100 + seed)
         with torch.no_grad():
-            want = sampler(lms, pan, noise)
+            cases.append((inputs, sampler(*inputs)))
+    # PyTorch first, then one single-threaded, non-spinning session: the inputs are small, and
+    # ONNX Runtime's spinning worker threads would otherwise slow PyTorch down on a busy CPU.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for (lms, pan, noise), want in cases:
+        got = session.run(None, {"lms": lms.numpy(), "pan": pan.numpy(), "noise": noise.numpy()})[0]
         worst = max(worst, float((torch.from_numpy(got) - want).abs().max()))
     return worst
 
