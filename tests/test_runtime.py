@@ -1,0 +1,208 @@
+"""ddif.runtime: backends agree with each other and with ddif.Fuser given the same seed; one
+interface and attributes; bad inputs give ValueErrors; best_available's choice and its one log
+line; the export cache; stale / corrupt / mismatched exports are refused."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_preset
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
+                                        "ignore::FutureWarning")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """A tiny engine checkpoint and its 2-step ONNX export (through the export cache)."""
+    from ddif.models import DDIF
+    from ddif.runtime import ensure_onnx
+
+    d = tmp_path_factory.mktemp("runtime")
+    preset = tiny_preset()
+    preset.data.rgb_bands = (2, 1, 0)
+    torch.manual_seed(1)
+    model = DDIF(preset)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "cond_inj.body.3" in name:
+                p.normal_(0, 0.05)
+    ckpt = d / "tiny.pt"
+    model.save(ckpt, metadata={"note": "test"})
+    onnx_path = ensure_onnx(ckpt, steps=2, cache_dir=d / "cache", exporter="torchscript")
+    return ckpt, onnx_path, d
+
+
+def _images(b=2, h=13, w=22, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 4, h, w, generator=g), torch.rand(b, 1, h, w, generator=g)
+
+
+def test_backends_agree_with_each_other_and_with_fuser(artifacts):
+    import ddif
+    from ddif.models import DDIF
+    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+
+    ckpt, onnx_path, _ = artifacts
+    reference = ddif.Fuser(DDIF.load(ckpt), steps=2)
+    backends = [TorchFuser(ckpt, steps=2), OnnxRuntimeFuser(onnx_path, intra_op_threads=1),
+                OnnxRuntimeFuser(onnx_path, batch_size=1, graph_optimization="basic")]
+    lms, pan = _images(2, 13, 22)                 # odd size: padded to the multiple and cropped back
+    want = reference.fuse(lms, pan, seed=5)
+    for backend in backends:
+        got = backend.fuse(lms, pan, seed=5)
+        assert got.shape == lms.shape and got.dtype == lms.dtype
+        assert float((got - want).abs().max()) <= 1e-4, backend
+        one = backend.fuse(lms[1], pan[1], seed=5)  # unbatched (C, H, W) in, (C, H, W) out
+        assert one.shape == lms[1].shape
+        assert float((one - reference.fuse(lms[1], pan[1], seed=5)).abs().max()) <= 1e-4
+    assert torch.equal(backends[0].fuse(lms, pan, seed=5), want)     # PyTorch backend *is* ddif.Fuser
+    assert float((backends[1].fuse(lms, pan, seed=6) - want).abs().max()) > 1e-3  # the seed matters
+    assert torch.equal(backends[1].fuse(lms, pan, seed=5), backends[1].fuse(lms, pan, seed=5))
+    assert float(((want >= 0) & (want <= 1)).float().mean()) == 1.0
+
+
+def test_one_interface_and_attributes(artifacts):
+    from ddif.runtime import FuserBackend, OnnxRuntimeFuser, TorchFuser
+
+    ckpt, onnx_path, _ = artifacts
+    for backend, name in ((TorchFuser(ckpt, steps=2), "pytorch"), (OnnxRuntimeFuser(onnx_path), "onnxruntime")):
+        assert isinstance(backend, FuserBackend) and backend.name == name
+        assert (backend.bands, backend.guide_bands, backend.max_dn) == (4, 1, 1.0)
+        assert backend.rgb_bands == (2, 1, 0) and backend.ratio == 4
+        assert backend.steps == 2 and backend.timesteps == (250, 0)
+        assert name in repr(backend)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: (torch.rand(1, 3, 16, 16), torch.rand(1, 1, 16, 16)), "lms: expected 4 bands"),
+    (lambda: (torch.rand(1, 4, 16, 16), torch.rand(1, 2, 16, 16)), "pan: expected 1 PAN band"),
+    (lambda: (torch.rand(1, 4, 16, 16), torch.rand(1, 1, 16, 18)), "pan: expected spatial size 16x16"),
+    (lambda: (torch.rand(2, 4, 16, 16), torch.rand(1, 1, 16, 16)), "pan: expected batch size 2"),
+    (lambda: (torch.full((1, 4, 16, 16), float("nan")), torch.rand(1, 1, 16, 16)), "lms: contains non-finite"),
+    (lambda: (torch.rand(1, 4, 16, 16), torch.full((1, 1, 16, 16), float("inf"))), "pan: contains non-finite"),
+    (lambda: (torch.randint(0, 2047, (1, 4, 16, 16)), torch.rand(1, 1, 16, 16)), "lms: expected a floating"),
+    (lambda: (torch.rand(1, 4, 16, 16) * 2047, torch.rand(1, 1, 16, 16)), "lms: values span"),
+    (lambda: (torch.rand(16, 16), torch.rand(16, 16)), "lms: expected a 4-D tensor"),
+    (lambda: ("lms", torch.rand(1, 1, 16, 16)), "lms: expected a torch.Tensor"),
+])
+def test_bad_inputs_raise_value_errors(artifacts, make, match):
+    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+
+    ckpt, onnx_path, _ = artifacts
+    lms, pan = make()
+    for backend in (TorchFuser(ckpt, steps=2), OnnxRuntimeFuser(onnx_path)):
+        with pytest.raises(ValueError, match=match):
+            backend.fuse(lms, pan, seed=0)
+
+
+def test_noise_override_and_its_shape_check(artifacts):
+    from ddif.runtime import OnnxRuntimeFuser
+
+    _, onnx_path, _ = artifacts
+    backend = OnnxRuntimeFuser(onnx_path)
+    lms, pan = _images(1, 13, 22)
+    noise = backend.initial_noise((1, 4, 14, 22), seed=3)        # padded to the multiple (2)
+    assert torch.equal(backend.fuse(lms, pan, noise=noise), backend.fuse(lms, pan, seed=3))
+    with pytest.raises(ValueError, match="noise: expected shape"):
+        backend.fuse(lms, pan, noise=torch.zeros(1, 4, 13, 22))
+
+
+def test_best_available_onnx_falls_back_to_onnxruntime_with_one_message(artifacts, caplog):
+    from ddif.runtime import OnnxRuntimeFuser, best_available
+
+    _, onnx_path, _ = artifacts
+    with caplog.at_level(logging.INFO, logger="ddif.runtime"):
+        backend = best_available(onnx_path, device="cpu")
+    assert isinstance(backend, OnnxRuntimeFuser)
+    trt_lines = [r for r in caplog.records if "TensorRT" in r.getMessage()]
+    assert len(trt_lines) == 1
+    assert "using onnxruntime" in trt_lines[0].getMessage() and "TensorRT not used" in trt_lines[0].getMessage()
+
+
+def test_best_available_checkpoint_uses_cached_export_or_torch(artifacts, caplog):
+    from ddif.runtime import OnnxRuntimeFuser, TorchFuser, best_available
+
+    ckpt, onnx_path, d = artifacts
+    mtime = onnx_path.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="ddif.runtime"):
+        backend = best_available(ckpt, device="cpu", steps=2, cache_dir=d / "cache", exporter="torchscript")
+    assert isinstance(backend, OnnxRuntimeFuser) and backend.path == onnx_path
+    assert onnx_path.stat().st_mtime_ns == mtime                       # cache hit: not exported again
+    assert not any("exporting" in r.getMessage() for r in caplog.records)
+    torch_backend = best_available(ckpt, device="cpu", steps=2, allow_export=False)
+    assert isinstance(torch_backend, TorchFuser)
+
+
+def test_best_available_plan_without_tensorrt_warns_once_and_uses_its_onnx(artifacts, caplog, tmp_path):
+    from ddif.runtime import OnnxRuntimeFuser, best_available
+    from ddif.runtime.spec import ExportSpec, sha256_file, spec_path_for
+
+    _, onnx_path, _ = artifacts
+    plan = tmp_path / "fuser.plan"
+    plan.write_bytes(b"engine bytes")
+    spec = ExportSpec.for_model(onnx_path)
+    spec.kind, spec.model_file, spec.sha256 = "tensorrt", plan.name, sha256_file(plan)
+    spec.tensorrt = {"onnx_file": str(onnx_path), "gpu": "NVIDIA H100 (sm_90)", "tensorrt_version": "10.9.0"}
+    spec.save(spec_path_for(plan))
+    with caplog.at_level(logging.INFO, logger="ddif.runtime"):
+        backend = best_available(plan, device="cpu")
+    assert isinstance(backend, OnnxRuntimeFuser)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    with pytest.raises(RuntimeError, match="no backend can run"):
+        spec.tensorrt = {}
+        spec.save(spec_path_for(plan))
+        best_available(plan, device="cpu")
+
+
+def test_exports_are_checked_before_use(artifacts, tmp_path):
+    import shutil
+
+    from ddif.runtime import OnnxRuntimeFuser, best_available
+    from ddif.runtime.spec import spec_path_for
+
+    _, onnx_path, _ = artifacts
+    with pytest.raises(ValueError, match="exported for 2 steps"):
+        OnnxRuntimeFuser(onnx_path, steps=4)
+    with pytest.raises(ValueError, match="exported for 2 steps"):
+        OnnxRuntimeFuser(onnx_path, timesteps="480,240")
+    assert OnnxRuntimeFuser(onnx_path, steps=2).steps == 2
+    # spec missing: the copy embedded in the model is used
+    lone = tmp_path / "lone.onnx"
+    shutil.copy(onnx_path, lone)
+    assert OnnxRuntimeFuser(lone).timesteps == (250, 0)
+    # file replaced after export: the spec's hash no longer matches
+    stale = tmp_path / "stale.onnx"
+    shutil.copy(onnx_path, stale)
+    shutil.copy(spec_path_for(onnx_path), spec_path_for(stale))
+    stale.write_bytes(stale.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="does not match its spec"):
+        OnnxRuntimeFuser(stale)
+    spec_path_for(stale).unlink()                                      # truncated, no spec at all
+    with pytest.raises(ValueError, match="not a readable ONNX model"):
+        OnnxRuntimeFuser(stale)
+    with pytest.raises(ValueError, match="expected an engine checkpoint"):
+        best_available(spec_path_for(onnx_path), device="cpu")
+    with pytest.raises(FileNotFoundError):
+        best_available(tmp_path / "nothing.onnx")
+
+
+def test_import_is_lazy():
+    code = ("import sys, ddif.runtime; "
+            "assert not {'onnxruntime', 'tensorrt', 'onnx', 'torch'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
