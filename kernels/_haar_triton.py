@@ -34,16 +34,19 @@ INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 # and 2-D tiles whose rows are contiguous in memory (coalesced); the autotuner picks the shape.
 # In the interpreter, whose cost is per program instance and per operation, the launchers pass
 # one large tile covering many channels instead, and nothing is autotuned.
-_GPU_TILES = [
-    triton.Config({"BLOCK_S": 1, "BLOCK_Y": by, "BLOCK_X": bx}, num_warps=nw)
-    for by, bx, nw in ((4, 128, 4), (8, 64, 4), (16, 64, 4), (8, 128, 8), (16, 32, 4), (32, 32, 4))
-]
+# Each output of the fused-resize kernels gathers 16 (forward) or 16-36 (backward) inputs: a
+# compile check for sm_90 (kernels.compile_check) shows 2 outputs per thread forward (70
+# registers) and 1 backward keep them free of spills, so the tiles are sized for that.
+def _tiles(per_thread: int):
+    shapes = ((2, 64), (2, 128), (4, 64), (4, 128), (8, 64), (1, 256))
+    return [triton.Config({"BLOCK_S": 1, "BLOCK_Y": by, "BLOCK_X": bx}, num_warps=by * bx // (32 * per_thread))
+            for by, bx in shapes]
 
 
-def _autotune(key):
+def _autotune(key, per_thread: int = 2):
     if INTERPRETED:
         return lambda fn: fn
-    return triton.autotune(configs=_GPU_TILES, key=key)
+    return triton.autotune(configs=_tiles(per_thread), key=key)
 
 
 def _blocks(channels: int, rows: int, cols: int) -> dict:
@@ -129,27 +132,38 @@ def _blend(c00, c01, c10, c11, wy, wx):
 
 
 @triton.jit
+def _first_reader(i, scale, TAPS: tl.constexpr):
+    """First candidate output index whose bilinear source may read input index ``i``."""
+    if TAPS == 4:
+        return 2 * i - 1  # exact 2x (scale 1/2): readers are 2i-1 .. 2i+2
+    else:
+        return tl.floor((i.to(tl.float32) - 0.5) / scale - 0.5).to(tl.int32)
+
+
+@triton.jit
 def _resize_adjoint(base1, base2, base3, sy, sx, i, j, OH, OW, h2, w2, scale_y, scale_x, mask,
-                    NBANDS: tl.constexpr):
+                    NBANDS: tl.constexpr, TAPS_Y: tl.constexpr, TAPS_X: tl.constexpr):
     """Transpose of the bilinear resize (h2 x w2 -> OH x OW) at input positions (i, j), for one or
     three gradient planes, as a gather: sum of w_y * w_x * g over the output pixels that read (i, j).
 
-    Such an output row y has its source in (i - 1, i + 1), an interval of length 2 / scale <= 4
-    (scale = h2 / OH >= 1/2 here), so six candidate rows from floor((i - 1/2) / scale - 1/2) cover
-    it with a row to spare either side against rounding; the weights are recomputed exactly as
-    the forward computes them, so candidates that do not read (i, j) add zero (and are not loaded).
+    An output row y reads input row i when its source lies in (i - 1, i + 1), an interval of
+    length 2 / scale <= 4 (scale = h2 / OH >= 1/2 here). For an exact 2x resize the readers are
+    rows 2i-1 .. 2i+2 (TAPS = 4). Otherwise six candidates from floor((i - 1/2) / scale - 1/2)
+    cover the interval with a row to spare either side against rounding (TAPS = 6). The weights
+    are recomputed exactly as the forward computes them, so a candidate that does not read (i, j)
+    adds zero (and is not loaded).
     """
-    y_first = tl.floor((i.to(tl.float32) - 0.5) / scale_y - 0.5).to(tl.int32)
-    x_first = tl.floor((j.to(tl.float32) - 0.5) / scale_x - 0.5).to(tl.int32)
+    y_first = _first_reader(i, scale_y, TAPS_Y)
+    x_first = _first_reader(j, scale_x, TAPS_X)
     acc1 = tl.zeros(mask.shape, dtype=tl.float32)
     acc2 = tl.zeros(mask.shape, dtype=tl.float32)
     acc3 = tl.zeros(mask.shape, dtype=tl.float32)
-    for dy in tl.static_range(6):
+    for dy in tl.static_range(TAPS_Y):
         y = y_first + dy
         y0, y1, ly = _source_index(y, scale_y, h2)
         wy = tl.where(y0 == i, 1.0 - ly, 0.0) + tl.where(y1 == i, ly, 0.0)
         ok_y = (y >= 0) & (y < OH) & (wy != 0.0)
-        for dx in tl.static_range(6):
+        for dx in tl.static_range(TAPS_X):
             x = x_first + dx
             x0, x1, lx = _source_index(x, scale_x, w2)
             wx = tl.where(x0 == j, 1.0 - lx, 0.0) + tl.where(x1 == j, lx, 0.0)
@@ -248,12 +262,12 @@ def _wavelet_condition_kernel(lms_ptr, guide_ptr, out_ptr,
         tl.store(out_img + (C + pos_d * P + ch).to(tl.int64) * plane, dd.to(ty), mask=mask)
 
 
-@_autotune(key=["h2", "w2", "RESIZE"])
+@_autotune(key=["h2", "w2", "RESIZE"], per_thread=1)
 @triton.jit
 def _wavelet_condition_bwd_kernel(grad_ptr, glms_ptr, gguide_ptr, sgb, sgc, sgy, sgx,
                                   C, P, H, W, h2, w2, OH, OW, scale_y, scale_x, pos_h, pos_v, pos_d,
-                                  RESIZE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_Y: tl.constexpr,
-                                  BLOCK_X: tl.constexpr):
+                                  RESIZE: tl.constexpr, TAPS_Y: tl.constexpr, TAPS_X: tl.constexpr,
+                                  BLOCK_S: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
     """One program: one tile of half-size positions of a block of source channels; writes the 2x2
     input blocks under it (the gradients are contiguous (B, C | P, H, W) tensors)."""
     group, i, j = _tile(tl.program_id(0), h2, w2, BLOCK_Y, BLOCK_X)
@@ -271,7 +285,7 @@ def _wavelet_condition_bwd_kernel(grad_ptr, glms_ptr, gguide_ptr, sgb, sgc, sgy,
         g_ll_base = g_img + ch.to(tl.int64) * sgc
         if RESIZE:
             g_ll, _, _ = _resize_adjoint(g_ll_base, g_ll_base, g_ll_base, sgy, sgx, i, j, OH, OW, h2, w2,
-                                         scale_y, scale_x, mask, 1)
+                                         scale_y, scale_x, mask, 1, TAPS_Y, TAPS_X)
         else:
             g_ll = tl.load(g_ll_base + i * sgy + j * sgx, mask=mask, other=0.0).to(tl.float32)
         out = glms_ptr + (b * C + ch).to(tl.int64) * H * W
@@ -284,7 +298,7 @@ def _wavelet_condition_bwd_kernel(grad_ptr, glms_ptr, gguide_ptr, sgb, sgc, sgy,
         g_d_base = g_img + (C + pos_d * P + ch).to(tl.int64) * sgc
         if RESIZE:
             g_h, g_v, g_d = _resize_adjoint(g_h_base, g_v_base, g_d_base, sgy, sgx, i, j, OH, OW, h2, w2,
-                                            scale_y, scale_x, mask, 3)
+                                            scale_y, scale_x, mask, 3, TAPS_Y, TAPS_X)
         else:
             g_h = tl.load(g_h_base + i * sgy + j * sgx, mask=mask, other=0.0).to(tl.float32)
             g_v = tl.load(g_v_base + i * sgy + j * sgx, mask=mask, other=0.0).to(tl.float32)
@@ -343,5 +357,6 @@ def wavelet_condition_backward(grad: torch.Tensor, C: int, P: int, H: int, W: in
     g_guide = grad.new_empty((B, P, H, W))
     _wavelet_condition_bwd_kernel[_grid(lambda bs: B * (cdiv(C, bs) + cdiv(P, bs)), h2, w2)](
         grad, g_lms, g_guide, *grad.stride(), C, P, H, W, h2, w2, OH, OW, h2 / OH, w2 / OW,
-        *_detail_positions(detail_order), RESIZE=resize, **_blocks(max(C, P), h2, w2))
+        *_detail_positions(detail_order), RESIZE=resize, TAPS_Y=4 if OH == 2 * h2 else 6,
+        TAPS_X=4 if OW == 2 * w2 else 6, **_blocks(max(C, P), h2, w2))
     return g_lms, g_guide

@@ -9,14 +9,28 @@ With ``q`` from the decoder features and ``k, v`` from the wavelet condition (al
 
 Because k and v depend on the condition only, ``context`` is computed once per image
 (:func:`fwm_context_ref`) and applied at every sampling step (:func:`fwm_apply_ref`).
+
+Fused path: Triton kernels (:mod:`kernels._fwm_triton`, imported on first use) that never write
+the softmaxed q or k, wrapped as ``torch.library.custom_op``\ s ``ddif::fwm_context`` and
+``ddif::fwm_apply`` with fake (meta) kernels and autograd (their backward passes are Triton
+kernels too: ``ddif::fwm_context_backward``, ``ddif::fwm_apply_backward``). The public
+``fwm_*_fused`` functions validate inputs, apply the autocast policy (floating inputs cast to the
+autocast dtype, fp32 accumulation inside) and use the references while a graph is exported.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import Tensor
 
-__all__ = ["fwm_context_ref", "fwm_apply_ref", "fwm_attention_ref"]
+from kernels._triton_utils import (KERNEL_DTYPES, autocast_inputs, can_launch, exporting, launch_error, load_kernels,
+                                   status_entry)
+
+__all__ = ["fwm_context_ref", "fwm_apply_ref", "fwm_attention_ref", "fwm_context_fused", "fwm_apply_fused",
+           "fwm_attention_fused", "fused_ready", "FWMAttention"]
+
+_KERNELS = "kernels._fwm_triton"
 
 
 def fwm_context_ref(k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
@@ -42,8 +56,165 @@ def fwm_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     return fwm_apply_ref(q, fwm_context_ref(k, v, heads), heads)
 
 
+# ----------------------------------------------------------------------------------- custom ops
+def _kernels():
+    return load_kernels(_KERNELS)
+
+
+# The forward ops return the softmax statistics (log-sum-exp of k's rows / q's columns, fp32) as
+# a second output: the backward needs them, and they are 1/W or 1/H of the input.
+@torch.library.custom_op("ddif::fwm_context", mutates_args=())
+def _fwm_context_op(k: Tensor, v: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    return _kernels().fwm_context(k, v, heads)
+
+
+@_fwm_context_op.register_fake
+def _(k, v, heads):
+    b, dim, h, _ = k.shape
+    d = dim // heads
+    return k.new_empty((b, heads, d, d)), k.new_empty((b, dim, h), dtype=torch.float32)
+
+
+@torch.library.custom_op("ddif::fwm_context_backward", mutates_args=())
+def _fwm_context_backward_op(grad: Tensor, k: Tensor, v: Tensor, lse: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    return _kernels().fwm_context_backward(grad, k, v, lse, heads)
+
+
+@_fwm_context_backward_op.register_fake
+def _(grad, k, v, lse, heads):
+    return (torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+def _context_setup(ctx, inputs, output):
+    k, v, ctx.heads = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(k, v, output[1])
+
+
+def _context_backward(ctx, grad, _grad_lse):
+    k, v, lse = ctx.saved_tensors
+    gk, gv = torch.ops.ddif.fwm_context_backward(grad, k, v, lse, ctx.heads)
+    return gk, gv, None
+
+
+torch.library.register_autograd("ddif::fwm_context", _context_backward, setup_context=_context_setup)
+
+
+@torch.library.custom_op("ddif::fwm_apply", mutates_args=())
+def _fwm_apply_op(q: Tensor, context: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    return _kernels().fwm_apply(q, context, heads)
+
+
+@_fwm_apply_op.register_fake
+def _(q, context, heads):
+    b, dim, _, w = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((b, dim, w), dtype=torch.float32)
+
+
+@torch.library.custom_op("ddif::fwm_apply_backward", mutates_args=())
+def _fwm_apply_backward_op(grad: Tensor, q: Tensor, context: Tensor, lse: Tensor,
+                           heads: int) -> tuple[Tensor, Tensor]:
+    return _kernels().fwm_apply_backward(grad, q, context, lse, heads)
+
+
+@_fwm_apply_backward_op.register_fake
+def _(grad, q, context, lse, heads):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(context, memory_format=torch.contiguous_format))
+
+
+def _apply_setup(ctx, inputs, output):
+    q, context, ctx.heads = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(q, context, output[1])
+
+
+def _apply_backward(ctx, grad, _grad_lse):
+    q, context, lse = ctx.saved_tensors
+    gq, gctx = torch.ops.ddif.fwm_apply_backward(grad, q, context, lse, ctx.heads)
+    return gq, gctx, None
+
+
+torch.library.register_autograd("ddif::fwm_apply", _apply_backward, setup_context=_apply_setup)
+
+
+# ----------------------------------------------------------------------------------- public API
+def fused_ready(*tensors: Tensor) -> bool:
+    """Whether the Triton kernels can take these tensors here (device, dtype after the autocast
+    policy, non-empty)."""
+    t = tensors[0]
+    device_type = t.device.type
+    cast = device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
+    ok_dtype = (lambda x: x.is_floating_point()) if cast else (lambda x: x.dtype in KERNEL_DTYPES)
+    return (all(ok_dtype(x) and x.numel() > 0 and x.device == t.device for x in tensors)
+            and can_launch(t.device, _KERNELS))
+
+
+def _check_features(name: str, x: Tensor, heads: int) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name}: expected a (B, dim, H, W) tensor, got {shape}")
+    if x.dtype not in KERNEL_DTYPES:
+        raise ValueError(f"{name}: the fused FWM kernels take float16, bfloat16 or float32, got {x.dtype}")
+    if not isinstance(heads, int) or heads <= 0 or x.shape[1] % heads:
+        raise ValueError(f"{name}: {x.shape[1]} channels cannot be split into heads={heads!r} heads")
+
+
+def fwm_context_fused(k: Tensor, v: Tensor, heads: int) -> Tensor:
+    """Triton :func:`fwm_context_ref`: (B, dim, H, W) x2 -> (B, heads, d, d)."""
+    if exporting():
+        return fwm_context_ref(k, v, heads)
+    k, v = autocast_inputs(k, v)
+    _check_features("k", k, heads)
+    _check_features("v", v, heads)
+    if k.shape != v.shape:
+        raise ValueError(f"v: shape {tuple(v.shape)} does not match k {tuple(k.shape)}")
+    if k.device != v.device:
+        raise ValueError(f"v is on {v.device} but k on {k.device}")
+    dtype = torch.promote_types(k.dtype, v.dtype)
+    k, v = k.to(dtype), v.to(dtype)
+    if not can_launch(k.device, _KERNELS):
+        raise launch_error(k.device)
+    return torch.ops.ddif.fwm_context(k, v, heads)[0]
+
+
+def fwm_apply_fused(q: Tensor, context: Tensor, heads: int) -> Tensor:
+    """Triton :func:`fwm_apply_ref`: q (B, dim, H, W), context (B, heads, d, d) -> (B, dim, H, W).
+
+    This is the precomputed-context mode (the sampler's condition cache). The output has q's
+    dtype; context may be in another floating dtype (it is read in fp32 and rounded to q's dtype
+    for the matrix product, as autocast would do)."""
+    if exporting():
+        return fwm_apply_ref(q, context, heads)
+    q, context = autocast_inputs(q, context)
+    _check_features("q", q, heads)
+    d = q.shape[1] // heads
+    if not isinstance(context, Tensor) or tuple(context.shape) != (q.shape[0], heads, d, d):
+        shape = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+        raise ValueError(f"context: expected shape {(q.shape[0], heads, d, d)} for q {tuple(q.shape)} and "
+                         f"heads={heads}, got {shape}")
+    if context.dtype not in KERNEL_DTYPES:
+        raise ValueError(f"context: the fused FWM kernels take float16, bfloat16 or float32, got {context.dtype}")
+    if context.device != q.device:
+        raise ValueError(f"context is on {context.device} but q on {q.device}")
+    if not can_launch(q.device, _KERNELS):
+        raise launch_error(q.device)
+    return torch.ops.ddif.fwm_apply(q, context, heads)[0]
+
+
+def fwm_attention_fused(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+    return fwm_apply_fused(q, fwm_context_fused(k, v, heads), heads)
+
+
+def _status() -> dict[str, str | bool]:
+    return status_entry("fwm (triton)")
+
+
+
 class FWMAttention(torch.nn.Module):
-    """FWM linear attention with a cacheable context; ``fused=True`` selects the Triton kernels."""
+    """FWM linear attention with a cacheable context; ``fused=True`` selects the Triton kernels
+    where they can run (CUDA, or CPU under ``TRITON_INTERPRET=1``), the references elsewhere."""
 
     def __init__(self, heads: int):
         super().__init__()
@@ -51,9 +222,13 @@ class FWMAttention(torch.nn.Module):
         self.fused = False
 
     def context(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.fused and not exporting() and fused_ready(k, v):
+            return fwm_context_fused(k, v, self.heads)
         return fwm_context_ref(k, v, self.heads)
 
     def forward(self, q: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if self.fused and not exporting() and fused_ready(q, context):
+            return fwm_apply_fused(q, context, self.heads)
         return fwm_apply_ref(q, context, self.heads)
 
     def extra_repr(self) -> str:
