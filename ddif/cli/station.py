@@ -1,0 +1,167 @@
+"""``ddif station run`` (one scene) and ``ddif station watch`` (the unattended service).
+
+    ddif station run --ms S_MS.tif --pan S_PAN.tif --model model.pt --out S_fused.tif [--dry-run]
+    ddif station watch --inbox IN --outbox OUT --model model.pt [--once] [--log-file station.jsonl]
+
+Every field of :class:`ddif.station.StationConfig` (and, for ``watch``, :class:`WatchConfig`) is
+an option: ``--tile-size 256 --overlap 32 --batch-size 4 --seed 0 --compress deflate ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ddif.cli.args import add_dataclass_args, dataclass_from_args
+
+BACKENDS = ("auto", "pytorch", "onnxruntime")
+
+WATCH_DESCRIPTION = """\
+Watch INBOX and fuse every complete scene into OUTBOX/<scene>/ (product, quicklook, report).
+
+A scene is <scene>_MS.tif + <scene>_PAN.tif, taken once <scene>.ready exists or both files kept
+their size and mtime over --stable-polls polls; or <scene>.manifest.json = {"ms": ..., "pan": ...}
+(written last by the producer). Scenes are processed in arrival order. Outputs are staged in
+OUTBOX/.<scene>.partial/ and renamed into place when complete; a per-scene tile journal makes a
+restart after kill -9 resume where it stopped (byte-identical product). Bad scenes go to
+--quarantine with reason.json; disk-full / permission errors are logged and retried. Logs are
+JSON lines on stderr (and --log-file)."""
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="engine checkpoint (.pt), exported .onnx or TensorRT .plan")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto: fastest available (ddif.runtime.best_available); or force one")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+
+
+def add_station_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``run`` and ``watch`` sub-commands to ``parser``."""
+    from ddif.station.config import StationConfig, WatchConfig
+
+    sub = parser.add_subparsers(dest="station_command", metavar="{run,watch}")
+    run = sub.add_parser("run", help="fuse one MS + PAN scene into a georeferenced product",
+                         description="Fuse one MS + PAN GeoTIFF pair into a tiled, compressed GeoTIFF on the PAN "
+                                     "grid, a quicklook PNG and a JSON report.")
+    run.add_argument("--ms", required=True, help="multispectral GeoTIFF (all bands in one file)")
+    run.add_argument("--pan", required=True, help="panchromatic GeoTIFF")
+    run.add_argument("--out", required=True, help="output GeoTIFF")
+    run.add_argument("--quicklook", default=None, help="quicklook PNG (default: <out>_quicklook.png)")
+    run.add_argument("--report", default=None, help="JSON report (default: <out>_report.json)")
+    run.add_argument("--journal", default=None, help="tile journal folder (default: .<out>.journal beside --out)")
+    run.add_argument("--dry-run", action="store_true", help="check the scene and print the plan; write nothing")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="tqdm progress bar (default: when stderr is a terminal)")
+    _add_backend_args(run)
+    add_dataclass_args(run, StationConfig, "fusion and output settings")
+    run.set_defaults(_run=cmd_run)
+
+    watch = sub.add_parser("watch", help="watch an inbox and fuse every complete scene (unattended)",
+                           description=WATCH_DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    watch.add_argument("--inbox", required=True)
+    watch.add_argument("--outbox", required=True)
+    watch.add_argument("--quarantine", default=None, help="bad scenes (default: <inbox>/quarantine)")
+    watch.add_argument("--processed", default=None, help="inputs of finished scenes (default: <inbox>/processed)")
+    watch.add_argument("--workdir", default=None, help="tile journals (default: <outbox>/.work)")
+    watch.add_argument("--once", action="store_true", help="process what is in the inbox now, then exit")
+    watch.add_argument("--log-file", default=None, help="also append the JSON-lines log to this file")
+    _add_backend_args(watch)
+    add_dataclass_args(watch, StationConfig, "fusion and output settings")
+    add_dataclass_args(watch, WatchConfig, "inbox polling")
+    watch.set_defaults(_run=cmd_watch)
+
+    def no_sub(args) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(_run=no_sub)
+
+
+def add_station_commands(subparsers) -> None:
+    """Register ``ddif station ...`` on the top-level ``ddif`` sub-parsers."""
+    p = subparsers.add_parser("station", help="ground-station pipeline: GeoTIFF scenes in, fused products out",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_station_arguments(p)
+
+
+def load_backend(args):
+    """The backend named by --backend for --model (auto: ddif.runtime.best_available)."""
+    import ddif.runtime as runtime
+
+    model = Path(args.model)
+    if not model.exists():
+        raise FileNotFoundError(f"model not found: {model}")
+    if args.backend == "auto":
+        return runtime.best_available(model, device=args.device, steps=args.steps)
+    if args.backend == "pytorch":
+        return runtime.TorchFuser(model, steps=args.steps, device=args.device)
+    if model.suffix.lower() != ".onnx":
+        model = runtime.ensure_onnx(model, steps=args.steps)
+    return runtime.OnnxRuntimeFuser(model, device=args.device, steps=args.steps)
+
+
+def _model_id(path: str) -> dict:
+    from ddif.station.journal import file_identity
+
+    return file_identity(path)
+
+
+def cmd_run(args) -> int:
+    from ddif.station.config import StationConfig
+    from ddif.station.events import EventLog
+    from ddif.station.run import plan_scene, run_scene
+
+    config = dataclass_from_args(StationConfig, args)
+    backend = load_backend(args)
+    if args.dry_run:
+        plan = plan_scene(args.ms, args.pan, backend, config)
+        print("dry run: nothing written\n" + plan.describe())
+        print(f"outputs    {args.out}, {args.quicklook or Path(args.out).stem + '_quicklook.png'}, "
+              f"{args.report or Path(args.out).stem + '_report.json'}")
+        return 0
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    report = run_scene(args.ms, args.pan, args.out, backend, config, quicklook_path=args.quicklook,
+                       report_path=args.report, journal_dir=args.journal, log=EventLog(), progress=progress,
+                       model_id=_model_id(args.model))
+    q = report["quality"].get("mean")
+    print(json.dumps({"product": report["outputs"]["product"], "seconds": report["timing_s"]["total_s"],
+                      "megapixels_per_s": round(report["throughput"]["megapixels_per_s"], 4),
+                      "tiles": report["tiles"]["fused"], "tiles_from_journal": report["tiles"]["tiles_from_journal"],
+                      "quality": q}, default=str))
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from ddif.station.config import StationConfig, WatchConfig
+    from ddif.station.events import EventLog
+    from ddif.station.watch import StationService
+
+    config = dataclass_from_args(StationConfig, args)
+    watch = dataclass_from_args(WatchConfig, args)
+    log = EventLog(path=args.log_file)
+    try:
+        backend = load_backend(args)
+    except Exception as exc:
+        log.error("service_error", error=f"{type(exc).__name__}: {exc}", stage="load model")
+        raise
+    service = StationService(args.inbox, args.outbox, backend, config, watch, quarantine_dir=args.quarantine,
+                             processed_dir=args.processed, workdir=args.workdir, log=log,
+                             model_id=_model_id(args.model))
+    failures = service.run(once=args.once)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ddif.station run|watch ...`` (the same as ``ddif station ...``)."""
+    parser = argparse.ArgumentParser(prog="ddif station", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_station_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"ddif station: error: {exc}", file=sys.stderr)
+        return 2

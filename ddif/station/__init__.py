@@ -1,0 +1,39 @@
+"""Ground-station pipeline: MS + PAN GeoTIFF scenes in, georeferenced fused products out,
+unattended and crash-safe.
+
+    from ddif.station import StationConfig, run_scene, plan_scene, StationService
+    import ddif.runtime
+    backend = ddif.runtime.best_available("model.pt")
+    report = run_scene("S_MS.tif", "S_PAN.tif", "S_fused.tif", backend, StationConfig(tile_size=256))
+
+Command line: ``ddif station run ...`` and ``ddif station watch ...`` (:mod:`ddif.cli.station`).
+Modules: :mod:`~ddif.station.io` (GeoTIFF windows, grid checks, product writer, quicklook),
+:mod:`~ddif.station.tiling` (tile grid, blending), :mod:`~ddif.station.journal` (per-tile journal),
+:mod:`~ddif.station.run` (one scene), :mod:`~ddif.station.watch` (the service),
+:mod:`~ddif.station.quarantine`, :mod:`~ddif.station.events` (JSON-lines logs).
+Nothing heavy is imported until used.
+"""
+from __future__ import annotations
+
+_LAZY = {
+    "StationConfig": "ddif.station.config",
+    "WatchConfig": "ddif.station.config",
+    "SceneError": "ddif.station.errors",
+    "EventLog": "ddif.station.events",
+    "plan_scene": "ddif.station.run",
+    "run_scene": "ddif.station.run",
+    "ScenePlan": "ddif.station.run",
+    "StationService": "ddif.station.watch",
+    "TileGrid": "ddif.station.tiling",
+    "Journal": "ddif.station.journal",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ddif.station' has no attribute {name!r}")

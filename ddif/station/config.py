@@ -1,0 +1,106 @@
+"""Configuration of the ground-station pipeline (one dataclass per job, every knob in one place).
+
+:class:`StationConfig` says how one scene is fused and written (tiling, blending, output format,
+quicklook, quality report); :class:`WatchConfig` how the unattended service finds scenes. Both
+become command-line options (``ddif station run|watch --tile-size 256 ...``) through
+:func:`ddif.cli.args.add_dataclass_args`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
+INTERPOLATIONS = ("interp23tap", "bicubic")
+PADDINGS = ("symmetric", "replicate", "circular")
+
+
+@dataclass
+class StationConfig:
+    """How one scene is fused and written.
+
+    Sizes are PAN-grid pixels. Everything that changes the product's bytes (tile geometry, batch
+    size, seed, interpolation, compression) is part of the journal's fingerprint, so a resume
+    never mixes tiles computed under different settings.
+    """
+
+    tile_size: int = 256             # side of a fused tile
+    overlap: int = 32                # pixels shared by neighbouring tiles, blended with a cosine ramp
+    batch_size: int = 4              # tiles per backend call (fixed groups: see run.py on determinism)
+    seed: int = 0                    # scene seed; each batch's seed derives from it and its first tile
+    interpolation: str = "interp23tap"   # MS -> PAN grid, as make_dataset builds lms for training
+    padding: str = "symmetric"       # interp23tap boundary at the scene edge (make_dataset's default)
+    fill_iterations: int = 8         # nodata holes are filled by this many 3x3 dilations before interpolating
+    block_size: int = 256            # GeoTIFF internal tile; the product is assembled one block at a time
+    compress: str = "deflate"
+    zlevel: int = 6
+    overview_min_size: int = 64      # overviews x2, x4, ... while the overview's long side is >= this
+    quicklook_size: int = 1024       # long side of the quicklook PNG
+    quicklook_percentiles: tuple[float, ...] = (2.0, 98.0)
+    metric_tiles: int = 4            # tiles sampled for D_lambda / D_s / HQNR (0 = skip)
+    metric_block: int = 32           # block size of the quality indices (toolbox: 32)
+    gdal_cache_mb: int = 64          # GDAL block cache: part of the memory bound
+    keep_journal: bool = False       # keep the per-tile journal after a successful product
+
+    def __post_init__(self) -> None:
+        self.quicklook_percentiles = tuple(float(p) for p in self.quicklook_percentiles)
+        if self.tile_size < 16:
+            raise ValueError(f"tile_size must be >= 16 pixels, got {self.tile_size}")
+        if not 0 <= self.overlap <= self.tile_size // 2:
+            raise ValueError(f"overlap must lie in [0, tile_size/2 = {self.tile_size // 2}], got {self.overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        if self.fill_iterations < 0:
+            raise ValueError(f"fill_iterations must be >= 0, got {self.fill_iterations}")
+        if self.block_size < 16 or self.block_size % 16:
+            raise ValueError(f"block_size must be a positive multiple of 16 (GeoTIFF tiles), got {self.block_size}")
+        if self.compress.lower() not in COMPRESSIONS:
+            raise ValueError(f"compress must be one of {COMPRESSIONS}, got {self.compress!r}")
+        if not 1 <= self.zlevel <= 9:
+            raise ValueError(f"zlevel must lie in [1, 9], got {self.zlevel}")
+        if self.overview_min_size < 1 or self.quicklook_size < 16:
+            raise ValueError("overview_min_size must be >= 1 and quicklook_size >= 16")
+        lo, hi = (self.quicklook_percentiles + (None, None))[:2]
+        if len(self.quicklook_percentiles) != 2 or not 0 <= lo < hi <= 100:
+            raise ValueError(f"quicklook_percentiles must be two values 0 <= lo < hi <= 100, "
+                             f"got {self.quicklook_percentiles}")
+        if self.metric_tiles < 0 or self.metric_block < 2:
+            raise ValueError("metric_tiles must be >= 0 and metric_block >= 2")
+        if self.gdal_cache_mb < 1:
+            raise ValueError(f"gdal_cache_mb must be >= 1, got {self.gdal_cache_mb}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def product_fields(self) -> dict:
+        """The settings that determine the product's bytes (for the journal fingerprint)."""
+        keys = ("tile_size", "overlap", "batch_size", "seed", "interpolation", "padding", "fill_iterations",
+                "block_size", "compress", "zlevel", "overview_min_size")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class WatchConfig:
+    """How ``ddif station watch`` finds complete scenes in the inbox.
+
+    A scene is either a pair ``<scene>_MS.tif`` + ``<scene>_PAN.tif`` (also .tiff, any case) or a
+    manifest ``<scene>.manifest.json`` = ``{"ms": "a.tif", "pan": "b.tif"}`` (paths relative to the
+    inbox). It is taken when complete: a manifest, or a ``<scene>.ready`` marker, says so at once
+    (producers write it last); otherwise both files must keep the same size and mtime over
+    ``stable_polls`` consecutive polls.
+    """
+
+    poll_interval_s: float = 5.0
+    stable_polls: int = 2            # polls with unchanged (size, mtime) before a pair without marker is taken
+    orphan_timeout_s: float = 3600.0  # a file whose partner never comes is quarantined after this long
+    retry_backoff_s: float = 60.0    # wait before retrying a scene that failed on disk / permission errors
+    max_attempts: int = 3            # processing errors (not bad input) before a scene is quarantined
+
+    def __post_init__(self) -> None:
+        if self.poll_interval_s < 0 or self.stable_polls < 1 or self.max_attempts < 1:
+            raise ValueError("poll_interval_s must be >= 0, stable_polls >= 1, max_attempts >= 1")
+        if self.orphan_timeout_s < 0 or self.retry_backoff_s < 0:
+            raise ValueError("orphan_timeout_s and retry_backoff_s must be >= 0")

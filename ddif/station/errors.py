@@ -1,0 +1,63 @@
+"""What can go wrong with a scene, sorted by what the service does about it.
+
+- :class:`SceneError` (a ``ValueError``): the scene itself is bad (corrupt file, missing
+  partner, wrong ratio, no overlap, all nodata, ...). Retrying cannot help: quarantine it.
+- An environment error (:func:`environment_error_kind` is not None): disk full, quota, file too
+  large, permission denied, read-only file system. Not the scene's fault: report it, leave the
+  scene and its journal where they are, retry later.
+- Anything else is a processing error (a bug, a backend failure): retried a few times, then
+  quarantined so that one scene cannot block the inbox forever.
+"""
+from __future__ import annotations
+
+import errno
+
+# quarantine categories
+CORRUPT = "corrupt"
+MISSING_PARTNER = "missing_partner"
+WRONG_RATIO = "wrong_ratio"
+NO_OVERLAP = "no_overlap"
+ALL_NODATA = "all_nodata"
+BAD_GRID = "bad_grid"            # rotated / skewed transform, CRS mismatch, missing georeferencing
+WRONG_BANDS = "wrong_bands"
+BAD_VALUES = "bad_values"        # NaN / Inf that are not the nodata value, unsupported dtype
+BAD_MANIFEST = "bad_manifest"
+PROCESSING_ERROR = "processing_error"
+
+_ENV_ERRNOS = {
+    errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EFBIG: "disk_full",
+    errno.EACCES: "permission", errno.EPERM: "permission", errno.EROFS: "permission",
+}
+# GDAL reports failed writes as text (no errno): the phrases its VSI / GTiff layers use.
+_ENV_PHRASES = {
+    "no space left": "disk_full", "disk full": "disk_full", "file too large": "disk_full",
+    "free disk space": "disk_full", "quota": "disk_full",
+    "permission denied": "permission", "read-only file system": "permission",
+}
+
+
+class SceneError(ValueError):
+    """A bad scene: ``category`` (one of the constants above) says why, the message says what."""
+
+    def __init__(self, category: str, message: str):
+        super().__init__(message)
+        self.category = category
+
+
+class StopRequested(Exception):
+    """The service was asked to stop (SIGTERM / SIGINT) between two batches; the journal is kept."""
+
+
+def environment_error_kind(exc: BaseException) -> str | None:
+    """'disk_full' / 'permission' when ``exc`` (or its cause) is an environment failure, else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS:
+            return _ENV_ERRNOS[exc.errno]
+        text = str(exc).lower()
+        for phrase, kind in _ENV_PHRASES.items():
+            if phrase in text:
+                return kind
+        exc = exc.__cause__ or exc.__context__
+    return None

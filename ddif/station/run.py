@@ -1,0 +1,446 @@
+"""One scene, start to finish: check, plan, fuse tiles through the backend (journaled), assemble
+and write the product, quicklook, quality report.
+
+Determinism (what makes a resumed product byte-identical to an uninterrupted one):
+
+- Tiles are fused in fixed batches: the non-empty tiles in row-major order, cut into groups of
+  ``batch_size``. A batch's seed is ``seed * 1_000_003 + index of its first tile``, so every tile's
+  initial noise is a function of its position (and the settings), not of when it was computed.
+  A batch is skipped on resume only when all its tiles are in the journal; otherwise it is
+  recomputed whole, giving the same values.
+- The product is assembled only from the journaled float32 tiles, block by block in raster order
+  (each GeoTIFF block written exactly once), tile contributions summed in tile-index order.
+- GeoTIFF settings are fixed (compression, predictor, block size, single-threaded GDAL) and no
+  time stamp is written into the file; the report (which has timings) is a separate file.
+- The journal's fingerprint covers inputs, model, backend and settings (a mismatch discards it).
+
+Memory bound: see :func:`memory_bound_bytes` (independent of the scene size).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ddif.station.config import StationConfig
+from ddif.station.errors import ALL_NODATA, SceneError, StopRequested
+from ddif.station.events import EventLog, NullLog
+from ddif.station.io import (SceneGrid, SceneReader, check_pair, gdal_env, output_nodata, overview_factors,
+                             product_profile, scan_validity, to_dn, write_quicklook)
+from ddif.station.journal import Journal, file_identity
+from ddif.station.tiling import TileGrid, blend_window
+
+PIPELINE_VERSION = 1
+SEED_STRIDE = 1_000_003
+
+
+def batch_seed(seed: int, first_tile: int) -> int:
+    """Seed of the batch whose first tile is ``first_tile`` (a function of position only)."""
+    return (int(seed) * SEED_STRIDE + int(first_tile)) % (2 ** 63 - 1)
+
+
+def backend_facts(backend) -> dict[str, Any]:
+    """What the station needs from a backend (the ``ddif.runtime`` interface)."""
+    missing = [a for a in ("name", "bands", "guide_bands", "max_dn", "rgb_bands", "ratio", "fuse")
+               if not hasattr(backend, a)]
+    if missing:
+        raise ValueError(f"backend {backend!r} lacks {missing} (expected the ddif.runtime backend interface)")
+    preset = getattr(backend, "preset", None)
+    sensor = getattr(getattr(preset, "data", None), "sensor", None) or "generic"
+    describe = backend.describe() if hasattr(backend, "describe") else str(backend.name)
+    return {"name": str(backend.name), "describe": describe, "bands": int(backend.bands),
+            "guide_bands": int(backend.guide_bands), "max_dn": float(backend.max_dn),
+            "rgb_bands": [int(b) for b in backend.rgb_bands], "ratio": int(backend.ratio), "sensor": str(sensor),
+            "steps": getattr(backend, "steps", None), "preset": getattr(preset, "name", None)}
+
+
+@dataclass
+class ScenePlan:
+    ms_path: str
+    pan_path: str
+    grid: SceneGrid
+    tiles: TileGrid
+    config: StationConfig
+    backend: dict[str, Any]
+    tile_valid: np.ndarray              # valid PAN pixels per tile (int64, one per tile of the grid)
+    valid_pixels: int
+    fused_tiles: list[int] = field(default_factory=list)
+    batches: list[list[int]] = field(default_factory=list)
+
+    @property
+    def nodata(self) -> float:
+        return output_nodata(self.grid.ms, self.grid.pan, np.dtype(self.grid.ms.dtype))
+
+    @property
+    def pixels(self) -> int:
+        return self.grid.pan.width * self.grid.pan.height
+
+    def memory_bound_bytes(self) -> dict[str, int]:
+        return memory_bound_bytes(self.grid, self.tiles, self.config)
+
+    def journal_bytes(self) -> int:
+        return len(self.fused_tiles) * (4 * self.grid.bands * self.tiles.tile_h * self.tiles.tile_w + 128)
+
+    def to_dict(self) -> dict[str, Any]:
+        g = self.grid
+        return {
+            "ms": {"path": self.ms_path, "size": [g.ms.height, g.ms.width], "bands": g.ms.count, "dtype": g.ms.dtype,
+                   "nodata": g.ms.nodata},
+            "pan": {"path": self.pan_path, "size": [g.pan.height, g.pan.width], "bands": g.pan.count,
+                    "dtype": g.pan.dtype, "nodata": g.pan.nodata},
+            "crs": g.pan.crs.to_string() if g.pan.crs else None,
+            "transform": list(g.pan.transform)[:6],
+            "ratio": g.ratio, "ms_shift_pan_px": list(g.shift), "subpixel_offset_pan_px": list(g.subpixel),
+            "ms_coverage_pan_window": list(g.coverage), "halo_ms_px": g.halo,
+            "backend": self.backend,
+            "product": {"dtype": g.ms.dtype, "nodata": self.nodata, "bands": g.bands,
+                        "size": [g.pan.height, g.pan.width], "block": self.config.block_size,
+                        "compress": self.config.compress,
+                        "overviews": overview_factors(g.pan.height, g.pan.width, self.config.overview_min_size)},
+            "tiles": {"grid": list(self.tiles.shape), "size": [self.tiles.tile_h, self.tiles.tile_w],
+                      "overlap": self.config.overlap, "total": len(self.tiles), "fused": len(self.fused_tiles),
+                      "skipped_nodata": len(self.tiles) - len(self.fused_tiles), "batches": len(self.batches),
+                      "batch_size": self.config.batch_size},
+            "valid_pixels": self.valid_pixels, "valid_fraction": self.valid_pixels / max(1, self.pixels),
+            "memory_bound_bytes": self.memory_bound_bytes(),
+            "journal_disk_bytes": self.journal_bytes(),
+        }
+
+    def describe(self) -> str:
+        d = self.to_dict()
+        mem = d["memory_bound_bytes"]
+        sub = ", ".join(f"{v:+.2f}" for v in self.grid.subpixel)
+        lines = [
+            f"scene      MS  {self.ms_path}: {d['ms']['bands']} bands {d['ms']['size'][0]}x{d['ms']['size'][1]} "
+            f"{d['ms']['dtype']} nodata={d['ms']['nodata']}",
+            f"           PAN {self.pan_path}: {d['pan']['size'][0]}x{d['pan']['size'][1]} {d['pan']['dtype']} "
+            f"nodata={d['pan']['nodata']}",
+            f"grid       ratio {self.grid.ratio}, CRS {d['crs']}, MS placed at PAN shift {tuple(self.grid.shift)} "
+            f"(residual {sub} PAN px), MS covers PAN window {tuple(self.grid.coverage)}",
+            f"backend    {self.backend['describe']} (preset {self.backend['preset']}, {self.backend['bands']} bands, "
+            f"max DN {self.backend['max_dn']:g}, steps {self.backend['steps']})",
+            f"tiles      {d['tiles']['grid'][0]}x{d['tiles']['grid'][1]} grid of {self.tiles.tile_h}x{self.tiles.tile_w} "
+            f"(overlap {self.config.overlap}): {len(self.fused_tiles)} to fuse, "
+            f"{d['tiles']['skipped_nodata']} all-nodata skipped, {len(self.batches)} batches of "
+            f"<= {self.config.batch_size}",
+            f"valid      {self.valid_pixels} of {self.pixels} PAN pixels ({100 * d['valid_fraction']:.1f}%)",
+            f"product    {d['product']['bands']} bands {d['product']['dtype']} nodata={d['product']['nodata']}, "
+            f"{self.config.compress} tiled {self.config.block_size}, overviews {d['product']['overviews']}",
+            f"memory     <= {mem['total'] / 2**20:.1f} MiB held by the pipeline (+ the backend's weights and one "
+            f"batch of activations), whatever the scene size",
+            f"journal    <= {self.journal_bytes() / 2**20:.1f} MiB of tiles on disk until the product is written",
+        ]
+        return "\n".join(lines)
+
+
+def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) -> dict[str, int]:
+    """Upper bound of what the pipeline holds at once, in bytes, by stage (the largest counts).
+
+    With C bands, P guide bands, tile h x w, batch B, block K, ratio r, halo a (MS px):
+    - fusing: B tiles of lms + pan + fused (float32, twice for the torch copies), and one tile's
+      MS window ((h/r + 2a + 2) x (w/r + 2a + 2), raw + normalised + filled) and its interpolation;
+    - assembling: the block's blend accumulators and output (C x K x K), one tile slice, the
+      validity reads of the block;
+    - GDAL's block cache (``gdal_cache_mb``);
+    - per-tile bookkeeping: 8 bytes per tile of the grid (the only term that grows with the scene:
+      8 bytes per (tile_size - overlap)^2 pixels).
+    Not included: the backend's weights and its activations for one batch (model-dependent, fixed
+    by batch_size and tile_size).
+    """
+    c, p = grid.bands, grid.pan.count
+    h, w = tiles.tile_h, tiles.tile_w
+    b, k, r, a = config.batch_size, config.block_size, grid.ratio, grid.halo
+    itemsize = np.dtype(grid.ms.dtype).itemsize
+    msh, msw = h // r + 2 * a + 3, w // r + 2 * a + 3
+    ms_window = c * msh * msw * (itemsize + 4 * 3) + c * (r * msh) * (r * msw) * 4 * 2
+    fusing = 2 * b * (2 * c + p) * h * w * 4 + ms_window + p * h * w * (itemsize + 8)
+    kk = k * k
+    assembling = c * kk * 4 * 3 + kk * 4 * 3 + c * kk * itemsize + kk * (p * itemsize + 4) + ms_window
+    gdal = config.gdal_cache_mb * 2 ** 20
+    bookkeeping = 8 * len(tiles)
+    stage = max(fusing, assembling)
+    return {"fusing": int(fusing), "assembling": int(assembling), "gdal_cache": int(gdal),
+            "bookkeeping": int(bookkeeping), "total": int(stage + gdal + bookkeeping)}
+
+
+def plan_scene(ms_path, pan_path, backend, config: StationConfig | None = None) -> ScenePlan:
+    """Check the pair against the backend's model and lay out the tiles (reads the scene once, by
+    blocks, to find all-nodata tiles; raises :class:`SceneError`)."""
+    config = config or StationConfig()
+    facts = backend_facts(backend)
+    with gdal_env(config.gdal_cache_mb):
+        grid = check_pair(ms_path, pan_path, bands=facts["bands"], guide_bands=facts["guide_bands"],
+                          ratio=facts["ratio"], interpolation=config.interpolation, padding=config.padding,
+                          fill_iterations=config.fill_iterations)
+        tiles = TileGrid(grid.pan.height, grid.pan.width, config.tile_size, config.overlap)
+        tile_valid = np.zeros(len(tiles), dtype=np.int64)
+
+        def count(y0: int, x0: int, valid: np.ndarray) -> None:
+            h, w = valid.shape
+            for t in tiles.tiles_in(y0, x0, h, w):
+                ys = slice(max(y0, t.y) - y0, min(y0 + h, t.y + t.height) - y0)
+                xs = slice(max(x0, t.x) - x0, min(x0 + w, t.x + t.width) - x0)
+                tile_valid[t.index] += int(valid[ys, xs].sum())
+
+        with SceneReader(grid, max_dn=facts["max_dn"], interpolation=config.interpolation, padding=config.padding,
+                         fill_iterations=config.fill_iterations) as reader:
+            valid_pixels = scan_validity(reader, config.block_size, count)
+    fused = [int(i) for i in np.flatnonzero(tile_valid)]
+    batches = [fused[i:i + config.batch_size] for i in range(0, len(fused), config.batch_size)]
+    return ScenePlan(str(ms_path), str(pan_path), grid, tiles, config, facts, tile_valid, valid_pixels,
+                     fused, batches)
+
+
+def _band_names(plan: ScenePlan) -> list[str]:
+    names = []
+    for i, d in enumerate(plan.grid.ms.descriptions or ()):
+        names.append(f"{d} (pansharpened)" if d else f"band {i + 1} (pansharpened)")
+    while len(names) < plan.grid.bands:
+        names.append(f"band {len(names) + 1} (pansharpened)")
+    return names
+
+
+def _fuse_tiles(plan: ScenePlan, backend, journal: Journal, reader: SceneReader, log: EventLog, progress: bool,
+                should_stop: Callable[[], bool] | None) -> dict[str, Any]:
+    import torch
+    from tqdm import tqdm
+
+    shape = (plan.grid.bands, plan.tiles.tile_h, plan.tiles.tile_w)
+
+    def done(index: int) -> bool:
+        arr = journal.load(index)
+        return arr is not None and tuple(arr.shape) == shape
+
+    pending = [(k, b) for k, b in enumerate(plan.batches) if not all(done(i) for i in b)]
+    skipped = len(plan.batches) - len(pending)
+    t_read = t_fuse = t_save = 0.0
+    computed = 0
+    next_report = 0.1
+    bar = tqdm(total=len(plan.batches), initial=skipped, unit="batch", desc=Path(plan.pan_path).stem,
+               disable=not progress, leave=False)
+    try:
+        for n, (k, batch) in enumerate(pending):
+            if should_stop is not None and should_stop():
+                raise StopRequested(f"stop requested after {n} of {len(pending)} pending batches")
+            t0 = time.perf_counter()
+            inputs = [reader.tile_inputs(t.y, t.x, t.height, t.width) for t in map(plan.tiles.tile, batch)]
+            lms = torch.from_numpy(np.stack([x[0] for x in inputs]))
+            pan = torch.from_numpy(np.stack([x[1] for x in inputs]))
+            del inputs
+            t1 = time.perf_counter()
+            fused = backend.fuse(lms, pan, seed=batch_seed(plan.config.seed, batch[0]))
+            fused = fused.detach().to("cpu", torch.float32).numpy()
+            t2 = time.perf_counter()
+            for i, index in enumerate(batch):
+                journal.save(index, fused[i])
+            t3 = time.perf_counter()
+            t_read, t_fuse, t_save = t_read + t1 - t0, t_fuse + t2 - t1, t_save + t3 - t2
+            computed += len(batch)
+            bar.update(1)
+            frac = (skipped + n + 1) / max(1, len(plan.batches))
+            if frac >= next_report or n == len(pending) - 1:
+                log.info("tiles_progress", scene=Path(plan.pan_path).name, batches_done=skipped + n + 1,
+                         batches=len(plan.batches), fraction=round(frac, 3))
+                next_report = math.floor(frac * 10 + 1e-9) / 10 + 0.1
+    finally:
+        bar.close()
+    return {"batches_from_journal": skipped, "tiles_computed": computed,
+            "tiles_from_journal": len(plan.fused_tiles) - computed,
+            "read_s": t_read, "fuse_s": t_fuse, "journal_write_s": t_save}
+
+
+def _write_product(plan: ScenePlan, journal: Journal, reader: SceneReader, path: Path, tags: dict[str, str]) -> None:
+    from ddif.station.io import _rasterio
+
+    rasterio = _rasterio()
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    cfg, g = plan.config, plan.grid
+    dtype = np.dtype(g.ms.dtype)
+    nodata = plan.nodata
+    profile = product_profile(g, nodata, cfg.block_size, cfg.compress, cfg.zlevel)
+    cache: dict[int, np.ndarray | None] = {}
+
+    def load(tile, rows, cols):
+        if tile.index not in cache:
+            cache.clear()      # blocks visit tiles in raster order: keep one memory map at a time
+            cache[tile.index] = journal.load(tile.index) if plan.tile_valid[tile.index] else None
+        arr = cache[tile.index]
+        return None if arr is None else np.asarray(arr[:, rows, cols], dtype=np.float32)
+
+    k = cfg.block_size
+    with rasterio.open(path, "w", **profile) as dst:
+        for i, name in enumerate(_band_names(plan), start=1):
+            dst.set_band_description(i, name)
+        dst.update_tags(**tags)
+        for y0 in range(0, g.pan.height, k):
+            for x0 in range(0, g.pan.width, k):
+                h, w = min(k, g.pan.height - y0), min(k, g.pan.width - x0)
+                valid = reader.valid_window(y0, x0, h, w)
+                if valid.any():
+                    fused, den = blend_window(plan.tiles, y0, x0, h, w, g.bands, load)
+                    valid &= den > 0
+                else:
+                    fused = np.zeros((g.bands, h, w), dtype=np.float32)
+                block = to_dn(fused, valid, plan.backend["max_dn"], dtype, nodata)
+                dst.write(block, window=Window(x0, y0, w, h))
+        cache.clear()
+        factors = overview_factors(g.pan.height, g.pan.width, cfg.overview_min_size)
+        if factors:
+            dst.build_overviews(factors, Resampling.average)
+            dst.update_tags(ns="rio_overview", resampling="average")
+
+
+def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str, Any]:
+    """D_lambda, D_s, HQNR on up to ``metric_tiles`` fully valid tiles (spread over the scene),
+    each cropped to whole MS pixels and whole metric blocks."""
+    import torch
+
+    from ddif.metrics import full_resolution_metrics
+
+    cfg, g = plan.config, plan.grid
+    if cfg.metric_tiles == 0:
+        return {"skipped": "metric_tiles = 0"}
+    full = [i for i in plan.fused_tiles if plan.tile_valid[i] == plan.tiles.tile_h * plan.tiles.tile_w]
+    if not full:
+        return {"skipped": "no tile is free of nodata"}
+    n = min(cfg.metric_tiles, len(full))
+    picks = sorted({full[round(i * (len(full) - 1) / max(1, n - 1))] for i in range(n)})
+    r = g.ratio
+    unit = r * cfg.metric_block // math.gcd(r, cfg.metric_block)
+    per_tile = []
+    for index in picks:
+        t = plan.tiles.tile(index)
+        py = t.y + (g.shift[0] - t.y) % r
+        px = t.x + (g.shift[1] - t.x) % r
+        ny = (t.y + t.height - py) // unit * unit
+        nx = (t.x + t.width - px) // unit * unit
+        j0, i0 = (py - g.shift[0]) // r, (px - g.shift[1]) // r
+        if ny == 0 or nx == 0 or j0 < 0 or i0 < 0 or j0 + ny // r > g.ms.height or i0 + nx // r > g.ms.width:
+            continue
+        values = journal.load(index)
+        fused = torch.from_numpy(np.array(values[:, py - t.y:py - t.y + ny, px - t.x:px - t.x + nx], np.float32))
+        ms = torch.from_numpy(reader.ms_lowres(j0, i0, ny // r, nx // r))
+        pan_dn, _ = reader.pan_window(py, px, ny, nx)
+        pan = torch.from_numpy(np.clip(pan_dn.astype(np.float32) / np.float32(plan.backend["max_dn"]), 0, 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)     # unknown sensor -> generic MTF, said in the report
+            m = full_resolution_metrics(fused, ms, pan, ratio=r, sensor=plan.backend["sensor"],
+                                        block_size=cfg.metric_block)
+        per_tile.append({"tile": index, "pan_window": [py, px, ny, nx],
+                         **{key: float(v) for key, v in m.items()}})
+    if not per_tile:
+        return {"skipped": f"tiles too small for {cfg.metric_block}-pixel metric blocks at ratio {r}"}
+    mean = {key: float(np.mean([p[key] for p in per_tile])) for key in ("D_lambda", "D_s", "HQNR")}
+    return {"sensor": plan.backend["sensor"], "block_size": cfg.metric_block, "tiles": per_tile, "mean": mean,
+            "note": "full-resolution indices of single fused tiles (before blending), inputs scaled by max DN"}
+
+
+def default_journal_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.parent / f".{out.name}.journal"
+
+
+def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None = None, *,
+              quicklook_path=None, report_path=None, journal_dir=None, log: EventLog | None = None,
+              progress: bool = False, should_stop: Callable[[], bool] | None = None,
+              model_id: dict[str, Any] | None = None, plan: ScenePlan | None = None) -> dict[str, Any]:
+    """Fuse one scene into ``out_path`` (GeoTIFF), ``quicklook_path`` (PNG) and ``report_path`` (JSON),
+    each written atomically. Resumes from ``journal_dir`` (default ``.<out>.journal`` beside the
+    output) when a previous run with the same fingerprint was interrupted. Returns the report.
+
+    Raises :class:`SceneError` for a bad scene, :class:`StopRequested` when ``should_stop()``
+    became true (journal kept), and OSError / rasterio errors from the file system as they are
+    (nothing half-written is left under the output names)."""
+    import json
+
+    from ddif.utils.io import atomic_path, atomic_write_text
+
+    config = config or StationConfig()
+    log = log or NullLog()
+    out_path = Path(out_path)
+    quicklook_path = Path(quicklook_path) if quicklook_path else out_path.with_name(out_path.stem + "_quicklook.png")
+    report_path = Path(report_path) if report_path else out_path.with_name(out_path.stem + "_report.json")
+    journal_dir = Path(journal_dir) if journal_dir else default_journal_dir(out_path)
+    scene = Path(pan_path).name
+    times: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    if plan is None:
+        plan = plan_scene(ms_path, pan_path, backend, config)
+    times["plan_s"] = time.perf_counter() - t_start
+    if plan.valid_pixels == 0:
+        raise SceneError(ALL_NODATA, f"scene {ms_path} + {pan_path}: no pixel is valid in both MS and PAN "
+                                     "(all nodata, or nodata wherever they overlap)")
+    log.info("scene_plan", scene=scene, **{k: v for k, v in plan.to_dict().items()
+                                           if k in ("tiles", "ratio", "ms_shift_pan_px", "subpixel_offset_pan_px",
+                                                    "valid_fraction")})
+
+    fingerprint = {
+        "pipeline_version": PIPELINE_VERSION,
+        "ms": file_identity(ms_path), "pan": file_identity(pan_path),
+        "model": model_id or {"backend_preset": plan.backend["preset"]},
+        "backend": plan.backend["describe"], "steps": plan.backend["steps"],
+        "settings": config.product_fields(),
+    }
+    journal = Journal(journal_dir, fingerprint)
+    state = journal.open()
+    if state["discarded"]:
+        log.warning("journal_discarded", scene=scene, journal=str(journal_dir), reason=state["discarded"])
+    log.info("journal_open", scene=scene, journal=str(journal_dir), resumed=state["resumed"],
+             tiles_done=state["tiles_done"])
+
+    with gdal_env(config.gdal_cache_mb), SceneReader(plan.grid, max_dn=plan.backend["max_dn"],
+                                                     interpolation=config.interpolation, padding=config.padding,
+                                                     fill_iterations=config.fill_iterations) as reader:
+        t0 = time.perf_counter()
+        fuse_stats = _fuse_tiles(plan, backend, journal, reader, log, progress, should_stop)
+        times["fuse_total_s"] = time.perf_counter() - t0
+        times.update({k: v for k, v in fuse_stats.items() if k.endswith("_s")})
+
+        tags = {"DDIF_PIPELINE": f"ddif.station v{PIPELINE_VERSION}", "DDIF_BACKEND": plan.backend["name"],
+                "DDIF_PRESET": str(plan.backend["preset"]), "DDIF_STEPS": str(plan.backend["steps"]),
+                "DDIF_RATIO": str(plan.grid.ratio), "DDIF_MAX_DN": f"{plan.backend['max_dn']:g}",
+                "DDIF_TILING": f"{config.tile_size}/{config.overlap}/{config.batch_size}/seed{config.seed}"}
+        t0 = time.perf_counter()
+        with atomic_path(out_path) as tmp:
+            _write_product(plan, journal, reader, tmp, tags)
+            times["write_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            quicklook = write_quicklook(tmp, quicklook_path, tuple(plan.backend["rgb_bands"]), config.quicklook_size,
+                                        tuple(config.quicklook_percentiles))
+            times["quicklook_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        quality = _quality(plan, journal, reader)
+        times["quality_s"] = time.perf_counter() - t0
+    times["total_s"] = time.perf_counter() - t_start
+
+    tiles_info = dict(plan.to_dict()["tiles"])
+    tiles_info.update({k: v for k, v in fuse_stats.items() if not k.endswith("_s")})
+    report = {
+        "scene": {k: v for k, v in plan.to_dict().items() if k not in ("tiles", "backend")},
+        "backend": plan.backend,
+        "config": config.to_dict(),
+        "tiles": tiles_info,
+        "timing_s": {k: round(v, 4) for k, v in times.items()},
+        "throughput": {"scene_megapixels": plan.pixels / 1e6,
+                       "megapixels_per_s": plan.pixels / 1e6 / max(times["total_s"], 1e-9),
+                       "fused_megapixels_per_s": plan.pixels / 1e6 / max(times["fuse_s"], 1e-9)},
+        "quality": quality,
+        "quicklook": quicklook,
+        "outputs": {"product": str(out_path), "quicklook": str(quicklook_path), "report": str(report_path)},
+        "journal": {"path": str(journal_dir), "resumed": state["resumed"], "kept": config.keep_journal},
+    }
+    atomic_write_text(report_path, json.dumps(report, indent=2, default=str) + "\n")
+    if not config.keep_journal:
+        journal.remove()
+    log.info("scene_written", scene=scene, product=str(out_path), seconds=round(times["total_s"], 3),
+             tiles_computed=fuse_stats["tiles_computed"], tiles_from_journal=fuse_stats["tiles_from_journal"],
+             hqnr=quality.get("mean", {}).get("HQNR"))
+    return report
