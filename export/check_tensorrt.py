@@ -1,7 +1,8 @@
 """Verify the TensorRT path on a machine that has TensorRT >= 10 and an NVIDIA GPU.
 
-    python export/check_tensorrt.py --ckpt student.pt --steps 2 --size 256
-    python export/check_tensorrt.py --preset wv3 --steps 2                      # random weights
+    python -m export.check_tensorrt --ckpt student.pt --steps 2 --size 256
+    python -m export.check_tensorrt --preset wv3 --steps 2                      # random weights
+    python export/check_tensorrt.py ...                                          # the same
 
 1. exports the fixed-step sampler to ONNX (``export.onnx``) unless ``--onnx`` is given;
 2. builds an FP16 engine with an optimization profile covering ``--size`` (``export.tensorrt``);
@@ -24,7 +25,11 @@ from pathlib import Path
 import torch
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # Run as a script, its own folder (export/) would come first on sys.path, and export/onnx.py and
+    # export/tensorrt.py would shadow the real onnx and tensorrt packages: put the repo root there.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:

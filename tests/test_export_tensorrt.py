@@ -153,6 +153,9 @@ def test_tensorrt_broken_or_old(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("8.6.1"))
     with pytest.raises(rt_trt.TensorRTUnavailable, match="too old"):
         rt_trt.import_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))   # e.g. a shadowing file
+    with pytest.raises(rt_trt.TensorRTUnavailable, match="not NVIDIA TensorRT"):
+        rt_trt.import_tensorrt()
 
 
 def test_tensorrt_fuser_refuses_cpu(monkeypatch, fake_onnx):
@@ -284,3 +287,16 @@ def test_cli_without_tensorrt_says_so_once(tmp_path, fake_onnx, monkeypatch, cap
     fake_onnx.write_bytes(b"changed after export")                             # spec hash no longer matches
     with pytest.raises(SystemExit):
         main(["--onnx", str(fake_onnx)])
+
+
+def test_check_script_exits_cleanly_without_tensorrt(monkeypatch, capsys):
+    import torch
+
+    from export.check_tensorrt import main, psnr
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert main(["--preset", "wv3", "--steps", "2"]) == 2
+    assert "cannot check TensorRT here" in capsys.readouterr().err
+    a = torch.zeros(2, 3, 8, 8)
+    assert psnr(a, a) == float("inf")
+    assert abs(psnr(a, a + 0.01) - 40.0) < 1e-9          # MSE 1e-4 over a data range of 1

@@ -52,6 +52,9 @@ def import_tensorrt():
         raise TensorRTUnavailable(f"the tensorrt package is not installed ({exc}); {INSTALL_HINT}") from None
     except Exception as exc:  # the bindings exist but their CUDA / TensorRT libraries do not load
         raise TensorRTUnavailable(f"tensorrt failed to import ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from None
+    if not hasattr(trt, "Builder"):
+        raise TensorRTUnavailable(f"'import tensorrt' found {getattr(trt, '__file__', trt)!r}, which is not NVIDIA "
+                                  f"TensorRT (a local file named tensorrt.py shadows it?); {INSTALL_HINT}")
     version = str(getattr(trt, "__version__", "0"))
     if _major(version) < MIN_TENSORRT_MAJOR:
         raise TensorRTUnavailable(f"TensorRT {version} is too old: ddif needs TensorRT >= {MIN_TENSORRT_MAJOR}")
