@@ -299,4 +299,4 @@ def test_check_script_exits_cleanly_without_tensorrt(monkeypatch, capsys):
     assert "cannot check TensorRT here" in capsys.readouterr().err
     a = torch.zeros(2, 3, 8, 8)
     assert psnr(a, a) == float("inf")
-    assert abs(psnr(a, a + 0.01) - 40.0) < 1e-9          # MSE 1e-4 over a data range of 1
+    assert abs(psnr(a, a + 0.01) - 40.0) < 1e-5          # MSE 1e-4 over a data range of 1 (float32 0.01)
