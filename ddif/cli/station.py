@@ -123,9 +123,20 @@ def cmd_run(args) -> int:
               f"{args.report or Path(args.out).stem + '_report.json'}")
         return 0
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    report = run_scene(args.ms, args.pan, args.out, backend, config, quicklook_path=args.quicklook,
-                       report_path=args.report, journal_dir=args.journal, log=EventLog(), progress=progress,
-                       model_id=_model_id(args.model))
+    try:
+        report = run_scene(args.ms, args.pan, args.out, backend, config, quicklook_path=args.quicklook,
+                           report_path=args.report, journal_dir=args.journal, log=EventLog(), progress=progress,
+                           model_id=_model_id(args.model))
+    except Exception as exc:
+        from ddif.station.errors import environment_error_kind
+
+        kind = environment_error_kind(exc)
+        if kind is None:
+            raise
+        # nothing is left under the output names (atomic writes); the journal stays for a rerun
+        print(f"ddif station run: {kind}: {type(exc).__name__}: {exc} (no product written; rerun to resume from "
+              "the tile journal)", file=sys.stderr)
+        return 3
     q = report["quality"].get("mean")
     print(json.dumps({"product": report["outputs"]["product"], "seconds": report["timing_s"]["total_s"],
                       "megapixels_per_s": round(report["throughput"]["megapixels_per_s"], 4),

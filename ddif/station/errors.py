@@ -3,7 +3,7 @@
 - :class:`SceneError` (a ``ValueError``): the scene itself is bad (corrupt file, missing
   partner, wrong ratio, no overlap, all nodata, ...). Retrying cannot help: quarantine it.
 - An environment error (:func:`environment_error_kind` is not None): disk full, quota, file too
-  large, permission denied, read-only file system. Not the scene's fault: report it, leave the
+  large, permission denied, read-only file system, a failed write of an output. Not the scene's fault: report it, leave the
   scene and its journal where they are, retry later.
 - Anything else is a processing error (a bug, a backend failure): retried a few times, then
   quarantined so that one scene cannot block the inbox forever.
@@ -33,6 +33,9 @@ _ENV_PHRASES = {
     "no space left": "disk_full", "disk full": "disk_full", "file too large": "disk_full",
     "free disk space": "disk_full", "quota": "disk_full",
     "permission denied": "permission", "read-only file system": "permission",
+    # libtiff's "Write error" / rasterio's "Write failed": a failed write of our own output (the
+    # errno, e.g. EFBIG or ENOSPC, only reaches GDAL's stderr)
+    "write failed": "write_error", "write error": "write_error",
 }
 
 
