@@ -56,18 +56,24 @@ def fuser_method(fuser, seed: int = 0) -> Method:
     return lambda lms, pan, ms: fuser.fuse(lms, pan, seed=seed)
 
 
+def block_size_for(h: int, w: int, preferred: int = 32) -> int:
+    """The toolbox's 32x32 Q blocks, or the largest smaller power of 2 that tiles a small image."""
+    b = preferred
+    while b > 2 and (h % b or w % b):
+        b //= 2
+    return b
+
+
 def _metrics_for(fused: torch.Tensor, data: EvalSet, ratio: int, sensor: str) -> dict[str, float]:
     from ddif import metrics
 
     fused = fused.clamp(0, 1)
-    out: dict[str, float] = {}
+    block = block_size_for(*fused.shape[-2:])
     if data.gt is not None:
-        m = metrics.reduced_resolution_metrics(fused, data.gt, ratio=ratio)
-        out.update({k: _mean(m[k]) for k in m})
+        m = metrics.reduced_resolution_metrics(fused, data.gt, ratio=ratio, block_size=block)
     else:
-        m = metrics.full_resolution_metrics(fused, data.ms, data.pan, ratio=ratio, sensor=sensor)
-        out.update({k: _mean(m[k]) for k in m})
-    return out
+        m = metrics.full_resolution_metrics(fused, data.ms, data.pan, ratio=ratio, sensor=sensor, block_size=block)
+    return {k: _mean(v) for k, v in m.items()}
 
 
 def _mean(v) -> float:

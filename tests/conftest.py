@@ -56,9 +56,9 @@ def gf2_fixture(reference_dir):
 
 def tiny_preset(bands: int = 4, guide: int = 1):
     """A small model with every kind of block (CSM, FWM, attention) for fast tests."""
-    from ddif.config import ModelConfig, Preset
+    from ddif.config import DataConfig, ModelConfig, Preset
 
-    return Preset(name="tiny", model=ModelConfig(bands=bands, guide_bands=guide, max_dn=1.0, base_width=16,
+    return Preset(name="tiny", data=DataConfig(rgb_bands=(2, 1, 0), sensor="generic"), model=ModelConfig(bands=bands, guide_bands=guide, max_dn=1.0, base_width=16,
                                                  channel_mults=(1, 2), res_blocks=1, image_size=16,
                                                  attn_resolutions=(8,), dropout=0.0, drop_path=0.0))
 
