@@ -35,9 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._triton_common import INTERPRETED, cast_to
 from kernels._triton_utils import cdiv, next_pow2, target_programs
 
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
 _NEG = tl.constexpr(-3.0e38)  # "minus infinity" that keeps exp(NEG - NEG) finite for masked lanes
 
@@ -85,8 +85,10 @@ def _autotune(key, configs=None, prune=_prune):
 # ----------------------------------------------------------------------------------- helpers
 @triton.jit
 def _mm(a, b, acc, IEEE: tl.constexpr):
+    """acc + a @ b with fp32 accumulation; IEEE: exact fp32 products of the (already rounded)
+    operands instead of the tensor-core path."""
     if IEEE:
-        return tl.dot(a, b, acc, input_precision="ieee")
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
 
@@ -132,50 +134,49 @@ def _store_block_diag(ptr, value, b, c0, offs_c, mask_c, d, heads, slot, n_slots
 # ----------------------------------------------------------------------------------- statistics
 @_autotune(key=["H", "W"], configs=_LSE_CONFIGS, prune=None)
 @triton.jit
-def _lse_rows_kernel(x_ptr, lse_ptr, sb, sc, C, H, W, BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr):
-    """log-sum-exp over W of BLOCK_R rows of one channel: lse (B, C, H) fp32."""
-    pid = tl.program_id(0)
-    b = pid // C
-    base = x_ptr + b.to(tl.int64) * sb + (pid % C).to(tl.int64) * sc
-    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    mask_r = rows < H
+def _lse_rows_kernel(x_ptr, lse_ptr, sb, sc, C, H, W, n_rows, BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr):
+    """log-sum-exp over W of BLOCK_R rows of the flattened (B, C, H) row index: lse (B, C, H) fp32."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask_r = rows < n_rows
+    bc = rows // H
+    row_off = (bc // C).to(tl.int64) * sb + (bc % C).to(tl.int64) * sc + (rows % H) * W
     m = tl.full((BLOCK_R, BLOCK_W), _NEG, dtype=tl.float32)
     l = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
     for x0 in range(0, W, BLOCK_W):  # element-wise running (max, sum); one reduction at the end
         cols = x0 + tl.arange(0, BLOCK_W)
         mask = mask_r[:, None] & (cols < W)[None, :]
-        t = tl.load(base + rows[:, None] * W + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        t = tl.load(x_ptr + row_off[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         t = tl.where(mask, t, _NEG)
         m_new = tl.maximum(m, t)
         l = l * tl.exp(m - m_new) + tl.exp(t - m_new)
         m = m_new
     row_max = tl.max(m, axis=1)
     row_sum = tl.sum(l * tl.exp(m - row_max[:, None]), axis=1)
-    tl.store(lse_ptr + pid.to(tl.int64) * H + rows, row_max + tl.log(row_sum), mask=mask_r)
+    tl.store(lse_ptr + rows, row_max + tl.log(row_sum), mask=mask_r)
 
 
 @_autotune(key=["H", "W"], configs=_LSE_CONFIGS, prune=None)
 @triton.jit
-def _lse_cols_kernel(x_ptr, lse_ptr, sb, sc, C, H, W, BLOCK_X: tl.constexpr, BLOCK_R: tl.constexpr):
-    """log-sum-exp over H of BLOCK_X columns of one channel: lse (B, C, W) fp32."""
-    pid = tl.program_id(0)
-    b = pid // C
-    base = x_ptr + b.to(tl.int64) * sb + (pid % C).to(tl.int64) * sc
-    cols = tl.program_id(1) * BLOCK_X + tl.arange(0, BLOCK_X)
-    mask_x = cols < W
+def _lse_cols_kernel(x_ptr, lse_ptr, sb, sc, C, H, W, n_cols, BLOCK_X: tl.constexpr, BLOCK_R: tl.constexpr):
+    """log-sum-exp over H of BLOCK_X columns of the flattened (B, C, W) column index (consecutive
+    columns of a channel are contiguous in memory): lse (B, C, W) fp32."""
+    cols = tl.program_id(0) * BLOCK_X + tl.arange(0, BLOCK_X)
+    mask_x = cols < n_cols
+    bc = cols // W
+    col_off = (bc // C).to(tl.int64) * sb + (bc % C).to(tl.int64) * sc + cols % W
     m = tl.full((BLOCK_R, BLOCK_X), _NEG, dtype=tl.float32)
     l = tl.zeros((BLOCK_R, BLOCK_X), dtype=tl.float32)
     for y0 in range(0, H, BLOCK_R):
         rows = y0 + tl.arange(0, BLOCK_R)
         mask = (rows < H)[:, None] & mask_x[None, :]
-        t = tl.load(base + rows[:, None] * W + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        t = tl.load(x_ptr + col_off[None, :] + rows[:, None] * W, mask=mask, other=0.0).to(tl.float32)
         t = tl.where(mask, t, _NEG)
         m_new = tl.maximum(m, t)
         l = l * tl.exp(m - m_new) + tl.exp(t - m_new)
         m = m_new
     col_max = tl.max(m, axis=0)
     col_sum = tl.sum(l * tl.exp(m - col_max[None, :]), axis=0)
-    tl.store(lse_ptr + pid.to(tl.int64) * W + cols, col_max + tl.log(col_sum), mask=mask_x)
+    tl.store(lse_ptr + cols, col_max + tl.log(col_sum), mask=mask_x)
 
 
 # ----------------------------------------------------------------------------------- context
@@ -203,7 +204,7 @@ def _context_fwd_kernel(k_ptr, v_ptr, lse_ptr, part_ptr, skb, skc, svb, svc,
         lse = tl.load(lse_base + offs_c[:, None] * H + (offs_n // W)[None, :], mask=mask, other=0.0)
         p = tl.exp(tl.where(mask, kt - lse, _NEG))
         vt = tl.load(v_base + offs_c[:, None] * svc + offs_n[None, :], mask=mask, other=0.0)
-        acc = _mm(p.to(DT), tl.trans(vt), acc, IEEE)
+        acc = _mm(cast_to(p, DT), tl.trans(vt), acc, IEEE)
     _store_block_diag(part_ptr, acc, b, c0, offs_c, mask_c, d, heads, s, n_splits)
 
 
@@ -217,7 +218,7 @@ def _context_rowdot_kernel(k_ptr, v_ptr, lse_ptr, gc_ptr, rowdot_ptr, skb, skc, 
     v_base = v_ptr + b.to(tl.int64) * svb + c0.to(tl.int64) * svc
     row_base = (b * heads * d + c0).to(tl.int64) * H
     DT = v_ptr.dtype.element_ty
-    gc = _block_diag(gc_ptr, b, c0, offs_c, mask_c, d, sgb, sgh, sgi, sgj, False).to(DT)
+    gc = cast_to(_block_diag(gc_ptr, b, c0, offs_c, mask_c, d, sgb, sgh, sgi, sgj, False), DT)
     y_begin = tl.program_id(1) * rows_per_prog
     for y in range(y_begin, tl.minimum(y_begin + rows_per_prog, H)):
         lse = tl.load(lse_ptr + row_base + offs_c * H + y, mask=mask_c, other=0.0)
@@ -258,10 +259,10 @@ def _context_bwd_kernel(k_ptr, v_ptr, lse_ptr, rowdot_ptr, gc_ptr, gk_ptr, gv_pt
     p = tl.exp(tl.where(mask, kt - lse, _NEG))
     vt = tl.load(v_base + offs_c[:, None] * svc + offs_n[None, :], mask=mask, other=0.0)
     zero = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dp = _mm(gc.to(DT), vt, zero, IEEE)
-    tl.store(gk_ptr + out, (p * (dp - rowdot)).to(gk_ptr.dtype.element_ty), mask=mask)
-    gv = _mm(gc_t.to(DT), p.to(DT), zero, IEEE)
-    tl.store(gv_ptr + out, gv.to(gv_ptr.dtype.element_ty), mask=mask)
+    dp = _mm(cast_to(gc, DT), vt, zero, IEEE)
+    tl.store(gk_ptr + out, cast_to(p * (dp - rowdot), gk_ptr.dtype.element_ty), mask=mask)
+    gv = _mm(cast_to(gc_t, DT), cast_to(p, DT), zero, IEEE)
+    tl.store(gv_ptr + out, cast_to(gv, gv_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------- apply
@@ -276,15 +277,15 @@ def _apply_fwd_kernel(q_ptr, lse_ptr, ctx_ptr, out_ptr, sqb, sqc, scb, sch, sci,
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = mask_c[:, None] & (offs_n < HW)[None, :]
     DT = q_ptr.dtype.element_ty
-    ctx_t = _block_diag(ctx_ptr, b, c0, offs_c, mask_c, d, scb, sch, sci, scj, True).to(DT)
+    ctx_t = cast_to(_block_diag(ctx_ptr, b, c0, offs_c, mask_c, d, scb, sch, sci, scj, True), DT)
     qt = tl.load(q_ptr + b.to(tl.int64) * sqb + c0.to(tl.int64) * sqc + offs_c[:, None] * sqc + offs_n[None, :],
                  mask=mask, other=0.0).to(tl.float32)
     lse = tl.load(lse_ptr + (b * heads * d + c0).to(tl.int64) * W + offs_c[:, None] * W + (offs_n % W)[None, :],
                   mask=mask, other=0.0)
     p = tl.exp(tl.where(mask, qt - lse, _NEG)) * scale
-    o = _mm(ctx_t, p.to(DT), tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32), IEEE)
+    o = _mm(ctx_t, cast_to(p, DT), tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32), IEEE)
     out = (b * heads * d + c0).to(tl.int64) * HW + offs_c[:, None] * HW + offs_n[None, :]
-    tl.store(out_ptr + out, o.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + out, cast_to(o, out_ptr.dtype.element_ty), mask=mask)
 
 
 @_autotune(key=["d", "H", "W"], configs=_STRIP_CONFIGS, prune=_prune_strip)
@@ -302,7 +303,7 @@ def _apply_colsum_kernel(q_ptr, lse_ptr, ctx_ptr, go_ptr, colsum_ptr, part_ptr,
     g_base = go_ptr + b.to(tl.int64) * sgb + c0.to(tl.int64) * sgc
     col_base = (b * heads * d + c0).to(tl.int64) * W
     DT = q_ptr.dtype.element_ty
-    ctx = _block_diag(ctx_ptr, b, c0, offs_c, mask_c, d, scb, sch, sci, scj, False).to(DT)
+    ctx = cast_to(_block_diag(ctx_ptr, b, c0, offs_c, mask_c, d, scb, sch, sci, scj, False), DT)
     t = tl.arange(0, NT)
     x = strip * COLS + t % COLS
     mask_x = x < W
@@ -316,10 +317,10 @@ def _apply_colsum_kernel(q_ptr, lse_ptr, ctx_ptr, go_ptr, colsum_ptr, part_ptr,
         pos = (y * W + x)[None, :]
         qt = tl.load(q_base + offs_c[:, None] * sqc + pos, mask=mask, other=0.0).to(tl.float32)
         p = tl.exp(tl.where(mask, qt - lse, _NEG))
-        go = tl.load(g_base + offs_c[:, None] * sgc + pos, mask=mask, other=0.0).to(DT)
+        go = cast_to(tl.load(g_base + offs_c[:, None] * sgc + pos, mask=mask, other=0.0), DT)
         dp = _mm(ctx, go, tl.zeros((BLOCK_D, NT), dtype=tl.float32), IEEE) * scale
         colsum += p * dp
-        gctx = _mm(p.to(DT), tl.trans(go), gctx, IEEE)
+        gctx = _mm(cast_to(p, DT), tl.trans(go), gctx, IEEE)
     colsum_x = tl.sum(tl.reshape(colsum, (BLOCK_D, ROWS, COLS)), axis=1)
     xs = strip * COLS + tl.arange(0, COLS)
     tl.store(colsum_ptr + col_base + offs_c[:, None] * W + xs[None, :], colsum_x,
@@ -338,18 +339,18 @@ def _apply_bwd_kernel(q_ptr, lse_ptr, colsum_ptr, ctx_ptr, go_ptr, gq_ptr, sqb, 
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = mask_c[:, None] & (offs_n < HW)[None, :]
     DT = q_ptr.dtype.element_ty
-    ctx = _block_diag(ctx_ptr, b, c0, offs_c, mask_c, d, scb, sch, sci, scj, False).to(DT)
+    ctx = cast_to(_block_diag(ctx_ptr, b, c0, offs_c, mask_c, d, scb, sch, sci, scj, False), DT)
     stat = (b * heads * d + c0).to(tl.int64) * W + offs_c[:, None] * W + (offs_n % W)[None, :]
     lse = tl.load(lse_ptr + stat, mask=mask, other=0.0)
     colsum = tl.load(colsum_ptr + stat, mask=mask, other=0.0)
     qt = tl.load(q_ptr + b.to(tl.int64) * sqb + c0.to(tl.int64) * sqc + offs_c[:, None] * sqc + offs_n[None, :],
                  mask=mask, other=0.0).to(tl.float32)
     p = tl.exp(tl.where(mask, qt - lse, _NEG))
-    go = tl.load(go_ptr + b.to(tl.int64) * sgb + c0.to(tl.int64) * sgc + offs_c[:, None] * sgc + offs_n[None, :],
-                 mask=mask, other=0.0).to(DT)
+    go = cast_to(tl.load(go_ptr + b.to(tl.int64) * sgb + c0.to(tl.int64) * sgc + offs_c[:, None] * sgc
+                         + offs_n[None, :], mask=mask, other=0.0), DT)
     dp = _mm(ctx, go, tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32), IEEE) * scale
     out = (b * heads * d + c0).to(tl.int64) * HW + offs_c[:, None] * HW + offs_n[None, :]
-    tl.store(gq_ptr + out, (p * (dp - colsum)).to(gq_ptr.dtype.element_ty), mask=mask)
+    tl.store(gq_ptr + out, cast_to(p * (dp - colsum), gq_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------- launchers
@@ -361,15 +362,23 @@ def _plane_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
-def _heads_tile(d: int) -> tuple[int, int]:
-    """(BLOCK_D, heads per tile): tl.dot needs every dimension >= 16, so small heads share a tile."""
-    block_d = max(16, next_pow2(d))
+def _heads_tile(d: int, dim: int) -> tuple[int, int]:
+    """(BLOCK_D, heads per tile): tl.dot needs every dimension >= 16, so small heads share a tile.
+    The interpreter, which pays per program, packs up to 64 channels of heads into a tile."""
+    block_d = max(16, next_pow2(d), min(next_pow2(dim), 64) if INTERPRETED else 0)
     return block_d, max(1, block_d // d)
 
 
-def _position_meta(d: int, n_positions: int, dtype: torch.dtype) -> dict:
-    block_d, g = _heads_tile(d)
-    meta = {"G": g, "BLOCK_D": block_d, "IEEE": dtype == torch.float32}
+def _ieee_dot(dtype: torch.dtype) -> bool:
+    """fp32 inputs get IEEE fp32 products (as eager matmul by default). Triton's interpreter
+    mis-multiplies bfloat16 operands in ``tl.dot`` (Triton 3.9: garbage results), so there bf16
+    operands are widened to fp32 after rounding: the same products the tensor cores form."""
+    return dtype == torch.float32 or (INTERPRETED and dtype == torch.bfloat16)
+
+
+def _position_meta(d: int, dim: int, n_positions: int, dtype: torch.dtype) -> dict:
+    block_d, g = _heads_tile(d, dim)
+    meta = {"G": g, "BLOCK_D": block_d, "IEEE": _ieee_dot(dtype)}
     if INTERPRETED:
         meta["BLOCK_N"] = max(16, min(next_pow2(n_positions), _INTERP_MAX_TILE // block_d))
     return meta
@@ -385,9 +394,9 @@ def lse_rows(x: torch.Tensor) -> torch.Tensor:
     x = _plane_contiguous(x)
     lse = torch.empty((B, C, H), dtype=torch.float32, device=x.device)
     block_w = min(next_pow2(W), 1024 if INTERPRETED else 128)
-    meta = {"BLOCK_R": max(1, min(next_pow2(H), _INTERP_MAX_TILE // block_w))} if INTERPRETED else {}
-    _lse_rows_kernel[lambda m: (B * C, cdiv(H, m["BLOCK_R"]))](
-        x, lse, x.stride(0), x.stride(1), C, H, W, BLOCK_W=block_w, **meta)
+    meta = {"BLOCK_R": max(1, min(next_pow2(B * C * H), _INTERP_MAX_TILE // block_w))} if INTERPRETED else {}
+    _lse_rows_kernel[lambda m: (cdiv(B * C * H, m["BLOCK_R"]),)](
+        x, lse, x.stride(0), x.stride(1), C, H, W, B * C * H, BLOCK_W=block_w, **meta)
     return lse
 
 
@@ -396,10 +405,13 @@ def lse_cols(x: torch.Tensor) -> torch.Tensor:
     B, C, H, W = x.shape
     x = _plane_contiguous(x)
     lse = torch.empty((B, C, W), dtype=torch.float32, device=x.device)
-    block_x = min(next_pow2(W), 1024 if INTERPRETED else 64)
-    meta = {"BLOCK_R": max(1, min(next_pow2(H), _INTERP_MAX_TILE // block_x))} if INTERPRETED else {}
-    _lse_cols_kernel[lambda m: (B * C, cdiv(W, block_x))](
-        x, lse, x.stride(0), x.stride(1), C, H, W, BLOCK_X=block_x, **meta)
+    if INTERPRETED:
+        block_x = max(1, min(next_pow2(B * C * W), _INTERP_MAX_TILE // next_pow2(H)))
+        meta = {"BLOCK_R": next_pow2(H)}
+    else:
+        block_x, meta = 64, {}
+    _lse_cols_kernel[(cdiv(B * C * W, block_x),)](
+        x, lse, x.stride(0), x.stride(1), C, H, W, B * C * W, BLOCK_X=block_x, **meta)
     return lse
 
 
@@ -409,7 +421,7 @@ def fwm_context(k: torch.Tensor, v: torch.Tensor, heads: int) -> tuple[torch.Ten
     d = dim // heads
     k, v = _plane_contiguous(k), _plane_contiguous(v)
     lse = lse_rows(k)
-    meta = _position_meta(d, H * W, k.dtype)
+    meta = _position_meta(d, dim, H * W, k.dtype)
     groups = B * cdiv(heads, meta["G"])
     # split the positions so the launch fills the GPU; chunks are multiples of the largest tile
     splits = max(1, min(target_programs(k.device, INTERPRETED) // groups, cdiv(H * W, 1024)))
@@ -428,7 +440,7 @@ def fwm_context_backward(grad: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
     B, dim, H, W = k.shape
     d = dim // heads
     k, v = _plane_contiguous(k), _plane_contiguous(v)
-    meta = _position_meta(d, H * W, k.dtype)
+    meta = _position_meta(d, dim, H * W, k.dtype)
     groups = B * cdiv(heads, meta["G"])
     rows = max(1, cdiv(H, max(1, target_programs(k.device, INTERPRETED) // groups)))
     rowdot = torch.empty((B, dim, H), dtype=torch.float32, device=k.device)
@@ -451,7 +463,7 @@ def fwm_apply(q: torch.Tensor, context: torch.Tensor, heads: int) -> tuple[torch
     d = dim // heads
     q = _plane_contiguous(q)
     lse = lse_cols(q)
-    meta = _position_meta(d, H * W, q.dtype)
+    meta = _position_meta(d, dim, H * W, q.dtype)
     out = torch.empty((B, dim, H, W), dtype=q.dtype, device=q.device)
     _apply_fwd_kernel[_tiles_grid(B * cdiv(heads, meta["G"]), H * W)](
         q, lse, context, out, q.stride(0), q.stride(1), *context.stride(), heads, d, H, W, 1.0 / math.sqrt(d),
@@ -464,7 +476,7 @@ def fwm_apply_backward(grad: torch.Tensor, q: torch.Tensor, context: torch.Tenso
     B, dim, H, W = q.shape
     d = dim // heads
     q, grad = _plane_contiguous(q), _plane_contiguous(grad)
-    meta = _position_meta(d, H * W, q.dtype)
+    meta = _position_meta(d, dim, H * W, q.dtype)
     groups = B * cdiv(heads, meta["G"])
     scale = 1.0 / math.sqrt(d)
     cols = max(16, min(next_pow2(W), 64 if INTERPRETED else 16))  # >= 16: the K of tl.dot for d ctx

@@ -26,9 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._triton_common import INTERPRETED, cast_to
 from kernels._triton_utils import cdiv, next_pow2
 
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
 # Tiles are (BLOCK_S channels, BLOCK_Y rows, BLOCK_X columns). On a GPU one channel per program
 # and 2-D tiles whose rows are contiguous in memory (coalesced); the autotuner picks the shape.
@@ -110,10 +110,10 @@ def _synthesis_store(base, sy, i, j, OH, OW, ll, hh, vv, dd, mask):
     b = b + tl.where(has_r1, 0.0, d)
     ty = base.dtype.element_ty
     top = base + r0 * sy + c0
-    tl.store(top, a.to(ty), mask=mask)
-    tl.store(top + 1, b.to(ty), mask=mask & has_c1)
-    tl.store(top + sy, c.to(ty), mask=mask & has_r1)
-    tl.store(top + sy + 1, d.to(ty), mask=mask & has_r1 & has_c1)
+    tl.store(top, cast_to(a, ty), mask=mask)
+    tl.store(top + 1, cast_to(b, ty), mask=mask & has_c1)
+    tl.store(top + sy, cast_to(c, ty), mask=mask & has_r1)
+    tl.store(top + sy + 1, cast_to(d, ty), mask=mask & has_r1 & has_c1)
 
 
 @triton.jit
@@ -189,10 +189,10 @@ def _analysis_kernel(x_ptr, ll_ptr, h_ptr, v_ptr, d_ptr, sxb, sxc, sxy, sxx, BC,
     ll, hh, vv, dd = _haar_at(base, sxy, sxx, i, j, H, W, mask)
     out = n.to(tl.int64) * h2 * w2 + i * w2 + j
     ty = ll_ptr.dtype.element_ty
-    tl.store(ll_ptr + out, ll.to(ty), mask=mask)
-    tl.store(h_ptr + out, hh.to(ty), mask=mask)
-    tl.store(v_ptr + out, vv.to(ty), mask=mask)
-    tl.store(d_ptr + out, dd.to(ty), mask=mask)
+    tl.store(ll_ptr + out, cast_to(ll, ty), mask=mask)
+    tl.store(h_ptr + out, cast_to(hh, ty), mask=mask)
+    tl.store(v_ptr + out, cast_to(vv, ty), mask=mask)
+    tl.store(d_ptr + out, cast_to(dd, ty), mask=mask)
 
 
 @_autotune(key=["h2", "w2"])
@@ -255,11 +255,11 @@ def _wavelet_condition_kernel(lms_ptr, guide_ptr, out_ptr,
     out_img = out_ptr + b.to(tl.int64) * (C + 3 * P) * plane + oy * OW + ox
     ty = out_ptr.dtype.element_ty
     if k < n_lms:
-        tl.store(out_img + ch.to(tl.int64) * plane, ll.to(ty), mask=mask)
+        tl.store(out_img + ch.to(tl.int64) * plane, cast_to(ll, ty), mask=mask)
     else:
-        tl.store(out_img + (C + pos_h * P + ch).to(tl.int64) * plane, hh.to(ty), mask=mask)
-        tl.store(out_img + (C + pos_v * P + ch).to(tl.int64) * plane, vv.to(ty), mask=mask)
-        tl.store(out_img + (C + pos_d * P + ch).to(tl.int64) * plane, dd.to(ty), mask=mask)
+        tl.store(out_img + (C + pos_h * P + ch).to(tl.int64) * plane, cast_to(hh, ty), mask=mask)
+        tl.store(out_img + (C + pos_v * P + ch).to(tl.int64) * plane, cast_to(vv, ty), mask=mask)
+        tl.store(out_img + (C + pos_d * P + ch).to(tl.int64) * plane, cast_to(dd, ty), mask=mask)
 
 
 @_autotune(key=["h2", "w2", "RESIZE"], per_thread=1)

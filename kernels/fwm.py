@@ -11,7 +11,7 @@ Because k and v depend on the condition only, ``context`` is computed once per i
 (:func:`fwm_context_ref`) and applied at every sampling step (:func:`fwm_apply_ref`).
 
 Fused path: Triton kernels (:mod:`kernels._fwm_triton`, imported on first use) that never write
-the softmaxed q or k, wrapped as ``torch.library.custom_op``\ s ``ddif::fwm_context`` and
+the softmaxed q or k, wrapped as ``torch.library.custom_op`` ops ``ddif::fwm_context`` and
 ``ddif::fwm_apply`` with fake (meta) kernels and autograd (their backward passes are Triton
 kernels too: ``ddif::fwm_context_backward``, ``ddif::fwm_apply_backward``). The public
 ``fwm_*_fused`` functions validate inputs, apply the autocast policy (floating inputs cast to the
