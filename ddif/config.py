@@ -195,9 +195,9 @@ def _small_rgb() -> Preset:
                           channel_mults=(1, 2, 2), res_blocks=1, image_size=64, attn_resolutions=(),
                           dropout=0.0, drop_path=0.0),
         diffusion=DiffusionConfig(timesteps=500, sample_steps=10),
-        train=TrainConfig(lr=5e-4, batch_size=16, iterations=4000, lr_milestones=(3000,),
-                          grad_clip=1.0, ema_decay=0.999, ema_start=500, patch_size=64,
-                          val_every=500, ckpt_every=500, log_every=50, num_workers=0),
+        train=TrainConfig(lr=5e-4, batch_size=16, iterations=8000, lr_milestones=(6000,),
+                          grad_clip=1.0, ema_decay=0.999, ema_start=500, patch_size=32,
+                          val_every=1000, ckpt_every=500, log_every=50, num_workers=0),
         data=DataConfig(ratio=4, layout="pancollection", sensor="landsat8", rgb_bands=(2, 1, 0)),
     )
 

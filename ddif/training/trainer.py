@@ -29,7 +29,7 @@ from ddif.config import Preset
 from ddif.diffusion.loss import DiffusionLoss, draw_noise
 from ddif.diffusion.schedule import NoiseSchedule
 from ddif.models.ddif import DDIF, read_checkpoint
-from ddif.training.augment import dihedral_augment
+from ddif.training.augment import dihedral_augment, random_crop
 from ddif.training.ema import EMA
 from ddif.utils.io import atomic_torch_save, atomic_write_text
 
@@ -273,6 +273,7 @@ class Trainer:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.model.train()
+        batch = random_crop(batch, self.cfg.patch_size, self.preset.data.ratio, self.generator)
         batch = dihedral_augment(batch, self.generator)
         gt, lms, pan = (batch[k].to(self.device, non_blocking=True) for k in ("gt", "lms", "pan"))
         self.optimizer.zero_grad(set_to_none=True)
