@@ -200,6 +200,9 @@ def test_exports_are_checked_before_use(artifacts, tmp_path):
         best_available(spec_path_for(onnx_path), device="cpu")
     with pytest.raises(FileNotFoundError):
         best_available(tmp_path / "nothing.onnx")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            best_available(onnx_path, device="cuda")
 
 
 def test_import_is_lazy():

@@ -406,6 +406,8 @@ def best_available(model_path: str | os.PathLike, device: str | torch.device | N
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but no CUDA GPU is available here (use device='cpu')")
     kind = _model_kind(path)
     skipped: list[tuple[str, str]] = []
 
