@@ -7,6 +7,10 @@ Providers (same WV3-preset model, same inputs, same run):
   reference  the published-style loop: every step recomputes the wavelet condition, the CSM
              style maps and the FWM contexts (``model(x_t, t, lms, pan)``)
   cached     ours: the condition branch is encoded once per image (``Fuser``, default path)
+  onnxruntime  the whole sampler exported to one ONNX graph (``export.onnx``, exported once per
+             run, not timed), run by ``ddif.runtime.OnnxRuntimeFuser`` (CPU, or CUDA provider)
+  tensorrt   that graph as a TensorRT fp16 engine (``ddif.runtime.TensorRTFuser``); skipped,
+             with its reason, where TensorRT or a GPU is missing
 
 Prints a Markdown table (seconds/image, images/s, megapixels/s, speedup vs reference) and
 appends CSV rows with device, dtype, shape, steps, torch version and git commit.
@@ -44,9 +48,64 @@ def _fuser_provider(use_cache: bool):
     return build
 
 
+def _exported_onnx(args, model):
+    """Export once per run (shared by the onnxruntime and tensorrt providers), same timesteps as Fuser."""
+    if getattr(args, "_onnx_path", None) is None:
+        import tempfile
+        import time
+
+        from ddif.fuser import Fuser
+        from ddif.runtime.plan import resolve_sampling_plan
+        from export.onnx import export_model
+
+        timesteps = Fuser(model, sampler="ddim", steps=args.steps).scheduler.timesteps.tolist()
+        plan = resolve_sampling_plan(model.preset, timesteps=timesteps)
+        args._tmpdir = tempfile.mkdtemp(prefix="ddif-bench-")
+        t0 = time.perf_counter()
+        args._onnx_path = export_model(model, Path(args._tmpdir) / "fuser.onnx", plan, exporter=args.onnx_exporter).path
+        print(f"# exported {plan.steps}-step ONNX graph ({args.onnx_exporter}) in {time.perf_counter() - t0:.1f} s")
+    return args._onnx_path
+
+
+def _onnxruntime_available(args) -> str | None:
+    from ddif.runtime.backends import onnxruntime_unavailable_reason
+
+    if parse_dtype(args.dtype) != torch.float32:
+        return "the exported graph is float32"
+    return onnxruntime_unavailable_reason(torch.device(args.device))
+
+
+def _onnxruntime_build(args, model):
+    from ddif.runtime import OnnxRuntimeFuser
+
+    backend = OnnxRuntimeFuser(_exported_onnx(args, model), device=args.device, intra_op_threads=args.ort_threads)
+    print(f"# onnxruntime: {backend.describe()}")
+    return lambda lms, pan: backend.fuse(lms, pan, seed=0)
+
+
+def _tensorrt_available(args) -> str | None:
+    from ddif.runtime.tensorrt import tensorrt_unavailable_reason
+
+    return tensorrt_unavailable_reason(args.device)
+
+
+def _tensorrt_build(args, model):
+    from ddif.runtime import ShapeProfile, TensorRTFuser
+
+    m = model.config.size_multiple
+    size = -(-args.size // m) * m
+    profile = ShapeProfile((1, m, m), (args.batch, size, size), (args.batch, size, size))
+    backend = TensorRTFuser(_exported_onnx(args, model), device=args.device, fp16=True, profile=profile,
+                            cache_dir=args._tmpdir)
+    return lambda lms, pan: backend.fuse(lms, pan, seed=0)
+
+
 PROVIDERS: dict[str, Provider] = {
     "reference": Provider("reference", "recompute condition every step", _fuser_provider(False)),
     "cached": Provider("cached", "condition encoded once per image", _fuser_provider(True)),
+    "onnxruntime": Provider("onnxruntime", "one ONNX graph on ONNX Runtime", _onnxruntime_build,
+                            _onnxruntime_available),
+    "tensorrt": Provider("tensorrt", "TensorRT fp16 engine", _tensorrt_build, _tensorrt_available),
 }
 
 
@@ -69,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma list of {list(PROVIDERS)}")
     p.add_argument("--csv", default="benchmarks/results/throughput.csv", help="append rows here ('' to skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ort-threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    p.add_argument("--onnx-exporter", default="dynamo", choices=("dynamo", "torchscript"),
+                   help="exporter for the onnxruntime / tensorrt providers")
     args = p.parse_args(argv)
 
     from ddif.models import DDIF
