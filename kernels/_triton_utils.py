@@ -72,6 +72,7 @@ def load_kernels(module: str) -> ModuleType | None:
     return importlib.import_module(module)
 
 
+@torch.compiler.assume_constant_result  # torch.compile: decided once while tracing, not traced
 def can_launch(device: torch.device, module: str) -> bool:
     """Whether the kernels of ``module`` can run on tensors on ``device``.
 

@@ -237,6 +237,33 @@ def test_export_uses_the_reference():
     assert _rel_err(program.module()(q, k, v), fwm_apply_ref(q, fwm_context_ref(k, v, 2), 2)) <= 1e-6
 
 
+def test_torch_compile_fullgraph_keeps_the_fused_ops():
+    """Dynamo traces the modules without graph breaks and keeps the custom ops in the graph
+    (the launch decision is a constant while tracing)."""
+    from kernels.haar_dwt import WaveletCondition, wavelet_condition_ref
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    attn = FWMAttention(heads=2)
+    condition = WaveletCondition("HDV")
+    attn.fused = condition.fused = True
+
+    def step(q, k, v, lms, pan):
+        return attn(q, attn.context(k, v)), condition(lms, pan)
+
+    q, k, v = _features(1, 16, 6, 8)
+    lms, pan = torch.rand(1, 4, 6, 8, device=DEVICE), torch.rand(1, 1, 6, 8, device=DEVICE)
+    out, cond = torch.compile(step, backend=record, fullgraph=True)(q, k, v, lms, pan)
+    targets = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert {"ddif.fwm_context", "ddif.fwm_apply", "ddif.wavelet_condition"} <= targets, targets
+    assert _rel_err(out, fwm_apply_ref(q, fwm_context_ref(k, v, 2), 2)) <= 1e-5
+    assert _max_err(cond, wavelet_condition_ref(lms, pan, "HDV")) <= 2e-6
+
+
 # ----------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_pair():
