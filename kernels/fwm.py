@@ -77,6 +77,10 @@ def _(k, v, heads):
 
 @torch.library.custom_op("ddif::fwm_context_backward", mutates_args=())
 def _fwm_context_backward_op(grad: Tensor, k: Tensor, v: Tensor, lse: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    d = k.shape[1] // heads
+    if tuple(grad.shape) != (k.shape[0], heads, d, d) or tuple(lse.shape) != tuple(k.shape[:3]):
+        raise ValueError(f"fwm_context_backward: grad {tuple(grad.shape)} / lse {tuple(lse.shape)} do not match "
+                         f"k {tuple(k.shape)} with {heads} heads")
     return _kernels().fwm_context_backward(grad, k, v, lse, heads)
 
 
@@ -115,6 +119,9 @@ def _(q, context, heads):
 @torch.library.custom_op("ddif::fwm_apply_backward", mutates_args=())
 def _fwm_apply_backward_op(grad: Tensor, q: Tensor, context: Tensor, lse: Tensor,
                            heads: int) -> tuple[Tensor, Tensor]:
+    if grad.shape != q.shape or tuple(lse.shape) != (q.shape[0], q.shape[1], q.shape[3]):
+        raise ValueError(f"fwm_apply_backward: grad {tuple(grad.shape)} / lse {tuple(lse.shape)} do not match "
+                         f"q {tuple(q.shape)}")
     return _kernels().fwm_apply_backward(grad, q, context, lse, heads)
 
 

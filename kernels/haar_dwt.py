@@ -86,7 +86,6 @@ def wavelet_condition_ref(lms: torch.Tensor, guide: torch.Tensor, detail_order: 
     return F.interpolate(half, size=size, mode="bilinear", align_corners=False)
 
 
-
 # ----------------------------------------------------------------------------------- custom ops
 def _kernels():
     return load_kernels(_KERNELS)
@@ -105,6 +104,8 @@ def _(x):
 
 @torch.library.custom_op("ddif::haar_synthesis", mutates_args=())
 def _haar_synthesis_op(ll: Tensor, h: Tensor, v: Tensor, d: Tensor, out_h: int, out_w: int) -> Tensor:
+    if (out_h + 1) // 2 != ll.shape[-2] or (out_w + 1) // 2 != ll.shape[-1]:
+        raise ValueError(f"haar_synthesis: bands of size {tuple(ll.shape[-2:])} cannot make a {out_h}x{out_w} image")
     return _kernels().haar_synthesis(ll, h, v, d, out_h, out_w)
 
 
@@ -154,6 +155,10 @@ def _(lms, guide, detail_order, resize):
 @torch.library.custom_op("ddif::wavelet_condition_backward", mutates_args=())
 def _wavelet_condition_backward_op(grad: Tensor, bands: int, guide_bands: int, height: int, width: int,
                                    detail_order: str, resize: bool) -> tuple[Tensor, Tensor]:
+    size = (height, width) if resize else ((height + 1) // 2, (width + 1) // 2)
+    if grad.dim() != 4 or grad.shape[1] != bands + 3 * guide_bands or tuple(grad.shape[-2:]) != size:
+        raise ValueError(f"wavelet_condition_backward: grad of shape {tuple(grad.shape)} does not match "
+                         f"{bands} + 3 x {guide_bands} channels of {size[0]}x{size[1]}")
     return _kernels().wavelet_condition_backward(grad, bands, guide_bands, height, width, detail_order, resize)
 
 

@@ -158,7 +158,10 @@ def test_module_dispatch_and_fallback():
     (lambda l, p: wavelet_condition_fused(l.double(), p), "float16, bfloat16 or float32"),
     (lambda l, p: wavelet_condition_fused(l.long(), p), "floating-point"),
     (lambda l, p: haar_idwt2_fused(l, l, l, l[:, :2]), "d: shape"),
-], ids=["3d-lms", "size-mismatch", "bad-order", "float64", "integer", "band-mismatch"])
+    (lambda l, p: torch.ops.ddif.haar_synthesis(l, l, l, l, 20, 16), "cannot make a 20x16 image"),
+    (lambda l, p: torch.ops.ddif.wavelet_condition_backward(l, 4, 1, 8, 8, "HDV", True), "does not match"),
+], ids=["3d-lms", "size-mismatch", "bad-order", "float64", "integer", "band-mismatch", "synthesis-size",
+        "backward-grad-shape"])
 def test_bad_input_is_a_clear_value_error(call, match):
     lms, pan = _pair(1, 4, 1, 8, 8)
     with pytest.raises(ValueError, match=match):

@@ -329,6 +329,27 @@ def test_tiny_ddif_training_loss_backward(tiny_pair):
         assert _max_err(grads[1][name], grads[0][name]) <= 1e-4 * max(grads[0][name].abs().max().item(), 1e-3), name
 
 
+def test_tiny_ddif_under_autocast(tiny_pair):
+    """--fused-kernels under torch.autocast: the fused model is as close to the fp32 result as the
+    eager model under the same autocast."""
+    ref, fused = tiny_pair
+    ref.eval()
+    fused.eval()
+    lms, pan, _ = _tiny_batch(3)
+    x_t = torch.randn(2, 4, 8, 8, device=DEVICE)
+    t = torch.tensor([30, 300], device=DEVICE)
+    dtype = torch.float16 if DEVICE.type == "cuda" else torch.bfloat16
+    with torch.no_grad():
+        exact = ref(x_t, t, lms, pan)
+        with torch.autocast(DEVICE.type, dtype=dtype):
+            eager = ref(x_t, t, lms, pan)
+            with OpRecorder() as rec:
+                got = fused(x_t, t, lms, pan)
+    assert "ddif.fwm_apply.default" in rec.ops
+    assert torch.isfinite(got).all()
+    assert _max_err(got, exact) <= 2 * _max_err(eager, exact) + 1e-3 * exact.abs().max().item()
+
+
 # ----------------------------------------------------------------------------------- GPU only
 @cuda_only
 @pytest.mark.cuda
