@@ -37,7 +37,7 @@ class Fuser:
         self.scheduler = make_scheduler(sampler or dcfg.sampler, self.schedule,
                                         eta=dcfg.eta if eta is None else eta, spacing=dcfg.timestep_spacing,
                                         clip_sample=clip_sample)
-        if steps is None and dcfg.sample_timesteps:
+        if dcfg.sample_timesteps and steps in (None, len(dcfg.sample_timesteps)):
             self.scheduler.set_timesteps(timesteps=dcfg.sample_timesteps)   # e.g. a distilled student's grid
         else:
             self.scheduler.set_timesteps(int(steps or dcfg.sample_steps))
