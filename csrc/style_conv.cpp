@@ -50,8 +50,9 @@ namespace cpu {
   TARGET void backward_##NAME##_f64(const BackwardTileArgs<double>& a) {                                       \
     backward_tile<double, V_F64, MB, NB>(a);                                                                   \
   }                                                                                                            \
-  const KernelSet kernels_##NAME{#NAME,           MB, &forward_##NAME##_f32, &forward_##NAME##_f64,            \
-                                 &backward_##NAME##_f32, &backward_##NAME##_f64};
+  const KernelSet kernels_##NAME{#NAME,                  MB,                    V_F32 * NB,                   \
+                                 &forward_##NAME##_f32, &forward_##NAME##_f64, &backward_##NAME##_f32,        \
+                                 &backward_##NAME##_f64};
 
 DDIF_DEFINE_KERNEL_SET(baseline, , 4, 2, 4, 2)
 #ifdef DDIF_TARGET_AVX512
@@ -253,6 +254,9 @@ void backward_impl(const CsmShape& s, const scalar_t* g, const scalar_t* x, cons
   const bool want_gm = want_x || want_w || want_b;
   const bool need_x = (want_scale && !conv) || want_w;
   const int mb = cpu::kernels().mb;
+  // x^T rows padded to the pixel block (also a multiple of the fp64 block, which is half as wide).
+  const int64_t c_in_pad = (s.c_in + cpu::kernels().pixel_block - 1) / cpu::kernels().pixel_block *
+                           cpu::kernels().pixel_block;
   const std::vector<acc_t> w_packed = pack_rows(w, s.c_out, s.c_in, s.c_in, 1, mb);
   const std::vector<acc_t> wt_packed = pack_rows(w, s.c_in, s.c_out, 1, s.c_in, mb);
   const std::vector<acc_t> bias_padded = padded_bias(bias, s.c_out, mb);
@@ -271,7 +275,8 @@ void backward_impl(const CsmShape& s, const scalar_t* g, const scalar_t* x, cons
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     std::vector<acc_t> x_buf(need_x ? s.c_in * ldT : 0), g_buf(direct ? 0 : s.c_out * ldT),
         scale_buf(direct ? 0 : s.c_out * ldT), conv_buf(direct || !conv ? 0 : s.c_out * ldT), gs_buf(direct || !want_scale ? 0 : s.c_out * ldT),
-        gx_buf(direct || !want_x ? 0 : s.c_in * ldT), gm_buf(want_gm ? s.c_out * ldT : 0);
+        gx_buf(direct || !want_x ? 0 : s.c_in * ldT), gm_buf(want_gm ? s.c_out * ldT : 0),
+        xt_buf(want_w ? T * c_in_pad : 0, acc_t(0));
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       for (int64_t tile = chunk * total / chunks; tile < (chunk + 1) * total / chunks; ++tile) {
         const int64_t b = tile / tiles;
@@ -316,7 +321,11 @@ void backward_impl(const CsmShape& s, const scalar_t* g, const scalar_t* x, cons
           a.ldgm = ldT;
         }
         if (want_b) a.bias_sums = part_b.data() + chunk * s.c_out;
-        if (want_w) a.weight_sums = part_w.data() + chunk * w_numel;
+        if (want_w) {
+          a.weight_sums = part_w.data() + chunk * w_numel;
+          a.x_t = xt_buf.data();
+          a.c_in_pad = c_in_pad;
+        }
         if (want_x) {
           if constexpr (direct) {
             a.grad_x = grad_x + x_off;

@@ -13,6 +13,7 @@
 // compiler emits the matching instructions for each, and the best one is picked at run time.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -212,54 +213,66 @@ DDIF_ALWAYS_INLINE void add_row_sums(const T* m, int64_t ld, int64_t rows, int64
   }
 }
 
-// gw[o, i] += sum_p gm[o, p] * x[i, p] for an MO x MI block: MO * MI vector accumulators, reduced
-// across lanes once at the end.
-template <typename T, int V, int MO, int MI>
-DDIF_ALWAYS_INLINE void weight_grad_block(const T* gm, int64_t ldgm, const T* x, int64_t ldx, int64_t n,
-                                          T* gw, int64_t ldgw) {
+// c[r, j] += sum_kk a[r, kk] * b[kk, j] for r < rows, j < cols (a, b, c row-major, a not packed).
+// b has cols_pad columns, a multiple of V * NB, zero beyond cols. Used for grad_W += gm . x^T with
+// b = x^T: the accumulators run along C_in, so no horizontal (cross-lane) sums are needed.
+template <typename T, int V, int MB, int NB>
+DDIF_ALWAYS_INLINE void gemm_accumulate(const T* a, int64_t lda, int64_t rows, int64_t k, const T* b, int64_t ldb,
+                                        int64_t cols, int64_t cols_pad, T* c, int64_t ldc) {
   using VT = typename VecOf<T, V>::type;
-  VT acc[MO][MI];
-#pragma GCC unroll 8
-  for (int r = 0; r < MO; ++r) {
-#pragma GCC unroll 8
-    for (int c = 0; c < MI; ++c) acc[r][c] = splat<VT>(T(0));
-  }
-  int64_t p = 0;
-  for (; p + V <= n; p += V) {
-    VT xv[MI];
-#pragma GCC unroll 8
-    for (int c = 0; c < MI; ++c) xv[c] = load<VT>(x + c * ldx + p);
-#pragma GCC unroll 8
-    for (int r = 0; r < MO; ++r) {
-      const VT gv = load<VT>(gm + r * ldgm + p);
-#pragma GCC unroll 8
-      for (int c = 0; c < MI; ++c) acc[r][c] += gv * xv[c];
-    }
-  }
-  for (int r = 0; r < MO; ++r) {
-    for (int c = 0; c < MI; ++c) {
-      T total = 0;
-      for (int l = 0; l < V; ++l) total += acc[r][c][l];
-      for (int64_t q = p; q < n; ++q) total += gm[r * ldgm + q] * x[c * ldx + q];
-      gw[r * ldgw + c] += total;
+  constexpr int64_t PB = int64_t(V) * NB;
+  for (int64_t r0 = 0; r0 < rows; r0 += MB) {
+    const T* a_row[MB];
+#pragma GCC unroll 16
+    for (int r = 0; r < MB; ++r) a_row[r] = a + std::min<int64_t>(r0 + r, rows - 1) * lda;  // in bounds
+    for (int64_t j = 0; j < cols_pad; j += PB) {
+      VT acc[MB][NB];
+#pragma GCC unroll 16
+      for (int r = 0; r < MB; ++r) {
+#pragma GCC unroll 4
+        for (int q = 0; q < NB; ++q) acc[r][q] = splat<VT>(T(0));
+      }
+      for (int64_t kk = 0; kk < k; ++kk) {
+        VT bv[NB];
+#pragma GCC unroll 4
+        for (int q = 0; q < NB; ++q) bv[q] = load<VT>(b + kk * ldb + j + q * V);
+#pragma GCC unroll 16
+        for (int r = 0; r < MB; ++r) {
+          const VT av = splat<VT>(a_row[r][kk]);
+#pragma GCC unroll 4
+          for (int q = 0; q < NB; ++q) acc[r][q] += av * bv[q];
+        }
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < MB; ++r) {
+        if (r0 + r >= rows) break;
+        T* c_row = c + (r0 + r) * ldc;
+#pragma GCC unroll 4
+        for (int q = 0; q < NB; ++q) {
+          const int64_t col = j + q * V;
+          if (col + V <= cols) {
+            store<VT>(c_row + col, load<VT>(c_row + col) + acc[r][q]);
+          } else {
+            for (int l = 0; l < V && col + l < cols; ++l) c_row[col + l] += acc[r][q][l];
+          }
+        }
+      }
     }
   }
 }
 
-// gw (rows_gm x rows_x) += gm . x^T over n pixels.
-template <typename T, int V, int MO, int MI>
-DDIF_ALWAYS_INLINE void weight_grad_tile(const T* gm, int64_t ldgm, int64_t rows_gm, const T* x, int64_t ldx,
-                                         int64_t rows_x, int64_t n, T* gw) {
-  int64_t o = 0;
-  for (; o + MO <= rows_gm; o += MO) {
-    int64_t i = 0;
-    for (; i + MI <= rows_x; i += MI) weight_grad_block<T, V, MO, MI>(gm + o * ldgm, ldgm, x + i * ldx, ldx, n, gw + o * rows_x + i, rows_x);
-    for (; i < rows_x; ++i) weight_grad_block<T, V, MO, 1>(gm + o * ldgm, ldgm, x + i * ldx, ldx, n, gw + o * rows_x + i, rows_x);
-  }
-  for (; o < rows_gm; ++o) {
-    int64_t i = 0;
-    for (; i + MI <= rows_x; i += MI) weight_grad_block<T, V, 1, MI>(gm + o * ldgm, ldgm, x + i * ldx, ldx, n, gw + o * rows_x + i, rows_x);
-    for (; i < rows_x; ++i) weight_grad_block<T, V, 1, 1>(gm + o * ldgm, ldgm, x + i * ldx, ldx, n, gw + o * rows_x + i, rows_x);
+// dst (n x cols, leading dimension ld_dst) = src (cols x n)^T; the padding columns are left alone.
+template <typename T>
+DDIF_ALWAYS_INLINE void transpose_tile(const T* src, int64_t ld_src, int64_t cols, int64_t n, T* dst,
+                                       int64_t ld_dst) {
+  constexpr int64_t kBlock = 16;  // cache-friendly blocks on both sides
+  for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+    for (int64_t p0 = 0; p0 < n; p0 += kBlock) {
+      const int64_t c_end = std::min(cols, c0 + kBlock), p_end = std::min(n, p0 + kBlock);
+      for (int64_t ci = c0; ci < c_end; ++ci) {
+        for (int64_t p = p0; p < p_end; ++p) dst[p * ld_dst + ci] = src[ci * ld_src + p];
+      }
+    }
   }
 }
 
@@ -284,6 +297,8 @@ struct BackwardTileArgs {
   int64_t ldgm = 0;
   T* bias_sums = nullptr;  // grad_bias partial sums (c_out), or nullptr
   T* weight_sums = nullptr;  // grad_W partial sums (c_out x c_in, row-major), or nullptr
+  T* x_t = nullptr;          // scratch for x^T (n x c_in_pad, zero padded), needed with weight_sums
+  int64_t c_in_pad = 0;      // c_in rounded up to the kernel's pixel block (V * NB)
   T* grad_x = nullptr;     // nullptr: not wanted
   int64_t ld_grad_x = 0;
 };
@@ -315,7 +330,11 @@ DDIF_ALWAYS_INLINE void backward_tile(const BackwardTileArgs<T>& a) {
     grad_modulation_tile<T, V>(a.g, a.ldg, a.scale, a.lds, a.gm, a.ldgm, a.c_out, a.n);
   }
   if (a.bias_sums) add_row_sums<T, V>(a.gm, a.ldgm, a.c_out, a.n, a.bias_sums);
-  if (a.weight_sums) weight_grad_tile<T, V, 4, 4>(a.gm, a.ldgm, a.c_out, a.x, a.ldx, a.c_in, a.n, a.weight_sums);
+  if (a.weight_sums) {
+    transpose_tile(a.x, a.ldx, a.c_in, a.n, a.x_t, a.c_in_pad);
+    gemm_accumulate<T, V, MB, NB>(a.gm, a.ldgm, a.c_out, a.n, a.x_t, a.c_in_pad, a.c_in, a.c_in_pad, a.weight_sums,
+                                  a.c_in);
+  }
   if (a.grad_x) {
     TileArgs<T> t;
     t.a_packed = a.wt_packed;
@@ -333,7 +352,8 @@ DDIF_ALWAYS_INLINE void backward_tile(const BackwardTileArgs<T>& a) {
 // Entry points of one instruction set.
 struct KernelSet {
   const char* isa;
-  int mb;  // rows per register block: the packing granularity of A
+  int mb;           // rows per register block: the packing granularity of A
+  int pixel_block;  // pixels per register block (V * NB) for float; x^T rows are padded to it
   void (*forward_f32)(const TileArgs<float>&);
   void (*forward_f64)(const TileArgs<double>&);
   void (*backward_f32)(const BackwardTileArgs<float>&);

@@ -276,7 +276,7 @@ def _warn_fallback_once(reason: str) -> None:
         _fallback_warned = True
         warnings.warn(f"StyleModulatedConv(fused=True): the fused CSM kernel is unavailable ({reason}); "
                       "using the PyTorch reference instead (same results, slower). This is reported once.",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=2)
 
 
 class StyleModulatedConv(torch.nn.Conv2d):
