@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 _DTYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
 _FLOAT_ARGS = {"scale", "scale_x", "scale_y"}
-_FP32_POINTERS = {"part_ptr"}
+_FP32_POINTERS = {"part_ptr", "lse_ptr", "rowdot_ptr", "colsum_ptr"}  # fp32 statistics and partial sums
 # innermost (unit) strides: Triton specialises an int argument equal to 1 into a constant at launch
 _UNIT_STRIDES = {"slx", "sgx", "sxx", "skx", "svx", "sqx"}
 
