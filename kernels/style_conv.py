@@ -89,6 +89,7 @@ def _load_extension():
     return _ext_state["module"]
 
 
+@torch.compiler.assume_constant_result  # decided once while tracing (the loader takes a lock)
 def _missing_reason(device_type: str) -> str | None:
     """None when the fused op runs on ``device_type``, else why not."""
     ext = _load_extension()
@@ -113,11 +114,11 @@ def _status() -> dict[str, bool | str]:
     """Backends of this module for :func:`kernels.available`: name -> True, or why not."""
     status: dict[str, bool | str] = {}
     cpu_reason = _missing_reason("cpu")
-    status["csm_cpu"] = True if cpu_reason is None else cpu_reason
+    status["csm_cpu"] = True if cpu_reason is None else f"missing: {cpu_reason}"
     cuda_reason = _missing_reason("cuda")
     if cuda_reason is None and not torch.cuda.is_available():
         cuda_reason = "built with CUDA, but no CUDA device is visible"
-    status["csm_cuda"] = True if cuda_reason is None else cuda_reason
+    status["csm_cuda"] = True if cuda_reason is None else f"missing: {cuda_reason}"
     return status
 
 
@@ -270,13 +271,15 @@ def _broadcast_map(t: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
     return t
 
 
-def _warn_fallback_once(reason: str) -> None:
+@torch.compiler.assume_constant_result  # under torch.compile: warns while tracing, not traced
+def _warn_fallback_once(reason: str) -> bool:
     global _fallback_warned
     if not _fallback_warned:
         _fallback_warned = True
         warnings.warn(f"StyleModulatedConv(fused=True): the fused CSM kernel is unavailable ({reason}); "
                       "using the PyTorch reference instead (same results, slower). This is reported once.",
                       RuntimeWarning, stacklevel=2)
+    return True
 
 
 class StyleModulatedConv(torch.nn.Conv2d):

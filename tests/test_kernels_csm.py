@@ -397,6 +397,21 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(y, style_modulated_conv_ref(x, module.weight, module.bias, s, t), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_torch_compile_fullgraph_fallback_warns_once(monkeypatch):
+    monkeypatch.setattr(sc, "_ext_state", {"loaded": True, "module": None, "error": "ImportError: simulated"})
+    monkeypatch.setattr(sc, "_fallback_warned", False)
+    module = StyleModulatedConv(16, 8)
+    module.fused = True
+    compiled = torch.compile(module, fullgraph=True)
+    x, _, _, s, t = make_inputs(2, 16, 8, 6, 6)
+    with pytest.warns(RuntimeWarning, match="simulated") as record:
+        y = compiled(x, s, t)
+        compiled(x, s, t)
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    torch.testing.assert_close(y, style_modulated_conv_ref(x, module.weight, module.bias, s, t))
+
+
 # ---------------------------------------------------------------------------------------------
 # Fallback when the extension is missing
 # ---------------------------------------------------------------------------------------------
