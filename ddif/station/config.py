@@ -29,7 +29,7 @@ class StationConfig:
     seed: int = 0                    # scene seed; each batch's seed derives from it and its first tile
     interpolation: str = "interp23tap"   # MS -> PAN grid, as make_dataset builds lms for training
     padding: str = "symmetric"       # interp23tap boundary at the scene edge (make_dataset's default)
-    fill_iterations: int = 8         # nodata holes are filled by this many 3x3 dilations before interpolating
+    fill_iterations: int = 4         # nodata holes are filled by this many 3x3 dilations before interpolating
     block_size: int = 256            # GeoTIFF internal tile; the product is assembled one block at a time
     compress: str = "deflate"
     zlevel: int = 6

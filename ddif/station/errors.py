@@ -47,6 +47,10 @@ class SceneError(ValueError):
         self.category = category
 
 
+class OutputWriteError(OSError):
+    """An output could not be written completely (GDAL may only notice when reading it back)."""
+
+
 class StopRequested(Exception):
     """The service was asked to stop (SIGTERM / SIGINT) between two batches; the journal is kept."""
 
@@ -56,6 +60,8 @@ def environment_error_kind(exc: BaseException) -> str | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, OutputWriteError):
+            return "write_error"
         if isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS:
             return _ENV_ERRNOS[exc.errno]
         text = str(exc).lower()

@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ddif.station.errors import (ALL_NODATA, BAD_GRID, BAD_VALUES, CORRUPT, NO_OVERLAP, WRONG_BANDS, WRONG_RATIO,
-                                 SceneError)
+from ddif.station.errors import (BAD_GRID, BAD_VALUES, CORRUPT, NO_OVERLAP, WRONG_BANDS, WRONG_RATIO,
+                                 OutputWriteError, SceneError)
 
 
 def _rasterio():
@@ -359,9 +359,12 @@ class SceneReader:
         check_finite(data, bad, f"MS {g.ms.path}")
         x = fill_invalid(normalise(data, self.max_dn), bad, self.fill_iterations)
         up = upsample(torch.from_numpy(x)[None], r, method=self.interpolation, padding=self.padding)[0].numpy()
-        # upsampled pixel k of the scene is pixel k - r*r0 of this window; outside it: edge values
-        ys = np.clip(np.arange(k0y, k0y + h) - r * r0, 0, up.shape[1] - 1)
-        xs = np.clip(np.arange(k0x, k0x + w) - r * c0, 0, up.shape[2] - 1)
+        # upsampled pixel k of the scene is pixel k - r*r0 of this window; beyond the MS: edge values
+        y0w, x0w = k0y - r * r0, k0x - r * c0
+        if 0 <= y0w and y0w + h <= up.shape[1] and 0 <= x0w and x0w + w <= up.shape[2]:
+            return np.ascontiguousarray(up[:, y0w:y0w + h, x0w:x0w + w], dtype=np.float32)
+        ys = np.clip(np.arange(y0w, y0w + h), 0, up.shape[1] - 1)
+        xs = np.clip(np.arange(x0w, x0w + w), 0, up.shape[2] - 1)
         return np.ascontiguousarray(up[:, ys][:, :, xs], dtype=np.float32)
 
     def ms_lowres(self, row0: int, col0: int, h: int, w: int) -> np.ndarray:
@@ -461,6 +464,33 @@ def product_profile(grid: SceneGrid, nodata: float, block_size: int, compress: s
     return profile
 
 
+def verify_product(path: str | os.PathLike, *, bands: int, height: int, width: int, dtype: str,
+                   overviews: list[int]) -> None:
+    """Read a just-written product back (header, every overview, the last block of every band):
+    GDAL can report a failed write (full disk, file-size limit) only when the file is read again,
+    so nothing is renamed into place before it passes. Raises :class:`OutputWriteError`."""
+    rasterio = _rasterio()
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    try:
+        with rasterio.open(path) as src:
+            got = (src.count, src.height, src.width, src.dtypes[0], src.overviews(1))
+            want = (bands, height, width, dtype, list(overviews))
+            if got != want:
+                raise OutputWriteError(f"{path}: read back as {got}, expected {want}")
+            bh, bw = src.block_shapes[0]
+            src.read(window=Window(((width - 1) // bw) * bw, ((height - 1) // bh) * bh,
+                                   width - ((width - 1) // bw) * bw, height - ((height - 1) // bh) * bh))
+            for f in overviews:
+                src.read(1, out_shape=(max(1, height // f), max(1, width // f)))
+    except (RasterioError, OSError) as exc:
+        if isinstance(exc, OutputWriteError):
+            raise
+        raise OutputWriteError(f"{path}: the product written cannot be read back (disk full, file-size limit or "
+                               f"I/O error?): {exc}") from exc
+
+
 def write_quicklook(product: str | os.PathLike, out_png: str | os.PathLike, rgb_bands: tuple[int, ...],
                     size: int, percentiles: tuple[float, float]) -> dict:
     """True-colour (``rgb_bands``, 0-based) quicklook of a written product: a decimated read (GDAL
@@ -474,10 +504,12 @@ def write_quicklook(product: str | os.PathLike, out_png: str | os.PathLike, rgb_
     with rasterio.open(product) as src:
         scale = max(1.0, max(src.height, src.width) / size)
         oh, ow = max(1, round(src.height / scale)), max(1, round(src.width / scale))
-        data = src.read(out_shape=(src.count, oh, ow), resampling=Resampling.nearest, masked=True)
+        bands = list(rgb_bands) if src.count >= 3 and len(rgb_bands) == 3 and max(rgb_bands) < src.count \
+            else [0, 0, 0]
+        data = src.read([b + 1 for b in bands], out_shape=(3, oh, ow), resampling=Resampling.nearest, masked=True)
     valid = ~np.ma.getmaskarray(data).any(axis=0)
     arr = np.ma.filled(data.astype(np.float32), np.nan)
-    bands = list(rgb_bands) if data.shape[0] >= 3 and max(rgb_bands) < data.shape[0] else [0, 0, 0]
-    limits = band_limits(arr, bands, tuple(percentiles), valid)
-    save_quicklook(arr, out_png, bands, tuple(percentiles), valid, limits)
+    del data
+    limits = band_limits(arr, [0, 1, 2], tuple(percentiles), valid)
+    save_quicklook(arr, out_png, [0, 1, 2], tuple(percentiles), valid, limits)
     return {"bands": bands, "size": [oh, ow], "stretch_dn": limits, "percentiles": list(percentiles)}

@@ -31,7 +31,7 @@ from ddif.station.config import StationConfig
 from ddif.station.errors import ALL_NODATA, SceneError, StopRequested
 from ddif.station.events import EventLog, NullLog
 from ddif.station.io import (SceneGrid, SceneReader, check_pair, gdal_env, output_nodata, overview_factors,
-                             product_profile, scan_validity, to_dn, write_quicklook)
+                             product_profile, scan_validity, to_dn, verify_product, write_quicklook)
 from ddif.station.journal import Journal, file_identity
 from ddif.station.tiling import TileGrid, blend_window
 
@@ -146,6 +146,7 @@ def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) 
       MS window ((h/r + 2a + 2) x (w/r + 2a + 2), raw + normalised + filled) and its interpolation;
     - assembling: the block's blend accumulators and output (C x K x K), one tile slice, the
       validity reads of the block;
+    - the quicklook: a decimated read of the product, at most ``quicklook_size`` on its long side;
     - GDAL's block cache (``gdal_cache_mb``);
     - per-tile bookkeeping: 8 bytes per tile of the grid (the only term that grows with the scene:
       8 bytes per (tile_size - overlap)^2 pixels).
@@ -161,11 +162,13 @@ def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) 
     fusing = 2 * b * (2 * c + p) * h * w * 4 + ms_window + p * h * w * (itemsize + 8)
     kk = k * k
     assembling = c * kk * 4 * 3 + kk * 4 * 3 + c * kk * itemsize + kk * (p * itemsize + 4) + ms_window
+    q = min(config.quicklook_size, max(grid.pan.height, grid.pan.width))
+    quicklook = 3 * q * q * (itemsize + 4 * 3 + 1) + q * q * 8
     gdal = config.gdal_cache_mb * 2 ** 20
     bookkeeping = 8 * len(tiles)
-    stage = max(fusing, assembling)
-    return {"fusing": int(fusing), "assembling": int(assembling), "gdal_cache": int(gdal),
-            "bookkeeping": int(bookkeeping), "total": int(stage + gdal + bookkeeping)}
+    stage = max(fusing, assembling, quicklook)
+    return {"fusing": int(fusing), "assembling": int(assembling), "quicklook": int(quicklook),
+            "gdal_cache": int(gdal), "bookkeeping": int(bookkeeping), "total": int(stage + gdal + bookkeeping)}
 
 
 def plan_scene(ms_path, pan_path, backend, config: StationConfig | None = None) -> ScenePlan:
@@ -411,6 +414,9 @@ def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None
         t0 = time.perf_counter()
         with atomic_path(out_path) as tmp:
             _write_product(plan, journal, reader, tmp, tags)
+            g = plan.grid
+            verify_product(tmp, bands=g.bands, height=g.pan.height, width=g.pan.width, dtype=g.ms.dtype,
+                           overviews=overview_factors(g.pan.height, g.pan.width, config.overview_min_size))
             times["write_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             quicklook = write_quicklook(tmp, quicklook_path, tuple(plan.backend["rgb_bands"]), config.quicklook_size,

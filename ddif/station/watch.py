@@ -132,6 +132,8 @@ class StationService:
         self._seen: dict[str, tuple[tuple, int]] = {}       # scene -> (signature, polls unchanged)
         self._retry_at: dict[str, float] = {}
         self._attempts: dict[str, int] = {}
+        self._once = False
+        self._failed_this_run: set[str] = set()          # --once: a failed scene is not retried
         self.failures = 0
         self.processed: list[str] = []
         self.quarantined: list[str] = []
@@ -171,6 +173,7 @@ class StationService:
         now. Returns the number of scenes that failed (not counting quarantined bad scenes)."""
         if not self.inbox.is_dir():
             raise FileNotFoundError(f"inbox {self.inbox} is not a folder")
+        self._once = once
         old = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):           # not the main thread
@@ -215,7 +218,7 @@ class StationService:
             self._seen[name] = (sig, polls)
             state = self._state(sf, polls, now)
             if state == "ready":
-                if self._retry_at.get(name, 0) > now:
+                if self._retry_at.get(name, 0) > now or (self._once and name in self._failed_this_run):
                     continue
                 ready.append(sf)
             elif state == "wait":
@@ -330,6 +333,7 @@ class StationService:
 
     def _failed(self, sf: SceneFiles, exc: BaseException, stage: str = "process") -> None:
         self.failures += 1
+        self._failed_this_run.add(sf.name)
         kind = environment_error_kind(exc)
         name = sf.name
         if kind is not None:
