@@ -72,7 +72,16 @@ def load_kernels(module: str) -> ModuleType | None:
     return importlib.import_module(module)
 
 
-@torch.compiler.assume_constant_result  # torch.compile: decided once while tracing, not traced
+def _constant_while_tracing(fn):
+    """``torch.compiler.assume_constant_result`` (torch.compile calls ``fn`` once while tracing and
+    uses its result as a constant) without importing ``torch._dynamo`` at our import time (1.8 s,
+    and it imports Triton): that decorator only sets this marker. The torch.compile test in
+    tests/test_kernels_fwm.py fails (graph break under fullgraph=True) if the mechanism changes."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_while_tracing
 def can_launch(device: torch.device, module: str) -> bool:
     """Whether the kernels of ``module`` can run on tensors on ``device``.
 
