@@ -274,12 +274,12 @@ def test_real_landsat8_rgb_crop_with_synthesized_pan(tmp_path):
     # a crop across the scene's fill edge (zeros in the top-right of the scene)
     cfg = MakeDatasetConfig(ms=(str(LANDSAT_SCENE),), out_dir=str(tmp_path), name="l8", ratio=4, sensor="landsat8",
                             pan_weights=weights, nodata=(0.0,), crop=(300, 900, 256, 320), patch_size=32, stride=16,
-                            val_fraction=0.25, test_size=64, compression="")
+                            val_fraction=0.25, test_size=64, compression="", max_dn=32767.0)
     summary = make_dataset(cfg)
     assert summary["train_patches"] > 20 and summary["val_patches"] > 5 and summary["train_rejected_fill"] > 0
     scene = read_geotiff(LANDSAT_SCENE, window=cfg.crop).array
     for split in ("train", "val", "test"):
-        ds = PanCollectionH5(summary["files"][split], "landsat_small")     # 3 bands + 1 PAN, max DN 1
+        ds = PanCollectionH5(summary["files"][split], "landsat_small")     # 3 bands + 1 PAN, max DN 32767
         with h5py.File(ds.path) as f:
             coords, size = f["coords"][...], f["gt"].shape[-1]
             assert "semi-synthetic" in f.attrs["pan_source"]
@@ -288,7 +288,7 @@ def test_real_landsat8_rgb_crop_with_synthesized_pan(tmp_path):
             window = scene[:, y:y + size, x:x + size]
             assert (window > 0).all(), "a patch contains Landsat fill"
             item = ds[i]
-            np.testing.assert_allclose(item["gt"].numpy(), window / 65535.0, rtol=1e-6)
+            np.testing.assert_allclose(item["gt"].numpy(), window / 32767.0, rtol=1e-6)
             assert 0.05 < float(item["lms"].mean()) < 0.5
 
 
