@@ -50,9 +50,15 @@ namespace cpu {
   TARGET void backward_##NAME##_f64(const BackwardTileArgs<double>& a) {                                       \
     backward_tile<double, V_F64, MB, NB>(a);                                                                   \
   }                                                                                                            \
+  TARGET void widen_bf16_##NAME(const uint16_t* s, int64_t lds, float* d, int64_t ldd, int64_t r, int64_t n) {  \
+    widen_bf16_rows<V_F32>(s, lds, d, ldd, r, n);                                                              \
+  }                                                                                                            \
+  TARGET void narrow_bf16_##NAME(const float* s, int64_t lds, uint16_t* d, int64_t ldd, int64_t r, int64_t n) { \
+    narrow_bf16_rows<V_F32>(s, lds, d, ldd, r, n);                                                             \
+  }                                                                                                            \
   const KernelSet kernels_##NAME{#NAME,                  MB,                    V_F32 * NB,                   \
                                  &forward_##NAME##_f32, &forward_##NAME##_f64, &backward_##NAME##_f32,        \
-                                 &backward_##NAME##_f64};
+                                 &backward_##NAME##_f64, &widen_bf16_##NAME,   &narrow_bf16_##NAME};
 
 DDIF_DEFINE_KERNEL_SET(baseline, , 4, 2, 4, 2)
 #ifdef DDIF_TARGET_AVX512
@@ -143,6 +149,10 @@ void run_backward(const BackwardTileArgs<acc_t>& a) {
 template <typename scalar_t, typename acc_t>
 void widen_rows(const scalar_t* __restrict__ src, int64_t src_ld, acc_t* __restrict__ dst, int64_t dst_ld,
                 int64_t rows, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    cpu::kernels().widen_bf16(reinterpret_cast<const uint16_t*>(src), src_ld, dst, dst_ld, rows, n);
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t p = 0; p < n; ++p) dst[r * dst_ld + p] = static_cast<acc_t>(src[r * src_ld + p]);
   }
@@ -151,6 +161,10 @@ void widen_rows(const scalar_t* __restrict__ src, int64_t src_ld, acc_t* __restr
 template <typename scalar_t, typename acc_t>
 void narrow_rows(const acc_t* __restrict__ src, int64_t src_ld, scalar_t* __restrict__ dst, int64_t dst_ld,
                  int64_t rows, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    cpu::kernels().narrow_bf16(src, src_ld, reinterpret_cast<uint16_t*>(dst), dst_ld, rows, n);
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t p = 0; p < n; ++p) dst[r * dst_ld + p] = static_cast<scalar_t>(src[r * src_ld + p]);
   }

@@ -276,6 +276,57 @@ DDIF_ALWAYS_INLINE void transpose_tile(const T* src, int64_t ld_src, int64_t col
   }
 }
 
+// bfloat16 <-> float on raw bits, row by row. Rounding is to nearest even with NaN -> 0x7FC0, bit
+// for bit what c10::BFloat16 does.
+DDIF_ALWAYS_INLINE uint16_t float_to_bf16_bits(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, 4);
+  if (f != f) return 0x7FC0;
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+template <int V>
+DDIF_ALWAYS_INLINE void widen_bf16_rows(const uint16_t* src, int64_t ld_src, float* dst, int64_t ld_dst,
+                                        int64_t rows, int64_t n) {
+  using U16 = typename VecOf<uint16_t, V>::type;
+  using U32 = typename VecOf<uint32_t, V>::type;
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* in = src + r * ld_src;
+    float* out = dst + r * ld_dst;
+    int64_t p = 0;
+    for (; p + V <= n; p += V) {
+      const U32 bits = __builtin_convertvector(load<U16>(in + p), U32) << 16;
+      __builtin_memcpy(out + p, &bits, sizeof(U32));
+    }
+    for (; p < n; ++p) {
+      const uint32_t bits = uint32_t(in[p]) << 16;
+      __builtin_memcpy(out + p, &bits, 4);
+    }
+  }
+}
+
+template <int V>
+DDIF_ALWAYS_INLINE void narrow_bf16_rows(const float* src, int64_t ld_src, uint16_t* dst, int64_t ld_dst,
+                                         int64_t rows, int64_t n) {
+  using U16 = typename VecOf<uint16_t, V>::type;
+  using U32 = typename VecOf<uint32_t, V>::type;
+  using F = typename VecOf<float, V>::type;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = src + r * ld_src;
+    uint16_t* out = dst + r * ld_dst;
+    int64_t p = 0;
+    for (; p + V <= n; p += V) {
+      const F f = load<F>(in + p);
+      U32 u;
+      __builtin_memcpy(&u, &f, sizeof(U32));
+      const U32 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+      const U32 bits = (f != f) ? splat<U32>(uint32_t(0x7FC0)) : rounded;
+      store<U16>(out + p, __builtin_convertvector(bits, U16));
+    }
+    for (; p < n; ++p) out[p] = float_to_bf16_bits(in[p]);
+  }
+}
+
 // Backward of one tile (see style_conv.cpp for the formulas).
 template <typename T>
 struct BackwardTileArgs {
@@ -358,6 +409,8 @@ struct KernelSet {
   void (*forward_f64)(const TileArgs<double>&);
   void (*backward_f32)(const BackwardTileArgs<float>&);
   void (*backward_f64)(const BackwardTileArgs<double>&);
+  void (*widen_bf16)(const uint16_t*, int64_t, float*, int64_t, int64_t, int64_t);
+  void (*narrow_bf16)(const float*, int64_t, uint16_t*, int64_t, int64_t, int64_t);
 };
 
 // The best kernel set this CPU supports (chosen once).

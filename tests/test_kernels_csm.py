@@ -154,6 +154,18 @@ def test_fused_only_some_inputs_require_grad():
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_propagates_nan(dtype):
+    """A NaN pixel stays NaN in every output channel (no silently finite output)."""
+    x, w, b, s, t = [u.to(dtype) for u in make_inputs(1, 8, 16, 5, 40)]
+    x[0, 3, 2, 37] = float("nan")
+    y = style_modulated_conv(x, w, b, s, t)
+    assert torch.isnan(y[0, :, 2, 37]).all()
+    y[0, :, 2, 37] = 0
+    assert torch.isfinite(y).all()
+
+
+@needs_native
 def test_fused_empty_batch():
     x, w, b, s, t = make_inputs(0, 4, 8, 5, 5)
     assert style_modulated_conv(x, w, b, s, t).shape == (0, 8, 5, 5)
