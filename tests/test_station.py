@@ -327,3 +327,32 @@ def test_real_landsat8_pair(tmp_path, landsat_pair):
     # before the last PAN row, which is nodata; every other pixel is valid
     assert (data[:, -1] == -32768).all() and (data[:, :-1] != -32768).all()
     assert report["quality"]["tiles"] and 0 <= report["quality"]["mean"]["HQNR"] <= 1
+
+
+# ------------------------------------------------------------------------------------------ other inputs
+def test_float_scene_with_nan_nodata(tmp_path):
+    backend = backend_for(station_model(station_preset(max_dn=1.0)))
+    ms, pan = synthetic_scene(tmp_path, "f", ms_size=16, dtype="float32", nodata=float("nan"), max_dn=1.0, border=2)
+    out = tmp_path / "f.tif"
+    run_scene(ms, pan, out, backend, small_config(metric_tiles=0))
+    data, profile, _ = read(out)
+    assert profile["dtype"] == "float32" and np.isnan(profile["nodata"])
+    nodata = np.isnan(data)
+    assert nodata.all(axis=0).sum() == nodata.any(axis=0).sum() > 0
+    assert nodata[0, :8].all() and nodata[0, -8:].all() and not nodata[0, 8:-8, 8:].any()
+    assert 0 <= np.nanmin(data) and np.nanmax(data) <= 1.0
+
+
+def test_non_power_of_two_ratio_uses_bicubic(tmp_path):
+    backend = backend_for(station_model(station_preset(ratio=3)))
+    ms, pan = synthetic_scene(tmp_path, "r3", ms_size=16, ratio=3)
+    plan = plan_scene(ms, pan, backend, small_config())
+    assert plan.grid.ratio == 3 and plan.grid.interpolation == "bicubic" and plan.grid.shift == (0, 0)
+
+
+def test_ddif_cli_has_station_commands():
+    from ddif.cli.main import build_parser
+
+    args = build_parser().parse_args(["station", "watch", "--inbox", "i", "--outbox", "o", "--model", "m.pt",
+                                      "--once", "--tile-size", "128", "--stable-polls", "3"])
+    assert args._run.__name__ == "cmd_watch" and args.once

@@ -138,6 +138,7 @@ class SceneGrid:
     phase: int
     halo: int                           # MS pixels read around a tile's footprint
     coverage: tuple[int, int, int, int]  # PAN window (row0, col0, row1, col1) covered by the MS
+    interpolation: str = "interp23tap"  # the method actually used (bicubic for non-power-of-2 ratios)
 
     @property
     def bands(self) -> int:
@@ -189,6 +190,8 @@ def check_pair(ms_path: str | os.PathLike, pan_path: str | os.PathLike, *, bands
     if rounded != ratio:
         raise SceneError(WRONG_RATIO, f"MS/PAN resolution ratio is {rounded} (MS {abs(mt.a):g}, PAN {abs(pt.a):g} "
                                       f"CRS units per pixel) but the model was trained for ratio {ratio}")
+    if interpolation == "interp23tap" and ratio & (ratio - 1):
+        interpolation = "bicubic"       # interp23tap needs a power of 2; make_dataset trains such ratios on bicubic
     geo = interpolation_geometry(ratio, interpolation, padding)
     # PAN index m of upsampled index k: m = k + (ms_origin - pan_origin) / pan_res + r/2 - phase - 1/2
     offsets = ((mt.f - pt.f) / pt.e + ratio / 2 - geo.phase - 0.5,
@@ -202,7 +205,7 @@ def check_pair(ms_path: str | os.PathLike, pan_path: str | os.PathLike, *, bands
                                      f"rows {shift[0]}..{shift[0] + ratio * ms.height}, cols {shift[1]}.."
                                      f"{shift[1] + ratio * ms.width} of a {pan.height} x {pan.width} PAN)")
     halo = -(-geo.support // ratio) + 1 + int(fill_iterations)
-    return SceneGrid(ms, pan, ratio, shift, subpixel, geo.phase, halo, (row0, col0, row1, col1))
+    return SceneGrid(ms, pan, ratio, shift, subpixel, geo.phase, halo, (row0, col0, row1, col1), interpolation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,10 +274,10 @@ def normalise(data: np.ndarray, max_dn: float) -> np.ndarray:
 class SceneReader:
     """Open MS + PAN datasets of a :class:`SceneGrid` and read PAN-grid windows of them."""
 
-    def __init__(self, grid: SceneGrid, *, max_dn: float, interpolation: str, padding: str, fill_iterations: int):
+    def __init__(self, grid: SceneGrid, *, max_dn: float, padding: str, fill_iterations: int):
         self.grid = grid
         self.max_dn = float(max_dn)
-        self.interpolation = interpolation
+        self.interpolation = grid.interpolation
         self.padding = padding
         self.fill_iterations = fill_iterations
         self._ms = None

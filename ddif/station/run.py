@@ -96,7 +96,7 @@ class ScenePlan:
             "crs": g.pan.crs.to_string() if g.pan.crs else None,
             "transform": list(g.pan.transform)[:6],
             "ratio": g.ratio, "ms_shift_pan_px": list(g.shift), "subpixel_offset_pan_px": list(g.subpixel),
-            "ms_coverage_pan_window": list(g.coverage), "halo_ms_px": g.halo,
+            "ms_coverage_pan_window": list(g.coverage), "halo_ms_px": g.halo, "interpolation": g.interpolation,
             "backend": self.backend,
             "product": {"dtype": g.ms.dtype, "nodata": self.nodata, "bands": g.bands,
                         "size": [g.pan.height, g.pan.width], "block": self.config.block_size,
@@ -190,7 +190,7 @@ def plan_scene(ms_path, pan_path, backend, config: StationConfig | None = None) 
                 xs = slice(max(x0, t.x) - x0, min(x0 + w, t.x + t.width) - x0)
                 tile_valid[t.index] += int(valid[ys, xs].sum())
 
-        with SceneReader(grid, max_dn=facts["max_dn"], interpolation=config.interpolation, padding=config.padding,
+        with SceneReader(grid, max_dn=facts["max_dn"], padding=config.padding,
                          fill_iterations=config.fill_iterations) as reader:
             valid_pixels = scan_validity(reader, config.block_size, count)
     fused = [int(i) for i in np.flatnonzero(tile_valid)]
@@ -400,7 +400,7 @@ def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None
              tiles_done=state["tiles_done"])
 
     with gdal_env(config.gdal_cache_mb), SceneReader(plan.grid, max_dn=plan.backend["max_dn"],
-                                                     interpolation=config.interpolation, padding=config.padding,
+                                                     padding=config.padding,
                                                      fill_iterations=config.fill_iterations) as reader:
         t0 = time.perf_counter()
         fuse_stats = _fuse_tiles(plan, backend, journal, reader, log, progress, should_stop)
