@@ -13,8 +13,9 @@ import torch
 
 rasterio = pytest.importorskip("rasterio")
 
-from test_station_support import (CRS, backend_for, read, save_station_model, small_config, station_backend,  # noqa: F401
-                                  station_model, station_preset, synthetic_scene)
+from test_station_support import station_backend  # noqa: F401  (fixture)
+from test_station_support import (CRS, backend_for, read, save_station_model, small_config, station_model,
+                                  station_preset, synthetic_scene)
 
 from ddif.station import SceneError, StationService, WatchConfig, plan_scene, run_scene
 from ddif.station.events import EventLog
@@ -94,6 +95,8 @@ def test_quicklook_and_report(one_scene):
     assert all(0 <= q["mean"][k] <= 1 for k in ("D_lambda", "D_s", "HQNR"))
     assert abs(q["mean"]["HQNR"] - np.mean([(1 - t["D_lambda"]) * (1 - t["D_s"]) for t in q["tiles"]])) < 1e-9
     assert report["quicklook"]["bands"] == [4, 2, 1]
+    assert report["outputs"] == {"product": "s1_fused.tif", "quicklook": "s1_fused_quicklook.png",
+                                 "report": "s1_fused_report.json"}
     # nothing but the three products is left beside them (no .partial, journal removed)
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(
         ["s1_fused.tif", "s1_fused_quicklook.png", "s1_fused_report.json"])
@@ -220,6 +223,8 @@ def test_watch_quarantines_every_bad_case_and_keeps_going(tmp_path, station_back
     for scene in ("m", "good"):
         assert (outbox / scene / f"{scene}.tif").is_file() and (outbox / scene / f"{scene}_report.json").is_file()
         assert (inbox / "processed" / scene).is_dir()
+        report = json.loads((outbox / scene / f"{scene}_report.json").read_text())
+        assert report["outputs"]["product"] == f"{scene}.tif"
     assert sorted(p.name for p in outbox.iterdir() if not p.name.startswith(".")) == ["good", "m"]
     assert not list(outbox.glob(".*.partial")) and not list((outbox / ".work").iterdir())
     events = [e["event"] for e in log.events]

@@ -138,7 +138,7 @@ def cmd_run(args) -> int:
               "the tile journal)", file=sys.stderr)
         return 3
     q = report["quality"].get("mean")
-    print(json.dumps({"product": report["outputs"]["product"], "seconds": report["timing_s"]["total_s"],
+    print(json.dumps({"product": str(Path(args.out)), "seconds": report["timing_s"]["total_s"],
                       "megapixels_per_s": round(report["throughput"]["megapixels_per_s"], 4),
                       "tiles": report["tiles"]["fused"], "tiles_from_journal": report["tiles"]["tiles_from_journal"],
                       "quality": q}, default=str))

@@ -3,8 +3,8 @@
 - :class:`SceneError` (a ``ValueError``): the scene itself is bad (corrupt file, missing
   partner, wrong ratio, no overlap, all nodata, ...). Retrying cannot help: quarantine it.
 - An environment error (:func:`environment_error_kind` is not None): disk full, quota, file too
-  large, permission denied, read-only file system, a failed write of an output. Not the scene's fault: report it, leave the
-  scene and its journal where they are, retry later.
+  large, permission denied, read-only file system, a failed write of an output. Not the scene's
+  fault: report it, leave the scene and its journal where they are, retry later.
 - Anything else is a processing error (a bug, a backend failure): retried a few times, then
   quarantined so that one scene cannot block the inbox forever.
 """

@@ -19,6 +19,7 @@ Memory bound: see :func:`memory_bound_bytes` (independent of the scene size).
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -124,7 +125,8 @@ class ScenePlan:
             f"(residual {sub} PAN px), MS covers PAN window {tuple(self.grid.coverage)}",
             f"backend    {self.backend['describe']} (preset {self.backend['preset']}, {self.backend['bands']} bands, "
             f"max DN {self.backend['max_dn']:g}, steps {self.backend['steps']})",
-            f"tiles      {d['tiles']['grid'][0]}x{d['tiles']['grid'][1]} grid of {self.tiles.tile_h}x{self.tiles.tile_w} "
+            f"tiles      {d['tiles']['grid'][0]}x{d['tiles']['grid'][1]} grid of "
+            f"{self.tiles.tile_h}x{self.tiles.tile_w} "
             f"(overlap {self.config.overlap}): {len(self.fused_tiles)} to fuse, "
             f"{d['tiles']['skipped_nodata']} all-nodata skipped, {len(self.batches)} batches of "
             f"<= {self.config.batch_size}",
@@ -365,6 +367,8 @@ def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None
 
     from ddif.utils.io import atomic_path, atomic_write_text
 
+    if plan is not None:
+        config = plan.config            # the plan's tiles and batches were laid out with its config
     config = config or StationConfig()
     log = log or NullLog()
     out_path = Path(out_path)
@@ -440,7 +444,9 @@ def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None
                        "fused_megapixels_per_s": plan.pixels / 1e6 / max(times["fuse_s"], 1e-9)},
         "quality": quality,
         "quicklook": quicklook,
-        "outputs": {"product": str(out_path), "quicklook": str(quicklook_path), "report": str(report_path)},
+        # relative to the report's folder, so the names stay right when a staging folder is renamed
+        "outputs": {k: os.path.relpath(p, report_path.parent) for k, p in
+                    (("product", out_path), ("quicklook", quicklook_path), ("report", report_path))},
         "journal": {"path": str(journal_dir), "resumed": state["resumed"], "kept": config.keep_journal},
     }
     atomic_write_text(report_path, json.dumps(report, indent=2, default=str) + "\n")

@@ -288,7 +288,8 @@ class StationService:
             return
         staging = self.outbox / f".{name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        self.log.info("scene_start", scene=name, ms=str(sf.ms), pan=str(sf.pan), attempt=self._attempts.get(name, 0) + 1)
+        self.log.info("scene_start", scene=name, ms=str(sf.ms), pan=str(sf.pan),
+                      attempt=self._attempts.get(name, 0) + 1)
         t0 = time.perf_counter()
         try:
             staging.mkdir(parents=True)
