@@ -15,6 +15,7 @@ Prints a Markdown table and appends CSV rows (device, backend, scene, tiles, com
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                          rows))
     if args.csv and csv_rows:
         append_csv(args.csv, csv_rows)
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
