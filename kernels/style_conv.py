@@ -89,7 +89,16 @@ def _load_extension():
     return _ext_state["module"]
 
 
-@torch.compiler.assume_constant_result  # decided once while tracing (the loader takes a lock)
+def _constant_while_tracing(fn):
+    """``torch.compiler.assume_constant_result`` (torch.compile calls ``fn`` while tracing and uses
+    its result as a constant) without importing ``torch._dynamo`` at our import time (2 s): that
+    decorator only sets this marker. The fullgraph tests in tests/test_kernels_csm.py fail if the
+    mechanism changes."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_while_tracing  # decided once while tracing (the loader imports and takes a lock)
 def _missing_reason(device_type: str) -> str | None:
     """None when the fused op runs on ``device_type``, else why not."""
     ext = _load_extension()
@@ -271,7 +280,7 @@ def _broadcast_map(t: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
     return t
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: warns while tracing, not traced
+@_constant_while_tracing  # under torch.compile: warns while tracing instead of being traced
 def _warn_fallback_once(reason: str) -> bool:
     global _fallback_warned
     if not _fallback_warned:

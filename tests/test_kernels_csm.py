@@ -103,6 +103,18 @@ def test_extension_built_when_compiler_present():
                                       f"{_native_reason()}")
 
 
+def test_import_is_light():
+    """Importing the module (done by ``import ddif``) loads neither the extension nor torch._dynamo."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kernels.style_conv; "
+            "print('torch._dynamo' in sys.modules, 'kernels._csm_ext' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
 def test_status_reports_every_backend():
     status = sc._status()
     assert set(status) == {"csm_cpu", "csm_cuda"}
