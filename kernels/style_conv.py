@@ -34,6 +34,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from kernels._triton_utils import _constant_while_tracing
+
 __all__ = ["style_modulated_conv_ref", "style_modulated_conv", "StyleModulatedConv", "CsmKernelConfig",
            "CONFIG", "fused_available"]
 
@@ -87,15 +89,6 @@ def _load_extension():
                     _ext_state["error"] = f"{type(exc).__name__}: {exc}"
                 _ext_state["loaded"] = True
     return _ext_state["module"]
-
-
-def _constant_while_tracing(fn):
-    """``torch.compiler.assume_constant_result`` (torch.compile calls ``fn`` while tracing and uses
-    its result as a constant) without importing ``torch._dynamo`` at our import time (2 s): that
-    decorator only sets this marker. The fullgraph tests in tests/test_kernels_csm.py fail if the
-    mechanism changes."""
-    fn._dynamo_marked_constant = True
-    return fn
 
 
 @_constant_while_tracing  # decided once while tracing (the loader imports and takes a lock)
