@@ -5,6 +5,7 @@ Measured numbers are printed (``pytest -s``) and attached to the test report (re
 """
 from __future__ import annotations
 
+import dataclasses
 import tracemalloc
 
 import numpy as np
@@ -16,6 +17,7 @@ from test_station_support import (backend_for, read, shared_backend, small_confi
                                   synthetic_scene)
 
 from ddif.station import plan_scene, run_scene
+from ddif.station.run import memory_bound_bytes
 from ddif.station.tiling import TileGrid
 
 MAX_DN = 2047.0
@@ -91,7 +93,7 @@ def test_memory_bounded_by_windows(tmp_path, record_property):
     not traced) stay far below one full-scene array and within the stated bound: only windows
     are ever held."""
     backend = shared_backend()
-    cfg = small_config(batch_size=2, metric_tiles=1, quicklook_size=128)
+    cfg = small_config(batch_size=4, metric_tiles=1, quicklook_size=128)
     ms, pan = synthetic_scene(tmp_path / "in", "big", ms_size=80, border=2)
     plan = plan_scene(ms, pan, backend, cfg)
     assert len(plan.tiles) == 49
@@ -112,4 +114,8 @@ def test_memory_bounded_by_windows(tmp_path, record_property):
     record_property("memory_peak_traced_mib", peak / 2**20)
     assert peak < full_scene / 2
     assert peak <= bound["total"] - bound["gdal_cache"]
-    assert bound["total"] - bound["gdal_cache"] - bound["bookkeeping"] < 4 * 2 ** 20    # no term grows with the scene
+    # the same bound for a 40000 x 40000 scene: only the 8-byte-per-tile bookkeeping grows
+    huge_pan = dataclasses.replace(plan.grid.pan, width=40000, height=40000)
+    huge = memory_bound_bytes(dataclasses.replace(plan.grid, pan=huge_pan), TileGrid(40000, 40000, 64, 16), cfg)
+    assert huge["total"] - huge["bookkeeping"] == bound["total"] - bound["bookkeeping"]
+    assert huge["bookkeeping"] == 8 * 833 ** 2

@@ -233,10 +233,11 @@ def _fuse_tiles(plan: ScenePlan, backend, journal: Journal, reader: SceneReader,
             if should_stop is not None and should_stop():
                 raise StopRequested(f"stop requested after {n} of {len(pending)} pending batches")
             t0 = time.perf_counter()
-            inputs = [reader.tile_inputs(t.y, t.x, t.height, t.width) for t in map(plan.tiles.tile, batch)]
-            lms = torch.from_numpy(np.stack([x[0] for x in inputs]))
-            pan = torch.from_numpy(np.stack([x[1] for x in inputs]))
-            del inputs
+            lms = np.empty((len(batch),) + shape, dtype=np.float32)
+            pan = np.empty((len(batch), plan.grid.pan.count) + shape[1:], dtype=np.float32)
+            for i, t in enumerate(map(plan.tiles.tile, batch)):     # filled in place: no second copy
+                lms[i], pan[i] = reader.tile_inputs(t.y, t.x, t.height, t.width)
+            lms, pan = torch.from_numpy(lms), torch.from_numpy(pan)
             t1 = time.perf_counter()
             fused = backend.fuse(lms, pan, seed=batch_seed(plan.config.seed, batch[0]))
             fused = fused.detach().to("cpu", torch.float32).numpy()

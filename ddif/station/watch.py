@@ -186,7 +186,16 @@ class StationService:
                               backend=getattr(self.backend, "name", "?"), once=once,
                               config=self.config.to_dict(), watch=vars(self.watch))
                 while not self._stop:
-                    worked, waiting = self.poll()
+                    try:
+                        worked, waiting = self.poll()
+                    except OSError as exc:          # inbox unmounted / unreadable: report, keep serving
+                        self.failures += 1
+                        self.log.error("inbox_error", error=f"{type(exc).__name__}: {exc}",
+                                       error_kind=environment_error_kind(exc))
+                        if once:
+                            break
+                        time.sleep(max(self.watch.poll_interval_s, 1.0))
+                        continue
                     if once and not worked and not waiting:
                         break
                     if not worked:
