@@ -4,6 +4,7 @@ a product byte-identical to an uninterrupted run, and never leaves a half-writte
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -45,7 +46,8 @@ def test_kill9_then_disk_full_then_resume_is_byte_identical(tmp_path):
     in_, out = tmp_path / "in", tmp_path / "out"
     synthetic_scene(ref_in, "k", ms_size=48)
     synthetic_scene(in_, "k", ms_size=48)
-    env_kw = dict(cwd=REPO, text=True)
+    # one torch thread per service: the reference and the victim run side by side on few cores
+    env_kw = dict(cwd=REPO, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     # the uninterrupted reference runs alongside the victim
     ref = subprocess.Popen(watch_cmd(ref_in, ref_out, model), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("rasterio")
 
+from test_station_support import one_torch_thread  # noqa: F401  (fixture)
 from test_station_support import (backend_for, read, shared_backend, small_config, station_model, station_preset,
                                   synthetic_scene)
 
@@ -21,6 +22,7 @@ from ddif.station.run import memory_bound_bytes
 from ddif.station.tiling import TileGrid
 
 MAX_DN = 2047.0
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def border_gradient_ratio(img: np.ndarray, grid: TileGrid) -> tuple[float, float]:
@@ -88,17 +90,17 @@ def test_no_discontinuity_at_tile_borders(seam_products, record_property):
 
 
 def test_memory_bounded_by_windows(tmp_path, record_property):
-    """A 320 x 320 x 8 scene (49 tiles of 64 px, 25 blocks of 64 px, a 128-px quicklook): the
+    """A 256 x 256 x 8 scene (25 tiles of 64 px in batches of 2, 16 blocks of 64 px, a 128-px quicklook): the
     pipeline's own peak allocations (numpy and Python, traced; torch's and GDAL's own memory are
     not traced) stay far below one full-scene array and within the stated bound: only windows
     are ever held."""
     backend = shared_backend()
-    cfg = small_config(batch_size=4, metric_tiles=1, quicklook_size=128)
-    ms, pan = synthetic_scene(tmp_path / "in", "big", ms_size=80, border=2)
+    cfg = small_config(batch_size=2, metric_tiles=1, quicklook_size=128)
+    ms, pan = synthetic_scene(tmp_path / "in", "big", ms_size=64, border=2)
     plan = plan_scene(ms, pan, backend, cfg)
-    assert len(plan.tiles) == 49
+    assert len(plan.tiles) == 25
     bound = plan.memory_bound_bytes()
-    full_scene = 8 * 320 * 320 * 4                  # one float32 copy of the fused scene
+    full_scene = 8 * 256 * 256 * 4                  # one float32 copy of the fused scene
     # a one-tile scene first, so that imports and caches made on first use are not counted
     small = synthetic_scene(tmp_path / "in", "small", ms_size=16)
     run_scene(*small, tmp_path / "small.tif", backend, cfg)
