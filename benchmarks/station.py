@@ -91,9 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--ort-threads", type=int, default=None)
+    p.add_argument("--ort-threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--csv", default="benchmarks/results/station.csv", help="append rows here ('' to skip)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.steps is None and args.model is None:
         args.steps = 10 if args.device == "cpu" else None
 
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                      len(plan.fused_tiles), timing.median, mpix / timing.median, mpix / fuse_s,
                      f"p20 {timing.p20:.3g} s, p80 {timing.p80:.3g} s, HQNR {last['quality']['mean']['HQNR']:.3f}"])
         csv_rows.append({**base_fields(args.device, torch.float32), "benchmark": "station", "backend": name,
+                         "torch_threads": torch.get_num_threads(), "ort_threads": args.ort_threads,
                          "describe": backend.describe(), "scene": rows[-1][2], "tiles": len(plan.fused_tiles),
                          "tile_size": args.tile_size, "overlap": args.overlap, "batch_size": args.batch_size,
                          "steps": backend.steps, "scene_s_median": timing.median, "scene_s_p20": timing.p20,
