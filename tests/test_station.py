@@ -363,3 +363,46 @@ def test_ddif_cli_has_station_commands():
     args = build_parser().parse_args(["station", "watch", "--inbox", "i", "--outbox", "o", "--model", "m.pt",
                                       "--once", "--tile-size", "128", "--stable-polls", "3"])
     assert args._run.__name__ == "cmd_watch" and args.once
+
+
+LANDSAT_RGB = SHARED / "data" / "landsat8-scene" / "LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
+
+
+def test_real_zero_filled_scene_with_input_nodata(tmp_path):
+    """Semi-synthetic pair from the real Landsat-8 B2-B4 scene (uint16 counts, real CRS and
+    transform, zero fill without a nodata tag): a 256 x 256 crop across the fill edge is the
+    PAN-resolution truth; the PAN is its band mean (a synthesised stand-in, not a real PAN band),
+    the MS its 2 x 2 box average (fill wherever a fill pixel is in the box). With
+    ``input_nodata=0`` the fill stays nodata in the product, on the PAN grid of the crop."""
+    if not LANDSAT_RGB.is_file():
+        pytest.skip(f"{LANDSAT_RGB} not found (set DDIF_SHARED to the shared folder)")
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    with rasterio.open(LANDSAT_RGB) as src:
+        win = Window(1000, 150, 256, 256)
+        truth = src.read(window=win).astype(np.float64)
+        pan_transform, crs = window_transform(win, src.transform), src.crs
+    fill = (truth == 0).any(axis=0)
+    assert 0.05 < fill.mean() < 0.95                        # the crop crosses the fill edge
+    pan = np.where(fill, 0, np.rint(truth.mean(axis=0))).astype("uint16")[None]
+    ms = truth.reshape(3, 128, 2, 128, 2).mean(axis=(2, 4))
+    ms_fill = fill.reshape(128, 2, 128, 2).any(axis=(1, 3))
+    ms = np.where(ms_fill[None], 0, np.rint(ms)).astype("uint16")
+    ms_transform = pan_transform * rasterio.Affine.scale(2)
+    paths = {}
+    for name, arr, t in (("MS", ms, ms_transform), ("PAN", pan, pan_transform)):
+        paths[name] = tmp_path / f"rgb_{name}.tif"
+        with rasterio.open(paths[name], "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1],
+                           count=arr.shape[0], dtype="uint16", crs=crs, transform=t) as dst:   # no nodata tag
+            dst.write(arr)
+    backend = backend_for(station_model(station_preset(bands=3, ratio=2, max_dn=65535.0, sensor="landsat8")))
+    out = tmp_path / "rgb.tif"
+    run_scene(paths["MS"], paths["PAN"], out, backend, small_config(input_nodata=0, metric_tiles=0))
+    data, profile, _ = read(out)
+    assert profile["crs"] == crs and profile["transform"] == pan_transform and profile["nodata"] == 0
+    nodata = (data == 0).all(axis=0)
+    expected = fill | np.repeat(np.repeat(ms_fill, 2, 0), 2, 1)   # PAN fill or MS fill under the pixel
+    assert np.array_equal(nodata, expected) and not (data[:, ~expected] == 0).any()
+    valid = data[:, ~expected].astype(np.float64)
+    assert abs(valid.mean() - truth[:, ~expected].mean()) < 0.05 * truth[:, ~expected].mean()

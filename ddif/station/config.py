@@ -30,6 +30,7 @@ class StationConfig:
     interpolation: str = "interp23tap"   # MS -> PAN grid, as make_dataset builds lms for training
     padding: str = "symmetric"       # interp23tap boundary at the scene edge (make_dataset's default)
     fill_iterations: int = 4         # nodata holes are filled by this many 3x3 dilations before interpolating
+    input_nodata: float | None = None   # nodata of inputs that carry no nodata tag (e.g. 0 for zero-filled scenes)
     block_size: int = 256            # GeoTIFF internal tile; the product is assembled one block at a time
     compress: str = "deflate"
     zlevel: int = 6
@@ -78,7 +79,7 @@ class StationConfig:
     def product_fields(self) -> dict:
         """The settings that determine the product's bytes (for the journal fingerprint)."""
         keys = ("tile_size", "overlap", "batch_size", "seed", "interpolation", "padding", "fill_iterations",
-                "block_size", "compress", "zlevel", "overview_min_size")
+                "input_nodata", "block_size", "compress", "zlevel", "overview_min_size")
         return {k: getattr(self, k) for k in keys}
 
 

@@ -13,8 +13,8 @@ from typing import Any, TextIO
 class EventLog:
     """Write events as JSON lines to ``stream`` (stderr by default) and/or append them to ``path``."""
 
-    def __init__(self, stream: TextIO | None = sys.stderr, path: str | None = None):
-        self.stream = stream
+    def __init__(self, stream: TextIO | None | str = "stderr", path: str | None = None):
+        self.stream = stream            # "stderr": whatever sys.stderr is when an event is written
         self.path = path
         self._lock = threading.Lock()
         self.events: list[dict[str, Any]] = []      # kept in memory too (tests, --once summaries)
@@ -25,9 +25,10 @@ class EventLog:
         line = json.dumps(record, default=str, sort_keys=False)
         with self._lock:
             self.events.append(record)
-            if self.stream is not None:
-                self.stream.write(line + "\n")
-                self.stream.flush()
+            stream = sys.stderr if self.stream == "stderr" else self.stream
+            if stream is not None:
+                stream.write(line + "\n")
+                stream.flush()
             if self.path:
                 with open(self.path, "a", encoding="utf-8") as f:
                     f.write(line + "\n")

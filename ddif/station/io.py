@@ -162,10 +162,15 @@ def _ratio_of(ms_res: float, pan_res: float) -> float:
 
 
 def check_pair(ms_path: str | os.PathLike, pan_path: str | os.PathLike, *, bands: int, guide_bands: int,
-               ratio: int, interpolation: str, padding: str, fill_iterations: int) -> SceneGrid:
-    """Open and check an MS + PAN pair against the model; :class:`SceneError` naming the problem."""
+               ratio: int, interpolation: str, padding: str, fill_iterations: int,
+               input_nodata: float | None = None) -> SceneGrid:
+    """Open and check an MS + PAN pair against the model; :class:`SceneError` naming the problem.
+    ``input_nodata`` stands in for the nodata tag of an input that has none."""
     ms = open_raster(ms_path, "MS")
     pan = open_raster(pan_path, "PAN")
+    for info in (ms, pan):
+        if info.nodata is None and input_nodata is not None:
+            info.nodata = float(input_nodata)
     if ms.count != bands:
         raise SceneError(WRONG_BANDS, f"MS {ms.path}: has {ms.count} bands, the model fuses {bands}")
     if pan.count != guide_bands:

@@ -181,7 +181,7 @@ def plan_scene(ms_path, pan_path, backend, config: StationConfig | None = None) 
     with gdal_env(config.gdal_cache_mb):
         grid = check_pair(ms_path, pan_path, bands=facts["bands"], guide_bands=facts["guide_bands"],
                           ratio=facts["ratio"], interpolation=config.interpolation, padding=config.padding,
-                          fill_iterations=config.fill_iterations)
+                          fill_iterations=config.fill_iterations, input_nodata=config.input_nodata)
         tiles = TileGrid(grid.pan.height, grid.pan.width, config.tile_size, config.overlap)
         tile_valid = np.zeros(len(tiles), dtype=np.int64)
 
