@@ -406,3 +406,40 @@ def test_real_zero_filled_scene_with_input_nodata(tmp_path):
     assert np.array_equal(nodata, expected) and not (data[:, ~expected] == 0).any()
     valid = data[:, ~expected].astype(np.float64)
     assert abs(valid.mean() - truth[:, ~expected].mean()) < 0.05 * truth[:, ~expected].mean()
+
+
+def test_watch_stops_between_batches_and_resumes(tmp_path, station_backend):
+    """SIGTERM / SIGINT (request_stop) ends the service after the current batch; the journal
+    keeps the finished tiles and the next start resumes from them."""
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    synthetic_scene(inbox, "s", ms_size=32)
+    (inbox / "s.ready").touch()
+
+    class StopAfterFirstBatch:          # the real backend; asks the service to stop after one call
+        def __init__(self, backend):
+            self.backend, self.service = backend, None
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+        def fuse(self, lms, pan, seed=0):
+            out = self.backend.fuse(lms, pan, seed=seed)
+            self.service.request_stop()
+            return out
+
+    wrapper = StopAfterFirstBatch(station_backend)
+    log = EventLog(stream=None)
+    service = StationService(inbox, outbox, wrapper, small_config(metric_tiles=0), WatchConfig(poll_interval_s=0.01),
+                             log=log)
+    wrapper.service = service
+    assert service.run(once=True) == 0
+    assert [e["event"] for e in log.events][-2:] == ["scene_interrupted", "service_stop"]
+    assert len(list((outbox / ".work" / "s").glob("tile_*.npy"))) == 4 and not (outbox / "s").exists()
+    assert not list(outbox.glob(".*.partial"))
+
+    log = EventLog(stream=None)
+    service = StationService(inbox, outbox, station_backend, small_config(metric_tiles=0),
+                             WatchConfig(poll_interval_s=0.01), log=log)
+    service.run(once=True)
+    done = next(e for e in log.events if e["event"] == "scene_done")
+    assert done["tiles"] == 9 and done["tiles_from_journal"] == 4 and (outbox / "s" / "s.tif").is_file()
