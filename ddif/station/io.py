@@ -5,9 +5,10 @@ Grid geometry. The product lies on the PAN grid (its CRS, transform and size). T
 interpolated as in training (:func:`ddif.data.mtf.upsample`, the interpolation ``make_dataset``
 uses to build ``lms``), which puts MS pixel ``j`` on upsampled pixel ``r*j + phase``; the
 upsampled image is placed on the PAN grid at the integer shift nearest to where its pixel
-centres fall (for Landsat-8, whose PAN grid is offset by half a PAN pixel, the shift is exactly
-0; for a pair sharing its top-left corner the residual is half a PAN pixel, the convention of the
-toolbox and of ``make_dataset``). The residual sub-pixel offset is reported, never resampled.
+centres fall (for Landsat-8, whose PAN pixel centres lie on MS pixel centres, the placement is
+exact; for a pair sharing its top-left corner the residual is half a PAN pixel, the convention
+of the toolbox and of ``make_dataset``). The residual sub-pixel offset is reported, never
+resampled.
 
 Windows. A tile reads its PAN window and the MS window under it plus a halo as wide as the
 interpolation kernel's support and the nodata filling's reach, so interpolating the window gives
