@@ -80,8 +80,17 @@ class DiffusionConfig:
     # explicit training timesteps of the sampler, descending (e.g. a distilled student's grid);
     # when given, they replace sample_steps / timestep_spacing
     sample_timesteps: tuple[int, ...] = ()
+    # Tiled inference: fuse images larger than tile_size in overlapping tiles blended with a
+    # smooth partition of unity (0 = whole image). GroupNorm with one group normalises over the
+    # whole input, so a model sees different statistics on a large image than on its training
+    # patches; sampling in tiles near the training patch size keeps them as trained.
+    tile_size: int = 0
+    tile_overlap: int = 0
 
     def __post_init__(self) -> None:
+        if self.tile_size < 0 or self.tile_overlap < 0 or (self.tile_size and self.tile_overlap >= self.tile_size):
+            raise ValueError(f"need 0 <= tile_overlap < tile_size (or tile_size 0), got {self.tile_size}, "
+                             f"{self.tile_overlap}")
         self.sample_timesteps = tuple(int(t) for t in self.sample_timesteps)
         ts = self.sample_timesteps
         if ts:
@@ -194,7 +203,8 @@ def _small_rgb() -> Preset:
         model=ModelConfig(bands=3, guide_bands=1, detail_order="HDV", max_dn=32767.0, base_width=16,
                           channel_mults=(1, 2, 2), res_blocks=1, image_size=64, attn_resolutions=(),
                           dropout=0.0, drop_path=0.0),
-        diffusion=DiffusionConfig(timesteps=500, sample_steps=10),
+        # sampled in tiles of its 32 px training patches (see DiffusionConfig.tile_size)
+        diffusion=DiffusionConfig(timesteps=500, sample_steps=10, tile_size=32, tile_overlap=8),
         train=TrainConfig(lr=5e-4, batch_size=16, iterations=8000, lr_milestones=(6000,),
                           grad_clip=1.0, ema_decay=0.999, ema_start=500, patch_size=32,
                           val_every=1000, ckpt_every=500, log_every=50, num_workers=0),

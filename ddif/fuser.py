@@ -27,7 +27,8 @@ class Fuser:
     def __init__(self, model, sampler: str | None = None, steps: int | None = None, *, eta: float | None = None,
                  use_cache: bool = True, self_condition: bool = True, legacy_published_sampler: bool = False,
                  batch_size: int | None = None, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, clip_sample: float | None = None, progress: bool = False):
+                 dtype: torch.dtype | None = None, clip_sample: float | None = None, progress: bool = False,
+                 tile_size: int | None = None, tile_overlap: int | None = None):
         dcfg = model.preset.diffusion
         self.model = model
         if device is not None or dtype is not None:
@@ -47,6 +48,12 @@ class Fuser:
         self.legacy_published_sampler = legacy_published_sampler
         self.batch_size = batch_size
         self.progress = progress
+        self.tile_size = dcfg.tile_size if tile_size is None else int(tile_size)
+        self.tile_overlap = dcfg.tile_overlap if tile_overlap is None else int(tile_overlap)
+        m = model.config.size_multiple
+        if self.tile_size and (self.tile_size % m or not 0 <= self.tile_overlap < self.tile_size):
+            raise ValueError(f"tile_size must be a multiple of {m} and 0 <= tile_overlap < tile_size, got "
+                             f"{self.tile_size}, {self.tile_overlap}")
 
     @property
     def device(self) -> torch.device:
@@ -95,17 +102,45 @@ class Fuser:
             raise ValueError(f"noise: expected shape {tuple(lms_d.shape)} (padded to a multiple of {m}), "
                              f"got {tuple(noise.shape)}")
         noise = noise.to(self.device, self.dtype)
-        step = self.batch_size or b
-        residuals = []
-        for start in range(0, b, step):
-            sl = slice(start, start + step)
-            residuals.append(sample_residual(
-                self.model, lms_d[sl], pan_d[sl], self.scheduler, noise=noise[sl], generator=gen_for_steps(seed, start),
-                use_cache=self.use_cache, self_condition=self.self_condition,
-                legacy_published_sampler=self.legacy_published_sampler, callback=callback))
-        residual = torch.cat(residuals)[..., :h, :w].to(lms.device, out_dtype)
+        hp, wp = lms_d.shape[-2:]
+        if self.tile_size and (hp > self.tile_size or wp > self.tile_size):
+            residual = self._sample_tiled(lms_d, pan_d, noise, seed, callback)
+        else:
+            residual = self._sample(lms_d, pan_d, noise, seed, callback)
+        residual = residual[..., :h, :w].to(lms.device, out_dtype)
         result = residual if return_residual else (lms + residual).clamp(0, 1)
         return result[0] if unbatched else result
+
+    def _sample(self, lms, pan, noise, seed, callback) -> torch.Tensor:
+        """Residuals of a batch, ``batch_size`` images per network batch."""
+        step = self.batch_size or lms.shape[0]
+        residuals = []
+        for start in range(0, lms.shape[0], step):
+            sl = slice(start, start + step)
+            residuals.append(sample_residual(
+                self.model, lms[sl], pan[sl], self.scheduler, noise=noise[sl], generator=gen_for_steps(seed, start),
+                use_cache=self.use_cache, self_condition=self.self_condition,
+                legacy_published_sampler=self.legacy_published_sampler, callback=callback))
+        return torch.cat(residuals)
+
+    def _sample_tiled(self, lms, pan, noise, seed, callback) -> torch.Tensor:
+        """Residuals sampled in overlapping tiles (each with its slice of the image's noise),
+        blended with the smooth partition of unity of :class:`ddif.utils.tiling.TileGrid`."""
+        from ddif.utils.tiling import TileGrid
+
+        b, _, hp, wp = lms.shape
+        grid = TileGrid(hp, wp, self.tile_size, self.tile_overlap)
+        tiles = list(grid)
+        crop = lambda x: torch.cat([x[..., t.y:t.y + t.height, t.x:t.x + t.width] for t in tiles])  # noqa: E731
+        # tile-major stacking: entry k * b + i is tile k of image i
+        res = self._sample(crop(lms), crop(pan), crop(noise), seed, callback)
+        num = torch.zeros_like(lms, dtype=torch.float32)
+        den = torch.zeros((1, 1, hp, wp), dtype=torch.float32, device=lms.device)
+        for k, t in enumerate(tiles):
+            wgt = torch.from_numpy(grid.weights(t)).to(lms.device)
+            num[..., t.y:t.y + t.height, t.x:t.x + t.width] += res[k * b:(k + 1) * b].float() * wgt
+            den[..., t.y:t.y + t.height, t.x:t.x + t.width] += wgt
+        return (num / den).to(lms.dtype)
 
 
 def gen_for_steps(seed: int | None, offset: int) -> torch.Generator | None:

@@ -186,3 +186,23 @@ def test_loss_backward_finite_gradients_everywhere(tiny_model, schedule):
     used = {diffusion_loss(tiny_model, schedule, gt, lms, pan,
                            generator=torch.Generator().manual_seed(s)).used_self_cond for s in range(12)}
     assert used == {True, False}
+
+
+def test_fuser_tiled_inference(tiny_model):
+    g = torch.Generator().manual_seed(3)
+    lms, pan = torch.rand(2, 4, 40, 28, generator=g), torch.rand(2, 1, 40, 28, generator=g)
+    whole = Fuser(tiny_model, steps=2).fuse(lms, pan, seed=1)
+    # tiles at least as large as the image: exactly the untiled result
+    assert torch.equal(Fuser(tiny_model, steps=2, tile_size=64, tile_overlap=8).fuse(lms, pan, seed=1), whole)
+    tiled = Fuser(tiny_model, steps=2, tile_size=16, tile_overlap=6)
+    a = tiled.fuse(lms, pan, seed=1)
+    assert a.shape == lms.shape and torch.isfinite(a).all() and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, tiled.fuse(lms, pan, seed=1))
+    assert not torch.equal(a, whole)
+    # batching of tiles does not change the result
+    assert torch.allclose(a, Fuser(tiny_model, steps=2, tile_size=16, tile_overlap=6, batch_size=3).fuse(lms, pan, seed=1),
+                          atol=1e-5)
+    with pytest.raises(ValueError, match="tile_size must be a multiple of 2"):
+        Fuser(tiny_model, tile_size=15)
+    with pytest.raises(ValueError, match="tile_overlap < tile_size"):
+        Fuser(tiny_model, tile_size=16, tile_overlap=16)

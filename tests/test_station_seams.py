@@ -19,7 +19,7 @@ from test_station_support import (backend_for, read, shared_backend, small_confi
 
 from ddif.station import plan_scene, run_scene
 from ddif.station.run import memory_bound_bytes
-from ddif.station.tiling import TileGrid
+from ddif.utils.tiling import TileGrid
 
 MAX_DN = 2047.0
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

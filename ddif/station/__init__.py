@@ -8,7 +8,7 @@ unattended and crash-safe.
 
 Command line: ``ddif station run ...`` and ``ddif station watch ...`` (:mod:`ddif.cli.station`).
 Modules: :mod:`~ddif.station.io` (GeoTIFF windows, grid checks, product writer, quicklook),
-:mod:`~ddif.station.tiling` (tile grid, blending), :mod:`~ddif.station.journal` (per-tile journal),
+:mod:`~ddif.utils.tiling` (tile grid, blending; shared with ddif.Fuser), :mod:`~ddif.station.journal` (per-tile journal),
 :mod:`~ddif.station.run` (one scene), :mod:`~ddif.station.watch` (the service),
 :mod:`~ddif.station.quarantine`, :mod:`~ddif.station.events` (JSON-lines logs).
 Nothing heavy is imported until used.
@@ -24,7 +24,7 @@ _LAZY = {
     "run_scene": "ddif.station.run",
     "ScenePlan": "ddif.station.run",
     "StationService": "ddif.station.watch",
-    "TileGrid": "ddif.station.tiling",
+    "TileGrid": "ddif.utils.tiling",
     "Journal": "ddif.station.journal",
 }
 

@@ -34,7 +34,7 @@ from ddif.station.events import EventLog, NullLog
 from ddif.station.io import (SceneGrid, SceneReader, check_pair, gdal_env, output_nodata, overview_factors,
                              product_profile, scan_validity, to_dn, verify_product, write_quicklook)
 from ddif.station.journal import Journal, file_identity
-from ddif.station.tiling import TileGrid, blend_window
+from ddif.utils.tiling import TileGrid, blend_window
 
 PIPELINE_VERSION = 1
 SEED_STRIDE = 1_000_003

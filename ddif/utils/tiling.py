@@ -1,4 +1,4 @@
-"""Tile grid over the PAN grid and the smooth blending of overlapping tiles.
+"""Tile grid and the smooth blending of overlapping tiles (used by ddif.Fuser and the station).
 
 Tiles of ``tile_size`` are spread evenly along each axis so that neighbours share at least
 ``overlap`` pixels and every tile lies inside the scene (a scene side shorter than a tile gets one
