@@ -13,6 +13,17 @@ SHARED = Path(os.environ.get("DDIF_SHARED", REPO.parent / "shared"))
 REFERENCE = SHARED / "reference"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    """The tests run small tensors: one intra-op thread is fastest for them, and immune to a CPU
+    shared with other jobs (two OpenMP threads spinning at barriers on a busy 2-core machine made
+    tiny ops 10-100x slower here). DDIF_TEST_THREADS overrides."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("DDIF_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not found (set DDIF_SHARED to the shared folder)")

@@ -11,14 +11,6 @@ from ddif.data.mtf import degrade, simulate_reduced_resolution
 from ddif.metrics import ergas, q2n, sam, scc
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def scene(bands: int, size: int, seed: int = 0, batch: int = 1):
     """Smooth multi-scale multiband texture with sharp shared edges; PAN = positive band mixture."""
     g = torch.Generator().manual_seed(seed)

@@ -28,17 +28,6 @@ pytestmark = pytest.mark.skipif(not can_launch(DEVICE, "kernels._fwm_triton"),
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run tiny CPU ops (microseconds each); with two OpenMP threads on a busy 2-core
-    machine they spend far longer spinning at barriers than computing (measured: 28 s -> 1 s for
-    the tiny-DDIF training step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 

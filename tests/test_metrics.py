@@ -12,15 +12,6 @@ from ddif.metrics import (d_lambda, d_s, ergas, full_resolution_metrics, hqnr, p
                           reduced_resolution_metrics, sam, scc, ssim)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: a second OpenMP thread only adds contention on the shared CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def scene(bands: int = 4, size: int = 64, seed: int = 0, batch: int = 1):
     """Smooth multi-scale texture with sharp rectangles shared by all bands, a smooth band-specific
     component, and a PAN that is a positive weighted sum of the bands. Values in ~[0.1, 0.7]."""

@@ -11,15 +11,6 @@ from ddif.data.mtf import (SENSOR_MTF, ReducedResolution, bicubic_upsample, deci
                            simulate_reduced_resolution, upsample)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: a second OpenMP thread only adds contention on the shared CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _response_at(kernel2d: torch.Tensor, freq: float) -> float:
     """Frequency response (DTFT) of a centred 2-D kernel at (freq, 0) cycles/pixel."""
     n = kernel2d.shape[-1]

@@ -19,14 +19,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
                                         "ignore::FutureWarning")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     """A tiny engine checkpoint and its 2-step ONNX export (through the export cache)."""

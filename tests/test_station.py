@@ -13,14 +13,13 @@ import torch
 
 rasterio = pytest.importorskip("rasterio")
 
-from test_station_support import one_torch_thread, station_backend  # noqa: F401  (fixtures)
+from test_station_support import station_backend  # noqa: F401  (fixture)
 from test_station_support import (CRS, backend_for, read, save_station_model, small_config, station_model,
                                   station_preset, synthetic_scene)
 
 from ddif.station import SceneError, StationService, WatchConfig, plan_scene, run_scene
 from ddif.station.events import EventLog
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SHARED = Path(os.environ.get("DDIF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 

@@ -13,7 +13,6 @@ import pytest
 
 pytest.importorskip("rasterio")
 
-from test_station_support import one_torch_thread  # noqa: F401  (fixture)
 from test_station_support import (backend_for, read, shared_backend, small_config, station_model, station_preset,
                                   synthetic_scene)
 
@@ -22,7 +21,6 @@ from ddif.station.run import memory_bound_bytes
 from ddif.utils.tiling import TileGrid
 
 MAX_DN = 2047.0
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def border_gradient_ratio(img: np.ndarray, grid: TileGrid) -> tuple[float, float]:

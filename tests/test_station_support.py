@@ -142,13 +142,3 @@ def shared_backend():
 @pytest.fixture(scope="module")
 def station_backend():
     return shared_backend()
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """The tiny model's ops are too small to gain from a second thread, and on a shared 2-core
-    machine two spinning OpenMP threads cost several times more than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
