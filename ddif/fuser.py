@@ -65,18 +65,7 @@ class Fuser:
 
     def check_inputs(self, lms: torch.Tensor, pan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
         cfg = self.model.config
-        unbatched = isinstance(lms, torch.Tensor) and lms.dim() == 3
-        lms = check_image("lms", lms, channels=cfg.bands, allow_unbatched=True,
-                          channel_what=f"bands for preset '{self.model.preset.name}'")
-        pan = check_image("pan", pan, channels=cfg.guide_bands, allow_unbatched=True, batch=lms.shape[0],
-                          spatial=lms.shape[-2:], spatial_of="lms",
-                          channel_what="PAN band(s)" if cfg.guide_bands == 1 else "guide bands")
-        for name, x in (("lms", lms), ("pan", pan)):
-            lo, hi = float(x.min()), float(x.max())
-            if lo < PLAUSIBLE_RANGE[0] or hi > PLAUSIBLE_RANGE[1]:
-                raise ValueError(f"{name}: values span [{lo:g}, {hi:g}], expected images scaled to [0, 1] "
-                                 f"(divide digital numbers by the sensor's max DN, {cfg.max_dn:g} for this preset)")
-        return lms, pan, unbatched
+        return check_fusion_inputs(lms, pan, cfg.bands, cfg.guide_bands, cfg.max_dn, self.model.preset.name)
 
     @torch.no_grad()
     def fuse(self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0,
@@ -84,24 +73,12 @@ class Fuser:
              return_residual: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Fused image clamp(lms + residual, 0, 1) with the input's shape ((C,H,W) or (B,C,H,W))."""
         lms, pan, unbatched = self.check_inputs(lms, pan)
-        b, c, h, w = lms.shape
+        h, w = lms.shape[-2:]
         m = self.model.config.size_multiple
-        ph, pw = (-h) % m, (-w) % m
         out_dtype = lms.dtype
-        lms_d = lms.to(self.device, self.dtype)
-        pan_d = pan.to(self.device, self.dtype)
-        if ph or pw:
-            mode = "reflect" if (ph < h and pw < w) else "replicate"
-            lms_d = F.pad(lms_d, (0, pw, 0, ph), mode=mode)
-            pan_d = F.pad(pan_d, (0, pw, 0, ph), mode=mode)
-        if noise is None:
-            gen = generator if generator is not None else _as_generator(seed)
-            noise = torch.randn(lms_d.shape, generator=gen, dtype=torch.float32,
-                                device=gen.device if gen is not None else "cpu")
-        elif tuple(noise.shape) != tuple(lms_d.shape):
-            raise ValueError(f"noise: expected shape {tuple(lms_d.shape)} (padded to a multiple of {m}), "
-                             f"got {tuple(noise.shape)}")
-        noise = noise.to(self.device, self.dtype)
+        lms_d = pad_to_multiple(lms.to(self.device, self.dtype), m)
+        pan_d = pad_to_multiple(pan.to(self.device, self.dtype), m)
+        noise = initial_noise(lms_d.shape, m, seed, generator, noise).to(self.device, self.dtype)
         hp, wp = lms_d.shape[-2:]
         if self.tile_size and (hp > self.tile_size or wp > self.tile_size):
             residual = self._sample_tiled(lms_d, pan_d, noise, seed, callback)
@@ -141,6 +118,48 @@ class Fuser:
             num[..., t.y:t.y + t.height, t.x:t.x + t.width] += res[k * b:(k + 1) * b].float() * wgt
             den[..., t.y:t.y + t.height, t.x:t.x + t.width] += wgt
         return (num / den).to(lms.dtype)
+
+
+def check_fusion_inputs(lms, pan, bands: int, guide_bands: int, max_dn: float,
+                        preset_name: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """ValueErrors naming the tensor: wrong bands, mismatched sizes, NaN/Inf, integer or unscaled
+    images. Returns (lms, pan) with a batch dimension and whether the input had none."""
+    unbatched = isinstance(lms, torch.Tensor) and lms.dim() == 3
+    lms = check_image("lms", lms, channels=bands, allow_unbatched=True,
+                      channel_what=f"bands for preset '{preset_name}'")
+    pan = check_image("pan", pan, channels=guide_bands, allow_unbatched=True, batch=lms.shape[0],
+                      spatial=lms.shape[-2:], spatial_of="lms",
+                      channel_what="PAN band(s)" if guide_bands == 1 else "guide bands")
+    for name, x in (("lms", lms), ("pan", pan)):
+        lo, hi = float(x.min()), float(x.max())
+        if lo < PLAUSIBLE_RANGE[0] or hi > PLAUSIBLE_RANGE[1]:
+            raise ValueError(f"{name}: values span [{lo:g}, {hi:g}], expected images scaled to [0, 1] "
+                             f"(divide digital numbers by the sensor's max DN, {max_dn:g} for this preset)")
+    return lms, pan, unbatched
+
+
+def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Pad bottom / right to a multiple of ``m``: reflect where possible, else replicate."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if (ph < h and pw < w) else "replicate")
+    return x
+
+
+def initial_noise(padded_shape, m: int, seed: int | None = 0, generator: torch.Generator | None = None,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+    """x_T for a padded batch: ``noise`` when given (shape-checked), else float32 drawn from
+    ``generator`` or a CPU generator seeded with ``seed`` (so every device and backend draws the
+    same)."""
+    if noise is not None:
+        if tuple(noise.shape) != tuple(padded_shape):
+            raise ValueError(f"noise: expected shape {tuple(padded_shape)} (padded to a multiple of {m}), "
+                             f"got {tuple(noise.shape)}")
+        return noise
+    gen = generator if generator is not None else _as_generator(seed)
+    return torch.randn(tuple(padded_shape), generator=gen, dtype=torch.float32,
+                       device=gen.device if gen is not None else "cpu")
 
 
 def gen_for_steps(seed: int | None, offset: int) -> torch.Generator | None:

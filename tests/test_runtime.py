@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_preset
+from ddif.fuser import initial_noise
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -109,7 +110,7 @@ def test_noise_override_and_its_shape_check(artifacts):
     _, onnx_path, _ = artifacts
     backend = OnnxRuntimeFuser(onnx_path)
     lms, pan = _images(1, 13, 22)
-    noise = backend.initial_noise((1, 4, 14, 22), seed=3)        # padded to the multiple (2)
+    noise = initial_noise((1, 4, 14, 22), backend.size_multiple, seed=3)        # padded to the multiple (2)
     assert torch.equal(backend.fuse(lms, pan, noise=noise), backend.fuse(lms, pan, seed=3))
     with pytest.raises(ValueError, match="noise: expected shape"):
         backend.fuse(lms, pan, noise=torch.zeros(1, 4, 13, 22))

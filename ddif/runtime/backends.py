@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ddif.config import Preset
+from ddif.fuser import check_fusion_inputs, initial_noise, pad_to_multiple
 from ddif.runtime.plan import SamplingPlan, resolve_sampling_plan
 from ddif.runtime.spec import INPUT_NAMES, ExportSpec, ShapeProfile, sha256_file, spec_path_for
 from ddif.runtime.tensorrt import (EngineCache, EngineRunner, TensorRTUnavailable, build_engine, default_cache_dir,
                                    engine_key, gpu_identity, import_tensorrt, tensorrt_unavailable_reason)
-from ddif.utils.validation import check_image
 
 log = logging.getLogger("ddif.runtime")
 
@@ -70,40 +69,11 @@ class FuserBackend:
 
     # ---- inputs
     def check_inputs(self, lms, pan) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """ValueErrors naming the tensor: wrong bands, mismatched sizes, NaN/Inf, integer or
-        unscaled images (the same checks and messages as :meth:`ddif.Fuser.check_inputs`)."""
-        from ddif.fuser import PLAUSIBLE_RANGE
-
-        unbatched = isinstance(lms, torch.Tensor) and lms.dim() == 3
-        lms = check_image("lms", lms, channels=self.bands, allow_unbatched=True,
-                          channel_what=f"bands for preset '{self.preset.name}'")
-        pan = check_image("pan", pan, channels=self.guide_bands, allow_unbatched=True, batch=lms.shape[0],
-                          spatial=lms.shape[-2:], spatial_of="lms",
-                          channel_what="PAN band(s)" if self.guide_bands == 1 else "guide bands")
-        for name, x in (("lms", lms), ("pan", pan)):
-            lo, hi = float(x.min()), float(x.max())
-            if lo < PLAUSIBLE_RANGE[0] or hi > PLAUSIBLE_RANGE[1]:
-                raise ValueError(f"{name}: values span [{lo:g}, {hi:g}], expected images scaled to [0, 1] "
-                                 f"(divide digital numbers by the sensor's max DN, {self.max_dn:g} for this preset)")
-        return lms, pan, unbatched
+        """The checks and messages of :meth:`ddif.Fuser.check_inputs`."""
+        return check_fusion_inputs(lms, pan, self.bands, self.guide_bands, self.max_dn, self.preset.name)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Pad bottom/right to the size multiple: reflect where possible, else replicate (as ddif.Fuser)."""
-        h, w = x.shape[-2:]
-        m = self.size_multiple
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            mode = "reflect" if (ph < h and pw < w) else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        return x
-
-    def initial_noise(self, padded_shape: Sequence[int], seed: int | None) -> torch.Tensor:
-        """x_T drawn exactly as ddif.Fuser.fuse draws it: float32 on the seed's CPU generator."""
-        from ddif.diffusion.sampling import _as_generator
-
-        gen = _as_generator(seed)
-        return torch.randn(tuple(padded_shape), generator=gen, dtype=torch.float32,
-                           device=gen.device if gen is not None else "cpu")
+        return pad_to_multiple(x, self.size_multiple)
 
     # ---- fusion
     @torch.no_grad()
@@ -115,11 +85,7 @@ class FuserBackend:
         h, w = lms4.shape[-2:]
         lms_p = self.pad(lms4.float())
         pan_p = self.pad(pan4.float())
-        if noise is None:
-            noise = self.initial_noise(lms_p.shape, seed)
-        elif tuple(noise.shape) != tuple(lms_p.shape):
-            raise ValueError(f"noise: expected shape {tuple(lms_p.shape)} (padded to a multiple of "
-                             f"{self.size_multiple}), got {tuple(noise.shape)}")
+        noise = initial_noise(lms_p.shape, self.size_multiple, seed, noise=noise)
         step = self.batch_size or lms_p.shape[0]
         parts = [self._run(lms_p[i:i + step], pan_p[i:i + step], noise[i:i + step].float())
                  for i in range(0, lms_p.shape[0], step)]
