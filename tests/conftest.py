@@ -86,3 +86,32 @@ def tiny_model():
             if "cond_inj.body.3" in name:
                 p.normal_(0, 0.05)
     return model.eval()
+
+
+def synthetic_scene(bands: int = 4, size: int = 64, seed: int = 0, batch: int = 1, rectangles: int = 10):
+    """Smooth multi-scale texture with sharp rectangles shared by all bands, a smooth band-specific
+    component, and a PAN that is a positive weighted sum of the bands (float64, values in
+    ~[0.1, 0.7]). Used by the metric and baseline tests."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+
+    def field(scales, n):
+        out = torch.zeros(batch, n, size, size, dtype=torch.float64)
+        for s in scales:
+            z = torch.rand(batch, n, size // s + 3, size // s + 3, generator=g, dtype=torch.float64)
+            out += F.interpolate(z, scale_factor=s, mode="bicubic", align_corners=False)[..., s:s + size, s:s + size]
+        return out / len(scales)
+
+    base = field((2, 4, 8), 1)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for _ in range(rectangles):
+        r = torch.randint(0, size, (4,), generator=g)
+        (y0, y1), (x0, x1) = sorted(r[:2].tolist()), sorted(r[2:].tolist())
+        mask = ((yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)).to(torch.float64)
+        base = base + 0.3 * (float(torch.rand(1, generator=g)) - 0.5) * mask
+    a = 0.5 + torch.rand(bands, generator=g, dtype=torch.float64)
+    ms = 0.2 + 0.25 * a.view(1, -1, 1, 1) * base + 0.1 * field((2, 4, 8), bands)
+    w = torch.rand(bands, generator=g, dtype=torch.float64) + 0.5
+    pan = (ms * (w / w.sum()).view(1, -1, 1, 1)).sum(1, keepdim=True)
+    return ms, pan

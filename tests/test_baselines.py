@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from conftest import synthetic_scene
 from ddif.baselines import BASELINES, brovey, gs, gsa, mtf_glp_hpm
 from ddif.data.mtf import degrade, simulate_reduced_resolution
 from ddif.metrics import ergas, q2n, sam, scc
 
 
 def scene(bands: int, size: int, seed: int = 0, batch: int = 1):
-    """Smooth multi-scale multiband texture with sharp shared edges; PAN = positive band mixture."""
-    g = torch.Generator().manual_seed(seed)
-
-    def field(scales, n):
-        out = torch.zeros(batch, n, size, size, dtype=torch.float64)
-        for s in scales:
-            z = torch.rand(batch, n, size // s + 3, size // s + 3, generator=g, dtype=torch.float64)
-            out += F.interpolate(z, scale_factor=s, mode="bicubic", align_corners=False)[..., s:s + size, s:s + size]
-        return out / len(scales)
-
-    base = field((2, 4, 8), 1)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    for _ in range(12):
-        r = torch.randint(0, size, (4,), generator=g)
-        (y0, y1), (x0, x1) = sorted(r[:2].tolist()), sorted(r[2:].tolist())
-        mask = ((yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)).to(torch.float64)
-        base = base + 0.3 * (float(torch.rand(1, generator=g)) - 0.5) * mask
-    a = 0.5 + torch.rand(bands, generator=g, dtype=torch.float64)
-    ms = 0.2 + 0.25 * a.view(1, -1, 1, 1) * base + 0.1 * field((2, 4, 8), bands)
-    w = torch.rand(bands, generator=g, dtype=torch.float64) + 0.5
-    pan = (ms * (w / w.sum()).view(1, -1, 1, 1)).sum(1, keepdim=True)
+    ms, pan = synthetic_scene(bands, size, seed, batch, rectangles=12)
     return ms.float(), pan.float()
 
 

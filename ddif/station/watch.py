@@ -42,6 +42,7 @@ from ddif.station.errors import (BAD_MANIFEST, MISSING_PARTNER, PROCESSING_ERROR
 from ddif.station.events import EventLog
 from ddif.station.quarantine import archive, quarantine
 from ddif.station.run import run_scene
+from ddif.utils.io import fsync_dir
 
 PAIR_RE = re.compile(r"^(?P<scene>.+)_(?P<kind>MS|PAN)\.tiff?$", re.IGNORECASE)
 MANIFEST_SUFFIX = ".manifest.json"
@@ -309,7 +310,7 @@ class StationService:
             if final.exists():          # an incomplete folder left by hand: never merge into it
                 shutil.rmtree(final)
             os.replace(staging, final)
-            _fsync_dir(self.outbox)
+            fsync_dir(self.outbox)
         except SceneError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(journal_dir, ignore_errors=True)
@@ -375,12 +376,3 @@ class StationService:
         self._seen.pop(sf.name, None)
         self.quarantined.append(sf.name)
         self.log.warning("scene_quarantined", scene=sf.name, category=category, reason=message, folder=str(dest))
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
