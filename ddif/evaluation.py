@@ -81,18 +81,29 @@ def _mean(v) -> float:
 
 
 def evaluate(methods: dict[str, Method], data: EvalSet, ratio: int, sensor: str, batch_size: int = 8,
-             return_outputs: bool = False):
-    """Run every method on ``data`` (in batches) and compute its metrics; rows of dicts."""
+             return_outputs: bool = False, reference: str | None = None, compare: Sequence[str] = ()):
+    """Run every method on ``data`` (in batches) and compute its metrics; rows of dicts.
+
+    With ``reference`` (the name of one of ``methods``, e.g. a 25-step teacher), the methods named
+    in ``compare`` (e.g. its distilled students) also get "PSNR vs <reference>": how closely they
+    reproduce the reference's output.
+    """
     rows, outputs = [], {}
     for name, method in methods.items():
         t0 = time.perf_counter()
         fused = torch.cat([method(data.lms[i:i + batch_size], data.pan[i:i + batch_size], data.ms[i:i + batch_size])
                            for i in range(0, len(data), batch_size)])
         elapsed = (time.perf_counter() - t0) / len(data)
-        row = {"method": name, **_metrics_for(fused, data, ratio, sensor), "s/image": elapsed}
-        rows.append(row)
-        if return_outputs:
-            outputs[name] = fused
+        rows.append({"method": name, **_metrics_for(fused, data, ratio, sensor), "s/image": elapsed})
+        outputs[name] = fused
+    if reference is not None:
+        from ddif.metrics import psnr
+
+        column = "PSNR vs teacher"
+        for row in rows:
+            row[column] = (_mean(psnr(outputs[row["method"]].clamp(0, 1), outputs[reference].clamp(0, 1)))
+                           if row["method"] in compare else float("nan"))
+            row["s/image"] = row.pop("s/image")          # keep timing the last column
     return (rows, outputs) if return_outputs else rows
 
 
@@ -103,7 +114,7 @@ def markdown(rows: list[dict], title: str | None = None) -> str:
     best = {}
     for c in cols:
         vals = [r[c] for r in rows if isinstance(r.get(c), float) and math.isfinite(r[c])]
-        if vals and c != "s/image":
+        if vals and c not in ("s/image", "PSNR vs teacher"):
             best[c] = min(vals) if c in LOWER_IS_BETTER else max(vals)
     lines = []
     if title:
@@ -115,7 +126,12 @@ def markdown(rows: list[dict], title: str | None = None) -> str:
         cells = []
         for c in cols:
             v = r.get(c)
-            text = f"{v:.4f}" if isinstance(v, float) and c != "s/image" else (f"{v:.3g}" if isinstance(v, float) else str(v))
+            if isinstance(v, float) and math.isnan(v):
+                text = "–"
+            elif isinstance(v, float):
+                text = f"{v:.4f}" if c != "s/image" else f"{v:.3g}"
+            else:
+                text = str(v)
             cells.append(f"**{text}**" if c in best and v == best[c] else text)
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -124,6 +124,19 @@ def test_cli_train_resume_sample_evaluate(tiny_data, tmp_path):
     for name in ("EXP", "brovey", "gsa", "DDIF model_ema.pt (2 steps)", "SAM", "ERGAS", "HQNR"):
         assert name in table
 
+    # students next to their teacher: PSNR of each student's output vs the teacher's
+    assert cli(["evaluate", "--ckpt", str(run / "model_ema.pt"), "--ckpt", str(run / "checkpoints" / "step_00000006.pt"),
+                "--steps", "1",
+                "--teacher", str(run / "model_ema.pt"), "--teacher-steps", "1", "--test", str(tiny_data["val"]),
+                "--baselines", "none", "--out-dir", str(ev)]) == 0
+    with open(ev / "results_reduced.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["teacher model_ema.pt (1 steps)", "DDIF model_ema.pt (1 steps)",
+                                           "DDIF step_00000006.pt (1 steps)"]
+    assert rows[0]["PSNR vs teacher"] == "nan"
+    assert rows[1]["PSNR vs teacher"] == "inf"          # same weights, same steps, same seed
+    assert rows[2]["PSNR vs teacher"] == "inf"          # the training state's EMA weights are the same
+
 
 def _save_preset(tmp_path: Path) -> Path:
     path = tmp_path / "preset.json"

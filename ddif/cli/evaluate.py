@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", default=None, help="full-resolution test .h5 (no ground truth)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--baselines", default="all", help="comma list of classical baselines, 'all' or 'none'")
+    p.add_argument("--teacher", default=None, help="teacher checkpoint: adds its row and, for every --ckpt, the "
+                   "PSNR of its output vs the teacher's (distilled students)")
+    p.add_argument("--teacher-steps", type=int, default=25, help="sampling steps of the teacher (published: 25)")
     p.add_argument("--out-dir", default="eval", help="where results.md and results.csv are written")
     add_sampler_args(p)
 
@@ -35,16 +38,29 @@ def run(args) -> int:
 
     if not args.test and not args.full:
         raise ValueError("give --test (reduced resolution) and/or --full (full resolution)")
-    models = [(Path(c).name, load_model(c, args.preset)) for c in args.ckpt]
+    names = [Path(c).name for c in args.ckpt]
+    if len(set(names)) < len(names):                 # e.g. every distillation round's student.pt
+        names = [f"{Path(c).parent.name}/{Path(c).name}" for c in args.ckpt]
+    models = [(name, load_model(c, args.preset)) for name, c in zip(names, args.ckpt)]
     preset = models[0][1].preset
     ratio, sensor = preset.data.ratio, preset.data.sensor
     methods = {}
     if args.baselines != "none":
         names = None if args.baselines == "all" else [n.strip() for n in args.baselines.split(",")]
         methods.update(classical_methods(ratio, sensor, names))
+    reference, compare = None, []
+    if args.teacher:
+        teacher_args = argparse.Namespace(**{**vars(args), "steps": args.teacher_steps})
+        fuser = make_fuser(load_model(args.teacher, args.preset), teacher_args)
+        reference = f"teacher {Path(args.teacher).name} ({fuser.steps} steps)"
+        methods[reference] = fuser_method(fuser, args.seed)
     for name, model in models:
         fuser = make_fuser(model, args)
-        methods[f"DDIF {name} ({fuser.steps} steps)"] = fuser_method(fuser, args.seed)
+        label = f"DDIF {name} ({fuser.steps} steps)"
+        while label in methods:                     # the same checkpoint given twice
+            label += "'"
+        methods[label] = fuser_method(fuser, args.seed)
+        compare.append(label)
 
     out_dir = Path(args.out_dir)
     report = []
@@ -52,7 +68,8 @@ def run(args) -> int:
         if not path:
             continue
         data = eval_set_from_dataset(open_dataset(path, preset, train=False), args.limit)
-        rows = evaluate(methods, data, ratio, sensor, batch_size=args.batch_size)
+        rows = evaluate(methods, data, ratio, sensor, batch_size=args.batch_size, reference=reference,
+                        compare=compare)
         table = markdown(rows, f"{label}: {path} ({len(data)} images)")
         print(table + "\n")
         report.append(table)
