@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         per_image = timing.median / args.batch
         speedup = (ref / timing.median) if ref else float("nan")
         rows.append([prov.name, prov.description, steps, len(timing.times_s), per_image, timing.p20 / args.batch,
-                     timing.p80 / args.batch, 1.0 / per_image, megapixels / per_image, f"{speedup:.2f}x"])
+                     timing.p80 / args.batch, 1.0 / per_image, megapixels / per_image,
+                     f"{speedup:.2f}x" if ref else "– (no reference run)"])
         csv_rows.append({**base_fields(device, dtype), "benchmark": "throughput", "provider": prov.name,
                          "preset": args.preset, "shape": "x".join(map(str, shape)), "steps": steps,
                          "median_s": timing.median, "p20_s": timing.p20, "p80_s": timing.p80,
