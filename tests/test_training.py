@@ -138,6 +138,28 @@ def test_cli_train_resume_sample_evaluate(tiny_data, tmp_path):
     assert rows[2]["PSNR vs teacher"] == "inf"          # the training state's EMA weights are the same
 
 
+def test_cli_sample_geotiff_pair(tiny_data, tmp_path):
+    import numpy as np
+
+    from ddif.data import write_geotiff
+
+    model = DDIF(_preset())
+    model.save(tmp_path / "m.pt")
+    g = np.random.default_rng(0)
+    ms = (g.random((4, 8, 8)) * 0.8 + 0.1).astype(np.float32)
+    pan = (g.random((1, 32, 32)) * 0.8 + 0.1).astype(np.float32)
+    write_geotiff(tmp_path / "ms.tif", ms, crs="EPSG:32632", transform=(40.0, 0, 500000.0, 0, -40.0, 4e6))
+    write_geotiff(tmp_path / "pan.tif", pan, crs="EPSG:32632", transform=(10.0, 0, 500000.0, 0, -10.0, 4e6))
+    out = tmp_path / "f.h5"
+    assert cli(["sample", "--ckpt", str(tmp_path / "m.pt"), "--ms", str(tmp_path / "ms.tif"), "--pan",
+                str(tmp_path / "pan.tif"), "--out", str(out), "--steps", "2"]) == 0
+    with h5py.File(out) as f:
+        assert f["fused"].shape == (1, 4, 32, 32)
+    write_geotiff(tmp_path / "pan_bad.tif", pan[:, :30, :30], crs="EPSG:32632")
+    assert cli(["sample", "--ckpt", str(tmp_path / "m.pt"), "--ms", str(tmp_path / "ms.tif"), "--pan",
+                str(tmp_path / "pan_bad.tif"), "--out", str(out), "--steps", "2"]) == 2
+
+
 def _save_preset(tmp_path: Path) -> Path:
     path = tmp_path / "preset.json"
     _preset().save_json(path)

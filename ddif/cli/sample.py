@@ -54,7 +54,9 @@ def _read_inputs(args, model):
         ratio = model.preset.data.ratio
         ms_t = torch.from_numpy(ms.array.astype(np.float32))[None] / cfg.max_dn
         pan_t = torch.from_numpy(pan.array.astype(np.float32))[None] / cfg.max_dn
-        lms = upsample(ms_t, ratio)
+        # as `ddif make-dataset` builds lms for training (23-tap kernel, symmetric boundaries)
+        method = "interp23tap" if ratio & (ratio - 1) == 0 else "bicubic"
+        lms = upsample(ms_t, ratio, method=method, padding="symmetric")
         if lms.shape[-2:] != pan_t.shape[-2:]:
             raise ValueError(f"MS ({ms.array.shape[-2]}x{ms.array.shape[-1]}) x ratio {ratio} does not match "
                              f"PAN ({pan.array.shape[-2]}x{pan.array.shape[-1]})")
