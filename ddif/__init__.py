@@ -4,6 +4,8 @@ Public entry points are imported lazily so that ``import ddif`` does no work.
 """
 from __future__ import annotations
 
+from ddif.utils.lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -17,10 +19,4 @@ _LAZY = {
 
 __all__ = list(_LAZY) + ["__version__"]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ddif' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -8,6 +8,8 @@ shares the submodule's name, and binding it here, after the submodule import, is
 """
 from __future__ import annotations
 
+from ddif.utils.lazy import lazy_exports
+
 from ddif.data.make_dataset import (LANDSAT8_OLI_BANDPASS_NM, MakeDatasetConfig, bandpass_pan_weights,
                                     make_dataset, synthesize_pan)
 
@@ -41,16 +43,4 @@ _LAZY = {
 __all__ = list(_LAZY) + ["MakeDatasetConfig", "make_dataset", "synthesize_pan", "bandpass_pan_weights",
                          "LANDSAT8_OLI_BANDPASS_NM"]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ddif.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

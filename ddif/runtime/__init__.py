@@ -10,6 +10,8 @@ imported until used (onnxruntime and tensorrt are optional).
 """
 from __future__ import annotations
 
+from ddif.utils.lazy import lazy_exports
+
 _LAZY = {
     "FuserBackend": "ddif.runtime.backends",
     "TorchFuser": "ddif.runtime.backends",
@@ -29,10 +31,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ddif.runtime' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -15,6 +15,8 @@ Nothing heavy is imported until used.
 """
 from __future__ import annotations
 
+from ddif.utils.lazy import lazy_exports
+
 _LAZY = {
     "StationConfig": "ddif.station.config",
     "WatchConfig": "ddif.station.config",
@@ -30,10 +32,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ddif.station' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
