@@ -13,7 +13,7 @@ import platform
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -108,17 +108,6 @@ def device_name(device: torch.device | str) -> str:
     except OSError:
         pass
     return f"CPU {cpu} ({torch.get_num_threads()} threads)"
-
-
-@dataclass
-class Row:
-    benchmark: str
-    provider: str
-    device: str
-    dtype: str
-    shape: str
-    timing: Timing
-    extra: dict = field(default_factory=dict)
 
 
 def append_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:

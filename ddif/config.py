@@ -14,9 +14,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DETAIL_ORDERS = ("HDV", "HVD", "DHV", "DVH", "VHD", "VDH")
-
-
 @dataclass
 class ModelConfig:
     """Architecture of the DDIF denoiser (SR3-style U-Net with CSM and FWM injections)."""

@@ -18,8 +18,6 @@ from ddif.utils.io import atomic_write_text
 # a method fuses a batch: (lms, pan, ms) -> fused, all (B, C, H, W) in [0, 1]
 Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-REDUCED_COLUMNS = ("SAM", "ERGAS", "Q2n", "SCC", "PSNR")
-FULL_COLUMNS = ("D_lambda", "D_s", "HQNR")
 LOWER_IS_BETTER = {"SAM", "ERGAS", "D_lambda", "D_s", "s/image"}
 
 

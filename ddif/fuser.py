@@ -27,7 +27,7 @@ class Fuser:
     def __init__(self, model, sampler: str | None = None, steps: int | None = None, *, eta: float | None = None,
                  use_cache: bool = True, self_condition: bool = True, legacy_published_sampler: bool = False,
                  batch_size: int | None = None, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, clip_sample: float | None = None, progress: bool = False,
+                 dtype: torch.dtype | None = None, clip_sample: float | None = None,
                  tile_size: int | None = None, tile_overlap: int | None = None):
         dcfg = model.preset.diffusion
         self.model = model
@@ -47,7 +47,6 @@ class Fuser:
         self.self_condition = self_condition
         self.legacy_published_sampler = legacy_published_sampler
         self.batch_size = batch_size
-        self.progress = progress
         self.tile_size = dcfg.tile_size if tile_size is None else int(tile_size)
         self.tile_overlap = dcfg.tile_overlap if tile_overlap is None else int(tile_overlap)
         m = model.config.size_multiple

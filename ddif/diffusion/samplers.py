@@ -81,9 +81,6 @@ class _RespacedScheduler:
     def __len__(self) -> int:
         return len(self.timesteps)
 
-    def _coef(self, value: float, like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(value, dtype=like.dtype, device=like.device)
-
     def _clip(self, x0: torch.Tensor) -> torch.Tensor:
         return x0.clamp(-self.clip_sample, self.clip_sample) if self.clip_sample is not None else x0
 

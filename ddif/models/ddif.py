@@ -61,20 +61,6 @@ class ConditionCache:
     def batch(self) -> int:
         return self.wavelet.shape[0]
 
-    def index_select(self, index: torch.Tensor) -> "ConditionCache":
-        pick = lambda t: t.index_select(0, index)  # noqa: E731
-        return ConditionCache([(pick(a), pick(b)) for a, b in self.styles],
-                              [pick(c) for c in self.contexts], pick(self.wavelet), self.size)
-
-    def to(self, *args, **kwargs) -> "ConditionCache":
-        mv = lambda t: t.to(*args, **kwargs)  # noqa: E731
-        return ConditionCache([(mv(a), mv(b)) for a, b in self.styles],
-                              [mv(c) for c in self.contexts], mv(self.wavelet), self.size)
-
-    def nbytes(self) -> int:
-        tensors = [t for pair in self.styles for t in pair] + list(self.contexts) + [self.wavelet]
-        return sum(t.numel() * t.element_size() for t in tensors)
-
 
 class DDIF(nn.Module):
     """DDIF denoiser. Parameter names follow the published checkpoint layout."""
