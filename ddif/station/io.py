@@ -450,11 +450,20 @@ def to_dn(fused: np.ndarray, valid: np.ndarray, max_dn: float, dtype: np.dtype, 
 
 
 def overview_factors(height: int, width: int, min_size: int) -> list[int]:
+    """Overview decimation factors 2, 4, 8, ... while the overview's long side is >= ``min_size``."""
     factors, f = [], 2
     while -(-max(height, width) // f) >= min_size:
         factors.append(f)
         f *= 2
     return factors
+
+
+def overview_sizes(height: int, width: int, factors: list[int]) -> list[tuple[int, int]]:
+    """(height, width) of each overview level as GDAL builds it: ceil(size / factor) on each axis.
+
+    (GDAL's ``overviews()`` list is no substitute: it reports round(full width / overview width),
+    e.g. 127 instead of 128 for a 15,361 px wide product, and is taken from the x axis only.)"""
+    return [(-(-height // f), -(-width // f)) for f in factors]
 
 
 def product_profile(grid: SceneGrid, nodata: float, block_size: int, compress: str, zlevel: int) -> dict:
@@ -473,26 +482,43 @@ def product_profile(grid: SceneGrid, nodata: float, block_size: int, compress: s
     return profile
 
 
-def verify_product(path: str | os.PathLike, *, bands: int, height: int, width: int, dtype: str,
-                   overviews: list[int]) -> None:
-    """Read a just-written product back (header, every overview, the last block of every band):
-    GDAL can report a failed write (full disk, file-size limit) only when the file is read again,
-    so nothing is renamed into place before it passes. Raises :class:`OutputWriteError`."""
-    rasterio = _rasterio()
-    from rasterio.errors import RasterioError
+def _last_block(height: int, width: int, block: tuple[int, int]):
+    """The window of the last (bottom-right) block of a ``height`` x ``width`` raster."""
     from rasterio.windows import Window
 
+    bh, bw = max(1, int(block[0])), max(1, int(block[1]))
+    r0, c0 = ((height - 1) // bh) * bh, ((width - 1) // bw) * bw
+    return Window(c0, r0, width - c0, height - r0)
+
+
+def verify_product(path: str | os.PathLike, *, bands: int, height: int, width: int, dtype: str,
+                   overviews: list[int]) -> None:
+    """Read a just-written product back: the header, the number of overview levels and each
+    level's size (ceil(size / factor) on each axis, as GDAL makes them), the last block of every
+    band and of every overview level. GDAL can report a failed write (full disk, file-size limit)
+    only when the file is read again, so nothing is renamed into place before it passes. Reads
+    one block per level: the cost does not grow with the scene. Raises :class:`OutputWriteError`."""
+    rasterio = _rasterio()
+    from rasterio.errors import RasterioError
+
+    want_sizes = overview_sizes(height, width, list(overviews))
     try:
         with rasterio.open(path) as src:
-            got = (src.count, src.height, src.width, src.dtypes[0], src.overviews(1))
-            want = (bands, height, width, dtype, list(overviews))
+            got = (src.count, src.height, src.width, src.dtypes[0])
+            want = (bands, height, width, dtype)
             if got != want:
-                raise OutputWriteError(f"{path}: read back as {got}, expected {want}")
-            bh, bw = src.block_shapes[0]
-            src.read(window=Window(((width - 1) // bw) * bw, ((height - 1) // bh) * bh,
-                                   width - ((width - 1) // bw) * bw, height - ((height - 1) // bh) * bh))
-            for f in overviews:
-                src.read(1, out_shape=(max(1, height // f), max(1, width // f)))
+                raise OutputWriteError(f"{path}: read back as (bands, height, width, dtype) = {got}, expected {want}")
+            levels = len(src.overviews(1))
+            if levels != len(want_sizes):
+                raise OutputWriteError(f"{path}: read back with {levels} overview levels, expected "
+                                       f"{len(want_sizes)} (factors {list(overviews)})")
+            src.read(window=_last_block(height, width, src.block_shapes[0]))
+        for level, (oh, ow) in enumerate(want_sizes):
+            with rasterio.open(path, overview_level=level) as ov:
+                if (ov.height, ov.width) != (oh, ow):
+                    raise OutputWriteError(f"{path}: overview level {level} (factor {overviews[level]}) read back as "
+                                           f"{ov.height} x {ov.width} px, expected {oh} x {ow}")
+                ov.read(window=_last_block(oh, ow, ov.block_shapes[0]))
     except (RasterioError, OSError) as exc:
         if isinstance(exc, OutputWriteError):
             raise
