@@ -52,29 +52,94 @@ def test_ddim_25_over_500_timestep_mapping():
         respace(500, 0)
 
 
-@pytest.mark.parametrize("cls", [DDIMScheduler, DDPMScheduler])
-def test_perfect_x0_prediction_is_recovered(cls, schedule):
-    """With an oracle x0 the chain ends exactly at x0, whatever the sampler."""
-    x0 = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    sched = cls(schedule)
+def _cosine_ab(t: int) -> float:
+    """alpha_bar(t) of the cosine schedule (Nichol & Dhariwal, 2021), written out independently:
+    f(t + 1) / f(0) with f(t) = cos^2((t / T + s) / (1 + s) * pi / 2), T = 500, s = 0.008 (the
+    schedule's beta clipping at 0.999 only touches the last timesteps, never visited below)."""
+    f = lambda u: math.cos((u / 500 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    return f(t + 1) / f(0)
+
+
+def _ddim_expected(x, x0, z, t, t_prev, eta):
+    """DDIM (Song et al. 2021, eq. 12): x_prev = sqrt(ab') x0 + sqrt(1 - ab' - sigma^2) eps + sigma z,
+    sigma = eta sqrt((1 - ab') / (1 - ab)) sqrt(1 - ab / ab'); ab' = 1 after the last step."""
+    ab = _cosine_ab(t)
+    abp = 1.0 if t_prev is None else _cosine_ab(t_prev)
+    eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+    sigma = eta * math.sqrt((1 - abp) / (1 - ab)) * math.sqrt(1 - ab / abp)
+    return math.sqrt(abp) * x0 + math.sqrt(max(1 - abp - sigma ** 2, 0.0)) * eps + sigma * z
+
+
+def _ddpm_expected(x, x0, z, t, t_prev):
+    """Posterior q(x_prev | x_t, x0) of the respaced chain (Ho et al. 2020, eq. 6-7, with
+    alpha = ab / ab'): mean = sqrt(ab') beta / (1 - ab) x0 + sqrt(alpha) (1 - ab') / (1 - ab) x_t,
+    var = beta (1 - ab') / (1 - ab); no noise on the last step."""
+    ab = _cosine_ab(t)
+    abp = 1.0 if t_prev is None else _cosine_ab(t_prev)
+    alpha = ab / abp
+    beta = 1 - alpha
+    mean = math.sqrt(abp) * beta / (1 - ab) * x0 + math.sqrt(alpha) * (1 - abp) / (1 - ab) * x
+    var = beta * (1 - abp) / (1 - ab)
+    return mean + (math.sqrt(var) * z if t_prev is not None else 0 * z)
+
+
+@pytest.mark.parametrize("kind, eta", [("ddim", 0.0), ("ddim", 0.5), ("ddim", 1.0), ("ddpm", None)])
+def test_every_step_matches_an_independent_formula(schedule, kind, eta):
+    """Every intermediate step (not only the last) of DDIM with eta 0 / 0.5 / 1 and of DDPM,
+    against the papers' formulas written out here, with the noise z given explicitly."""
+    sched = DDIMScheduler(schedule, eta=eta) if kind == "ddim" else DDPMScheduler(schedule)
+    sched.set_timesteps(10)
+    ts = sched.timesteps.tolist()
+    assert ts == list(range(450, -1, -50))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    x0 = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)      # not consistent with x: a real test
+    for i, t in enumerate(ts):
+        z = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        t_prev = ts[i + 1] if i + 1 < len(ts) else None
+        want = _ddim_expected(x, x0, z, t, t_prev, eta) if kind == "ddim" else _ddpm_expected(x, x0, z, t, t_prev)
+        got = sched.step(x0, i, x, noise=z).prev_sample
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-12), (kind, eta, i)
+        noisy = kind == "ddpm" and t_prev is not None or (kind == "ddim" and bool(eta) and t_prev is not None)
+        assert sched.adds_noise(i) == noisy
+        if noisy:   # the noise really enters
+            assert not torch.allclose(sched.step(x0, i, x, noise=torch.zeros_like(z)).prev_sample, got)
+        x = got
+
+
+@pytest.mark.parametrize("cls, kw", [(DDIMScheduler, {}), (DDIMScheduler, {"eta": 1.0}), (DDPMScheduler, {})])
+def test_perfect_x0_prediction_is_recovered(cls, kw, schedule):
+    """With an oracle x0 the chain ends exactly at x0, and every intermediate x_t is distributed as
+    q(x_t | x0): for eta 0 it stays on the line sqrt(ab) x0 + sqrt(1 - ab) eps_T; with noise, the
+    empirical std of (x_t - sqrt(ab) x0) matches sqrt(1 - ab) (many samples)."""
+    x0 = torch.randn(1, 1, 64, 64, dtype=torch.float64).expand(64, 1, 64, 64).contiguous()
+    sched = cls(schedule, **kw)
     sched.set_timesteps(10)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    eps_T = (x - math.sqrt(_cosine_ab(450)) * x0) / math.sqrt(1 - _cosine_ab(450))
+    ts = sched.timesteps.tolist()
     for i in range(len(sched)):
         x = sched.step(x0, i, x, generator=g).prev_sample
+        if i + 1 < len(ts):
+            ab = _cosine_ab(ts[i + 1])
+            dev = x - math.sqrt(ab) * x0
+            if cls is DDIMScheduler and not kw:
+                assert torch.allclose(dev, math.sqrt(1 - ab) * eps_T, atol=1e-10)
+            else:
+                assert float(dev.std()) == pytest.approx(math.sqrt(1 - ab), rel=0.02)
     assert torch.allclose(x, x0, atol=1e-10)
 
 
 def test_ddim_step_formula(schedule):
+    """eta 0 at 25 steps against DDIM's formula with the schedule's own alpha_bar values."""
     sched = DDIMScheduler(schedule, eta=0.0)
     sched.set_timesteps(25)
     x, x0 = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
-    i = 3
-    ab = schedule.alphas_cumprod[480 - 20 * i]
-    ab_prev = schedule.alphas_cumprod[480 - 20 * (i + 1)]
-    eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-    want = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
-    assert torch.allclose(sched.step(x0, i, x).prev_sample, want)
+    for i in (0, 3, 24):
+        t = 480 - 20 * i
+        want = _ddim_expected(x, x0, torch.zeros(4, dtype=torch.float64), t, t - 20 if i < 24 else None, 0.0)
+        assert torch.allclose(sched.step(x0, i, x).prev_sample, want, rtol=1e-9, atol=1e-12)
 
 
 def test_ddim_eta_adds_noise(schedule):
@@ -142,20 +207,27 @@ def test_uncached_loop_matches_cached(tiny_model):
 
 
 def test_fuser_deterministic_with_seed(tiny_model):
-    lms, pan = torch.rand(3, 4, 21, 30), torch.rand(3, 1, 21, 30)
+    g = torch.Generator().manual_seed(0)
+    lms, pan = torch.rand(3, 4, 21, 30, generator=g), torch.rand(3, 1, 21, 30, generator=g)
     fuser = Fuser(tiny_model, steps=4)
     a = fuser.fuse(lms, pan, seed=5)
     assert a.shape == lms.shape and a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, fuser.fuse(lms, pan, seed=5))
-    assert not torch.equal(a, fuser.fuse(lms, pan, seed=6))
+    assert float((a - fuser.fuse(lms, pan, seed=6)).abs().max()) > 1e-3
     g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
     assert torch.equal(fuser.fuse(lms, pan, generator=g1), fuser.fuse(lms, pan, generator=g2))
     # batching does not change the result
     chunked = Fuser(tiny_model, steps=4, batch_size=2).fuse(lms, pan, seed=5)
-    assert torch.allclose(a, chunked, atol=1e-5)
-    # unbatched input gives unbatched output equal to the batch entry (same noise slice)
-    one = fuser.fuse(lms[0], pan[0], noise=torch.randn(1, 4, 22, 30))
-    assert one.shape == lms[0].shape
+    assert float((a - chunked).abs().max()) <= 1e-5
+    # an image's noise depends on (seed, its index, tile): image 0 alone == entry 0 of the batch
+    one = fuser.fuse(lms[0], pan[0], seed=5)
+    assert one.shape == lms[0].shape and float((one - a[0]).abs().max()) <= 1e-5
+    # an explicit x_T (padded to the size multiple 2: 21 -> 22 rows) gives the same as that slice
+    noise = torch.randn(3, 4, 22, 30, generator=g)
+    full = fuser.fuse(lms, pan, noise=noise)
+    part = fuser.fuse(lms[2], pan[2], noise=noise[2:3])
+    assert float((part - full[2]).abs().max()) <= 1e-5
+    assert float((full - a).abs().max()) > 1e-3      # and the noise does matter
 
 
 def test_fuser_stochastic_samplers_reproducible(tiny_model):
@@ -188,21 +260,79 @@ def test_loss_backward_finite_gradients_everywhere(tiny_model, schedule):
     assert used == {True, False}
 
 
+def _axis_weights_by_hand(origins, tile, length):
+    """Per-tile 1-D weights over [0, length), pixel by pixel from the documented rule: neighbours
+    i, i+1 share o_i + T - o_{i+1} pixels; the cross-fade band is the shared part capped at T/2 and
+    centred in it; inside it the right tile weighs sin^2(pi/2 (d + 0.5) / width), the left one
+    cos^2 of the same; before the band the left tile owns the pixels, after it the right one."""
+    w = [[0.0] * length for _ in origins]
+    for x in range(length):
+        for i, o in enumerate(origins):
+            if not o <= x < o + tile:
+                continue
+            weight = 1.0
+            if i > 0:                               # band with the left neighbour
+                shared = origins[i - 1] + tile - o
+                width = min(shared, tile // 2)
+                start = o + (shared - width) // 2
+                if x < start:
+                    weight = 0.0
+                elif x < start + width:
+                    weight *= math.sin(math.pi / 2 * (x - start + 0.5) / width) ** 2
+            if i + 1 < len(origins):                # band with the right neighbour
+                shared = o + tile - origins[i + 1]
+                width = min(shared, tile // 2)
+                start = origins[i + 1] + (shared - width) // 2
+                if x >= start + width:
+                    weight = 0.0
+                elif x >= start:
+                    weight *= math.cos(math.pi / 2 * (x - start + 0.5) / width) ** 2
+            w[i][x] = weight
+    return torch.tensor(w, dtype=torch.float64)
+
+
 def test_fuser_tiled_inference(tiny_model):
+    """16 px tiles, 6 px overlap on a 40 x 28 image: the Fuser's output equals an independent
+    computation: each tile sampled on its own with its own x_T, blended with weights computed
+    pixel by pixel from the documented rule."""
+    from ddif.inference import tile_noise
+
     g = torch.Generator().manual_seed(3)
     lms, pan = torch.rand(2, 4, 40, 28, generator=g), torch.rand(2, 1, 40, 28, generator=g)
-    whole = Fuser(tiny_model, steps=2).fuse(lms, pan, seed=1)
-    # tiles at least as large as the image: exactly the untiled result
-    assert torch.equal(Fuser(tiny_model, steps=2, tile_size=64, tile_overlap=8).fuse(lms, pan, seed=1), whole)
     tiled = Fuser(tiny_model, steps=2, tile_size=16, tile_overlap=6)
     a = tiled.fuse(lms, pan, seed=1)
     assert a.shape == lms.shape and torch.isfinite(a).all() and 0 <= a.min() and a.max() <= 1
+
+    rows, cols = [0, 8, 16, 24], [0, 6, 12]          # 4 x 3 tiles: neighbours share >= 6 px, spread evenly
+    wy, wx = _axis_weights_by_hand(rows, 16, 40), _axis_weights_by_hand(cols, 16, 28)
+    assert torch.allclose(wy.sum(0), torch.ones(40, dtype=torch.float64))   # a partition of unity
+    assert not torch.allclose(wx.sum(0), torch.ones(28, dtype=torch.float64))  # 3 tiles meet at cols 13-14
+    expected = torch.zeros(2, 4, 40, 28, dtype=torch.float64)
+    total = torch.zeros(40, 28, dtype=torch.float64)
+    for i in range(2):
+        for r, y in enumerate(rows):
+            for c, x in enumerate(cols):
+                k = r * len(cols) + c                 # row-major tile index: the noise key
+                sl = (slice(i, i + 1), slice(None), slice(y, y + 16), slice(x, x + 16))
+                residual = sample_residual(tiny_model, lms[sl], pan[sl], tiled.scheduler,
+                                           noise=tile_noise(1, i, k, (4, 16, 16))[None])
+                weight = torch.outer(wy[r, y:y + 16], wx[c, x:x + 16])
+                expected[i, :, y:y + 16, x:x + 16] += weight * (lms[sl][0] + residual[0]).double()
+                total[y:y + 16, x:x + 16] += weight / 2
+    expected = (expected / total).clamp(0, 1)           # normalised where the weights do not sum to 1
+    assert float((a.double() - expected).abs().max()) <= 1e-5
+    # the blend is not a no-op: it differs from taking any single tile's value in the bands
     assert torch.equal(a, tiled.fuse(lms, pan, seed=1))
-    assert not torch.equal(a, whole)
-    # batching of tiles does not change the result
-    assert torch.allclose(a, Fuser(tiny_model, steps=2, tile_size=16, tile_overlap=6, batch_size=3).fuse(lms, pan, seed=1),
-                          atol=1e-5)
-    with pytest.raises(ValueError, match="tile_size must be a multiple of 2"):
+    assert float((a - Fuser(tiny_model, steps=2, tile_size=16, tile_overlap=6, batch_size=3).fuse(
+        lms, pan, seed=1)).abs().max()) <= 1e-5       # batching of tiles does not change the result
+    # an image smaller than a tile is padded (reflect) to the tile: the same as sampling the
+    # padded image whole (same x_T: tile 0 of image i)
+    from ddif.inference import pad_to
+
+    small = Fuser(tiny_model, steps=2, tile_size=64, tile_overlap=8).fuse(lms, pan, seed=1)
+    whole_padded = Fuser(tiny_model, steps=2).fuse(pad_to(lms, 64, 64), pad_to(pan, 64, 64), seed=1)
+    assert float((small - whole_padded[..., :40, :28]).abs().max()) <= 1e-6
+    with pytest.raises(ValueError, match="multiple of 2"):
         Fuser(tiny_model, tile_size=15)
-    with pytest.raises(ValueError, match="tile_overlap < tile_size"):
-        Fuser(tiny_model, tile_size=16, tile_overlap=16)
+    with pytest.raises(ValueError, match="overlap must lie in"):
+        Fuser(tiny_model, tile_size=16, tile_overlap=9)

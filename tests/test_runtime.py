@@ -1,17 +1,17 @@
-"""ddif.runtime: backends agree with each other and with ddif.Fuser given the same seed; one
-interface and attributes; bad inputs give ValueErrors; best_available's choice and its one log
-line; the export cache; stale / corrupt / mismatched exports are refused."""
+"""ddif.runtime: every backend gives ddif.Fuser's image (tiled checkpoints like the shipped one,
+and whole-image ones), one interface and attributes, bad inputs give ValueErrors, best_available's
+choice and its one log line, the export cache, stale / corrupt / mismatched exports are refused."""
 from __future__ import annotations
 
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import tiny_preset
-from ddif.fuser import initial_noise
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -19,55 +19,111 @@ pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
                                         "ignore::FutureWarning")
 
+SHIPPED = Path(__file__).resolve().parents[1] / "ddif" / "assets" / "landsat_small.pt"
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    """A tiny engine checkpoint and its 2-step ONNX export (through the export cache)."""
+
+def _tiny_checkpoint(path, tile_size=16, overlap=4):
     from ddif.models import DDIF
-    from ddif.runtime import ensure_onnx
 
-    d = tmp_path_factory.mktemp("runtime")
     preset = tiny_preset()
     preset.data.rgb_bands = (2, 1, 0)
+    preset.diffusion.tile_size, preset.diffusion.tile_overlap = tile_size, overlap
     torch.manual_seed(1)
     model = DDIF(preset)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "cond_inj.body.3" in name:
                 p.normal_(0, 0.05)
-    ckpt = d / "tiny.pt"
-    model.save(ckpt, metadata={"note": "test"})
-    onnx_path = ensure_onnx(ckpt, steps=2, cache_dir=d / "cache", exporter="torchscript")
+    model.save(path, metadata={"note": "test"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """A tiny tiled checkpoint (16 px tiles, 4 px overlap, like the shipped one samples 32 / 8)
+    and its 2-step ONNX export (through the export cache)."""
+    from ddif.runtime import ensure_onnx
+
+    d = tmp_path_factory.mktemp("runtime")
+    ckpt = _tiny_checkpoint(d / "tiny.pt")
+    onnx_path = ensure_onnx(ckpt, steps=2, cache_dir=d / "cache")
     return ckpt, onnx_path, d
 
 
-def _images(b=2, h=13, w=22, seed=0):
+def _images(b=2, h=13, w=22, seed=0, bands=4):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(b, 4, h, w, generator=g), torch.rand(b, 1, h, w, generator=g)
+    return torch.rand(b, bands, h, w, generator=g), torch.rand(b, 1, h, w, generator=g)
+
+
+def _agree(backends, reference, lms, pan, seed=5, tol=1e-4):
+    want = reference.fuse(lms, pan, seed=seed)
+    for backend in backends:
+        got = backend.fuse(lms, pan, seed=seed)
+        assert got.shape == lms.shape and got.dtype == lms.dtype
+        err = float((got - want).abs().max())
+        assert err <= tol, (backend, err)
+    return want
 
 
 def test_backends_agree_with_each_other_and_with_fuser(artifacts):
+    """A tiled checkpoint: inputs spanning many tiles with odd sizes, one smaller than a tile on
+    one side, batched and unbatched: every backend gives ddif.Fuser's image within 1e-4."""
     import ddif
     from ddif.models import DDIF
     from ddif.runtime import OnnxRuntimeFuser, TorchFuser
 
     ckpt, onnx_path, _ = artifacts
     reference = ddif.Fuser(DDIF.load(ckpt), steps=2)
+    assert (reference.tile_size, reference.tile_overlap) == (16, 4)
     backends = [TorchFuser(ckpt, steps=2), OnnxRuntimeFuser(onnx_path, intra_op_threads=1),
                 OnnxRuntimeFuser(onnx_path, batch_size=1, graph_optimization="basic")]
-    lms, pan = _images(2, 13, 22)                 # odd size: padded to the multiple and cropped back
+    assert all(b.tiling == reference.tiling for b in backends)
+    for b, h, w in ((2, 37, 53), (1, 13, 22), (1, 16, 16)):
+        lms, pan = _images(b, h, w, seed=h)
+        assert len(reference.tiling.grid(h, w)) > 1 or (h, w) == (16, 16)
+        want = _agree(backends, reference, lms, pan)
+        one = backends[1].fuse(lms[0], pan[0], seed=5)   # unbatched (C, H, W) in, (C, H, W) out
+        assert one.shape == lms[0].shape and float((one - want[0]).abs().max()) <= 1e-4
+    lms, pan = _images(2, 37, 53)
     want = reference.fuse(lms, pan, seed=5)
-    for backend in backends:
-        got = backend.fuse(lms, pan, seed=5)
-        assert got.shape == lms.shape and got.dtype == lms.dtype
-        assert float((got - want).abs().max()) <= 1e-4, backend
-        one = backend.fuse(lms[1], pan[1], seed=5)  # unbatched (C, H, W) in, (C, H, W) out
-        assert one.shape == lms[1].shape
-        assert float((one - reference.fuse(lms[1], pan[1], seed=5)).abs().max()) <= 1e-4
     assert torch.equal(backends[0].fuse(lms, pan, seed=5), want)     # PyTorch backend *is* ddif.Fuser
     assert float((backends[1].fuse(lms, pan, seed=6) - want).abs().max()) > 1e-3  # the seed matters
     assert torch.equal(backends[1].fuse(lms, pan, seed=5), backends[1].fuse(lms, pan, seed=5))
-    assert float(((want >= 0) & (want <= 1)).float().mean()) == 1.0
+
+
+def test_whole_image_checkpoint_backends_agree(tmp_path):
+    """A model without a tile size samples whole images: its graph has dynamic H and W."""
+    import ddif
+    from ddif.models import DDIF
+    from ddif.runtime import OnnxRuntimeFuser, ensure_onnx
+
+    ckpt = _tiny_checkpoint(tmp_path / "whole.pt", tile_size=0, overlap=0)
+    onnx_path = ensure_onnx(ckpt, steps=2, cache_dir=tmp_path / "cache")
+    backend = OnnxRuntimeFuser(onnx_path, intra_op_threads=1)
+    assert not backend.tiling.tiled and "whole" in onnx_path.name
+    reference = ddif.Fuser(DDIF.load(ckpt), steps=2)
+    lms, pan = _images(2, 13, 22)
+    _agree([backend], reference, lms, pan)
+
+
+def test_shipped_checkpoint_every_backend_equals_fuser(tmp_path, caplog):
+    """The checkpoint users get (32 px tiles, 8 px overlap, 10 steps), on a 90 x 77 input (a 4 x 3
+    grid of tiles, odd sizes): ONNX Runtime (first use exports it) == ddif.Fuser within 1e-4."""
+    import ddif
+    from ddif.models import DDIF
+    from ddif.runtime import OnnxRuntimeFuser, TorchFuser, best_available
+
+    with caplog.at_level(logging.INFO, logger="ddif.runtime"):
+        ort_backend = best_available(SHIPPED, device="cpu", cache_dir=tmp_path / "cache", ort_threads=1)
+    assert isinstance(ort_backend, OnnxRuntimeFuser)
+    assert any("exporting" in r.getMessage() for r in caplog.records)
+    reference = ddif.Fuser(DDIF.load(SHIPPED))
+    assert (reference.tile_size, reference.tile_overlap, reference.steps) == (32, 8, 10)
+    lms, pan = _images(2, 90, 77, bands=3)
+    lms = 0.2 + 0.5 * lms
+    pan = lms.mean(1, keepdim=True)
+    want = _agree([ort_backend, TorchFuser(SHIPPED)], reference, lms, pan, seed=3)
+    assert float(want.std()) > 0.05
 
 
 def test_one_interface_and_attributes(artifacts):
@@ -105,13 +161,31 @@ def test_bad_inputs_raise_value_errors(artifacts, make, match):
 
 
 def test_noise_override_and_its_shape_check(artifacts):
+    """A full x_T at the padded size replaces the per-tile draws: each tile takes its window."""
+    from ddif.inference import tile_noise
     from ddif.runtime import OnnxRuntimeFuser
 
     _, onnx_path, _ = artifacts
     backend = OnnxRuntimeFuser(onnx_path)
-    lms, pan = _images(1, 13, 22)
-    noise = initial_noise((1, 4, 14, 22), backend.size_multiple, seed=3)        # padded to the multiple (2)
-    assert torch.equal(backend.fuse(lms, pan, noise=noise), backend.fuse(lms, pan, seed=3))
+    lms, pan = _images(1, 13, 22)                  # 13 < 16: padded to a tile's 16 rows; 22 -> 2 tiles
+    grid = backend.tiling.grid(13, 22)
+    assert (grid.height, grid.width, len(grid)) == (16, 22, 2)
+    noise = torch.randn(1, 4, 16, 22)
+    got = backend.fuse(lms, pan, noise=noise)
+    assert not torch.equal(got, backend.fuse(lms, pan, seed=3))
+    # where only the first tile reaches, the x_T of the second tile's columns cannot matter
+    noise2 = noise.clone()
+    noise2[..., 16:] = torch.randn(1, 4, 16, 6)
+    same = backend.fuse(lms, pan, noise=noise2)
+    t0, t1 = list(grid)
+    assert t1.x == 6 and torch.equal(got[..., :t1.x], same[..., :t1.x])
+    # the seeded path is this with the per-tile draws tile_noise(seed, image, tile)
+    seeded = torch.zeros(1, 4, 16, 22)
+    for t in reversed(list(grid)):                 # tile 0 written last: its window holds its own draw
+        seeded[0, :, t.y:t.y + t.height, t.x:t.x + t.width] = tile_noise(3, 0, t.index, (4, 16, 16))
+    overlap_free = slice(0, t1.x)                  # columns only tile 0 covers
+    assert torch.equal(backend.fuse(lms, pan, noise=seeded)[..., overlap_free],
+                       backend.fuse(lms, pan, seed=3)[..., overlap_free])
     with pytest.raises(ValueError, match="noise: expected shape"):
         backend.fuse(lms, pan, noise=torch.zeros(1, 4, 13, 22))
 
@@ -134,7 +208,7 @@ def test_best_available_checkpoint_uses_cached_export_or_torch(artifacts, caplog
     ckpt, onnx_path, d = artifacts
     mtime = onnx_path.stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="ddif.runtime"):
-        backend = best_available(ckpt, device="cpu", steps=2, cache_dir=d / "cache", exporter="torchscript")
+        backend = best_available(ckpt, device="cpu", steps=2, cache_dir=d / "cache")
     assert isinstance(backend, OnnxRuntimeFuser) and backend.path == onnx_path
     assert onnx_path.stat().st_mtime_ns == mtime                       # cache hit: not exported again
     assert not any("exporting" in r.getMessage() for r in caplog.records)

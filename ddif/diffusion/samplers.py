@@ -84,6 +84,10 @@ class _RespacedScheduler:
     def _clip(self, x0: torch.Tensor) -> torch.Tensor:
         return x0.clamp(-self.clip_sample, self.clip_sample) if self.clip_sample is not None else x0
 
+    def adds_noise(self, index: int | None = None) -> bool:
+        """Whether ``step(.., index, ..)`` (any step when ``index`` is None) draws fresh noise."""
+        return False
+
     def _check(self, index: int) -> None:
         if not len(self.timesteps):
             raise RuntimeError("call set_timesteps(n) before step()")
@@ -101,6 +105,17 @@ class DDIMScheduler(_RespacedScheduler):
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.eta = eta
 
+    def _sigma(self, index: int) -> float:
+        ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
+        return self.eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
+
+    def adds_noise(self, index: int | None = None) -> bool:
+        if self.eta == 0:
+            return False
+        if index is None:
+            return any(self._sigma(i) > 0 for i in range(len(self.timesteps))) if len(self.timesteps) else True
+        return self._sigma(index) > 0
+
     def step(self, model_output: torch.Tensor, index: int, sample: torch.Tensor,
              generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> SchedulerOutput:
         """One step from ``timesteps[index]`` given the network's x0 prediction."""
@@ -108,7 +123,7 @@ class DDIMScheduler(_RespacedScheduler):
         ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
         x0 = self._clip(model_output)
         eps = (sample - ab ** 0.5 * x0) / (1 - ab) ** 0.5
-        sigma = self.eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
+        sigma = self._sigma(index)
         dir_coef = max(1 - ab_prev - sigma ** 2, 0.0) ** 0.5
         prev = ab_prev ** 0.5 * x0 + dir_coef * eps
         if sigma > 0:
@@ -120,6 +135,12 @@ class DDIMScheduler(_RespacedScheduler):
 
 class DDPMScheduler(_RespacedScheduler):
     """Ancestral sampling from the posterior q(x_prev | x_t, x0) of the respaced chain."""
+
+    def adds_noise(self, index: int | None = None) -> bool:
+        if index is None:
+            return True
+        ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
+        return index < len(self.timesteps) - 1 and (1 - ab / ab_prev) * (1 - ab_prev) / (1 - ab) > 0
 
     def step(self, model_output: torch.Tensor, index: int, sample: torch.Tensor,
              generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> SchedulerOutput:

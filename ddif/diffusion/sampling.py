@@ -11,7 +11,7 @@ numbers; the default mode is the mathematically consistent sampler.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -33,20 +33,29 @@ def sample_residual(
     pan: torch.Tensor,
     scheduler: _RespacedScheduler,
     *,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | int | Sequence[torch.Generator | None] | None = None,
     noise: torch.Tensor | None = None,
     use_cache: bool = True,
     self_condition: bool = True,
     legacy_published_sampler: bool = False,
     callback: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Sample the residual x0 = gt - lms for a batch. ``noise`` (x_T) overrides the generator."""
-    generator = _as_generator(generator)
+    """Sample the residual x0 = gt - lms for a batch. ``noise`` (x_T) overrides the generator.
+
+    ``generator`` may be one generator (or seed) for the batch, or one generator per batch item:
+    then every item's x_T and per-step noise (DDPM, DDIM with eta > 0) come from its own
+    generator, so an item's result does not depend on the batch it was sampled in.
+    """
+    per_item = isinstance(generator, (list, tuple))
+    if per_item:
+        if len(generator) != lms.shape[0]:
+            raise ValueError(f"generator: got {len(generator)} generators for a batch of {lms.shape[0]}")
+    else:
+        generator = _as_generator(generator)
     if not len(scheduler.timesteps):
         raise RuntimeError("call scheduler.set_timesteps(n) first")
     if noise is None:
-        gdev = generator.device if generator is not None else lms.device
-        noise = torch.randn(lms.shape, generator=generator, device=gdev, dtype=torch.float32)
+        noise = _draw(lms.shape, generator, per_item, lms.device)
     x = noise.to(lms.device, lms.dtype)
     cache = model.encode_condition(lms, pan) if use_cache else None
     x0_prev = None
@@ -61,8 +70,21 @@ def sample_residual(
         else:
             x0 = model(x, t_batch, lms, pan, self_cond=sc)
         x0 = x0.to(x.dtype)
-        out = scheduler.step(x0, i, x, generator=generator)
+        step_noise = _draw(x.shape, generator, True, x.device).to(x.device, x.dtype) \
+            if per_item and scheduler.adds_noise(i) else None
+        out = scheduler.step(x0, i, x, generator=None if per_item else generator, noise=step_noise)
         x, x0_prev = out.prev_sample, out.pred_original_sample
         if callback is not None:
             callback(i, n)
     return x
+
+
+def _draw(shape, generator, per_item: bool, device) -> torch.Tensor:
+    """float32 standard normal of ``shape``: one draw per item from its generator (on the
+    generator's device, CPU by default), or one draw from ``generator``."""
+    if not per_item:
+        gdev = generator.device if generator is not None else device
+        return torch.randn(tuple(shape), generator=generator, device=gdev, dtype=torch.float32)
+    item = tuple(shape[1:])
+    return torch.stack([torch.randn(item, generator=g, device=g.device if g is not None else device,
+                                    dtype=torch.float32).to(device) for g in generator])

@@ -4,13 +4,15 @@
 - :class:`OnnxRuntimeFuser`: an exported graph (``python -m export.onnx``) on ONNX Runtime;
 - :class:`TensorRTFuser`: a TensorRT engine (``python -m export.tensorrt``) on an NVIDIA GPU.
 
-All run the same deterministic DDIM sampler (eta 0) over the same timesteps and draw the initial
-noise from ``seed`` exactly as :meth:`ddif.Fuser.fuse` does (on the CPU generator, at the padded
-size), so given a seed they agree with each other and with ``ddif.Fuser`` up to floating-point
-rounding. Inputs are (B, C, H, W) or (C, H, W) floats in [0, 1] of any H x W: they are padded
-(reflect) to the model's size multiple and cropped back, as ``ddif.Fuser`` does.
+A backend only runs the fixed-step sampler (DDIM, eta 0, the plan's timesteps) on a batch of
+tiles. Everything else (input checks, padding, tiling with the model's tile size and overlap,
+each tile's x_T drawn from ``(seed, image, tile)``, batching, blending, clamping) is
+:class:`ddif.inference.InferencePath`, the same code ``ddif.Fuser`` and the ground station run,
+so given a seed every backend gives ``ddif.Fuser``'s image up to floating-point rounding.
+Inputs are (B, C, H, W) or (C, H, W) floats in [0, 1] of any H x W.
 
-:func:`best_available` picks the fastest backend that works here and logs why.
+:func:`best_available` picks the fastest backend that works here and logs why;
+:func:`model_preset` reads what a model file is for without building a backend.
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ from typing import Iterable, Sequence
 import torch
 
 from ddif.config import Preset
-from ddif.fuser import check_fusion_inputs, initial_noise, pad_to_multiple
+from ddif.inference.engine import InferencePath
+from ddif.inference.tiling import Tiling
 from ddif.runtime.plan import SamplingPlan, resolve_sampling_plan
-from ddif.runtime.spec import INPUT_NAMES, ExportSpec, ShapeProfile, sha256_file, spec_path_for
+from ddif.runtime.spec import (INPUT_NAMES, OUTPUT_NAMES, SPEC_VERSION, ExportSpec, ShapeProfile, sha256_file,
+                               spec_path_for)
 from ddif.runtime.tensorrt import (EngineCache, EngineRunner, TensorRTUnavailable, build_engine, default_cache_dir,
                                    engine_key, gpu_identity, import_tensorrt, tensorrt_unavailable_reason)
 
@@ -36,14 +40,16 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 class FuserBackend:
-    """Common interface and the shared input handling (checks, padding, seeded noise, cropping)."""
+    """Common front of every backend: the model's facts and the one inference path over the
+    backend's tile sampler (``sample_batch``, implemented by each subclass or handed in)."""
 
     name = "backend"
+    stochastic = False           # DDIM with eta 0: no per-step noise
 
-    def __init__(self, preset: Preset, plan: SamplingPlan, batch_size: int | None = None):
+    def __init__(self, preset: Preset, plan: SamplingPlan, tiling: Tiling, batch_size: int | None = None,
+                 inference: InferencePath | None = None):
         self.preset = preset
         self.plan = plan
-        self.batch_size = batch_size
         cfg = preset.model
         self.bands: int = int(cfg.bands)
         self.guide_bands: int = int(cfg.guide_bands)
@@ -51,6 +57,9 @@ class FuserBackend:
         self.rgb_bands: tuple[int, ...] = tuple(int(b) for b in preset.data.rgb_bands)
         self.ratio: int = int(preset.data.ratio)
         self.size_multiple: int = int(cfg.size_multiple)
+        self.tiling = tiling
+        self.inference = inference or InferencePath(self, bands=self.bands, guide_bands=self.guide_bands, max_dn=self.max_dn,
+                                          preset_name=preset.name, tiling=tiling, batch_size=batch_size)
 
     @property
     def steps(self) -> int:
@@ -60,83 +69,75 @@ class FuserBackend:
     def timesteps(self) -> tuple[int, ...]:
         return self.plan.timesteps
 
+    @property
+    def batch_size(self) -> int | None:
+        return self.inference.batch_size
+
     def describe(self) -> str:
         return self.name
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.describe()}, preset={self.preset.name!r}, bands={self.bands}, "
-                f"steps={self.steps}, timesteps={list(self.timesteps)})")
+                f"steps={self.steps}, timesteps={list(self.timesteps)}, {self.tiling.describe()})")
 
-    # ---- inputs
     def check_inputs(self, lms, pan) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """The checks and messages of :meth:`ddif.Fuser.check_inputs`."""
-        return check_fusion_inputs(lms, pan, self.bands, self.guide_bands, self.max_dn, self.preset.name)
+        return self.inference.check_inputs(lms, pan)
 
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        return pad_to_multiple(x, self.size_multiple)
-
-    # ---- fusion
     @torch.no_grad()
     def fuse(self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0, *,
              noise: torch.Tensor | None = None) -> torch.Tensor:
         """Fused image clamp(lms + residual, 0, 1), shaped like ``lms`` ((C,H,W) or (B,C,H,W)), on
-        ``lms``'s device and dtype. ``noise`` (padded shape) replaces the seeded x_T."""
-        lms4, pan4, unbatched = self.check_inputs(lms, pan)
-        h, w = lms4.shape[-2:]
-        lms_p = self.pad(lms4.float())
-        pan_p = self.pad(pan4.float())
-        noise = initial_noise(lms_p.shape, self.size_multiple, seed, noise=noise)
-        step = self.batch_size or lms_p.shape[0]
-        parts = [self._run(lms_p[i:i + step], pan_p[i:i + step], noise[i:i + step].float())
-                 for i in range(0, lms_p.shape[0], step)]
-        out = torch.cat(parts)[..., :h, :w].to(lms4.device, lms4.dtype)
-        return out[0] if unbatched else out
+        ``lms``'s device and dtype (:meth:`ddif.inference.InferencePath.fuse`)."""
+        return self.inference.fuse(lms, pan, seed, noise=noise)
 
-    def _run(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Padded float32 (B, C, H, W) inputs -> padded fused image."""
-        raise NotImplementedError
+    def sample_tiles(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor,
+                     generators: Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+        """Residuals of already cut tiles, ``batch_size`` per call (the ground station's entry)."""
+        return self.inference.sample_tiles(lms, pan, noise, generators)
+
+    def _check_tiles(self, lms: torch.Tensor) -> None:
+        t = self.tiling.tile_size
+        if t and tuple(lms.shape[-2:]) != (t, t):
+            raise ValueError(f"lms: tiles of {lms.shape[-2]}x{lms.shape[-1]}, but {self.describe()} samples {t}x{t} "
+                             "tiles (the graph's fixed size)")
 
 
 # ------------------------------------------------------------------------------------- PyTorch
 class TorchFuser(FuserBackend):
     """The engine itself: :class:`ddif.Fuser` (condition cache, self-conditioning), DDIM eta 0
-    over the plan's timesteps. ``model`` is a :class:`ddif.DDIF` or an engine checkpoint path."""
+    over the plan's timesteps. ``model`` is a :class:`ddif.DDIF` or a checkpoint path."""
 
     name = "pytorch"
 
     def __init__(self, model, *, steps: int | None = None, timesteps: Iterable[int] | str | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 fused_kernels: bool | None = None, batch_size: int | None = None):
+                 fused_kernels: bool | None = None, batch_size: int | None = None, tile_size: int | None = None,
+                 tile_overlap: int | None = None):
         from ddif.fuser import Fuser
 
         if isinstance(model, (str, os.PathLike)):
             model = load_engine_checkpoint(model)
         plan = resolve_sampling_plan(model.preset, getattr(model, "metadata", None), steps=steps, timesteps=timesteps)
-        super().__init__(model.preset, plan, batch_size)
         if fused_kernels is not None:
             model.set_fused_kernels(fused_kernels)
-        self.fuser = Fuser(model, sampler="ddim", steps=plan.steps, eta=0.0, device=device, dtype=dtype,
-                           batch_size=batch_size)
-        self.fuser.scheduler = plan.scheduler(model.preset)      # the plan's exact grid
+        self.fuser = Fuser(model, device=device, dtype=dtype, batch_size=batch_size, tile_size=tile_size,
+                           tile_overlap=tile_overlap, scheduler=plan.scheduler(model.preset))
+        super().__init__(model.preset, plan, self.fuser.tiling, batch_size, inference=self.fuser.inference)
         self.model = self.fuser.model
         self.device = self.fuser.device
 
     def describe(self) -> str:
         return f"pytorch (eager, {self.device} {str(self.fuser.dtype).replace('torch.', '')})"
 
-    @torch.no_grad()
-    def fuse(self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0, *,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
-        # ddif.Fuser runs the same input checks (check_image, plausible range) itself
-        return self.fuser.fuse(lms, pan, seed=seed, noise=noise)
-
 
 # -------------------------------------------------------------------------------- ONNX Runtime
 class OnnxRuntimeFuser(FuserBackend):
-    """An exported sampler (``fuser.onnx`` + ``fuser.onnx.json``) on ONNX Runtime.
+    """An exported tile sampler (``fuser.onnx`` + ``fuser.onnx.json``) on ONNX Runtime.
 
     ``providers`` default: CUDA then CPU where ``device`` is CUDA and onnxruntime has the CUDA
     provider, else CPU. ``intra_op_threads`` / ``graph_optimization`` set the session options.
+    The tile size is the graph's; ``tile_overlap`` may differ from the one recorded at export.
     """
 
     name = "onnxruntime"
@@ -144,7 +145,8 @@ class OnnxRuntimeFuser(FuserBackend):
     def __init__(self, onnx_path: str | os.PathLike, *, device: str | torch.device | None = None,
                  providers: Sequence[str] | None = None, intra_op_threads: int | None = None,
                  graph_optimization: str = "all", steps: int | None = None,
-                 timesteps: Iterable[int] | str | None = None, batch_size: int | None = None):
+                 timesteps: Iterable[int] | str | None = None, batch_size: int | None = None,
+                 tile_overlap: int | None = None):
         ort = import_onnxruntime()
         self.path = Path(onnx_path)
         if not self.path.is_file():
@@ -152,7 +154,7 @@ class OnnxRuntimeFuser(FuserBackend):
         spec = load_onnx_spec(self.path)
         preset, plan = spec.preset_obj(), spec.plan()
         check_plan_matches(self.path, plan, preset, steps, timesteps)
-        super().__init__(preset, plan, batch_size)
+        super().__init__(preset, plan, spec_tiling(spec, tile_overlap), batch_size)
         self.spec = spec
         device = torch.device(device) if device is not None else torch.device("cpu")
         if providers is None:
@@ -176,8 +178,10 @@ class OnnxRuntimeFuser(FuserBackend):
             raise ValueError(f"{self.path}: onnxruntime cannot load the model ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
         names = [i.name for i in self.session.get_inputs()]
-        if sorted(names) != sorted(INPUT_NAMES):
-            raise ValueError(f"{self.path}: expected inputs {list(INPUT_NAMES)}, the model has {names}")
+        outputs = [o.name for o in self.session.get_outputs()]
+        if sorted(names) != sorted(INPUT_NAMES) or outputs != list(OUTPUT_NAMES):
+            raise ValueError(f"{self.path}: expected inputs {list(INPUT_NAMES)} and outputs {list(OUTPUT_NAMES)}, "
+                             f"the model has {names} and {outputs}: export it again")
         self.providers = self.session.get_providers()
         self.intra_op_threads = intra_op_threads
 
@@ -185,10 +189,12 @@ class OnnxRuntimeFuser(FuserBackend):
         threads = f", {self.intra_op_threads} threads" if self.intra_op_threads else ""
         return f"onnxruntime ({self.providers[0]}{threads})"
 
-    def _run(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def sample_batch(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor,
+                     generators=None) -> torch.Tensor:
+        self._check_tiles(lms)
         feed = {name: t.detach().to("cpu", torch.float32).contiguous().numpy()
                 for name, t in (("lms", lms), ("pan", pan), ("noise", noise))}
-        return torch.from_numpy(self.session.run(["fused"], feed)[0])
+        return torch.from_numpy(self.session.run(list(OUTPUT_NAMES), feed)[0])
 
 
 # ------------------------------------------------------------------------------------ TensorRT
@@ -197,8 +203,8 @@ class TensorRTFuser(FuserBackend):
 
     ``model_path`` is a ``.plan`` (with its ``.plan.json`` spec, from ``python -m export.tensorrt``)
     or an ``.onnx`` whose engine is built on first use and cached (:class:`EngineCache`, key:
-    ONNX hash + GPU + TensorRT version + precision + profile). Images whose padded size lies
-    outside the engine's profile raise ValueError; batches above its max batch are split.
+    ONNX hash + GPU + TensorRT version + precision + profile). Batches of tiles above the
+    profile's max batch are split; tiles of another size than the engine's raise ValueError.
     """
 
     name = "tensorrt"
@@ -206,7 +212,7 @@ class TensorRTFuser(FuserBackend):
     def __init__(self, model_path: str | os.PathLike, *, device: str | torch.device | None = None, fp16: bool = True,
                  profile: ShapeProfile | str | None = None, cache_dir: str | os.PathLike | None = None,
                  steps: int | None = None, timesteps: Iterable[int] | str | None = None,
-                 batch_size: int | None = None, trt=None):
+                 batch_size: int | None = None, tile_overlap: int | None = None, trt=None):
         trt = trt or import_tensorrt()
         self.device = torch.device(device if device is not None else "cuda")
         if self.device.type != "cuda" or not torch.cuda.is_available():
@@ -242,25 +248,28 @@ class TensorRTFuser(FuserBackend):
                              f"{here[0]} with TensorRT {here[1]}: rebuild it (python -m export.tensorrt)")
         preset, plan = spec.preset_obj(), spec.plan()
         check_plan_matches(path, plan, preset, steps, timesteps)
-        super().__init__(preset, plan, batch_size)
+        self.profile = spec.shape_profile()
+        if batch_size is None or batch_size > self.profile.max[0]:
+            batch_size = self.profile.max[0]
+        super().__init__(preset, plan, spec_tiling(spec, tile_overlap), batch_size)
         self.spec = spec
         self.path = path
         self.runner = EngineRunner(path, self.device, trt=trt)
-        self.profile = spec.shape_profile()
         self.precision = spec.tensorrt.get("precision", "?")
-        if self.batch_size is None or self.batch_size > self.profile.max[0]:
-            self.batch_size = self.profile.max[0]
 
     def describe(self) -> str:
         return f"tensorrt ({self.precision}, {self.device})"
 
-    def _run(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def sample_batch(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor,
+                     generators=None) -> torch.Tensor:
+        self._check_tiles(lms)
         b, _, h, w = lms.shape
         if not self.profile.contains(b, h, w):
-            raise ValueError(f"lms: padded size {h}x{w} (batch {b}) is outside the engine's profile "
+            raise ValueError(f"lms: tiles {h}x{w} (batch {b}) are outside the engine's profile "
                              f"{self.profile} (BxHxW min/opt/max); rebuild with larger --shapes")
         dev = self.device
-        return self.runner.run(lms.to(dev).contiguous(), pan.to(dev).contiguous(), noise.to(dev).contiguous())
+        out = self.runner.run(lms.to(dev).contiguous(), pan.to(dev).contiguous(), noise.to(dev).contiguous())
+        return out.to("cpu", torch.float32)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -284,9 +293,42 @@ def onnxruntime_unavailable_reason(device: torch.device) -> str | None:
 
 
 def load_engine_checkpoint(path: str | os.PathLike):
-    from ddif.models import DDIF
+    """A model from an engine checkpoint or a training state (``ddif.models.load_model``)."""
+    from ddif.models import load_model
 
-    return DDIF.load(path)
+    return load_model(path)
+
+
+def spec_tiling(spec: ExportSpec, tile_overlap: int | None = None) -> Tiling:
+    """The tiles an exported graph samples (its tile size is fixed; the overlap may be overridden)."""
+    tiling = spec.tiling_obj()
+    if tile_overlap is None or not tiling.tiled:
+        return tiling
+    return Tiling(tiling.tile_size, int(tile_overlap), tiling.size_multiple)
+
+
+def model_preset(path: str | os.PathLike) -> tuple[Preset, dict]:
+    """(preset, metadata) of a model file (checkpoint, .onnx or .plan) without building a
+    backend or exporting anything: what the model fuses (bands, ratio, max DN, tiling)."""
+    from ddif.models.ddif import CHECKPOINT_FORMAT, read_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    kind = _model_kind(path)
+    if kind == "onnx":
+        return load_onnx_spec(path).preset_obj(), {}
+    if kind == "plan":
+        return ExportSpec.load(spec_path_for(path)).preset_obj(), {}
+    obj = read_checkpoint(path)
+    if obj.get("format") == CHECKPOINT_FORMAT or "config" in obj:
+        try:
+            return Preset.from_json(obj["config"]), json.loads(obj.get("metadata") or "{}") \
+                if isinstance(obj.get("metadata"), str) else {}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: checkpoint configuration unreadable ({exc})") from exc
+    raise ValueError(f"{path}: a checkpoint in the published layout carries no configuration; convert it to an "
+                     "engine checkpoint first (ddif.models.load_published(...).save(...))")
 
 
 def load_onnx_spec(path: Path) -> ExportSpec:
@@ -323,31 +365,37 @@ def check_plan_matches(path: Path, plan: SamplingPlan, preset: Preset, steps: in
 
 
 def ensure_onnx(checkpoint: str | os.PathLike, *, steps: int | None = None,
-                timesteps: Iterable[int] | str | None = None, cache_dir: str | os.PathLike | None = None,
-                exporter: str = "dynamo", opset: int | None = None) -> Path:
-    """An ONNX export of an engine checkpoint, from the cache or exported now (once).
+                timesteps: Iterable[int] | str | None = None, tile_size: int | None = None,
+                cache_dir: str | os.PathLike | None = None, exporter: str | None = None,
+                opset: int | None = None) -> Path:
+    """An ONNX export of a checkpoint's tile sampler, from the cache or exported now (once).
 
-    Keyed by the checkpoint's SHA-256, the timesteps, the exporter, opset and torch version.
+    ``tile_size``: the tiles the graph samples (default: the model's own). Keyed by the
+    checkpoint's SHA-256, the timesteps, the tile size, the exporter, opset, spec version and
+    torch version.
     """
-    from export.onnx import DEFAULT_OPSET, export_model
+    from export.onnx import DEFAULT_EXPORTER, DEFAULT_OPSET, export_model
 
     checkpoint = Path(checkpoint)
     model = load_engine_checkpoint(checkpoint)
     plan = resolve_sampling_plan(model.preset, getattr(model, "metadata", None), steps=steps, timesteps=timesteps)
+    tiling = Tiling.for_preset(model.preset, tile_size)
     opset = opset or DEFAULT_OPSET
+    exporter = exporter or DEFAULT_EXPORTER
     ident = {"checkpoint_sha256": sha256_file(checkpoint), "timesteps": list(plan.timesteps), "exporter": exporter,
-             "opset": opset, "torch": torch.__version__}
+             "opset": opset, "torch": torch.__version__, "tile_size": tiling.tile_size, "spec": SPEC_VERSION}
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    out = root / "onnx" / f"{checkpoint.stem}-{plan.steps}steps-{digest}.onnx"
+    tiles = f"tile{tiling.tile_size}" if tiling.tiled else "whole"
+    out = root / "onnx" / f"{checkpoint.stem}-{plan.steps}steps-{tiles}-{digest}.onnx"
     if out.is_file() and spec_path_for(out).is_file():
         try:
             ExportSpec.for_model(out, verify=True)
             return out
         except ValueError as exc:
             log.info("re-exporting %s: %s", out, exc)
-    log.info("exporting %s (%d steps) to ONNX once; cached as %s", checkpoint, plan.steps, out)
-    export_model(model, out, plan, opset=opset, exporter=exporter, check=True,
+    log.info("exporting %s (%d steps, %s) to ONNX once; cached as %s", checkpoint, plan.steps, tiling.describe(), out)
+    export_model(model, out, plan, tiling=tiling, opset=opset, exporter=exporter, check=True,
                  source={"weights": "engine checkpoint", "checkpoint": str(checkpoint),
                          "checkpoint_sha256": ident["checkpoint_sha256"]})
     return out
@@ -356,8 +404,9 @@ def ensure_onnx(checkpoint: str | os.PathLike, *, steps: int | None = None,
 # -------------------------------------------------------------------------------- best_available
 def best_available(model_path: str | os.PathLike, device: str | torch.device | None = None, *,
                    steps: int | None = None, timesteps: Iterable[int] | str | None = None,
+                   tile_size: int | None = None, tile_overlap: int | None = None, batch_size: int | None = None,
                    cache_dir: str | os.PathLike | None = None, fp16: bool = True, allow_export: bool = True,
-                   exporter: str = "dynamo", ort_threads: int | None = None,
+                   exporter: str | None = None, ort_threads: int | None = None,
                    torch_checkpoint: str | os.PathLike | None = None) -> FuserBackend:
     """The fastest backend that works here for ``model_path`` (an engine checkpoint ``.pt``, an
     exported ``.onnx`` or a TensorRT ``.plan``), with one log line saying what was chosen and why.
@@ -366,7 +415,8 @@ def best_available(model_path: str | os.PathLike, device: str | torch.device | N
     ``.pt`` through the engine cache), then ONNX Runtime (CPU, or CUDA where onnxruntime has
     that provider; an ``.onnx`` as is, a ``.pt`` exported once into the cache unless
     ``allow_export`` is False), then PyTorch (needs the checkpoint: ``model_path`` or
-    ``torch_checkpoint``). ``device`` defaults to CUDA when available, else CPU.
+    ``torch_checkpoint``). ``device`` defaults to CUDA when available, else CPU. ``tile_size`` /
+    ``tile_overlap`` override the model's tiling (an exported graph's tile size is fixed).
     """
     path = Path(model_path)
     if not path.exists():
@@ -385,8 +435,15 @@ def best_available(model_path: str | os.PathLike, device: str | torch.device | N
             src = spec.tensorrt.get("onnx_file")
             return Path(src) if src and Path(src).is_file() else None
         if allow_export:
-            return ensure_onnx(path, steps=steps, timesteps=timesteps, cache_dir=cache_dir, exporter=exporter)
+            return ensure_onnx(path, steps=steps, timesteps=timesteps, tile_size=tile_size, cache_dir=cache_dir,
+                               exporter=exporter)
         return None
+
+    def check_graph_tiles(backend: FuserBackend) -> FuserBackend:
+        if tile_size is not None and backend.tiling.tile_size != int(tile_size):
+            raise ValueError(f"{path}: the graph samples {backend.tiling.describe()}, not {tile_size} px tiles: "
+                             "export it again with --tile-size")
+        return backend
 
     def attempt(label: str, make):
         try:
@@ -402,9 +459,12 @@ def best_available(model_path: str | os.PathLike, device: str | torch.device | N
     else:
         def make_trt():
             if kind == "plan":
-                return TensorRTFuser(path, device=device, steps=steps, timesteps=timesteps)
+                return check_graph_tiles(TensorRTFuser(path, device=device, steps=steps, timesteps=timesteps,
+                                                       batch_size=batch_size, tile_overlap=tile_overlap))
             src = onnx_source()
-            return TensorRTFuser(src, device=device, fp16=fp16, cache_dir=cache_dir, steps=steps, timesteps=timesteps)
+            return check_graph_tiles(TensorRTFuser(src, device=device, fp16=fp16, cache_dir=cache_dir, steps=steps,
+                                                   timesteps=timesteps, batch_size=batch_size,
+                                                   tile_overlap=tile_overlap))
         backend = attempt("TensorRT", make_trt)
 
     if backend is None:
@@ -416,8 +476,9 @@ def best_available(model_path: str | os.PathLike, device: str | torch.device | N
                 src = onnx_source()
                 if src is None:
                     raise FileNotFoundError("no ONNX model (export disabled, or the engine's ONNX source is gone)")
-                return OnnxRuntimeFuser(src, device=device, intra_op_threads=ort_threads, steps=steps,
-                                        timesteps=timesteps)
+                return check_graph_tiles(OnnxRuntimeFuser(src, device=device, intra_op_threads=ort_threads,
+                                                          steps=steps, timesteps=timesteps, batch_size=batch_size,
+                                                          tile_overlap=tile_overlap))
             backend = attempt("ONNX Runtime", make_ort)
 
     if backend is None:
@@ -425,7 +486,8 @@ def best_available(model_path: str | os.PathLike, device: str | torch.device | N
         if ckpt is None:
             raise RuntimeError(f"no backend can run {path}: " + "; ".join(f"{k}: {v}" for k, v in skipped)
                                + " (PyTorch needs the engine checkpoint: pass torch_checkpoint=...)")
-        backend = TorchFuser(ckpt, steps=steps, timesteps=timesteps, device=device)
+        backend = TorchFuser(ckpt, steps=steps, timesteps=timesteps, device=device, batch_size=batch_size,
+                             tile_size=tile_size, tile_overlap=tile_overlap)
 
     why = "; ".join(f"{k} not used: {v}" for k, v in skipped)
     level = logging.WARNING if (kind == "plan" and backend.name != "tensorrt") else logging.INFO
@@ -447,4 +509,4 @@ def _model_kind(path: Path) -> str:
 
 
 __all__ = ["FuserBackend", "TorchFuser", "OnnxRuntimeFuser", "TensorRTFuser", "best_available", "ensure_onnx",
-           "load_onnx_spec"]
+           "load_onnx_spec", "model_preset", "spec_tiling"]

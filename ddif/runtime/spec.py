@@ -18,10 +18,13 @@ from ddif.config import Preset
 from ddif.runtime.plan import SamplingPlan
 
 SPEC_FORMAT = "ddif-export-spec"
-SPEC_VERSION = 1
+# 2: the graph samples a batch of tiles (static tile size for tiled models) and outputs the residual;
+# version-1 graphs sampled whole images and output the clamped fused image.
+SPEC_VERSION = 2
 INPUT_NAMES = ("lms", "pan", "noise")
-OUTPUT_NAMES = ("fused",)
-DEFAULT_PROFILE = ((1, 64, 64), (1, 256, 256), (4, 1024, 1024))   # (batch, H, W): min / opt / max
+OUTPUT_NAMES = ("residual",)
+DEFAULT_PROFILE = ((1, 64, 64), (1, 256, 256), (4, 1024, 1024))   # (batch, H, W) of whole-image graphs
+TILE_BATCH_PIXELS = (1 << 20, 1 << 22)                           # opt / max pixels per batch of tiles
 
 
 def spec_path_for(model_path: str | os.PathLike) -> Path:
@@ -66,7 +69,14 @@ class ShapeProfile:
         return cls(*dims).validated(size_multiple)
 
     @classmethod
-    def default(cls, size_multiple: int = 1) -> "ShapeProfile":
+    def default(cls, size_multiple: int = 1, tile_size: int = 0) -> "ShapeProfile":
+        """Whole-image graphs: :data:`DEFAULT_PROFILE` rounded to the size multiple. Tile graphs
+        (``tile_size`` > 0): H = W = tile_size, batch 1 / ~1 Mpx / ~4 Mpx of tiles."""
+        if tile_size:
+            opt, hi = (max(1, p // (tile_size * tile_size)) for p in TILE_BATCH_PIXELS)
+            t = int(tile_size)
+            return cls((1, t, t), (opt, t, t), (hi, t, t)).validated(size_multiple)
+
         def up(v: int) -> int:
             return -(-v // size_multiple) * size_multiple
         return cls(*[(b, up(h), up(w)) for b, h, w in DEFAULT_PROFILE]).validated(size_multiple)
@@ -128,6 +138,7 @@ class ExportSpec:
     source: dict[str, Any] = field(default_factory=dict)
     producer: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] = field(default_factory=dict)
+    tiling: dict[str, int] = field(default_factory=dict)      # Tiling.to_dict(): the tiles the graph samples
     format: str = SPEC_FORMAT
     version: int = SPEC_VERSION
 
@@ -141,6 +152,13 @@ class ExportSpec:
 
     def shape_profile(self) -> ShapeProfile:
         return ShapeProfile.from_dict(self.profile, self.size_multiple)
+
+    def tiling_obj(self):
+        from ddif.inference.tiling import Tiling
+
+        t = self.tiling
+        return Tiling(int(t.get("tile_size", 0)), int(t.get("overlap", 0)), int(t.get("size_multiple",
+                                                                                       self.size_multiple)))
 
     # ---- io
     def to_json(self) -> str:
@@ -157,6 +175,10 @@ class ExportSpec:
             raise ValueError(f"{source}: not a ddif export spec (no 'format': '{SPEC_FORMAT}' entry)")
         if int(d.get("version", 0)) > SPEC_VERSION:
             raise ValueError(f"{source}: spec version {d.get('version')} is newer than this ddif reads ({SPEC_VERSION})")
+        if int(d.get("version", 0)) < SPEC_VERSION:
+            raise ValueError(f"{source}: exported by an older ddif (spec version {d.get('version')}: the graph samples "
+                             f"whole images, this ddif feeds graphs batches of tiles, spec version {SPEC_VERSION}); "
+                             "export it again (python -m export.onnx, or delete the export cache)")
         known = set(cls.__dataclass_fields__)
         missing = [k for k in ("kind", "model_file", "sha256", "preset", "sampling", "size_multiple", "profile")
                    if k not in d]
