@@ -17,8 +17,25 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are an expected refusal too: one line ``ddif <command>: error: ...`` (and
+    where to find the usage), exit code 2. Sub-command parsers inherit the class."""
+
+    def error(self, message: str):
+        words = self.prog.split()
+        self.exit(2, f"{' '.join(words[:2])}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _expected_refusal(exc: BaseException) -> bool:
+    """Bad input or a refusal the user can act on (a missing file, a lock held by another
+    service): printed as one line. Anything else is a bug and keeps its traceback."""
+    from ddif.station.errors import Refused
+
+    return isinstance(exc, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, Refused))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddif", description="Diffusion-based image fusion (DDIF) engine.")
+    parser = _Parser(prog="ddif", description="Diffusion-based image fusion (DDIF) engine.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         try:
@@ -48,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        # bad input: one clear line, not a traceback
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is an expected refusal
+        if not _expected_refusal(exc):
+            raise
+        # bad input or a refusal: one clear line, not a traceback
         print(f"ddif {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import errno
+import re
 
 # quarantine categories
 CORRUPT = "corrupt"
@@ -21,7 +22,8 @@ ALL_NODATA = "all_nodata"
 BAD_GRID = "bad_grid"            # rotated / skewed transform, CRS mismatch, missing georeferencing
 WRONG_BANDS = "wrong_bands"
 BAD_VALUES = "bad_values"        # NaN / Inf that are not the nodata value, unsupported dtype
-BAD_MANIFEST = "bad_manifest"
+BAD_MANIFEST = "bad_manifest"    # unreadable manifest, or one naming a path outside the inbox
+OUTSIDE_INBOX = "outside_inbox"  # a pair file that is a symbolic link leading out of the inbox
 PROCESSING_ERROR = "processing_error"
 
 _ENV_ERRNOS = {
@@ -37,6 +39,10 @@ _ENV_PHRASES = {
     # errno, e.g. EFBIG or ENOSPC, only reaches GDAL's stderr)
     "write failed": "write_error", "write error": "write_error",
 }
+# numpy's writers (ndarray.tofile, hence np.save to a file) report a short write without an errno:
+# "524288 requested and 24968 written". A short write to a file means no space (disk full, quota,
+# file-size limit).
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 
 
 class SceneError(ValueError):
@@ -51,12 +57,20 @@ class OutputWriteError(OSError):
     """An output could not be written completely (GDAL may only notice when reading it back)."""
 
 
+class Refused(RuntimeError):
+    """An expected refusal (another service holds the lock, a folder is missing, ...): the command
+    line prints it as one line, without a traceback."""
+
+
 class StopRequested(Exception):
     """The service was asked to stop (SIGTERM / SIGINT) between two batches; the journal is kept."""
 
 
 def environment_error_kind(exc: BaseException) -> str | None:
-    """'disk_full' / 'permission' when ``exc`` (or its cause) is an environment failure, else None."""
+    """'disk_full' / 'permission' / 'write_error' when ``exc`` (or any exception in its chain of
+    causes / contexts) is an environment failure, else None. Recognises the errno (ENOSPC,
+    EDQUOT, EFBIG, EACCES, EPERM, EROFS) and, for errors that lost it (GDAL's messages, numpy's
+    short-write "N requested and M written", wrapped errors), the text."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -68,5 +82,7 @@ def environment_error_kind(exc: BaseException) -> str | None:
         for phrase, kind in _ENV_PHRASES.items():
             if phrase in text:
                 return kind
+        if isinstance(exc, OSError) and _SHORT_WRITE.search(text):
+            return "disk_full"
         exc = exc.__cause__ or exc.__context__
     return None

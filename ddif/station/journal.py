@@ -16,6 +16,7 @@ journal of a scene holds one per non-empty tile until the product is written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ddif.station.errors import environment_error_kind
 from ddif.utils.io import atomic_path, atomic_write_text
 
 JOURNAL_VERSION = 1
@@ -34,6 +36,29 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     """Name, size and modification time of an input (changing the file changes these)."""
     st = os.stat(path)
     return {"name": Path(path).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def content_identity(paths: dict[str, str | os.PathLike]) -> dict[str, dict[str, Any]]:
+    """``{key: {"name", "size", "sha256"}}`` of input files, from their bytes (read in 1 MiB
+    chunks). What a product was made from: a re-delivered scene whose files have the same content
+    (whatever their mtime) needs no new product, one with other content does."""
+    out = {}
+    for key, path in paths.items():
+        digest, size = hashlib.sha256(), 0
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+        out[key] = {"name": Path(path).name, "size": size, "sha256": digest.hexdigest()}
+    return out
+
+
+def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :func:`content_identity` records describe the same MS and PAN bytes."""
+    try:
+        return all(a[k]["size"] == b[k]["size"] and a[k]["sha256"] == b[k]["sha256"] for k in ("ms", "pan"))
+    except (KeyError, TypeError):
+        return False
 
 
 def fingerprint_digest(fingerprint: dict[str, Any]) -> str:
@@ -87,10 +112,23 @@ class Journal:
         return self.tile_path(index).is_file()
 
     def save(self, index: int, values: np.ndarray) -> None:
+        """Write one tile (a .npy file) atomically. A failed write raises an OSError that keeps
+        its errno (ENOSPC, EDQUOT, EFBIG, ...): numpy's own writer loses it ("N requested and M
+        written"), so the array is written through Python's file object, and an errno-less
+        short write is re-raised as ENOSPC. The service classes these as environment errors."""
+        from numpy.lib import format as npy
+
         values = np.ascontiguousarray(values, dtype=np.float32)
-        with atomic_path(self.tile_path(index)) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, values, allow_pickle=False)
+        path = self.tile_path(index)
+        try:
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    npy.write_array_header_1_0(f, npy.header_data_from_array_1_0(values))
+                    f.write(memoryview(values).cast("B"))
+        except OSError as exc:
+            if exc.errno is None and environment_error_kind(exc) == "disk_full":
+                raise OSError(errno.ENOSPC, f"No space left on device writing tile journal {path} ({exc})") from exc
+            raise
 
     def load(self, index: int) -> np.ndarray | None:
         """The tile's values memory-mapped (only the slices used are read), None if absent or unreadable."""

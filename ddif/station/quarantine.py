@@ -1,18 +1,29 @@
 """Moving files out of the inbox: bad scenes to quarantine (with a reason file), finished scenes
-to the archive. Moves are renames within a file system, so a scene's file is always in exactly
-one place."""
+to the archive, atomically per scene.
+
+A scene's files are first moved into a staging folder ``<parent>/.<scene>.partial/`` that holds
+a record of the move (``.move.json``: the scene, the kind of move, each file's original path,
+written before the first file moves); the staging folder is then renamed to its final name
+(``<parent>/<scene>``, or ``<scene>.1``, ... when taken). A crash between two file moves leaves
+a staging folder with its record, never a scene split between the inbox and the archive that
+the inbox would show as a lone file: :func:`pending_moves` finds such folders, :func:`finish_move`
+completes one and :func:`rollback_move` puts its files back where they came from.
+"""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
-from ddif.utils.io import atomic_write_text
+from ddif.utils.io import atomic_write_text, fsync_dir
 
 REASON_FILE = "reason.json"
+MOVE_RECORD = ".move.json"
+STAGING_SUFFIX = ".partial"
 
 
 def unique_dir(parent: Path, name: str) -> Path:
@@ -25,33 +36,117 @@ def unique_dir(parent: Path, name: str) -> Path:
     return candidate
 
 
-def move_files(files: Iterable[Path], dest: Path) -> list[str]:
-    dest.mkdir(parents=True, exist_ok=True)
-    moved = []
+def staging_dir(parent: str | os.PathLike, scene: str) -> Path:
+    """Where a move of ``scene``'s files into ``parent`` is staged."""
+    return Path(parent) / f".{scene}{STAGING_SUFFIX}"
+
+
+def pending_moves(parent: str | os.PathLike) -> list[Path]:
+    """Staging folders of moves into ``parent`` that did not finish (a crash)."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    return sorted(p for p in parent.iterdir()
+                  if p.name.startswith(".") and p.name.endswith(STAGING_SUFFIX) and p.is_dir())
+
+
+def staged_scene(staging: Path) -> str:
+    """The scene name of a staging folder ``.<scene>.partial``."""
+    return staging.name[1:-len(STAGING_SUFFIX)]
+
+
+def read_record(staging: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((staging / MOVE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("files"), list) else None
+
+
+def move_scene(files: Iterable[Path], parent: str | os.PathLike, scene: str, kind: str,
+               extra: dict[str, Any] | None = None, reason: dict[str, Any] | None = None) -> Path:
+    """Move ``files`` into ``parent/<scene>/`` (or ``<scene>.N``) as one step: staged in
+    ``parent/.<scene>.partial/`` with a record, then renamed. Files must have distinct names.
+    ``reason`` is written as ``reason.json`` beside them. Returns the final folder. On an error
+    the staging folder is left with its record: call :func:`rollback_move` (or
+    :func:`finish_move`)."""
+    parent = Path(parent)
+    files = [Path(f) for f in files if Path(f).exists() or Path(f).is_symlink()]
+    names = [f.name for f in files]
+    if len(set(names)) != len(names):
+        raise ValueError(f"scene {scene}: two files share a name in {names}; cannot move them into one folder")
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(parent, scene)
+    staging.mkdir()                      # FileExistsError: an unfinished move of this scene must be recovered first
+    record = {"scene": scene, "kind": kind, "files": [{"name": f.name, "from": str(f)} for f in files],
+              "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
+    atomic_write_text(staging / MOVE_RECORD, json.dumps(record, indent=2) + "\n")
+    if reason is not None:
+        atomic_write_text(staging / REASON_FILE, json.dumps(reason, indent=2) + "\n")
     for f in files:
-        f = Path(f)
-        if f.exists():
-            shutil.move(os.fspath(f), os.fspath(dest / f.name))
-            moved.append(f.name)
-    return moved
+        shutil.move(os.fspath(f), os.fspath(staging / f.name))
+    return _publish(staging, parent, scene)
+
+
+def _publish(staging: Path, parent: Path, scene: str) -> Path:
+    dest = unique_dir(parent, scene)
+    os.rename(staging, dest)
+    fsync_dir(parent)
+    with contextlib.suppress(OSError):
+        (dest / MOVE_RECORD).unlink()
+    return dest
+
+
+def finish_move(staging: Path) -> Path:
+    """Complete an interrupted move: bring the files still at their original paths into the
+    staging folder, then rename it into place. Returns the final folder."""
+    record = read_record(staging)
+    if record is None:
+        raise ValueError(f"{staging}: no readable {MOVE_RECORD}; cannot tell which files belong to the move")
+    for entry in record["files"]:
+        src, dst = Path(entry["from"]), staging / entry["name"]
+        if not (dst.exists() or dst.is_symlink()) and (src.exists() or src.is_symlink()):
+            shutil.move(os.fspath(src), os.fspath(dst))
+    return _publish(staging, staging.parent, record.get("scene") or staged_scene(staging))
+
+
+def rollback_move(staging: Path) -> list[str]:
+    """Undo an unfinished move: put every staged file back at its original path (never over a
+    file that is there now) and remove the staging folder. Returns the paths restored. A staging
+    folder without a record holds no moved file (the record is written before the first move):
+    it is removed when empty."""
+    record = read_record(staging)
+    restored = []
+    for entry in (record or {}).get("files", []):
+        src, dst = staging / entry["name"], Path(entry["from"])
+        if (src.exists() or src.is_symlink()) and not (dst.exists() or dst.is_symlink()):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(os.fspath(src), os.fspath(dst))
+            restored.append(str(dst))
+    if restored:
+        fsync_dir(Path((record or {})["files"][0]["from"]).parent)
+    for leftover in (MOVE_RECORD, REASON_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (staging / leftover).unlink()
+    for temp in staging.glob(".*.partial"):          # temp files of an interrupted record / reason write
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+    staging.rmdir()                      # OSError if something unexpected is still there: left for a person
+    return restored
 
 
 def quarantine(files: Iterable[Path], quarantine_dir: str | os.PathLike, scene: str, category: str,
                message: str) -> Path:
     """Move a scene's files to ``quarantine_dir/<scene>/`` beside ``reason.json``
-    (``{"scene", "category", "reason", "time", "files"}``); returns that folder."""
+    (``{"scene", "category", "reason", "time", "files"}``), as one step; returns that folder."""
     files = [Path(f) for f in files]
-    dest = unique_dir(Path(quarantine_dir), scene)
-    dest.mkdir(parents=True)
-    record = {"scene": scene, "category": category, "reason": message,
+    reason = {"scene": scene, "category": category, "reason": message,
               "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "files": [f.name for f in files if f.exists()]}
-    atomic_write_text(dest / REASON_FILE, json.dumps(record, indent=2) + "\n")
-    move_files(files, dest)
-    return dest
+              "files": [f.name for f in files if f.exists() or f.is_symlink()]}
+    return move_scene(files, quarantine_dir, scene, "quarantine", {"category": category}, reason=reason)
 
 
-def archive(files: Iterable[Path], archive_dir: str | os.PathLike, scene: str) -> Path:
-    dest = unique_dir(Path(archive_dir), scene)
-    move_files(files, dest)
-    return dest
+def archive(files: Iterable[Path], archive_dir: str | os.PathLike, scene: str,
+            extra: dict[str, Any] | None = None) -> Path:
+    """Move a finished scene's inputs to ``archive_dir/<scene>/`` as one step; returns that folder."""
+    return move_scene(files, archive_dir, scene, "archive", extra)

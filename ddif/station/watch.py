@@ -6,21 +6,44 @@ Inbox conventions (see :class:`~ddif.station.config.WatchConfig`):
   ``<scene>.ready`` marker exists or once both files kept their size and mtime over
   ``stable_polls`` polls; or
 - a manifest ``<scene>.manifest.json`` = ``{"ms": "x.tif", "pan": "y.tif"}`` (relative to the
-  inbox), written last by the producer: the scene is taken as soon as it is there.
+  inbox), written last by the producer: the scene is taken as soon as it is there. Its paths must
+  stay inside the inbox: an absolute path, a ``..`` component, a symbolic link whose target leaves
+  the inbox or a path into the service's own folders (processed/, quarantine/) is refused, and
+  the manifest (with the files it names inside the inbox, never a file outside) is quarantined
+  as ``bad_manifest``. A pair file that is a symbolic link leading out of the inbox is refused
+  the same way (``outside_inbox``).
   Files whose name starts with ``.`` or ends with ``.partial`` / ``.tmp`` are ignored (uploads in progress).
 
 Scenes are processed in arrival order (latest modification time of their files, then name).
 
-Outputs (``outbox/<scene>/``: ``<scene>.tif``, ``<scene>_quicklook.png``, ``<scene>_report.json``)
-are staged in ``outbox/.<scene>.partial/`` and the folder is renamed into place when complete, so
-a product folder is always whole. Inputs then move to ``processed/<scene>/`` and the journal
-(``workdir/<scene>/``) is deleted. After ``kill -9`` the next start removes stale staging folders,
-resumes the scene from its journal and writes a byte-identical product.
+One scene, one service: several services (each with its own outbox) may watch one inbox. A
+service claims a scene with an exclusive ``flock`` on ``<inbox>/.<scene>.claim`` for the whole of
+its processing and archiving (or quarantining), and checks after taking the claim that the scene's
+files are still those it saw; the kernel drops the claim if the service dies.
+
+Outputs (``outbox/<scene>/``: ``<scene>.tif``, ``<scene>_quicklook.png``, ``<scene>_report.json``
+and ``.inputs.json``, the SHA-256 and size of the MS and PAN that made them) are staged in
+``outbox/.<scene>.partial/`` and the folder is renamed into place when complete, so a product
+folder is always whole. A scene whose product exists is not fused again when its inputs have the
+same content (a restart after the product was written, or the same bytes delivered again): its
+inputs are archived. A scene re-delivered with other content is fused again; the new folder
+takes the name and the previous one is kept as ``<scene>.1`` (``.2``, ...).
+
+Inputs then move to ``processed/<scene>/`` (``.1``, ... for later deliveries) and the journal
+(``workdir/<scene>/``) is deleted. Archive and quarantine moves are atomic per scene: the files go
+into ``<folder>/.<scene>.partial/`` with a record of where they came from, which is then renamed.
+At start the service finishes such an interrupted move (an archive only when the scene's product
+exists with the same inputs; a quarantine always) or puts the files back into the inbox, then
+removes stale temp files of atomic writes (``.<name>.<random>.partial``) and staging folders in
+the folders it owns (outbox, workdir, processed, quarantine; never the inbox itself, where an
+upload may be named ``.partial``). After ``kill -9`` the next start resumes the scene from its
+journal and writes a byte-identical product.
 
 Failures: a bad scene (:class:`SceneError`) moves to ``quarantine/<scene>/`` with
-``reason.json``; disk-full / permission errors are logged, the scene stays (journal kept) and is
-retried after ``retry_backoff_s``; other errors are retried up to ``max_attempts`` times, then
-quarantined. Only one service may watch an outbox at a time (a lock file).
+``reason.json``; disk-full / quota / file-size / permission errors, wherever they happen
+(journal, staging folder, product, report, archive), are logged, the scene stays (journal kept)
+and is retried after ``retry_backoff_s``; other errors are retried up to ``max_attempts`` times,
+then quarantined. Only one service may use an outbox at a time (a lock file).
 """
 from __future__ import annotations
 
@@ -34,20 +57,24 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from ddif.station.config import StationConfig, WatchConfig
-from ddif.station.errors import (BAD_MANIFEST, MISSING_PARTNER, PROCESSING_ERROR, SceneError, StopRequested,
-                                 environment_error_kind)
+from ddif.station.errors import (BAD_MANIFEST, MISSING_PARTNER, OUTSIDE_INBOX, PROCESSING_ERROR, Refused,
+                                 SceneError, StopRequested, environment_error_kind)
 from ddif.station.events import EventLog
-from ddif.station.quarantine import archive, quarantine
+from ddif.station.journal import content_identity, same_content
+from ddif.station.quarantine import (archive, finish_move, pending_moves, quarantine, read_record, rollback_move,
+                                     staged_scene, staging_dir, unique_dir)
 from ddif.station.run import run_scene
-from ddif.utils.io import fsync_dir
+from ddif.utils.io import atomic_write_text, exchange_paths, fsync_dir, is_atomic_temp
 
 PAIR_RE = re.compile(r"^(?P<scene>.+)_(?P<kind>MS|PAN)\.tiff?$", re.IGNORECASE)
 MANIFEST_SUFFIX = ".manifest.json"
 READY_SUFFIX = ".ready"
 IGNORED_SUFFIXES = (".partial", ".tmp")
+CLAIM_SUFFIX = ".claim"
+INPUTS_FILE = ".inputs.json"        # in a product folder: the content identity of the inputs that made it
 
 
 @dataclass
@@ -58,13 +85,14 @@ class SceneFiles:
     manifest: Path | None = None
     marker: Path | None = None
     manifest_error: str | None = None
+    outside_error: str | None = None     # a pair file is a symbolic link leading out of the inbox
 
     @property
     def files(self) -> list[Path]:
         return [p for p in (self.ms, self.pan, self.manifest, self.marker) if p is not None]
 
     def existing(self) -> list[Path]:
-        return [p for p in self.files if p.exists()]
+        return [p for p in self.files if p.exists() or p.is_symlink()]
 
     def signature(self) -> tuple:
         sig = []
@@ -80,12 +108,42 @@ class SceneFiles:
         return max((s[2] or 0) for s in self.signature()) if self.files else 0
 
 
-def scan_inbox(inbox: Path) -> dict[str, SceneFiles]:
-    """The scenes in the inbox (top level only: processed/ and quarantine/ folders are skipped)."""
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def manifest_path(inbox: Path, key: str, entry: Any, reserved: Iterable[Path] = ()) -> Path:
+    """The inbox path a manifest entry names; ValueError (naming the entry) when it is not a
+    relative path that stays inside the inbox (after following symbolic links), or when it
+    lies in one of the ``reserved`` folders (the service's processed/ and quarantine/)."""
+    if not isinstance(entry, str) or not entry.strip():
+        raise ValueError(f'"{key}" must name a file, got {entry!r}')
+    root = os.path.realpath(inbox)
+    if os.path.isabs(entry) or entry.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", entry):
+        raise ValueError(f'"{key}" path {entry!r} is absolute; manifest paths must be relative to the inbox {root}')
+    if ".." in re.split(r"[\\/]", entry):
+        raise ValueError(f'"{key}" path {entry!r} leaves the inbox {root} (".." is not allowed)')
+    path = inbox / entry
+    real = os.path.realpath(path)
+    if real == root or not _inside(real, root):
+        raise ValueError(f'"{key}" path {entry!r} resolves to {real}, outside the inbox {root} (symbolic link?)')
+    for folder in reserved:
+        folder_real = os.path.realpath(folder)
+        if _inside(real, folder_real):
+            raise ValueError(f'"{key}" path {entry!r} lies in the service\'s folder {folder_real}')
+    return path
+
+
+def scan_inbox(inbox: Path, reserved: Iterable[Path] = ()) -> dict[str, SceneFiles]:
+    """The scenes in the inbox (top level only: processed/ and quarantine/ folders are skipped).
+    ``reserved``: folders manifests may not point into (the service's processed/ and quarantine/)."""
+    inbox = Path(inbox)
+    reserved = list(reserved)
     scenes: dict[str, SceneFiles] = {}
-    names = sorted(e.name for e in os.scandir(inbox) if e.is_file() and not e.name.startswith("."))
-    names = [n for n in names if not n.lower().endswith(IGNORED_SUFFIXES)]
+    entries = {e.name: e for e in os.scandir(inbox) if e.is_file() and not e.name.startswith(".")}
+    names = sorted(n for n in entries if not n.lower().endswith(IGNORED_SUFFIXES))
     claimed: set[str] = set()
+    root = os.path.realpath(inbox)
     for n in names:
         if n.endswith(MANIFEST_SUFFIX):
             scene = n[:-len(MANIFEST_SUFFIX)]
@@ -96,8 +154,21 @@ def scan_inbox(inbox: Path) -> dict[str, SceneFiles]:
                 if not isinstance(spec, dict) or not all(isinstance(spec.get(k), str) and spec.get(k)
                                                          for k in ("ms", "pan")):
                     raise ValueError('expected {"ms": "<file>", "pan": "<file>"}')
-                sf.ms, sf.pan = inbox / spec["ms"], inbox / spec["pan"]
-                claimed.update((spec["ms"], spec["pan"]))
+                problems = []
+                for key in ("ms", "pan"):
+                    try:
+                        path = manifest_path(inbox, key, spec[key], reserved)
+                    except ValueError as exc:
+                        problems.append(str(exc))
+                        continue
+                    setattr(sf, key, path)
+                    rel = os.path.relpath(path, inbox)
+                    if os.sep not in rel:
+                        claimed.add(rel)
+                if problems:
+                    raise ValueError("; ".join(problems))
+                if sf.ms.name == sf.pan.name:
+                    raise ValueError(f'"ms" and "pan" name the same file name {sf.ms.name!r}')
             except (ValueError, OSError) as exc:
                 sf.manifest_error = f"manifest {n}: {exc}"
     for n in names:
@@ -108,9 +179,22 @@ def scan_inbox(inbox: Path) -> dict[str, SceneFiles]:
             sf = scenes.setdefault(m["scene"], SceneFiles(m["scene"]))
             if sf.manifest is None:
                 setattr(sf, m["kind"].lower(), inbox / n)
+                if entries[n].is_symlink():
+                    real = os.path.realpath(inbox / n)
+                    if not _inside(real, root):
+                        sf.outside_error = f"{n} is a symbolic link to {real}, outside the inbox {root}"
         elif n.endswith(READY_SUFFIX):
             scenes.setdefault(n[:-len(READY_SUFFIX)], SceneFiles(n[:-len(READY_SUFFIX)])).marker = inbox / n
     return scenes
+
+
+def read_inputs_marker(product_dir: Path) -> dict[str, Any] | None:
+    """The inputs identity recorded beside a product (None when absent or unreadable)."""
+    try:
+        data = json.loads((Path(product_dir) / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 class StationService:
@@ -135,6 +219,8 @@ class StationService:
         self._attempts: dict[str, int] = {}
         self._once = False
         self._failed_this_run: set[str] = set()          # --once: a failed scene is not retried
+        self._claims: dict[str, int] = {}                # scene -> fd of its flock'ed claim file
+        self._busy_logged: set[str] = set()
         self.failures = 0
         self.processed: list[str] = []
         self.quarantined: list[str] = []
@@ -156,18 +242,148 @@ class StationService:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RuntimeError(f"another 'ddif station watch' is already serving {self.outbox}") from None
+                raise Refused(f"another 'ddif station watch' is already serving {self.outbox} "
+                              f"(lock {self.outbox / '.station.lock'} is held)") from None
             yield
         finally:
             os.close(fd)
 
-    def _clean_stale(self) -> None:
-        for p in self.outbox.glob(".*.partial"):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
+    def _reserved(self) -> list[Path]:
+        return [self.processed_dir, self.quarantine_dir]
+
+    # ------------------------------------------------------------------ claims (one scene, one service)
+    def _try_claim(self, scene: str) -> bool:
+        import fcntl
+
+        if scene in self._claims:
+            return True
+        path = self.inbox / f".{scene}{CLAIM_SUFFIX}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # the previous holder unlinks the file before it lets go: a lock on an unlinked
+            # (or since re-created) file claims nothing
+            st, now = os.fstat(fd), os.stat(path)
+            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                raise BlockingIOError
+        except (BlockingIOError, FileNotFoundError):
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._claims[scene] = fd
+        return True
+
+    def _release_claim(self, scene: str) -> None:
+        fd = self._claims.pop(scene, None)
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.inbox / f".{scene}{CLAIM_SUFFIX}")      # while still holding the lock
+        os.close(fd)
+
+    @contextlib.contextmanager
+    def _claim(self, scene: str) -> Iterator[bool]:
+        """Hold ``scene``'s claim (re-entrant) for the block; yields False when another service has it."""
+        if scene in self._claims:
+            yield True
+            return
+        if not self._try_claim(scene):
+            if scene not in self._busy_logged:
+                self._busy_logged.add(scene)
+                self.log.info("scene_claimed_elsewhere", scene=scene,
+                              note="another service is working on it; skipped")
+            yield False
+            return
+        self._busy_logged.discard(scene)
+        try:
+            yield True
+        finally:
+            self._release_claim(scene)
+
+    # ------------------------------------------------------------------ start-up recovery
+    def _product_matches(self, record: dict[str, Any]) -> bool:
+        product, inputs = record.get("product"), record.get("inputs")
+        if not product or not inputs:
+            return False
+        marker = read_inputs_marker(Path(product))
+        return marker is not None and same_content(marker, inputs)
+
+    def _recover_move(self, staging: Path) -> str:
+        """Finish or undo one interrupted archive / quarantine move: 'done', 'busy' (another
+        service holds the scene) or 'failed' (logged; tried again at the next poll)."""
+        scene = staged_scene(staging)
+        with self._claim(scene) as mine:
+            if not mine:
+                return "busy"
+            if not staging.exists():
+                return "done"
+            record = read_record(staging)
+            kind = (record or {}).get("kind")
+            try:
+                if kind == "quarantine" or (kind == "archive" and self._product_matches(record)):
+                    dest = finish_move(staging)
+                    if kind == "archive" and record.get("journal"):
+                        shutil.rmtree(record["journal"], ignore_errors=True)
+                    self.log.warning("move_recovered", scene=scene, kind=kind, action="finished", folder=str(dest))
+                else:
+                    restored = rollback_move(staging)
+                    self.log.warning("move_recovered", scene=scene, kind=kind, action="moved back to the inbox",
+                                     files=restored,
+                                     why="no product with the same inputs" if kind == "archive" else "no record")
+            except (OSError, ValueError) as exc:
+                self.failures += 1
+                self.log.error("move_recovery_failed", scene=scene, staging=str(staging),
+                               error=f"{type(exc).__name__}: {exc}", error_kind=environment_error_kind(exc))
+                return "failed"
+        return "done"
+
+    def _recover_moves(self) -> None:
+        for parent in dict.fromkeys((self.processed_dir, self.quarantine_dir)):
+            for staging in pending_moves(parent):
+                self._recover_move(staging)
+
+    def _remove_stale(self, path: Path, what: str) -> None:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
             else:
-                p.unlink(missing_ok=True)
-            self.log.info("stale_partial_removed", path=str(p))
+                path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.log.warning("stale_partial_kept", path=str(path), what=what, error=f"{type(exc).__name__}: {exc}")
+            return
+        self.log.info("stale_partial_removed", path=str(path), what=what)
+
+    def _clean_stale(self) -> None:
+        """Remove what a killed service leaves behind in the folders this service owns: product
+        staging folders (``outbox/.<scene>.partial/``) and temp files of atomic writes
+        (``.<name>.<random>.partial``) anywhere under the outbox, the workdir, processed/ and
+        quarantine/ (but not inside pending move folders, and never in the inbox itself)."""
+        if self.outbox.is_dir():
+            for p in sorted(self.outbox.glob(".*.partial")):
+                self._remove_stale(p, "staging folder" if p.is_dir() else "temp file")
+        inbox_real = os.path.realpath(self.inbox)
+        move_roots = {os.path.realpath(p) for p in (self.processed_dir, self.quarantine_dir)}
+        for root in dict.fromkeys((self.outbox, self.workdir, self.processed_dir, self.quarantine_dir)):
+            if not root.is_dir():
+                continue
+            for dirpath, dirnames, filenames in os.walk(root):
+                here = os.path.realpath(dirpath)
+                keep = []
+                for d in dirnames:
+                    real = os.path.join(here, d)
+                    if real == inbox_real:                  # an inbox nested in the outbox: not ours
+                        continue
+                    if here in move_roots and d.startswith(".") and d.endswith(".partial"):
+                        continue                            # a pending move of another service
+                    keep.append(d)
+                dirnames[:] = keep
+                for fn in filenames:
+                    if is_atomic_temp(fn):
+                        self._remove_stale(Path(dirpath) / fn, "temp file")
 
     def run(self, once: bool = False) -> int:
         """Serve until stopped (SIGTERM / SIGINT), or with ``once`` until nothing more can be done
@@ -181,6 +397,7 @@ class StationService:
                 old[sig] = signal.signal(sig, self.request_stop)
         try:
             with self._lock():
+                self._recover_moves()
                 self._clean_stale()
                 self.log.info("service_start", inbox=str(self.inbox), outbox=str(self.outbox),
                               quarantine=str(self.quarantine_dir), processed=str(self.processed_dir),
@@ -204,6 +421,8 @@ class StationService:
         except StopRequested:
             pass
         finally:
+            for scene in list(self._claims):
+                self._release_claim(scene)
             for sig, handler in old.items():
                 signal.signal(sig, handler)
         self.log.info("service_stop", processed=len(self.processed), quarantined=len(self.quarantined),
@@ -211,15 +430,32 @@ class StationService:
         return self.failures
 
     # ------------------------------------------------------------------ polling
+    def _pending_move(self, name: str) -> str | None:
+        """None when no unfinished archive / quarantine move of ``name`` remains (after trying to
+        resolve one), else 'busy' or 'failed': the scene is then left alone (its files may be
+        half moved)."""
+        state = None
+        for parent in dict.fromkeys((self.processed_dir, self.quarantine_dir)):
+            staging = staging_dir(parent, name)
+            if staging.is_dir():
+                result = self._recover_move(staging)
+                if result != "done":
+                    state = "busy" if "busy" in (state, result) else result
+        return state
+
     def poll(self) -> tuple[bool, bool]:
         """One look at the inbox; process every scene that is ready. Returns (did any work,
         whether some scene may become ready by polling again)."""
-        scenes = scan_inbox(self.inbox)
+        scenes = scan_inbox(self.inbox, self._reserved())
         for gone in set(self._seen) - set(scenes):
             self._seen.pop(gone, None)
         ready, waiting = [], False
         now = time.time()
         for name, sf in scenes.items():
+            pending = self._pending_move(name)
+            if pending is not None:
+                waiting = waiting or pending == "busy"
+                continue
             sig = sf.signature()
             prev = self._seen.get(name)
             polls = prev[1] + 1 if prev and prev[0] == sig else 1
@@ -238,8 +474,16 @@ class StationService:
         for sf in ready:
             if self._stop:
                 break
-            self._process(sf)
-            worked = True
+            with self._claim(sf.name) as mine:
+                if not mine:
+                    waiting = True          # another service has it: look again later
+                    continue
+                # another service may have taken (and archived) the scene between our look and the claim
+                if sf.signature() != self._seen.get(sf.name, ((), 0))[0] or len(sf.existing()) != len(sf.files):
+                    waiting = True
+                    continue
+                self._process(sf)
+                worked = True
         return worked, waiting
 
     def _state(self, sf: SceneFiles, polls: int, now: float) -> str:
@@ -249,27 +493,28 @@ class StationService:
         if sf.manifest is not None:
             if sf.manifest_error:
                 if stable:
-                    self._quarantine(sf, BAD_MANIFEST, sf.manifest_error)
-                    return "bad"
+                    return self._quarantine(sf, BAD_MANIFEST, sf.manifest_error)
                 return "wait"
             missing = [p.name for p in (sf.ms, sf.pan) if not p.exists()]
             if missing:
                 if stable:
-                    self._quarantine(sf, MISSING_PARTNER, f"manifest {sf.manifest.name} names missing file(s) "
-                                                          f"{missing}")
-                    return "bad"
+                    return self._quarantine(sf, MISSING_PARTNER, f"manifest {sf.manifest.name} names missing file(s) "
+                                                                 f"{missing}")
                 return "wait"
             return "ready"
+        if sf.outside_error:
+            if stable:
+                return self._quarantine(sf, OUTSIDE_INBOX, sf.outside_error)
+            return "wait"
         both = sf.ms is not None and sf.pan is not None
         if sf.marker is not None:
             if both:
                 return "ready"
             if stable:
                 have = sf.ms or sf.pan
-                self._quarantine(sf, MISSING_PARTNER, f"ready marker {sf.marker.name} present but "
-                                                      f"{'no files' if have is None else 'only ' + have.name}: "
-                                                      f"expected {sf.name}_MS.tif and {sf.name}_PAN.tif")
-                return "bad"
+                return self._quarantine(sf, MISSING_PARTNER, f"ready marker {sf.marker.name} present but "
+                                                             f"{'no files' if have is None else 'only ' + have.name}: "
+                                                             f"expected {sf.name}_MS.tif and {sf.name}_PAN.tif")
             return "wait"
         if both:
             return "ready" if stable else "wait"
@@ -277,9 +522,8 @@ class StationService:
         age = now - sf.arrival_ns() / 1e9
         if stable and age >= self.watch.orphan_timeout_s:
             have = sf.ms or sf.pan
-            self._quarantine(sf, MISSING_PARTNER, f"{have.name} has had no partner for {age:.0f} s "
-                                                  f"(orphan_timeout_s = {self.watch.orphan_timeout_s:g})")
-            return "bad"
+            return self._quarantine(sf, MISSING_PARTNER, f"{have.name} has had no partner for {age:.0f} s "
+                                                         f"(orphan_timeout_s = {self.watch.orphan_timeout_s:g})")
         return "wait" if not stable else "idle"
 
     # ------------------------------------------------------------------ one scene
@@ -288,18 +532,28 @@ class StationService:
                 "report": folder / f"{name}_report.json"}
 
     def _process(self, sf: SceneFiles) -> None:
+        """Fuse one claimed scene (unless its product exists with the same inputs), then archive it."""
         name = sf.name
         final = self.outbox / name
         journal_dir = self.workdir / name
-        if self._outputs(final, name)["report"].exists():
-            # a previous run finished the product but died before archiving the inputs
-            self.log.info("scene_already_done", scene=name, product=str(final))
-            self._finish(sf, journal_dir)
+        try:
+            inputs = content_identity({"ms": sf.ms, "pan": sf.pan})
+        except OSError as exc:
+            self._failed(sf, exc, stage="read inputs")
+            return
+        done = read_inputs_marker(final)
+        if done is not None and same_content(done, inputs) and self._outputs(final, name)["report"].exists():
+            # a previous run finished the product but died before archiving the inputs, or the same
+            # bytes were delivered again
+            self.log.info("scene_already_done", scene=name, product=str(final),
+                          note="product exists for inputs with the same content: not fused again")
+            self._finish(sf, journal_dir, inputs)
             return
         staging = self.outbox / f".{name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         self.log.info("scene_start", scene=name, ms=str(sf.ms), pan=str(sf.pan),
-                      attempt=self._attempts.get(name, 0) + 1)
+                      attempt=self._attempts.get(name, 0) + 1,
+                      redelivered=final.exists() or None)
         t0 = time.perf_counter()
         try:
             staging.mkdir(parents=True)
@@ -307,9 +561,23 @@ class StationService:
             report = run_scene(sf.ms, sf.pan, out["product"], self.backend, self.config,
                                quicklook_path=out["quicklook"], report_path=out["report"], journal_dir=journal_dir,
                                log=self.log, should_stop=self._should_stop, model_id=self.model_id)
-            if final.exists():          # an incomplete folder left by hand: never merge into it
-                shutil.rmtree(final)
-            os.replace(staging, final)
+            atomic_write_text(staging / INPUTS_FILE, json.dumps(inputs, indent=2, sort_keys=True) + "\n")
+            if final.exists() or final.is_symlink():
+                # a product of other inputs (a re-delivery with new content, or a folder from an older
+                # version): kept under a new name, never destroyed or merged into. The new folder
+                # goes to that name, then the two swap in one step (renameat2 RENAME_EXCHANGE), so
+                # <scene>/ always holds a whole product; without it: two renames.
+                previous = unique_dir(self.outbox, name)
+                os.rename(staging, previous)
+                if not exchange_paths(previous, final):
+                    tmp = self.outbox / f".{name}.superseded"
+                    os.rename(final, tmp)
+                    os.rename(previous, final)
+                    os.rename(tmp, previous)
+                self.log.warning("product_superseded", scene=name, previous=str(previous),
+                                 note="the scene was fused again from inputs with other content")
+            else:
+                os.rename(staging, final)
             fsync_dir(self.outbox)
         except SceneError as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -328,12 +596,14 @@ class StationService:
                       seconds=round(time.perf_counter() - t0, 3), tiles=report["tiles"]["fused"],
                       tiles_from_journal=report["tiles"]["tiles_from_journal"],
                       hqnr=report["quality"].get("mean", {}).get("HQNR"))
-        self._finish(sf, journal_dir)
+        self._finish(sf, journal_dir, inputs)
 
-    def _finish(self, sf: SceneFiles, journal_dir: Path) -> None:
+    def _finish(self, sf: SceneFiles, journal_dir: Path, inputs: dict[str, Any]) -> None:
+        record = {"product": str(self.outbox / sf.name), "inputs": inputs, "journal": str(journal_dir)}
         try:
-            dest = archive(sf.existing(), self.processed_dir, sf.name)
-        except OSError as exc:
+            dest = archive(sf.existing(), self.processed_dir, sf.name, record)
+        except (OSError, ValueError) as exc:
+            self._undo_move(self.processed_dir, sf.name)
             self._failed(sf, exc, stage="archive")
             return
         shutil.rmtree(journal_dir, ignore_errors=True)
@@ -341,6 +611,19 @@ class StationService:
         self._attempts.pop(sf.name, None)
         self.processed.append(sf.name)
         self.log.info("scene_archived", scene=sf.name, inputs=str(dest))
+
+    def _undo_move(self, parent: Path, scene: str) -> None:
+        """After a failed move: put the files already moved back into the inbox (a pending move
+        that cannot be undone now is resolved by a later poll or start)."""
+        staging = staging_dir(parent, scene)
+        if not staging.exists():
+            return
+        try:
+            rollback_move(staging)
+        except OSError as exc:
+            self.log.error("move_rollback_failed", scene=scene, staging=str(staging),
+                           error=f"{type(exc).__name__}: {exc}", error_kind=environment_error_kind(exc),
+                           note="resolved at the next poll or start")
 
     def _failed(self, sf: SceneFiles, exc: BaseException, stage: str = "process") -> None:
         self.failures += 1
@@ -364,15 +647,30 @@ class StationService:
         else:
             self._retry_at[name] = time.time() + self.watch.retry_backoff_s
 
-    def _quarantine(self, sf: SceneFiles, category: str, message: str) -> None:
-        try:
-            dest = quarantine(sf.existing(), self.quarantine_dir, sf.name, category, message)
-        except OSError as exc:
-            self.failures += 1
-            self.log.error("quarantine_failed", scene=sf.name, category=category, reason=message,
-                           error=f"{type(exc).__name__}: {exc}", error_kind=environment_error_kind(exc))
-            self._retry_at[sf.name] = time.time() + self.watch.retry_backoff_s
-            return
+    def _quarantine(self, sf: SceneFiles, category: str, message: str) -> str:
+        """Move a claimed scene's files to quarantine. Returns the scene's state for :meth:`_state`:
+        'bad' once quarantined, 'wait' when another service holds the scene or its files changed."""
+        if self._retry_at.get(sf.name, 0) > time.time() or (self._once and sf.name in self._failed_this_run):
+            return "idle"                   # a failed quarantine is retried after the backoff
+        with self._claim(sf.name) as mine:
+            if not mine:
+                return "wait"
+            # the files may have changed (or been taken by another service) since the inbox was read
+            now = scan_inbox(self.inbox, self._reserved()).get(sf.name)
+            seen = self._seen.get(sf.name)
+            if now is None or now.files != sf.files or (seen is not None and now.signature() != seen[0]):
+                return "wait"
+            try:
+                dest = quarantine(sf.existing(), self.quarantine_dir, sf.name, category, message)
+            except (OSError, ValueError) as exc:
+                self._undo_move(self.quarantine_dir, sf.name)
+                self.failures += 1
+                self._failed_this_run.add(sf.name)
+                self.log.error("quarantine_failed", scene=sf.name, category=category, reason=message,
+                               error=f"{type(exc).__name__}: {exc}", error_kind=environment_error_kind(exc))
+                self._retry_at[sf.name] = time.time() + self.watch.retry_backoff_s
+                return "idle"
         self._seen.pop(sf.name, None)
         self.quarantined.append(sf.name)
         self.log.warning("scene_quarantined", scene=sf.name, category=category, reason=message, folder=str(dest))
+        return "bad"

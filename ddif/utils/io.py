@@ -32,6 +32,39 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[P
         raise
 
 
+def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two existing paths (files or folders) in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``): at every moment each name holds one of the two. Returns False, having
+    changed nothing, where the system or file system cannot do it (the caller then falls back to
+    two renames)."""
+    import ctypes
+    import ctypes.util
+    import errno
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
+
+
+def is_atomic_temp(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_path`'s temporary files
+    (``.<name>.<random>.partial``): after a crash such a file is garbage."""
+    return name.startswith(".") and name.endswith(".partial") and len(name) > len("..partial")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
