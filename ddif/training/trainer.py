@@ -238,7 +238,7 @@ class Trainer:
         if not self.is_main:
             return
         path = self.out / f"{name}.csv"
-        new = not path.exists()
+        new = not path.exists() or path.stat().st_size == 0
         with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(row))
             if new:
@@ -250,15 +250,30 @@ class Trainer:
                     self._tb.add_scalar(f"{name}/{k}", v, row["step"])
 
     def _truncate_logs(self) -> None:
-        """After a resume, drop log rows written after the checkpoint (they will be redone)."""
+        """Make the CSV logs agree with the step training restarts from: on a resume from step S,
+        drop the rows with step > S (written after the checkpoint, they will be redone) and any
+        torn last line of a killed run, rewriting the file atomically; on a fresh start (step 0:
+        no checkpoint, with or without --resume) start new logs."""
         for name in ("train", "val"):
             path = self.out / f"{name}.csv"
             if not path.exists():
                 continue
+            if self.step == 0:
+                path.unlink()
+                continue
             with open(path, newline="") as f:
                 reader = csv.DictReader(f)
                 fields = reader.fieldnames or []
-                rows = [r for r in reader if int(float(r["step"])) <= self.step]
+                rows = []
+                for r in reader:
+                    try:
+                        step = int(float(r["step"]))
+                    except (KeyError, TypeError, ValueError):
+                        continue                        # a torn line (or a foreign file): not a row
+                    if None in r.values() or None in r:
+                        continue                        # too few / too many fields: a torn line
+                    if step <= self.step:
+                        rows.append(r)
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=fields)
             writer.writeheader()
@@ -339,10 +354,11 @@ class Trainer:
             if latest is not None:
                 self.load_checkpoint(latest)
                 if self.is_main:
-                    self._truncate_logs()
                     print(f"resumed from {latest} at step {self.step}")
             elif self.is_main:
                 print(f"--resume: no checkpoint in {self.ckpt_dir}, starting from scratch")
+        if self.is_main:
+            self._truncate_logs()           # the CSV logs restart where training does
         if self.opts.tensorboard and self.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
