@@ -128,27 +128,48 @@ def test_verify_product_reads_a_bounded_amount(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ service helpers
 class EchoBackend:
-    """A do-nothing backend with the ddif.runtime interface: returns lms (the MS interpolated to
-    the PAN grid), optionally after a delay; counts its calls (thread-safe)."""
+    """A do-nothing backend with the ddif.runtime interface: ``fuse`` returns lms (the MS
+    interpolated to the PAN grid) and ``sample_tiles`` a zero residual, optionally after a delay;
+    counts its calls (thread-safe). Whole-image tiling: the station's config cuts the tiles."""
 
     name, bands, guide_bands, max_dn, rgb_bands, ratio, steps = "echo", 8, 1, 2047.0, (4, 2, 1), 4, None
 
     def __init__(self, delay: float = 0.0):
         import threading
 
+        from test_station_support import station_preset
+
         self.delay = delay
         self.calls = 0
-        self.scenes: list[tuple] = []
         self._lock = threading.Lock()
+        self.preset = station_preset()
+        try:
+            from ddif.inference.tiling import Tiling
+        except ImportError:             # an engine without the tiled-inference interface
+            pass
+        else:
+            self.tiling = Tiling.for_preset(self.preset, 0, 0)
 
-    def fuse(self, lms, pan, seed=0):
+    def _call(self) -> None:
         import time
 
         with self._lock:
             self.calls += 1
         if self.delay:
             time.sleep(self.delay)
+
+    def describe(self) -> str:
+        return "echo (returns lms)"
+
+    def fuse(self, lms, pan, seed=0, **kw):
+        self._call()
         return lms
+
+    def sample_tiles(self, lms, pan, noise, generators=None):
+        import torch
+
+        self._call()
+        return torch.zeros_like(lms)
 
 
 def _config(**kw):
@@ -320,12 +341,12 @@ def test_station_run_disk_full_is_one_line_exit_3(tmp_path, monkeypatch, capsys)
     """``ddif station run`` into a full disk (journal write): exit code 3 and one line, no traceback."""
     import ddif.cli.station as cli_station
     import ddif.station.journal as journal_mod
+    from test_station_support import save_station_model
 
     ms, pan = _scene(tmp_path / "in", "r", ready=False)
-    (tmp_path / "model.pt").write_bytes(b"")
-    monkeypatch.setattr(cli_station, "load_backend", lambda args: EchoBackend())
+    model = save_station_model(tmp_path / "model.pt")
     monkeypatch.setattr(journal_mod, "atomic_path", _failing_atomic_path("131072 requested and 0 written"))
-    rc = cli_station.main(["run", "--ms", str(ms), "--pan", str(pan), "--model", str(tmp_path / "model.pt"),
+    rc = cli_station.main(["run", "--ms", str(ms), "--pan", str(pan), "--model", str(model), "--backend", "pytorch",
                            "--out", str(tmp_path / "r.tif"), "--tile-size", "64", "--overlap", "16",
                            "--metric-tiles", "0", "--no-progress"])
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("{")]
@@ -637,3 +658,42 @@ def test_expected_refusals_are_one_line_exit_2(tmp_path):
                           str(tmp_path / "missing.pt"), cwd=tmp_path), "model not found")
     _one_error_line(_ddif(*base, "--inbox", str(inbox), "--tile-size", "8", cwd=tmp_path), "tile_size")
     _one_error_line(_ddif("station", "watch", "--inbox", str(inbox), cwd=tmp_path), "--outbox")
+
+
+# ------------------------------------------------------------------------------------------ guards
+def test_processing_error_still_quarantines_and_failed_quarantine_move_keeps_scene_whole(tmp_path, monkeypatch):
+    """A backend failure (not the environment) is quarantined after max_attempts as before; a
+    quarantine move that fails midway (disk full) puts the moved files back: the scene stays
+    whole in the inbox and --once ends."""
+    import errno
+    import json
+    import shutil
+
+    class Broken(EchoBackend):
+        def _call(self):
+            raise RuntimeError("backend exploded")
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    _scene(inbox, "p")
+    service = _service(inbox, outbox, Broken())
+    service.run(once=True)
+    assert service.quarantined == ["p"]
+    assert json.loads((inbox / "quarantine" / "p" / "reason.json").read_text())["category"] == "processing_error"
+
+    _scene(inbox, "q")
+    real = shutil.move
+    calls = {"n": 0}
+
+    def move(src, dst, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(shutil, "move", move)
+    service = _service(inbox, outbox, Broken())
+    service.run(once=True)
+    monkeypatch.undo()
+    failed = _events(service, "quarantine_failed")
+    assert failed and failed[0]["error_kind"] == "disk_full" and not service.quarantined
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["q.ready", "q_MS.tif", "q_PAN.tif"]
+    assert sorted(p.name for p in (inbox / "quarantine").iterdir()) == ["p"]

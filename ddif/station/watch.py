@@ -220,6 +220,8 @@ class StationService:
         self._once = False
         self._failed_this_run: set[str] = set()          # --once: a failed scene is not retried
         self._claims: dict[str, int] = {}                # scene -> fd of its flock'ed claim file
+        self._quarantine_retry_at: dict[str, float] = {}  # scene -> when a failed quarantine move is retried
+        self._recovery_errors: dict[str, str] = {}       # staging folder -> last recovery error logged
         self._busy_logged: set[str] = set()
         self.failures = 0
         self.processed: list[str] = []
@@ -249,7 +251,10 @@ class StationService:
             os.close(fd)
 
     def _reserved(self) -> list[Path]:
-        return [self.processed_dir, self.quarantine_dir]
+        """The service's folders that manifests may not point into (those holding the inbox aside)."""
+        inbox = os.path.realpath(self.inbox)
+        return [p for p in (self.processed_dir, self.quarantine_dir, self.outbox, self.workdir)
+                if not _inside(inbox, os.path.realpath(p))]
 
     # ------------------------------------------------------------------ claims (one scene, one service)
     def _try_claim(self, scene: str) -> bool:
@@ -333,10 +338,14 @@ class StationService:
                                      files=restored,
                                      why="no product with the same inputs" if kind == "archive" else "no record")
             except (OSError, ValueError) as exc:
-                self.failures += 1
-                self.log.error("move_recovery_failed", scene=scene, staging=str(staging),
-                               error=f"{type(exc).__name__}: {exc}", error_kind=environment_error_kind(exc))
+                error = f"{type(exc).__name__}: {exc}"
+                if self._recovery_errors.get(str(staging)) != error:     # once per error, not every poll
+                    self._recovery_errors[str(staging)] = error
+                    self.failures += 1
+                    self.log.error("move_recovery_failed", scene=scene, staging=str(staging), error=error,
+                                   error_kind=environment_error_kind(exc), note="tried again at every poll")
                 return "failed"
+        self._recovery_errors.pop(str(staging), None)
         return "done"
 
     def _recover_moves(self) -> None:
@@ -431,16 +440,16 @@ class StationService:
 
     # ------------------------------------------------------------------ polling
     def _pending_move(self, name: str) -> str | None:
-        """None when no unfinished archive / quarantine move of ``name`` remains (after trying to
-        resolve one), else 'busy' or 'failed': the scene is then left alone (its files may be
-        half moved)."""
+        """None when ``name`` has no unfinished archive / quarantine move. Otherwise the move is
+        resolved if possible and the scene left alone for this poll (its files were half moved,
+        what the inbox showed is stale): 'done' (look again next poll), 'busy' (another service
+        holds the scene) or 'failed'."""
         state = None
         for parent in dict.fromkeys((self.processed_dir, self.quarantine_dir)):
             staging = staging_dir(parent, name)
             if staging.is_dir():
                 result = self._recover_move(staging)
-                if result != "done":
-                    state = "busy" if "busy" in (state, result) else result
+                state = result if state in (None, "done") else state
         return state
 
     def poll(self) -> tuple[bool, bool]:
@@ -454,7 +463,7 @@ class StationService:
         for name, sf in scenes.items():
             pending = self._pending_move(name)
             if pending is not None:
-                waiting = waiting or pending == "busy"
+                waiting = waiting or pending in ("busy", "done")
                 continue
             sig = sf.signature()
             prev = self._seen.get(name)
@@ -650,8 +659,9 @@ class StationService:
     def _quarantine(self, sf: SceneFiles, category: str, message: str) -> str:
         """Move a claimed scene's files to quarantine. Returns the scene's state for :meth:`_state`:
         'bad' once quarantined, 'wait' when another service holds the scene or its files changed."""
-        if self._retry_at.get(sf.name, 0) > time.time() or (self._once and sf.name in self._failed_this_run):
-            return "idle"                   # a failed quarantine is retried after the backoff
+        if sf.name in self._quarantine_retry_at:
+            if self._once or self._quarantine_retry_at[sf.name] > time.time():
+                return "idle"               # a failed quarantine move is retried after the backoff
         with self._claim(sf.name) as mine:
             if not mine:
                 return "wait"
@@ -665,11 +675,13 @@ class StationService:
             except (OSError, ValueError) as exc:
                 self._undo_move(self.quarantine_dir, sf.name)
                 self.failures += 1
-                self._failed_this_run.add(sf.name)
                 self.log.error("quarantine_failed", scene=sf.name, category=category, reason=message,
-                               error=f"{type(exc).__name__}: {exc}", error_kind=environment_error_kind(exc))
+                               error=f"{type(exc).__name__}: {exc}", error_kind=environment_error_kind(exc),
+                               retry_in_s=self.watch.retry_backoff_s)
+                self._quarantine_retry_at[sf.name] = time.time() + self.watch.retry_backoff_s
                 self._retry_at[sf.name] = time.time() + self.watch.retry_backoff_s
                 return "idle"
+        self._quarantine_retry_at.pop(sf.name, None)
         self._seen.pop(sf.name, None)
         self.quarantined.append(sf.name)
         self.log.warning("scene_quarantined", scene=sf.name, category=category, reason=message, folder=str(dest))
