@@ -129,9 +129,23 @@ class DataConfig:
     layout: str = "pancollection"       # "pancollection" (gt/ms/lms/pan) or "hisr" (GT/LRHSI/RGB/HSI_up)
     sensor: str = "wv3"                 # for MTF-matched degradation (Wald protocol)
     rgb_bands: tuple[int, ...] = (4, 2, 1)   # true-colour bands for quicklooks (0-based)
+    # How the model's inputs were made from DN rasters (ddif.data.scene.Preprocessing): every entry
+    # point that reads scenes applies the same. lms = upsample(ms, ratio, interpolation, interp_padding)
+    # after nodata holes are filled by fill_iterations 3x3 dilations; images are DN / model.max_dn.
+    interpolation: str = "interp23tap"  # or "bicubic" (interp23tap needs a power-of-2 ratio)
+    interp_padding: str = "symmetric"   # interp23tap boundary: symmetric, replicate or circular
+    fill_iterations: int = 4
+    band_names: tuple[str, ...] = ()    # the MS bands in the model's order (e.g. "B2", "B3", "B4"), if known
 
     def __post_init__(self) -> None:
         self.rgb_bands = tuple(int(b) for b in self.rgb_bands)
+        self.band_names = tuple(str(b) for b in self.band_names)
+        if self.interpolation not in ("interp23tap", "bicubic"):
+            raise ValueError(f"interpolation must be interp23tap or bicubic, got {self.interpolation!r}")
+        if self.interp_padding not in ("symmetric", "replicate", "circular"):
+            raise ValueError(f"interp_padding must be symmetric, replicate or circular, got {self.interp_padding!r}")
+        if self.fill_iterations < 0:
+            raise ValueError(f"fill_iterations must be >= 0, got {self.fill_iterations}")
 
 
 @dataclass
@@ -205,7 +219,8 @@ def _small_rgb() -> Preset:
         train=TrainConfig(lr=5e-4, batch_size=16, iterations=8000, lr_milestones=(6000,),
                           grad_clip=1.0, ema_decay=0.999, ema_start=500, patch_size=32,
                           val_every=1000, ckpt_every=500, log_every=50, num_workers=0),
-        data=DataConfig(ratio=4, layout="pancollection", sensor="landsat8", rgb_bands=(2, 1, 0)),
+        data=DataConfig(ratio=4, layout="pancollection", sensor="landsat8", rgb_bands=(2, 1, 0),
+                        band_names=("B2", "B3", "B4")),
     )
 
 

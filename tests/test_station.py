@@ -421,8 +421,8 @@ def test_watch_stops_between_batches_and_resumes(tmp_path, station_backend):
         def __getattr__(self, name):
             return getattr(self.backend, name)
 
-        def fuse(self, lms, pan, seed=0):
-            out = self.backend.fuse(lms, pan, seed=seed)
+        def sample_tiles(self, lms, pan, noise, generators=None):
+            out = self.backend.sample_tiles(lms, pan, noise, generators)
             self.service.request_stop()
             return out
 

@@ -87,20 +87,35 @@ def add_station_commands(subparsers) -> None:
     add_station_arguments(p)
 
 
-def load_backend(args):
-    """The backend named by --backend for --model (auto: ddif.runtime.best_available)."""
+def load_backend(args, config):
+    """The backend named by --backend for --model (auto: ddif.runtime.best_available), sampling
+    the tiles the station cuts (``config.tiling_for``: the model's own unless overridden)."""
     import ddif.runtime as runtime
 
     model = Path(args.model)
-    if not model.exists():
-        raise FileNotFoundError(f"model not found: {model}")
+    preset, _ = runtime.model_preset(model)
+    tiling = config.tiling_for(preset)
+    batch = config.resolved(tiling, _preprocessing(preset, config)).batch_size
+    tiles = {"tile_overlap": tiling.overlap, "batch_size": batch}
     if args.backend == "auto":
-        return runtime.best_available(model, device=args.device, steps=args.steps)
+        return runtime.best_available(model, device=args.device, steps=args.steps, tile_size=tiling.tile_size,
+                                      **tiles)
     if args.backend == "pytorch":
-        return runtime.TorchFuser(model, steps=args.steps, device=args.device)
+        return runtime.TorchFuser(model, steps=args.steps, device=args.device, tile_size=tiling.tile_size, **tiles)
     if model.suffix.lower() != ".onnx":
-        model = runtime.ensure_onnx(model, steps=args.steps)
-    return runtime.OnnxRuntimeFuser(model, device=args.device, steps=args.steps)
+        model = runtime.ensure_onnx(model, steps=args.steps, tile_size=tiling.tile_size)
+    backend = runtime.OnnxRuntimeFuser(model, device=args.device, steps=args.steps, **tiles)
+    if backend.tiling.tile_size != tiling.tile_size:
+        raise ValueError(f"{model} samples {backend.tiling.describe()}, the station is set to {tiling.tile_size} px "
+                         "tiles: export it again with --tile-size, or leave --tile-size unset")
+    return backend
+
+
+def _preprocessing(preset, config):
+    from ddif.data.scene import Preprocessing
+
+    return Preprocessing.for_preset(preset, interpolation=config.interpolation, padding=config.padding,
+                                    fill_iterations=config.fill_iterations)
 
 
 def _model_id(path: str) -> dict:
@@ -110,23 +125,28 @@ def _model_id(path: str) -> dict:
 
 
 def cmd_run(args) -> int:
+    import ddif.runtime as runtime
     from ddif.station.config import StationConfig
     from ddif.station.events import EventLog
     from ddif.station.run import plan_scene, run_scene
 
     config = dataclass_from_args(StationConfig, args)
-    backend = load_backend(args)
+    log = EventLog()
+    # the pair is checked against the model (bands, ratio, grids, scale) before any backend is
+    # built: a wrong scene is refused in seconds, not after an ONNX export
+    preset, _ = runtime.model_preset(args.model)
+    plan = plan_scene(args.ms, args.pan, preset, config, log=log)
     if args.dry_run:
-        plan = plan_scene(args.ms, args.pan, backend, config)
         print("dry run: nothing written\n" + plan.describe())
         print(f"outputs    {args.out}, {args.quicklook or Path(args.out).stem + '_quicklook.png'}, "
               f"{args.report or Path(args.out).stem + '_report.json'}")
         return 0
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        report = run_scene(args.ms, args.pan, args.out, backend, config, quicklook_path=args.quicklook,
-                           report_path=args.report, journal_dir=args.journal, log=EventLog(), progress=progress,
-                           model_id=_model_id(args.model))
+        backend = load_backend(args, config)
+        report = run_scene(args.ms, args.pan, args.out, backend, plan.config, quicklook_path=args.quicklook,
+                           report_path=args.report, journal_dir=args.journal, log=log, progress=progress,
+                           model_id=_model_id(args.model), plan=plan)
     except Exception as exc:
         from ddif.station.errors import environment_error_kind
 
@@ -154,7 +174,7 @@ def cmd_watch(args) -> int:
     watch = dataclass_from_args(WatchConfig, args)
     log = EventLog(path=args.log_file)
     try:
-        backend = load_backend(args)
+        backend = load_backend(args, config)
     except Exception as exc:
         log.error("service_error", error=f"{type(exc).__name__}: {exc}", stage="load model")
         raise

@@ -19,6 +19,8 @@ _LAZY = {
     "TensorRTFuser": "ddif.runtime.backends",
     "best_available": "ddif.runtime.backends",
     "ensure_onnx": "ddif.runtime.backends",
+    "model_preset": "ddif.runtime.backends",
+    "spec_tiling": "ddif.runtime.backends",
     "SamplingPlan": "ddif.runtime.plan",
     "resolve_sampling_plan": "ddif.runtime.plan",
     "ExportSpec": "ddif.runtime.spec",

@@ -12,25 +12,31 @@ from dataclasses import asdict, dataclass
 COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
 INTERPOLATIONS = ("interp23tap", "bicubic")
 PADDINGS = ("symmetric", "replicate", "circular")
+# Tiles for models that sample whole images (the published presets): a scene must be cut somewhere.
+WHOLE_IMAGE_MODEL_TILE = 256
 
 
 @dataclass
 class StationConfig:
     """How one scene is fused and written.
 
-    Sizes are PAN-grid pixels. Everything that changes the product's bytes (tile geometry, batch
-    size, seed, interpolation, compression) is part of the journal's fingerprint, so a resume
-    never mixes tiles computed under different settings.
+    Sizes are PAN-grid pixels. ``None`` means "as the model was trained": the checkpoint's tile
+    size and overlap (:class:`ddif.inference.Tiling`; 256 / 32 px for models that sample whole
+    images), its interpolation, boundary padding and hole filling (``preset.data``), so that the
+    product equals ``ddif.Fuser``'s output. Everything that changes the product's bytes (tile
+    geometry, batch size, seed, preprocessing, compression) is part of the journal's fingerprint,
+    so a resume never mixes tiles computed under different settings.
     """
 
-    tile_size: int = 256             # side of a fused tile
-    overlap: int = 32                # pixels shared by neighbouring tiles, blended with a cosine ramp
-    batch_size: int = 4              # tiles per backend call (fixed groups: see run.py on determinism)
-    seed: int = 0                    # scene seed; each batch's seed derives from it and its first tile
-    interpolation: str = "interp23tap"   # MS -> PAN grid, as make_dataset builds lms for training
-    padding: str = "symmetric"       # interp23tap boundary at the scene edge (make_dataset's default)
-    fill_iterations: int = 4         # nodata holes are filled by this many 3x3 dilations before interpolating
+    tile_size: int | None = None     # side of a fused tile (None: the model's tile size)
+    overlap: int | None = None       # pixels shared by neighbouring tiles, cross-faded (None: the model's)
+    batch_size: int | None = None    # tiles per backend call (None: about 256 k pixels of tiles)
+    seed: int = 0                    # scene seed; tile k's x_T is drawn from (seed, 0, k), as in ddif.Fuser
+    interpolation: str | None = None  # MS -> PAN grid (None: as the model was trained)
+    padding: str | None = None       # interp23tap boundary at the scene edge (None: as trained)
+    fill_iterations: int | None = None  # 3x3 dilations filling nodata holes before interpolating (None: as trained)
     input_nodata: float | None = None   # nodata of inputs that carry no nodata tag (e.g. 0 for zero-filled scenes)
+    input_scale: float | None = None    # DN = file value x input_scale (e.g. 10000 for reflectance in [0, 1])
     block_size: int = 256            # GeoTIFF internal tile; the product is assembled one block at a time
     compress: str = "deflate"
     zlevel: int = 6
@@ -44,18 +50,22 @@ class StationConfig:
 
     def __post_init__(self) -> None:
         self.quicklook_percentiles = tuple(float(p) for p in self.quicklook_percentiles)
-        if self.tile_size < 16:
+        if self.tile_size is not None and self.tile_size < 16:
             raise ValueError(f"tile_size must be >= 16 pixels, got {self.tile_size}")
-        if not 0 <= self.overlap <= self.tile_size // 2:
+        if self.overlap is not None and self.tile_size is not None and not 0 <= self.overlap <= self.tile_size // 2:
             raise ValueError(f"overlap must lie in [0, tile_size/2 = {self.tile_size // 2}], got {self.overlap}")
-        if self.batch_size < 1:
+        if self.overlap is not None and self.overlap < 0:
+            raise ValueError(f"overlap must be >= 0, got {self.overlap}")
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.interpolation not in INTERPOLATIONS:
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
-        if self.padding not in PADDINGS:
+        if self.padding is not None and self.padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
-        if self.fill_iterations < 0:
+        if self.fill_iterations is not None and self.fill_iterations < 0:
             raise ValueError(f"fill_iterations must be >= 0, got {self.fill_iterations}")
+        if self.input_scale is not None and not self.input_scale > 0:
+            raise ValueError(f"input_scale must be positive, got {self.input_scale}")
         if self.block_size < 16 or self.block_size % 16:
             raise ValueError(f"block_size must be a positive multiple of 16 (GeoTIFF tiles), got {self.block_size}")
         if self.compress.lower() not in COMPRESSIONS:
@@ -73,13 +83,32 @@ class StationConfig:
         if self.gdal_cache_mb < 1:
             raise ValueError(f"gdal_cache_mb must be >= 1, got {self.gdal_cache_mb}")
 
+    def tiling_for(self, preset):
+        """The tiles a scene is cut into for ``preset``'s model: this config's tile size / overlap,
+        else the model's own, else (whole-image models) 256 px tiles with 32 px overlap."""
+        from ddif.inference.tiling import Tiling
+
+        tile = self.tile_size
+        if tile is None:
+            tile = preset.diffusion.tile_size or WHOLE_IMAGE_MODEL_TILE
+        return Tiling.for_preset(preset, tile, self.overlap)
+
+    def resolved(self, tiling, preprocessing) -> "StationConfig":
+        """A copy with every "as the model was trained" (None) replaced by the value used."""
+        from dataclasses import replace
+
+        batch = self.batch_size or max(1, (1 << 18) // (tiling.tile_size * tiling.tile_size))
+        return replace(self, tile_size=tiling.tile_size, overlap=tiling.overlap, batch_size=batch,
+                       interpolation=preprocessing.interpolation, padding=preprocessing.padding,
+                       fill_iterations=preprocessing.fill_iterations)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     def product_fields(self) -> dict:
         """The settings that determine the product's bytes (for the journal fingerprint)."""
         keys = ("tile_size", "overlap", "batch_size", "seed", "interpolation", "padding", "fill_iterations",
-                "input_nodata", "block_size", "compress", "zlevel", "overview_min_size")
+                "input_nodata", "input_scale", "block_size", "compress", "zlevel", "overview_min_size")
         return {k: getattr(self, k) for k in keys}
 
 

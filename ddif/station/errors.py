@@ -13,15 +13,11 @@ from __future__ import annotations
 import errno
 import re
 
-# quarantine categories
-CORRUPT = "corrupt"
-MISSING_PARTNER = "missing_partner"
-WRONG_RATIO = "wrong_ratio"
-NO_OVERLAP = "no_overlap"
-ALL_NODATA = "all_nodata"
-BAD_GRID = "bad_grid"            # rotated / skewed transform, CRS mismatch, missing georeferencing
-WRONG_BANDS = "wrong_bands"
-BAD_VALUES = "bad_values"        # NaN / Inf that are not the nodata value, unsupported dtype
+# quarantine categories: the scene problems found while reading a scene live with the one
+# ingestion layer (ddif.data.scene); the service adds its own
+from ddif.data.scene import (ALL_NODATA, BAD_GRID, BAD_SCALE, BAD_VALUES, CORRUPT,  # noqa: F401 (re-exported)
+                             MISSING_PARTNER, NO_OVERLAP, WRONG_BANDS, WRONG_RATIO, SceneError)
+
 BAD_MANIFEST = "bad_manifest"    # unreadable manifest, or one naming a path outside the inbox
 OUTSIDE_INBOX = "outside_inbox"  # a pair file that is a symbolic link leading out of the inbox
 PROCESSING_ERROR = "processing_error"
@@ -43,14 +39,6 @@ _ENV_PHRASES = {
 # "524288 requested and 24968 written". A short write to a file means no space (disk full, quota,
 # file-size limit).
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
-
-
-class SceneError(ValueError):
-    """A bad scene: ``category`` (one of the constants above) says why, the message says what."""
-
-    def __init__(self, category: str, message: str):
-        super().__init__(message)
-        self.category = category
 
 
 class OutputWriteError(OSError):

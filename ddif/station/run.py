@@ -1,13 +1,18 @@
 """One scene, start to finish: check, plan, fuse tiles through the backend (journaled), assemble
 and write the product, quicklook, quality report.
 
+The scene is read by windows through the one ingestion layer (:mod:`ddif.data.scene`: checks,
+MS-to-PAN placement, nodata, hole filling, interpolation, scale) and laid out in the model's
+tiles (:class:`ddif.inference.Tiling`: the checkpoint's tile size and overlap, the same grid
+``ddif.Fuser`` uses); each tile's x_T is drawn from ``(seed, 0, tile index)`` and its values
+``lms + residual`` are blended with :func:`ddif.utils.tiling.blend_window`, as in the Fuser, so
+the product equals ``ddif.Fuser``'s output for the whole scene (up to rounding to DN).
+
 Determinism (what makes a resumed product byte-identical to an uninterrupted one):
 
 - Tiles are fused in fixed batches: the non-empty tiles in row-major order, cut into groups of
-  ``batch_size``. A batch's seed is ``seed * 1_000_003 + index of its first tile``, so every tile's
-  initial noise is a function of its position (and the settings), not of when it was computed.
-  A batch is skipped on resume only when all its tiles are in the journal; otherwise it is
-  recomputed whole, giving the same values.
+  ``batch_size``. A batch is skipped on resume only when all its tiles are in the journal;
+  otherwise it is recomputed whole (the same batch composition, the same floating-point values).
 - The product is assembled only from the journaled float32 tiles, block by block in raster order
   (each GeoTIFF block written exactly once), tile contributions summed in tile-index order.
 - GeoTIFF settings are fixed (compression, predictor, block size, single-threaded GDAL) and no
@@ -28,36 +33,53 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ddif.data.scene import (ALL_NODATA, Preprocessing, SceneError, SceneGrid, SceneReader, check_scene_scale,
+                             gdal_env, open_pair, scan_scene)
+from ddif.inference.tiling import Tiling, tile_noise
 from ddif.station.config import StationConfig
-from ddif.station.errors import ALL_NODATA, SceneError, StopRequested
+from ddif.station.errors import StopRequested
 from ddif.station.events import EventLog, NullLog
-from ddif.station.io import (SceneGrid, SceneReader, check_pair, gdal_env, output_nodata, overview_factors,
-                             product_profile, scan_validity, to_dn, verify_product, write_quicklook)
+from ddif.station.io import (output_nodata, overview_factors, product_profile, to_dn, verify_product,
+                             write_quicklook)
 from ddif.station.journal import Journal, file_identity
 from ddif.utils.tiling import TileGrid, blend_window
 
-PIPELINE_VERSION = 1
-SEED_STRIDE = 1_000_003
+# 2: tiles in the model's tiling with per-tile noise, journal holds lms + residual
+PIPELINE_VERSION = 2
+BACKEND_INTERFACE = ("name", "bands", "guide_bands", "max_dn", "rgb_bands", "ratio", "preset", "tiling",
+                     "sample_tiles")
 
 
-def batch_seed(seed: int, first_tile: int) -> int:
-    """Seed of the batch whose first tile is ``first_tile`` (a function of position only)."""
-    return (int(seed) * SEED_STRIDE + int(first_tile)) % (2 ** 63 - 1)
+def model_facts(model, config: StationConfig | None = None) -> dict[str, Any]:
+    """What the station needs to know about the model, from a backend (the ``ddif.runtime``
+    interface) or, before any backend exists (no ONNX export yet), from its preset."""
+    from ddif.config import Preset
 
-
-def backend_facts(backend) -> dict[str, Any]:
-    """What the station needs from a backend (the ``ddif.runtime`` interface)."""
-    missing = [a for a in ("name", "bands", "guide_bands", "max_dn", "rgb_bands", "ratio", "fuse")
-               if not hasattr(backend, a)]
-    if missing:
-        raise ValueError(f"backend {backend!r} lacks {missing} (expected the ddif.runtime backend interface)")
-    preset = getattr(backend, "preset", None)
-    sensor = getattr(getattr(preset, "data", None), "sensor", None) or "generic"
-    describe = backend.describe() if hasattr(backend, "describe") else str(backend.name)
-    return {"name": str(backend.name), "describe": describe, "bands": int(backend.bands),
-            "guide_bands": int(backend.guide_bands), "max_dn": float(backend.max_dn),
-            "rgb_bands": [int(b) for b in backend.rgb_bands], "ratio": int(backend.ratio), "sensor": str(sensor),
-            "steps": getattr(backend, "steps", None), "preset": getattr(preset, "name", None)}
+    config = config or StationConfig()
+    if isinstance(model, Preset):
+        preset, name, describe, steps = model, "not loaded", "not loaded (checks only)", None
+        tiling = config.tiling_for(preset)
+    else:
+        missing = [a for a in BACKEND_INTERFACE if not hasattr(model, a)]
+        if missing:
+            raise ValueError(f"backend {model!r} lacks {missing} (expected the ddif.runtime backend interface)")
+        preset, name = model.preset, str(model.name)
+        describe = model.describe() if hasattr(model, "describe") else name
+        steps = getattr(model, "steps", None)
+        tiling = model.tiling
+        if not tiling.tiled:           # a whole-image backend (PyTorch, dynamic graph) samples any tile
+            tiling = config.tiling_for(preset)
+        elif (config.tile_size not in (None, tiling.tile_size)) or (config.overlap not in (None, tiling.overlap)):
+            raise ValueError(f"the backend samples {tiling.describe()}, the station is set to tile_size "
+                             f"{config.tile_size}, overlap {config.overlap}: build the backend with the same tile "
+                             "size and overlap")
+    pre = Preprocessing.for_preset(preset, interpolation=config.interpolation, padding=config.padding,
+                                   fill_iterations=config.fill_iterations)
+    return {"name": name, "describe": describe, "preset": preset.name, "bands": int(preset.model.bands),
+            "guide_bands": int(preset.model.guide_bands), "max_dn": float(preset.model.max_dn),
+            "rgb_bands": [int(b) for b in preset.data.rgb_bands], "ratio": int(preset.data.ratio),
+            "sensor": str(preset.data.sensor or "generic"), "steps": steps, "tiling": tiling,
+            "model_tiling": Tiling.for_preset(preset), "preprocessing": pre}
 
 
 @dataclass
@@ -66,12 +88,13 @@ class ScenePlan:
     pan_path: str
     grid: SceneGrid
     tiles: TileGrid
-    config: StationConfig
-    backend: dict[str, Any]
+    config: StationConfig               # resolved: every None replaced by the model's value
+    backend: dict[str, Any]             # model_facts()
     tile_valid: np.ndarray              # valid PAN pixels per tile (int64, one per tile of the grid)
     valid_pixels: int
     fused_tiles: list[int] = field(default_factory=list)
     batches: list[list[int]] = field(default_factory=list)
+    value_stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def nodata(self) -> float:
@@ -98,19 +121,26 @@ class ScenePlan:
             "transform": list(g.pan.transform)[:6],
             "ratio": g.ratio, "ms_shift_pan_px": list(g.shift), "subpixel_offset_pan_px": list(g.subpixel),
             "ms_coverage_pan_window": list(g.coverage), "halo_ms_px": g.halo, "interpolation": g.interpolation,
-            "backend": self.backend,
+            "values": self.value_stats,
+            "backend": self.backend_json(),
             "product": {"dtype": g.ms.dtype, "nodata": self.nodata, "bands": g.bands,
                         "size": [g.pan.height, g.pan.width], "block": self.config.block_size,
                         "compress": self.config.compress,
                         "overviews": overview_factors(g.pan.height, g.pan.width, self.config.overview_min_size)},
             "tiles": {"grid": list(self.tiles.shape), "size": [self.tiles.tile_h, self.tiles.tile_w],
-                      "overlap": self.config.overlap, "total": len(self.tiles), "fused": len(self.fused_tiles),
+                      "overlap": self.config.overlap, "model_tiling": self.backend["model_tiling"].to_dict(),
+                      "total": len(self.tiles), "fused": len(self.fused_tiles),
                       "skipped_nodata": len(self.tiles) - len(self.fused_tiles), "batches": len(self.batches),
                       "batch_size": self.config.batch_size},
             "valid_pixels": self.valid_pixels, "valid_fraction": self.valid_pixels / max(1, self.pixels),
             "memory_bound_bytes": self.memory_bound_bytes(),
             "journal_disk_bytes": self.journal_bytes(),
         }
+
+    def backend_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.backend.items() if k not in ("tiling", "model_tiling", "preprocessing")}
+        out["preprocessing"] = dict(vars(self.backend["preprocessing"]))
+        return out
 
     def describe(self) -> str:
         d = self.to_dict()
@@ -127,10 +157,14 @@ class ScenePlan:
             f"max DN {self.backend['max_dn']:g}, steps {self.backend['steps']})",
             f"tiles      {d['tiles']['grid'][0]}x{d['tiles']['grid'][1]} grid of "
             f"{self.tiles.tile_h}x{self.tiles.tile_w} "
-            f"(overlap {self.config.overlap}): {len(self.fused_tiles)} to fuse, "
+            f"(overlap {self.config.overlap}; the model samples {self.backend['model_tiling'].describe()}): "
+            f"{len(self.fused_tiles)} to fuse, "
             f"{d['tiles']['skipped_nodata']} all-nodata skipped, {len(self.batches)} batches of "
             f"<= {self.config.batch_size}",
-            f"valid      {self.valid_pixels} of {self.pixels} PAN pixels ({100 * d['valid_fraction']:.1f}%)",
+            f"valid      {self.valid_pixels} of {self.pixels} PAN pixels ({100 * d['valid_fraction']:.1f}%); "
+            f"values MS {_range(self.value_stats.get('ms'))}, PAN {_range(self.value_stats.get('pan'))} "
+            f"(model max DN {self.backend['max_dn']:g}"
+            f"{', input scale ' + format(self.config.input_scale, 'g') if self.config.input_scale else ''})",
             f"product    {d['product']['bands']} bands {d['product']['dtype']} nodata={d['product']['nodata']}, "
             f"{self.config.compress} tiled {self.config.block_size}, overviews {d['product']['overviews']}",
             f"memory     <= {mem['total'] / 2**20:.1f} MiB held by the pipeline (+ the backend's weights and one "
@@ -157,7 +191,7 @@ def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) 
     """
     c, p = grid.bands, grid.pan.count
     h, w = tiles.tile_h, tiles.tile_w
-    b, k, r, a = config.batch_size, config.block_size, grid.ratio, grid.halo
+    b, k, r, a = int(config.batch_size or 1), config.block_size, grid.ratio, grid.halo
     itemsize = np.dtype(grid.ms.dtype).itemsize
     msh, msw = h // r + 2 * a + 3, w // r + 2 * a + 3
     ms_window = c * msh * msw * (itemsize + 4 * 3) + c * (r * msh) * (r * msw) * 4 * 2
@@ -173,16 +207,26 @@ def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) 
             "gdal_cache": int(gdal), "bookkeeping": int(bookkeeping), "total": int(stage + gdal + bookkeeping)}
 
 
-def plan_scene(ms_path, pan_path, backend, config: StationConfig | None = None) -> ScenePlan:
-    """Check the pair against the backend's model and lay out the tiles (reads the scene once, by
-    blocks, to find all-nodata tiles; raises :class:`SceneError`)."""
+def _range(stats: dict[str, Any] | None) -> str:
+    if not stats or stats.get("max") is None:
+        return "-"
+    return f"{stats['min']:g}..{stats['max']:g} {stats['dtype']}"
+
+
+def plan_scene(ms_path, pan_path, model, config: StationConfig | None = None, *,
+               log: EventLog | None = None) -> ScenePlan:
+    """Check the pair against the model (a backend, or a :class:`ddif.config.Preset` before any
+    backend exists) and lay out the tiles. Reads the scene once, by blocks, to find all-nodata
+    tiles and the value range; raises :class:`SceneError`."""
     config = config or StationConfig()
-    facts = backend_facts(backend)
+    facts = model_facts(model, config)
+    tiling: Tiling = facts["tiling"]
+    config = config.resolved(tiling, facts["preprocessing"])
+    pre = facts["preprocessing"]
     with gdal_env(config.gdal_cache_mb):
-        grid = check_pair(ms_path, pan_path, bands=facts["bands"], guide_bands=facts["guide_bands"],
-                          ratio=facts["ratio"], interpolation=config.interpolation, padding=config.padding,
-                          fill_iterations=config.fill_iterations, input_nodata=config.input_nodata)
-        tiles = TileGrid(grid.pan.height, grid.pan.width, config.tile_size, config.overlap)
+        grid = open_pair(ms_path, pan_path, bands=facts["bands"], guide_bands=facts["guide_bands"],
+                         ratio=facts["ratio"], preprocessing=pre, input_nodata=config.input_nodata)
+        tiles = tiling.grid(grid.pan.height, grid.pan.width)
         tile_valid = np.zeros(len(tiles), dtype=np.int64)
 
         def count(y0: int, x0: int, valid: np.ndarray) -> None:
@@ -192,13 +236,15 @@ def plan_scene(ms_path, pan_path, backend, config: StationConfig | None = None) 
                 xs = slice(max(x0, t.x) - x0, min(x0 + w, t.x + t.width) - x0)
                 tile_valid[t.index] += int(valid[ys, xs].sum())
 
-        with SceneReader(grid, max_dn=facts["max_dn"], padding=config.padding,
-                         fill_iterations=config.fill_iterations) as reader:
-            valid_pixels = scan_validity(reader, config.block_size, count)
+        with SceneReader(grid, pre, config.input_scale) as reader:
+            scan = scan_scene(reader, config.block_size, count)
+        warn = (lambda msg: log.warning("input_scale_override", message=msg)) if log is not None else None
+        check_scene_scale(grid, scan, pre.max_dn, config.input_scale, warn)
     fused = [int(i) for i in np.flatnonzero(tile_valid)]
-    batches = [fused[i:i + config.batch_size] for i in range(0, len(fused), config.batch_size)]
-    return ScenePlan(str(ms_path), str(pan_path), grid, tiles, config, facts, tile_valid, valid_pixels,
-                     fused, batches)
+    step = config.batch_size
+    batches = [fused[i:i + step] for i in range(0, len(fused), step)]
+    return ScenePlan(str(ms_path), str(pan_path), grid, tiles, config, facts, tile_valid, scan.valid_pixels,
+                     fused, batches, {"ms": scan.ms.to_dict(), "pan": scan.pan.to_dict()})
 
 
 def _band_names(plan: ScenePlan) -> list[str]:
@@ -235,15 +281,18 @@ def _fuse_tiles(plan: ScenePlan, backend, journal: Journal, reader: SceneReader,
             t0 = time.perf_counter()
             lms = np.empty((len(batch),) + shape, dtype=np.float32)
             pan = np.empty((len(batch), plan.grid.pan.count) + shape[1:], dtype=np.float32)
+            noise = torch.empty((len(batch),) + shape, dtype=torch.float32)
             for i, t in enumerate(map(plan.tiles.tile, batch)):     # filled in place: no second copy
                 lms[i], pan[i] = reader.tile_inputs(t.y, t.x, t.height, t.width)
-            lms, pan = torch.from_numpy(lms), torch.from_numpy(pan)
+                noise[i] = tile_noise(plan.config.seed, 0, t.index, shape)
+            lms, pan = torch.from_numpy(lms), torch.from_numpy(pan)      # rebound: one batch alive at a time
             t1 = time.perf_counter()
-            fused = backend.fuse(lms, pan, seed=batch_seed(plan.config.seed, batch[0]))
-            fused = fused.detach().to("cpu", torch.float32).numpy()
+            residual = backend.sample_tiles(lms, pan, noise)
+            lms += residual.detach().to("cpu", torch.float32)   # lms + residual: blended, then clamped, as in the Fuser
+            del residual, pan, noise
             t2 = time.perf_counter()
             for i, index in enumerate(batch):
-                journal.save(index, fused[i])
+                journal.save(index, lms[i].numpy())
             t3 = time.perf_counter()
             t_read, t_fuse, t_save = t_read + t1 - t0, t_fuse + t2 - t1, t_save + t3 - t2
             computed += len(batch)
@@ -331,10 +380,10 @@ def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str
         if ny == 0 or nx == 0 or j0 < 0 or i0 < 0 or j0 + ny // r > g.ms.height or i0 + nx // r > g.ms.width:
             continue
         values = journal.load(index)
-        fused = torch.from_numpy(np.array(values[:, py - t.y:py - t.y + ny, px - t.x:px - t.x + nx], np.float32))
+        fused = torch.from_numpy(np.clip(np.array(values[:, py - t.y:py - t.y + ny, px - t.x:px - t.x + nx],
+                                                  np.float32), 0, 1))
         ms = torch.from_numpy(reader.ms_lowres(j0, i0, ny // r, nx // r))
-        pan_dn, _ = reader.pan_window(py, px, ny, nx)
-        pan = torch.from_numpy(np.clip(pan_dn.astype(np.float32) / np.float32(plan.backend["max_dn"]), 0, 1))
+        pan = torch.from_numpy(reader.pan_normalised(py, px, ny, nx))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)     # unknown sensor -> generic MTF, said in the report
             m = full_resolution_metrics(fused, ms, pan, ratio=r, sensor=plan.backend["sensor"],
@@ -345,7 +394,8 @@ def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str
         return {"skipped": f"tiles too small for {cfg.metric_block}-pixel metric blocks at ratio {r}"}
     mean = {key: float(np.mean([p[key] for p in per_tile])) for key in ("D_lambda", "D_s", "HQNR")}
     return {"sensor": plan.backend["sensor"], "block_size": cfg.metric_block, "tiles": per_tile, "mean": mean,
-            "note": "full-resolution indices of single fused tiles (before blending), inputs scaled by max DN"}
+            "note": "full-resolution indices of single fused tiles (before blending, clamped to [0, 1]), inputs "
+                    "scaled by max DN"}
 
 
 def default_journal_dir(out: str | Path) -> Path:
@@ -381,7 +431,14 @@ def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None
     t_start = time.perf_counter()
 
     if plan is None:
-        plan = plan_scene(ms_path, pan_path, backend, config)
+        plan = plan_scene(ms_path, pan_path, backend, config, log=log)
+        config = plan.config
+    elif plan.backend["name"] == "not loaded":       # planned (checked) before the backend existed
+        facts = model_facts(backend, config)
+        if facts["tiling"].tile_size != plan.config.tile_size or facts["tiling"].overlap != plan.config.overlap:
+            raise ValueError(f"the backend samples {facts['tiling'].describe()}, the plan was made for "
+                             f"{plan.config.tile_size} px tiles with {plan.config.overlap} px overlap")
+        plan.backend = facts
     times["plan_s"] = time.perf_counter() - t_start
     if plan.valid_pixels == 0:
         raise SceneError(ALL_NODATA, f"scene {ms_path} + {pan_path}: no pixel is valid in both MS and PAN "
@@ -404,9 +461,8 @@ def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None
     log.info("journal_open", scene=scene, journal=str(journal_dir), resumed=state["resumed"],
              tiles_done=state["tiles_done"])
 
-    with gdal_env(config.gdal_cache_mb), SceneReader(plan.grid, max_dn=plan.backend["max_dn"],
-                                                     padding=config.padding,
-                                                     fill_iterations=config.fill_iterations) as reader:
+    with gdal_env(config.gdal_cache_mb), SceneReader(plan.grid, plan.backend["preprocessing"],
+                                                     config.input_scale) as reader:
         t0 = time.perf_counter()
         fuse_stats = _fuse_tiles(plan, backend, journal, reader, log, progress, should_stop)
         times["fuse_total_s"] = time.perf_counter() - t0
@@ -436,7 +492,7 @@ def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None
     tiles_info.update({k: v for k, v in fuse_stats.items() if not k.endswith("_s")})
     report = {
         "scene": {k: v for k, v in plan.to_dict().items() if k not in ("tiles", "backend")},
-        "backend": plan.backend,
+        "backend": plan.backend_json(),
         "config": config.to_dict(),
         "tiles": tiles_info,
         "timing_s": {k: round(v, 4) for k, v in times.items()},
