@@ -172,13 +172,33 @@ def test_make_dataset_from_geotiffs_checks_registration(tmp_path, scene):
         np.testing.assert_allclose(f.attrs["transform"], (30, 0, 500000 + 8 * 30, 0, -30, 5600000 - 8 * 30))
         y, x = f["coords"][0]
         np.testing.assert_allclose(f["gt"][0], ms[:, y:y + 16, x:x + 16], rtol=1e-6)   # the file holds DN
-    shifted = write_geotiff(tmp_path / "pan_shift.tif", pan, crs=crs,
+        assert tuple(f.attrs["ms_shift_pan_px"]) == (0, 0)          # a shared corner: the toolbox's pairing
+        np.testing.assert_allclose(f.attrs["subpixel_offset_pan_px"], (-0.5, -0.5))
+    # A PAN whose grid starts 3 PAN pixels further east (the same ground, cropped): the placement
+    # rule pairs every MS pixel with the same PAN pixels as before (MS column 0 has no PAN left of
+    # it, so it is dropped), it is not refused nor misregistered.
+    from ddif.data.make_dataset import register_pair
+
+    shifted = write_geotiff(tmp_path / "pan_shift.tif", pan[:, :, 3:], crs=crs,
                             transform=(7.5, 0, 500000 + 3 * 7.5, 0, -7.5, 5600000))
-    with pytest.raises(ValueError, match="not co-registered"):
-        make_dataset(_cfg(tmp_path / "bad", ms=(str(ms_path),), pan=str(shifted)))
+    base_cfg = _cfg(tmp_path / "reg", ms=(str(ms_path),), pan=str(pan_path))
+    ms_win, pan_win, info = register_pair(str(ms_path), str(shifted), base_cfg)
+    assert info["ms_shift_pan_px"] == (0, -3) and ms_win == (0, 1, 96, 127)
+    assert pan_win == (0, 4 - 3, 384, 4 * 127)       # MS col 1 -> PAN cols 4..7 of the full grid = 1..4 here
+    np.testing.assert_array_equal(pan[:, :, 4:4 + 4 * 127], pan[:, :, 3:][:, :, pan_win[1]:pan_win[1] + pan_win[3]])
+    summary = make_dataset(_cfg(tmp_path / "shifted", ms=(str(ms_path),), pan=str(shifted)))
+    with h5py.File(summary["files"]["train"]) as f:
+        assert tuple(f.attrs["ms_shift_pan_px"]) == (0, -3)
+    far = write_geotiff(tmp_path / "pan_far.tif", pan, crs=crs, transform=(7.5, 0, 505000, 0, -7.5, 5600000))
+    with pytest.raises(ValueError, match="do not overlap"):
+        make_dataset(_cfg(tmp_path / "bad", ms=(str(ms_path),), pan=str(far)))
+    other_crs = write_geotiff(tmp_path / "pan_4326.tif", pan, crs="EPSG:4326",
+                              transform=(7.5, 0, 500000, 0, -7.5, 5600000))
+    with pytest.raises(ValueError, match="different CRSs"):
+        make_dataset(_cfg(tmp_path / "bad", ms=(str(ms_path),), pan=str(other_crs)))
     coarse = write_geotiff(tmp_path / "pan_coarse.tif", pan[:, ::2, ::2], crs=crs,
                            transform=(15, 0, 500000, 0, -15, 5600000))
-    with pytest.raises(ValueError, match="ratio 4"):
+    with pytest.raises(ValueError, match="trained for ratio 4"):
         make_dataset(_cfg(tmp_path / "bad", ms=(str(ms_path),), pan=str(coarse)))
 
 
@@ -305,5 +325,49 @@ def test_real_landsat8_pan_ms_pair(tmp_path):
     full = PanCollectionH5(summary["files"]["test_full"], summary["max_dn"], ratio=2)
     assert full[0]["pan"].shape == (1, 16, 16) and not full.has_gt
     with h5py.File(full.path) as f:
-        # Landsat's PAN grid sits half a PAN pixel (7.5 m) off the MS grid, by design
-        np.testing.assert_allclose(np.abs(f.attrs["pan_origin_offset_crs"]), (7.5, 7.5))
+        # Landsat's PAN grid sits half a PAN pixel (7.5 m) off the MS grid, by design: one placement
+        # rule (the station's) pairs upsampled MS row k with PAN row k - 1, exactly
+        assert tuple(f.attrs["ms_shift_pan_px"]) == (-1, 0)
+        np.testing.assert_allclose(f.attrs["subpixel_offset_pan_px"], (0.0, 0.0), atol=1e-9)
+
+
+def _fit_r2(ms: np.ndarray, pan_lr: np.ndarray) -> float:
+    """R^2 of the least-squares fit of a PAN (sampled on the MS grid) by the MS bands."""
+    a = np.concatenate([ms.reshape(ms.shape[0], -1).T, np.ones((ms[0].size, 1))], axis=1)
+    y = pan_lr.ravel()
+    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+    return 1 - float(((a @ coef - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+
+
+def test_landsat_placement_registers_the_real_pan(tmp_path):
+    """On the real Landsat-8 pair, the PAN smoothed to about the MS resolution ([1, 2, 1] / 4 per
+    axis) and sampled where the placement rule puts each MS sample (upsampled pixel 2j + phase,
+    plus the shift (-1, 0)) is explained by the MS bands far better than when sampled corner to
+    corner (shift (0, 0): 15 m off) or one PAN pixel off in any direction: the rule is right,
+    not only consistent."""
+    if not LANDSAT_PAN_MS.exists():
+        pytest.skip(f"{LANDSAT_PAN_MS} not found (set DDIF_SHARED to the shared folder)")
+    from ddif.data.make_dataset import register_pair
+    from ddif.data.scene import interpolation_geometry
+
+    ms_paths = tuple(str(p) for p in sorted(LANDSAT_PAN_MS.glob("*_B[2-5].TIF")))
+    pan_path = str(next(LANDSAT_PAN_MS.glob("*_B8.TIF")))
+    cfg = MakeDatasetConfig(ms=ms_paths, pan=pan_path, out_dir=str(tmp_path), ratio=2, sensor="landsat8",
+                            patch_size=8, stride=4)
+    (j0, i0, h, w), (py, px, _, _), info = register_pair(ms_paths, pan_path, cfg)
+    assert info["ms_shift_pan_px"] == (-1, 0) and (j0, i0) == (1, 0) and (py, px) == (1, 0)
+    phase = interpolation_geometry(2, "interp23tap", "symmetric").phase
+    ms = read_geotiff_stack(ms_paths).array.astype(np.float64)
+    pan = read_geotiff(pan_path).array[0].astype(np.float64)
+    k = np.array([0.25, 0.5, 0.25])
+    padded = np.pad(pan, 1, mode="edge")
+    smooth = sum(k[a] * k[b] * padded[a:a + 82, b:b + 82] for a in range(3) for b in range(3))
+    j, i = np.arange(1, 40), np.arange(1, 40)               # MS samples whose neighbourhood is inside
+
+    def r2(sy, sx):
+        return _fit_r2(ms[:, 1:40, 1:40], smooth[np.ix_(2 * j + phase + sy, 2 * i + phase + sx)])
+
+    registered = r2(*info["ms_shift_pan_px"])
+    others = {(dy, dx): r2(-1 + dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)}
+    assert registered > 0.95 and registered > max(others.values()) + 0.1, (registered, others)
+    assert r2(0, 0) < 0.85                                   # the corner-to-corner pairing

@@ -284,29 +284,70 @@ def _auto_max_dn(arr: np.ndarray) -> float:
     return 1.0
 
 
-def _check_alignment(ms: _Scene, pan: _Scene, ratio: int) -> dict[str, Any]:
-    """MS and PAN must cover the same ground: same CRS, PAN pixels ``ratio`` times smaller, and
-    origins within one PAN pixel (Landsat's PAN grid is offset by half a PAN pixel, as designed)."""
+def _check_shapes(ms: _Scene, pan: _Scene, ratio: int) -> None:
     (_, h, w), (_, ph, pw) = ms.array.shape, pan.array.shape
     if (ph, pw) != (ratio * h, ratio * w):
         raise ValueError(f"PAN is {ph}x{pw} but MS {h}x{w} x ratio {ratio} = {ratio * h}x{ratio * w}: "
                          "they must cover the same area at the given ratio")
-    info: dict[str, Any] = {}
-    if ms.transform is None or pan.transform is None:
-        return info
-    if ms.crs != pan.crs:
-        raise ValueError(f"MS ({ms.source}) and PAN ({pan.source}) have different CRSs")
-    ma, _, mc, _, me, mf = ms.transform
-    pa, _, pc, _, pe, pf = pan.transform
-    if not (np.isclose(abs(ma), ratio * abs(pa), rtol=1e-3) and np.isclose(abs(me), ratio * abs(pe), rtol=1e-3)):
-        raise ValueError(f"MS pixels are {abs(ma):g}x{abs(me):g} and PAN pixels {abs(pa):g}x{abs(pe):g}: "
-                         f"not a ratio of {ratio}")
-    dx, dy = pc - mc, pf - mf
-    if abs(dx) > abs(pa) * 1.001 or abs(dy) > abs(pe) * 1.001:
-        raise ValueError(f"PAN origin is offset by ({dx:g}, {dy:g}) CRS units from the MS origin, more than one "
-                         f"PAN pixel ({abs(pa):g}): the rasters are not co-registered")
-    info["pan_origin_offset_crs"] = (float(dx), float(dy))
-    return info
+
+
+def _georef(source) -> Any:
+    """A :class:`ddif.data.scene.RasterInfo` header of a GeoTIFF source (path, list of per-band
+    paths, or Raster), or None for arrays / ungeoreferenced rasters."""
+    from ddif.data.geotiff import Raster
+    from ddif.data.scene import RasterInfo, open_raster
+
+    if isinstance(source, (str, os.PathLike)):
+        source = (source,)
+    if isinstance(source, (tuple, list)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+        if Path(source[0]).suffix.lower() == ".npy":
+            return None
+        info = open_raster(source[0], "MS" if len(source) > 1 else "raster")
+        return None if info.transform.is_identity else info
+    if isinstance(source, Raster) and source.transform is not None:
+        from rasterio.crs import CRS
+        from rasterio.transform import Affine
+
+        h, w = source.shape
+        return RasterInfo(source.path, w, h, source.bands, str(source.array.dtype), source.nodata,
+                          CRS.from_wkt(source.crs) if source.crs else None, Affine(*source.transform[:6]))
+    return None
+
+
+def register_pair(ms_source, pan_source, cfg: "MakeDatasetConfig") -> tuple[tuple | None, tuple | None, dict]:
+    """MS and PAN windows that pair each MS pixel with the PAN pixels under it, by the placement
+    rule every entry point uses (:func:`ddif.data.scene.placement`: the upsampled MS sits on the
+    PAN grid at an integer shift; for Landsat ratio-2 pairs, whose PAN grid is offset by half a
+    PAN pixel, shift (-1, 0)). Returns (ms_window, pan_window, attrs) as (row, col, h, w) windows
+    (None: no georeferencing, the arrays are taken as given); ``cfg.crop`` limits the MS window."""
+    import math
+
+    from ddif.data.scene import NO_OVERLAP, Preprocessing, SceneError, check_grids, interpolation_geometry, \
+        placement
+
+    r = cfg.ratio
+    crop = tuple(cfg.crop) or None
+    ms_info, pan_info = _georef(ms_source), _georef(pan_source)
+    if ms_info is None or pan_info is None:
+        return crop, None if crop is None else tuple(r * v for v in crop), {}
+    check_grids(ms_info, pan_info, r)
+    method = Preprocessing(1.0, cfg.interpolation, cfg.padding, 0).method_for(r)
+    (sy, sx), subpixel = placement(ms_info.transform, pan_info.transform, r,
+                                   interpolation_geometry(r, method, cfg.padding).phase)
+    # MS pixel j is paired with PAN pixels [r*j + shift, r*(j+1) + shift): keep those inside the PAN
+    j0, j1 = max(0, math.ceil(-sy / r)), min(ms_info.height, (pan_info.height - sy) // r)
+    i0, i1 = max(0, math.ceil(-sx / r)), min(ms_info.width, (pan_info.width - sx) // r)
+    if crop:
+        j0, j1 = max(j0, crop[0]), min(j1, crop[0] + crop[2])
+        i0, i1 = max(i0, crop[1]), min(i1, crop[1] + crop[3])
+    if j1 <= j0 or i1 <= i0:
+        raise SceneError(NO_OVERLAP, f"MS {ms_info.path} and PAN {pan_info.path} do not overlap"
+                                     f"{' inside the crop ' + str(crop) if crop else ''} (the MS lands at PAN shift "
+                                     f"({sy}, {sx}) on a {pan_info.height}x{pan_info.width} PAN)")
+    ms_window = (j0, i0, j1 - j0, i1 - i0)
+    pan_window = (r * j0 + sy, r * i0 + sx, r * (j1 - j0), r * (i1 - i0))
+    return ms_window, pan_window, {"ms_shift_pan_px": (sy, sx), "subpixel_offset_pan_px": subpixel,
+                                   "pan_window": pan_window}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,17 +498,19 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
 
     r = cfg.ratio
     crop = cfg.crop or None
-    ms_scene = _load(cfg.ms if ms is None else ms, "ms", cfg.ms_bands, cfg.nodata, window=crop)
+    ms_source = cfg.ms if ms is None else ms
     pan_source = cfg.pan if pan is None else pan
     has_pan = not (isinstance(pan_source, str) and pan_source == "")
     info: dict[str, Any] = {}
     if has_pan:
         if cfg.pan_weights:
             raise ValueError("pan_weights is for synthesising a PAN; a real PAN was given as well")
-        pan_window = None if crop is None else tuple(r * v for v in crop)
+        crop, pan_window, info = register_pair(ms_source, pan_source, cfg)
+        ms_scene = _load(ms_source, "ms", cfg.ms_bands, cfg.nodata, window=crop)
         pan_scene = _load(pan_source, "pan", (), cfg.nodata, window=pan_window)
-        info.update(_check_alignment(ms_scene, pan_scene, r))
+        _check_shapes(ms_scene, pan_scene, r)
     else:
+        ms_scene = _load(ms_source, "ms", cfg.ms_bands, cfg.nodata, window=crop)
         pan_scene = None
         if not cfg.pan_weights:
             raise ValueError("no PAN given: give a PAN raster, or pan_weights (one per MS band) to synthesise a "
