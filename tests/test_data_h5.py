@@ -85,8 +85,9 @@ def test_hisr_layout_maps_keys(tmp_path):
 
 
 def test_reads_only_one_item_per_access(tmp_path, monkeypatch):
-    """A file bigger than RAM must work: opening reads at most a corner per dataset, every item
-    access reads exactly that item's slices, never a whole dataset."""
+    """A file bigger than RAM must work: opening reads a corner per dataset and 8 items of lms /
+    pan (the DN-scale check), whatever the file's length; every item access reads exactly that
+    item's slices, never a whole dataset."""
     n, c, size = 2000, 4, 16
     path = tmp_path / "many.h5"
     g = torch.Generator().manual_seed(1)
@@ -104,9 +105,12 @@ def test_reads_only_one_item_per_access(tmp_path, monkeypatch):
 
     monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
     ds = PanCollectionH5(path, 1.0)
-    assert all(nbytes <= c * 4 for _, nbytes in reads)                   # validation: 1x1 corners only
-    reads.clear()
     item_bytes = {"/gt": c * size * size * 4, "/lms": c * size * size * 4, "/pan": size * size * 4, "/ms": c * 16 * 4}
+    items = [(name, nbytes) for name, nbytes in reads if nbytes > c * 4]
+    assert sorted({name for name, _ in items}) == ["/lms", "/pan"] and len(items) == 16   # 8 items each
+    assert all(nbytes == item_bytes[name] for name, nbytes in items)
+    assert all(nbytes <= c * 4 for name, nbytes in reads if (name, nbytes) not in items)  # else 1x1 corners
+    reads.clear()
     for i in range(0, n, 7):
         ds[i]
     assert len(reads) == 4 * len(range(0, n, 7))
@@ -164,9 +168,26 @@ def _write_raw(path, **datasets):
     return path
 
 
-def _raw(n=2, c=4, size=16, ratio=4, guide=1):
-    return {"gt": np.random.rand(n, c, size, size), "ms": np.random.rand(n, c, size // ratio, size // ratio),
-            "lms": np.random.rand(n, c, size, size), "pan": np.random.rand(n, guide, size, size)}
+def _raw(n=2, c=4, size=16, ratio=4, guide=1, max_dn=1023):
+    """Raw datasets in digital numbers (GaoFen-2: max DN 1023), as the files store them."""
+    return {"gt": max_dn * np.random.rand(n, c, size, size),
+            "ms": max_dn * np.random.rand(n, c, size // ratio, size // ratio),
+            "lms": max_dn * np.random.rand(n, c, size, size), "pan": max_dn * np.random.rand(n, guide, size, size)}
+
+
+def test_file_scaled_to_unit_range_instead_of_dn_is_refused(tmp_path):
+    """A PanCollection file must hold DN: one whose images were already divided to [0, 1] would be
+    divided by max DN again and fused as almost-black images. Refused, naming the file, the
+    dataset and what to do; the same data in DN opens."""
+    d = _raw()
+    unit = {k: v / 1023 for k, v in d.items()}
+    with pytest.raises(ValueError, match=r"unit\.h5: 'lms' does not hold digital numbers for max_dn=1023: the "
+                                         r"largest valid value is 0\.99"):
+        PanCollectionH5(_write_raw(tmp_path / "unit.h5", **unit), "gf2")
+    assert len(PanCollectionH5(_write_raw(tmp_path / "dn.h5", **d), "gf2")) == 2
+    over = dict(d, pan=d["pan"] * 2.5)                                  # 12-bit values for a 10-bit model
+    with pytest.raises(ValueError, match=r"'pan' does not hold digital numbers.*exceed the model's max DN 1023"):
+        PanCollectionH5(_write_raw(tmp_path / "over.h5", **over), "gf2")
 
 
 def test_missing_file(tmp_path):

@@ -138,26 +138,69 @@ def test_cli_train_resume_sample_evaluate(tiny_data, tmp_path):
     assert rows[2]["PSNR vs teacher"] == "inf"          # the training state's EMA weights are the same
 
 
-def test_cli_sample_geotiff_pair(tiny_data, tmp_path):
+def test_cli_sample_geotiff_pair(tmp_path, capsys):
+    """``ddif sample --ms --pan``: the values are ddif.Fuser's on the inputs the ingestion layer
+    makes (lms = the 23-tap interpolation of MS / max DN, placed on the PAN grid); a PAN in
+    another CRS, a float reflectance scene for a DN model and an ungeoreferenced PAN are refused
+    with one line naming the file; --input-scale states the conversion."""
     import numpy as np
 
+    import ddif
     from ddif.data import write_geotiff
+    from ddif.data.mtf import upsample
+    from ddif.data.scene import read_scene
 
-    model = DDIF(_preset())
+    preset = _preset()
+    preset.model.max_dn = 2047.0
+    torch.manual_seed(0)
+    model = DDIF(preset)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "cond_inj.body.3" in name:
+                p.normal_(0, 0.05)
     model.save(tmp_path / "m.pt")
     g = np.random.default_rng(0)
-    ms = (g.random((4, 8, 8)) * 0.8 + 0.1).astype(np.float32)
-    pan = (g.random((1, 32, 32)) * 0.8 + 0.1).astype(np.float32)
-    write_geotiff(tmp_path / "ms.tif", ms, crs="EPSG:32632", transform=(40.0, 0, 500000.0, 0, -40.0, 4e6))
-    write_geotiff(tmp_path / "pan.tif", pan, crs="EPSG:32632", transform=(10.0, 0, 500000.0, 0, -10.0, 4e6))
+    ms = np.rint(g.random((4, 8, 8)) * 1600 + 200).astype(np.uint16)
+    pan = np.rint(g.random((1, 32, 32)) * 1600 + 200).astype(np.uint16)
+    geo = dict(crs="EPSG:32632")
+    write_geotiff(tmp_path / "ms.tif", ms, transform=(40.0, 0, 500000.0, 0, -40.0, 4e6), **geo)
+    write_geotiff(tmp_path / "pan.tif", pan, transform=(10.0, 0, 500000.0, 0, -10.0, 4e6), **geo)
     out = tmp_path / "f.h5"
-    assert cli(["sample", "--ckpt", str(tmp_path / "m.pt"), "--ms", str(tmp_path / "ms.tif"), "--pan",
-                str(tmp_path / "pan.tif"), "--out", str(out), "--steps", "2"]) == 0
+    base = ["sample", "--ckpt", str(tmp_path / "m.pt"), "--ms", str(tmp_path / "ms.tif"), "--out", str(out),
+            "--steps", "2"]
+    assert cli(base + ["--pan", str(tmp_path / "pan.tif")]) == 0
     with h5py.File(out) as f:
-        assert f["fused"].shape == (1, 4, 32, 32)
-    write_geotiff(tmp_path / "pan_bad.tif", pan[:, :30, :30], crs="EPSG:32632")
-    assert cli(["sample", "--ckpt", str(tmp_path / "m.pt"), "--ms", str(tmp_path / "ms.tif"), "--pan",
-                str(tmp_path / "pan_bad.tif"), "--out", str(out), "--steps", "2"]) == 2
+        fused, valid = f["fused"][...], f["valid"][...]
+        assert tuple(f.attrs["ms_shift_pan_px"]) == (0, 0) and "32632" in f.attrs["crs"]
+    assert fused.shape == (1, 4, 32, 32) and valid.all()
+    _, lms, pan_n, _ = read_scene(tmp_path / "ms.tif", tmp_path / "pan.tif", preset=model.preset)
+    expected_lms = upsample(torch.from_numpy(ms.astype(np.float32) / 2047)[None], 4, "interp23tap", "symmetric")[0]
+    np.testing.assert_allclose(lms, expected_lms.numpy(), atol=1e-6)
+    np.testing.assert_allclose(pan_n, pan / 2047, rtol=1e-6)
+    want = ddif.Fuser(DDIF.load(tmp_path / "m.pt"), steps=2).fuse(torch.from_numpy(lms), torch.from_numpy(pan_n))
+    np.testing.assert_allclose(fused[0], want.numpy(), atol=1e-6)
+    assert np.abs(fused[0] - lms).mean() > 1e-3                     # a fusion, not the interpolated MS
+
+    capsys.readouterr()
+    write_geotiff(tmp_path / "pan_4326.tif", pan, crs="EPSG:4326", transform=(10.0, 0, 505000.0, 0, -10.0, 4e6))
+    assert cli(base + ["--pan", str(tmp_path / "pan_4326.tif")]) == 2
+    err = capsys.readouterr().err
+    assert "pan_4326.tif" in err and "different CRSs" in err and len(err.strip().splitlines()) == 1
+    write_geotiff(tmp_path / "ms_refl.tif", ms.astype(np.float32) / 2047, transform=(40.0, 0, 500000.0, 0, -40.0, 4e6),
+                  **geo)
+    refl = base[:4] + [str(tmp_path / "ms_refl.tif")] + base[5:]
+    write_geotiff(tmp_path / "pan_refl.tif", pan.astype(np.float32) / 2047,
+                  transform=(10.0, 0, 500000.0, 0, -10.0, 4e6), **geo)
+    assert cli(refl + ["--pan", str(tmp_path / "pan_refl.tif")]) == 2
+    err = capsys.readouterr().err
+    assert "ms_refl.tif" in err and "largest valid value" in err and "--input-scale" in err
+    assert cli(refl + ["--pan", str(tmp_path / "pan_refl.tif"), "--input-scale", "2047",
+                       "--out", str(tmp_path / "g.h5")]) == 0
+    with h5py.File(tmp_path / "g.h5") as f:
+        np.testing.assert_allclose(f["fused"][...], fused, atol=1e-5)
+    write_geotiff(tmp_path / "pan_bad.tif", pan[:, :30, :30])
+    assert cli(base + ["--pan", str(tmp_path / "pan_bad.tif")]) == 2
+    assert "not georeferenced" in capsys.readouterr().err
 
 
 def _save_preset(tmp_path: Path) -> Path:
@@ -240,3 +283,24 @@ def test_distillation_target_is_exact_for_an_oracle_teacher():
     loss = DistillationLoss(student, oracle, NoiseSchedule.from_config(DiffusionConfig()), grid)
     value = loss(gt, lms, None, torch.tensor([0, 1, 1]), torch.randn(3, 4, 8, 8, generator=g))
     assert value.item() < 1e-10
+
+
+def test_training_file_preprocessing_is_recorded_in_the_preset():
+    """The checkpoint carries how its inputs were made (taken from the make-dataset attributes),
+    so every entry point reading scenes for it interpolates the same way; an explicit option wins
+    with a warning."""
+    import argparse
+
+    from ddif.cli.train import adopt_preprocessing
+    from ddif.data.scene import Preprocessing
+
+    preset = _preset()
+    adopt_preprocessing(preset, {"interpolation": "bicubic", "interp_padding": "replicate", "ratio": 4})
+    assert (preset.data.interpolation, preset.data.interp_padding) == ("bicubic", "replicate")
+    assert Preprocessing.for_preset(preset).interpolation == "bicubic"
+    preset = _preset()
+    args = argparse.Namespace(cfg__data__interpolation="interp23tap", cfg__data__interp_padding=None)
+    adopt_preprocessing(preset, {"interpolation": "bicubic", "interp_padding": "circular"}, args)
+    assert (preset.data.interpolation, preset.data.interp_padding) == ("interp23tap", "circular")
+    with pytest.raises(ValueError, match="interp_padding"):
+        adopt_preprocessing(_preset(), {"interp_padding": "wrap"})

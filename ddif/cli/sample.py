@@ -5,8 +5,11 @@
     ddif sample --ckpt model.pt --ms MS.tif --pan PAN.tif --out fused.h5        # small GeoTIFF pair
 
 Output: an .h5 file with dataset ``fused`` (N, C, H, W) float32 in [0, 1] (attribute ``max_dn``
-to convert back to digital numbers) and, with --quicklooks, true-colour PNGs. For large scenes
-use ``ddif station run`` (tiled, georeferenced output).
+to convert back to digital numbers) and, with --quicklooks, true-colour PNGs. A GeoTIFF pair is
+read by the same ingestion layer as ``ddif station`` and ``make-dataset`` (CRS / ratio / overlap
+checks, MS-to-PAN placement, nodata, scale check): the output lies on the PAN grid, with a
+``valid`` mask and the PAN's CRS / transform as attributes. For large scenes use
+``ddif station run`` (read by windows, georeferenced GeoTIFF output).
 """
 from __future__ import annotations
 
@@ -26,10 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output .h5")
     p.add_argument("--quicklooks", default=None, help="folder for true-colour PNG quicklooks")
     p.add_argument("--limit", type=int, default=None, help="fuse only the first N images of --input")
+    p.add_argument("--input-scale", type=float, default=None,
+                   help="DN = input value x this (e.g. 10000 for reflectance in [0, 1]); without it, inputs whose "
+                        "dtype or range does not fit the model's max DN are refused")
+    p.add_argument("--input-nodata", type=float, default=None,
+                   help="nodata value of GeoTIFF inputs that carry no nodata tag (e.g. 0)")
     add_sampler_args(p)
 
 
 def _read_inputs(args, model):
+    """(lms, pan, extra): normalised float tensors and, for a GeoTIFF pair, the PAN grid."""
     import numpy as np
     import torch
 
@@ -40,27 +49,29 @@ def _read_inputs(args, model):
         ds = open_dataset(args.input, model.preset, train=False)
         n = len(ds) if args.limit is None else min(args.limit, len(ds))
         items = [ds[i] for i in range(n)]
-        return torch.stack([it["lms"] for it in items]), torch.stack([it["pan"] for it in items])
+        return torch.stack([it["lms"] for it in items]), torch.stack([it["pan"] for it in items]), {}
     if args.lms and args.pan:
-        lms, pan = (torch.from_numpy(np.load(path).astype(np.float32)) / cfg.max_dn for path in (args.lms, args.pan))
+        from ddif.data.scene import array_stats, check_scale
+
+        scale = 1.0 if args.input_scale is None else args.input_scale
+        arrays = []
+        for what, path in (("lms", args.lms), ("pan", args.pan)):
+            arr = np.load(path)
+            check_scale(what, path, array_stats(arr, cfg.max_dn, scale), cfg.max_dn, args.input_scale,
+                        warn=lambda msg: print(f"warning: {msg}"))
+            arrays.append(torch.from_numpy(arr.astype(np.float32) * np.float32(scale)) / cfg.max_dn)
+        lms, pan = arrays
         if pan.dim() == lms.dim() - 1:
             pan = pan.unsqueeze(-3)
-        return lms, pan
+        return lms, pan, {}
     if args.ms and args.pan:
-        from ddif.data.geotiff import read_geotiff
-        from ddif.data.mtf import upsample
+        from ddif.data.scene import read_scene
 
-        ms, pan = read_geotiff(args.ms), read_geotiff(args.pan)
-        ratio = model.preset.data.ratio
-        ms_t = torch.from_numpy(ms.array.astype(np.float32))[None] / cfg.max_dn
-        pan_t = torch.from_numpy(pan.array.astype(np.float32))[None] / cfg.max_dn
-        # as `ddif make-dataset` builds lms for training (23-tap kernel, symmetric boundaries)
-        method = "interp23tap" if ratio & (ratio - 1) == 0 else "bicubic"
-        lms = upsample(ms_t, ratio, method=method, padding="symmetric")
-        if lms.shape[-2:] != pan_t.shape[-2:]:
-            raise ValueError(f"MS ({ms.array.shape[-2]}x{ms.array.shape[-1]}) x ratio {ratio} does not match "
-                             f"PAN ({pan.array.shape[-2]}x{pan.array.shape[-1]})")
-        return lms, pan_t
+        grid, lms, pan, valid = read_scene(args.ms, args.pan, preset=model.preset, input_scale=args.input_scale,
+                                           input_nodata=args.input_nodata, warn=lambda msg: print(f"warning: {msg}"))
+        extra = {"valid": valid, "crs": grid.pan.crs.to_wkt() if grid.pan.crs else "",
+                 "transform": tuple(grid.pan.transform)[:6], **grid.describe_placement()}
+        return torch.from_numpy(lms)[None], torch.from_numpy(pan)[None], extra
     raise ValueError("give --input, or --lms and --pan, or --ms and --pan")
 
 
@@ -73,7 +84,7 @@ def run(args) -> int:
 
     model = load_model_from_args(args)
     fuser = make_fuser(model, args)
-    lms, pan = _read_inputs(args, model)
+    lms, pan, extra = _read_inputs(args, model)
     if lms.dim() == 3:
         lms, pan = lms[None], pan[None]
     outputs = []
@@ -83,12 +94,20 @@ def run(args) -> int:
     import torch
 
     fused = torch.cat(outputs).float().numpy()
+    valid = extra.pop("valid", None)
+    if valid is not None:
+        fused[:, :, ~valid] = 0.0           # no data where the PAN or the MS under it is nodata
     with atomic_path(args.out) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("fused", data=fused, chunks=(1,) + fused.shape[1:], compression="gzip")
+            if valid is not None:
+                f.create_dataset("valid", data=valid[None], compression="gzip")
             f.attrs["max_dn"] = model.config.max_dn
             f.attrs["steps"] = fuser.steps
             f.attrs["sampler"] = type(fuser.scheduler).__name__
+            f.attrs["tiling"] = fuser.tiling.describe()
+            for key, value in extra.items():
+                f.attrs[key] = value
     print(f"wrote {fused.shape[0]} fused images ({fused.shape[1]} bands, {fused.shape[2]}x{fused.shape[3]}) to {args.out}")
     if args.quicklooks:
         folder = Path(args.quicklooks)

@@ -53,6 +53,23 @@ def open_dataset(path: str, preset, train: bool):
     return _open(path, preset, train=train)
 
 
+def adopt_preprocessing(preset, attrs: dict, args=None) -> None:
+    """The checkpoint records how its inputs were made (``preset.data.interpolation`` /
+    ``interp_padding``) so that every entry point applies the same: take it from the training
+    file (``ddif make-dataset`` writes it) unless the option was given on the command line."""
+    for field in ("interpolation", "interp_padding"):
+        value = attrs.get(field)
+        if not isinstance(value, str) or not value:
+            continue
+        given = getattr(args, f"cfg__data__{field}", None) if args is not None else None
+        if given is not None and given != value:
+            print(f"warning: --{field.replace('_', '-')} {given} differs from the training file's {value}; "
+                  f"the checkpoint records {given}")
+            continue
+        setattr(preset.data, field, value)
+    preset.data.__post_init__()
+
+
 def run(args) -> int:
     import torch
     import torch.distributed as dist
@@ -71,6 +88,7 @@ def run(args) -> int:
             args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     try:
         train_set = open_dataset(args.data, preset, train=False)   # the trainer augments
+        adopt_preprocessing(preset, train_set.info.attrs, args)
         val_set = open_dataset(args.val, preset, train=False) if args.val else None
         torch.manual_seed(preset.train.seed)      # deterministic initial weights
         model = DDIF(preset)

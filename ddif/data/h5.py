@@ -195,6 +195,9 @@ def inspect_h5(path: str | os.PathLike, layout: str = "pancollection", *, bands:
                 raise fail(f"file says its images are DN with max_dn={file_dn:g}, but they would be divided by "
                            f"{max_dn:g}; use the matching preset or max_dn")
 
+        if max_dn is not None:
+            _check_dn_scale(path, keys, dsets, n, max_dn)
+
         # Read one corner of the last item of each dataset: catches data cut off or mangled after
         # a valid header without reading the file.
         for k, d in dsets.items():
@@ -206,6 +209,30 @@ def inspect_h5(path: str | os.PathLike, layout: str = "pancollection", *, bands:
         return FileInfo(path=path, layout=layout, length=n, has_gt="gt" in dsets, bands=c, guide_bands=p,
                         ratio=found_ratio, size=size, ms_size=ms_size,
                         dtypes={keys[k]: str(d.dtype) for k, d in dsets.items()}, attrs=attrs)
+
+
+def _check_dn_scale(path: Path, keys: dict[str, str], dsets: dict[str, Any], n: int, max_dn: float) -> None:
+    """Images are stored in DN and divided by ``max_dn`` when read: a file whose ``lms`` / ``pan``
+    hold values of another scale (e.g. already divided to [0, 1]) is refused with the rule of the
+    scene-ingestion layer (:func:`ddif.data.scene.scale_problem`), on up to 8 items spread over it."""
+    from ddif.data.scene import array_stats, scale_problem
+
+    picks = sorted({round(i * (n - 1) / 7) for i in range(8)}) if n > 1 else [0]
+    for k in ("lms", "pan"):
+        items = []
+        for i in picks:
+            try:
+                items.append(np.asarray(dsets[k][i]))
+            except Exception:  # noqa: BLE001 - a bad chunk is reported, naming the item, when it is read
+                continue
+        if not items:
+            continue
+        values = np.stack(items)
+        problem = scale_problem(array_stats(values, max_dn), max_dn)
+        if problem is not None:
+            raise ValueError(f"{path}: '{keys[k]}' does not hold digital numbers for max_dn={max_dn:g}: {problem}. "
+                             "The files store DN (ddif.data.FusionH5Writer multiplies [0, 1] images by max_dn); "
+                             "rewrite it in DN, or open it with the max DN its values use")
 
 
 def _hw(shape: Sequence[int]) -> str:

@@ -547,7 +547,8 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
                 f"synthesized PAN (semi-synthetic): weighted sum of the MS bands, weights {cfg.pan_weights}")
     common_attrs = {
         "created_by": "ddif.data.make_dataset", "protocol": "Wald reduced resolution", "ratio": r,
-        "sensor": cfg.sensor, "interpolation": cfg.interpolation, "pan_source": pan_desc,
+        "sensor": cfg.sensor, "interpolation": cfg.interpolation, "interp_padding": cfg.padding,
+        "pan_source": pan_desc,
         "source_ms": ms_scene.source, "source_pan": pan_scene.source if pan_scene else "",
         "source_max_dn": float(in_max), "patch_size": cfg.patch_size, "stride": cfg.stride,
         "scene_crop": (row0, col0, H, W), "crs": ms_scene.crs or "",

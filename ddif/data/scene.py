@@ -415,6 +415,16 @@ def new_stats(info_dtype: str, max_dn: float, scale: float) -> ValueStats:
     return ValueStats(str(info_dtype), threshold=float(max_dn) / float(scale))
 
 
+def array_stats(arr: np.ndarray, max_dn: float, scale: float = 1.0) -> ValueStats:
+    """:class:`ValueStats` of a whole (C, H, W) / (N, C, H, W) array (non-finite values ignored)."""
+    arr = np.asarray(arr)
+    stats = new_stats(arr.dtype.name, max_dn, scale)
+    flat = arr.reshape((-1,) + arr.shape[-2:]) if arr.ndim >= 3 else arr[None]
+    bad = ~np.isfinite(flat).all(axis=0) if flat.dtype.kind == "f" else np.zeros(flat.shape[-2:], dtype=bool)
+    stats.add(flat, bad)
+    return stats
+
+
 def scale_problem(stats: ValueStats, max_dn: float, scale: float = 1.0) -> str | None:
     """Why values with these statistics (times ``scale``) do not fit DN up to ``max_dn``, or None."""
     dtype = np.dtype(stats.dtype)
@@ -664,5 +674,5 @@ def read_scene(ms_path, pan_path, *, preset, input_scale: float | None = None, i
 __all__ = ["SceneError", "Preprocessing", "RasterInfo", "SceneGrid", "SceneReader", "SceneScan", "ValueStats",
            "open_raster", "open_pair", "check_grids", "placement", "interpolation_geometry", "invalid_mask",
            "check_finite", "fill_invalid", "normalise", "scan_scene", "check_scale", "check_scene_scale",
-           "scale_problem", "new_stats", "read_scene", "gdal_env", "CORRUPT", "MISSING_PARTNER", "WRONG_RATIO",
+           "scale_problem", "new_stats", "array_stats", "read_scene", "gdal_env", "CORRUPT", "MISSING_PARTNER", "WRONG_RATIO",
            "NO_OVERLAP", "ALL_NODATA", "BAD_GRID", "WRONG_BANDS", "BAD_VALUES", "BAD_SCALE"]
