@@ -3,7 +3,9 @@
     ddif evaluate --ckpt run/model_ema.pt --test test_reduced.h5 [--full test_full.h5] --out-dir eval/
 
 Reduced resolution (Wald protocol, files with ground truth): SAM, ERGAS, Q2n, SCC, PSNR.
-Full resolution (no ground truth): D_lambda, D_s, HQNR. Several checkpoints (e.g. distilled
+Full resolution (no ground truth): D_lambda, D_s, HQNR, from a .h5 (--full) or straight from a
+GeoTIFF pair (--ms MS.tif --pan PAN.tif [--crop row,col,h,w]), read by the same ingestion layer
+as ``ddif station`` and ``make-dataset`` (checks, MS-to-PAN placement, scale). Several checkpoints (e.g. distilled
 students) can be compared at once: --ckpt a.pt --ckpt b.pt, each at its own step count
 (or --steps).
 """
@@ -20,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help="preset of published-layout checkpoints")
     p.add_argument("--test", default=None, help="reduced-resolution test .h5 (with ground truth)")
     p.add_argument("--full", default=None, help="full-resolution test .h5 (no ground truth)")
+    p.add_argument("--ms", default=None, help="full-resolution MS GeoTIFF (with --pan): evaluate a real scene")
+    p.add_argument("--pan", default=None, help="full-resolution PAN GeoTIFF (with --ms)")
+    p.add_argument("--crop", default=None, help="row,col,height,width of --ms to evaluate (MS grid; free of nodata)")
+    p.add_argument("--input-scale", type=float, default=None, help="DN = value x this, for --ms / --pan")
+    p.add_argument("--input-nodata", type=float, default=None, help="nodata of --ms / --pan without a nodata tag")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--baselines", default="all", help="comma list of classical baselines, 'all' or 'none'")
     p.add_argument("--teacher", default=None, help="teacher checkpoint: adds its row and, for every --ckpt, the "
@@ -36,8 +43,10 @@ def run(args) -> int:
     from ddif.models import load_model
     from ddif.utils.io import atomic_write_text
 
-    if not args.test and not args.full:
-        raise ValueError("give --test (reduced resolution) and/or --full (full resolution)")
+    if bool(args.ms) != bool(args.pan):
+        raise ValueError("--ms and --pan go together (a full-resolution GeoTIFF pair)")
+    if not args.test and not args.full and not args.ms:
+        raise ValueError("give --test (reduced resolution) and/or --full / --ms + --pan (full resolution)")
     names = [Path(c).name for c in args.ckpt]
     if len(set(names)) < len(names):                 # e.g. every distillation round's student.pt
         names = [f"{Path(c).parent.name}/{Path(c).name}" for c in args.ckpt]
@@ -64,16 +73,45 @@ def run(args) -> int:
 
     out_dir = Path(args.out_dir)
     report = []
-    for label, path in (("reduced resolution", args.test), ("full resolution", args.full)):
+    sources = [("reduced resolution", args.test), ("full resolution", args.full)]
+    if args.ms:
+        sources.append(("full resolution", f"{args.ms} + {args.pan}"))
+    for label, path in sources:
         if not path:
             continue
-        data = eval_set_from_dataset(open_dataset(path, preset, train=False), args.limit)
+        scene = bool(args.ms) and path == f"{args.ms} + {args.pan}"
+        if scene:
+            data = _scene_eval_set(args, preset)
+        else:
+            data = eval_set_from_dataset(open_dataset(path, preset, train=False), args.limit)
         rows = evaluate(methods, data, ratio, sensor, batch_size=args.batch_size, reference=reference,
                         compare=compare)
         table = markdown(rows, f"{label}: {path} ({len(data)} images)")
         print(table + "\n")
         report.append(table)
-        write_csv(rows, out_dir / f"results_{label.split()[0]}.csv", {"protocol": label, "file": path})
+        name = "scene" if scene else label.split()[0]
+        write_csv(rows, out_dir / f"results_{name}.csv", {"protocol": label, "file": path})
     atomic_write_text(out_dir / "results.md", "\n\n".join(report) + "\n")
     print(f"tables written to {out_dir}/")
     return 0
+
+
+def _scene_eval_set(args, preset):
+    """A full-resolution EvalSet from a GeoTIFF pair (ddif.data.scene.read_full_resolution)."""
+    import torch
+
+    from ddif.data.scene import read_full_resolution
+    from ddif.evaluation import EvalSet
+
+    crop = None
+    if args.crop:
+        try:
+            crop = tuple(int(v) for v in args.crop.split(","))
+        except ValueError:
+            crop = ()
+        if len(crop) != 4:
+            raise ValueError(f"--crop: expected row,col,height,width (integers), got {args.crop!r}")
+    _, ms, lms, pan = read_full_resolution(args.ms, args.pan, preset=preset, crop=crop, input_scale=args.input_scale,
+                                           input_nodata=args.input_nodata, warn=lambda m: print(f"warning: {m}"))
+    as_batch = lambda a: torch.from_numpy(a)[None]  # noqa: E731
+    return EvalSet(lms=as_batch(lms), pan=as_batch(pan), ms=as_batch(ms))

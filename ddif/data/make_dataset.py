@@ -320,10 +320,8 @@ def register_pair(ms_source, pan_source, cfg: "MakeDatasetConfig") -> tuple[tupl
     PAN grid at an integer shift; for Landsat ratio-2 pairs, whose PAN grid is offset by half a
     PAN pixel, shift (-1, 0)). Returns (ms_window, pan_window, attrs) as (row, col, h, w) windows
     (None: no georeferencing, the arrays are taken as given); ``cfg.crop`` limits the MS window."""
-    import math
-
-    from ddif.data.scene import NO_OVERLAP, Preprocessing, SceneError, check_grids, interpolation_geometry, \
-        placement
+    from ddif.data.scene import (NO_OVERLAP, Preprocessing, SceneError, check_grids, interpolation_geometry,
+                                 paired_windows, placement)
 
     r = cfg.ratio
     crop = tuple(cfg.crop) or None
@@ -332,21 +330,15 @@ def register_pair(ms_source, pan_source, cfg: "MakeDatasetConfig") -> tuple[tupl
         return crop, None if crop is None else tuple(r * v for v in crop), {}
     check_grids(ms_info, pan_info, r)
     method = Preprocessing(1.0, cfg.interpolation, cfg.padding, 0).method_for(r)
-    (sy, sx), subpixel = placement(ms_info.transform, pan_info.transform, r,
-                                   interpolation_geometry(r, method, cfg.padding).phase)
-    # MS pixel j is paired with PAN pixels [r*j + shift, r*(j+1) + shift): keep those inside the PAN
-    j0, j1 = max(0, math.ceil(-sy / r)), min(ms_info.height, (pan_info.height - sy) // r)
-    i0, i1 = max(0, math.ceil(-sx / r)), min(ms_info.width, (pan_info.width - sx) // r)
-    if crop:
-        j0, j1 = max(j0, crop[0]), min(j1, crop[0] + crop[2])
-        i0, i1 = max(i0, crop[1]), min(i1, crop[1] + crop[3])
-    if j1 <= j0 or i1 <= i0:
+    shift, subpixel = placement(ms_info.transform, pan_info.transform, r,
+                                interpolation_geometry(r, method, cfg.padding).phase)
+    windows = paired_windows(ms_info.shape, pan_info.shape, r, shift, crop)
+    if windows is None:
         raise SceneError(NO_OVERLAP, f"MS {ms_info.path} and PAN {pan_info.path} do not overlap"
                                      f"{' inside the crop ' + str(crop) if crop else ''} (the MS lands at PAN shift "
-                                     f"({sy}, {sx}) on a {pan_info.height}x{pan_info.width} PAN)")
-    ms_window = (j0, i0, j1 - j0, i1 - i0)
-    pan_window = (r * j0 + sy, r * i0 + sx, r * (j1 - j0), r * (i1 - i0))
-    return ms_window, pan_window, {"ms_shift_pan_px": (sy, sx), "subpixel_offset_pan_px": subpixel,
+                                     f"{shift} on a {pan_info.height}x{pan_info.width} PAN)")
+    ms_window, pan_window = windows
+    return ms_window, pan_window, {"ms_shift_pan_px": shift, "subpixel_offset_pan_px": subpixel,
                                    "pan_window": pan_window}
 
 

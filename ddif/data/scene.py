@@ -247,6 +247,22 @@ def placement(ms_transform, pan_transform, ratio: int, phase: int) -> tuple[tupl
     return shift, (float(offsets[0] - shift[0]), float(offsets[1] - shift[1]))
 
 
+def paired_windows(ms_shape: tuple[int, int], pan_shape: tuple[int, int], ratio: int, shift: tuple[int, int],
+                   crop: tuple[int, int, int, int] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The MS window (row, col, h, w) whose every pixel j has its PAN pixels [r*j + shift,
+    r*(j+1) + shift) inside the PAN, limited to ``crop`` (MS grid), and that PAN window; None if
+    they do not overlap. (Full-resolution pairs for ``make-dataset`` and ``evaluate``.)"""
+    r, (sy, sx) = ratio, shift
+    j0, j1 = max(0, -(sy // r)), min(ms_shape[0], (pan_shape[0] - sy) // r)       # -(s // r) = ceil(-s / r)
+    i0, i1 = max(0, -(sx // r)), min(ms_shape[1], (pan_shape[1] - sx) // r)
+    if crop:
+        j0, j1 = max(j0, crop[0]), min(j1, crop[0] + crop[2])
+        i0, i1 = max(i0, crop[1]), min(i1, crop[1] + crop[3])
+    if j1 <= j0 or i1 <= i0:
+        return None
+    return (j0, i0, j1 - j0, i1 - i0), (r * j0 + sy, r * i0 + sx, r * (j1 - j0), r * (i1 - i0))
+
+
 def _ratio_of(ms_res: float, pan_res: float) -> float:
     return ms_res / pan_res if pan_res else float("nan")
 
@@ -671,8 +687,31 @@ def read_scene(ms_path, pan_path, *, preset, input_scale: float | None = None, i
     return grid, lms, pan, valid
 
 
+def read_full_resolution(ms_path, pan_path, *, preset, crop: tuple[int, int, int, int] | None = None,
+                         input_scale: float | None = None, input_nodata: float | None = None,
+                         warn: Callable[[str], None] | None = None):
+    """A full-resolution evaluation pair (no ground truth): the MS (C, h, w) and, on the PAN grid
+    under it, lms (C, r*h, r*w) and pan (P, r*h, r*w), float32 in [0, 1], read and checked like
+    :func:`read_scene`. ``crop`` (row, col, h, w on the MS grid) limits it; nodata inside is refused."""
+    grid, lms, pan, valid = read_scene(ms_path, pan_path, preset=preset, input_scale=input_scale,
+                                       input_nodata=input_nodata, warn=warn)
+    windows = paired_windows(grid.ms.shape, grid.pan.shape, grid.ratio, grid.shift, crop)
+    if windows is None:
+        raise SceneError(NO_OVERLAP, f"MS {grid.ms.path}: no MS pixel{' of the crop ' + str(crop) if crop else ''} "
+                                     f"has all its PAN pixels in {grid.pan.path}")
+    (j0, i0, h, w), (y0, x0, ph, pw) = windows
+    if not valid[y0:y0 + ph, x0:x0 + pw].all():
+        raise SceneError(ALL_NODATA, f"scene {ms_path} + {pan_path}: nodata inside the MS window {windows[0]}; "
+                                     "give a crop (row, col, height, width on the MS grid) free of nodata")
+    pre = Preprocessing.for_preset(preset)
+    with gdal_env(), SceneReader(grid, pre, input_scale) as reader:
+        ms = reader.ms_lowres(j0, i0, h, w)
+    cut = (slice(None), slice(y0, y0 + ph), slice(x0, x0 + pw))
+    return grid, ms, np.ascontiguousarray(lms[cut]), np.ascontiguousarray(pan[cut])
+
+
 __all__ = ["SceneError", "Preprocessing", "RasterInfo", "SceneGrid", "SceneReader", "SceneScan", "ValueStats",
            "open_raster", "open_pair", "check_grids", "placement", "interpolation_geometry", "invalid_mask",
            "check_finite", "fill_invalid", "normalise", "scan_scene", "check_scale", "check_scene_scale",
-           "scale_problem", "new_stats", "array_stats", "read_scene", "gdal_env", "CORRUPT", "MISSING_PARTNER", "WRONG_RATIO",
+           "scale_problem", "new_stats", "array_stats", "read_scene", "read_full_resolution", "paired_windows", "gdal_env", "CORRUPT", "MISSING_PARTNER", "WRONG_RATIO",
            "NO_OVERLAP", "ALL_NODATA", "BAD_GRID", "WRONG_BANDS", "BAD_VALUES", "BAD_SCALE"]
