@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.onnx import export_model, load_model_for_export
     from export.tensorrt import build_plan
     from ddif.runtime.plan import resolve_sampling_plan
+    from ddif.runtime.spec import ExportSpec
 
     reason = tensorrt_unavailable_reason("cuda")
     if reason is not None:
@@ -99,10 +100,13 @@ def main(argv: list[str] | None = None) -> int:
 
     m = model.config.size_multiple
     size = -(-args.size // m) * m
-    shapes = f"1x{m}x{m}/{args.batch}x{size}x{size}/{max(args.batch, 1)}x{max(size, 1024)}x{max(size, 1024)}"
+    tile = ExportSpec.for_model(onnx_path).tiling_obj().tile_size
+    # a tiled model's graph samples fixed tiles: its spec's default profile (batch 1 .. ~4 Mpx of tiles)
+    shapes = None if tile else \
+        f"1x{m}x{m}/{args.batch}x{size}x{size}/{max(args.batch, 1)}x{max(size, 1024)}x{max(size, 1024)}"
     precision = "fp32" if args.fp32 else "fp16"
     engine = workdir / f"fuser-{precision}.plan"
-    print(f"building the TensorRT {precision} engine (profile {shapes}) ...")
+    print(f"building the TensorRT {precision} engine (profile {shapes or 'of the spec: ' + str(tile) + ' px tiles'}) ...")
     build_plan(onnx_path, engine, shapes=shapes, fp16=not args.fp32)
 
     lms, pan = test_images(model.config.bands, model.config.guide_bands, args.batch, args.size, args.seed)
