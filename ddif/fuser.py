@@ -7,7 +7,7 @@ import torch
 
 from ddif.diffusion.samplers import make_scheduler
 from ddif.diffusion.schedule import NoiseSchedule
-from ddif.inference.engine import InferencePath, TorchTileSampler, check_fusion_inputs
+from ddif.inference.engine import InferencePath, TorchTileSampler
 from ddif.inference.tiling import Tiling
 
 
@@ -52,11 +52,11 @@ class Fuser:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.sampler.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return self.sampler.dtype
 
     @property
     def batch_size(self) -> int | None:
@@ -71,8 +71,7 @@ class Fuser:
         return self.tiling.overlap
 
     def check_inputs(self, lms: torch.Tensor, pan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        cfg = self.model.config
-        return check_fusion_inputs(lms, pan, cfg.bands, cfg.guide_bands, cfg.max_dn, self.model.preset.name)
+        return self.inference.check_inputs(lms, pan)
 
     def fuse(self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0,
              generator: torch.Generator | None = None, noise: torch.Tensor | None = None,

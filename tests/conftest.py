@@ -74,18 +74,22 @@ def tiny_preset(bands: int = 4, guide: int = 1):
                                                  attn_resolutions=(8,), dropout=0.0, drop_path=0.0))
 
 
+def condition_matters(model, std: float = 0.05):
+    """CSM's output conv is zero-initialised: give it random weights so that the condition path
+    changes the output in tests (as it does in a trained model). Returns the model."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "cond_inj.body.3" in name:
+                p.normal_(0, std)
+    return model
+
+
 @pytest.fixture
 def tiny_model():
     from ddif.models import DDIF
 
     torch.manual_seed(0)
-    model = DDIF(tiny_preset())
-    # CSM's output conv is zero-initialised; give it weights so the condition path matters in tests.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "cond_inj.body.3" in name:
-                p.normal_(0, 0.05)
-    return model.eval()
+    return condition_matters(DDIF(tiny_preset())).eval()
 
 
 def synthetic_scene(bands: int = 4, size: int = 64, seed: int = 0, batch: int = 1, rectangles: int = 10):

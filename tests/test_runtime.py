@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_preset
+from conftest import condition_matters, tiny_preset
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -30,10 +30,7 @@ def _tiny_checkpoint(path, tile_size=16, overlap=4):
     preset.diffusion.tile_size, preset.diffusion.tile_overlap = tile_size, overlap
     torch.manual_seed(1)
     model = DDIF(preset)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "cond_inj.body.3" in name:
-                p.normal_(0, 0.05)
+    condition_matters(model)
     model.save(path, metadata={"note": "test"})
     return path
 

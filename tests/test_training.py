@@ -11,7 +11,7 @@ import h5py
 import pytest
 import torch
 
-from conftest import tiny_preset
+from conftest import condition_matters, tiny_preset
 from ddif.cli.main import main as cli
 from ddif.models import DDIF, load_model
 from ddif.training import RunOptions, Trainer
@@ -154,10 +154,7 @@ def test_cli_sample_geotiff_pair(tmp_path, capsys):
     preset.model.max_dn = 2047.0
     torch.manual_seed(0)
     model = DDIF(preset)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "cond_inj.body.3" in name:
-                p.normal_(0, 0.05)
+    condition_matters(model)
     model.save(tmp_path / "m.pt")
     g = np.random.default_rng(0)
     ms = np.rint(g.random((4, 8, 8)) * 1600 + 200).astype(np.uint16)
