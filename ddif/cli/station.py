@@ -22,11 +22,13 @@ Watch INBOX and fuse every complete scene into OUTBOX/<scene>/ (product, quicklo
 
 A scene is <scene>_MS.tif + <scene>_PAN.tif, taken once <scene>.ready exists or both files kept
 their size and mtime over --stable-polls polls; or <scene>.manifest.json = {"ms": ..., "pan": ...}
-(written last by the producer). Scenes are processed in arrival order. Outputs are staged in
-OUTBOX/.<scene>.partial/ and renamed into place when complete; a per-scene tile journal makes a
-restart after kill -9 resume where it stopped (byte-identical product). Bad scenes go to
---quarantine with reason.json; disk-full / permission errors are logged and retried. Logs are
-JSON lines on stderr (and --log-file)."""
+(written last by the producer; its paths must stay inside the inbox). Scenes are processed in
+arrival order; each is claimed with a lock (IN/.<scene>.claim), so several services may share an
+inbox. Outputs are staged in OUTBOX/.<scene>.partial/ and renamed into place when complete; a
+re-delivered scene is fused again only when its content changed. A per-scene tile journal makes
+a restart after kill -9 resume where it stopped (byte-identical product). Bad scenes go to
+--quarantine with reason.json; disk-full / permission errors are logged and retried, never
+quarantined. Logs are JSON lines on stderr (and --log-file)."""
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:

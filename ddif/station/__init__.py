@@ -4,11 +4,12 @@ unattended and crash-safe.
     from ddif.station import StationConfig, run_scene, plan_scene, StationService
     import ddif.runtime
     backend = ddif.runtime.best_available("model.pt")
-    report = run_scene("S_MS.tif", "S_PAN.tif", "S_fused.tif", backend, StationConfig(tile_size=256))
+    report = run_scene("S_MS.tif", "S_PAN.tif", "S_fused.tif", backend, StationConfig())  # the model's tiles
 
 Command line: ``ddif station run ...`` and ``ddif station watch ...`` (:mod:`ddif.cli.station`).
-Modules: :mod:`~ddif.station.io` (GeoTIFF windows, grid checks, product writer, quicklook),
-:mod:`~ddif.utils.tiling` (tile grid, blending; shared with ddif.Fuser), :mod:`~ddif.station.journal` (per-tile journal),
+Modules: :mod:`~ddif.station.io` (product writer, read-back check, quicklook; the scenes are read by
+the one ingestion layer :mod:`ddif.data.scene`), :mod:`ddif.inference` and :mod:`~ddif.utils.tiling`
+(tiles, noise, blending; shared with ddif.Fuser), :mod:`~ddif.station.journal` (per-tile journal),
 :mod:`~ddif.station.run` (one scene), :mod:`~ddif.station.watch` (the service),
 :mod:`~ddif.station.quarantine`, :mod:`~ddif.station.events` (JSON-lines logs).
 Nothing heavy is imported until used.
