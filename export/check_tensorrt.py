@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         f"1x{m}x{m}/{args.batch}x{size}x{size}/{max(args.batch, 1)}x{max(size, 1024)}x{max(size, 1024)}"
     precision = "fp32" if args.fp32 else "fp16"
     engine = workdir / f"fuser-{precision}.plan"
-    print(f"building the TensorRT {precision} engine (profile {shapes or 'of the spec: ' + str(tile) + ' px tiles'}) ...")
+    profile_text = shapes or f"of the spec: {tile} px tiles"
+    print(f"building the TensorRT {precision} engine (profile {profile_text}) ...")
     build_plan(onnx_path, engine, shapes=shapes, fp16=not args.fp32)
 
     lms, pan = test_images(model.config.bands, model.config.guide_bands, args.batch, args.size, args.seed)

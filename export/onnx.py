@@ -329,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"exporting {model.preset.name} ({model.num_parameters():,} parameters), {plan.steps} DDIM steps at "
           f"timesteps {list(plan.timesteps)} ({plan.source}), {tiling.describe()}, opset {args.opset}, "
           f"{args.exporter} exporter")
-    result = export_model(model, args.out, plan, tiling=tiling, profile=profile, opset=args.opset, exporter=args.exporter,
-                          check=not args.no_check, check_tolerance=args.tolerance, source=source)
+    result = export_model(model, args.out, plan, tiling=tiling, profile=profile, opset=args.opset,
+                          exporter=args.exporter, check=not args.no_check, check_tolerance=args.tolerance,
+                          source=source)
     print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, sha256 {result.spec.sha256[:16]}...) "
           f"and {spec_path_for(result.path)} in {result.seconds:.1f} s")
     size = f"{tiling.tile_size} x {tiling.tile_size}" if tiling.tiled else f"H x W (multiples of {mult})"

@@ -713,5 +713,6 @@ def read_full_resolution(ms_path, pan_path, *, preset, crop: tuple[int, int, int
 __all__ = ["SceneError", "Preprocessing", "RasterInfo", "SceneGrid", "SceneReader", "SceneScan", "ValueStats",
            "open_raster", "open_pair", "check_grids", "placement", "interpolation_geometry", "invalid_mask",
            "check_finite", "fill_invalid", "normalise", "scan_scene", "check_scale", "check_scene_scale",
-           "scale_problem", "new_stats", "array_stats", "read_scene", "read_full_resolution", "paired_windows", "gdal_env", "CORRUPT", "MISSING_PARTNER", "WRONG_RATIO",
+           "scale_problem", "new_stats", "array_stats", "read_scene", "read_full_resolution",
+           "paired_windows", "gdal_env", "CORRUPT", "MISSING_PARTNER", "WRONG_RATIO",
            "NO_OVERLAP", "ALL_NODATA", "BAD_GRID", "WRONG_BANDS", "BAD_VALUES", "BAD_SCALE"]

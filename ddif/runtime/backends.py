@@ -58,8 +58,9 @@ class FuserBackend:
         self.ratio: int = int(preset.data.ratio)
         self.size_multiple: int = int(cfg.size_multiple)
         self.tiling = tiling
-        self.inference = inference or InferencePath(self, bands=self.bands, guide_bands=self.guide_bands, max_dn=self.max_dn,
-                                          preset_name=preset.name, tiling=tiling, batch_size=batch_size)
+        self.inference = inference or InferencePath(self, bands=self.bands, guide_bands=self.guide_bands,
+                                                    max_dn=self.max_dn, preset_name=preset.name, tiling=tiling,
+                                                    batch_size=batch_size)
 
     @property
     def steps(self) -> int:
