@@ -142,3 +142,40 @@ def test_onnxruntime_station_memory_is_bounded_by_the_batch(tmp_path):
         rss[size] = json.loads(proc.stdout.strip().splitlines()[-1])["rss_kib"] / 1024
     print(f"\npeak RSS, ONNX Runtime station: 64^2 {rss[64]:.0f} MiB, 256^2 {rss[256]:.0f} MiB")
     assert rss[256] - rss[64] < 25, rss
+
+
+def test_band_order_is_checked_against_the_model(tmp_path):
+    """A model that knows its bands by name (B2, B3, B4) refuses an MS whose band descriptions
+    name the same bands in another order (colours would swap silently); the right order, and
+    descriptions that are not band names, pass. make-dataset records the names and training
+    carries them into the checkpoint."""
+    from ddif.cli.train import adopt_preprocessing
+    from ddif.data import MakeDatasetConfig, make_dataset
+    from ddif.models import DDIF
+    from ddif.station import SceneError, StationConfig, plan_scene
+
+    preset = DDIF.load(SHIPPED).preset
+    preset.data.band_names = ("B2", "B3", "B4")
+    ms, pan = landsat_pair(tmp_path / "in", 64, 64)
+    for names, ok in ((("B4", "B3", "B2"), False), (("B2", "B3", "B4"), True), (("blue", "green", "red"), True)):
+        with rasterio.open(ms, "r+") as dst:
+            for i, n in enumerate(names, start=1):
+                dst.set_band_description(i, n)
+        if ok:
+            assert plan_scene(ms, pan, preset, StationConfig()).valid_pixels == 64 * 64
+        else:
+            with pytest.raises(SceneError, match=r"bands are \['B4', 'B3', 'B2'\], the model fuses \['B2', 'B3', 'B4'\]"):
+                plan_scene(ms, pan, preset, StationConfig())
+    # make-dataset -> training file attribute -> the checkpoint's preset
+    with rasterio.open(ms, "r+") as dst:
+        for i, n in enumerate(("B2", "B3", "B4"), start=1):
+            dst.set_band_description(i, n)
+    summary = make_dataset(MakeDatasetConfig(ms=(str(ms),), pan=str(pan), out_dir=str(tmp_path / "ds"), ratio=4,
+                                             sensor="landsat8", patch_size=8, stride=8, test_size=0,
+                                             val_fraction=0.0, max_dn=32767.0, fill_margin=0))
+    from ddif.data import PanCollectionH5
+
+    train = PanCollectionH5(summary["files"]["train"], preset)
+    fresh = DDIF.load(SHIPPED).preset
+    adopt_preprocessing(fresh, train.info.attrs)
+    assert fresh.data.band_names == ("B2", "B3", "B4")

@@ -57,6 +57,10 @@ def adopt_preprocessing(preset, attrs: dict, args=None) -> None:
     """The checkpoint records how its inputs were made (``preset.data.interpolation`` /
     ``interp_padding``) so that every entry point applies the same: take it from the training
     file (``ddif make-dataset`` writes it) unless the option was given on the command line."""
+    names = attrs.get("band_names")
+    if isinstance(names, (list, tuple)) and names and len(names) == preset.model.bands \
+            and getattr(args, "cfg__data__band_names", None) is None:
+        preset.data.band_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     for field in ("interpolation", "interp_padding"):
         value = attrs.get(field)
         if not isinstance(value, str) or not value:

@@ -314,6 +314,29 @@ def _georef(source) -> Any:
     return None
 
 
+def _band_names(source, bands: Sequence[int]) -> tuple[str, ...]:
+    """Names of the MS bands used, when the source names them: the band descriptions of a GeoTIFF,
+    or Landsat-style ``..._B4.TIF`` file names of per-band files; () when unknown."""
+    import re
+
+    if isinstance(source, (str, os.PathLike)):
+        source = (source,)
+    if not (isinstance(source, (tuple, list)) and source and all(isinstance(p, (str, os.PathLike)) for p in source)):
+        return ()
+    if len(source) > 1:
+        found = [re.search(r"_(B\d+)\.tiff?$", str(p), re.IGNORECASE) for p in source]
+        names = tuple(m.group(1).upper() for m in found if m)
+        return names if len(names) == len(source) else ()
+    if Path(source[0]).suffix.lower() == ".npy":
+        return ()
+    from ddif.data.scene import open_raster
+
+    names = tuple((d or "").strip() for d in open_raster(source[0], "MS").descriptions)
+    if bands:
+        names = tuple(names[b - 1] for b in bands if 1 <= b <= len(names))
+    return names if names and all(names) else ()
+
+
 def register_pair(ms_source, pan_source, cfg: "MakeDatasetConfig") -> tuple[tuple | None, tuple | None, dict]:
     """MS and PAN windows that pair each MS pixel with the PAN pixels under it, by the placement
     rule every entry point uses (:func:`ddif.data.scene.placement`: the upsampled MS sits on the
@@ -540,6 +563,7 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
     common_attrs = {
         "created_by": "ddif.data.make_dataset", "protocol": "Wald reduced resolution", "ratio": r,
         "sensor": cfg.sensor, "interpolation": cfg.interpolation, "interp_padding": cfg.padding,
+        "band_names": _band_names(ms_source, cfg.ms_bands),
         "pan_source": pan_desc,
         "source_ms": ms_scene.source, "source_pan": pan_scene.source if pan_scene else "",
         "source_max_dn": float(in_max), "patch_size": cfg.patch_size, "stride": cfg.stride,

@@ -93,6 +93,7 @@ class Preprocessing:
     interpolation: str = "interp23tap"     # MS -> PAN grid (interp23tap needs a power-of-2 ratio)
     padding: str = "symmetric"             # interp23tap boundary at the scene edge
     fill_iterations: int = 4               # 3x3 dilations filling nodata holes before interpolating
+    band_names: tuple[str, ...] = ()       # the MS bands in the model's order, when the training data named them
 
     def __post_init__(self) -> None:
         if not self.max_dn > 0:
@@ -112,7 +113,8 @@ class Preprocessing:
         return cls(float(preset.model.max_dn),
                    interpolation or getattr(d, "interpolation", "interp23tap"),
                    padding or getattr(d, "interp_padding", "symmetric"),
-                   int(getattr(d, "fill_iterations", 4) if fill_iterations is None else fill_iterations))
+                   int(getattr(d, "fill_iterations", 4) if fill_iterations is None else fill_iterations),
+                   tuple(getattr(d, "band_names", ()) or ()))
 
     def method_for(self, ratio: int) -> str:
         """interp23tap needs a power-of-2 ratio; make_dataset trains other ratios on bicubic."""
@@ -294,6 +296,19 @@ def check_grids(ms: RasterInfo, pan: RasterInfo, ratio: int | None) -> int:
     return int(rounded)
 
 
+def check_band_order(ms: RasterInfo, band_names: tuple[str, ...]) -> None:
+    """When the model knows its bands by name and the MS file names all of its bands, the names
+    must come in the model's order (a B4, B3, B2 file for a B2, B3, B4 model is refused: fusing it
+    would swap the colours silently). Descriptions that are not the model's names (free text)
+    cannot be checked and are accepted."""
+    names = tuple((d or "").strip() for d in ms.descriptions)
+    if not band_names or len(names) != len(band_names) or not all(names):
+        return
+    if set(names) == set(band_names) and names != tuple(band_names):
+        raise SceneError(WRONG_BANDS, f"MS {ms.path}: bands are {list(names)}, the model fuses {list(band_names)} in "
+                                      "that order; reorder the bands (e.g. gdal_translate -b)")
+
+
 def open_pair(ms_path: str | os.PathLike, pan_path: str | os.PathLike, *, bands: int | None, guide_bands: int | None,
               ratio: int | None, preprocessing: Preprocessing, input_nodata: float | None = None) -> SceneGrid:
     """Open and check an MS + PAN pair against a model (``bands`` / ``guide_bands`` / ``ratio``,
@@ -308,6 +323,7 @@ def open_pair(ms_path: str | os.PathLike, pan_path: str | os.PathLike, *, bands:
         raise SceneError(WRONG_BANDS, f"MS {ms.path}: has {ms.count} bands, the model fuses {bands}")
     if guide_bands is not None and pan.count != guide_bands:
         raise SceneError(WRONG_BANDS, f"PAN {pan.path}: has {pan.count} bands, the model expects {guide_bands}")
+    check_band_order(ms, preprocessing.band_names)
     ratio = check_grids(ms, pan, ratio)
     interpolation = preprocessing.method_for(ratio)
     geo = interpolation_geometry(ratio, interpolation, preprocessing.padding)
