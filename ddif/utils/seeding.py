@@ -1,8 +1,10 @@
 """Deterministic seeds derived from a user seed and positions (image, tile, stream).
 
-One place for seed mixing: the inference path draws each tile's initial noise from
-``derive_seed(seed, image, tile)``, so a tile's noise depends on where it is, never on how tiles
-were batched, scheduled or resumed; the trainer derives per-epoch shuffles the same way.
+The inference path draws each tile's initial noise from ``derive_seed(seed, image, tile)`` (and a
+stochastic sampler's per-step noise from ``derive_seed(seed, image, tile, 1)``), so a tile's noise
+depends on where it is, never on how tiles were batched, scheduled or resumed. (The trainer's
+per-epoch shuffle keeps its own ``seed * 1_000_003 + epoch`` so that runs started with earlier
+versions resume exactly.)
 """
 from __future__ import annotations
 
