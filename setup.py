@@ -1,5 +1,6 @@
 """Build script. Metadata lives in pyproject.toml; this file only adds the optional native extension
-``kernels._csm_ext`` (the CSM style-modulated convolution of ``csrc/``, see kernels/style_conv.py).
+``ddif._C`` (the CSM style-modulated convolution of ``csrc/``, ops ``torch.ops.ddif.csm_forward`` /
+``csm_backward``, see kernels/style_conv.py, installed as ``ddif.kernels.style_conv``).
 
 - CPU kernels (C++, ATen + OpenMP): built whenever a C++ compiler is found.
 - CUDA kernels: added when the installed torch is a CUDA build and nvcc is found (CUDA_HOME).
@@ -22,7 +23,7 @@ from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 CSRC = "csrc"
-EXTENSION_NAME = "kernels._csm_ext"
+EXTENSION_NAME = "ddif._C"
 
 
 def _flag(name: str) -> bool:

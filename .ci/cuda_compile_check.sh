@@ -95,20 +95,20 @@ import sys
 
 import torch
 
-paths = glob.glob(f"{sys.argv[1]}/kernels/_csm_ext*.so")
+paths = glob.glob(f"{sys.argv[1]}/ddif/_C*.so")
 assert len(paths) == 1, paths
-spec = importlib.util.spec_from_file_location("kernels._csm_ext", paths[0])
+spec = importlib.util.spec_from_file_location("ddif._C", paths[0])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 assert module.with_cuda, "the extension was built without its CUDA kernels"
 for op in ("csm_forward", "csm_backward"):
     for key in ("CPU", "CUDA"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ddif_ext::{op}", key), (op, key)
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ddif::{op}", key), (op, key)
 print(f"  {paths[0].split('/')[-1]}: with_cuda={module.with_cuda}, CPU kernels {module.cpu_kernel_isa()}, "
-      f"ddif_ext ops with CPU and CUDA kernels registered")
+      f"ddif ops with CPU and CUDA kernels registered")
 EOF
 if [ -x "$CUDA_HOME/bin/cuobjdump" ]; then
-  SO=$(ls "$WORK"/ext/kernels/_csm_ext*.so)
+  SO=$(ls "$WORK"/ext/ddif/_C*.so)
   echo "  embedded GPU code: $("$CUDA_HOME/bin/cuobjdump" --list-elf "$SO" 2>/dev/null | grep -o 'sm_[0-9]*' | sort -u | tr '\n' ' ')"
 fi
 step "disk used: $(du -sh "$WORK" | cut -f1)"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.common import Timing, append_csv, base_fields, markdown_table, parse_dtype
-from kernels import style_conv
+from ddif.kernels import style_conv
 
 # (batch, C_in, C_out, H, W): DDIF's CSM layers at the resolutions they run at for a 256x256 image,
 # a 128 x 128 -> 128 layer at 64^2, and a small batch of training crops.
@@ -102,7 +102,7 @@ def main(argv=None) -> None:
     cfg = parse_args(argv)
     if not style_conv.fused_available("cpu"):
         raise SystemExit(f"the CSM extension is not built: {style_conv._status()['csm_cpu']}")
-    from kernels import _csm_ext
+    from ddif.kernels import _csm_ext
 
     rows, table = [], []
     for threads in cfg.threads:

@@ -69,7 +69,7 @@ class Case:
 
 
 def _triton_reason(device: torch.device, module: str) -> str | None:
-    from kernels._triton_utils import can_launch, triton_status
+    from ddif.kernels._triton_utils import can_launch, triton_status
 
     if device.type == "cpu":
         return TRITON_CPU_SHORT
@@ -79,9 +79,9 @@ def _triton_reason(device: torch.device, module: str) -> str | None:
 
 
 def wavelet_cases(device, dtype, batch, sizes, presets) -> list[Case]:
-    from kernels.haar_dwt import wavelet_condition_fused, wavelet_condition_ref
+    from ddif.kernels.haar_dwt import wavelet_condition_fused, wavelet_condition_ref
 
-    why = _triton_reason(device, "kernels._haar_triton")
+    why = _triton_reason(device, "ddif.kernels._haar_triton")
     cases = []
     for preset in presets:
         bands, guide, order = PRESET_CHANNELS[preset]
@@ -100,9 +100,9 @@ def wavelet_cases(device, dtype, batch, sizes, presets) -> list[Case]:
 
 
 def fwm_cases(device, dtype, batch, sizes, ops) -> list[Case]:
-    from kernels.fwm import fwm_apply_fused, fwm_apply_ref, fwm_context_fused, fwm_context_ref
+    from ddif.kernels.fwm import fwm_apply_fused, fwm_apply_ref, fwm_context_fused, fwm_context_ref
 
-    why = _triton_reason(device, "kernels._fwm_triton")
+    why = _triton_reason(device, "ddif.kernels._fwm_triton")
     cases = []
     for size in sizes:
         for dim in FWM_DIMS:
@@ -142,7 +142,7 @@ def _train_step(context_fn, apply_fn, q, k, v):
 
 
 def csm_cases(device, dtype, batch, sizes) -> list[Case]:
-    from kernels import style_conv
+    from ddif.kernels import style_conv
 
     fused_ok = getattr(style_conv, "fused_available", lambda device: False)(device)
     why = None

@@ -66,7 +66,7 @@ def _fuser_provider(use_cache: bool = True, fused: bool = False):
 
 
 def _fused_available(args) -> str | None:
-    from kernels import available
+    from ddif.kernels import available
 
     status = available()
     live = [k for k, v in status.items() if v is True and (args.device != "cpu" or "cuda" not in k)]
@@ -81,7 +81,7 @@ def _exported_onnx(args, model, steps):
 
         from ddif.fuser import Fuser
         from ddif.runtime.plan import resolve_sampling_plan
-        from export.onnx import export_model
+        from ddif.export.onnx import export_model
 
         timesteps = Fuser(model, sampler="ddim", steps=steps).scheduler.timesteps.tolist()
         plan = resolve_sampling_plan(model.preset, timesteps=timesteps)

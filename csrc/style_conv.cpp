@@ -381,7 +381,7 @@ at::Tensor bias_vector(const std::optional<at::Tensor>& bias, at::ScalarType acc
 std::tuple<at::Tensor, at::Tensor> csm_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                    const std::optional<at::Tensor>& bias, const at::Tensor& scale,
                                                    const at::Tensor& shift, bool keep_conv) {
-  const CsmShape s = csm_check_inputs("ddif_ext::csm_forward", c10::DeviceType::CPU, x, weight, bias, scale, &shift);
+  const CsmShape s = csm_check_inputs("ddif::csm_forward", c10::DeviceType::CPU, x, weight, bias, scale, &shift);
   at::Tensor out = at::empty({s.batch, s.c_out, s.height, s.width}, x.options());
   at::Tensor conv = keep_conv ? at::empty_like(out) : at::empty({0}, x.options());
   if (out.numel() == 0) return {out, conv};
@@ -401,7 +401,7 @@ std::tuple<at::Tensor, at::Tensor> csm_forward_cpu(const at::Tensor& x, const at
 CsmGrads csm_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& scale,
                           const std::optional<at::Tensor>& conv, std::array<bool, 4> output_mask) {
-  const char* op = "ddif_ext::csm_backward";
+  const char* op = "ddif::csm_backward";
   const CsmShape s = csm_check_inputs(op, c10::DeviceType::CPU, x, weight, bias, scale, nullptr);
   csm_check_grad_out(op, grad_out, x, s, c10::DeviceType::CPU);
   const bool conv_kept = csm_check_kept_conv(op, conv, x, s, c10::DeviceType::CPU);
@@ -440,7 +440,7 @@ const char* cpu_kernel_isa() { return cpu::kernels().isa; }
 
 }  // namespace ddif_ext
 
-TORCH_LIBRARY(ddif_ext, m) {
+TORCH_LIBRARY_FRAGMENT(ddif, m) {
   m.def(
       "csm_forward(Tensor x, Tensor weight, Tensor? bias, Tensor scale, Tensor shift, bool keep_conv=False)"
       " -> (Tensor, Tensor)");
@@ -449,7 +449,7 @@ TORCH_LIBRARY(ddif_ext, m) {
       " bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(ddif_ext, CPU, m) {
+TORCH_LIBRARY_IMPL(ddif, CPU, m) {
   m.impl("csm_forward", &ddif_ext::csm_forward_cpu);
   m.impl("csm_backward", &ddif_ext::csm_backward_cpu);
 }
@@ -459,7 +459,7 @@ TORCH_LIBRARY_IMPL(ddif_ext, CPU, m) {
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "ddif native kernels: CSM style-modulated 1x1 convolution (ops in torch.ops.ddif_ext)";
+  m.doc() = "ddif native kernels: CSM style-modulated 1x1 convolution (ops in torch.ops.ddif)";
   m.attr("with_cuda") = pybind11::bool_(DDIF_WITH_CUDA);
   m.def("cpu_kernel_isa", [] { return std::string(ddif_ext::cpu_kernel_isa()); },
         "Instruction set of the CPU kernels chosen at run time (avx512, avx2 or baseline)");

@@ -415,9 +415,9 @@ void launch_gemm(const GemmParams<scalar_t>& p, int64_t batch, const DeviceInfo&
   if (batch == 0 || p.M == 0 || p.N == 0) return;
   const int64_t grid_m = (p.M + kTileM - 1) / kTileM;
   const int64_t grid_n = (p.N + kTileN - 1) / kTileN;
-  TORCH_CHECK(grid_m <= 65535 && batch <= 65535, "ddif_ext CSM CUDA kernel: ", p.M, " channels x batch ", batch,
+  TORCH_CHECK(grid_m <= 65535 && batch <= 65535, "ddif CSM CUDA kernel: ", p.M, " channels x batch ", batch,
               " exceed the launch grid (at most 65535 channel tiles of 64 and 65535 images)");
-  TORCH_CHECK(grid_n <= 2147483647LL, "ddif_ext CSM CUDA kernel: too many pixels per image (", p.N, ")");
+  TORCH_CHECK(grid_n <= 2147483647LL, "ddif CSM CUDA kernel: too many pixels per image (", p.N, ")");
   const dim3 grid(static_cast<unsigned>(grid_n), static_cast<unsigned>(grid_m), static_cast<unsigned>(batch));
   if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
     if (use_wmma<scalar_t>(info)) {
@@ -460,7 +460,7 @@ std::tuple<at::Tensor, at::Tensor> csm_forward_cuda(const at::Tensor& x, const a
                                                     const std::optional<at::Tensor>& bias, const at::Tensor& scale,
                                                     const at::Tensor& shift, bool keep_conv) {
   const CsmShape s =
-      csm_check_inputs("ddif_ext::csm_forward", c10::DeviceType::CUDA, x, weight, bias, scale, &shift);
+      csm_check_inputs("ddif::csm_forward", c10::DeviceType::CUDA, x, weight, bias, scale, &shift);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty({s.batch, s.c_out, s.height, s.width}, x.options());
   at::Tensor conv = keep_conv ? at::empty_like(out) : at::empty({0}, x.options());
@@ -482,7 +482,7 @@ std::tuple<at::Tensor, at::Tensor> csm_forward_cuda(const at::Tensor& x, const a
 CsmGrads csm_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, const at::Tensor& scale,
                            const std::optional<at::Tensor>& conv, std::array<bool, 4> output_mask) {
-  const char* op = "ddif_ext::csm_backward";
+  const char* op = "ddif::csm_backward";
   const CsmShape s = csm_check_inputs(op, c10::DeviceType::CUDA, x, weight, bias, scale, nullptr);
   csm_check_grad_out(op, grad_out, x, s, c10::DeviceType::CUDA);
   const bool conv_kept = csm_check_kept_conv(op, conv, x, s, c10::DeviceType::CUDA);
@@ -568,7 +568,7 @@ CsmGrads csm_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x, cons
 }  // namespace
 }  // namespace ddif_ext
 
-TORCH_LIBRARY_IMPL(ddif_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(ddif, CUDA, m) {
   m.impl("csm_forward", &ddif_ext::csm_forward_cuda);
   m.impl("csm_backward", &ddif_ext::csm_backward_cuda);
 }

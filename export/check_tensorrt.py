@@ -1,7 +1,7 @@
 """Verify the TensorRT path on a machine that has TensorRT >= 10 and an NVIDIA GPU.
 
-    python -m export.check_tensorrt --ckpt student.pt --steps 2 --size 256
-    python -m export.check_tensorrt --preset wv3 --steps 2                      # random weights
+    python -m ddif.export.check_tensorrt --ckpt student.pt --steps 2 --size 256
+    python -m ddif.export.check_tensorrt --preset wv3 --steps 2                      # random weights
     python export/check_tensorrt.py ...                                          # the same
 
 1. exports the fixed-step sampler to ONNX (``export.onnx``) unless ``--onnx`` is given;
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import bench, markdown_table
     from ddif.runtime import OnnxRuntimeFuser, TensorRTFuser, TorchFuser
     from ddif.runtime.tensorrt import tensorrt_unavailable_reason
-    from export.onnx import export_model, load_model_for_export
-    from export.tensorrt import build_plan
+    from ddif.export.onnx import export_model, load_model_for_export
+    from ddif.export.tensorrt import build_plan
     from ddif.runtime.plan import resolve_sampling_plan
     from ddif.runtime.spec import ExportSpec
 

@@ -1,9 +1,9 @@
 """Export the fixed-step DDIF sampler for a batch of tiles to one ONNX graph.
 
-    python -m export.onnx --ckpt model.pt --out fuser.onnx                    # the model's steps and tiles
-    python -m export.onnx --ckpt student.pt --steps 2 --out fuser.onnx
-    python -m export.onnx --preset wv3 --steps 2 --tile-size 256 --out fuser.onnx   # random weights (testing)
-    python -m export.onnx --preset gf2 --published ddif_gf2.pth --timesteps 480,240 --out fuser.onnx
+    python -m ddif.export.onnx --ckpt model.pt --out fuser.onnx                    # the model's steps and tiles
+    python -m ddif.export.onnx --ckpt student.pt --steps 2 --out fuser.onnx
+    python -m ddif.export.onnx --preset wv3 --steps 2 --tile-size 256 --out fuser.onnx   # random weights (testing)
+    python -m ddif.export.onnx --preset gf2 --published ddif_gf2.pth --timesteps 480,240 --out fuser.onnx
 
 The graph is :func:`ddif.diffusion.sample_residual` itself, traced: the condition branch is
 encoded once (``model.encode_condition``), then the DDIM steps (eta 0; Song et al., ICLR 2021)
@@ -290,7 +290,7 @@ def load_model_for_export(ckpt: str | None = None, preset: str | None = None, pu
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ddif.export.onnx", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("weights")
     src.add_argument("--ckpt", help="engine checkpoint (DDIF.save), e.g. a distilled student")

@@ -1,6 +1,6 @@
 """Build a TensorRT engine for an exported fixed-step sampler.
 
-    python -m export.tensorrt --onnx fuser.onnx --fp16 --shapes 1x64x64/1x256x256/4x1024x1024 --out fuser.plan
+    python -m ddif.export.tensorrt --onnx fuser.onnx --fp16 --shapes 1x64x64/1x256x256/4x1024x1024 --out fuser.plan
 
 ``--shapes`` is one optimization profile, min/opt/max as ``BxHxW`` (batch x height x width; ``HxW``
 means batch 1), H and W multiples of the model's size multiple (see ``fuser.onnx.json``); the
@@ -37,7 +37,7 @@ def resolve_profile(onnx_path: Path, shapes: str | None) -> tuple[ExportSpec, Sh
     if onnx_path.suffix != ".onnx":
         raise ValueError(f"{onnx_path}: expected an .onnx file")
     if not spec_path_for(onnx_path).is_file():
-        raise FileNotFoundError(f"{spec_path_for(onnx_path)} not found: export the model with python -m export.onnx, "
+        raise FileNotFoundError(f"{spec_path_for(onnx_path)} not found: export the model with python -m ddif.export.onnx, "
                                 "which writes the spec beside it")
     spec = ExportSpec.for_model(onnx_path, verify=True)
     if spec.kind != "onnx":
@@ -71,9 +71,9 @@ def build_plan(onnx_path: str | Path, out: str | Path | None, *, shapes: str | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.tensorrt", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ddif.export.tensorrt", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--onnx", required=True, help="model from python -m export.onnx (its .onnx.json beside it)")
+    p.add_argument("--onnx", required=True, help="model from python -m ddif.export.onnx (its .onnx.json beside it)")
     p.add_argument("--out", default=None, help="engine path (.plan); default: the engine cache")
     p.add_argument("--shapes", default=None, help="optimization profile 'BxHxW/BxHxW/BxHxW' (min/opt/max)")
     p.add_argument("--fp16", action="store_true", help="allow FP16 kernels (TensorRT 10 BuilderFlag.FP16)")

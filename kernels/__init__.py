@@ -1,8 +1,8 @@
 """Fused kernels for the DDIF hot paths, each with a plain-PyTorch ``<op>_ref`` beside it.
 
-- :mod:`kernels.haar_dwt`: Haar DWT / wavelet condition (Triton);
-- :mod:`kernels.fwm`: FWM linear attention, context and apply (Triton);
-- :mod:`kernels.style_conv`: CSM style-modulated 1x1 convolution (C++ / CUDA extension).
+- :mod:`ddif.kernels.haar_dwt`: Haar DWT / wavelet condition (Triton);
+- :mod:`ddif.kernels.fwm`: FWM linear attention, context and apply (Triton);
+- :mod:`ddif.kernels.style_conv`: CSM style-modulated 1x1 convolution (C++ / CUDA extension).
 
 Importing this package does no work and never fails for lack of Triton, CUDA or a compiler.
 """
@@ -12,7 +12,7 @@ import importlib
 
 # Each module reports its own backends through a ``_status()`` function returning
 # ``{backend name: True | reason}``; ``available()`` merges them.
-_STATUS_MODULES = ("kernels.haar_dwt", "kernels.fwm", "kernels.style_conv")
+_STATUS_MODULES = ("ddif.kernels.haar_dwt", "ddif.kernels.fwm", "ddif.kernels.style_conv")
 
 
 def available() -> dict[str, str | bool]:

@@ -1,6 +1,6 @@
 """Triton kernels and launchers for the FWM linear attention of DDIF (Cao et al., 2024).
 
-Imported lazily by :mod:`kernels.fwm`. q, k, v are (B, dim, H, W) tensors whose H x W planes are
+Imported lazily by :mod:`ddif.kernels.fwm`. q, k, v are (B, dim, H, W) tensors whose H x W planes are
 contiguous (the launchers copy other layouts; batch and channel strides are free, so the k / v
 halves of a ``chunk`` are used in place), ``heads`` groups of d = dim / heads channels, context
 (B, heads, d, d).
@@ -35,8 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_common import INTERPRETED, cast_to
-from kernels._triton_utils import cdiv, next_pow2, target_programs
+from ddif.kernels._triton_common import INTERPRETED, cast_to
+from ddif.kernels._triton_utils import cdiv, next_pow2, target_programs
 
 
 _NEG = tl.constexpr(-3.0e38)  # "minus infinity" that keeps exp(NEG - NEG) finite for masked lanes

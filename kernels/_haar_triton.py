@@ -1,6 +1,6 @@
 """Triton kernels and launchers for the Haar DWT and the DDIF wavelet condition.
 
-Imported lazily by :mod:`kernels.haar_dwt` (never at package import). Conventions are those of
+Imported lazily by :mod:`ddif.kernels.haar_dwt` (never at package import). Conventions are those of
 :func:`kernels.haar_dwt.haar_dwt2_ref`; the bilinear resize follows ``F.interpolate(...,
 mode="bilinear", align_corners=False)`` with an explicit output size (scale = in / out).
 
@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_common import INTERPRETED, cast_to
-from kernels._triton_utils import cdiv, next_pow2
+from ddif.kernels._triton_common import INTERPRETED, cast_to
+from ddif.kernels._triton_utils import cdiv, next_pow2
 
 
 # Tiles are (BLOCK_S channels, BLOCK_Y rows, BLOCK_X columns). On a GPU one channel per program

@@ -1,8 +1,8 @@
 """Plumbing shared by the Triton kernels: can Triton launch here, autocast, export guards, launch
 sizes.
 
-Nothing here imports Triton at module import. The kernel modules (``kernels._haar_triton``,
-``kernels._fwm_triton``) are imported on first use; Triton decides *when a kernel is defined*
+Nothing here imports Triton at module import. The kernel modules (``ddif.kernels._haar_triton``,
+``ddif.kernels._fwm_triton``) are imported on first use; Triton decides *when a kernel is defined*
 whether it is compiled for a GPU or run by its CPU interpreter (``TRITON_INTERPRET=1``), so each
 kernel module records the mode it was built in (``INTERPRETED``) and launch decisions follow it.
 """
@@ -48,7 +48,7 @@ def triton_status() -> tuple[str, str]:
     """('live' | 'interpreter' | 'missing', detail)."""
     if importlib.util.find_spec("triton") is None:
         return "missing", "triton is not installed (pip install 'ddif[triton]')"
-    built = [m for m in (sys.modules.get("kernels._haar_triton"), sys.modules.get("kernels._fwm_triton")) if m]
+    built = [m for m in (sys.modules.get("ddif.kernels._haar_triton"), sys.modules.get("ddif.kernels._fwm_triton")) if m]
     interpreted = built[0].INTERPRETED if built else interpret_requested()
     if interpreted:
         return "interpreter", ("TRITON_INTERPRET=1: the Triton kernels run in Triton's CPU interpreter "

@@ -6,7 +6,7 @@ real compiler (Triton -> TTIR -> TTGIR -> LLVM -> PTX -> cubin via the ptxas bun
 for the given target and prints registers, stack (register spills land there) and shared memory per kernel,
 so GPU code cannot rot unseen on a CPU-only CI.
 
-    python -m kernels.compile_check [--arch 90] [--dtypes fp16,bf16,fp32] [--quick]
+    python -m ddif.kernels.compile_check [--arch 90] [--dtypes fp16,bf16,fp32] [--quick]
 
 Must run with ``TRITON_INTERPRET`` unset (it re-executes itself without it when needed).
 Compilation uses no driver; the launch-time specialisation of unit strides is reproduced by
@@ -40,8 +40,8 @@ class Case:
 
 
 def cases(quick: bool = False) -> list[Case]:
-    haar = "kernels._haar_triton"
-    fwm = "kernels._fwm_triton"
+    haar = "ddif.kernels._haar_triton"
+    fwm = "ddif.kernels._fwm_triton"
     tile = {"BLOCK_S": 1, "BLOCK_Y": 4, "BLOCK_X": 64}  # 2 outputs per thread at 4 warps
     bwd_tile = {"BLOCK_S": 1, "BLOCK_Y": 2, "BLOCK_X": 64}  # 1 per thread
     d32 = {"G": 1, "BLOCK_D": 32}
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "").strip() not in ("", "0"):
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        return subprocess.call([sys.executable, "-m", "kernels.compile_check", *(argv or sys.argv[1:])], env=env)
+        return subprocess.call([sys.executable, "-m", "ddif.kernels.compile_check", *(argv or sys.argv[1:])], env=env)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     failures = 0
     print(f"{'kernel':32} {'case':14} {'dtype':5} {'warps':>5} {'regs':>5} {'stack':>6} {'smem':>7}")

@@ -10,7 +10,7 @@ With ``q`` from the decoder features and ``k, v`` from the wavelet condition (al
 Because k and v depend on the condition only, ``context`` is computed once per image
 (:func:`fwm_context_ref`) and applied at every sampling step (:func:`fwm_apply_ref`).
 
-Fused path: Triton kernels (:mod:`kernels._fwm_triton`, imported on first use) that never write
+Fused path: Triton kernels (:mod:`ddif.kernels._fwm_triton`, imported on first use) that never write
 the softmaxed q or k, wrapped as ``torch.library.custom_op`` ops ``ddif::fwm_context`` and
 ``ddif::fwm_apply`` with fake (meta) kernels and autograd (their backward passes are Triton
 kernels too: ``ddif::fwm_context_backward``, ``ddif::fwm_apply_backward``). The public
@@ -24,13 +24,13 @@ import math
 import torch
 from torch import Tensor
 
-from kernels._triton_utils import (KERNEL_DTYPES, autocast_inputs, can_launch, exporting, launch_error, load_kernels,
+from ddif.kernels._triton_utils import (KERNEL_DTYPES, autocast_inputs, can_launch, exporting, launch_error, load_kernels,
                                    status_entry)
 
 __all__ = ["fwm_context_ref", "fwm_apply_ref", "fwm_attention_ref", "fwm_context_fused", "fwm_apply_fused",
-           "fwm_attention_fused", "fused_ready", "FWMAttention"]
+           "fwm_attention_fused", "fused_ready", "fwm_context", "fwm_apply"]
 
-_KERNELS = "kernels._fwm_triton"
+_KERNELS = "ddif.kernels._fwm_triton"
 
 
 def fwm_context_ref(k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
@@ -219,24 +219,16 @@ def _status() -> dict[str, str | bool]:
 
 
 
-class FWMAttention(torch.nn.Module):
-    """FWM linear attention with a cacheable context; ``fused=True`` selects the Triton kernels
-    where they can run (CUDA, or CPU under ``TRITON_INTERPRET=1``), the references elsewhere."""
+def fwm_context(k: Tensor, v: Tensor, heads: int, *, fused: bool = False) -> Tensor:
+    """FWM context: the fused Triton kernels when ``fused`` and they can run here (CUDA, or CPU
+    under ``TRITON_INTERPRET=1``; never while a graph is exported), else the reference."""
+    if fused and not exporting() and fused_ready(k, v):
+        return fwm_context_fused(k, v, heads)
+    return fwm_context_ref(k, v, heads)
 
-    def __init__(self, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.fused = False
 
-    def context(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self.fused and not exporting() and fused_ready(k, v):
-            return fwm_context_fused(k, v, self.heads)
-        return fwm_context_ref(k, v, self.heads)
-
-    def forward(self, q: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        if self.fused and not exporting() and fused_ready(q, context):
-            return fwm_apply_fused(q, context, self.heads)
-        return fwm_apply_ref(q, context, self.heads)
-
-    def extra_repr(self) -> str:
-        return f"heads={self.heads}, fused={self.fused}"
+def fwm_apply(q: Tensor, context: Tensor, heads: int, *, fused: bool = False) -> Tensor:
+    """FWM apply (the query side), fused or reference as :func:`fwm_context` chooses."""
+    if fused and not exporting() and fused_ready(q, context):
+        return fwm_apply_fused(q, context, heads)
+    return fwm_apply_ref(q, context, heads)

@@ -13,11 +13,11 @@ The wavelet condition of DDIF (Cao et al., 2024) is ``cat[LL(lms), details(guide
 guide's detail bands in the model's recorded order (grouped by detail type), resized bilinearly
 (align_corners=False) back to the input size.
 
-Three layers per op: Triton kernels and launchers (:mod:`kernels._haar_triton`, imported on first
+Three layers per op: Triton kernels and launchers (:mod:`ddif.kernels._haar_triton`, imported on first
 use), ``torch.library.custom_op`` wrappers with fake (meta) and autograd registrations
 (``ddif::haar_dwt2``, ``ddif::haar_synthesis``, ``ddif::wavelet_condition`` and its backward), and
 the public ``*_fused`` functions, which validate inputs, fall back to the ``*_ref`` ops while a
-graph is exported, and otherwise call the custom ops. :class:`WaveletCondition` picks fused or
+graph is exported, and otherwise call the custom ops. :func:`wavelet_condition` picks fused or
 reference per call.
 
 Backward passes: every map here is linear. The DWT's backward is the synthesis kernel (the
@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels._triton_utils import KERNEL_DTYPES, can_launch, exporting, launch_error, load_kernels, status_entry
+from ddif.kernels._triton_utils import KERNEL_DTYPES, can_launch, exporting, launch_error, load_kernels, status_entry
 
 __all__ = ["haar_dwt2_ref", "haar_idwt2_ref", "wavelet_condition_ref", "haar_dwt2_fused", "haar_idwt2_fused",
-           "wavelet_condition_fused", "fused_ready", "WaveletCondition"]
+           "wavelet_condition_fused", "fused_ready", "wavelet_condition"]
 
-_KERNELS = "kernels._haar_triton"
+_KERNELS = "ddif.kernels._haar_triton"
 
 
 def _pad_even(x: torch.Tensor) -> torch.Tensor:
@@ -279,25 +279,12 @@ def _status() -> dict[str, str | bool]:
     return status_entry("haar_dwt (triton)")
 
 
-class WaveletCondition(torch.nn.Module):
-    """Computes the wavelet condition; ``fused=True`` selects the Triton kernel where it can run
-    (CUDA, or CPU under ``TRITON_INTERPRET=1``) and the reference elsewhere.
-
+def wavelet_condition(lms: Tensor, guide: Tensor, detail_order: str = "HDV", *, fused: bool = False,
+                      fuse_resize: bool = True) -> Tensor:
+    """The wavelet condition: the fused Triton kernel when ``fused`` and it can run here (CUDA, or
+    CPU under ``TRITON_INTERPRET=1``; never while a graph is exported), else the reference.
     ``fuse_resize`` chooses the one-pass kernel (DWT + bilinear resize) over the half-size kernel
-    followed by ``F.interpolate``; ``benchmarks/ops.py`` measures both.
-    """
-
-    fuse_resize: bool = True
-
-    def __init__(self, detail_order: str = "HDV"):
-        super().__init__()
-        self.detail_order = detail_order
-        self.fused = False
-
-    def forward(self, lms: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        if self.fused and not exporting() and fused_ready(lms, guide):
-            return wavelet_condition_fused(lms, guide, self.detail_order, self.fuse_resize)
-        return wavelet_condition_ref(lms, guide, self.detail_order)
-
-    def extra_repr(self) -> str:
-        return f"detail_order={self.detail_order!r}, fused={self.fused}"
+    followed by ``F.interpolate``; ``benchmarks/ops.py`` measures both."""
+    if fused and not exporting() and fused_ready(lms, guide):
+        return wavelet_condition_fused(lms, guide, detail_order, fuse_resize)
+    return wavelet_condition_ref(lms, guide, detail_order)

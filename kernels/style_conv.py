@@ -10,8 +10,8 @@ are computed once per image when sampling.
 
 Three layers, from the bottom:
 
-1. the native kernels in ``csrc/`` (``torch.ops.ddif_ext.csm_forward`` / ``csm_backward``; CPU
-   always, CUDA when built with nvcc), compiled by ``setup.py`` into ``kernels._csm_ext`` and
+1. the native kernels in ``csrc/`` (``torch.ops.ddif.csm_forward`` / ``csm_backward``; CPU
+   always, CUDA when built with nvcc), compiled by ``setup.py`` into ``ddif._C`` and
    imported lazily by :func:`_load_extension`;
 2. the ``torch.library`` custom ops ``ddif::style_modulated_conv`` and
    ``ddif::style_modulated_conv_backward`` with fake (meta) implementations and autograd, so the
@@ -20,8 +20,9 @@ Three layers, from the bottom:
    op's Python dispatch costs ~0.1 ms per call on a CPU, as much as the whole kernel on a small
    feature map;
 3. :func:`style_modulated_conv` (autocast cast policy, export guard, layout handling) and the
-   module :class:`StyleModulatedConv`, which uses it when ``fused=True`` and the extension is
-   built, and otherwise :func:`style_modulated_conv_ref` (with one warning).
+   dispatch :func:`csm` (used by ``ddif.models.layers.StyleModulatedConv``), which uses it when
+   ``fused=True`` and the extension is built, and otherwise :func:`style_modulated_conv_ref`
+   (with one warning).
 """
 from __future__ import annotations
 
@@ -34,12 +35,12 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from kernels._triton_utils import _constant_while_tracing
+from ddif.kernels._triton_utils import _constant_while_tracing
 
-__all__ = ["style_modulated_conv_ref", "style_modulated_conv", "StyleModulatedConv", "CsmKernelConfig",
+__all__ = ["style_modulated_conv_ref", "style_modulated_conv", "csm", "CsmKernelConfig",
            "CONFIG", "fused_available"]
 
-EXTENSION_MODULE = "kernels._csm_ext"
+EXTENSION_MODULE = "ddif._C"
 
 
 def style_modulated_conv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -75,15 +76,15 @@ _fallback_warned = False
 
 
 def _load_extension():
-    """The compiled ``kernels._csm_ext`` module, or None (the reason is kept for :func:`_status`)."""
+    """The compiled ``ddif._C`` module, or None (the reason is kept for :func:`_status`)."""
     if not _ext_state["loaded"]:
         with _ext_lock:
             if not _ext_state["loaded"]:
                 try:
                     _ext_state["module"] = importlib.import_module(EXTENSION_MODULE)
                     # Resolved overloads: the cheapest way to call the ops from Python.
-                    _ext_state["forward"] = torch.ops.ddif_ext.csm_forward.default
-                    _ext_state["backward"] = torch.ops.ddif_ext.csm_backward.default
+                    _ext_state["forward"] = torch.ops.ddif.csm_forward.default
+                    _ext_state["backward"] = torch.ops.ddif.csm_backward.default
                 except (ImportError, OSError, AttributeError) as exc:  # not built, or for another torch
                     _ext_state["module"] = None
                     _ext_state["error"] = f"{type(exc).__name__}: {exc}"
@@ -127,7 +128,7 @@ def _status() -> dict[str, bool | str]:
 def _native_ops():
     if _load_extension() is None:
         raise RuntimeError(f"ddif CSM extension {_missing_reason('cpu')}")
-    return torch.ops.ddif_ext
+    return torch.ops.ddif
 
 
 def _needed_grads(needs_input_grad, bias) -> list[bool]:
@@ -227,7 +228,7 @@ class _CsmFunction(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------
-# Layer 3: the user-facing function and module.
+# Layer 3: the user-facing function and its dispatch.
 # --------------------------------------------------------------------------------------------
 def style_modulated_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -284,29 +285,13 @@ def _warn_fallback_once(reason: str) -> bool:
     return True
 
 
-class StyleModulatedConv(torch.nn.Conv2d):
-    """1x1 convolution with a per-pixel style modulation in its epilogue.
-
-    Subclasses ``nn.Conv2d`` so the parameters keep the published names (``x_conv.weight``,
-    ``x_conv.bias``); ``fused=True`` selects the C++/CUDA extension where it is built.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(in_channels, out_channels, kernel_size=1)
-        self.fused = False
-
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:
-        if scale is None:
-            return super().forward(x)
-        if shift is None:
-            raise ValueError("StyleModulatedConv: scale was given without shift")
-        if self.fused:
-            reason = _missing_reason(x.device.type)
-            if reason is None:
-                return style_modulated_conv(x, self.weight, self.bias, scale, shift)
-            _warn_fallback_once(reason)
-        return style_modulated_conv_ref(x, self.weight, self.bias, scale, shift)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, fused={self.fused}"
+def csm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor,
+        shift: torch.Tensor, *, fused: bool = False) -> torch.Tensor:
+    """CSM: :func:`style_modulated_conv` on the native kernels when ``fused`` and they are built for
+    ``x``'s device, else :func:`style_modulated_conv_ref` (the fallback is reported once)."""
+    if fused:
+        reason = _missing_reason(x.device.type)
+        if reason is None:
+            return style_modulated_conv(x, weight, bias, scale, shift)
+        _warn_fallback_once(reason)
+    return style_modulated_conv_ref(x, weight, bias, scale, shift)

@@ -36,7 +36,7 @@ def _tiny_model(grid=(), tile_size=0, overlap=0):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A 2-step 'student' checkpoint (its own timestep grid) exported by the CLI, default exporter."""
-    from export.onnx import main
+    from ddif.export.onnx import main
 
     d = tmp_path_factory.mktemp("export")
     ckpt = d / "student.pt"
@@ -110,7 +110,7 @@ def test_spec_file_contents(exported):
     assert spec.source["checkpoint_sha256"] == sha256_file(ckpt)
     assert spec.producer["exporter"] == "torchscript"      # the default ("auto") where torch has it
     # the same spec rides inside the model, for when the JSON gets separated from it
-    from export.onnx import read_embedded_spec
+    from ddif.export.onnx import read_embedded_spec
 
     embedded = read_embedded_spec(out)
     assert embedded.sampling == spec.sampling and embedded.preset == spec.preset
@@ -122,7 +122,7 @@ def test_tiled_graph_static_tiles_dynamic_batch_and_model_left_untouched(tmp_pat
     both exporters; it equals the PyTorch sampler; the caller's model keeps its fused flags."""
     from ddif.runtime.plan import resolve_sampling_plan
     from ddif.runtime.spec import ShapeProfile
-    from export.onnx import export_model
+    from ddif.export.onnx import export_model
 
     model = _tiny_model(tile_size=16, overlap=4)
     model.set_fused_kernels(True)
@@ -142,7 +142,7 @@ def test_tiled_graph_static_tiles_dynamic_batch_and_model_left_untouched(tmp_pat
     g = torch.Generator().manual_seed(1)
     lms, pan, noise = torch.rand(5, 4, 16, 16, generator=g), torch.rand(5, 1, 16, 16, generator=g), \
         torch.randn(5, 4, 16, 16, generator=g)
-    from export.onnx import FixedStepSampler
+    from ddif.export.onnx import FixedStepSampler
 
     want = FixedStepSampler(_tiny_model(tile_size=16, overlap=4), plan)(lms, pan, noise)
     got = session.run(None, {"lms": lms.numpy(), "pan": pan.numpy(), "noise": noise.numpy()})[0]
@@ -156,7 +156,7 @@ def test_tiled_graph_static_tiles_dynamic_batch_and_model_left_untouched(tmp_pat
 
 def test_export_rejects_bad_arguments(tmp_path):
     from ddif.runtime.plan import resolve_sampling_plan
-    from export.onnx import export_model, main
+    from ddif.export.onnx import export_model, main
 
     model = _tiny_model()
     plan = resolve_sampling_plan(model.preset, steps=2)

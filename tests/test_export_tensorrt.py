@@ -254,7 +254,7 @@ def test_engine_cache_keys_paths_hits_and_misses(tmp_path, fake_onnx):
 
 def test_build_plan_cli_function_writes_engine_and_spec(tmp_path, fake_onnx):
     from ddif.runtime.spec import ExportSpec
-    from export.tensorrt import build_plan
+    from ddif.export.tensorrt import build_plan
 
     trt = fake_tensorrt()
     out, hit = build_plan(fake_onnx, tmp_path / "fuser.plan", shapes="1x2x2/1x16x16/2x64x64", fp16=True,
@@ -271,7 +271,7 @@ def test_build_plan_cli_function_writes_engine_and_spec(tmp_path, fake_onnx):
 
 
 def test_cli_without_tensorrt_says_so_once(tmp_path, fake_onnx, monkeypatch, capsys):
-    from export.tensorrt import main
+    from ddif.export.tensorrt import main
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert main(["--onnx", str(fake_onnx), "--fp16", "--out", str(tmp_path / "x.plan")]) == 2
@@ -292,7 +292,7 @@ def test_cli_without_tensorrt_says_so_once(tmp_path, fake_onnx, monkeypatch, cap
 def test_check_script_exits_cleanly_without_tensorrt(monkeypatch, capsys):
     import torch
 
-    from export.check_tensorrt import main, psnr
+    from ddif.export.check_tensorrt import main, psnr
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert main(["--preset", "wv3", "--steps", "2"]) == 2

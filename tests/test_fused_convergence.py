@@ -28,8 +28,7 @@ def _losses(data: Path, out: Path, fused: str) -> torch.Tensor:
     """fused: 'none', 'csm' (the C++ op only) or 'all'."""
     from ddif.data import open_dataset
     from ddif.training import RunOptions, Trainer
-    from kernels.fwm import FWMAttention
-    from kernels.haar_dwt import WaveletCondition
+    from ddif.models.layers import FWMAttention, WaveletCondition
 
     p = tiny_preset()
     p.train.batch_size, p.train.iterations, p.train.lr, p.train.grad_clip = 4, STEPS, 1e-3, 1.0
@@ -53,7 +52,7 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def test_fused_csm_training_matches_reference(tmp_path):
-    from kernels import available
+    from ddif.kernels import available
 
     if available().get("csm_cpu") is not True and available().get("csm_cuda") is not True:
         pytest.skip(f"the C++ CSM op is not built: {available()}")

@@ -1,5 +1,5 @@
 """The Triton kernels compile for an H100 (sm_90) with the real GPU compiler, on a CPU-only
-machine (``python -m kernels.compile_check``): the interpreter-run tests check the arithmetic,
+machine (``python -m ddif.kernels.compile_check``): the interpreter-run tests check the arithmetic,
 this checks that the GPU build works and that the main tile configurations do not spill."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_kernels_compile_for_sm90_without_spills():
     if not ptxas.exists():
         pytest.skip("this Triton build has no NVIDIA backend tools (ptxas)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--quick", "--arch", "90",
+    run = subprocess.run([sys.executable, "-m", "ddif.kernels.compile_check", "--quick", "--arch", "90",
                           "--dtypes", "fp16,fp32"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "all kernels compiled" in run.stdout

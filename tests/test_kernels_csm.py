@@ -13,8 +13,9 @@ import warnings
 import pytest
 import torch
 
-from kernels import style_conv as sc
-from kernels.style_conv import StyleModulatedConv, style_modulated_conv, style_modulated_conv_ref
+from ddif.kernels import style_conv as sc
+from ddif.kernels.style_conv import style_modulated_conv, style_modulated_conv_ref
+from ddif.models.layers import StyleModulatedConv
 
 
 def _native_reason(device_type: str = "cpu") -> str | None:
@@ -108,8 +109,8 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, kernels.style_conv; "
-            "print('torch._dynamo' in sys.modules, 'kernels._csm_ext' in sys.modules)")
+    code = ("import sys, ddif.kernels.style_conv; "
+            "print('torch._dynamo' in sys.modules, 'ddif._C' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
@@ -325,7 +326,7 @@ def test_native_forward_checks(case):
     args = make_inputs(2, 4, 6, 5, 5)
     mutate(args)
     with pytest.raises(RuntimeError, match=message):
-        torch.ops.ddif_ext.csm_forward(*args, False)
+        torch.ops.ddif.csm_forward(*args, False)
 
 
 @needs_native
@@ -333,13 +334,13 @@ def test_native_backward_checks():
     x, w, b, s, _ = make_inputs(2, 4, 6, 5, 5)
     mask = [True, True, True, True]
     with pytest.raises(RuntimeError, match=r"grad_out must have the output's shape"):
-        torch.ops.ddif_ext.csm_backward(torch.zeros(2, 6, 5, 4), x, w, b, s, None, mask)
+        torch.ops.ddif.csm_backward(torch.zeros(2, 6, 5, 4), x, w, b, s, None, mask)
     with pytest.raises(RuntimeError, match=r"conv \(kept by the forward\) must have the output's shape"):
-        torch.ops.ddif_ext.csm_backward(torch.zeros(2, 6, 5, 5), x, w, b, s, torch.zeros(2, 6, 5, 4), mask)
+        torch.ops.ddif.csm_backward(torch.zeros(2, 6, 5, 5), x, w, b, s, torch.zeros(2, 6, 5, 4), mask)
     with pytest.raises(RuntimeError, match=r"grad_out has dtype Double but x has dtype Float"):
-        torch.ops.ddif_ext.csm_backward(torch.zeros(2, 6, 5, 5, dtype=torch.float64), x, w, b, s, None, mask)
+        torch.ops.ddif.csm_backward(torch.zeros(2, 6, 5, 5, dtype=torch.float64), x, w, b, s, None, mask)
     with pytest.raises(RuntimeError, match=r"x must be 4-D"):
-        torch.ops.ddif_ext.csm_backward(torch.zeros(2, 6, 5, 5), x[0], w, b, s, None, mask)
+        torch.ops.ddif.csm_backward(torch.zeros(2, 6, 5, 5), x[0], w, b, s, None, mask)
 
 
 @needs_native
@@ -497,5 +498,5 @@ def test_cuda_gradcheck_float64_and_device_checks():
     assert torch.autograd.gradcheck(style_modulated_conv, inputs)
     x, w, b, s, t = make_inputs(2, 4, 6, 5, 5, device="cuda")
     with pytest.raises(RuntimeError, match=r"scale must be a CUDA tensor for this kernel, got a tensor on cpu"):
-        torch.ops.ddif_ext.csm_forward(x, w, b, s.cpu(), t, False)
+        torch.ops.ddif.csm_forward(x, w, b, s.cpu(), t, False)
     torch.library.opcheck(sc._csm_forward_op, (x, w, b, s, t, True))

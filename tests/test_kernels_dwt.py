@@ -16,14 +16,15 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels._triton_utils import can_launch  # noqa: E402
-from kernels.haar_dwt import (WaveletCondition, fused_ready, haar_dwt2_fused, haar_dwt2_ref,  # noqa: E402
-                              haar_idwt2_fused, haar_idwt2_ref, wavelet_condition_fused, wavelet_condition_ref)
+from ddif.kernels._triton_utils import can_launch  # noqa: E402
+from ddif.kernels.haar_dwt import (fused_ready, haar_dwt2_fused, haar_dwt2_ref, haar_idwt2_fused,  # noqa: E402
+                                   haar_idwt2_ref, wavelet_condition_fused, wavelet_condition_ref)
+from ddif.models.layers import WaveletCondition  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ATOL32 = 2e-6  # fp32: sums of at most 16 terms, one rounding apart
 
-pytestmark = pytest.mark.skipif(not can_launch(DEVICE, "kernels._haar_triton"),
+pytestmark = pytest.mark.skipif(not can_launch(DEVICE, "ddif.kernels._haar_triton"),
                                 reason="Triton cannot launch here (not installed, or no GPU and no interpreter)")
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

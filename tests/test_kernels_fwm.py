@@ -17,13 +17,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels._triton_utils import can_launch  # noqa: E402
-from kernels.fwm import (FWMAttention, fused_ready, fwm_apply_fused, fwm_apply_ref, fwm_context_fused,  # noqa: E402
-                         fwm_context_ref)
+from ddif.kernels._triton_utils import can_launch  # noqa: E402
+from ddif.kernels.fwm import (fused_ready, fwm_apply_fused, fwm_apply_ref, fwm_context_fused,  # noqa: E402
+                              fwm_context_ref)
+from ddif.models.layers import FWMAttention  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-pytestmark = pytest.mark.skipif(not can_launch(DEVICE, "kernels._fwm_triton"),
+pytestmark = pytest.mark.skipif(not can_launch(DEVICE, "ddif.kernels._fwm_triton"),
                                 reason="Triton cannot launch here (not installed, or no GPU and no interpreter)")
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -229,7 +230,8 @@ def test_export_uses_the_reference():
 def test_torch_compile_fullgraph_keeps_the_fused_ops():
     """Dynamo traces the modules without graph breaks and keeps the custom ops in the graph
     (the launch decision is a constant while tracing)."""
-    from kernels.haar_dwt import WaveletCondition, wavelet_condition_ref
+    from ddif.kernels.haar_dwt import wavelet_condition_ref
+    from ddif.models.layers import WaveletCondition
 
     graphs = []
 

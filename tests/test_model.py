@@ -8,7 +8,7 @@ import torch
 
 from ddif.config import PUBLISHED_PRESETS, get_preset
 from ddif.models import DDIF, load_published
-from kernels.haar_dwt import haar_dwt2_ref, haar_idwt2_ref, wavelet_condition_ref
+from ddif.kernels.haar_dwt import haar_dwt2_ref, haar_idwt2_ref, wavelet_condition_ref
 
 FIXTURE_TOL = 1e-4
 

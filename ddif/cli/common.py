@@ -42,7 +42,7 @@ def make_fuser(model, args):
 
 def enable_fused_kernels(model) -> None:
     """Switch the fused kernels on, saying which backends are live (off where none is)."""
-    from kernels import available
+    from ddif.kernels import available
 
     status = available()
     live = [k for k, v in status.items() if v is True]

@@ -5,7 +5,7 @@
     ddif distill ... --resume          # finished rounds are skipped, the current one resumes exactly
 
 Each round writes ``OUT/round_<N>to<N/2>/student.pt``, an engine checkpoint whose config carries
-its sampling grid: ``ddif sample`` / ``ddif evaluate`` / ``python -m export.onnx`` use it as is.
+its sampling grid: ``ddif sample`` / ``ddif evaluate`` / ``python -m ddif.export.onnx`` use it as is.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ def run(args) -> int:
 
     from ddif.config import get_preset, preset_names
     from ddif.models import DDIF
-    from kernels import available
+    from ddif.kernels import available
 
     if args.preset:
         print(get_preset(args.preset).to_json())

@@ -13,8 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.fwm import FWMAttention
-from kernels.style_conv import StyleModulatedConv
+from ddif.models.layers import FWMAttention, StyleModulatedConv
 
 
 def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -26,7 +26,7 @@ from ddif.config import ModelConfig, Preset, get_preset
 from ddif.models.blocks import (DecoderBlock, Downsample, EncoderBlock, MidBlock, NormActConv,
                                 TimestepEncoding, Upsample, resize_to)
 from ddif.utils.validation import check_image, check_timesteps
-from kernels.haar_dwt import WaveletCondition
+from ddif.models.layers import WaveletCondition
 
 CHECKPOINT_FORMAT = "ddif-checkpoint"
 CHECKPOINT_VERSION = 1

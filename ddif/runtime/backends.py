@@ -1,8 +1,8 @@
 """Runtime backends with one interface: ``backend.fuse(lms, pan, seed) -> fused``.
 
 - :class:`TorchFuser`: the engine itself (:class:`ddif.Fuser`), any device;
-- :class:`OnnxRuntimeFuser`: an exported graph (``python -m export.onnx``) on ONNX Runtime;
-- :class:`TensorRTFuser`: a TensorRT engine (``python -m export.tensorrt``) on an NVIDIA GPU.
+- :class:`OnnxRuntimeFuser`: an exported graph (``python -m ddif.export.onnx``) on ONNX Runtime;
+- :class:`TensorRTFuser`: a TensorRT engine (``python -m ddif.export.tensorrt``) on an NVIDIA GPU.
 
 A backend only runs the fixed-step sampler (DDIM, eta 0, the plan's timesteps) on a batch of
 tiles. Everything else (input checks, padding, tiling with the model's tile size and overlap,
@@ -202,7 +202,7 @@ class OnnxRuntimeFuser(FuserBackend):
 class TensorRTFuser(FuserBackend):
     """A TensorRT engine on an NVIDIA GPU.
 
-    ``model_path`` is a ``.plan`` (with its ``.plan.json`` spec, from ``python -m export.tensorrt``)
+    ``model_path`` is a ``.plan`` (with its ``.plan.json`` spec, from ``python -m ddif.export.tensorrt``)
     or an ``.onnx`` whose engine is built on first use and cached (:class:`EngineCache`, key:
     ONNX hash + GPU + TensorRT version + precision + profile). Batches of tiles above the
     profile's max batch are split; tiles of another size than the engine's raise ValueError.
@@ -246,7 +246,7 @@ class TensorRTFuser(FuserBackend):
         here = (gpu_identity(self.device), str(trt.__version__))
         if built_for != here:
             raise ValueError(f"{path}: engine built for {built_for[0]} with TensorRT {built_for[1]}, this is "
-                             f"{here[0]} with TensorRT {here[1]}: rebuild it (python -m export.tensorrt)")
+                             f"{here[0]} with TensorRT {here[1]}: rebuild it (python -m ddif.export.tensorrt)")
         preset, plan = spec.preset_obj(), spec.plan()
         check_plan_matches(path, plan, preset, steps, timesteps)
         self.profile = spec.shape_profile()
@@ -337,7 +337,7 @@ def load_onnx_spec(path: Path) -> ExportSpec:
     if spec_path_for(path).is_file():
         spec = ExportSpec.for_model(path, verify=True)
     else:
-        from export.onnx import read_embedded_spec
+        from ddif.export.onnx import read_embedded_spec
 
         try:
             spec = read_embedded_spec(path)
@@ -345,7 +345,7 @@ def load_onnx_spec(path: Path) -> ExportSpec:
             raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
         if spec is None:
             raise ValueError(f"{path}: no export spec beside it ({spec_path_for(path).name}) nor in its metadata: "
-                             "export it with python -m export.onnx")
+                             "export it with python -m ddif.export.onnx")
         log.info("%s: spec file missing, using the copy embedded in the model", path)
     if spec.kind != "onnx":
         raise ValueError(f"{path}: spec kind is {spec.kind!r}, expected 'onnx'")
@@ -375,7 +375,7 @@ def ensure_onnx(checkpoint: str | os.PathLike, *, steps: int | None = None,
     checkpoint's SHA-256, the timesteps, the tile size, the exporter, opset, spec version and
     torch version.
     """
-    from export.onnx import DEFAULT_EXPORTER, DEFAULT_OPSET, export_model
+    from ddif.export.onnx import DEFAULT_EXPORTER, DEFAULT_OPSET, export_model
 
     checkpoint = Path(checkpoint)
     model = load_engine_checkpoint(checkpoint)

@@ -178,7 +178,7 @@ class ExportSpec:
         if int(d.get("version", 0)) < SPEC_VERSION:
             raise ValueError(f"{source}: exported by an older ddif (spec version {d.get('version')}: the graph samples "
                              f"whole images, this ddif feeds graphs batches of tiles, spec version {SPEC_VERSION}); "
-                             "export it again (python -m export.onnx, or delete the export cache)")
+                             "export it again (python -m ddif.export.onnx, or delete the export cache)")
         known = set(cls.__dataclass_fields__)
         missing = [k for k in ("kind", "model_file", "sha256", "preset", "sampling", "size_multiple", "profile")
                    if k not in d]
