@@ -98,12 +98,13 @@ def test_every_step_matches_an_independent_formula(schedule, kind, eta):
         z = torch.randn(x.shape, generator=g, dtype=torch.float64)
         t_prev = ts[i + 1] if i + 1 < len(ts) else None
         want = _ddim_expected(x, x0, z, t, t_prev, eta) if kind == "ddim" else _ddpm_expected(x, x0, z, t, t_prev)
-        got = sched.step(x0, i, x, noise=z).prev_sample
+        got = sched.step(x0, t, x, noise=z).prev_sample      # diffusers API: the timestep, not i
         assert torch.allclose(got, want, rtol=1e-9, atol=1e-12), (kind, eta, i)
+        assert torch.equal(sched.step(x0, sched.timesteps[i], x, noise=z).prev_sample, got)   # 0-d tensor
         noisy = kind == "ddpm" and t_prev is not None or (kind == "ddim" and bool(eta) and t_prev is not None)
-        assert sched.adds_noise(i) == noisy
+        assert sched.adds_noise(t) == noisy and sched.adds_noise(torch.tensor(t)) == noisy
         if noisy:   # the noise really enters
-            assert not torch.allclose(sched.step(x0, i, x, noise=torch.zeros_like(z)).prev_sample, got)
+            assert not torch.allclose(sched.step(x0, t, x, noise=torch.zeros_like(z)).prev_sample, got)
         x = got
 
 
@@ -119,8 +120,8 @@ def test_perfect_x0_prediction_is_recovered(cls, kw, schedule):
     x = torch.randn(x0.shape, generator=g, dtype=torch.float64)
     eps_T = (x - math.sqrt(_cosine_ab(450)) * x0) / math.sqrt(1 - _cosine_ab(450))
     ts = sched.timesteps.tolist()
-    for i in range(len(sched)):
-        x = sched.step(x0, i, x, generator=g).prev_sample
+    for i, t in enumerate(ts):
+        x = sched.step(x0, t, x, generator=g).prev_sample
         if i + 1 < len(ts):
             ab = _cosine_ab(ts[i + 1])
             dev = x - math.sqrt(ab) * x0
@@ -139,16 +140,49 @@ def test_ddim_step_formula(schedule):
     for i in (0, 3, 24):
         t = 480 - 20 * i
         want = _ddim_expected(x, x0, torch.zeros(4, dtype=torch.float64), t, t - 20 if i < 24 else None, 0.0)
-        assert torch.allclose(sched.step(x0, i, x).prev_sample, want, rtol=1e-9, atol=1e-12)
+        assert torch.allclose(sched.step(x0, t, x).prev_sample, want, rtol=1e-9, atol=1e-12)
 
 
 def test_ddim_eta_adds_noise(schedule):
     sched = DDIMScheduler(schedule, eta=1.0)
     sched.set_timesteps(5)
     x, x0 = torch.randn(16), torch.randn(16)
-    a = sched.step(x0, 1, x, generator=torch.Generator().manual_seed(0)).prev_sample
-    b = sched.step(x0, 1, x, generator=torch.Generator().manual_seed(1)).prev_sample
+    t = sched.timesteps[1]                     # 300: a 0-d tensor, as diffusers loops give it
+    assert int(t) == 300
+    a = sched.step(x0, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    b = sched.step(x0, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("cls", [DDIMScheduler, DDPMScheduler])
+def test_step_takes_a_timestep_of_the_grid(schedule, cls):
+    """step(model_output, timestep, sample) as in diffusers: the timestep picks the step (its
+    position in the grid), a value outside the grid is refused, naming it and the grid."""
+    sched = cls(schedule)
+    x, x0 = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        sched.step(x0, 0, x)
+    sched.set_timesteps(5)
+    assert sched.timesteps.tolist() == [400, 300, 200, 100, 0]
+    assert [sched.index_for_timestep(t) for t in (400, 300, 200, 100, 0)] == [0, 1, 2, 3, 4]
+    assert sched.index_for_timestep(torch.tensor(200)) == 2 and sched.index_for_timestep(200.0) == 2
+    # the last step (timestep 0) lands on the clean image exactly: x0
+    assert torch.allclose(sched.step(x0, 0, x, noise=torch.ones(4)).prev_sample, x0, atol=1e-12)
+    # the first step (timestep 400) does not
+    assert not torch.allclose(sched.step(x0, 400, x, noise=torch.zeros(4)).prev_sample, x0, atol=1e-3)
+    for bad in (1, 3, 450, -1, 500, 100.5, torch.tensor(7), True, "400"):
+        with pytest.raises(ValueError, match=r"not in the sampling grid \[400, 300, 200, 100, 0\]") as err:
+            sched.step(x0, bad, x)
+        assert repr(bad) in str(err.value)
+        with pytest.raises(ValueError, match="not in the sampling grid"):
+            sched.adds_noise(bad)
+    with pytest.raises(ValueError, match="single value"):
+        sched.step(x0, torch.tensor([400, 300]), x)
+    # an explicit grid maps the same way
+    sched.set_timesteps(timesteps=[499, 123, 7])
+    assert [sched.index_for_timestep(t) for t in (499, 123, 7)] == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"timestep 400 is not in the sampling grid \[499, 123, 7\]"):
+        sched.step(x0, 400, x)
 
 
 class RecordingModel(torch.nn.Module):

@@ -1,5 +1,8 @@
-"""Samplers for an x0-predicting network, in the style of diffusers schedulers
-(``set_timesteps(n)``, ``timesteps``, ``step(model_output, index, sample)``).
+"""Samplers for an x0-predicting network, with the API of diffusers schedulers:
+``set_timesteps(n)``, ``timesteps``, ``step(model_output, timestep, sample)``, where ``timestep``
+is an element of ``timesteps`` (a training timestep, int or 0-d tensor), not the step's position;
+a timestep outside the grid is refused (``ValueError``). :meth:`index_for_timestep` gives the
+position. ``adds_noise(timestep)`` takes a timestep of the grid too.
 
 - :class:`DDIMScheduler`: Song et al., "Denoising Diffusion Implicit Models" (ICLR 2021), with eta.
 - :class:`DDPMScheduler`: ancestral sampling of Ho et al. (NeurIPS 2020) on a respaced schedule
@@ -7,11 +10,12 @@
 
 Respaced steps always map back to the training timesteps they stand for: ``timesteps`` holds
 training timesteps, and those are what the network is fed (the published loop fed the step
-index instead; see :func:`ddif.diffusion.sample` with ``legacy_published_sampler=True``).
+index instead; see :func:`ddif.diffusion.sample_residual` with ``legacy_published_sampler=True``).
 All coefficients are computed in float64.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +59,7 @@ class _RespacedScheduler:
         self.spacing = spacing
         self.clip_sample = clip_sample
         self.timesteps = torch.empty(0, dtype=torch.int64)
+        self._positions: dict[int, int] = {}
 
     @property
     def num_train_timesteps(self) -> int:
@@ -73,6 +78,10 @@ class _RespacedScheduler:
             self.timesteps = respace(self.num_train_timesteps, num_inference_steps, self.spacing)
         else:
             raise ValueError("set_timesteps needs num_inference_steps or timesteps")
+        # timestep -> position in the grid, for step(model_output, timestep, sample)
+        self._positions = {int(t): i for i, t in enumerate(self.timesteps.tolist())}
+        if len(self._positions) != len(self.timesteps):
+            raise ValueError(f"sampling timesteps must be distinct, got {self.timesteps.tolist()}")
         ab = self.schedule.alphas_cumprod
         self._ab = ab[self.timesteps]
         # alpha_bar of the step each one leads to; the last step leads to the clean image
@@ -84,15 +93,28 @@ class _RespacedScheduler:
     def _clip(self, x0: torch.Tensor) -> torch.Tensor:
         return x0.clamp(-self.clip_sample, self.clip_sample) if self.clip_sample is not None else x0
 
-    def adds_noise(self, index: int | None = None) -> bool:
-        """Whether ``step(.., index, ..)`` (any step when ``index`` is None) draws fresh noise."""
+    def adds_noise(self, timestep=None) -> bool:
+        """Whether ``step(.., timestep, ..)`` (any step when ``timestep`` is None) draws fresh noise."""
+        if timestep is not None:
+            self.index_for_timestep(timestep)
         return False
 
-    def _check(self, index: int) -> None:
+    def index_for_timestep(self, timestep) -> int:
+        """Position in ``timesteps`` of ``timestep`` (an int or a 0-d/one-element tensor)."""
         if not len(self.timesteps):
             raise RuntimeError("call set_timesteps(n) before step()")
-        if not 0 <= index < len(self.timesteps):
-            raise IndexError(f"step index {index} out of range [0, {len(self.timesteps)})")
+        value = timestep
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"timestep must be a single value, got a tensor of shape {tuple(value.shape)}")
+            value = value.item()
+        key = None
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+            key = int(value)
+        if key is None or key not in self._positions:
+            raise ValueError(f"timestep {timestep!r} is not in the sampling grid {self.timesteps.tolist()} "
+                             f"(step() takes a training timestep from scheduler.timesteps, not a step index)")
+        return self._positions[key]
 
 
 class DDIMScheduler(_RespacedScheduler):
@@ -109,17 +131,19 @@ class DDIMScheduler(_RespacedScheduler):
         ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
         return self.eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
 
-    def adds_noise(self, index: int | None = None) -> bool:
+    def adds_noise(self, timestep=None) -> bool:
+        index = None if timestep is None else self.index_for_timestep(timestep)
         if self.eta == 0:
             return False
         if index is None:
             return any(self._sigma(i) > 0 for i in range(len(self.timesteps))) if len(self.timesteps) else True
         return self._sigma(index) > 0
 
-    def step(self, model_output: torch.Tensor, index: int, sample: torch.Tensor,
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> SchedulerOutput:
-        """One step from ``timesteps[index]`` given the network's x0 prediction."""
-        self._check(index)
+        """One step from ``timestep`` (an element of ``timesteps``) to the next timestep of the grid
+        (the clean image after the last), given the network's x0 prediction."""
+        index = self.index_for_timestep(timestep)
         ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
         x0 = self._clip(model_output)
         eps = (sample - ab ** 0.5 * x0) / (1 - ab) ** 0.5
@@ -136,15 +160,17 @@ class DDIMScheduler(_RespacedScheduler):
 class DDPMScheduler(_RespacedScheduler):
     """Ancestral sampling from the posterior q(x_prev | x_t, x0) of the respaced chain."""
 
-    def adds_noise(self, index: int | None = None) -> bool:
-        if index is None:
+    def adds_noise(self, timestep=None) -> bool:
+        if timestep is None:
             return True
+        index = self.index_for_timestep(timestep)
         ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
         return index < len(self.timesteps) - 1 and (1 - ab / ab_prev) * (1 - ab_prev) / (1 - ab) > 0
 
-    def step(self, model_output: torch.Tensor, index: int, sample: torch.Tensor,
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> SchedulerOutput:
-        self._check(index)
+        """One ancestral step from ``timestep`` (an element of ``timesteps``); no noise on the last."""
+        index = self.index_for_timestep(timestep)
         ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
         beta = 1 - ab / ab_prev
         x0 = self._clip(model_output)

@@ -62,6 +62,7 @@ def sample_residual(
     n = len(scheduler.timesteps)
     batch = lms.shape[0]
     for i, t in enumerate(scheduler.timesteps.tolist()):
+        # what the network is fed; the scheduler always steps from the training timestep t
         t_in = (n - 1 - i) if legacy_published_sampler else t
         t_batch = torch.full((batch,), t_in, dtype=torch.int64, device=lms.device)
         sc = None if (legacy_published_sampler or not self_condition) else x0_prev
@@ -71,8 +72,8 @@ def sample_residual(
             x0 = model(x, t_batch, lms, pan, self_cond=sc)
         x0 = x0.to(x.dtype)
         step_noise = _draw(x.shape, generator, True, x.device).to(x.device, x.dtype) \
-            if per_item and scheduler.adds_noise(i) else None
-        out = scheduler.step(x0, i, x, generator=None if per_item else generator, noise=step_noise)
+            if per_item and scheduler.adds_noise(t) else None
+        out = scheduler.step(x0, t, x, generator=None if per_item else generator, noise=step_noise)
         x, x0_prev = out.prev_sample, out.pred_original_sample
         if callback is not None:
             callback(i, n)

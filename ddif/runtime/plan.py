@@ -68,9 +68,10 @@ class FixedStepDDIM(DDIMScheduler):
     """:class:`DDIMScheduler` (eta 0) over an explicit list of training timesteps.
 
     The step coefficients are kept as Python floats (the same float64 values the parent computes),
-    so that ``step`` needs no tensor-to-float conversion: that lets ``torch.export`` trace
-    :func:`ddif.diffusion.sample_residual` itself, making the exported graph the library's own
-    sampling loop rather than a copy of it.
+    so that ``step`` needs no tensor-to-float conversion (and the timestep -> position lookup of
+    ``step(model_output, timestep, sample)`` is a Python dict fed the loop's Python-int timesteps):
+    that lets ``torch.export`` trace :func:`ddif.diffusion.sample_residual` itself, making the
+    exported graph the library's own sampling loop rather than a copy of it.
     """
 
     def __init__(self, schedule: NoiseSchedule):
