@@ -35,7 +35,10 @@ def _expected_refusal(exc: BaseException) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ddif import __version__
+
     parser = _Parser(prog="ddif", description="Diffusion-based image fusion (DDIF) engine.")
+    parser.add_argument("--version", action="version", version=f"ddif {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         try:
