@@ -1,0 +1,277 @@
+"""The scene a dataset is built from: loading MS / PAN pixels from paths (GeoTIFF, per-band
+GeoTIFFs, ``.npy``), :class:`ddif.data.geotiff.Raster` objects, arrays or tensors; band selection,
+windows and fill masks; MS / PAN registration (:func:`register_pair`, by the placement rule of
+:mod:`ddif.data.scene`); and :func:`prepare_scene`, which turns a configured pair into the
+trimmed, normalised arrays the splits are planned on and degraded from.
+
+numpy only at import (``import ddif.data`` must stay cheap); torch, rasterio and the scene layer
+are imported inside the functions that need them.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ddif.data.make_dataset import MakeDatasetConfig
+
+
+@dataclass
+class LoadedImage:
+    """One source read: pixels, fill mask and georeferencing."""
+
+    array: np.ndarray                 # (C, H, W) native dtype
+    fill: np.ndarray                  # (H, W) bool
+    crs: str | None
+    transform: tuple[float, ...] | None
+    source: str
+
+
+def load_image(source, what: str, bands: Sequence[int], extra_nodata: Sequence[float],
+               window: Sequence[int] | None = None) -> LoadedImage:
+    """Pixels, fill mask and georeferencing of ``source`` (paths, Raster, array or tensor), only
+    inside ``window`` = (row, col, height, width) when given (GeoTIFFs and .npy files are read
+    only there)."""
+    import torch
+
+    from ddif.data.geotiff import Raster, fill_mask, read_geotiff, read_geotiff_stack
+
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu().numpy()
+    if isinstance(source, (str, os.PathLike)):
+        source = (source,)
+    if isinstance(source, (tuple, list)):
+        paths = [Path(p) for p in source]
+        if not paths:
+            raise ValueError(f"{what}: no input given")
+        if len(paths) == 1 and paths[0].suffix.lower() == ".npy":
+            if not paths[0].exists():
+                raise FileNotFoundError(f"{paths[0]}: no such file")
+            try:
+                arr = np.load(paths[0], mmap_mode="r")       # memory-mapped: only the window is read
+            except ValueError as e:
+                raise ValueError(f"{paths[0]}: not a readable .npy file: {e}") from None
+            return _from_array(arr, what, bands, extra_nodata, str(paths[0]), window)
+        source = read_geotiff(paths[0], window=window) if len(paths) == 1 else \
+            read_geotiff_stack(paths, window=window)
+        window = None                                        # already applied
+    if isinstance(source, Raster):
+        arr, transform = source.array, source.transform
+        if window is not None:
+            arr = _window(arr, window, f"{what} ({source.path})")
+            if transform is not None:
+                from ddif.data.geotiff import _shift_transform
+
+                transform = _shift_transform(transform, window[0], window[1])
+        if bands:
+            arr = _select_bands(arr, bands, f"{what} ({source.path})")
+        if arr.dtype.kind not in "iuf":
+            raise ValueError(f"{what}: pixel dtype {arr.dtype} is not numeric")
+        tags = [] if source.nodata is None else [source.nodata]
+        return LoadedImage(arr, fill_mask(arr, tags + list(extra_nodata)), source.crs, transform, source.path)
+    if isinstance(source, np.ndarray):
+        return _from_array(source, what, bands, extra_nodata, "array", window)
+    raise ValueError(f"{what}: expected a path, a list of GeoTIFF paths, a numpy array or a tensor, "
+                     f"got {type(source).__name__}")
+
+
+def _window(arr: np.ndarray, window: Sequence[int], what: str) -> np.ndarray:
+    row, col, height, width = (int(v) for v in window)
+    h, w = arr.shape[-2:]
+    if row < 0 or col < 0 or row + height > h or col + width > w:
+        raise ValueError(f"{what}: window (row {row}, col {col}, {height}x{width}) is not inside the {h}x{w} image")
+    return arr[..., row:row + height, col:col + width]
+
+
+def _select_bands(arr: np.ndarray, bands: Sequence[int], what: str) -> np.ndarray:
+    bad = [b for b in bands if not 1 <= b <= arr.shape[0]]
+    if bad:
+        raise ValueError(f"{what}: has {arr.shape[0]} bands (1-based), asked for {bad}")
+    return arr[[b - 1 for b in bands]]
+
+
+def _from_array(arr: np.ndarray, what: str, bands, extra_nodata, source: str, window=None) -> LoadedImage:
+    from ddif.data.geotiff import fill_mask
+
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise ValueError(f"{what}: expected a (C, H, W) image, got shape {arr.shape}")
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"{what}: expected integer or float pixels, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError(f"{what}: empty image of shape {arr.shape}")
+    if window is not None:
+        arr = _window(arr, window, what)
+    if bands:
+        arr = _select_bands(arr, bands, what)
+    arr = np.ascontiguousarray(arr)
+    return LoadedImage(arr, fill_mask(arr, list(extra_nodata)), None, None, source)
+
+
+def auto_max_dn(arr: np.ndarray) -> float:
+    """The DN mapped to 1.0 when none is given: the integer dtype's max, 1.0 for floats."""
+    if arr.dtype.kind in "iu":
+        return float(np.iinfo(arr.dtype).max)
+    return 1.0
+
+
+def _check_shapes(ms: LoadedImage, pan: LoadedImage, ratio: int) -> None:
+    (_, h, w), (_, ph, pw) = ms.array.shape, pan.array.shape
+    if (ph, pw) != (ratio * h, ratio * w):
+        raise ValueError(f"PAN is {ph}x{pw} but MS {h}x{w} x ratio {ratio} = {ratio * h}x{ratio * w}: "
+                         "they must cover the same area at the given ratio")
+
+
+def _georef(source) -> Any:
+    """A :class:`ddif.data.scene.RasterInfo` header of a GeoTIFF source (path, list of per-band
+    paths, or Raster), or None for arrays / ungeoreferenced rasters."""
+    from ddif.data.geotiff import Raster
+    from ddif.data.scene import RasterInfo, open_raster
+
+    if isinstance(source, (str, os.PathLike)):
+        source = (source,)
+    if isinstance(source, (tuple, list)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+        if Path(source[0]).suffix.lower() == ".npy":
+            return None
+        info = open_raster(source[0], "MS" if len(source) > 1 else "raster")
+        return None if info.transform.is_identity else info
+    if isinstance(source, Raster) and source.transform is not None:
+        from rasterio.crs import CRS
+        from rasterio.transform import Affine
+
+        h, w = source.shape
+        return RasterInfo(source.path, w, h, source.bands, str(source.array.dtype), source.nodata,
+                          CRS.from_wkt(source.crs) if source.crs else None, Affine(*source.transform[:6]))
+    return None
+
+
+def band_names(source, bands: Sequence[int]) -> tuple[str, ...]:
+    """Names of the MS bands used, when the source names them: the band descriptions of a GeoTIFF,
+    or Landsat-style ``..._B4.TIF`` file names of per-band files; () when unknown."""
+    import re
+
+    if isinstance(source, (str, os.PathLike)):
+        source = (source,)
+    if not (isinstance(source, (tuple, list)) and source and all(isinstance(p, (str, os.PathLike)) for p in source)):
+        return ()
+    if len(source) > 1:
+        found = [re.search(r"_(B\d+)\.tiff?$", str(p), re.IGNORECASE) for p in source]
+        names = tuple(m.group(1).upper() for m in found if m)
+        return names if len(names) == len(source) else ()
+    if Path(source[0]).suffix.lower() == ".npy":
+        return ()
+    from ddif.data.scene import open_raster
+
+    names = tuple((d or "").strip() for d in open_raster(source[0], "MS").descriptions)
+    if bands:
+        names = tuple(names[b - 1] for b in bands if 1 <= b <= len(names))
+    return names if names and all(names) else ()
+
+
+def register_pair(ms_source, pan_source, cfg: MakeDatasetConfig) -> tuple[tuple | None, tuple | None, dict]:
+    """MS and PAN windows that pair each MS pixel with the PAN pixels under it, by the placement
+    rule every entry point uses (:func:`ddif.data.scene.placement`: the upsampled MS sits on the
+    PAN grid at an integer shift; for Landsat ratio-2 pairs, whose PAN grid is offset by half a
+    PAN pixel, shift (-1, 0)). Returns (ms_window, pan_window, attrs) as (row, col, h, w) windows
+    (None: no georeferencing, the arrays are taken as given); ``cfg.crop`` limits the MS window."""
+    from ddif.data.scene import (
+        NO_OVERLAP,
+        Preprocessing,
+        SceneError,
+        check_grids,
+        interpolation_geometry,
+        paired_windows,
+        placement,
+    )
+
+    r = cfg.ratio
+    crop = tuple(cfg.crop) or None
+    ms_info, pan_info = _georef(ms_source), _georef(pan_source)
+    if ms_info is None or pan_info is None:
+        return crop, None if crop is None else tuple(r * v for v in crop), {}
+    check_grids(ms_info, pan_info, r)
+    method = Preprocessing(1.0, cfg.interpolation, cfg.padding, 0).method_for(r)
+    shift, subpixel = placement(ms_info.transform, pan_info.transform, r,
+                                interpolation_geometry(r, method, cfg.padding).phase)
+    windows = paired_windows(ms_info.shape, pan_info.shape, r, shift, crop)
+    if windows is None:
+        raise SceneError(NO_OVERLAP, f"MS {ms_info.path} and PAN {pan_info.path} do not overlap"
+                                     f"{' inside the crop ' + str(crop) if crop else ''} (the MS lands at PAN shift "
+                                     f"{shift} on a {pan_info.height}x{pan_info.width} PAN)")
+    ms_window, pan_window = windows
+    return ms_window, pan_window, {"ms_shift_pan_px": shift, "subpixel_offset_pan_px": subpixel,
+                                   "pan_window": pan_window}
+
+
+@dataclass
+class PreparedScene:
+    """The scene a dataset is cut from: trimmed to whole coarse pixels, divided by one max DN."""
+
+    ms: np.ndarray                    # (C, H, W) float32 in [0, 1]: the ground truth grid
+    pan: np.ndarray | None            # (P, rH, rW) float32, or None (the PAN is synthesised)
+    fill: np.ndarray                  # (H, W) bool: MS fill, or a fill PAN pixel under the MS pixel
+    pan_fill: np.ndarray | None       # (rH, rW) bool
+    in_max: float                     # source DN mapped to 1.0
+    out_max: float                    # the files store value * out_max
+    origin: tuple[int, int]           # (row, col) of the scene's top-left in the MS source
+    ms_image: LoadedImage             # as loaded (source name, crs, transform)
+    pan_image: LoadedImage | None
+    registration: dict                # attrs from register_pair (empty without georeferencing)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.fill.shape
+
+
+def prepare_scene(cfg: MakeDatasetConfig, ms_source, pan_source) -> PreparedScene:
+    """Load (and register) the pair, trim to whole coarse pixels, mask fill, normalise; raises
+    ``ValueError`` for a missing or mismatched PAN / weights, a scene smaller than the ratio or one
+    that is all fill."""
+    r = cfg.ratio
+    crop = cfg.crop or None
+    has_pan = not (isinstance(pan_source, str) and pan_source == "")
+    info: dict[str, Any] = {}
+    if has_pan:
+        if cfg.pan_weights:
+            raise ValueError("pan_weights is for synthesising a PAN; a real PAN was given as well")
+        crop, pan_window, info = register_pair(ms_source, pan_source, cfg)
+        ms_image = load_image(ms_source, "ms", cfg.ms_bands, cfg.nodata, window=crop)
+        pan_image = load_image(pan_source, "pan", (), cfg.nodata, window=pan_window)
+        _check_shapes(ms_image, pan_image, r)
+    else:
+        ms_image = load_image(ms_source, "ms", cfg.ms_bands, cfg.nodata, window=crop)
+        pan_image = None
+        if not cfg.pan_weights:
+            raise ValueError("no PAN given: give a PAN raster, or pan_weights (one per MS band) to synthesise a "
+                             "semi-synthetic PAN, e.g. bandpass_pan_weights(...) = (0.1, 0.6, 0.3) for "
+                             "Landsat-8 B2, B3, B4")
+        if len(cfg.pan_weights) != ms_image.array.shape[0]:
+            raise ValueError(f"pan_weights has {len(cfg.pan_weights)} weights for {ms_image.array.shape[0]} MS bands")
+
+    origin = (crop[0], crop[1]) if crop else (0, 0)
+    H, W = ms_image.array.shape[1] // r * r, ms_image.array.shape[2] // r * r
+    if H == 0 or W == 0:
+        raise ValueError(f"the MS image ({ms_image.array.shape[1]}x{ms_image.array.shape[2]}) is smaller than "
+                         f"the ratio {r}")
+    ms_arr, fill = ms_image.array[:, :H, :W], ms_image.fill[:H, :W]
+    pan_arr = pan_fill = None
+    if pan_image is not None:
+        pan_arr, pan_fill = pan_image.array[:, :r * H, :r * W], pan_image.fill[:r * H, :r * W]
+        fill = fill | pan_fill.reshape(H, r, W, r).any(axis=(1, 3))   # a fill PAN pixel spoils its MS pixel
+    if fill.all():
+        raise ValueError("the scene (or crop) is all fill / nodata")
+    in_max = cfg.max_dn or auto_max_dn(ms_arr)
+    out_max = cfg.out_max_dn or in_max
+    ms_norm = ms_arr.astype(np.float32) / np.float32(in_max)
+    pan_norm = None
+    if pan_arr is not None:   # one max DN for MS and PAN, as in PanCollection
+        pan_norm = pan_arr.astype(np.float32) / np.float32(in_max)
+    return PreparedScene(ms_norm, pan_norm, fill, pan_fill, in_max, out_max, origin, ms_image, pan_image, info)
