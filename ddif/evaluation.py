@@ -33,8 +33,12 @@ class EvalSet:
 
 
 def eval_set_from_dataset(ds, limit: int | None = None) -> EvalSet:
+    """The first ``limit`` items of ``ds`` stacked, as stored: a dataset opened with augmentation
+    (``FusionH5(..., augment=...)``) is read without it."""
     n = len(ds) if limit is None else min(limit, len(ds))
-    items = [ds[i] for i in range(n)]
+    read = getattr(ds, "read", None)
+    get = read if getattr(ds, "augment", None) is not None and callable(read) else ds.__getitem__
+    items = [get(i) for i in range(n)]
     stack = lambda k: torch.stack([it[k] for it in items]) if k in items[0] else None  # noqa: E731
     return EvalSet(lms=stack("lms"), pan=stack("pan"), ms=stack("ms"), gt=stack("gt"))
 

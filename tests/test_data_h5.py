@@ -136,8 +136,8 @@ def test_augmentation_same_transform_on_every_key(gf2_file):
     path, _ = gf2_file
     plain = PanCollectionH5(path, "gf2")
     aug = PanCollectionH5(path, "gf2", train=True, augment=RandomDihedral(generator=torch.Generator().manual_seed(0)))
-    assert PanCollectionH5(path, "gf2", train=True).augment is not None  # train -> on by default
     assert plain.augment is None
+    assert PanCollectionH5(path, "gf2", augment=True).augment is not None
     seen = set()
     for trial in range(40):
         i = trial % len(plain)
@@ -147,6 +147,32 @@ def test_augmentation_same_transform_on_every_key(gf2_file):
         assert len(matches) == 1, "one and the same flip/rotation must explain every key"
         seen.add(matches[0])
     assert len(seen) == 8                                                # the whole dihedral group is drawn
+
+
+def test_requiring_gt_and_augmenting_are_independent(gf2_file, tmp_path):
+    """``train=True`` only requires ground truth (the trainer augments); augmentation is off unless
+    asked for, whatever ``require_gt`` / ``train`` say."""
+    path, _ = gf2_file
+    for kw in ({}, {"train": True}, {"require_gt": True}, {"augment": False}, {"augment": None}):
+        ds = PanCollectionH5(path, "gf2", **kw)
+        assert ds.augment is None, kw
+        assert ds.require_gt == ds.train == bool(kw.get("train") or kw.get("require_gt")), kw
+        assert torch.equal(ds[1]["lms"], ds.read(1)["lms"])
+    assert isinstance(PanCollectionH5(path, "gf2", augment=True).augment, RandomDihedral)
+    assert isinstance(open_h5(path, "gf2", train=True, augment=True).augment, RandomDihedral)
+    def own(sample):
+        return sample
+
+    assert PanCollectionH5(path, "gf2", require_gt=True, augment=own).augment is own
+    with pytest.raises(ValueError, match="augment must be"):
+        PanCollectionH5(path, "gf2", augment="yes")
+    images = _images(n=2)
+    del images["gt"]
+    full = write_pancollection_h5(tmp_path / "full.h5", max_dn=2047, **images)
+    assert open_h5(full, 2047).augment is None
+    for kw in ({"train": True}, {"require_gt": True}):
+        with pytest.raises(ValueError, match="ground truth is required"):
+            open_h5(full, 2047, **kw)
 
 
 def test_augmentation_keeps_non_square_images_batchable():

@@ -100,6 +100,58 @@ def test_amp_training_steps_are_finite(tiny_data, tmp_path, amp):
     assert len(hist) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in hist)
 
 
+def _count_dihedral(monkeypatch) -> dict[str, int]:
+    """Count every flip / rot90 applied to one image of one sample, wherever it is applied (the
+    dataset's RandomDihedral and the trainer's batch augmentation both go through ``dihedral``)."""
+    import ddif.data.augment as data_augment
+    import ddif.training.augment as train_augment
+
+    calls = {"n": 0}
+    real = data_augment.dihedral
+
+    def counting(x, k, flip):
+        calls["n"] += 1
+        return real(x, k, flip)
+
+    monkeypatch.setattr(data_augment, "dihedral", counting)
+    monkeypatch.setattr(train_augment, "dihedral", counting)
+    return calls
+
+
+def test_training_augments_each_sample_exactly_once(tiny_data, tmp_path, monkeypatch):
+    """A dataset opened as a library user would (``train=True``) and as ``ddif train`` does: each
+    image of each sample the trainer draws is augmented once (4 images: gt, ms, lms, pan)."""
+    from ddif.data import FusionH5, open_dataset
+
+    calls = _count_dihedral(monkeypatch)
+    p = _preset(iterations=2)
+    per_sample = 4 * p.train.batch_size * p.train.iterations
+
+    ds = open_dataset(tiny_data["train"], p, train=True)             # the library user's way
+    assert ds.augment is None and ds.require_gt
+    assert Trainer(p, ds, None, RunOptions(out=str(tmp_path / "lib"), progress=False)).fit()
+    assert calls["n"] == per_sample, f"{calls['n'] / per_sample:g} augmentations per sample"
+
+    calls["n"] = 0                                                   # the CLI's way
+    assert cli(["train", "--config", str(_save_preset(tmp_path)), "--data", str(tiny_data["train"]),
+                "--out", str(tmp_path / "cli"), "--no-progress", "--iterations", "2", "--device", "cpu"]) == 0
+    assert calls["n"] == per_sample, f"{calls['n'] / per_sample:g} augmentations per sample"
+
+    # the counter sees a dataset that augments, and the trainer refuses one that would do it twice
+    calls["n"] = 0
+    augmenting = FusionH5(tiny_data["train"], p, augment=True)
+    augmenting[0]
+    assert calls["n"] == 4
+    with pytest.raises(ValueError, match="augments its items"):
+        Trainer(p, augmenting, None, RunOptions(out=str(tmp_path / "twice"), progress=False))
+
+
+def test_cli_train_needs_ground_truth(tiny_data, tmp_path, capsys):
+    rc = cli(["train", "--config", str(_save_preset(tmp_path)), "--data", str(tiny_data["full"]),
+              "--out", str(tmp_path / "r"), "--no-progress", "--iterations", "1", "--device", "cpu"])
+    assert rc == 2 and "ground truth is required" in capsys.readouterr().err
+
+
 def test_cli_train_resume_sample_evaluate(tiny_data, tmp_path):
     run = tmp_path / "run"
     common = ["train", "--config", str(_save_preset(tmp_path)), "--data", str(tiny_data["train"]), "--val",

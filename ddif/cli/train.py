@@ -47,10 +47,13 @@ def load_preset(args):
     return apply_config_args(preset, args)
 
 
-def open_dataset(path: str, preset, train: bool):
+def open_dataset(path: str, preset, train: bool = False, *, require_gt: bool = False):
+    """The .h5 file at ``path``, checked against ``preset``, never augmenting (the trainer does);
+    ``require_gt`` (or its old name ``train``) refuses a file without ground truth. Also used by
+    ``ddif sample`` / ``evaluate`` / ``distill``."""
     from ddif.data import open_dataset as _open
 
-    return _open(path, preset, train=train)
+    return _open(path, preset, require_gt=require_gt or train, augment=False)
 
 
 def adopt_preprocessing(preset, attrs: dict, args=None) -> None:
@@ -91,9 +94,10 @@ def run(args) -> int:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     try:
-        train_set = open_dataset(args.data, preset, train=False)   # the trainer augments
+        # ground truth required; no dataset augmentation: the trainer augments every batch once
+        train_set = open_dataset(args.data, preset, require_gt=True)
         adopt_preprocessing(preset, train_set.info.attrs, args)
-        val_set = open_dataset(args.val, preset, train=False) if args.val else None
+        val_set = open_dataset(args.val, preset, require_gt=True) if args.val else None
         torch.manual_seed(preset.train.seed)      # deterministic initial weights
         model = DDIF(preset)
         if args.init:

@@ -2,9 +2,15 @@
 simulator and dataset building from real MS + PAN scenes.
 
 Names are imported lazily so that ``import ddif.data`` loads neither h5py nor rasterio (nor
-torch). The one exception is :mod:`ddif.data.make_dataset` (numpy only at import): its function
+torch). The one exception is :mod:`ddif.data.make_dataset` (numpy only at import, as are the
+modules it is built from: ``synthetic_pan``, ``sources``, ``splits``, ``wald_writer``): its function
 shares the submodule's name, and binding it here, after the submodule import, is what makes
 ``from ddif.data import make_dataset`` the function rather than the module.
+
+Datasets (``open_dataset`` / ``open_h5`` / ``FusionH5``) do not augment unless asked
+(``augment=True`` or a callable): :class:`ddif.training.Trainer` augments its batches itself.
+``require_gt=True`` (old name ``train=True``, which no longer turns augmentation on) refuses a
+file without ground truth.
 """
 from __future__ import annotations
 

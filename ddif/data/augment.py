@@ -1,9 +1,13 @@
-"""Training augmentation: the same random flip / rot90 applied to every image of a sample.
+"""Augmentation: the same random flip / rot90 applied to every image of a sample.
 
 Pansharpening samples are several co-registered images at two resolutions (``gt``, ``lms``,
 ``pan`` on the PAN grid, ``ms`` on the coarse grid). Flips and 90-degree rotations act on the
 last two axes only, so they commute with decimation by the ratio and keep every key aligned
 with the others, whatever its resolution.
+
+Training augments in one place: :class:`ddif.training.Trainer` draws a dihedral element per sample
+from its checkpointed generator (:func:`ddif.training.augment.dihedral_augment`). Datasets do not
+augment unless asked (``FusionH5(..., augment=True)`` or a callable), for uses outside the trainer.
 """
 from __future__ import annotations
 
@@ -53,15 +57,14 @@ class RandomDihedral:
         return f"RandomDihedral(flips={self.flips}, rotations={self.rotations})"
 
 
-def resolve_augment(augment, train: bool) -> Callable[[Sample], Sample] | None:
-    """``None`` -> RandomDihedral when training, nothing otherwise; ``True``/``False`` force it on
-    or off; a callable (sample dict -> sample dict) is used as given."""
-    if augment is None:
-        augment = train
+def resolve_augment(augment) -> Callable[[Sample], Sample] | None:
+    """What a dataset applies to each item it serves: ``None`` / ``False`` -> nothing (the default:
+    the :class:`ddif.training.Trainer` augments its batches itself, so a dataset fed to it must
+    not), ``True`` -> :class:`RandomDihedral`, a callable (sample dict -> sample dict) as given."""
+    if augment is None or augment is False:
+        return None
     if augment is True:
         return RandomDihedral()
-    if augment is False:
-        return None
     if callable(augment):
         return augment
     raise ValueError(f"augment must be None, a bool or a callable(sample) -> sample, got {augment!r}")

@@ -258,8 +258,14 @@ class FusionH5(torch.utils.data.Dataset):
         preset_or_max_dn: a preset name / :class:`ddif.config.Preset` (gives max DN, band counts,
             guide bands and ratio to check against), or just the max DN (a number; then only the
             file's internal consistency is checked unless ``bands`` etc. are given).
-        train: training mode: ``gt`` is required and augmentation defaults to on.
-        augment: ``None`` (on iff ``train``), ``True``/``False``, or a callable(sample) -> sample.
+        train: kept for compatibility: ``train=True`` means ``require_gt=True`` and nothing else
+            (it no longer turns augmentation on; see ``augment``).
+        augment: what each item goes through: ``None`` / ``False`` (the default) -> nothing,
+            ``True`` -> :class:`ddif.data.augment.RandomDihedral`, or a callable(sample) -> sample.
+            Leave it off for :class:`ddif.training.Trainer`, which augments its batches itself
+            (and refuses a dataset that would augment them a second time).
+        require_gt: refuse a file without ``gt`` (training and reduced-resolution evaluation need
+            it; full-resolution files have none).
         ratio, bands, guide_bands: override the preset's values (e.g. ``ratio=2`` for Landsat-8).
         check_finite: raise on NaN/Inf in an item (cheap: the item is in memory anyway).
         rdcc_nbytes: HDF5 chunk-cache size per dataset per worker.
@@ -268,19 +274,19 @@ class FusionH5(torch.utils.data.Dataset):
     layout = "pancollection"
 
     def __init__(self, path: str | os.PathLike, preset_or_max_dn, train: bool = False, augment=None, *,
-                 ratio: int | None = None, bands: int | None = None, guide_bands: int | None = None,
-                 check_finite: bool = True, rdcc_nbytes: int = 4 << 20):
+                 require_gt: bool = False, ratio: int | None = None, bands: int | None = None,
+                 guide_bands: int | None = None, check_finite: bool = True, rdcc_nbytes: int = 4 << 20):
         self.path = Path(path)
         self.expect = _expectation(preset_or_max_dn, bands, guide_bands, ratio)
         self.max_dn = self.expect.max_dn
-        self.train = train
-        self.augment: Callable | None = resolve_augment(augment, train)
+        self.require_gt = bool(require_gt or train)
+        self.augment: Callable | None = resolve_augment(augment)
         self.check_finite = check_finite
         self.rdcc_nbytes = int(rdcc_nbytes)
         self.keys = LAYOUTS[self.layout]
         self.info = inspect_h5(self.path, self.layout, bands=self.expect.bands,
                                guide_bands=self.expect.guide_bands, ratio=self.expect.ratio,
-                               max_dn=self.max_dn, require_gt=train)
+                               max_dn=self.max_dn, require_gt=self.require_gt)
         self.item_keys = tuple(k for k in ("gt", "ms", "lms", "pan") if k != "gt" or self.info.has_gt)
         self._file = None
         self._datasets: dict[str, Any] = {}
@@ -293,6 +299,11 @@ class FusionH5(torch.utils.data.Dataset):
     @property
     def has_gt(self) -> bool:
         return self.info.has_gt
+
+    @property
+    def train(self) -> bool:
+        """Compatibility alias of ``require_gt`` (what ``train=`` means now)."""
+        return self.require_gt
 
     @property
     def ratio(self) -> int:
@@ -420,8 +431,12 @@ def detect_layout(path: str | os.PathLike) -> str:
                      f"(GT, LRHSI, HSI_up, RGB); found {sorted(names)}")
 
 
-def open_h5(path: str | os.PathLike, preset_or_max_dn, train: bool = False, augment=None, **kw) -> FusionH5:
-    """A :class:`PanCollectionH5` or :class:`HISRH5`, whichever layout the file has."""
+def open_h5(path: str | os.PathLike, preset_or_max_dn, train: bool = False, augment=None, *,
+            require_gt: bool = False, **kw) -> FusionH5:
+    """A :class:`PanCollectionH5` or :class:`HISRH5`, whichever layout the file has; the arguments
+    are :class:`FusionH5`'s (``require_gt`` refuses a file without ``gt``; ``train=True`` is its
+    old name; ``augment`` is off unless asked for)."""
+    kw["require_gt"] = require_gt
     cls = HISRH5 if detect_layout(path) == "hisr" else PanCollectionH5
     return cls(path, preset_or_max_dn, train, augment, **kw)
 

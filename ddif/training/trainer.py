@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ddif.config import Preset
+from ddif.data.augment import RandomDihedral
 from ddif.diffusion.loss import DiffusionLoss, draw_noise
 from ddif.diffusion.schedule import NoiseSchedule
 from ddif.models.ddif import DDIF, read_checkpoint
@@ -111,11 +112,40 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _dataset_augment(dataset: Dataset) -> Callable | None:
+    """The per-item augmentation a dataset applies (``FusionH5.augment``), or None."""
+    return getattr(dataset, "augment", None)
+
+
+def _check_single_augmentation(train_set: Dataset) -> None:
+    """The trainer is the one place training data is flipped / rotated (from its checkpointed
+    generator, so that resume is exact): a dataset that draws its own dihedral transforms would
+    augment every sample twice, from an RNG the checkpoint does not follow."""
+    if isinstance(_dataset_augment(train_set), RandomDihedral):
+        raise ValueError(f"{train_set!r} augments its items (RandomDihedral) and the Trainer augments every batch "
+                         "itself: open the training set without augmentation (augment=False, the default; "
+                         "train=True only requires ground truth)")
+
+
+def _item(dataset: Dataset, index: int) -> dict[str, torch.Tensor]:
+    """Item ``index`` as stored: without the dataset's augmentation when it has a ``read``."""
+    read = getattr(dataset, "read", None)
+    return read(index) if _dataset_augment(dataset) is not None and callable(read) else dataset[index]
+
+
 class Trainer:
-    """Train a DDIF model on a dataset of dicts with ``gt``, ``lms``, ``pan`` (images in [0, 1])."""
+    """Train a DDIF model on a dataset of dicts with ``gt``, ``lms``, ``pan`` (images in [0, 1]).
+
+    The trainer augments (a random crop to ``train.patch_size``, then a random flip / rot90 per
+    sample, see :mod:`ddif.training.augment`); give it datasets that do not: a :class:`ddif.data.
+    FusionH5` opened with the default ``augment=None`` (``train=True`` only requires ``gt``). One
+    that draws its own :class:`ddif.data.RandomDihedral` is refused; validation reads items without
+    the dataset's augmentation.
+    """
 
     def __init__(self, preset: Preset, train_set: Dataset, val_set: Dataset | None = None,
                  options: RunOptions | None = None, model: DDIF | None = None):
+        _check_single_augmentation(train_set)
         self.preset = preset
         self.cfg = preset.train
         self.opts = options or RunOptions()
@@ -335,7 +365,7 @@ class Trainer:
         n = len(self.val_set)
         for b in range(self.opts.val_batches):
             idx = [(b * self.local_batch + i) % n for i in range(min(self.local_batch, n))]
-            batch = _collate([self.val_set[i] for i in idx])
+            batch = _collate([_item(self.val_set, i) for i in idx])
             gt, lms, pan = (batch[k].to(self.device) for k in ("gt", "lms", "pan"))
             draw = draw_noise(gt.shape, self.schedule.num_timesteps, 0.0, False, self.device, g)
             losses.append(float(loss_fn(gt, lms, pan, draw.t, draw.noise, False)))
