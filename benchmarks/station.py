@@ -417,11 +417,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ddif import runtime
+    from ddif import export
     from ddif.station import StationConfig, plan_scene
 
     model = Path(args.model)
-    preset, _ = runtime.model_preset(model)
+    preset, _ = export.model_preset(model)
     config = StationConfig(input_nodata=args.input_nodata, batch_size=args.batch_size)
     tiling = config.tiling_for(preset)
     resolved_batch = config.resolved(tiling, _preprocessing(preset, config)).batch_size
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                 onnx_path = model
             else:
                 t0 = time.perf_counter()
-                onnx_path = runtime.ensure_onnx(model, steps=args.steps, tile_size=tiling.tile_size, cache_dir=cache)
+                onnx_path = export.ensure_onnx(model, steps=args.steps, tile_size=tiling.tile_size, cache_dir=cache)
                 export_s = time.perf_counter() - t0
         torch_ckpt = None if model.suffix.lower() == ".onnx" else str(model)
 

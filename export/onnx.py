@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import time
 import warnings
@@ -40,7 +39,8 @@ from typing import Any
 import torch
 
 from ddif.runtime.plan import SamplingPlan, resolve_sampling_plan
-from ddif.runtime.spec import INPUT_NAMES, OUTPUT_NAMES, ExportSpec, ShapeProfile, sha256_file, spec_path_for
+from ddif.runtime.spec import (INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, ExportSpec, ShapeProfile,  # noqa: F401
+                               read_embedded_spec, sha256_file, spec_path_for)
 
 log = logging.getLogger("ddif.export")
 
@@ -48,7 +48,6 @@ MIN_OPSET = 17
 DEFAULT_OPSET = 18
 EXPORTERS = ("auto", "torchscript", "dynamo")
 DEFAULT_EXPORTER = "auto"
-METADATA_KEY = "ddif.export_spec"      # ONNX metadata_props entry holding the spec (without the file hash)
 
 
 class FixedStepSampler(torch.nn.Module):
@@ -254,16 +253,6 @@ def _require(module: str):
     except ImportError as exc:
         raise RuntimeError(f"{module} is not installed: pip install 'ddif[onnx]' (onnx, onnxruntime, "
                            f"onnxscript) ({exc})") from exc
-
-
-def read_embedded_spec(path: str | Path) -> ExportSpec | None:
-    """The spec stored in an exported model's metadata (used when the JSON beside it is missing)."""
-    onnx = _require("onnx")
-    proto = onnx.load(str(path), load_external_data=False)
-    for entry in proto.metadata_props:
-        if entry.key == METADATA_KEY:
-            return ExportSpec.from_dict(json.loads(entry.value), f"{path} metadata")
-    return None
 
 
 # ------------------------------------------------------------------------------------------- CLI

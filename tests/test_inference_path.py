@@ -65,7 +65,8 @@ def station_dn(ms: Path, pan: Path, out: Path, backend, **config) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory):
-    from ddif.runtime import OnnxRuntimeFuser, TorchFuser, ensure_onnx
+    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+    from ddif.export import ensure_onnx
 
     onnx_path = ensure_onnx(SHIPPED, cache_dir=tmp_path_factory.mktemp("cache"))
     return {"pytorch": TorchFuser(SHIPPED, batch_size=64),

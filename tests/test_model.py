@@ -122,7 +122,7 @@ def test_save_load_roundtrip(tiny_model, tmp_path):
 def test_load_rejects_published_file_for_engine_loader(stand_in_state_dict, tmp_path):
     path = tmp_path / "pub.pth"
     torch.save(stand_in_state_dict("gf2"), path)
-    with pytest.raises(ValueError, match="load_published"):
+    with pytest.raises(ValueError, match="published layout carries no configuration; give the preset"):
         DDIF.load(path)
 
 

@@ -39,7 +39,7 @@ def _tiny_checkpoint(path, tile_size=16, overlap=4):
 def artifacts(tmp_path_factory):
     """A tiny tiled checkpoint (16 px tiles, 4 px overlap, like the shipped one samples 32 / 8)
     and its 2-step ONNX export (through the export cache)."""
-    from ddif.runtime import ensure_onnx
+    from ddif.export import ensure_onnx
 
     d = tmp_path_factory.mktemp("runtime")
     ckpt = _tiny_checkpoint(d / "tiny.pt")
@@ -92,7 +92,8 @@ def test_whole_image_checkpoint_backends_agree(tmp_path):
     """A model without a tile size samples whole images: its graph has dynamic H and W."""
     import ddif
     from ddif.models import DDIF
-    from ddif.runtime import OnnxRuntimeFuser, ensure_onnx
+    from ddif.runtime import OnnxRuntimeFuser
+    from ddif.export import ensure_onnx
 
     ckpt = _tiny_checkpoint(tmp_path / "whole.pt", tile_size=0, overlap=0)
     onnx_path = ensure_onnx(ckpt, steps=2, cache_dir=tmp_path / "cache")
@@ -108,7 +109,8 @@ def test_shipped_checkpoint_every_backend_equals_fuser(tmp_path, caplog):
     grid of tiles, odd sizes): ONNX Runtime (first use exports it) == ddif.Fuser within 1e-4."""
     import ddif
     from ddif.models import DDIF
-    from ddif.runtime import OnnxRuntimeFuser, TorchFuser, best_available
+    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+    from ddif.export import best_available
 
     with caplog.at_level(logging.INFO, logger="ddif.runtime"):
         ort_backend = best_available(SHIPPED, device="cpu", cache_dir=tmp_path / "cache", ort_threads=1)
@@ -188,7 +190,8 @@ def test_noise_override_and_its_shape_check(artifacts):
 
 
 def test_best_available_onnx_falls_back_to_onnxruntime_with_one_message(artifacts, caplog):
-    from ddif.runtime import OnnxRuntimeFuser, best_available
+    from ddif.runtime import OnnxRuntimeFuser
+    from ddif.export import best_available
 
     _, onnx_path, _ = artifacts
     with caplog.at_level(logging.INFO, logger="ddif.runtime"):
@@ -200,7 +203,8 @@ def test_best_available_onnx_falls_back_to_onnxruntime_with_one_message(artifact
 
 
 def test_best_available_checkpoint_uses_cached_export_or_torch(artifacts, caplog):
-    from ddif.runtime import OnnxRuntimeFuser, TorchFuser, best_available
+    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+    from ddif.export import best_available
 
     ckpt, onnx_path, d = artifacts
     mtime = onnx_path.stat().st_mtime_ns
@@ -214,7 +218,8 @@ def test_best_available_checkpoint_uses_cached_export_or_torch(artifacts, caplog
 
 
 def test_best_available_plan_without_tensorrt_warns_once_and_uses_its_onnx(artifacts, caplog, tmp_path):
-    from ddif.runtime import OnnxRuntimeFuser, best_available
+    from ddif.runtime import OnnxRuntimeFuser
+    from ddif.export import best_available
     from ddif.runtime.spec import ExportSpec, sha256_file, spec_path_for
 
     _, onnx_path, _ = artifacts
@@ -237,7 +242,8 @@ def test_best_available_plan_without_tensorrt_warns_once_and_uses_its_onnx(artif
 def test_exports_are_checked_before_use(artifacts, tmp_path):
     import shutil
 
-    from ddif.runtime import OnnxRuntimeFuser, best_available
+    from ddif.runtime import OnnxRuntimeFuser
+    from ddif.export import best_available
     from ddif.runtime.spec import spec_path_for
 
     _, onnx_path, _ = artifacts
@@ -260,7 +266,7 @@ def test_exports_are_checked_before_use(artifacts, tmp_path):
     spec_path_for(stale).unlink()                                      # truncated, no spec at all
     with pytest.raises(ValueError, match="not a readable ONNX model"):
         OnnxRuntimeFuser(stale)
-    with pytest.raises(ValueError, match="expected an engine checkpoint"):
+    with pytest.raises(ValueError, match=r"expected a checkpoint \(.pt, .pth, .ckpt, .safetensors\), an .onnx or a .plan"):
         best_available(spec_path_for(onnx_path), device="cpu")
     with pytest.raises(FileNotFoundError):
         best_available(tmp_path / "nothing.onnx")

@@ -128,7 +128,7 @@ print(json.dumps({"rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 def test_onnxruntime_station_memory_is_bounded_by_the_batch(tmp_path):
     """Peak RSS of a station process with the ONNX Runtime backend (shipped checkpoint, batches
     of 64 tiles) on a 64 x 64 vs a 256 x 256 scene (16x the pixels): the same within 25 MiB."""
-    from ddif.runtime import ensure_onnx
+    from ddif.export import ensure_onnx
 
     onnx_path = ensure_onnx(SHIPPED, cache_dir=tmp_path / "cache")
     warm = landsat_pair(tmp_path / "warm", 40, 40)

@@ -34,7 +34,7 @@ quarantined. Logs are JSON lines on stderr (and --log-file)."""
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="engine checkpoint (.pt), exported .onnx or TensorRT .plan")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: fastest available (ddif.runtime.best_available); or force one")
+                   help="auto: fastest available (ddif.export.best_available); or force one")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
 
@@ -90,22 +90,23 @@ def add_station_commands(subparsers) -> None:
 
 
 def load_backend(args, config):
-    """The backend named by --backend for --model (auto: ddif.runtime.best_available), sampling
+    """The backend named by --backend for --model (auto: ddif.export.best_available), sampling
     the tiles the station cuts (``config.tiling_for``: the model's own unless overridden)."""
+    import ddif.export as export
     import ddif.runtime as runtime
 
     model = Path(args.model)
-    preset, _ = runtime.model_preset(model)
+    preset, _ = export.model_preset(model)
     tiling = config.tiling_for(preset)
     batch = config.resolved(tiling, _preprocessing(preset, config)).batch_size
     tiles = {"tile_overlap": tiling.overlap, "batch_size": batch}
     if args.backend == "auto":
-        return runtime.best_available(model, device=args.device, steps=args.steps, tile_size=tiling.tile_size,
+        return export.best_available(model, device=args.device, steps=args.steps, tile_size=tiling.tile_size,
                                       **tiles)
     if args.backend == "pytorch":
         return runtime.TorchFuser(model, steps=args.steps, device=args.device, tile_size=tiling.tile_size, **tiles)
     if model.suffix.lower() != ".onnx":
-        model = runtime.ensure_onnx(model, steps=args.steps, tile_size=tiling.tile_size)
+        model = export.ensure_onnx(model, steps=args.steps, tile_size=tiling.tile_size)
     backend = runtime.OnnxRuntimeFuser(model, device=args.device, steps=args.steps, **tiles)
     if backend.tiling.tile_size != tiling.tile_size:
         raise ValueError(f"{model} samples {backend.tiling.describe()}, the station is set to {tiling.tile_size} px "
@@ -127,7 +128,7 @@ def _model_id(path: str) -> dict:
 
 
 def cmd_run(args) -> int:
-    import ddif.runtime as runtime
+    from ddif.export import model_preset
     from ddif.station.config import StationConfig
     from ddif.station.events import EventLog
     from ddif.station.run import plan_scene, run_scene
@@ -136,7 +137,7 @@ def cmd_run(args) -> int:
     log = EventLog()
     # the pair is checked against the model (bands, ratio, grids, scale) before any backend is
     # built: a wrong scene is refused in seconds, not after an ONNX export
-    preset, _ = runtime.model_preset(args.model)
+    preset, _ = model_preset(args.model)
     plan = plan_scene(args.ms, args.pan, preset, config, log=log)
     if args.dry_run:
         print("dry run: nothing written\n" + plan.describe())

@@ -13,23 +13,29 @@ by the cached denoiser, so both give bit-identical results.
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ddif.config import ModelConfig, Preset, get_preset
+from ddif.models.checkpoint import (ENGINE_FORMAT, PUBLISHED, contents_of, load_state_dict_checked, read_contents,
+                                    save_checkpoint)
+from ddif.models.checkpoint import read_checkpoint  # noqa: F401 (the old import path)
 from ddif.models.blocks import (DecoderBlock, Downsample, EncoderBlock, MidBlock, NormActConv,
                                 TimestepEncoding, Upsample, resize_to)
-from ddif.utils.validation import check_image, check_timesteps
 from ddif.models.layers import WaveletCondition
+from ddif.utils.validation import check_image, check_timesteps
 
-CHECKPOINT_FORMAT = "ddif-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_FORMAT = ENGINE_FORMAT       # kept for callers of the old name
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1].lower() in "aeiou" else "a"
+_log = logging.getLogger("ddif.models")
 
 
 def checks_enabled() -> bool:
@@ -148,33 +154,50 @@ class DDIF(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
-        """Write weights + config + metadata atomically, and the config as JSON beside it."""
-        from ddif.utils.io import atomic_torch_save
+        """Write weights + config + metadata atomically (``.pt`` engine checkpoint, or
+        ``.safetensors``), and the config as JSON beside it."""
+        save_checkpoint(path, self.state_dict(), self.preset, metadata)
 
-        path = Path(path)
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "config": self.preset.to_json(),
-            "metadata": json.dumps(metadata or {}),
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-        }
-        atomic_torch_save(payload, path)
-        self.preset.save_json(path.with_suffix(".json"))
+    @classmethod
+    def from_pretrained(cls, source, preset: str | Preset | None = None, *, use_ema: bool = True,
+                        prefer: str | None = None, map_location: str | torch.device = "cpu") -> "DDIF":
+        """The one loader: a model from any checkpoint this project meets (engine checkpoint,
+        distilled student, training state (EMA weights unless ``use_ema=False``), safetensors,
+        published-layout state dict), a path read once with ``weights_only=True`` or an in-memory
+        dict. Published weights carry no configuration: give ``preset`` (name or Preset) then;
+        for the others the checkpoint's own configuration is used, and a ``preset`` that names
+        another one is an error. ``prefer`` picks a wrapper entry of a published checkpoint.
+        Logs one line saying what was found; ``model.checkpoint_kind`` keeps it."""
+        if isinstance(source, (str, os.PathLike)):
+            contents = read_contents(source, use_ema=use_ema, prefer=prefer, map_location=map_location)
+        else:
+            contents = contents_of(source, "state dict", use_ema=use_ema, prefer=prefer)
+        wanted = get_preset(preset) if isinstance(preset, str) else preset
+        if contents.preset is None:
+            if wanted is None:
+                raise ValueError(f"{contents.source}: a checkpoint in the published layout carries no configuration; "
+                                 "give the preset it was trained for (e.g. --preset wv3)")
+            model_preset = wanted
+        else:
+            model_preset = contents.preset
+            if wanted is not None and wanted.name != model_preset.name:
+                raise ValueError(f"{contents.source}: the checkpoint is {_article(contents.kind)} {contents.kind} for preset "
+                                 f"'{model_preset.name}', not '{wanted.name}'; leave the preset out")
+        model = cls(model_preset)
+        load_state_dict_checked(model, contents.state_dict, contents.source)
+        model.metadata = dict(contents.metadata)
+        model.checkpoint_kind = contents.kind
+        _log.info("%s: %s", contents.source, contents.describe())
+        return model.eval()
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "DDIF":
-        """Load an engine checkpoint written by :meth:`save` (``weights_only=True``)."""
-        payload = read_checkpoint(path, map_location)
-        if payload.get("format") != CHECKPOINT_FORMAT or "state_dict" not in payload:
-            raise ValueError(f"{path}: not a ddif checkpoint (no 'format': '{CHECKPOINT_FORMAT}' entry); "
-                             "for checkpoints of the published code use ddif.models.load_published")
-        model = cls(Preset.from_json(payload["config"]))
-        from ddif.models.published import load_state_dict_checked
-
-        load_state_dict_checked(model, payload["state_dict"], source=str(path))
-        model.metadata = json.loads(payload.get("metadata") or "{}")
-        return model.eval()
+        """Alias of :meth:`from_pretrained` for engine checkpoints (kept for compatibility)."""
+        model = cls.from_pretrained(path, map_location=map_location)
+        if model.checkpoint_kind == PUBLISHED:
+            raise ValueError(f"{path}: not a ddif checkpoint (no 'format': '{ENGINE_FORMAT}' entry); "
+                             "for checkpoints of the published code use DDIF.from_pretrained(path, preset=...)")
+        return model
 
     # ------------------------------------------------------------------ condition
     def check_condition(self, lms: torch.Tensor, pan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +213,8 @@ class DDIF(nn.Module):
         m = self.config.size_multiple
         if size[0] % m or size[1] % m:
             raise ValueError(f"{name}: spatial size {size[0]}x{size[1]} is not a multiple of {m} (the network "
-                             f"halves it {self.config.num_levels - 1} times); pad it, or use ddif.Fuser which pads and crops")
+                             f"halves it {self.config.num_levels - 1} times); pad it, or use ddif.Fuser which pads "
+                             "and crops")
 
     def _param_dtype(self) -> torch.dtype:
         return self.downs[0].weight.dtype
@@ -286,18 +310,3 @@ class DDIF(nn.Module):
         return self.final_conv(x)
 
 
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """torch.load with ``weights_only=True`` and errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: checkpoint file is empty")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, wrong format, pickled code objects...
-        raise ValueError(f"{path}: cannot read checkpoint (corrupt, truncated or not a torch file): "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict in the checkpoint, got {type(obj).__name__}")
-    return obj

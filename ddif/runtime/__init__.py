@@ -1,8 +1,11 @@
 """Runtime backends for the fixed-step sampler: PyTorch, ONNX Runtime, TensorRT.
 
     import ddif.runtime
-    backend = ddif.runtime.best_available("student.pt")     # or fuser.onnx / fuser.plan
+    backend = ddif.runtime.OnnxRuntimeFuser("fuser.onnx")    # or TorchFuser("model.pt"), TensorRTFuser(...)
     fused = backend.fuse(lms, pan, seed=0)
+
+Picking the fastest one and exporting a checkpoint on demand: ``ddif.export.best_available``
+(one layer up; the runtime never imports the exporters).
 
 Every backend has ``fuse(lms, pan, seed)`` and the attributes ``name``, ``bands``,
 ``guide_bands``, ``max_dn``, ``rgb_bands``, ``ratio``, ``steps``, ``timesteps``. Nothing is
@@ -17,9 +20,6 @@ _LAZY = {
     "TorchFuser": "ddif.runtime.backends",
     "OnnxRuntimeFuser": "ddif.runtime.backends",
     "TensorRTFuser": "ddif.runtime.backends",
-    "best_available": "ddif.runtime.backends",
-    "ensure_onnx": "ddif.runtime.backends",
-    "model_preset": "ddif.runtime.backends",
     "spec_tiling": "ddif.runtime.backends",
     "SamplingPlan": "ddif.runtime.plan",
     "resolve_sampling_plan": "ddif.runtime.plan",

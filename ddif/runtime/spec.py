@@ -25,6 +25,7 @@ INPUT_NAMES = ("lms", "pan", "noise")
 OUTPUT_NAMES = ("residual",)
 DEFAULT_PROFILE = ((1, 64, 64), (1, 256, 256), (4, 1024, 1024))   # (batch, H, W) of whole-image graphs
 TILE_BATCH_PIXELS = (1 << 20, 1 << 22)                           # opt / max pixels per batch of tiles
+METADATA_KEY = "ddif.export_spec"      # ONNX metadata_props entry holding the spec (without the file hash)
 
 
 def spec_path_for(model_path: str | os.PathLike) -> Path:
@@ -209,3 +210,17 @@ class ExportSpec:
                                  f"{spec_path_for(model_path).name} ({spec.sha256[:12]}...): the model file was "
                                  "replaced or corrupted; export it again")
         return spec
+
+
+def read_embedded_spec(path: str | os.PathLike) -> ExportSpec | None:
+    """The spec stored in an exported model's ONNX metadata (used when the JSON beside it is
+    missing); None when there is none. Needs the ``onnx`` package."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise RuntimeError(f"onnx is not installed: pip install 'ddif[onnx]' ({exc})") from None
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            return ExportSpec.from_dict(json.loads(entry.value), f"{path} metadata")
+    return None

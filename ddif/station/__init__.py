@@ -2,8 +2,8 @@
 unattended and crash-safe.
 
     from ddif.station import StationConfig, run_scene, plan_scene, StationService
-    import ddif.runtime
-    backend = ddif.runtime.best_available("model.pt")
+    import ddif.export
+    backend = ddif.export.best_available("model.pt")
     report = run_scene("S_MS.tif", "S_PAN.tif", "S_fused.tif", backend, StationConfig())  # the model's tiles
 
 Command line: ``ddif station run ...`` and ``ddif station watch ...`` (:mod:`ddif.cli.station`).
