@@ -45,8 +45,8 @@ def run(args) -> int:
     if args.fused_kernels:
         enable_fused_kernels(teacher)
     torch.manual_seed(dcfg.seed)
-    train_set = open_dataset(args.data, teacher.preset, train=False)
-    val_set = open_dataset(args.val, teacher.preset, train=False) if args.val else None
+    train_set = open_dataset(args.data, teacher.preset, require_gt=True)     # the trainer augments
+    val_set = open_dataset(args.val, teacher.preset, require_gt=True) if args.val else None
     options = RunOptions(out=args.out, device=args.device, amp=args.amp, fused_kernels=teacher.fused_kernels,
                          resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
     students = distill(teacher, train_set, val_set, args.out, dcfg, options)

@@ -83,7 +83,7 @@ def run(args) -> int:
         if scene:
             data = _scene_eval_set(args, preset)
         else:
-            data = eval_set_from_dataset(open_dataset(path, preset, train=False), args.limit)
+            data = eval_set_from_dataset(open_dataset(path, preset, require_gt=path == args.test), args.limit)
         rows = evaluate(methods, data, ratio, sensor, batch_size=args.batch_size, reference=reference,
                         compare=compare)
         table = markdown(rows, f"{label}: {path} ({len(data)} images)")

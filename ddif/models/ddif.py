@@ -24,13 +24,11 @@ import torch.nn as nn
 from ddif.config import ModelConfig, Preset, get_preset
 from ddif.models.checkpoint import (ENGINE_FORMAT, PUBLISHED, contents_of, load_state_dict_checked, read_contents,
                                     save_checkpoint)
-from ddif.models.checkpoint import read_checkpoint  # noqa: F401 (the old import path)
 from ddif.models.blocks import (DecoderBlock, Downsample, EncoderBlock, MidBlock, NormActConv,
                                 TimestepEncoding, Upsample, resize_to)
 from ddif.models.layers import WaveletCondition
 from ddif.utils.validation import check_image, check_timesteps
 
-CHECKPOINT_FORMAT = ENGINE_FORMAT       # kept for callers of the old name
 
 
 def _article(noun: str) -> str:

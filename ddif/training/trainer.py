@@ -29,12 +29,12 @@ from ddif.config import Preset
 from ddif.data.augment import RandomDihedral
 from ddif.diffusion.loss import DiffusionLoss, draw_noise
 from ddif.diffusion.schedule import NoiseSchedule
-from ddif.models.ddif import DDIF, read_checkpoint
+from ddif.models.checkpoint import TRAIN_STATE_FORMAT, read_checkpoint
+from ddif.models.ddif import DDIF
 from ddif.training.augment import dihedral_augment, random_crop
 from ddif.training.ema import EMA
 from ddif.utils.io import atomic_torch_save, atomic_write_text
 
-TRAIN_STATE_FORMAT = "ddif-train-state"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
