@@ -8,39 +8,17 @@ import csv
 import io
 import math
 import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
+from ddif.data.evalset import EvalSet, eval_set_from_dataset  # noqa: F401 (re-exported)
 from ddif.utils.io import atomic_write_text
 
 # a method fuses a batch: (lms, pan, ms) -> fused, all (B, C, H, W) in [0, 1]
 Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 LOWER_IS_BETTER = {"SAM", "ERGAS", "D_lambda", "D_s", "s/image"}
-
-
-@dataclass
-class EvalSet:
-    lms: torch.Tensor
-    pan: torch.Tensor
-    ms: torch.Tensor
-    gt: torch.Tensor | None = None       # present at reduced resolution
-
-    def __len__(self) -> int:
-        return self.lms.shape[0]
-
-
-def eval_set_from_dataset(ds, limit: int | None = None) -> EvalSet:
-    """The first ``limit`` items of ``ds`` stacked, as stored: a dataset opened with augmentation
-    (``FusionH5(..., augment=...)``) is read without it."""
-    n = len(ds) if limit is None else min(limit, len(ds))
-    read = getattr(ds, "read", None)
-    get = read if getattr(ds, "augment", None) is not None and callable(read) else ds.__getitem__
-    items = [get(i) for i in range(n)]
-    stack = lambda k: torch.stack([it[k] for it in items]) if k in items[0] else None  # noqa: E731
-    return EvalSet(lms=stack("lms"), pan=stack("pan"), ms=stack("ms"), gt=stack("gt"))
 
 
 def classical_methods(ratio: int, sensor: str, names: Sequence[str] | None = None) -> dict[str, Method]:

@@ -23,7 +23,7 @@ TILES = 16            # 192 x 192 PAN, 64-pixel tiles with 16 of overlap: 4 x 4
 
 
 def watch_cmd(inbox: Path, outbox: Path, model: Path) -> list[str]:
-    return [sys.executable, "-m", "ddif.station", "watch", "--inbox", str(inbox), "--outbox", str(outbox),
+    return [sys.executable, "-m", "ddif", "station", "watch", "--inbox", str(inbox), "--outbox", str(outbox),
             "--model", str(model), "--backend", "pytorch", "--once", "--tile-size", "64", "--overlap", "16",
             "--batch-size", "2", "--block-size", "64", "--metric-tiles", "0", "--poll-interval-s", "0.05",
             "--gdal-cache-mb", "16", "--retry-backoff-s", "0"]

@@ -189,7 +189,7 @@ def cmd_watch(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ddif.station run|watch ...`` (the same as ``ddif station ...``)."""
+    """``ddif station run|watch ...`` as a function (argv in, exit code out; also ``python -m ddif station``)."""
     parser = argparse.ArgumentParser(prog="ddif station", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_station_arguments(parser)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from ddif.data.make_dataset import MakeDatasetConfig
+    from ddif.data.dataset_config import MakeDatasetConfig
 
 
 @dataclass

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ddif.data.make_dataset import MakeDatasetConfig
+    from ddif.data.dataset_config import MakeDatasetConfig
 
-SIDES = ("left", "right", "top", "bottom")
 
 
 @dataclass(frozen=True)

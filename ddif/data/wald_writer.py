@@ -19,7 +19,7 @@ import numpy as np
 from ddif.data.synthetic_pan import synthesize_pan
 
 if TYPE_CHECKING:
-    from ddif.data.make_dataset import MakeDatasetConfig
+    from ddif.data.dataset_config import MakeDatasetConfig
     from ddif.data.sources import PreparedScene
     from ddif.data.splits import Region
 

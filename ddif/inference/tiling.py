@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ddif.utils.seeding import derive_seed, generator_for
-from ddif.utils.tiling import TileGrid
+from ddif.utils.tiling import TileGrid, pad_to  # noqa: F401 (pad_to: part of this layer's API)
 
 # Default network batch: about this many pixels of tiles per call (bounded memory whatever the image).
 DEFAULT_BATCH_PIXELS = 1 << 20
@@ -98,21 +97,6 @@ class Tiling:
 def default_overlap(tile_size: int) -> int:
     """Overlap used with a tile size other than the model's: 1/8 of the tile (32 px for 256 px)."""
     return tile_size // 8 if tile_size else 0
-
-
-def pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pad ``x`` (..., h, w) at the bottom / right to ``height x width``: reflect where the pad is
-    shorter than the side, else replicate (reflection needs pad < side)."""
-    h, w = x.shape[-2:]
-    ph, pw = height - h, width - w
-    if ph < 0 or pw < 0:
-        raise ValueError(f"cannot pad {h}x{w} down to {height}x{width}")
-    if not (ph or pw):
-        return x
-    mode = "reflect" if (ph < h and pw < w) else "replicate"
-    squeeze = x.dim() == 3
-    y = F.pad(x[None] if squeeze else x, (0, pw, 0, ph), mode=mode)
-    return y[0] if squeeze else y
 
 
 def tile_noise(seed: int | None, image: int, tile: int, shape: tuple[int, ...]) -> torch.Tensor:

@@ -168,7 +168,7 @@ class DistillRound(Trainer):
         row = super().validate()
         if not row or self.val_set is None:
             return row
-        from ddif.evaluation import eval_set_from_dataset
+        from ddif.data.evalset import eval_set_from_dataset
         from ddif.fuser import Fuser
         from ddif.metrics import psnr
 

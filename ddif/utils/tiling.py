@@ -150,3 +150,20 @@ def blend_window(grid: TileGrid, y0: int, x0: int, h: int, w: int, bands: int,
     covered = den > 0
     np.divide(num, den, out=num, where=covered[None])
     return num, den
+
+
+def pad_to(x, height: int, width: int):
+    """Pad ``x`` (..., h, w) at the bottom / right to ``height x width``: reflect where the pad is
+    shorter than the side, else replicate (reflection needs pad < side)."""
+    import torch.nn.functional as F     # torch only when padding: this module is numpy-only at import
+
+    h, w = x.shape[-2:]
+    ph, pw = height - h, width - w
+    if ph < 0 or pw < 0:
+        raise ValueError(f"cannot pad {h}x{w} down to {height}x{width}")
+    if not (ph or pw):
+        return x
+    mode = "reflect" if (ph < h and pw < w) else "replicate"
+    squeeze = x.dim() == 3
+    y = F.pad(x[None] if squeeze else x, (0, pw, 0, ph), mode=mode)
+    return y[0] if squeeze else y

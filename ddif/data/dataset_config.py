@@ -1,0 +1,103 @@
+"""The configuration of ``ddif make-dataset`` (:class:`MakeDatasetConfig`): a leaf module, so that
+the pipeline's modules (:mod:`ddif.data.sources`, :mod:`ddif.data.splits`,
+:mod:`ddif.data.wald_writer`, :mod:`ddif.data.make_dataset`) can all use it without importing
+each other in a circle."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+SIDES = ("left", "right", "top", "bottom")
+
+
+def _option(default, help: str):
+    """A dataclass field with its CLI help text (``field.metadata["help"]``)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class MakeDatasetConfig:
+    """Everything ``make_dataset`` needs (the ``ddif make-dataset`` options).
+
+    Sizes (``patch_size``, ``stride``, ``test_size``, ``fill_margin``, ``crop``) are in pixels of the
+    reduced-resolution PAN grid, which is the scene's MS grid. Each field's ``metadata["help"]``
+    says what it is (for generated CLI help).
+    """
+
+    ms: tuple[str, ...] = _option((), "MS GeoTIFF (multi-band), one GeoTIFF per band in order, or one .npy "
+                                      "(C, h, w) of DN")
+    pan: str = _option("", "PAN GeoTIFF / .npy (P, ratio*h, ratio*w); '' -> synthesise it from the MS "
+                           "(semi-synthetic)")
+    out_dir: str = _option("data/dataset", "folder for the .h5 files and the summary JSON")
+    name: str = _option("dataset", "files: {name}_train.h5, {name}_val.h5, {name}_test.h5 (+ {name}_test_full.h5 "
+                                   "with a real PAN)")
+    ratio: int = _option(4, "MS / PAN resolution ratio")
+    sensor: str = _option("generic", "MTF gains of the degradation (ddif.data.mtf.SENSOR_MTF: wv3, qb, gf2, "
+                                     "landsat8, generic, ...)")
+    interpolation: str = _option("interp23tap", "how ms is re-interpolated to lms: interp23tap or bicubic")
+    padding: str = _option("symmetric", "interp23tap boundary: symmetric, replicate or circular (the toolbox's "
+                                        "wrap-around)")
+    ms_bands: tuple[int, ...] = _option((), "1-based bands of a multi-band MS file to use (empty = all)")
+    pan_weights: tuple[float, ...] = _option((), "synthetic-PAN weight per MS band (only without a PAN); see "
+                                                 "bandpass_pan_weights")
+    max_dn: float = _option(0.0, "input DN mapped to 1.0 (0 -> the dtype's max for integer data, 1.0 for floats)")
+    out_max_dn: float = _option(0.0, "files store value * out_max_dn, the training preset's model.max_dn "
+                                     "(0 -> max_dn: the files hold the scene's DN)")
+    nodata: tuple[float, ...] = _option((), "fill values besides the GeoTIFF nodata tag (e.g. 0 for Landsat L1 "
+                                            "scenes)")
+    fill_margin: int = _option(-1, "keep patches this far from fill and region borders (-1 -> 4 * ratio)")
+    crop: tuple[int, ...] = _option((), "row,col,height,width of the scene to use, MS grid (empty = whole scene)")
+    patch_size: int = _option(64, "side of a training / validation patch on the gt grid (multiple of ratio)")
+    stride: int = _option(32, "step between patches (multiple of ratio)")
+    holdout_side: str = _option("left", "side of the scene holding the test strip, then the val strip: "
+                                        "left/right/top/bottom")
+    val_fraction: float = _option(0.15, "width of the validation strip, as a fraction of the scene along that axis")
+    test_size: int = _option(256, "side of the square held-out test crop (0 -> no test file)")
+    max_train_patches: int = _option(0, "keep a random subset of this many training patches (0 -> all)")
+    seed: int = _option(0, "shuffles the training patches (and picks the subset)")
+    compression: str = _option("gzip", "gzip, lzf or '' (none)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ms, (str, os.PathLike)):
+            self.ms = (str(self.ms),)
+        self.ms = tuple(str(p) for p in self.ms)
+        self.ms_bands = tuple(int(b) for b in self.ms_bands)
+        self.pan_weights = tuple(float(w) for w in self.pan_weights)
+        self.nodata = tuple(float(v) for v in self.nodata)
+        self.crop = tuple(int(v) for v in self.crop)
+        r = self.ratio
+        if r < 2:
+            raise ValueError(f"ratio must be >= 2 (the Wald protocol degrades by it), got {r}")
+        for name in ("patch_size", "stride"):
+            v = getattr(self, name)
+            if v < r or v % r:
+                raise ValueError(f"{name}={v} must be a positive multiple of ratio {r} (so the ms patch is whole)")
+        if self.test_size < 0 or self.test_size % r:
+            raise ValueError(f"test_size={self.test_size} must be 0 or a multiple of ratio {r}")
+        if self.holdout_side not in SIDES:
+            raise ValueError(f"holdout_side must be one of {SIDES}, got {self.holdout_side!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.max_dn < 0 or self.out_max_dn < 0:
+            raise ValueError(f"max_dn and out_max_dn must be >= 0 (0 = auto), got {self.max_dn}, {self.out_max_dn}")
+        if self.crop and (len(self.crop) != 4 or min(self.crop[2:]) <= 0 or min(self.crop[:2]) < 0):
+            raise ValueError(f"crop must be (row, col, height, width) with positive size, got {self.crop}")
+        if self.interpolation not in ("interp23tap", "bicubic"):
+            raise ValueError(f"interpolation must be interp23tap or bicubic, got {self.interpolation!r}")
+        if self.interpolation == "interp23tap" and r & (r - 1):
+            raise ValueError(f"interp23tap needs a power-of-2 ratio, got {r}; use interpolation='bicubic'")
+        if self.padding not in ("symmetric", "replicate", "circular"):
+            raise ValueError(f"padding must be symmetric, replicate or circular, got {self.padding!r}")
+        if self.compression not in ("", "gzip", "lzf"):
+            raise ValueError(f"compression must be gzip, lzf or '' (none), got {self.compression!r}")
+        if self.max_train_patches < 0:
+            raise ValueError(f"max_train_patches must be >= 0, got {self.max_train_patches}")
+
+    @property
+    def margin(self) -> int:
+        return 4 * self.ratio if self.fill_margin < 0 else self.fill_margin
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder: prepare the scene, plan every split, then write
+# ---------------------------------------------------------------------------------------------

@@ -1,0 +1,179 @@
+"""The architecture, checked on the source: one installed namespace (``ddif``: the repository's
+``kernels/`` and ``export/`` folders install as ``ddif.kernels`` / ``ddif.export``, benchmarks
+are not installed), layers that import only downward, and no import cycle between modules or
+between sub-packages. Imports are read from the syntax tree, function-level ones included (a
+function-level import that dodges a cycle is still a cycle)."""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = {"ddif": REPO / "ddif", "ddif.kernels": REPO / "kernels", "ddif.export": REPO / "export"}
+
+# bottom up (../shared/design/layout.md); a module may import its own layer and the ones below
+LAYERS = [
+    ("ddif.config", "ddif.utils", "ddif._C"),
+    ("ddif.kernels",),
+    ("ddif.models",),
+    ("ddif.diffusion",),
+    ("ddif.data", "ddif.metrics", "ddif.baselines"),
+    ("ddif.inference", "ddif.fuser", "ddif.runtime"),
+    ("ddif.export", "ddif.training"),
+    ("ddif.station", "ddif.evaluation"),
+    ("ddif.cli", "ddif.__main__"),
+]
+
+
+def layer_of(module: str) -> int:
+    best, level = "", None
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > len(best):
+                best, level = name, i
+    if module == "ddif":
+        return 0            # the package: lazy re-exports by name only, no imports
+    if level is None:
+        raise AssertionError(f"{module}: not in any layer of tests/test_architecture.py")
+    return level
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package, root in SOURCES.items():
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            name = ".".join([package] + parts)
+            if package == "ddif" and parts[:1] in (["kernels"], ["export"]):
+                continue
+            found[name] = path
+    return found
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """ddif modules imported by ``name`` (the most specific known module of each import)."""
+    tree = ast.parse(path.read_text(), str(path))
+    is_package = path.name == "__init__.py"
+    out = set()
+
+    def resolve(target: str) -> str | None:
+        parts = target.split(".")
+        while parts:
+            candidate = ".".join(parts)
+            if candidate in known:
+                return candidate
+            parts.pop()
+        return None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for t in targets:
+            if t == "ddif" or t.startswith("ddif."):
+                r = resolve(t)
+                if r is not None and r != name:
+                    out.add(r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {name: imports_of(name, path, known) for name, path in mods.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+    sys.setrecursionlimit(10000)
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_between_modules(graph):
+    assert _cycles(graph) == []
+
+
+def subpackage(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def test_no_import_cycle_between_subpackages(graph):
+    packages: dict[str, set[str]] = {}
+    for a, targets in graph.items():
+        pa = subpackage(a)
+        packages.setdefault(pa, set()).update(subpackage(b) for b in targets if subpackage(b) != pa)
+    assert _cycles(packages) == []
+
+
+def test_layers_import_only_downward(graph):
+    upward = sorted(f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
+                    for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+    assert upward == []
+
+
+def test_kernels_hold_ops_only(graph):
+    """kernels/ never imports the network (blocks live in ddif.models)."""
+    assert not [(a, b) for a, t in graph.items() if a.startswith("ddif.kernels") for b in t
+                if not b.startswith(("ddif.kernels", "ddif.utils", "ddif.config"))]
+
+
+def test_one_installed_namespace():
+    """pyproject installs exactly the ddif packages of the tree (kernels/ and export/ as
+    ddif.kernels / ddif.export; benchmarks, tests and scripts not at all)."""
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert cfg["package-dir"] == {"ddif": "ddif", "ddif.kernels": "kernels", "ddif.export": "export"}
+    packages = {name for name, path in modules().items() if path.name == "__init__.py"}
+    assert set(cfg["packages"]) == packages
+    assert all(p == "ddif" or p.startswith("ddif.") for p in cfg["packages"])
+
+
+def test_installed_modules_resolve_to_the_repository_folders():
+    import ddif.export.onnx
+    import ddif.kernels.style_conv
+
+    assert Path(ddif.kernels.style_conv.__file__).resolve() == REPO / "kernels" / "style_conv.py"
+    assert Path(ddif.export.onnx.__file__).resolve() == REPO / "export" / "onnx.py"
