@@ -78,7 +78,7 @@ def degrade_region(scene: PreparedScene, region: Region, cfg: MakeDatasetConfig)
 
 
 def _writer(path: Path, scene: PreparedScene, cfg: MakeDatasetConfig, attrs: dict[str, Any]):
-    from ddif.data.h5 import FusionH5Writer
+    from ddif.data.h5_writer import FusionH5Writer
 
     return FusionH5Writer(path, max_dn=scene.out_max, compression=cfg.compression or None, attrs=attrs)
 

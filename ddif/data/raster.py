@@ -1,0 +1,315 @@
+"""Opening and checking an MS + PAN raster pair, and where the MS sits on the PAN grid (part of
+the scene-ingestion layer, :mod:`ddif.data.scene`): :class:`SceneError` and its categories, the
+:class:`Preprocessing` a model was trained with, raster headers, the grid checks (CRS, north-up,
+integer resolution ratio, overlap, bands, band order) and the one placement rule
+(:func:`placement`, :func:`paired_windows`)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+# scene problems, by what a service does about them (quarantine categories)
+CORRUPT = "corrupt"
+MISSING_PARTNER = "missing_partner"
+WRONG_RATIO = "wrong_ratio"
+NO_OVERLAP = "no_overlap"
+ALL_NODATA = "all_nodata"
+BAD_GRID = "bad_grid"            # rotated / skewed transform, CRS mismatch, missing georeferencing
+WRONG_BANDS = "wrong_bands"
+BAD_VALUES = "bad_values"        # NaN / Inf that are not the nodata value, unsupported dtype
+BAD_SCALE = "bad_scale"          # dtype or value range does not fit the model's DN convention
+
+INTERPOLATIONS = ("interp23tap", "bicubic")
+PADDINGS = ("symmetric", "replicate", "circular")
+
+
+class SceneError(ValueError):
+    """A bad scene: ``category`` (one of the constants above) says why, the message says what."""
+
+    def __init__(self, category: str, message: str):
+        super().__init__(message)
+        self.category = category
+
+
+def _rasterio():
+    try:
+        import rasterio
+    except ImportError as exc:
+        raise ImportError("reading GeoTIFF scenes needs rasterio: pip install rasterio (or ddif[geo])") from exc
+    return rasterio
+
+
+@contextlib.contextmanager
+def gdal_env(cache_mb: int = 64) -> Iterator[None]:
+    """GDAL settings of every scene read / product write: a bounded block cache (part of the
+    station's memory bound), no side-car .aux.xml files, single-threaded (deterministic)
+    compression."""
+    rasterio = _rasterio()
+    with rasterio.Env(GDAL_CACHEMAX=int(cache_mb), GDAL_PAM_ENABLED="NO", GDAL_NUM_THREADS="1",
+                      GDAL_TIFF_INTERNAL_MASK="YES"):
+        yield
+
+
+# --------------------------------------------------------------------------------------------
+# what a model was trained with
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's ``lms`` / ``pan`` inputs are made from DN rasters."""
+
+    max_dn: float
+    interpolation: str = "interp23tap"     # MS -> PAN grid (interp23tap needs a power-of-2 ratio)
+    padding: str = "symmetric"             # interp23tap boundary at the scene edge
+    fill_iterations: int = 4               # 3x3 dilations filling nodata holes before interpolating
+    band_names: tuple[str, ...] = ()       # the MS bands in the model's order, when the training data named them
+
+    def __post_init__(self) -> None:
+        if not self.max_dn > 0:
+            raise ValueError(f"max_dn must be positive, got {self.max_dn}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        if self.fill_iterations < 0:
+            raise ValueError(f"fill_iterations must be >= 0, got {self.fill_iterations}")
+
+    @classmethod
+    def for_preset(cls, preset, *, interpolation: str | None = None, padding: str | None = None,
+                   fill_iterations: int | None = None) -> "Preprocessing":
+        """The preprocessing stored in a model's preset, with optional overrides."""
+        d = preset.data
+        return cls(float(preset.model.max_dn),
+                   interpolation or getattr(d, "interpolation", "interp23tap"),
+                   padding or getattr(d, "interp_padding", "symmetric"),
+                   int(getattr(d, "fill_iterations", 4) if fill_iterations is None else fill_iterations),
+                   tuple(getattr(d, "band_names", ()) or ()))
+
+    def method_for(self, ratio: int) -> str:
+        """interp23tap needs a power-of-2 ratio; make_dataset trains other ratios on bicubic."""
+        return "bicubic" if self.interpolation == "interp23tap" and ratio & (ratio - 1) else self.interpolation
+
+
+# --------------------------------------------------------------------------------------------
+# opening and checking
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RasterInfo:
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    crs: Any                     # rasterio CRS or None
+    transform: Any               # affine.Affine
+    descriptions: tuple[str | None, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+def open_raster(path: str | os.PathLike, what: str) -> RasterInfo:
+    """Header of a GeoTIFF; :class:`SceneError` (corrupt) when it cannot be opened as a raster."""
+    rasterio = _rasterio()
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    path = Path(path)
+    if not path.is_file():
+        raise SceneError(CORRUPT, f"{what} {path}: no such file")
+    if path.stat().st_size == 0:
+        raise SceneError(CORRUPT, f"{what} {path}: file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                info = RasterInfo(str(path), src.width, src.height, src.count, src.dtypes[0] if src.count else "",
+                                  src.nodata, src.crs, src.transform, tuple(src.descriptions))
+                dtypes = set(src.dtypes)
+    except (RasterioError, OSError) as exc:
+        raise SceneError(CORRUPT, f"{what} {path}: cannot open as a GeoTIFF (corrupt, truncated or not a raster): "
+                                  f"{exc}") from None
+    if info.count == 0:
+        raise SceneError(CORRUPT, f"{what} {path}: has no raster bands")
+    if len(dtypes) > 1:
+        raise SceneError(BAD_VALUES, f"{what} {path}: bands have mixed dtypes {sorted(dtypes)}")
+    if np.dtype(info.dtype).kind not in "iuf":
+        raise SceneError(BAD_VALUES, f"{what} {path}: pixel dtype {info.dtype} is not integer or float")
+    return info
+
+
+@dataclass
+class InterpGeometry:
+    """Where ``upsample`` puts MS samples and how far its kernel reaches (measured, not assumed)."""
+
+    phase: int        # MS pixel j lands on upsampled pixel ratio * j + phase
+    support: int      # upsampled pixels on each side of a sample that it influences
+
+
+def interpolation_geometry(ratio: int, method: str, padding: str) -> InterpGeometry:
+    """Measure the interpolator's sample phase and support with an impulse (so the halo and the
+    grid placement follow ddif.data.mtf.upsample whatever its implementation)."""
+    import torch
+
+    from ddif.data.mtf import upsample
+
+    n = 64
+    x = torch.zeros(1, 1, 1, n, dtype=torch.float64)
+    x[..., n // 2] = 1.0
+    y = upsample(x, ratio, method=method, padding=padding)[0, 0, 0]
+    peak = int(torch.argmax(y))
+    nz = torch.nonzero(y.abs() > 0).flatten()
+    phase = peak - ratio * (n // 2)
+    support = int(max(peak - int(nz.min()), int(nz.max()) - peak))
+    if not 0 <= phase < ratio or abs(float(y[peak]) - 1.0) > 1e-6:
+        raise RuntimeError(f"upsample({method}) is not an interpolating kernel on the expected grid "
+                           f"(peak {float(y[peak]):g} at phase {phase})")
+    return InterpGeometry(phase=phase, support=support)
+
+
+@dataclass
+class SceneGrid:
+    """A checked MS + PAN pair and how the interpolated MS sits on the PAN grid."""
+
+    ms: RasterInfo
+    pan: RasterInfo
+    ratio: int
+    shift: tuple[int, int]              # PAN (row, col) = upsampled (row, col) + shift
+    subpixel: tuple[float, float]       # residual offset (rows, cols) in PAN pixels, |.| <= 0.5
+    phase: int
+    halo: int                           # MS pixels read around a tile's footprint
+    coverage: tuple[int, int, int, int]  # PAN window (row0, col0, row1, col1) covered by the MS
+    interpolation: str = "interp23tap"  # the method actually used (bicubic for non-power-of-2 ratios)
+
+    @property
+    def bands(self) -> int:
+        return self.ms.count
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pan.height, self.pan.width
+
+    def ms_rows_for(self, k0: int, k1: int, length: int) -> tuple[int, int]:
+        """MS index range (clipped to [0, length)) whose samples define upsampled [k0, k1), plus halo."""
+        r, p = self.ratio, self.phase
+        lo = math.floor((k0 - p) / r) - self.halo
+        hi = math.floor((k1 - 1 - p) / r) + 1 + 1 + self.halo
+        return max(0, lo), min(length, hi)
+
+    def ms_index(self, k: np.ndarray) -> np.ndarray:
+        """MS pixel whose footprint holds upsampled pixel k (nearest sample): floor((k - phase + r/2) / r)."""
+        r = self.ratio
+        return np.floor_divide(2 * k - 2 * self.phase + r, 2 * r)
+
+    def describe_placement(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "ms_shift_pan_px": list(self.shift),
+                "subpixel_offset_pan_px": [round(v, 6) for v in self.subpixel], "interpolation": self.interpolation}
+
+
+def placement(ms_transform, pan_transform, ratio: int, phase: int) -> tuple[tuple[int, int], tuple[float, float]]:
+    """(shift, residual) of the upsampled MS on the PAN grid: PAN index m of upsampled index k is
+    m = k + (ms_origin - pan_origin) / pan_res + r/2 - phase - 1/2, rounded to the nearest integer
+    (ties towards +inf); the residual is what rounding left (rows, cols), in PAN pixels."""
+    mt, pt = ms_transform, pan_transform
+    offsets = ((mt.f - pt.f) / pt.e + ratio / 2 - phase - 0.5,
+               (mt.c - pt.c) / pt.a + ratio / 2 - phase - 0.5)
+    shift = (int(math.floor(offsets[0] + 0.5)), int(math.floor(offsets[1] + 0.5)))
+    return shift, (float(offsets[0] - shift[0]), float(offsets[1] - shift[1]))
+
+
+def paired_windows(ms_shape: tuple[int, int], pan_shape: tuple[int, int], ratio: int, shift: tuple[int, int],
+                   crop: tuple[int, int, int, int] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The MS window (row, col, h, w) whose every pixel j has its PAN pixels [r*j + shift,
+    r*(j+1) + shift) inside the PAN, limited to ``crop`` (MS grid), and that PAN window; None if
+    they do not overlap. (Full-resolution pairs for ``make-dataset`` and ``evaluate``.)"""
+    r, (sy, sx) = ratio, shift
+    j0, j1 = max(0, -(sy // r)), min(ms_shape[0], (pan_shape[0] - sy) // r)       # -(s // r) = ceil(-s / r)
+    i0, i1 = max(0, -(sx // r)), min(ms_shape[1], (pan_shape[1] - sx) // r)
+    if crop:
+        j0, j1 = max(j0, crop[0]), min(j1, crop[0] + crop[2])
+        i0, i1 = max(i0, crop[1]), min(i1, crop[1] + crop[3])
+    if j1 <= j0 or i1 <= i0:
+        return None
+    return (j0, i0, j1 - j0, i1 - i0), (r * j0 + sy, r * i0 + sx, r * (j1 - j0), r * (i1 - i0))
+
+
+def _ratio_of(ms_res: float, pan_res: float) -> float:
+    return ms_res / pan_res if pan_res else float("nan")
+
+
+def check_grids(ms: RasterInfo, pan: RasterInfo, ratio: int | None) -> int:
+    """Both georeferenced and north-up, same CRS, an integer resolution ratio (equal to ``ratio``
+    when given); returns the ratio."""
+    for info, what in ((ms, "MS"), (pan, "PAN")):
+        if info.transform.is_identity:
+            raise SceneError(BAD_GRID, f"{what} {info.path}: not georeferenced (no transform); the resolution ratio "
+                                       "and overlap cannot be checked")
+        t = info.transform
+        if t.b != 0 or t.d != 0:
+            raise SceneError(BAD_GRID, f"{what} {info.path}: rotated or sheared grid (transform {tuple(t)[:6]}); "
+                                       "only north-up grids are supported")
+    if (ms.crs is None) != (pan.crs is None) or (ms.crs is not None and ms.crs != pan.crs):
+        raise SceneError(BAD_GRID, f"MS {ms.path} and PAN {pan.path} have different CRSs ({ms.crs} vs {pan.crs}); "
+                                   "reproject one first")
+    mt, pt = ms.transform, pan.transform
+    rx, ry = _ratio_of(mt.a, pt.a), _ratio_of(mt.e, pt.e)
+    rounded = round(rx) if math.isfinite(rx) else 0
+    if not (rounded >= 1 and abs(rx - rounded) <= 1e-3 * rounded and abs(ry - rounded) <= 1e-3 * rounded):
+        want = f" (the model needs {ratio})" if ratio else ""
+        raise SceneError(WRONG_RATIO, f"MS pixels are {abs(mt.a):g} x {abs(mt.e):g} and PAN pixels {abs(pt.a):g} x "
+                                      f"{abs(pt.e):g}: resolution ratio {rx:g} x {ry:g} is not a whole number{want}")
+    if ratio is not None and rounded != ratio:
+        raise SceneError(WRONG_RATIO, f"MS/PAN resolution ratio is {rounded} (MS {abs(mt.a):g}, PAN {abs(pt.a):g} "
+                                      f"CRS units per pixel) but the model was trained for ratio {ratio}")
+    return int(rounded)
+
+
+def check_band_order(ms: RasterInfo, band_names: tuple[str, ...]) -> None:
+    """When the model knows its bands by name and the MS file names all of its bands, the names
+    must come in the model's order (a B4, B3, B2 file for a B2, B3, B4 model is refused: fusing it
+    would swap the colours silently). Descriptions that are not the model's names (free text)
+    cannot be checked and are accepted."""
+    names = tuple((d or "").strip() for d in ms.descriptions)
+    if not band_names or len(names) != len(band_names) or not all(names):
+        return
+    if set(names) == set(band_names) and names != tuple(band_names):
+        raise SceneError(WRONG_BANDS, f"MS {ms.path}: bands are {list(names)}, the model fuses {list(band_names)} in "
+                                      "that order; reorder the bands (e.g. gdal_translate -b)")
+
+
+def open_pair(ms_path: str | os.PathLike, pan_path: str | os.PathLike, *, bands: int | None, guide_bands: int | None,
+              ratio: int | None, preprocessing: Preprocessing, input_nodata: float | None = None) -> SceneGrid:
+    """Open and check an MS + PAN pair against a model (``bands`` / ``guide_bands`` / ``ratio``,
+    None = whatever the files hold); :class:`SceneError` naming the problem. ``input_nodata``
+    stands in for the nodata tag of an input that has none."""
+    ms = open_raster(ms_path, "MS")
+    pan = open_raster(pan_path, "PAN")
+    for info in (ms, pan):
+        if info.nodata is None and input_nodata is not None:
+            info.nodata = float(input_nodata)
+    if bands is not None and ms.count != bands:
+        raise SceneError(WRONG_BANDS, f"MS {ms.path}: has {ms.count} bands, the model fuses {bands}")
+    if guide_bands is not None and pan.count != guide_bands:
+        raise SceneError(WRONG_BANDS, f"PAN {pan.path}: has {pan.count} bands, the model expects {guide_bands}")
+    check_band_order(ms, preprocessing.band_names)
+    ratio = check_grids(ms, pan, ratio)
+    interpolation = preprocessing.method_for(ratio)
+    geo = interpolation_geometry(ratio, interpolation, preprocessing.padding)
+    shift, subpixel = placement(ms.transform, pan.transform, ratio, geo.phase)
+    row0, col0 = max(0, shift[0]), max(0, shift[1])
+    row1, col1 = min(pan.height, shift[0] + ratio * ms.height), min(pan.width, shift[1] + ratio * ms.width)
+    if row1 <= row0 or col1 <= col0:
+        raise SceneError(NO_OVERLAP, f"MS {ms.path} and PAN {pan.path} do not overlap (MS footprint lands at PAN "
+                                     f"rows {shift[0]}..{shift[0] + ratio * ms.height}, cols {shift[1]}.."
+                                     f"{shift[1] + ratio * ms.width} of a {pan.height} x {pan.width} PAN)")
+    halo = -(-geo.support // ratio) + 1 + int(preprocessing.fill_iterations)
+    return SceneGrid(ms, pan, ratio, shift, subpixel, geo.phase, halo, (row0, col0, row1, col1), interpolation)
+
+

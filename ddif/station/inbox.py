@@ -1,0 +1,140 @@
+"""The inbox: which scenes are there (pairs ``<scene>_MS.tif`` + ``<scene>_PAN.tif``, ``.ready``
+markers, ``<scene>.manifest.json`` manifests confined to the inbox) and the inputs identity
+recorded beside a product. Read by :class:`ddif.station.watch.StationService`."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+PAIR_RE = re.compile(r"^(?P<scene>.+)_(?P<kind>MS|PAN)\.tiff?$", re.IGNORECASE)
+MANIFEST_SUFFIX = ".manifest.json"
+READY_SUFFIX = ".ready"
+IGNORED_SUFFIXES = (".partial", ".tmp")
+CLAIM_SUFFIX = ".claim"
+INPUTS_FILE = ".inputs.json"        # in a product folder: the content identity of the inputs that made it
+
+
+@dataclass
+class SceneFiles:
+    name: str
+    ms: Path | None = None
+    pan: Path | None = None
+    manifest: Path | None = None
+    marker: Path | None = None
+    manifest_error: str | None = None
+    outside_error: str | None = None     # a pair file is a symbolic link leading out of the inbox
+
+    @property
+    def files(self) -> list[Path]:
+        return [p for p in (self.ms, self.pan, self.manifest, self.marker) if p is not None]
+
+    def existing(self) -> list[Path]:
+        return [p for p in self.files if p.exists() or p.is_symlink()]
+
+    def signature(self) -> tuple:
+        sig = []
+        for p in self.files:
+            try:
+                st = p.stat()
+                sig.append((p.name, st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                sig.append((p.name, None, None))
+        return tuple(sig)
+
+    def arrival_ns(self) -> int:
+        return max((s[2] or 0) for s in self.signature()) if self.files else 0
+
+
+def is_inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def manifest_path(inbox: Path, key: str, entry: Any, reserved: Iterable[Path] = ()) -> Path:
+    """The inbox path a manifest entry names; ValueError (naming the entry) when it is not a
+    relative path that stays inside the inbox (after following symbolic links), or when it
+    lies in one of the ``reserved`` folders (the service's processed/ and quarantine/)."""
+    if not isinstance(entry, str) or not entry.strip():
+        raise ValueError(f'"{key}" must name a file, got {entry!r}')
+    root = os.path.realpath(inbox)
+    if os.path.isabs(entry) or entry.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", entry):
+        raise ValueError(f'"{key}" path {entry!r} is absolute; manifest paths must be relative to the inbox {root}')
+    if ".." in re.split(r"[\\/]", entry):
+        raise ValueError(f'"{key}" path {entry!r} leaves the inbox {root} (".." is not allowed)')
+    path = inbox / entry
+    real = os.path.realpath(path)
+    if real == root or not is_inside(real, root):
+        raise ValueError(f'"{key}" path {entry!r} resolves to {real}, outside the inbox {root} (symbolic link?)')
+    for folder in reserved:
+        folder_real = os.path.realpath(folder)
+        if is_inside(real, folder_real):
+            raise ValueError(f'"{key}" path {entry!r} lies in the service\'s folder {folder_real}')
+    return path
+
+
+def scan_inbox(inbox: Path, reserved: Iterable[Path] = ()) -> dict[str, SceneFiles]:
+    """The scenes in the inbox (top level only: processed/ and quarantine/ folders are skipped).
+    ``reserved``: folders manifests may not point into (the service's processed/ and quarantine/)."""
+    inbox = Path(inbox)
+    reserved = list(reserved)
+    scenes: dict[str, SceneFiles] = {}
+    entries = {e.name: e for e in os.scandir(inbox) if e.is_file() and not e.name.startswith(".")}
+    names = sorted(n for n in entries if not n.lower().endswith(IGNORED_SUFFIXES))
+    claimed: set[str] = set()
+    root = os.path.realpath(inbox)
+    for n in names:
+        if n.endswith(MANIFEST_SUFFIX):
+            scene = n[:-len(MANIFEST_SUFFIX)]
+            sf = scenes.setdefault(scene, SceneFiles(scene))
+            sf.manifest = inbox / n
+            try:
+                spec = json.loads((inbox / n).read_text())
+                if not isinstance(spec, dict) or not all(isinstance(spec.get(k), str) and spec.get(k)
+                                                         for k in ("ms", "pan")):
+                    raise ValueError('expected {"ms": "<file>", "pan": "<file>"}')
+                problems = []
+                for key in ("ms", "pan"):
+                    try:
+                        path = manifest_path(inbox, key, spec[key], reserved)
+                    except ValueError as exc:
+                        problems.append(str(exc))
+                        continue
+                    setattr(sf, key, path)
+                    rel = os.path.relpath(path, inbox)
+                    if os.sep not in rel:
+                        claimed.add(rel)
+                if problems:
+                    raise ValueError("; ".join(problems))
+                if sf.ms.name == sf.pan.name:
+                    raise ValueError(f'"ms" and "pan" name the same file name {sf.ms.name!r}')
+            except (ValueError, OSError) as exc:
+                sf.manifest_error = f"manifest {n}: {exc}"
+    for n in names:
+        if n in claimed:
+            continue
+        m = PAIR_RE.match(n)
+        if m:
+            sf = scenes.setdefault(m["scene"], SceneFiles(m["scene"]))
+            if sf.manifest is None:
+                setattr(sf, m["kind"].lower(), inbox / n)
+                if entries[n].is_symlink():
+                    real = os.path.realpath(inbox / n)
+                    if not is_inside(real, root):
+                        sf.outside_error = f"{n} is a symbolic link to {real}, outside the inbox {root}"
+        elif n.endswith(READY_SUFFIX):
+            scenes.setdefault(n[:-len(READY_SUFFIX)], SceneFiles(n[:-len(READY_SUFFIX)])).marker = inbox / n
+    return scenes
+
+
+def read_inputs_marker(product_dir: Path) -> dict[str, Any] | None:
+    """The inputs identity recorded beside a product (None when absent or unreadable)."""
+    try:
+        data = json.loads((Path(product_dir) / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
