@@ -2,6 +2,7 @@
 
 Public entry points are imported lazily so that ``import ddif`` does no work.
 """
+
 from __future__ import annotations
 
 from ddif.utils.lazy import lazy_exports

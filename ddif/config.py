@@ -6,6 +6,7 @@ fields (see :mod:`ddif.cli`). Published values follow Cao et al., "Diffusion mod
 disentangled modulations for sharpening multispectral and hyperspectral images",
 Information Fusion 104 (2024), arXiv:2304.04774.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,18 +15,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+
 @dataclass
 class ModelConfig:
     """Architecture of the DDIF denoiser (SR3-style U-Net with CSM and FWM injections)."""
 
-    bands: int = 8                      # C: bands of the MS / HS image
-    guide_bands: int = 1                # P: 1 for PAN, 3 for RGB
-    detail_order: str = "HDV"           # order of the guide's Haar detail bands in the condition
-    max_dn: float = 2047.0              # sensor maximum digital number (images are DN / max_dn)
+    bands: int = 8  # C: bands of the MS / HS image
+    guide_bands: int = 1  # P: 1 for PAN, 3 for RGB
+    detail_order: str = "HDV"  # order of the guide's Haar detail bands in the condition
+    max_dn: float = 2047.0  # sensor maximum digital number (images are DN / max_dn)
     base_width: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 2, 4)
-    res_blocks: int = 3                 # per encoder level; the decoder has res_blocks + 1
-    image_size: int = 64                # nominal size that attn_resolutions refers to
+    res_blocks: int = 3  # per encoder level; the decoder has res_blocks + 1
+    image_size: int = 64  # nominal size that attn_resolutions refers to
     attn_resolutions: tuple[int, ...] = (8,)
     attn_heads: int = 8
     fwm_heads: int = 8
@@ -73,7 +75,7 @@ class DiffusionConfig:
     sampler: str = "ddim"
     sample_steps: int = 25
     eta: float = 0.0
-    timestep_spacing: str = "leading"   # leading: {0, T/n, 2T/n, ...}, as guided-diffusion's "ddimN"
+    timestep_spacing: str = "leading"  # leading: {0, T/n, 2T/n, ...}, as guided-diffusion's "ddimN"
     # explicit training timesteps of the sampler, descending (e.g. a distilled student's grid);
     # when given, they replace sample_steps / timestep_spacing
     sample_timesteps: tuple[int, ...] = ()
@@ -86,8 +88,9 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         if self.tile_size < 0 or self.tile_overlap < 0 or (self.tile_size and self.tile_overlap >= self.tile_size):
-            raise ValueError(f"need 0 <= tile_overlap < tile_size (or tile_size 0), got {self.tile_size}, "
-                             f"{self.tile_overlap}")
+            raise ValueError(
+                f"need 0 <= tile_overlap < tile_size (or tile_size 0), got {self.tile_size}, {self.tile_overlap}"
+            )
         self.sample_timesteps = tuple(int(t) for t in self.sample_timesteps)
         ts = self.sample_timesteps
         if ts:
@@ -125,17 +128,17 @@ class TrainConfig:
 class DataConfig:
     """What the data look like on disk."""
 
-    ratio: int = 4                      # MS / PAN resolution ratio
-    layout: str = "pancollection"       # "pancollection" (gt/ms/lms/pan) or "hisr" (GT/LRHSI/RGB/HSI_up)
-    sensor: str = "wv3"                 # for MTF-matched degradation (Wald protocol)
-    rgb_bands: tuple[int, ...] = (4, 2, 1)   # true-colour bands for quicklooks (0-based)
+    ratio: int = 4  # MS / PAN resolution ratio
+    layout: str = "pancollection"  # "pancollection" (gt/ms/lms/pan) or "hisr" (GT/LRHSI/RGB/HSI_up)
+    sensor: str = "wv3"  # for MTF-matched degradation (Wald protocol)
+    rgb_bands: tuple[int, ...] = (4, 2, 1)  # true-colour bands for quicklooks (0-based)
     # How the model's inputs were made from DN rasters (ddif.data.scene.Preprocessing): every entry
     # point that reads scenes applies the same. lms = upsample(ms, ratio, interpolation, interp_padding)
     # after nodata holes are filled by fill_iterations 3x3 dilations; images are DN / model.max_dn.
     interpolation: str = "interp23tap"  # or "bicubic" (interp23tap needs a power-of-2 ratio)
-    interp_padding: str = "symmetric"   # interp23tap boundary: symmetric, replicate or circular
+    interp_padding: str = "symmetric"  # interp23tap boundary: symmetric, replicate or circular
     fill_iterations: int = 4
-    band_names: tuple[str, ...] = ()    # the MS bands in the model's order (e.g. "B2", "B3", "B4"), if known
+    band_names: tuple[str, ...] = ()  # the MS bands in the model's order (e.g. "B2", "B3", "B4"), if known
 
     def __post_init__(self) -> None:
         self.rgb_bands = tuple(int(b) for b in self.rgb_bands)
@@ -163,7 +166,7 @@ class Preset:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preset":
+    def from_dict(cls, d: dict[str, Any]) -> Preset:
         return cls(
             name=d.get("name", "custom"),
             model=_build(ModelConfig, d.get("model", {})),
@@ -173,7 +176,7 @@ class Preset:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "Preset":
+    def from_json(cls, text: str) -> Preset:
         return cls.from_dict(json.loads(text))
 
     def save_json(self, path: str | Path) -> None:
@@ -211,16 +214,38 @@ def _small_rgb() -> Preset:
     """A small 3-band model for the shipped demo (Landsat-8 B2-B4 + synthesised PAN)."""
     return Preset(
         name="landsat_small",
-        model=ModelConfig(bands=3, guide_bands=1, detail_order="HDV", max_dn=32767.0, base_width=16,
-                          channel_mults=(1, 2, 2), res_blocks=1, image_size=64, attn_resolutions=(),
-                          dropout=0.0, drop_path=0.0),
+        model=ModelConfig(
+            bands=3,
+            guide_bands=1,
+            detail_order="HDV",
+            max_dn=32767.0,
+            base_width=16,
+            channel_mults=(1, 2, 2),
+            res_blocks=1,
+            image_size=64,
+            attn_resolutions=(),
+            dropout=0.0,
+            drop_path=0.0,
+        ),
         # sampled in tiles of its 32 px training patches (see DiffusionConfig.tile_size)
         diffusion=DiffusionConfig(timesteps=500, sample_steps=10, tile_size=32, tile_overlap=8),
-        train=TrainConfig(lr=5e-4, batch_size=16, iterations=8000, lr_milestones=(6000,),
-                          grad_clip=1.0, ema_decay=0.999, ema_start=500, patch_size=32,
-                          val_every=1000, ckpt_every=500, log_every=50, num_workers=0),
-        data=DataConfig(ratio=4, layout="pancollection", sensor="landsat8", rgb_bands=(2, 1, 0),
-                        band_names=("B2", "B3", "B4")),
+        train=TrainConfig(
+            lr=5e-4,
+            batch_size=16,
+            iterations=8000,
+            lr_milestones=(6000,),
+            grad_clip=1.0,
+            ema_decay=0.999,
+            ema_start=500,
+            patch_size=32,
+            val_every=1000,
+            ckpt_every=500,
+            log_every=50,
+            num_workers=0,
+        ),
+        data=DataConfig(
+            ratio=4, layout="pancollection", sensor="landsat8", rgb_bands=(2, 1, 0), band_names=("B2", "B3", "B4")
+        ),
     )
 
 

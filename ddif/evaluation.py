@@ -2,13 +2,14 @@
 baselines) under the reduced-resolution (Wald) and full-resolution (QNR) protocols, following the
 conventions of Vivone et al., "A new benchmarking framework and survey of pansharpening methods"
 (IEEE GRSM 2021)."""
+
 from __future__ import annotations
 
 import csv
 import io
 import math
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -60,8 +61,16 @@ def _mean(v) -> float:
     return float(torch.as_tensor(v, dtype=torch.float64).mean())
 
 
-def evaluate(methods: dict[str, Method], data: EvalSet, ratio: int, sensor: str, batch_size: int = 8,
-             return_outputs: bool = False, reference: str | None = None, compare: Sequence[str] = ()):
+def evaluate(
+    methods: dict[str, Method],
+    data: EvalSet,
+    ratio: int,
+    sensor: str,
+    batch_size: int = 8,
+    return_outputs: bool = False,
+    reference: str | None = None,
+    compare: Sequence[str] = (),
+):
     """Run every method on ``data`` (in batches) and compute its metrics; rows of dicts.
 
     With ``reference`` (the name of one of ``methods``, e.g. a 25-step teacher), the methods named
@@ -71,8 +80,12 @@ def evaluate(methods: dict[str, Method], data: EvalSet, ratio: int, sensor: str,
     rows, outputs = [], {}
     for name, method in methods.items():
         t0 = time.perf_counter()
-        fused = torch.cat([method(data.lms[i:i + batch_size], data.pan[i:i + batch_size], data.ms[i:i + batch_size])
-                           for i in range(0, len(data), batch_size)])
+        fused = torch.cat(
+            [
+                method(data.lms[i : i + batch_size], data.pan[i : i + batch_size], data.ms[i : i + batch_size])
+                for i in range(0, len(data), batch_size)
+            ]
+        )
         elapsed = (time.perf_counter() - t0) / len(data)
         rows.append({"method": name, **_metrics_for(fused, data, ratio, sensor), "s/image": elapsed})
         outputs[name] = fused
@@ -81,9 +94,12 @@ def evaluate(methods: dict[str, Method], data: EvalSet, ratio: int, sensor: str,
 
         column = "PSNR vs teacher"
         for row in rows:
-            row[column] = (_mean(psnr(outputs[row["method"]].clamp(0, 1), outputs[reference].clamp(0, 1)))
-                           if row["method"] in compare else float("nan"))
-            row["s/image"] = row.pop("s/image")          # keep timing the last column
+            row[column] = (
+                _mean(psnr(outputs[row["method"]].clamp(0, 1), outputs[reference].clamp(0, 1)))
+                if row["method"] in compare
+                else float("nan")
+            )
+            row["s/image"] = row.pop("s/image")  # keep timing the last column
     return (rows, outputs) if return_outputs else rows
 
 

@@ -1,7 +1,8 @@
 """High-level entry point: ``ddif.Fuser(model).fuse(lms, pan)`` -> fused image in [0, 1]."""
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,32 +24,61 @@ class Fuser:
     the device.
     """
 
-    def __init__(self, model, sampler: str | None = None, steps: int | None = None, *, eta: float | None = None,
-                 use_cache: bool = True, self_condition: bool = True, legacy_published_sampler: bool = False,
-                 batch_size: int | None = None, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, clip_sample: float | None = None,
-                 tile_size: int | None = None, tile_overlap: int | None = None, scheduler=None):
+    def __init__(
+        self,
+        model,
+        sampler: str | None = None,
+        steps: int | None = None,
+        *,
+        eta: float | None = None,
+        use_cache: bool = True,
+        self_condition: bool = True,
+        legacy_published_sampler: bool = False,
+        batch_size: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        clip_sample: float | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        scheduler=None,
+    ):
         dcfg = model.preset.diffusion
         self.model = model
         if device is not None or dtype is not None:
             self.model = model.to(device=device, dtype=dtype)
         self.model.eval()
         if scheduler is None:
-            scheduler = make_scheduler(sampler or dcfg.sampler, NoiseSchedule.from_config(dcfg),
-                                       eta=dcfg.eta if eta is None else eta, spacing=dcfg.timestep_spacing,
-                                       clip_sample=clip_sample)
+            scheduler = make_scheduler(
+                sampler or dcfg.sampler,
+                NoiseSchedule.from_config(dcfg),
+                eta=dcfg.eta if eta is None else eta,
+                spacing=dcfg.timestep_spacing,
+                clip_sample=clip_sample,
+            )
             if dcfg.sample_timesteps and steps in (None, len(dcfg.sample_timesteps)):
-                scheduler.set_timesteps(timesteps=dcfg.sample_timesteps)   # e.g. a distilled student's grid
+                scheduler.set_timesteps(timesteps=dcfg.sample_timesteps)  # e.g. a distilled student's grid
             else:
                 scheduler.set_timesteps(int(steps or dcfg.sample_steps))
         self.scheduler = scheduler
         self.steps = len(self.scheduler.timesteps)
         self.tiling = Tiling.for_preset(model.preset, tile_size, tile_overlap)
-        self.sampler = TorchTileSampler(self.model, self.scheduler, use_cache=use_cache, self_condition=self_condition,
-                                        legacy_published_sampler=legacy_published_sampler)
+        self.sampler = TorchTileSampler(
+            self.model,
+            self.scheduler,
+            use_cache=use_cache,
+            self_condition=self_condition,
+            legacy_published_sampler=legacy_published_sampler,
+        )
         cfg = model.config
-        self.inference = InferencePath(self.sampler, bands=cfg.bands, guide_bands=cfg.guide_bands, max_dn=cfg.max_dn,
-                                  preset_name=model.preset.name, tiling=self.tiling, batch_size=batch_size)
+        self.inference = InferencePath(
+            self.sampler,
+            bands=cfg.bands,
+            guide_bands=cfg.guide_bands,
+            max_dn=cfg.max_dn,
+            preset_name=model.preset.name,
+            tiling=self.tiling,
+            batch_size=batch_size,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -73,15 +103,28 @@ class Fuser:
     def check_inputs(self, lms: torch.Tensor, pan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
         return self.inference.check_inputs(lms, pan)
 
-    def fuse(self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0,
-             generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-             return_residual: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    def fuse(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        return_residual: bool = False,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
         """Fused image clamp(lms + residual, 0, 1) with the input's shape ((C,H,W) or (B,C,H,W));
         see :meth:`ddif.inference.InferencePath.fuse` for ``noise``, ``generator`` and ``callback``."""
-        return self.inference.fuse(lms, pan, seed, noise=noise, generator=generator, return_residual=return_residual,
-                              callback=callback)
+        return self.inference.fuse(
+            lms, pan, seed, noise=noise, generator=generator, return_residual=return_residual, callback=callback
+        )
 
-    def sample_tiles(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor,
-                     generators: Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+    def sample_tiles(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> torch.Tensor:
         """Residuals of a batch of already cut tiles (the ground station's entry)."""
         return self.inference.sample_tiles(lms, pan, noise, generators)

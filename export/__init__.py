@@ -10,6 +10,7 @@ as ``ddif.export``; the repository keeps it in the top-level ``export/`` folder)
 
 The runtimes that run these files live in :mod:`ddif.runtime` (one layer down).
 """
+
 from __future__ import annotations
 
 from ddif.utils.lazy import lazy_exports

@@ -9,14 +9,15 @@ which never import this package).
 - :func:`model_preset`: what a model file is for (bands, ratio, max DN, tiling, preprocessing)
   without building a backend or exporting anything (the station checks a scene with it first).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -25,8 +26,14 @@ from ddif.export.onnx import DEFAULT_EXPORTER, DEFAULT_OPSET, export_model
 from ddif.inference.tiling import Tiling
 from ddif.models.checkpoint import read_contents
 from ddif.models.ddif import DDIF
-from ddif.runtime.backends import (FuserBackend, OnnxRuntimeFuser, TensorRTFuser, TorchFuser, load_onnx_spec,
-                                   onnxruntime_unavailable_reason)
+from ddif.runtime.backends import (
+    FuserBackend,
+    OnnxRuntimeFuser,
+    TensorRTFuser,
+    TorchFuser,
+    load_onnx_spec,
+    onnxruntime_unavailable_reason,
+)
 from ddif.runtime.plan import resolve_sampling_plan
 from ddif.runtime.spec import SPEC_VERSION, ExportSpec, sha256_file, spec_path_for
 from ddif.runtime.tensorrt import TensorRTUnavailable, default_cache_dir, tensorrt_unavailable_reason
@@ -49,17 +56,23 @@ def model_preset(path: str | os.PathLike) -> tuple[Preset, dict]:
         return ExportSpec.load(spec_path_for(path)).preset_obj(), {}
     contents = read_contents(path)
     if contents.preset is None:
-        raise ValueError(f"{path}: a checkpoint in the published layout carries no configuration; convert it to an "
-                         "engine checkpoint first (DDIF.from_pretrained(path, preset).save('model.pt'))")
+        raise ValueError(
+            f"{path}: a checkpoint in the published layout carries no configuration; convert it to an "
+            "engine checkpoint first (DDIF.from_pretrained(path, preset).save('model.pt'))"
+        )
     return contents.preset, contents.metadata
 
 
-
-
-def ensure_onnx(checkpoint: str | os.PathLike, *, steps: int | None = None,
-                timesteps: Iterable[int] | str | None = None, tile_size: int | None = None,
-                cache_dir: str | os.PathLike | None = None, exporter: str | None = None,
-                opset: int | None = None) -> Path:
+def ensure_onnx(
+    checkpoint: str | os.PathLike,
+    *,
+    steps: int | None = None,
+    timesteps: Iterable[int] | str | None = None,
+    tile_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    exporter: str | None = None,
+    opset: int | None = None,
+) -> Path:
     """An ONNX export of a checkpoint's tile sampler, from the cache or exported now (once).
 
     ``tile_size``: the tiles the graph samples (default: the model's own). Keyed by the
@@ -73,8 +86,15 @@ def ensure_onnx(checkpoint: str | os.PathLike, *, steps: int | None = None,
     tiling = Tiling.for_preset(model.preset, tile_size)
     opset = opset or DEFAULT_OPSET
     exporter = exporter or DEFAULT_EXPORTER
-    ident = {"checkpoint_sha256": sha256_file(checkpoint), "timesteps": list(plan.timesteps), "exporter": exporter,
-             "opset": opset, "torch": torch.__version__, "tile_size": tiling.tile_size, "spec": SPEC_VERSION}
+    ident = {
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "timesteps": list(plan.timesteps),
+        "exporter": exporter,
+        "opset": opset,
+        "torch": torch.__version__,
+        "tile_size": tiling.tile_size,
+        "spec": SPEC_VERSION,
+    }
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     tiles = f"tile{tiling.tile_size}" if tiling.tiled else "whole"
@@ -86,19 +106,40 @@ def ensure_onnx(checkpoint: str | os.PathLike, *, steps: int | None = None,
         except ValueError as exc:
             log.info("re-exporting %s: %s", out, exc)
     log.info("exporting %s (%d steps, %s) to ONNX once; cached as %s", checkpoint, plan.steps, tiling.describe(), out)
-    export_model(model, out, plan, tiling=tiling, opset=opset, exporter=exporter, check=True,
-                 source={"weights": "engine checkpoint", "checkpoint": str(checkpoint),
-                         "checkpoint_sha256": ident["checkpoint_sha256"]})
+    export_model(
+        model,
+        out,
+        plan,
+        tiling=tiling,
+        opset=opset,
+        exporter=exporter,
+        check=True,
+        source={
+            "weights": "engine checkpoint",
+            "checkpoint": str(checkpoint),
+            "checkpoint_sha256": ident["checkpoint_sha256"],
+        },
+    )
     return out
 
 
 # -------------------------------------------------------------------------------- best_available
-def best_available(model_path: str | os.PathLike, device: str | torch.device | None = None, *,
-                   steps: int | None = None, timesteps: Iterable[int] | str | None = None,
-                   tile_size: int | None = None, tile_overlap: int | None = None, batch_size: int | None = None,
-                   cache_dir: str | os.PathLike | None = None, fp16: bool = True, allow_export: bool = True,
-                   exporter: str | None = None, ort_threads: int | None = None,
-                   torch_checkpoint: str | os.PathLike | None = None) -> FuserBackend:
+def best_available(
+    model_path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    *,
+    steps: int | None = None,
+    timesteps: Iterable[int] | str | None = None,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+    batch_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    fp16: bool = True,
+    allow_export: bool = True,
+    exporter: str | None = None,
+    ort_threads: int | None = None,
+    torch_checkpoint: str | os.PathLike | None = None,
+) -> FuserBackend:
     """The fastest backend that works here for ``model_path`` (an engine checkpoint ``.pt``, an
     exported ``.onnx`` or a TensorRT ``.plan``), with one log line saying what was chosen and why.
 
@@ -112,7 +153,9 @@ def best_available(model_path: str | os.PathLike, device: str | torch.device | N
     path = Path(model_path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} asked for, but no CUDA GPU is available here (use device='cpu')")
     kind = _model_kind(path)
@@ -126,14 +169,17 @@ def best_available(model_path: str | os.PathLike, device: str | torch.device | N
             src = spec.tensorrt.get("onnx_file")
             return Path(src) if src and Path(src).is_file() else None
         if allow_export:
-            return ensure_onnx(path, steps=steps, timesteps=timesteps, tile_size=tile_size, cache_dir=cache_dir,
-                               exporter=exporter)
+            return ensure_onnx(
+                path, steps=steps, timesteps=timesteps, tile_size=tile_size, cache_dir=cache_dir, exporter=exporter
+            )
         return None
 
     def check_graph_tiles(backend: FuserBackend) -> FuserBackend:
         if tile_size is not None and backend.tiling.tile_size != int(tile_size):
-            raise ValueError(f"{path}: the graph samples {backend.tiling.describe()}, not {tile_size} px tiles: "
-                             "export it again with --tile-size")
+            raise ValueError(
+                f"{path}: the graph samples {backend.tiling.describe()}, not {tile_size} px tiles: "
+                "export it again with --tile-size"
+            )
         return backend
 
     def attempt(label: str, make):
@@ -148,14 +194,33 @@ def best_available(model_path: str | os.PathLike, device: str | torch.device | N
     if reason is not None:
         skipped.append(("TensorRT", reason))
     else:
+
         def make_trt():
             if kind == "plan":
-                return check_graph_tiles(TensorRTFuser(path, device=device, steps=steps, timesteps=timesteps,
-                                                       batch_size=batch_size, tile_overlap=tile_overlap))
+                return check_graph_tiles(
+                    TensorRTFuser(
+                        path,
+                        device=device,
+                        steps=steps,
+                        timesteps=timesteps,
+                        batch_size=batch_size,
+                        tile_overlap=tile_overlap,
+                    )
+                )
             src = onnx_source()
-            return check_graph_tiles(TensorRTFuser(src, device=device, fp16=fp16, cache_dir=cache_dir, steps=steps,
-                                                   timesteps=timesteps, batch_size=batch_size,
-                                                   tile_overlap=tile_overlap))
+            return check_graph_tiles(
+                TensorRTFuser(
+                    src,
+                    device=device,
+                    fp16=fp16,
+                    cache_dir=cache_dir,
+                    steps=steps,
+                    timesteps=timesteps,
+                    batch_size=batch_size,
+                    tile_overlap=tile_overlap,
+                )
+            )
+
         backend = attempt("TensorRT", make_trt)
 
     if backend is None:
@@ -163,27 +228,53 @@ def best_available(model_path: str | os.PathLike, device: str | torch.device | N
         if reason is not None:
             skipped.append(("ONNX Runtime", reason))
         else:
+
             def make_ort():
                 src = onnx_source()
                 if src is None:
                     raise FileNotFoundError("no ONNX model (export disabled, or the engine's ONNX source is gone)")
-                return check_graph_tiles(OnnxRuntimeFuser(src, device=device, intra_op_threads=ort_threads,
-                                                          steps=steps, timesteps=timesteps, batch_size=batch_size,
-                                                          tile_overlap=tile_overlap))
+                return check_graph_tiles(
+                    OnnxRuntimeFuser(
+                        src,
+                        device=device,
+                        intra_op_threads=ort_threads,
+                        steps=steps,
+                        timesteps=timesteps,
+                        batch_size=batch_size,
+                        tile_overlap=tile_overlap,
+                    )
+                )
+
             backend = attempt("ONNX Runtime", make_ort)
 
     if backend is None:
         ckpt = Path(torch_checkpoint) if torch_checkpoint else (path if kind == "checkpoint" else None)
         if ckpt is None:
-            raise RuntimeError(f"no backend can run {path}: " + "; ".join(f"{k}: {v}" for k, v in skipped)
-                               + " (PyTorch needs the engine checkpoint: pass torch_checkpoint=...)")
-        backend = TorchFuser(ckpt, steps=steps, timesteps=timesteps, device=device, batch_size=batch_size,
-                             tile_size=tile_size, tile_overlap=tile_overlap)
+            raise RuntimeError(
+                f"no backend can run {path}: "
+                + "; ".join(f"{k}: {v}" for k, v in skipped)
+                + " (PyTorch needs the engine checkpoint: pass torch_checkpoint=...)"
+            )
+        backend = TorchFuser(
+            ckpt,
+            steps=steps,
+            timesteps=timesteps,
+            device=device,
+            batch_size=batch_size,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+        )
 
     why = "; ".join(f"{k} not used: {v}" for k, v in skipped)
     level = logging.WARNING if (kind == "plan" and backend.name != "tensorrt") else logging.INFO
-    log.log(level, "ddif.runtime: using %s for %s, %d steps%s", backend.describe(), path.name, backend.steps,
-            f". {why}" if why else "")
+    log.log(
+        level,
+        "ddif.runtime: using %s for %s, %d steps%s",
+        backend.describe(),
+        path.name,
+        backend.steps,
+        f". {why}" if why else "",
+    )
     return backend
 
 
@@ -195,8 +286,10 @@ def _model_kind(path: Path) -> str:
         return "onnx"
     if suffix in CHECKPOINT_SUFFIXES:
         return "checkpoint"
-    raise ValueError(f"{path}: expected a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}), an .onnx or a "
-                     f".plan, got '{suffix or 'no suffix'}'")
+    raise ValueError(
+        f"{path}: expected a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}), an .onnx or a "
+        f".plan, got '{suffix or 'no suffix'}'"
+    )
 
 
 __all__ = ["best_available", "ensure_onnx", "model_preset"]

@@ -14,6 +14,7 @@
 
 Exit status: 0 pass, 1 PSNR below the bar, 2 TensorRT or CUDA missing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ if __package__ in (None, ""):
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:
     mse = float(((a.double() - b.double()) ** 2).mean())
-    return math.inf if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
+    return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
 
 
 def test_images(bands: int, guide: int, batch: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from benchmarks.common import bench, markdown_table
-    from ddif.runtime import OnnxRuntimeFuser, TensorRTFuser, TorchFuser
-    from ddif.runtime.tensorrt import tensorrt_unavailable_reason
     from ddif.export.onnx import export_model, load_model_for_export
     from ddif.export.tensorrt import build_plan
+    from ddif.runtime import OnnxRuntimeFuser, TensorRTFuser, TorchFuser
     from ddif.runtime.plan import resolve_sampling_plan
     from ddif.runtime.spec import ExportSpec
+    from ddif.runtime.tensorrt import tensorrt_unavailable_reason
 
     reason = tensorrt_unavailable_reason("cuda")
     if reason is not None:
@@ -102,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     size = -(-args.size // m) * m
     tile = ExportSpec.for_model(onnx_path).tiling_obj().tile_size
     # a tiled model's graph samples fixed tiles: its spec's default profile (batch 1 .. ~4 Mpx of tiles)
-    shapes = None if tile else \
-        f"1x{m}x{m}/{args.batch}x{size}x{size}/{max(args.batch, 1)}x{max(size, 1024)}x{max(size, 1024)}"
+    shapes = (
+        None
+        if tile
+        else f"1x{m}x{m}/{args.batch}x{size}x{size}/{max(args.batch, 1)}x{max(size, 1024)}x{max(size, 1024)}"
+    )
     precision = "fp32" if args.fp32 else "fp16"
     engine = workdir / f"fuser-{precision}.plan"
     profile_text = shapes or f"of the spec: {tile} px tiles"
@@ -122,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     quality = psnr(got, reference)
     max_abs = float((got - reference).abs().max())
     ok = quality >= args.min_psnr
-    print(f"TensorRT {precision} vs PyTorch fp32: PSNR {quality:.2f} dB (bar {args.min_psnr:g} dB), "
-          f"max abs {max_abs:.3g}: {'PASS' if ok else 'FAIL'}")
+    print(
+        f"TensorRT {precision} vs PyTorch fp32: PSNR {quality:.2f} dB (bar {args.min_psnr:g} dB), "
+        f"max abs {max_abs:.3g}: {'PASS' if ok else 'FAIL'}"
+    )
 
     runs = [("pytorch eager fp32", torch_fuser), (f"tensorrt {precision}", trt_fuser)]
     try:
@@ -135,13 +141,21 @@ def main(argv: list[str] | None = None) -> int:
     lms_d, pan_d = lms.to(device), pan.to(device)
     rows, eager = [], None
     for label, fuser in runs:
-        timing = bench(lambda f=fuser: f.fuse(lms_d, pan_d, seed=args.seed), device, warmup=args.warmup,
-                       reps=args.reps)
+        timing = bench(lambda f=fuser: f.fuse(lms_d, pan_d, seed=args.seed), device, warmup=args.warmup, reps=args.reps)
         eager = eager or timing.median
-        rows.append([label, timing.median / args.batch, timing.p20 / args.batch, timing.p80 / args.batch,
-                     f"{eager / timing.median:.2f}x"])
-    print(f"\n{torch.cuda.get_device_name(device)}, batch {args.batch}, {args.size}x{args.size}, "
-          f"{trt_fuser.steps} steps, {args.reps} reps after {args.warmup} warm-up\n")
+        rows.append(
+            [
+                label,
+                timing.median / args.batch,
+                timing.p20 / args.batch,
+                timing.p80 / args.batch,
+                f"{eager / timing.median:.2f}x",
+            ]
+        )
+    print(
+        f"\n{torch.cuda.get_device_name(device)}, batch {args.batch}, {args.size}x{args.size}, "
+        f"{trt_fuser.steps} steps, {args.reps} reps after {args.warmup} warm-up\n"
+    )
     print(markdown_table(["path", "s/image", "p20", "p80", "speedup vs eager fp32"], rows))
     return 0 if ok else 1
 

@@ -25,6 +25,7 @@ where this torch still has it, else dynamo.
 
 Beside ``fuser.onnx`` goes ``fuser.onnx.json`` (:class:`ddif.runtime.spec.ExportSpec`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,16 @@ from typing import Any
 import torch
 
 from ddif.runtime.plan import SamplingPlan, resolve_sampling_plan
-from ddif.runtime.spec import (INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, ExportSpec, ShapeProfile,  # noqa: F401
-                               read_embedded_spec, sha256_file, spec_path_for)
+from ddif.runtime.spec import (  # noqa: F401
+    INPUT_NAMES,
+    METADATA_KEY,
+    OUTPUT_NAMES,
+    ExportSpec,
+    ShapeProfile,
+    read_embedded_spec,
+    sha256_file,
+    spec_path_for,
+)
 
 log = logging.getLogger("ddif.export")
 
@@ -66,21 +75,30 @@ class FixedStepSampler(torch.nn.Module):
     def forward(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         from ddif.diffusion.sampling import sample_residual
 
-        return sample_residual(self.model, lms, pan, self.scheduler, noise=noise, use_cache=True,
-                               self_condition=True)
+        return sample_residual(self.model, lms, pan, self.scheduler, noise=noise, use_cache=True, self_condition=True)
 
 
 @dataclass
 class ExportResult:
     path: Path
     spec: ExportSpec
-    max_abs_error: float | None      # onnxruntime vs PyTorch on the check inputs (None: not checked)
+    max_abs_error: float | None  # onnxruntime vs PyTorch on the check inputs (None: not checked)
     seconds: float
 
 
-def export_model(model, out: str | Path, plan: SamplingPlan, *, tiling=None, profile: ShapeProfile | None = None,
-                 opset: int = DEFAULT_OPSET, exporter: str = DEFAULT_EXPORTER, check: bool = True,
-                 check_tolerance: float = 1e-4, source: dict[str, Any] | None = None) -> ExportResult:
+def export_model(
+    model,
+    out: str | Path,
+    plan: SamplingPlan,
+    *,
+    tiling=None,
+    profile: ShapeProfile | None = None,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = DEFAULT_EXPORTER,
+    check: bool = True,
+    check_tolerance: float = 1e-4,
+    source: dict[str, Any] | None = None,
+) -> ExportResult:
     """Export ``model`` (a :class:`ddif.DDIF`, left untouched) sampling over ``plan`` to ``out``,
     for the tiles of ``tiling`` (:class:`ddif.inference.Tiling`; default: the model's own).
 
@@ -138,8 +156,10 @@ def export_model(model, out: str | Path, plan: SamplingPlan, *, tiling=None, pro
     if check:
         err = check_against_torch(out, sampler, cfg, mult, tile)
         if not err <= check_tolerance:
-            raise RuntimeError(f"{out}: onnxruntime differs from PyTorch by max abs {err:.3g} "
-                               f"(> {check_tolerance:g}); the export is wrong, do not use it")
+            raise RuntimeError(
+                f"{out}: onnxruntime differs from PyTorch by max abs {err:.3g} "
+                f"(> {check_tolerance:g}); the export is wrong, do not use it"
+            )
     return ExportResult(out, spec, err, time.perf_counter() - t0)
 
 
@@ -152,8 +172,12 @@ def _export(sampler, example, path: Path, opset: int, mult: int, exporter: str, 
         except Exception as exc:  # noqa: BLE001 - removed from this torch, or cannot trace: dynamo still can
             if exporter == "torchscript":
                 raise
-            log.warning("the TorchScript exporter failed in torch %s (%s: %s); exporting with dynamo instead "
-                        "(slower)", torch.__version__, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            log.warning(
+                "the TorchScript exporter failed in torch %s (%s: %s); exporting with dynamo instead (slower)",
+                torch.__version__,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
     _export_dynamo(sampler, example, path, opset, mult, spatial_dynamic)
     return "dynamo"
 
@@ -171,10 +195,18 @@ def _export_dynamo(sampler, example, path: Path, opset: int, mult: int, spatial_
     dynamic_shapes = {name: dict(axes) for name in INPUT_NAMES}
     program = torch.export.export(sampler, example, dynamic_shapes=dynamic_shapes, strict=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")          # exporter chatter (axis renaming notes, deprecations)
-        torch.onnx.export(program, example, str(path), input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), opset_version=opset, external_data=False,
-                          dynamo=True, verbose=False)
+        warnings.simplefilter("ignore")  # exporter chatter (axis renaming notes, deprecations)
+        torch.onnx.export(
+            program,
+            example,
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset,
+            external_data=False,
+            dynamo=True,
+            verbose=False,
+        )
 
 
 def _export_torchscript(sampler, example, path: Path, opset: int, spatial_dynamic: bool) -> None:
@@ -184,13 +216,29 @@ def _export_torchscript(sampler, example, path: Path, opset: int, spatial_dynami
         # Python-side shape decisions (resize identity, odd-size padding) are constant for sizes
         # that are multiples of size_multiple, which the runtime guarantees.
         warnings.simplefilter("ignore")
-        torch.onnx.export(sampler, example, str(path), input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), opset_version=opset,
-                          dynamic_axes={n: dict(axes) for n in INPUT_NAMES + OUTPUT_NAMES}, dynamo=False)
+        torch.onnx.export(
+            sampler,
+            example,
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset,
+            dynamic_axes={n: dict(axes) for n in INPUT_NAMES + OUTPUT_NAMES},
+            dynamo=False,
+        )
 
 
-def _make_spec(proto, out: Path, plan: SamplingPlan, net, profile: ShapeProfile, opset: int, exporter: str,
-               source: dict[str, Any], tiling) -> ExportSpec:
+def _make_spec(
+    proto,
+    out: Path,
+    plan: SamplingPlan,
+    net,
+    profile: ShapeProfile,
+    opset: int,
+    exporter: str,
+    source: dict[str, Any],
+    tiling,
+) -> ExportSpec:
     import onnx
 
     def describe(values) -> list[dict[str, Any]]:
@@ -198,29 +246,44 @@ def _make_spec(proto, out: Path, plan: SamplingPlan, net, profile: ShapeProfile,
         for v in values:
             t = v.type.tensor_type
             dims = [d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in t.shape.dim]
-            rows.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                         "shape": dims})
+            rows.append(
+                {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
+            )
         return rows
 
     labels = {"0": "batch", "2": "height", "3": "width"} if not tiling.tiled else {"0": "batch"}
     versions = {"torch": torch.__version__, "onnx": onnx.__version__, "exporter": exporter}
     try:
         from ddif import __version__ as ddif_version
+
         versions["ddif"] = ddif_version
     except ImportError:  # pragma: no cover
         pass
     return ExportSpec(
-        kind="onnx", model_file=out.name, sha256="", preset=net.preset.to_dict(), sampling=plan.to_dict(),
-        size_multiple=int(net.config.size_multiple), profile=profile.to_dict(),
-        inputs=describe(proto.graph.input), outputs=describe(proto.graph.output),
-        dynamic_axes={n: dict(labels) for n in INPUT_NAMES + OUTPUT_NAMES}, opset=opset,
-        source=source, producer=versions, tiling=tiling.to_dict())
+        kind="onnx",
+        model_file=out.name,
+        sha256="",
+        preset=net.preset.to_dict(),
+        sampling=plan.to_dict(),
+        size_multiple=int(net.config.size_multiple),
+        profile=profile.to_dict(),
+        inputs=describe(proto.graph.input),
+        outputs=describe(proto.graph.output),
+        dynamic_axes={n: dict(labels) for n in INPUT_NAMES + OUTPUT_NAMES},
+        opset=opset,
+        source=source,
+        producer=versions,
+        tiling=tiling.to_dict(),
+    )
 
 
 def _random_inputs(bands: int, guide: int, batch: int, h: int, w: int, seed: int):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(batch, bands, h, w, generator=g), torch.rand(batch, guide, h, w, generator=g),
-            torch.randn(batch, bands, h, w, generator=g))
+    return (
+        torch.rand(batch, bands, h, w, generator=g),
+        torch.rand(batch, guide, h, w, generator=g),
+        torch.randn(batch, bands, h, w, generator=g),
+    )
 
 
 def check_against_torch(path: Path, sampler: FixedStepSampler, cfg, mult: int, tile: int = 0) -> float:
@@ -251,13 +314,15 @@ def _require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise RuntimeError(f"{module} is not installed: pip install 'ddif[onnx]' (onnx, onnxruntime, "
-                           f"onnxscript) ({exc})") from exc
+        raise RuntimeError(
+            f"{module} is not installed: pip install 'ddif[onnx]' (onnx, onnxruntime, onnxscript) ({exc})"
+        ) from exc
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def load_model_for_export(ckpt: str | None = None, preset: str | None = None, published: str | None = None,
-                          seed: int = 0):
+def load_model_for_export(
+    ckpt: str | None = None, preset: str | None = None, published: str | None = None, seed: int = 0
+):
     """(model, metadata, source) from an engine checkpoint, published weights or random weights."""
     from ddif.models import DDIF, load_published
 
@@ -265,22 +330,29 @@ def load_model_for_export(ckpt: str | None = None, preset: str | None = None, pu
         if published:
             raise ValueError("give either --ckpt (engine checkpoint) or --published (published layout), not both")
         model = DDIF.load(ckpt)
-        return model, dict(getattr(model, "metadata", {}) or {}), {
-            "weights": "engine checkpoint", "checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt)}
+        return (
+            model,
+            dict(getattr(model, "metadata", {}) or {}),
+            {"weights": "engine checkpoint", "checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt)},
+        )
     if not preset:
         raise ValueError("give --ckpt CKPT, or --preset NAME (random weights) optionally with --published PATH")
     if published:
         model = load_published(published, preset=preset)
-        return model, {}, {"weights": "published layout", "checkpoint": str(published),
-                           "checkpoint_sha256": sha256_file(published)}
+        return (
+            model,
+            {},
+            {"weights": "published layout", "checkpoint": str(published), "checkpoint_sha256": sha256_file(published)},
+        )
     torch.manual_seed(seed)
     model = DDIF.from_preset(preset).eval()
     return model, {}, {"weights": f"random (seed {seed})", "preset": preset}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ddif.export.onnx", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ddif.export.onnx", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = p.add_argument_group("weights")
     src.add_argument("--ckpt", help="engine checkpoint (DDIF.save), e.g. a distilled student")
     src.add_argument("--preset", help="preset name, for --published or random weights")
@@ -288,17 +360,27 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--seed", type=int, default=0, help="seed of random weights (--preset alone)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the checkpoint's, else the preset's)")
     p.add_argument("--timesteps", default=None, help="explicit training timesteps, noisiest first, e.g. 480,240")
-    p.add_argument("--tile-size", type=int, default=None,
-                   help="side of the tiles the graph samples (default: the model's tile size; 0 = whole images, "
-                        "dynamic H and W)")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="side of the tiles the graph samples (default: the model's tile size; 0 = whole images, dynamic H and W)",
+    )
     p.add_argument("--out", required=True, help="output .onnx path (the spec goes to OUT.json)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    p.add_argument("--shapes", default=None,
-                   help="profile recorded in the spec for TensorRT, 'BxHxW/BxHxW/BxHxW' (min/opt/max); default "
-                        "for tiles of T: 1xTxT / (1 Mpx of tiles)xTxT / (4 Mpx)xTxT; for whole images "
-                        "1x64x64/1x256x256/4x1024x1024 rounded to the size multiple")
-    p.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER,
-                   help="auto (default: TorchScript where torch has it, else dynamo), torchscript or dynamo")
+    p.add_argument(
+        "--shapes",
+        default=None,
+        help="profile recorded in the spec for TensorRT, 'BxHxW/BxHxW/BxHxW' (min/opt/max); default "
+        "for tiles of T: 1xTxT / (1 Mpx of tiles)xTxT / (4 Mpx)xTxT; for whole images "
+        "1x64x64/1x256x256/4x1024x1024 rounded to the size multiple",
+    )
+    p.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default=DEFAULT_EXPORTER,
+        help="auto (default: TorchScript where torch has it, else dynamo), torchscript or dynamo",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs error allowed by the check")
     args = p.parse_args(argv)
@@ -311,18 +393,30 @@ def main(argv: list[str] | None = None) -> int:
         plan = resolve_sampling_plan(model.preset, metadata, steps=args.steps, timesteps=args.timesteps)
         mult = model.config.size_multiple
         tiling = Tiling.for_preset(model.preset, args.tile_size)
-        profile = ShapeProfile.parse(args.shapes, mult) if args.shapes else ShapeProfile.default(mult,
-                                                                                                 tiling.tile_size)
+        profile = ShapeProfile.parse(args.shapes, mult) if args.shapes else ShapeProfile.default(mult, tiling.tile_size)
     except (ValueError, FileNotFoundError) as exc:
         p.error(str(exc))
-    print(f"exporting {model.preset.name} ({model.num_parameters():,} parameters), {plan.steps} DDIM steps at "
-          f"timesteps {list(plan.timesteps)} ({plan.source}), {tiling.describe()}, opset {args.opset}, "
-          f"{args.exporter} exporter")
-    result = export_model(model, args.out, plan, tiling=tiling, profile=profile, opset=args.opset,
-                          exporter=args.exporter, check=not args.no_check, check_tolerance=args.tolerance,
-                          source=source)
-    print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, sha256 {result.spec.sha256[:16]}...) "
-          f"and {spec_path_for(result.path)} in {result.seconds:.1f} s")
+    print(
+        f"exporting {model.preset.name} ({model.num_parameters():,} parameters), {plan.steps} DDIM steps at "
+        f"timesteps {list(plan.timesteps)} ({plan.source}), {tiling.describe()}, opset {args.opset}, "
+        f"{args.exporter} exporter"
+    )
+    result = export_model(
+        model,
+        args.out,
+        plan,
+        tiling=tiling,
+        profile=profile,
+        opset=args.opset,
+        exporter=args.exporter,
+        check=not args.no_check,
+        check_tolerance=args.tolerance,
+        source=source,
+    )
+    print(
+        f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, sha256 {result.spec.sha256[:16]}...) "
+        f"and {spec_path_for(result.path)} in {result.seconds:.1f} s"
+    )
     size = f"{tiling.tile_size} x {tiling.tile_size}" if tiling.tiled else f"H x W (multiples of {mult})"
     print(f"inputs lms/pan/noise (B, C|P|C, {size}) float32, dynamic batch; output residual")
     if result.max_abs_error is not None:

@@ -15,6 +15,7 @@ This builder is written against the documented TensorRT Python API and has NOT b
 real TensorRT on the development machines (none available); ``export/check_tensorrt.py``
 verifies a build where TensorRT exists.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,16 @@ import time
 from pathlib import Path
 
 from ddif.runtime.spec import ExportSpec, ShapeProfile, spec_path_for
-from ddif.runtime.tensorrt import (EngineCache, TensorRTUnavailable, build_engine, engine_key, gpu_identity,
-                                   import_tensorrt, tensorrt_unavailable_reason, write_engine_spec)
+from ddif.runtime.tensorrt import (
+    EngineCache,
+    TensorRTUnavailable,
+    build_engine,
+    engine_key,
+    gpu_identity,
+    import_tensorrt,
+    tensorrt_unavailable_reason,
+    write_engine_spec,
+)
 
 log = logging.getLogger("ddif.export")
 
@@ -37,8 +46,10 @@ def resolve_profile(onnx_path: Path, shapes: str | None) -> tuple[ExportSpec, Sh
     if onnx_path.suffix != ".onnx":
         raise ValueError(f"{onnx_path}: expected an .onnx file")
     if not spec_path_for(onnx_path).is_file():
-        raise FileNotFoundError(f"{spec_path_for(onnx_path)} not found: export the model with python -m ddif.export.onnx, "
-                                "which writes the spec beside it")
+        raise FileNotFoundError(
+            f"{spec_path_for(onnx_path)} not found: export the model with python -m ddif.export.onnx, "
+            "which writes the spec beside it"
+        )
     spec = ExportSpec.for_model(onnx_path, verify=True)
     if spec.kind != "onnx":
         raise ValueError(f"{onnx_path}: spec kind is {spec.kind!r}, expected 'onnx'")
@@ -46,24 +57,46 @@ def resolve_profile(onnx_path: Path, shapes: str | None) -> tuple[ExportSpec, Sh
     return spec, profile
 
 
-def build_plan(onnx_path: str | Path, out: str | Path | None, *, shapes: str | None = None, fp16: bool = True,
-               workspace_gib: float | None = None, cache_dir: str | Path | None = None, gpu: str | None = None,
-               trt=None) -> tuple[Path, bool]:
+def build_plan(
+    onnx_path: str | Path,
+    out: str | Path | None,
+    *,
+    shapes: str | None = None,
+    fp16: bool = True,
+    workspace_gib: float | None = None,
+    cache_dir: str | Path | None = None,
+    gpu: str | None = None,
+    trt=None,
+) -> tuple[Path, bool]:
     """Build (or, without ``out``, fetch from the cache) the engine; returns (path, cache hit)."""
     onnx_path = Path(onnx_path)
     spec, profile = resolve_profile(onnx_path, shapes)
     trt = trt or import_tensorrt()
-    key = engine_key(onnx_path, profile, fp16=fp16, gpu=gpu if gpu is not None else gpu_identity(),
-                     tensorrt_version=str(trt.__version__))
+    key = engine_key(
+        onnx_path,
+        profile,
+        fp16=fp16,
+        gpu=gpu if gpu is not None else gpu_identity(),
+        tensorrt_version=str(trt.__version__),
+    )
     model = spec.preset["model"]
 
     def build(src: Path, dst: Path) -> None:
-        build_engine(src, dst, profile, fp16=fp16, bands=int(model["bands"]), guide_bands=int(model["guide_bands"]),
-                     workspace_gib=workspace_gib, trt=trt)
+        build_engine(
+            src,
+            dst,
+            profile,
+            fp16=fp16,
+            bands=int(model["bands"]),
+            guide_bands=int(model["guide_bands"]),
+            workspace_gib=workspace_gib,
+            trt=trt,
+        )
 
     if out is None:
-        return EngineCache(Path(cache_dir) / "tensorrt" if cache_dir else None).get_or_build(onnx_path, key, profile,
-                                                                                            build)
+        return EngineCache(Path(cache_dir) / "tensorrt" if cache_dir else None).get_or_build(
+            onnx_path, key, profile, build
+        )
     out = Path(out)
     build(onnx_path, out)
     write_engine_spec(out, onnx_path, key, profile)
@@ -71,8 +104,9 @@ def build_plan(onnx_path: str | Path, out: str | Path | None, *, shapes: str | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ddif.export.tensorrt", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ddif.export.tensorrt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--onnx", required=True, help="model from python -m ddif.export.onnx (its .onnx.json beside it)")
     p.add_argument("--out", default=None, help="engine path (.plan); default: the engine cache")
     p.add_argument("--shapes", default=None, help="optimization profile 'BxHxW/BxHxW/BxHxW' (min/opt/max)")
@@ -90,14 +124,22 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     reason = tensorrt_unavailable_reason("cuda")
     if reason is not None:
-        print(f"TensorRT is not available here: {reason}. The ONNX model runs on ONNX Runtime instead: "
-              f"ddif.runtime.OnnxRuntimeFuser('{args.onnx}') or ddif.runtime.best_available('{args.onnx}').",
-              file=sys.stderr)
+        print(
+            f"TensorRT is not available here: {reason}. The ONNX model runs on ONNX Runtime instead: "
+            f"ddif.runtime.OnnxRuntimeFuser('{args.onnx}') or ddif.runtime.best_available('{args.onnx}').",
+            file=sys.stderr,
+        )
         return 2
     t0 = time.perf_counter()
     try:
-        path, hit = build_plan(args.onnx, args.out, shapes=args.shapes, fp16=args.fp16,
-                               workspace_gib=args.workspace_gib, cache_dir=args.cache_dir)
+        path, hit = build_plan(
+            args.onnx,
+            args.out,
+            shapes=args.shapes,
+            fp16=args.fp16,
+            workspace_gib=args.workspace_gib,
+            cache_dir=args.cache_dir,
+        )
     except TensorRTUnavailable as exc:
         print(f"TensorRT is not available here: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@
 
 Importing this package does no work and never fails for lack of Triton, CUDA or a compiler.
 """
+
 from __future__ import annotations
 
 import importlib

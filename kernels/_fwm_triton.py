@@ -27,6 +27,7 @@ Backward passes:
 - apply: dP = s ctx gO, dq = P (dP - colsum), d ctx = s P gO^T, where colsum = sum_y P dP per
   column and the context gradient come from a per-column-strip kernel (``_apply_colsum_kernel``).
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,8 @@ import triton.language as tl
 from ddif.kernels._triton_common import INTERPRETED, cast_to
 from ddif.kernels._triton_utils import cdiv, next_pow2, target_programs
 
-
 _NEG = tl.constexpr(-3.0e38)  # "minus infinity" that keeps exp(NEG - NEG) finite for masked lanes
+
 
 # Register budget on a GPU, in tile values per thread: kernels.compile_check on sm_90 shows the
 # dot-carrying kernels free of spills at <= 16 per thread with 8 warps and <= 8 with 4 warps
@@ -47,13 +48,15 @@ _NEG = tl.constexpr(-3.0e38)  # "minus infinity" that keeps exp(NEG - NEG) finit
 def _fits(values: int, num_warps: int) -> bool:
     return values // (32 * num_warps) <= (16 if num_warps >= 8 else 8)
 
+
 # The interpreter pays per operation, not per element: big tiles, few programs.
 _INTERP_MAX_TILE = 1 << 16
 
 
 def _tile_configs():
-    return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
-            for n in (64, 128, 256) for w in (4, 8) for s in (2, 3)]
+    return [
+        triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n in (64, 128, 256) for w in (4, 8) for s in (2, 3)
+    ]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -78,8 +81,9 @@ def _autotune(key, configs=None, prune=_prune):
     """Autotune on a GPU; nothing to tune in the interpreter (the launchers pass the tiles)."""
     if INTERPRETED:
         return lambda fn: fn
-    return triton.autotune(configs=configs or _tile_configs(), key=key,
-                           prune_configs_by={"early_config_prune": prune} if prune else None)
+    return triton.autotune(
+        configs=configs or _tile_configs(), key=key, prune_configs_by={"early_config_prune": prune} if prune else None
+    )
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -141,17 +145,17 @@ def _lse_rows_kernel(x_ptr, lse_ptr, sb, sc, C, H, W, n_rows, BLOCK_W: tl.conste
     bc = rows // H
     row_off = (bc // C).to(tl.int64) * sb + (bc % C).to(tl.int64) * sc + (rows % H) * W
     m = tl.full((BLOCK_R, BLOCK_W), _NEG, dtype=tl.float32)
-    l = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
     for x0 in range(0, W, BLOCK_W):  # element-wise running (max, sum); one reduction at the end
         cols = x0 + tl.arange(0, BLOCK_W)
         mask = mask_r[:, None] & (cols < W)[None, :]
         t = tl.load(x_ptr + row_off[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         t = tl.where(mask, t, _NEG)
         m_new = tl.maximum(m, t)
-        l = l * tl.exp(m - m_new) + tl.exp(t - m_new)
+        acc = acc * tl.exp(m - m_new) + tl.exp(t - m_new)
         m = m_new
     row_max = tl.max(m, axis=1)
-    row_sum = tl.sum(l * tl.exp(m - row_max[:, None]), axis=1)
+    row_sum = tl.sum(acc * tl.exp(m - row_max[:, None]), axis=1)
     tl.store(lse_ptr + rows, row_max + tl.log(row_sum), mask=mask_r)
 
 
@@ -165,26 +169,43 @@ def _lse_cols_kernel(x_ptr, lse_ptr, sb, sc, C, H, W, n_cols, BLOCK_X: tl.conste
     bc = cols // W
     col_off = (bc // C).to(tl.int64) * sb + (bc % C).to(tl.int64) * sc + cols % W
     m = tl.full((BLOCK_R, BLOCK_X), _NEG, dtype=tl.float32)
-    l = tl.zeros((BLOCK_R, BLOCK_X), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_R, BLOCK_X), dtype=tl.float32)
     for y0 in range(0, H, BLOCK_R):
         rows = y0 + tl.arange(0, BLOCK_R)
         mask = (rows < H)[:, None] & mask_x[None, :]
         t = tl.load(x_ptr + col_off[None, :] + rows[:, None] * W, mask=mask, other=0.0).to(tl.float32)
         t = tl.where(mask, t, _NEG)
         m_new = tl.maximum(m, t)
-        l = l * tl.exp(m - m_new) + tl.exp(t - m_new)
+        acc = acc * tl.exp(m - m_new) + tl.exp(t - m_new)
         m = m_new
     col_max = tl.max(m, axis=0)
-    col_sum = tl.sum(l * tl.exp(m - col_max[None, :]), axis=0)
+    col_sum = tl.sum(acc * tl.exp(m - col_max[None, :]), axis=0)
     tl.store(lse_ptr + cols, col_max + tl.log(col_sum), mask=mask_x)
 
 
 # ----------------------------------------------------------------------------------- context
 @_autotune(key=["d", "H", "W"])
 @triton.jit
-def _context_fwd_kernel(k_ptr, v_ptr, lse_ptr, part_ptr, skb, skc, svb, svc,
-                        heads, d, H, W, per_split, n_splits,
-                        G: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr):
+def _context_fwd_kernel(
+    k_ptr,
+    v_ptr,
+    lse_ptr,
+    part_ptr,
+    skb,
+    skc,
+    svb,
+    svc,
+    heads,
+    d,
+    H,
+    W,
+    per_split,
+    n_splits,
+    G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Partial context over positions [s * per_split, (s + 1) * per_split) for a tile of heads:
     sum_n exp(k - lse_row) v^T."""
     b, c0, offs_c, mask_c = _head_group(tl.program_id(0), heads, d, G, BLOCK_D)
@@ -209,9 +230,30 @@ def _context_fwd_kernel(k_ptr, v_ptr, lse_ptr, part_ptr, skb, skc, svb, svc,
 
 
 @triton.jit
-def _context_rowdot_kernel(k_ptr, v_ptr, lse_ptr, gc_ptr, rowdot_ptr, skb, skc, svb, svc,
-                           sgb, sgh, sgi, sgj, heads, d, H, W, rows_per_prog,
-                           G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr, IEEE: tl.constexpr):
+def _context_rowdot_kernel(
+    k_ptr,
+    v_ptr,
+    lse_ptr,
+    gc_ptr,
+    rowdot_ptr,
+    skb,
+    skc,
+    svb,
+    svc,
+    sgb,
+    sgh,
+    sgi,
+    sgj,
+    heads,
+    d,
+    H,
+    W,
+    rows_per_prog,
+    G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """rowdot = sum over x of P dP for a band of rows, with P = exp(k - lse_row), dP = gC V."""
     b, c0, offs_c, mask_c = _head_group(tl.program_id(0), heads, d, G, BLOCK_D)
     k_base = k_ptr + b.to(tl.int64) * skb + c0.to(tl.int64) * skc
@@ -237,9 +279,31 @@ def _context_rowdot_kernel(k_ptr, v_ptr, lse_ptr, gc_ptr, rowdot_ptr, skb, skc, 
 
 @_autotune(key=["d", "H", "W"])
 @triton.jit
-def _context_bwd_kernel(k_ptr, v_ptr, lse_ptr, rowdot_ptr, gc_ptr, gk_ptr, gv_ptr, skb, skc, svb, svc,
-                        sgb, sgh, sgi, sgj, heads, d, H, W,
-                        G: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr):
+def _context_bwd_kernel(
+    k_ptr,
+    v_ptr,
+    lse_ptr,
+    rowdot_ptr,
+    gc_ptr,
+    gk_ptr,
+    gv_ptr,
+    skb,
+    skc,
+    svb,
+    svc,
+    sgb,
+    sgh,
+    sgi,
+    sgj,
+    heads,
+    d,
+    H,
+    W,
+    G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """dK = P (gC V - rowdot), dV = gC^T P on one tile of positions; dK, dV contiguous."""
     b, c0, offs_c, mask_c = _head_group(tl.program_id(0), heads, d, G, BLOCK_D)
     HW = H * W
@@ -268,9 +332,27 @@ def _context_bwd_kernel(k_ptr, v_ptr, lse_ptr, rowdot_ptr, gc_ptr, gk_ptr, gv_pt
 # ----------------------------------------------------------------------------------- apply
 @_autotune(key=["d", "H", "W"])
 @triton.jit
-def _apply_fwd_kernel(q_ptr, lse_ptr, ctx_ptr, out_ptr, sqb, sqc, scb, sch, sci, scj,
-                      heads, d, H, W, scale,
-                      G: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr):
+def _apply_fwd_kernel(
+    q_ptr,
+    lse_ptr,
+    ctx_ptr,
+    out_ptr,
+    sqb,
+    sqc,
+    scb,
+    sch,
+    sci,
+    scj,
+    heads,
+    d,
+    H,
+    W,
+    scale,
+    G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """out = ctx^T exp(q - lse_col) * scale on one tile of positions; ``out`` contiguous."""
     b, c0, offs_c, mask_c = _head_group(tl.program_id(0), heads, d, G, BLOCK_D)
     HW = H * W
@@ -278,10 +360,16 @@ def _apply_fwd_kernel(q_ptr, lse_ptr, ctx_ptr, out_ptr, sqb, sqc, scb, sch, sci,
     mask = mask_c[:, None] & (offs_n < HW)[None, :]
     DT = q_ptr.dtype.element_ty
     ctx_t = cast_to(_block_diag(ctx_ptr, b, c0, offs_c, mask_c, d, scb, sch, sci, scj, True), DT)
-    qt = tl.load(q_ptr + b.to(tl.int64) * sqb + c0.to(tl.int64) * sqc + offs_c[:, None] * sqc + offs_n[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
-    lse = tl.load(lse_ptr + (b * heads * d + c0).to(tl.int64) * W + offs_c[:, None] * W + (offs_n % W)[None, :],
-                  mask=mask, other=0.0)
+    qt = tl.load(
+        q_ptr + b.to(tl.int64) * sqb + c0.to(tl.int64) * sqc + offs_c[:, None] * sqc + offs_n[None, :],
+        mask=mask,
+        other=0.0,
+    ).to(tl.float32)
+    lse = tl.load(
+        lse_ptr + (b * heads * d + c0).to(tl.int64) * W + offs_c[:, None] * W + (offs_n % W)[None, :],
+        mask=mask,
+        other=0.0,
+    )
     p = tl.exp(tl.where(mask, qt - lse, _NEG)) * scale
     o = _mm(ctx_t, cast_to(p, DT), tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32), IEEE)
     out = (b * heads * d + c0).to(tl.int64) * HW + offs_c[:, None] * HW + offs_n[None, :]
@@ -290,10 +378,33 @@ def _apply_fwd_kernel(q_ptr, lse_ptr, ctx_ptr, out_ptr, sqb, sqc, scb, sch, sci,
 
 @_autotune(key=["d", "H", "W"], configs=_STRIP_CONFIGS, prune=_prune_strip)
 @triton.jit
-def _apply_colsum_kernel(q_ptr, lse_ptr, ctx_ptr, go_ptr, colsum_ptr, part_ptr,
-                         sqb, sqc, scb, sch, sci, scj, sgb, sgc, heads, d, H, W, n_strips, scale,
-                         G: tl.constexpr, BLOCK_D: tl.constexpr, COLS: tl.constexpr, IEEE: tl.constexpr,
-                         ROWS: tl.constexpr):
+def _apply_colsum_kernel(
+    q_ptr,
+    lse_ptr,
+    ctx_ptr,
+    go_ptr,
+    colsum_ptr,
+    part_ptr,
+    sqb,
+    sqc,
+    scb,
+    sch,
+    sci,
+    scj,
+    sgb,
+    sgc,
+    heads,
+    d,
+    H,
+    W,
+    n_strips,
+    scale,
+    G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    COLS: tl.constexpr,
+    IEEE: tl.constexpr,
+    ROWS: tl.constexpr,
+):
     """For a strip of COLS columns: colsum = sum over y of P dP (dP = scale ctx gO) and the
     strip's share of d ctx = scale P gO^T. Tiles are BLOCK_D x (ROWS * COLS) positions."""
     NT: tl.constexpr = ROWS * COLS
@@ -307,8 +418,9 @@ def _apply_colsum_kernel(q_ptr, lse_ptr, ctx_ptr, go_ptr, colsum_ptr, part_ptr,
     t = tl.arange(0, NT)
     x = strip * COLS + t % COLS
     mask_x = x < W
-    lse = tl.load(lse_ptr + col_base + offs_c[:, None] * W + x[None, :], mask=mask_c[:, None] & mask_x[None, :],
-                  other=0.0)
+    lse = tl.load(
+        lse_ptr + col_base + offs_c[:, None] * W + x[None, :], mask=mask_c[:, None] & mask_x[None, :], other=0.0
+    )
     colsum = tl.zeros((BLOCK_D, NT), dtype=tl.float32)  # summed over the ROWS lanes at the end
     gctx = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
     for y0 in range(0, H, ROWS):
@@ -323,16 +435,39 @@ def _apply_colsum_kernel(q_ptr, lse_ptr, ctx_ptr, go_ptr, colsum_ptr, part_ptr,
         gctx = _mm(cast_to(p, DT), tl.trans(go), gctx, IEEE)
     colsum_x = tl.sum(tl.reshape(colsum, (BLOCK_D, ROWS, COLS)), axis=1)
     xs = strip * COLS + tl.arange(0, COLS)
-    tl.store(colsum_ptr + col_base + offs_c[:, None] * W + xs[None, :], colsum_x,
-             mask=mask_c[:, None] & (xs < W)[None, :])
+    tl.store(
+        colsum_ptr + col_base + offs_c[:, None] * W + xs[None, :], colsum_x, mask=mask_c[:, None] & (xs < W)[None, :]
+    )
     _store_block_diag(part_ptr, gctx * scale, b, c0, offs_c, mask_c, d, heads, strip, n_strips)
 
 
 @_autotune(key=["d", "H", "W"])
 @triton.jit
-def _apply_bwd_kernel(q_ptr, lse_ptr, colsum_ptr, ctx_ptr, go_ptr, gq_ptr, sqb, sqc, scb, sch, sci, scj, sgb, sgc,
-                      heads, d, H, W, scale,
-                      G: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr):
+def _apply_bwd_kernel(
+    q_ptr,
+    lse_ptr,
+    colsum_ptr,
+    ctx_ptr,
+    go_ptr,
+    gq_ptr,
+    sqb,
+    sqc,
+    scb,
+    sch,
+    sci,
+    scj,
+    sgb,
+    sgc,
+    heads,
+    d,
+    H,
+    W,
+    scale,
+    G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """dq = P (scale ctx gO - colsum) on one tile of positions; ``gq`` contiguous."""
     b, c0, offs_c, mask_c = _head_group(tl.program_id(0), heads, d, G, BLOCK_D)
     HW = H * W
@@ -343,11 +478,20 @@ def _apply_bwd_kernel(q_ptr, lse_ptr, colsum_ptr, ctx_ptr, go_ptr, gq_ptr, sqb, 
     stat = (b * heads * d + c0).to(tl.int64) * W + offs_c[:, None] * W + (offs_n % W)[None, :]
     lse = tl.load(lse_ptr + stat, mask=mask, other=0.0)
     colsum = tl.load(colsum_ptr + stat, mask=mask, other=0.0)
-    qt = tl.load(q_ptr + b.to(tl.int64) * sqb + c0.to(tl.int64) * sqc + offs_c[:, None] * sqc + offs_n[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
+    qt = tl.load(
+        q_ptr + b.to(tl.int64) * sqb + c0.to(tl.int64) * sqc + offs_c[:, None] * sqc + offs_n[None, :],
+        mask=mask,
+        other=0.0,
+    ).to(tl.float32)
     p = tl.exp(tl.where(mask, qt - lse, _NEG))
-    go = cast_to(tl.load(go_ptr + b.to(tl.int64) * sgb + c0.to(tl.int64) * sgc + offs_c[:, None] * sgc
-                         + offs_n[None, :], mask=mask, other=0.0), DT)
+    go = cast_to(
+        tl.load(
+            go_ptr + b.to(tl.int64) * sgb + c0.to(tl.int64) * sgc + offs_c[:, None] * sgc + offs_n[None, :],
+            mask=mask,
+            other=0.0,
+        ),
+        DT,
+    )
     dp = _mm(ctx, go, tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32), IEEE) * scale
     out = (b * heads * d + c0).to(tl.int64) * HW + offs_c[:, None] * HW + offs_n[None, :]
     tl.store(gq_ptr + out, cast_to(p * (dp - colsum), gq_ptr.dtype.element_ty), mask=mask)
@@ -396,7 +540,8 @@ def lse_rows(x: torch.Tensor) -> torch.Tensor:
     block_w = min(next_pow2(W), 1024 if INTERPRETED else 128)
     meta = {"BLOCK_R": max(1, min(next_pow2(B * C * H), _INTERP_MAX_TILE // block_w))} if INTERPRETED else {}
     _lse_rows_kernel[lambda m: (cdiv(B * C * H, m["BLOCK_R"]),)](
-        x, lse, x.stride(0), x.stride(1), C, H, W, B * C * H, BLOCK_W=block_w, **meta)
+        x, lse, x.stride(0), x.stride(1), C, H, W, B * C * H, BLOCK_W=block_w, **meta
+    )
     return lse
 
 
@@ -411,7 +556,8 @@ def lse_cols(x: torch.Tensor) -> torch.Tensor:
     else:
         block_x, meta = 64, {}
     _lse_cols_kernel[(cdiv(B * C * W, block_x),)](
-        x, lse, x.stride(0), x.stride(1), C, H, W, B * C * W, BLOCK_X=block_x, **meta)
+        x, lse, x.stride(0), x.stride(1), C, H, W, B * C * W, BLOCK_X=block_x, **meta
+    )
     return lse
 
 
@@ -429,14 +575,15 @@ def fwm_context(k: torch.Tensor, v: torch.Tensor, heads: int) -> tuple[torch.Ten
     splits = cdiv(H * W, per_split)
     part = torch.empty((B, heads, splits, d, d), dtype=torch.float32, device=k.device)
     _context_fwd_kernel[(groups, splits)](
-        k, v, lse, part, k.stride(0), k.stride(1), v.stride(0), v.stride(1), heads, d, H, W, per_split, splits,
-        **meta)
+        k, v, lse, part, k.stride(0), k.stride(1), v.stride(0), v.stride(1), heads, d, H, W, per_split, splits, **meta
+    )
     ctx = part[:, :, 0] if splits == 1 else part.sum(dim=2)
     return ctx.to(k.dtype), lse
 
 
-def fwm_context_backward(grad: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
-                         heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fwm_context_backward(
+    grad: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     B, dim, H, W = k.shape
     d = dim // heads
     k, v = _plane_contiguous(k), _plane_contiguous(v)
@@ -446,14 +593,48 @@ def fwm_context_backward(grad: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
     rowdot = torch.empty((B, dim, H), dtype=torch.float32, device=k.device)
     block_w = max(16, min(next_pow2(W), 1024 if INTERPRETED else 64))
     _context_rowdot_kernel[(groups, cdiv(H, rows))](
-        k, v, lse, grad, rowdot, k.stride(0), k.stride(1), v.stride(0), v.stride(1), *grad.stride(),
-        heads, d, H, W, rows, G=meta["G"], BLOCK_D=meta["BLOCK_D"], BLOCK_W=block_w, IEEE=meta["IEEE"],
-        num_warps=8)
+        k,
+        v,
+        lse,
+        grad,
+        rowdot,
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        *grad.stride(),
+        heads,
+        d,
+        H,
+        W,
+        rows,
+        G=meta["G"],
+        BLOCK_D=meta["BLOCK_D"],
+        BLOCK_W=block_w,
+        IEEE=meta["IEEE"],
+        num_warps=8,
+    )
     gk = torch.empty((B, dim, H, W), dtype=k.dtype, device=k.device)
     gv = torch.empty((B, dim, H, W), dtype=v.dtype, device=v.device)
     _context_bwd_kernel[_tiles_grid(groups, H * W)](
-        k, v, lse, rowdot, grad, gk, gv, k.stride(0), k.stride(1), v.stride(0), v.stride(1), *grad.stride(),
-        heads, d, H, W, **meta)
+        k,
+        v,
+        lse,
+        rowdot,
+        grad,
+        gk,
+        gv,
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        *grad.stride(),
+        heads,
+        d,
+        H,
+        W,
+        **meta,
+    )
     return gk, gv
 
 
@@ -466,13 +647,14 @@ def fwm_apply(q: torch.Tensor, context: torch.Tensor, heads: int) -> tuple[torch
     meta = _position_meta(d, dim, H * W, q.dtype)
     out = torch.empty((B, dim, H, W), dtype=q.dtype, device=q.device)
     _apply_fwd_kernel[_tiles_grid(B * cdiv(heads, meta["G"]), H * W)](
-        q, lse, context, out, q.stride(0), q.stride(1), *context.stride(), heads, d, H, W, 1.0 / math.sqrt(d),
-        **meta)
+        q, lse, context, out, q.stride(0), q.stride(1), *context.stride(), heads, d, H, W, 1.0 / math.sqrt(d), **meta
+    )
     return out, lse
 
 
-def fwm_apply_backward(grad: torch.Tensor, q: torch.Tensor, context: torch.Tensor, lse: torch.Tensor,
-                       heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fwm_apply_backward(
+    grad: torch.Tensor, q: torch.Tensor, context: torch.Tensor, lse: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     B, dim, H, W = q.shape
     d = dim // heads
     q, grad = _plane_contiguous(q), _plane_contiguous(grad)
@@ -485,12 +667,48 @@ def fwm_apply_backward(grad: torch.Tensor, q: torch.Tensor, context: torch.Tenso
     colsum = torch.empty((B, dim, W), dtype=torch.float32, device=q.device)
     part = torch.empty((B, heads, strips, d, d), dtype=torch.float32, device=q.device)
     _apply_colsum_kernel[(groups, strips)](
-        q, lse, context, grad, colsum, part, q.stride(0), q.stride(1), *context.stride(), grad.stride(0),
-        grad.stride(1), heads, d, H, W, strips, scale, G=meta["G"], BLOCK_D=meta["BLOCK_D"], COLS=cols,
-        IEEE=meta["IEEE"], **rows)
+        q,
+        lse,
+        context,
+        grad,
+        colsum,
+        part,
+        q.stride(0),
+        q.stride(1),
+        *context.stride(),
+        grad.stride(0),
+        grad.stride(1),
+        heads,
+        d,
+        H,
+        W,
+        strips,
+        scale,
+        G=meta["G"],
+        BLOCK_D=meta["BLOCK_D"],
+        COLS=cols,
+        IEEE=meta["IEEE"],
+        **rows,
+    )
     gq = torch.empty((B, dim, H, W), dtype=q.dtype, device=q.device)
     _apply_bwd_kernel[_tiles_grid(groups, H * W)](
-        q, lse, colsum, context, grad, gq, q.stride(0), q.stride(1), *context.stride(), grad.stride(0),
-        grad.stride(1), heads, d, H, W, scale, **meta)
+        q,
+        lse,
+        colsum,
+        context,
+        grad,
+        gq,
+        q.stride(0),
+        q.stride(1),
+        *context.stride(),
+        grad.stride(0),
+        grad.stride(1),
+        heads,
+        d,
+        H,
+        W,
+        scale,
+        **meta,
+    )
     gctx = part[:, :, 0] if strips == 1 else part.sum(dim=2)
     return gq, gctx.to(context.dtype)

@@ -20,6 +20,7 @@ Kernels
   (no atomics, deterministic), then the synthesis above. Both are linear maps, so this is the
   exact gradient.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,10 @@ from ddif.kernels._triton_utils import cdiv, next_pow2
 # registers) and 1 backward keep them free of spills, so the tiles are sized for that.
 def _tiles(per_thread: int):
     shapes = ((2, 64), (2, 128), (4, 64), (4, 128), (8, 64), (1, 256))
-    return [triton.Config({"BLOCK_S": 1, "BLOCK_Y": by, "BLOCK_X": bx}, num_warps=by * bx // (32 * per_thread))
-            for by, bx in shapes]
+    return [
+        triton.Config({"BLOCK_S": 1, "BLOCK_Y": by, "BLOCK_X": bx}, num_warps=by * bx // (32 * per_thread))
+        for by, bx in shapes
+    ]
 
 
 def _autotune(key, per_thread: int = 2):
@@ -53,8 +56,11 @@ def _blocks(channels: int, rows: int, cols: int) -> dict:
     """Explicit tile sizes in the interpreter (the autotuner picks them on a GPU)."""
     if not INTERPRETED:
         return {}
-    return {"BLOCK_S": min(next_pow2(channels), 32), "BLOCK_Y": min(next_pow2(rows), 64),
-            "BLOCK_X": min(next_pow2(cols), 64)}
+    return {
+        "BLOCK_S": min(next_pow2(channels), 32),
+        "BLOCK_Y": min(next_pow2(rows), 64),
+        "BLOCK_X": min(next_pow2(cols), 64),
+    }
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -87,8 +93,7 @@ def _haar_at(base, sy, sx, i, j, H, W, mask):
     bottom = c + d
     left_diff = a - b
     right_diff = c - d
-    return ((top + bottom) * 0.5, (top - bottom) * 0.5, (left_diff + right_diff) * 0.5,
-            (left_diff - right_diff) * 0.5)
+    return ((top + bottom) * 0.5, (top - bottom) * 0.5, (left_diff + right_diff) * 0.5, (left_diff - right_diff) * 0.5)
 
 
 @triton.jit
@@ -141,8 +146,25 @@ def _first_reader(i, scale, TAPS: tl.constexpr):
 
 
 @triton.jit
-def _resize_adjoint(base1, base2, base3, sy, sx, i, j, OH, OW, h2, w2, scale_y, scale_x, mask,
-                    NBANDS: tl.constexpr, TAPS_Y: tl.constexpr, TAPS_X: tl.constexpr):
+def _resize_adjoint(
+    base1,
+    base2,
+    base3,
+    sy,
+    sx,
+    i,
+    j,
+    OH,
+    OW,
+    h2,
+    w2,
+    scale_y,
+    scale_x,
+    mask,
+    NBANDS: tl.constexpr,
+    TAPS_Y: tl.constexpr,
+    TAPS_X: tl.constexpr,
+):
     """Transpose of the bilinear resize (h2 x w2 -> OH x OW) at input positions (i, j), for one or
     three gradient planes, as a gather: sum of w_y * w_x * g over the output pixels that read (i, j).
 
@@ -180,8 +202,26 @@ def _resize_adjoint(base1, base2, base3, sy, sx, i, j, OH, OW, h2, w2, scale_y, 
 # ----------------------------------------------------------------------------------- kernels
 @_autotune(key=["h2", "w2"])
 @triton.jit
-def _analysis_kernel(x_ptr, ll_ptr, h_ptr, v_ptr, d_ptr, sxb, sxc, sxy, sxx, BC, C, H, W, h2, w2,
-                     BLOCK_S: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+def _analysis_kernel(
+    x_ptr,
+    ll_ptr,
+    h_ptr,
+    v_ptr,
+    d_ptr,
+    sxb,
+    sxc,
+    sxy,
+    sxx,
+    BC,
+    C,
+    H,
+    W,
+    h2,
+    w2,
+    BLOCK_S: tl.constexpr,
+    BLOCK_Y: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+):
     group, i, j = _tile(tl.program_id(0), h2, w2, BLOCK_Y, BLOCK_X)
     n = group * BLOCK_S + tl.arange(0, BLOCK_S)[:, None, None]  # flat (batch, channel) index
     mask = (n < BC) & (i < h2) & (j < w2)
@@ -197,8 +237,21 @@ def _analysis_kernel(x_ptr, ll_ptr, h_ptr, v_ptr, d_ptr, sxb, sxc, sxy, sxx, BC,
 
 @_autotune(key=["h2", "w2"])
 @triton.jit
-def _synthesis_kernel(ll_ptr, h_ptr, v_ptr, d_ptr, x_ptr, BC, h2, w2, OH, OW,
-                      BLOCK_S: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+def _synthesis_kernel(
+    ll_ptr,
+    h_ptr,
+    v_ptr,
+    d_ptr,
+    x_ptr,
+    BC,
+    h2,
+    w2,
+    OH,
+    OW,
+    BLOCK_S: tl.constexpr,
+    BLOCK_Y: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+):
     group, i, j = _tile(tl.program_id(0), h2, w2, BLOCK_Y, BLOCK_X)
     n = group * BLOCK_S + tl.arange(0, BLOCK_S)[:, None, None]
     mask = (n < BC) & (i < h2) & (j < w2)
@@ -212,11 +265,36 @@ def _synthesis_kernel(ll_ptr, h_ptr, v_ptr, d_ptr, x_ptr, BC, h2, w2, OH, OW,
 
 @_autotune(key=["OH", "OW", "RESIZE"])
 @triton.jit
-def _wavelet_condition_kernel(lms_ptr, guide_ptr, out_ptr,
-                              slb, slc, sly, slx, sgb, sgc, sgy, sgx,
-                              C, P, H, W, h2, w2, OH, OW, scale_y, scale_x, pos_h, pos_v, pos_d,
-                              RESIZE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_Y: tl.constexpr,
-                              BLOCK_X: tl.constexpr):
+def _wavelet_condition_kernel(
+    lms_ptr,
+    guide_ptr,
+    out_ptr,
+    slb,
+    slc,
+    sly,
+    slx,
+    sgb,
+    sgc,
+    sgy,
+    sgx,
+    C,
+    P,
+    H,
+    W,
+    h2,
+    w2,
+    OH,
+    OW,
+    scale_y,
+    scale_x,
+    pos_h,
+    pos_v,
+    pos_d,
+    RESIZE: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_Y: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+):
     """One program: one tile of a block of source channels of one image: lms bands -> their LL
     channels, or guide bands -> their three detail channels each."""
     group, oy, ox = _tile(tl.program_id(0), OH, OW, BLOCK_Y, BLOCK_X)
@@ -264,10 +342,34 @@ def _wavelet_condition_kernel(lms_ptr, guide_ptr, out_ptr,
 
 @_autotune(key=["h2", "w2", "RESIZE"], per_thread=1)
 @triton.jit
-def _wavelet_condition_bwd_kernel(grad_ptr, glms_ptr, gguide_ptr, sgb, sgc, sgy, sgx,
-                                  C, P, H, W, h2, w2, OH, OW, scale_y, scale_x, pos_h, pos_v, pos_d,
-                                  RESIZE: tl.constexpr, TAPS_Y: tl.constexpr, TAPS_X: tl.constexpr,
-                                  BLOCK_S: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+def _wavelet_condition_bwd_kernel(
+    grad_ptr,
+    glms_ptr,
+    gguide_ptr,
+    sgb,
+    sgc,
+    sgy,
+    sgx,
+    C,
+    P,
+    H,
+    W,
+    h2,
+    w2,
+    OH,
+    OW,
+    scale_y,
+    scale_x,
+    pos_h,
+    pos_v,
+    pos_d,
+    RESIZE: tl.constexpr,
+    TAPS_Y: tl.constexpr,
+    TAPS_X: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_Y: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+):
     """One program: one tile of half-size positions of a block of source channels; writes the 2x2
     input blocks under it (the gradients are contiguous (B, C | P, H, W) tensors)."""
     group, i, j = _tile(tl.program_id(0), h2, w2, BLOCK_Y, BLOCK_X)
@@ -284,8 +386,25 @@ def _wavelet_condition_bwd_kernel(grad_ptr, glms_ptr, gguide_ptr, sgb, sgc, sgy,
         mask = (ch < C) & pix
         g_ll_base = g_img + ch.to(tl.int64) * sgc
         if RESIZE:
-            g_ll, _, _ = _resize_adjoint(g_ll_base, g_ll_base, g_ll_base, sgy, sgx, i, j, OH, OW, h2, w2,
-                                         scale_y, scale_x, mask, 1, TAPS_Y, TAPS_X)
+            g_ll, _, _ = _resize_adjoint(
+                g_ll_base,
+                g_ll_base,
+                g_ll_base,
+                sgy,
+                sgx,
+                i,
+                j,
+                OH,
+                OW,
+                h2,
+                w2,
+                scale_y,
+                scale_x,
+                mask,
+                1,
+                TAPS_Y,
+                TAPS_X,
+            )
         else:
             g_ll = tl.load(g_ll_base + i * sgy + j * sgx, mask=mask, other=0.0).to(tl.float32)
         out = glms_ptr + (b * C + ch).to(tl.int64) * H * W
@@ -297,8 +416,9 @@ def _wavelet_condition_bwd_kernel(grad_ptr, glms_ptr, gguide_ptr, sgb, sgc, sgy,
         g_v_base = g_img + (C + pos_v * P + ch).to(tl.int64) * sgc
         g_d_base = g_img + (C + pos_d * P + ch).to(tl.int64) * sgc
         if RESIZE:
-            g_h, g_v, g_d = _resize_adjoint(g_h_base, g_v_base, g_d_base, sgy, sgx, i, j, OH, OW, h2, w2,
-                                            scale_y, scale_x, mask, 3, TAPS_Y, TAPS_X)
+            g_h, g_v, g_d = _resize_adjoint(
+                g_h_base, g_v_base, g_d_base, sgy, sgx, i, j, OH, OW, h2, w2, scale_y, scale_x, mask, 3, TAPS_Y, TAPS_X
+            )
         else:
             g_h = tl.load(g_h_base + i * sgy + j * sgx, mask=mask, other=0.0).to(tl.float32)
             g_v = tl.load(g_v_base + i * sgy + j * sgx, mask=mask, other=0.0).to(tl.float32)
@@ -318,17 +438,20 @@ def haar_dwt2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     h2, w2 = (H + 1) // 2, (W + 1) // 2
     bands = [x.new_empty((B, C, h2, w2)) for _ in range(4)]
     _analysis_kernel[_grid(lambda bs: cdiv(B * C, bs), h2, w2)](
-        x, *bands, *x.stride(), B * C, C, H, W, h2, w2, **_blocks(B * C, h2, w2))
+        x, *bands, *x.stride(), B * C, C, H, W, h2, w2, **_blocks(B * C, h2, w2)
+    )
     return tuple(bands)
 
 
-def haar_synthesis(ll: torch.Tensor, h: torch.Tensor, v: torch.Tensor, d: torch.Tensor,
-                   out_h: int, out_w: int) -> torch.Tensor:
+def haar_synthesis(
+    ll: torch.Tensor, h: torch.Tensor, v: torch.Tensor, d: torch.Tensor, out_h: int, out_w: int
+) -> torch.Tensor:
     B, C, h2, w2 = ll.shape
     bands = [t.contiguous() for t in (ll, h, v, d)]
     x = ll.new_empty((B, C, out_h, out_w))
     _synthesis_kernel[_grid(lambda bs: cdiv(B * C, bs), h2, w2)](
-        *bands, x, B * C, h2, w2, out_h, out_w, **_blocks(B * C, h2, w2))
+        *bands, x, B * C, h2, w2, out_h, out_w, **_blocks(B * C, h2, w2)
+    )
     return x
 
 
@@ -343,20 +466,55 @@ def wavelet_condition(lms: torch.Tensor, guide: torch.Tensor, detail_order: str,
     OH, OW = (H, W) if resize else (h2, w2)
     out = lms.new_empty((B, C + 3 * P, OH, OW))
     _wavelet_condition_kernel[_grid(lambda bs: B * (cdiv(C, bs) + cdiv(P, bs)), OH, OW)](
-        lms, guide, out, *lms.stride(), *guide.stride(), C, P, H, W, h2, w2, OH, OW,
-        h2 / OH, w2 / OW, *_detail_positions(detail_order), RESIZE=resize, **_blocks(max(C, P), OH, OW))
+        lms,
+        guide,
+        out,
+        *lms.stride(),
+        *guide.stride(),
+        C,
+        P,
+        H,
+        W,
+        h2,
+        w2,
+        OH,
+        OW,
+        h2 / OH,
+        w2 / OW,
+        *_detail_positions(detail_order),
+        RESIZE=resize,
+        **_blocks(max(C, P), OH, OW),
+    )
     return out
 
 
-def wavelet_condition_backward(grad: torch.Tensor, C: int, P: int, H: int, W: int, detail_order: str,
-                               resize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def wavelet_condition_backward(
+    grad: torch.Tensor, C: int, P: int, H: int, W: int, detail_order: str, resize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     B = grad.shape[0]
     h2, w2 = (H + 1) // 2, (W + 1) // 2
     OH, OW = grad.shape[-2:]
     g_lms = grad.new_empty((B, C, H, W))
     g_guide = grad.new_empty((B, P, H, W))
     _wavelet_condition_bwd_kernel[_grid(lambda bs: B * (cdiv(C, bs) + cdiv(P, bs)), h2, w2)](
-        grad, g_lms, g_guide, *grad.stride(), C, P, H, W, h2, w2, OH, OW, h2 / OH, w2 / OW,
-        *_detail_positions(detail_order), RESIZE=resize, TAPS_Y=4 if OH == 2 * h2 else 6,
-        TAPS_X=4 if OW == 2 * w2 else 6, **_blocks(max(C, P), h2, w2))
+        grad,
+        g_lms,
+        g_guide,
+        *grad.stride(),
+        C,
+        P,
+        H,
+        W,
+        h2,
+        w2,
+        OH,
+        OW,
+        h2 / OH,
+        w2 / OW,
+        *_detail_positions(detail_order),
+        RESIZE=resize,
+        TAPS_Y=4 if OH == 2 * h2 else 6,
+        TAPS_X=4 if OW == 2 * w2 else 6,
+        **_blocks(max(C, P), h2, w2),
+    )
     return g_lms, g_guide

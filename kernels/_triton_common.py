@@ -1,4 +1,5 @@
 """Triton device helpers shared by the kernel modules (imports Triton: load lazily)."""
+
 from __future__ import annotations
 
 import triton

@@ -6,6 +6,7 @@ Nothing here imports Triton at module import. The kernel modules (``ddif.kernels
 whether it is compiled for a GPU or run by its CPU interpreter (``TRITON_INTERPRET=1``), so each
 kernel module records the mode it was built in (``INTERPRETED``) and launch decisions follow it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,8 +33,10 @@ def interpret_requested() -> bool:
 def _gpu_driver() -> tuple[bool, str]:
     """(True, description) when Triton can compile and launch for a visible GPU."""
     if not torch.cuda.is_available():
-        return False, ("no CUDA GPU visible (Triton compiles for GPUs only; TRITON_INTERPRET=1 runs the "
-                       "kernels in Triton's CPU interpreter, for tests)")
+        return False, (
+            "no CUDA GPU visible (Triton compiles for GPUs only; TRITON_INTERPRET=1 runs the "
+            "kernels in Triton's CPU interpreter, for tests)"
+        )
     try:
         import triton
         from triton.runtime import driver
@@ -48,11 +51,14 @@ def triton_status() -> tuple[str, str]:
     """('live' | 'interpreter' | 'missing', detail)."""
     if importlib.util.find_spec("triton") is None:
         return "missing", "triton is not installed (pip install 'ddif[triton]')"
-    built = [m for m in (sys.modules.get("ddif.kernels._haar_triton"), sys.modules.get("ddif.kernels._fwm_triton")) if m]
+    built = [
+        m for m in (sys.modules.get("ddif.kernels._haar_triton"), sys.modules.get("ddif.kernels._fwm_triton")) if m
+    ]
     interpreted = built[0].INTERPRETED if built else interpret_requested()
     if interpreted:
-        return "interpreter", ("TRITON_INTERPRET=1: the Triton kernels run in Triton's CPU interpreter "
-                               "(correct but slow; meant for tests)")
+        return "interpreter", (
+            "TRITON_INTERPRET=1: the Triton kernels run in Triton's CPU interpreter (correct but slow; meant for tests)"
+        )
     ok, detail = _gpu_driver()
     return ("live", detail) if ok else ("missing", detail)
 
@@ -107,9 +113,11 @@ def can_launch(device: torch.device, module: str) -> bool:
 
 def launch_error(device: torch.device) -> RuntimeError:
     mode, detail = triton_status()
-    return RuntimeError(f"the fused Triton kernels cannot run on device '{device}' here ({mode}: {detail}); "
-                        "use the reference op, or a CUDA tensor, or set TRITON_INTERPRET=1 before the first "
-                        "kernel use to run on CPU in the interpreter")
+    return RuntimeError(
+        f"the fused Triton kernels cannot run on device '{device}' here ({mode}: {detail}); "
+        "use the reference op, or a CUDA tensor, or set TRITON_INTERPRET=1 before the first "
+        "kernel use to run on CPU in the interpreter"
+    )
 
 
 def exporting() -> bool:

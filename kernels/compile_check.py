@@ -12,6 +12,7 @@ Must run with ``TRITON_INTERPRET`` unset (it re-executes itself without it when 
 Compilation uses no driver; the launch-time specialisation of unit strides is reproduced by
 passing the innermost strides as the constant 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,12 @@ def cases(quick: bool = False) -> list[Case]:
     d8 = {"G": 2, "BLOCK_D": 16}  # two heads of 8 channels per tile
     out = [
         Case(haar, "_wavelet_condition_kernel", {**tile, "RESIZE": True}, label="resize"),
-        Case(haar, "_wavelet_condition_bwd_kernel", {**bwd_tile, "RESIZE": True, "TAPS_Y": 4, "TAPS_X": 4},
-             label="resize, even"),
+        Case(
+            haar,
+            "_wavelet_condition_bwd_kernel",
+            {**bwd_tile, "RESIZE": True, "TAPS_Y": 4, "TAPS_X": 4},
+            label="resize, even",
+        ),
         Case(fwm, "_lse_rows_kernel", {"BLOCK_W": 128, "BLOCK_R": 16}, label="W-chunk 128"),
         Case(fwm, "_lse_cols_kernel", {"BLOCK_X": 64, "BLOCK_R": 16}, label="64 columns"),
         Case(fwm, "_context_fwd_kernel", {**d32, "BLOCK_N": 128}, num_warps=8, num_stages=3, label="d32"),
@@ -63,10 +68,18 @@ def cases(quick: bool = False) -> list[Case]:
         return out
     return out + [
         Case(haar, "_wavelet_condition_kernel", {**tile, "RESIZE": False}, label="half size"),
-        Case(haar, "_wavelet_condition_bwd_kernel", {**bwd_tile, "RESIZE": True, "TAPS_Y": 6, "TAPS_X": 6},
-             label="resize, odd"),
-        Case(haar, "_wavelet_condition_bwd_kernel", {**bwd_tile, "RESIZE": False, "TAPS_Y": 4, "TAPS_X": 4},
-             label="half size"),
+        Case(
+            haar,
+            "_wavelet_condition_bwd_kernel",
+            {**bwd_tile, "RESIZE": True, "TAPS_Y": 6, "TAPS_X": 6},
+            label="resize, odd",
+        ),
+        Case(
+            haar,
+            "_wavelet_condition_bwd_kernel",
+            {**bwd_tile, "RESIZE": False, "TAPS_Y": 4, "TAPS_X": 4},
+            label="half size",
+        ),
         Case(haar, "_analysis_kernel", {"BLOCK_S": 1, "BLOCK_Y": 4, "BLOCK_X": 128}, num_warps=8),
         Case(haar, "_synthesis_kernel", {"BLOCK_S": 1, "BLOCK_Y": 4, "BLOCK_X": 128}, num_warps=8),
         Case(fwm, "_context_fwd_kernel", {**d8, "BLOCK_N": 256}, num_warps=8, num_stages=3, label="d8 x2 heads"),
@@ -110,11 +123,18 @@ def compile_case(case: Case, dtype: str, arch: int) -> dict:
         else:
             signature[name] = "i32"
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": case.num_warps, "num_stages": case.num_stages})
+    compiled = triton.compile(
+        src, target=GPUTarget("cuda", arch, 32), options={"num_warps": case.num_warps, "num_stages": case.num_stages}
+    )
     usage = _resource_usage(compiled.asm["cubin"])
-    return {"kernel": case.kernel, "case": case.label, "dtype": dtype, "warps": case.num_warps,
-            "shared_bytes": compiled.metadata.shared, **usage}
+    return {
+        "kernel": case.kernel,
+        "case": case.label,
+        "dtype": dtype,
+        "warps": case.num_warps,
+        "shared_bytes": compiled.metadata.shared,
+        **usage,
+    }
 
 
 def _resource_usage(cubin: bytes) -> dict:
@@ -126,8 +146,7 @@ def _resource_usage(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
     try:
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                             timeout=60).stdout
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, timeout=60).stdout
     finally:
         os.unlink(f.name)
     usage = {}
@@ -159,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                 failures += 1
                 print(f"{case.kernel:32} {case.label:14} {dtype:5} FAILED: {type(exc).__name__}: {exc}")
                 continue
-            print(f"{r['kernel']:32} {r['case']:14} {r['dtype']:5} {r['warps']:>5} {r.get('reg', '?'):>5} "
-                  f"{r.get('stack', '?'):>6} {r['shared_bytes']:>7}")
+            print(
+                f"{r['kernel']:32} {r['case']:14} {r['dtype']:5} {r['warps']:>5} {r.get('reg', '?'):>5} "
+                f"{r.get('stack', '?'):>6} {r['shared_bytes']:>7}"
+            )
     print(f"sm_{args.arch}: {'all kernels compiled' if not failures else f'{failures} failed'}")
     return 1 if failures else 0
 

@@ -17,6 +17,7 @@ kernels too: ``ddif::fwm_context_backward``, ``ddif::fwm_apply_backward``). The 
 ``fwm_*_fused`` functions validate inputs, apply the autocast policy (floating inputs cast to the
 autocast dtype, fp32 accumulation inside) and use the references while a graph is exported.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,11 +25,27 @@ import math
 import torch
 from torch import Tensor
 
-from ddif.kernels._triton_utils import (KERNEL_DTYPES, autocast_inputs, can_launch, exporting, launch_error, load_kernels,
-                                   status_entry)
+from ddif.kernels._triton_utils import (
+    KERNEL_DTYPES,
+    autocast_inputs,
+    can_launch,
+    exporting,
+    launch_error,
+    load_kernels,
+    status_entry,
+)
 
-__all__ = ["fwm_context_ref", "fwm_apply_ref", "fwm_attention_ref", "fwm_context_fused", "fwm_apply_fused",
-           "fwm_attention_fused", "fused_ready", "fwm_context", "fwm_apply"]
+__all__ = [
+    "fwm_context_ref",
+    "fwm_apply_ref",
+    "fwm_attention_ref",
+    "fwm_context_fused",
+    "fwm_apply_fused",
+    "fwm_attention_fused",
+    "fused_ready",
+    "fwm_context",
+    "fwm_apply",
+]
 
 _KERNELS = "ddif.kernels._fwm_triton"
 
@@ -79,15 +96,19 @@ def _(k, v, heads):
 def _fwm_context_backward_op(grad: Tensor, k: Tensor, v: Tensor, lse: Tensor, heads: int) -> tuple[Tensor, Tensor]:
     d = k.shape[1] // heads
     if tuple(grad.shape) != (k.shape[0], heads, d, d) or tuple(lse.shape) != tuple(k.shape[:3]):
-        raise ValueError(f"fwm_context_backward: grad {tuple(grad.shape)} / lse {tuple(lse.shape)} do not match "
-                         f"k {tuple(k.shape)} with {heads} heads")
+        raise ValueError(
+            f"fwm_context_backward: grad {tuple(grad.shape)} / lse {tuple(lse.shape)} do not match "
+            f"k {tuple(k.shape)} with {heads} heads"
+        )
     return _kernels().fwm_context_backward(grad, k, v, lse, heads)
 
 
 @_fwm_context_backward_op.register_fake
 def _(grad, k, v, lse, heads):
-    return (torch.empty_like(k, memory_format=torch.contiguous_format),
-            torch.empty_like(v, memory_format=torch.contiguous_format))
+    return (
+        torch.empty_like(k, memory_format=torch.contiguous_format),
+        torch.empty_like(v, memory_format=torch.contiguous_format),
+    )
 
 
 def _context_setup(ctx, inputs, output):
@@ -117,18 +138,20 @@ def _(q, context, heads):
 
 
 @torch.library.custom_op("ddif::fwm_apply_backward", mutates_args=())
-def _fwm_apply_backward_op(grad: Tensor, q: Tensor, context: Tensor, lse: Tensor,
-                           heads: int) -> tuple[Tensor, Tensor]:
+def _fwm_apply_backward_op(grad: Tensor, q: Tensor, context: Tensor, lse: Tensor, heads: int) -> tuple[Tensor, Tensor]:
     if grad.shape != q.shape or tuple(lse.shape) != (q.shape[0], q.shape[1], q.shape[3]):
-        raise ValueError(f"fwm_apply_backward: grad {tuple(grad.shape)} / lse {tuple(lse.shape)} do not match "
-                         f"q {tuple(q.shape)}")
+        raise ValueError(
+            f"fwm_apply_backward: grad {tuple(grad.shape)} / lse {tuple(lse.shape)} do not match q {tuple(q.shape)}"
+        )
     return _kernels().fwm_apply_backward(grad, q, context, lse, heads)
 
 
 @_fwm_apply_backward_op.register_fake
 def _(grad, q, context, lse, heads):
-    return (torch.empty_like(q, memory_format=torch.contiguous_format),
-            torch.empty_like(context, memory_format=torch.contiguous_format))
+    return (
+        torch.empty_like(q, memory_format=torch.contiguous_format),
+        torch.empty_like(context, memory_format=torch.contiguous_format),
+    )
 
 
 def _apply_setup(ctx, inputs, output):
@@ -154,8 +177,9 @@ def fused_ready(*tensors: Tensor) -> bool:
     device_type = t.device.type
     cast = device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
     ok_dtype = (lambda x: x.is_floating_point()) if cast else (lambda x: x.dtype in KERNEL_DTYPES)
-    return (all(ok_dtype(x) and x.numel() > 0 and x.device == t.device for x in tensors)
-            and can_launch(t.device, _KERNELS))
+    return all(ok_dtype(x) and x.numel() > 0 and x.device == t.device for x in tensors) and can_launch(
+        t.device, _KERNELS
+    )
 
 
 def _check_features(name: str, x: Tensor, heads: int) -> None:
@@ -199,8 +223,9 @@ def fwm_apply_fused(q: Tensor, context: Tensor, heads: int) -> Tensor:
     d = q.shape[1] // heads
     if not isinstance(context, Tensor) or tuple(context.shape) != (q.shape[0], heads, d, d):
         shape = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
-        raise ValueError(f"context: expected shape {(q.shape[0], heads, d, d)} for q {tuple(q.shape)} and "
-                         f"heads={heads}, got {shape}")
+        raise ValueError(
+            f"context: expected shape {(q.shape[0], heads, d, d)} for q {tuple(q.shape)} and heads={heads}, got {shape}"
+        )
     if context.dtype not in KERNEL_DTYPES:
         raise ValueError(f"context: the fused FWM kernels take float16, bfloat16 or float32, got {context.dtype}")
     if context.device != q.device:
@@ -216,7 +241,6 @@ def fwm_attention_fused(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
 
 def _status() -> dict[str, str | bool]:
     return status_entry("fwm (triton)")
-
 
 
 def fwm_context(k: Tensor, v: Tensor, heads: int, *, fused: bool = False) -> Tensor:

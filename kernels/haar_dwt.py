@@ -25,6 +25,7 @@ orthonormal inverse with the replicate padding folded back: the transpose of the
 vice versa; the wavelet condition has its own backward kernel (transpose of the bilinear resize as
 a gather, then the synthesis), whose own backward is the forward kernel again.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,8 +36,16 @@ from torch import Tensor
 
 from ddif.kernels._triton_utils import KERNEL_DTYPES, can_launch, exporting, launch_error, load_kernels, status_entry
 
-__all__ = ["haar_dwt2_ref", "haar_idwt2_ref", "wavelet_condition_ref", "haar_dwt2_fused", "haar_idwt2_fused",
-           "wavelet_condition_fused", "fused_ready", "wavelet_condition"]
+__all__ = [
+    "haar_dwt2_ref",
+    "haar_idwt2_ref",
+    "wavelet_condition_ref",
+    "haar_dwt2_fused",
+    "haar_idwt2_fused",
+    "wavelet_condition_fused",
+    "fused_ready",
+    "wavelet_condition",
+]
 
 _KERNELS = "ddif.kernels._haar_triton"
 
@@ -55,7 +64,7 @@ def haar_dwt2_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     b = x[..., 0::2, 1::2]
     c = x[..., 1::2, 0::2]
     d = x[..., 1::2, 1::2]
-    top, bottom = a + b, c + d          # row sums
+    top, bottom = a + b, c + d  # row sums
     left_diff, right_diff = a - b, c - d
     return (
         (top + bottom) * 0.5,
@@ -71,7 +80,7 @@ def haar_idwt2_ref(ll: torch.Tensor, h: torch.Tensor, v: torch.Tensor, d: torch.
     b = (ll + h - v - d) * 0.5
     c = (ll - h + v - d) * 0.5
     e = (ll - h - v + d) * 0.5
-    top = torch.stack((a, b), dim=-1).flatten(-2)        # interleave columns
+    top = torch.stack((a, b), dim=-1).flatten(-2)  # interleave columns
     bottom = torch.stack((c, e), dim=-1).flatten(-2)
     return torch.stack((top, bottom), dim=-2).flatten(-3, -2)  # interleave rows
 
@@ -153,12 +162,15 @@ def _(lms, guide, detail_order, resize):
 
 
 @torch.library.custom_op("ddif::wavelet_condition_backward", mutates_args=())
-def _wavelet_condition_backward_op(grad: Tensor, bands: int, guide_bands: int, height: int, width: int,
-                                   detail_order: str, resize: bool) -> tuple[Tensor, Tensor]:
+def _wavelet_condition_backward_op(
+    grad: Tensor, bands: int, guide_bands: int, height: int, width: int, detail_order: str, resize: bool
+) -> tuple[Tensor, Tensor]:
     size = (height, width) if resize else ((height + 1) // 2, (width + 1) // 2)
     if grad.dim() != 4 or grad.shape[1] != bands + 3 * guide_bands or tuple(grad.shape[-2:]) != size:
-        raise ValueError(f"wavelet_condition_backward: grad of shape {tuple(grad.shape)} does not match "
-                         f"{bands} + 3 x {guide_bands} channels of {size[0]}x{size[1]}")
+        raise ValueError(
+            f"wavelet_condition_backward: grad of shape {tuple(grad.shape)} does not match "
+            f"{bands} + 3 x {guide_bands} channels of {size[0]}x{size[1]}"
+        )
     return _kernels().wavelet_condition_backward(grad, bands, guide_bands, height, width, detail_order, resize)
 
 
@@ -195,16 +207,18 @@ def _condition_bwd_backward(ctx, gg_lms, gg_guide):
 
 
 torch.library.register_autograd("ddif::wavelet_condition", _condition_backward, setup_context=_condition_setup)
-torch.library.register_autograd("ddif::wavelet_condition_backward", _condition_bwd_backward,
-                                setup_context=_condition_bwd_setup)
+torch.library.register_autograd(
+    "ddif::wavelet_condition_backward", _condition_bwd_backward, setup_context=_condition_bwd_setup
+)
 
 
 # ----------------------------------------------------------------------------------- public API
 def fused_ready(*tensors: Tensor) -> bool:
     """Whether the Triton kernels can take these tensors here (device, dtype, non-empty)."""
     t = tensors[0]
-    return (all(x.dtype in KERNEL_DTYPES and x.numel() > 0 and x.device == t.device for x in tensors)
-            and can_launch(t.device, _KERNELS))
+    return all(x.dtype in KERNEL_DTYPES and x.numel() > 0 and x.device == t.device for x in tensors) and can_launch(
+        t.device, _KERNELS
+    )
 
 
 def _check_image(name: str, x: Tensor) -> None:
@@ -215,8 +229,9 @@ def _check_image(name: str, x: Tensor) -> None:
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got {x.dtype}")
     if x.dtype not in KERNEL_DTYPES:
-        raise ValueError(f"{name}: the fused kernels take float16, bfloat16 or float32, got {x.dtype} "
-                         "(use the reference op)")
+        raise ValueError(
+            f"{name}: the fused kernels take float16, bfloat16 or float32, got {x.dtype} (use the reference op)"
+        )
 
 
 def _require_launch(x: Tensor) -> None:
@@ -240,8 +255,10 @@ def haar_idwt2_fused(ll: Tensor, h: Tensor, v: Tensor, d: Tensor) -> Tensor:
     for name, t in (("ll", ll), ("h", h), ("v", v), ("d", d)):
         _check_image(name, t)
         if t.shape != ll.shape or t.dtype != ll.dtype or t.device != ll.device:
-            raise ValueError(f"{name}: shape {tuple(t.shape)} {t.dtype} on {t.device} does not match "
-                             f"ll: {tuple(ll.shape)} {ll.dtype} on {ll.device}")
+            raise ValueError(
+                f"{name}: shape {tuple(t.shape)} {t.dtype} on {t.device} does not match "
+                f"ll: {tuple(ll.shape)} {ll.dtype} on {ll.device}"
+            )
     _require_launch(ll)
     return torch.ops.ddif.haar_synthesis(ll, h, v, d, 2 * ll.shape[-2], 2 * ll.shape[-1])
 
@@ -251,8 +268,7 @@ def _check_detail_order(detail_order: str) -> None:
         raise ValueError(f"detail_order must be a permutation of 'HDV', got {detail_order!r}")
 
 
-def wavelet_condition_fused(lms: Tensor, guide: Tensor, detail_order: str = "HDV",
-                            fuse_resize: bool = True) -> Tensor:
+def wavelet_condition_fused(lms: Tensor, guide: Tensor, detail_order: str = "HDV", fuse_resize: bool = True) -> Tensor:
     """Triton :func:`wavelet_condition_ref`: one pass from (lms, guide) to the (B, C + 3P, H, W)
     condition. With ``fuse_resize=False`` the kernel writes the half-size condition and
     ``F.interpolate`` resizes it (same result; kept to measure what the fused resize gains)."""
@@ -262,8 +278,9 @@ def wavelet_condition_fused(lms: Tensor, guide: Tensor, detail_order: str = "HDV
     _check_image("guide", guide)
     _check_detail_order(detail_order)
     if guide.shape[0] != lms.shape[0] or guide.shape[-2:] != lms.shape[-2:]:
-        raise ValueError(f"guide: shape {tuple(guide.shape)} does not match lms {tuple(lms.shape)} "
-                         "(same batch and H x W expected)")
+        raise ValueError(
+            f"guide: shape {tuple(guide.shape)} does not match lms {tuple(lms.shape)} (same batch and H x W expected)"
+        )
     if guide.device != lms.device:
         raise ValueError(f"guide is on {guide.device} but lms on {lms.device}")
     dtype = torch.promote_types(lms.dtype, guide.dtype)
@@ -279,8 +296,9 @@ def _status() -> dict[str, str | bool]:
     return status_entry("haar_dwt (triton)")
 
 
-def wavelet_condition(lms: Tensor, guide: Tensor, detail_order: str = "HDV", *, fused: bool = False,
-                      fuse_resize: bool = True) -> Tensor:
+def wavelet_condition(
+    lms: Tensor, guide: Tensor, detail_order: str = "HDV", *, fused: bool = False, fuse_resize: bool = True
+) -> Tensor:
     """The wavelet condition: the fused Triton kernel when ``fused`` and it can run here (CUDA, or
     CPU under ``TRITON_INTERPRET=1``; never while a graph is exported), else the reference.
     ``fuse_resize`` chooses the one-pass kernel (DWT + bilinear resize) over the half-size kernel

@@ -24,27 +24,28 @@ Three layers, from the bottom:
    ``fused=True`` and the extension is built, and otherwise :func:`style_modulated_conv_ref`
    (with one warning).
 """
+
 from __future__ import annotations
 
 import importlib
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ddif.kernels._triton_utils import _constant_while_tracing
 
-__all__ = ["style_modulated_conv_ref", "style_modulated_conv", "csm", "CsmKernelConfig",
-           "CONFIG", "fused_available"]
+__all__ = ["style_modulated_conv_ref", "style_modulated_conv", "csm", "CsmKernelConfig", "CONFIG", "fused_available"]
 
 EXTENSION_MODULE = "ddif._C"
 
 
-def style_modulated_conv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                             scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def style_modulated_conv_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
     """x (B, C_in, H, W), weight (C_out, C_in[, 1, 1]), bias (C_out,) -> (B, C_out, H, W)."""
     if weight.dim() == 2:
         weight = weight[:, :, None, None]
@@ -97,13 +98,18 @@ def _missing_reason(device_type: str) -> str | None:
     """None when the fused op runs on ``device_type``, else why not."""
     ext = _load_extension()
     if ext is None:
-        return (f"not built ({_ext_state['error']}); build it with "
-                "`pip install --no-build-isolation -e .` (needs a C++ compiler)")
+        return (
+            f"not built ({_ext_state['error']}); build it with "
+            "`pip install --no-build-isolation -e .` (needs a C++ compiler)"
+        )
     if device_type == "cpu":
         return None
     if device_type == "cuda":
         if not ext.with_cuda:
-            return "not built: the extension was compiled without CUDA (CPU-only torch, no nvcc, or DDIF_SKIP_CUDA_BUILD=1)"
+            return (
+                "not built: the extension was compiled without CUDA (CPU-only torch, no nvcc, or "
+                "DDIF_SKIP_CUDA_BUILD=1)"
+            )
         return None
     return f"no kernel for device type {device_type!r}"
 
@@ -140,16 +146,28 @@ def _needed_grads(needs_input_grad, bias) -> list[bool]:
 def _grads_for_inputs(mask, grads, grad_y, need_shift):
     """(x, weight, bias, scale, shift, keep_conv) gradients from the native backward's outputs."""
     grad_x, grad_w, grad_b, grad_scale = grads if any(mask) else (None,) * 4
-    return (grad_x if mask[0] else None, grad_w if mask[1] else None, grad_b if mask[2] else None,
-            grad_scale if mask[3] else None, grad_y if need_shift else None, None)
+    return (
+        grad_x if mask[0] else None,
+        grad_w if mask[1] else None,
+        grad_b if mask[2] else None,
+        grad_scale if mask[3] else None,
+        grad_y if need_shift else None,
+        None,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Layer 2: torch.library custom ops (fake implementations + autograd).
 # --------------------------------------------------------------------------------------------
 @torch.library.custom_op("ddif::style_modulated_conv", mutates_args=())
-def _csm_forward_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], scale: torch.Tensor,
-                    shift: torch.Tensor, keep_conv: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _csm_forward_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    keep_conv: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, conv): conv = conv1x1(x) + bias when ``keep_conv`` (for the backward), else empty."""
     return _native_ops().csm_forward(x, weight, bias, scale, shift, keep_conv)
 
@@ -172,9 +190,15 @@ def _(x, weight, bias, scale, shift, keep_conv):
 
 
 @torch.library.custom_op("ddif::style_modulated_conv_backward", mutates_args=())
-def _csm_backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                     scale: torch.Tensor, conv: Optional[torch.Tensor], output_mask: Sequence[bool]
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _csm_backward_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor,
+    conv: torch.Tensor | None,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight, grad_bias, grad_scale); entries not in ``output_mask`` are empty."""
     grads = _native_ops().csm_backward(grad_out, x, weight, bias, scale, conv, list(output_mask))
     return tuple(g if g is not None else x.new_empty((0,)) for g in grads)
@@ -184,10 +208,12 @@ def _csm_backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
 def _(grad_out, x, weight, bias, scale, conv, output_mask):
     _check_fake_shapes(x, weight, scale)
     want_x, want_w, want_b, want_s = output_mask
-    return (x.new_empty(x.shape if want_x else (0,)),
-            weight.new_empty(weight.shape if want_w else (0,)),
-            weight.new_empty((weight.shape[0],) if (want_b and bias is not None) else (0,)),
-            scale.new_empty(scale.shape if want_s else (0,)))
+    return (
+        x.new_empty(x.shape if want_x else (0,)),
+        weight.new_empty(weight.shape if want_w else (0,)),
+        weight.new_empty((weight.shape[0],) if (want_b and bias is not None) else (0,)),
+        scale.new_empty(scale.shape if want_s else (0,)),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -221,8 +247,9 @@ class _CsmFunction(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, weight, bias, scale = ctx.saved_tensors
         mask = _needed_grads(ctx.needs_input_grad, bias)
-        grads = (_ext_state["backward"](grad_y.contiguous(), x, weight, bias, scale, ctx.conv, mask)
-                 if any(mask) else None)
+        grads = (
+            _ext_state["backward"](grad_y.contiguous(), x, weight, bias, scale, ctx.conv, mask) if any(mask) else None
+        )
         ctx.conv = None
         return _grads_for_inputs(mask, grads, grad_y, ctx.needs_input_grad[4])
 
@@ -230,8 +257,9 @@ class _CsmFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 # Layer 3: the user-facing function and its dispatch.
 # --------------------------------------------------------------------------------------------
-def style_modulated_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def style_modulated_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
     """Fused :func:`style_modulated_conv_ref` (same arguments, same result) on the native kernels.
 
     Under autocast, every input is cast to the autocast dtype (like the eager convolution would
@@ -248,11 +276,16 @@ def style_modulated_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     if x.dim() == 4 and weight.dim() in (2, 4):
         out_shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
         scale, shift = (_broadcast_map(t, out_shape) for t in (scale, shift))
-    requires_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, scale))
+    requires_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, scale))
     keep_conv = requires_grad and x.dim() > 1 and x.shape[1] >= CONFIG.keep_conv_min_in_channels
-    args = (x.contiguous(), weight.contiguous(), bias.contiguous() if bias is not None else None,
-            scale.contiguous(), shift.contiguous(), keep_conv)
+    args = (
+        x.contiguous(),
+        weight.contiguous(),
+        bias.contiguous() if bias is not None else None,
+        scale.contiguous(),
+        shift.contiguous(),
+        keep_conv,
+    )
     if torch.compiler.is_compiling():
         return _csm_forward_op(*args)[0]  # traceable: fake implementations, AOT autograd
     if _load_extension() is None:
@@ -279,14 +312,24 @@ def _warn_fallback_once(reason: str) -> bool:
     global _fallback_warned
     if not _fallback_warned:
         _fallback_warned = True
-        warnings.warn(f"StyleModulatedConv(fused=True): the fused CSM kernel is unavailable ({reason}); "
-                      "using the PyTorch reference instead (same results, slower). This is reported once.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"StyleModulatedConv(fused=True): the fused CSM kernel is unavailable ({reason}); "
+            "using the PyTorch reference instead (same results, slower). This is reported once.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return True
 
 
-def csm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor,
-        shift: torch.Tensor, *, fused: bool = False) -> torch.Tensor:
+def csm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    *,
+    fused: bool = False,
+) -> torch.Tensor:
     """CSM: :func:`style_modulated_conv` on the native kernels when ``fused`` and they are built for
     ``x``'s device, else :func:`style_modulated_conv_ref` (the fallback is reported once)."""
     if fused:

@@ -5,9 +5,10 @@ IEEE GRSM 2021): :func:`brovey`, :func:`gs`, :func:`gsa`, :func:`mtf_glp_hpm`.
 ``fn(lms, pan, ms=None, ratio=4, sensor="wv3") -> fused`` (arguments a method does not use are
 ignored), so evaluation code can loop over it.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

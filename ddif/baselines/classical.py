@@ -18,6 +18,7 @@ Shared conventions:
 - Divisions by an intensity or a low-passed PAN add the machine epsilon, as the toolbox does;
   inputs should be non-negative radiances / reflectances (DN scaled to [0, 1]).
 """
+
 from __future__ import annotations
 
 import math
@@ -38,22 +39,40 @@ def _prepare(lms, pan, ms=None, ratio: int | None = None):
     unbatched = isinstance(lms, torch.Tensor) and lms.dim() == 3
     x = check_image("lms", lms, allow_unbatched=True)
     if isinstance(pan, torch.Tensor) and pan.dim() in (3, 4) and (pan.dim() == 3) != unbatched:
-        raise ValueError(f"pan: shape {tuple(pan.shape)} does not match the {'un' if unbatched else ''}batched "
-                         f"lms of shape {tuple(lms.shape)}")
-    p = check_image("pan", pan, allow_unbatched=True, batch=x.shape[0], spatial=x.shape[-2:], spatial_of="lms",
-                    channel_what="guide bands")
+        raise ValueError(
+            f"pan: shape {tuple(pan.shape)} does not match the {'un' if unbatched else ''}batched "
+            f"lms of shape {tuple(lms.shape)}"
+        )
+    p = check_image(
+        "pan",
+        pan,
+        allow_unbatched=True,
+        batch=x.shape[0],
+        spatial=x.shape[-2:],
+        spatial_of="lms",
+        channel_what="guide bands",
+    )
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1):
         raise ValueError(f"ratio: expected a positive integer scale ratio, got {ratio!r}")
     m = None
     if ms is not None:
         if isinstance(ms, torch.Tensor) and ms.dim() in (3, 4) and (ms.dim() == 3) != unbatched:
-            raise ValueError(f"ms: shape {tuple(ms.shape)} does not match the {'un' if unbatched else ''}batched "
-                             f"lms of shape {tuple(lms.shape)}")
+            raise ValueError(
+                f"ms: shape {tuple(ms.shape)} does not match the {'un' if unbatched else ''}batched "
+                f"lms of shape {tuple(lms.shape)}"
+            )
         h, w = x.shape[-2:]
         if h % ratio or w % ratio:
             raise ValueError(f"lms: spatial size {h}x{w} is not divisible by the ratio {ratio}")
-        m = check_image("ms", ms, allow_unbatched=True, batch=x.shape[0], channels=x.shape[1],
-                        spatial=(h // ratio, w // ratio), spatial_of=f"lms / ratio {ratio}").to(torch.float64)
+        m = check_image(
+            "ms",
+            ms,
+            allow_unbatched=True,
+            batch=x.shape[0],
+            channels=x.shape[1],
+            spatial=(h // ratio, w // ratio),
+            spatial_of=f"lms / ratio {ratio}",
+        ).to(torch.float64)
     p = p.to(torch.float64)
     if p.shape[1] > 1:
         p = p.mean(dim=1, keepdim=True)
@@ -70,7 +89,7 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def _std(x: torch.Tensor) -> torch.Tensor:
-    return x.std(dim=(-2, -1), keepdim=True)          # unbiased, as MATLAB std2
+    return x.std(dim=(-2, -1), keepdim=True)  # unbiased, as MATLAB std2
 
 
 def _cov_over_var(target: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
@@ -122,7 +141,7 @@ def _b3_atrous_lowpass(x: torch.Tensor, levels: int) -> torch.Tensor:
     base = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype, device=x.device) / 16
     y = x
     for level in range(levels):
-        d = 2 ** level
+        d = 2**level
         k = torch.zeros(4 * d + 1, dtype=x.dtype, device=x.device)
         k[::d] = base
         pad = 2 * d
@@ -162,8 +181,8 @@ def gsa(lms, pan, ms=None, ratio: int = 4):
     p0 = p - _mean(p)
     p_low = decimate(_filter(_b3_atrous_lowpass, p0, max(1, math.ceil(math.log2(ratio)))), ratio)
     m0 = m - _mean(m)
-    design = torch.cat([m0, torch.ones_like(m0[:, :1])], dim=1).flatten(2).transpose(1, 2)   # (B, n, C+1)
-    alpha = torch.linalg.lstsq(design, p_low.flatten(2).transpose(1, 2)).solution          # (B, C+1, 1)
+    design = torch.cat([m0, torch.ones_like(m0[:, :1])], dim=1).flatten(2).transpose(1, 2)  # (B, n, C+1)
+    alpha = torch.linalg.lstsq(design, p_low.flatten(2).transpose(1, 2)).solution  # (B, C+1, 1)
     x0 = x - _mean(x)
     intensity = (x0 * alpha[:, :c].view(b, c, 1, 1)).sum(dim=1, keepdim=True) + alpha[:, c].view(b, 1, 1, 1)
     return _finish(_cs_inject(x, intensity, p0), unbatched, dtype)
@@ -192,7 +211,7 @@ def mtf_glp_hpm(lms, pan, ratio: int = 4, sensor: str = "wv3"):
     c = x.shape[1]
     gains, _ = sensor_gains(sensor, c)
     p_lp = _filter(mtf_filter, p, 0.3, ratio)
-    p_eq = (p - _mean(p)) * (_std(x) / _std(p_lp).clamp_min(_EPS)) + _mean(x)        # (B, C, H, W)
+    p_eq = (p - _mean(p)) * (_std(x) / _std(p_lp).clamp_min(_EPS)) + _mean(x)  # (B, C, H, W)
     method = "interp23tap" if ratio & (ratio - 1) == 0 else "bicubic"
     p_low = _filter(lambda t: upsample(decimate(mtf_filter(t, gains, ratio), ratio), ratio, method=method), p_eq)
     return _finish(x * (p_eq / (p_low + _EPS)), unbatched, dtype)

@@ -4,6 +4,7 @@ Every field of ModelConfig / DiffusionConfig / TrainConfig / DataConfig becomes 
 (``lr_milestones`` -> ``--lr-milestones 100000,200000``; booleans get ``--x / --no-x``). Options
 default to "not given", so the preset's value stands unless the user overrides it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,12 @@ from typing import Any
 
 from ddif.config import DataConfig, DiffusionConfig, ModelConfig, Preset, TrainConfig
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
-                             "data": DataConfig}
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "diffusion": DiffusionConfig,
+    "train": TrainConfig,
+    "data": DataConfig,
+}
 
 
 def _option(name: str) -> str:
@@ -25,9 +30,11 @@ def _parser_for(tp: Any):
     origin = typing.get_origin(tp)
     if origin is tuple:
         (inner, *_rest) = typing.get_args(tp)
+
         def parse_tuple(text: str):
             text = text.strip().strip("()[]")
             return tuple(inner(x) for x in text.split(",") if x.strip()) if text else ()
+
         return parse_tuple, "comma-separated list"
     if tp in (int, float, str):
         return tp, tp.__name__
@@ -46,12 +53,23 @@ def add_config_args(parser: argparse.ArgumentParser, sections: tuple[str, ...] =
             default = getattr(defaults, f.name)
             dest = f"cfg__{section}__{f.name}"
             if tp is bool:
-                group.add_argument(_option(f.name), dest=dest, action=argparse.BooleanOptionalAction, default=None,
-                                   help=f"(generic default {default})")
+                group.add_argument(
+                    _option(f.name),
+                    dest=dest,
+                    action=argparse.BooleanOptionalAction,
+                    default=None,
+                    help=f"(generic default {default})",
+                )
             else:
                 conv, what = _parser_for(tp)
-                group.add_argument(_option(f.name), dest=dest, type=conv, default=None, metavar=what.upper()[:5],
-                                   help=f"{what} (generic default {default})")
+                group.add_argument(
+                    _option(f.name),
+                    dest=dest,
+                    type=conv,
+                    default=None,
+                    metavar=what.upper()[:5],
+                    help=f"{what} (generic default {default})",
+                )
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, dc: type, title: str) -> None:
@@ -70,13 +88,19 @@ def add_dataclass_args(parser: argparse.ArgumentParser, dc: type, title: str) ->
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
         conv, what = _parser_for(tp)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        group.add_argument(_option(f.name), dest=dest, type=conv, default=default, metavar=what.upper()[:5],
-                           help=f"{what} (default {shown})")
+        group.add_argument(
+            _option(f.name),
+            dest=dest,
+            type=conv,
+            default=default,
+            metavar=what.upper()[:5],
+            help=f"{what} (default {shown})",
+        )
 
 
 def dataclass_from_args(dc: type, args: argparse.Namespace):
     prefix = f"dc__{dc.__name__}__"
-    return dc(**{k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)})
+    return dc(**{k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)})
 
 
 def apply_config_args(preset: Preset, args: argparse.Namespace) -> Preset:

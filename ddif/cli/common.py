@@ -1,4 +1,5 @@
 """Helpers shared by the sub-commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,13 +14,20 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=8, help="images per network batch")
     g.add_argument("--device", default="auto")
     g.add_argument("--fused-kernels", action="store_true", help="use the fused kernels where they are live")
-    g.add_argument("--legacy-published-sampler", action="store_true",
-                   help="reproduce the published sampling loop (step index as timestep, no self-conditioning)")
+    g.add_argument(
+        "--legacy-published-sampler",
+        action="store_true",
+        help="reproduce the published sampling loop (step index as timestep, no self-conditioning)",
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--ckpt", required=required, help="engine checkpoint (.pt from ddif train / DDIF.save), a "
-                   "training state, or a published-layout state dict (then --preset is needed)")
+    p.add_argument(
+        "--ckpt",
+        required=required,
+        help="engine checkpoint (.pt from ddif train / DDIF.save), a "
+        "training state, or a published-layout state dict (then --preset is needed)",
+    )
     p.add_argument("--preset", default=None, help="preset of a published-layout checkpoint")
 
 
@@ -36,8 +44,15 @@ def make_fuser(model, args):
     device = resolve_device(args.device)
     if args.fused_kernels:
         enable_fused_kernels(model)
-    return Fuser(model, sampler=args.sampler, steps=args.steps, eta=args.eta, batch_size=args.batch_size,
-                 device=device, legacy_published_sampler=args.legacy_published_sampler)
+    return Fuser(
+        model,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        batch_size=args.batch_size,
+        device=device,
+        legacy_published_sampler=args.legacy_published_sampler,
+    )
 
 
 def enable_fused_kernels(model) -> None:

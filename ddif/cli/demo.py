@@ -9,6 +9,7 @@ under the Wald protocol, the MS image is degraded by 4 with the MTF-matched filt
 overlap of each band with Landsat-8's 500-680 nm PAN band). The original 30 m bands are the
 ground truth. This is a semi-synthetic benchmark: real PAN data would be harder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEMO_SCENE = ASSETS / "landsat8_demo_b2b4.tif"
 DEMO_CHECKPOINT = ASSETS / "landsat_small.pt"
-PAN_WEIGHTS = (0.1, 0.6, 0.3)        # ddif.data.bandpass_pan_weights(B2..B4 vs B8)
+PAN_WEIGHTS = (0.1, 0.6, 0.3)  # ddif.data.bandpass_pan_weights(B2..B4 vs B8)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +46,7 @@ def demo_data(scene: str | Path, model):
     sensor, ratio = model.preset.data.sensor, model.preset.data.ratio
     with torch.no_grad():
         ms = degrade(gt, sensor, ratio, kind="ms")
-        lms = upsample(ms, ratio, padding="symmetric")    # as `ddif make-dataset` (its default)
+        lms = upsample(ms, ratio, padding="symmetric")  # as `ddif make-dataset` (its default)
         pan = synthesize_pan(gt, PAN_WEIGHTS)
     return EvalSet(lms=lms, pan=pan, ms=ms, gt=gt)
 
@@ -65,16 +66,20 @@ def run(args) -> int:
     ratio, sensor = model.preset.data.ratio, model.preset.data.sensor
     fuser = Fuser(model, steps=args.steps, device=resolve_device(args.device))
     methods = classical_methods(ratio, sensor)
-    methods[f"DDIF (shipped checkpoint, {fuser.steps} steps)"] = lambda lms, pan, ms: fuser.fuse(lms, pan, seed=args.seed)
+    methods[f"DDIF (shipped checkpoint, {fuser.steps} steps)"] = lambda lms, pan, ms: fuser.fuse(
+        lms, pan, seed=args.seed
+    )
     rows, outputs = evaluate(methods, data, ratio, sensor, return_outputs=True)
-    title = (f"Landsat-8 B2-B4, 256x256 crop at 30 m, Wald protocol ratio {ratio}, synthesised PAN "
-             f"(semi-synthetic); {model.num_parameters():,}-parameter DDIF")
+    title = (
+        f"Landsat-8 B2-B4, 256x256 crop at 30 m, Wald protocol ratio {ratio}, synthesised PAN "
+        f"(semi-synthetic); {model.num_parameters():,}-parameter DDIF"
+    )
     table = markdown(rows, title)
     print(table)
 
     out = Path(args.out)
     rgb = model.preset.data.rgb_bands
-    limits = band_limits(data.gt[0], rgb)             # one stretch for every image: comparable colours
+    limits = band_limits(data.gt[0], rgb)  # one stretch for every image: comparable colours
     save_quicklook(data.gt[0], out / "ground_truth.png", rgb, limits=limits)
     save_quicklook(data.pan[0], out / "pan_synthesised.png", (0, 0, 0))
     for name, fused in outputs.items():

@@ -7,6 +7,7 @@
 Each round writes ``OUT/round_<N>to<N/2>/student.pt``, an engine checkpoint whose config carries
 its sampling grid: ``ddif sample`` / ``ddif evaluate`` / ``python -m ddif.export.onnx`` use it as is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,10 +46,17 @@ def run(args) -> int:
     if args.fused_kernels:
         enable_fused_kernels(teacher)
     torch.manual_seed(dcfg.seed)
-    train_set = open_dataset(args.data, teacher.preset, require_gt=True)     # the trainer augments
+    train_set = open_dataset(args.data, teacher.preset, require_gt=True)  # the trainer augments
     val_set = open_dataset(args.val, teacher.preset, require_gt=True) if args.val else None
-    options = RunOptions(out=args.out, device=args.device, amp=args.amp, fused_kernels=teacher.fused_kernels,
-                         resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    options = RunOptions(
+        out=args.out,
+        device=args.device,
+        amp=args.amp,
+        fused_kernels=teacher.fused_kernels,
+        resume=args.resume,
+        progress=not args.no_progress,
+        stop_after=args.stop_after,
+    )
     students = distill(teacher, train_set, val_set, args.out, dcfg, options)
     for path in students:
         print(f"student: {path}")

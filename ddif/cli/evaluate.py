@@ -9,6 +9,7 @@ as ``ddif station`` and ``make-dataset`` (checks, MS-to-PAN placement, scale). S
 students) can be compared at once: --ckpt a.pt --ckpt b.pt, each at its own step count
 (or --steps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-nodata", type=float, default=None, help="nodata of --ms / --pan without a nodata tag")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--baselines", default="all", help="comma list of classical baselines, 'all' or 'none'")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint: adds its row and, for every --ckpt, the "
-                   "PSNR of its output vs the teacher's (distilled students)")
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="teacher checkpoint: adds its row and, for every --ckpt, the "
+        "PSNR of its output vs the teacher's (distilled students)",
+    )
     p.add_argument("--teacher-steps", type=int, default=25, help="sampling steps of the teacher (published: 25)")
     p.add_argument("--out-dir", default="eval", help="where results.md and results.csv are written")
     add_sampler_args(p)
@@ -48,7 +53,7 @@ def run(args) -> int:
     if not args.test and not args.full and not args.ms:
         raise ValueError("give --test (reduced resolution) and/or --full / --ms + --pan (full resolution)")
     names = [Path(c).name for c in args.ckpt]
-    if len(set(names)) < len(names):                 # e.g. every distillation round's student.pt
+    if len(set(names)) < len(names):  # e.g. every distillation round's student.pt
         names = [f"{Path(c).parent.name}/{Path(c).name}" for c in args.ckpt]
     models = [(name, load_model(c, args.preset)) for name, c in zip(names, args.ckpt)]
     preset = models[0][1].preset
@@ -66,7 +71,7 @@ def run(args) -> int:
     for name, model in models:
         fuser = make_fuser(model, args)
         label = f"DDIF {name} ({fuser.steps} steps)"
-        while label in methods:                     # the same checkpoint given twice
+        while label in methods:  # the same checkpoint given twice
             label += "'"
         methods[label] = fuser_method(fuser, args.seed)
         compare.append(label)
@@ -84,8 +89,7 @@ def run(args) -> int:
             data = _scene_eval_set(args, preset)
         else:
             data = eval_set_from_dataset(open_dataset(path, preset, require_gt=path == args.test), args.limit)
-        rows = evaluate(methods, data, ratio, sensor, batch_size=args.batch_size, reference=reference,
-                        compare=compare)
+        rows = evaluate(methods, data, ratio, sensor, batch_size=args.batch_size, reference=reference, compare=compare)
         table = markdown(rows, f"{label}: {path} ({len(data)} images)")
         print(table + "\n")
         report.append(table)
@@ -111,7 +115,14 @@ def _scene_eval_set(args, preset):
             crop = ()
         if len(crop) != 4:
             raise ValueError(f"--crop: expected row,col,height,width (integers), got {args.crop!r}")
-    _, ms, lms, pan = read_full_resolution(args.ms, args.pan, preset=preset, crop=crop, input_scale=args.input_scale,
-                                           input_nodata=args.input_nodata, warn=lambda m: print(f"warning: {m}"))
+    _, ms, lms, pan = read_full_resolution(
+        args.ms,
+        args.pan,
+        preset=preset,
+        crop=crop,
+        input_scale=args.input_scale,
+        input_nodata=args.input_nodata,
+        warn=lambda m: print(f"warning: {m}"),
+    )
     as_batch = lambda a: torch.from_numpy(a)[None]  # noqa: E731
     return EvalSet(lms=as_batch(lms), pan=as_batch(pan), ms=as_batch(ms))

@@ -1,4 +1,5 @@
 """Print the presets (bands, guide, max DN, parameters), the live kernel backends and the device."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,8 @@ def run(args) -> int:
     import torch
 
     from ddif.config import get_preset, preset_names
-    from ddif.models import DDIF
     from ddif.kernels import available
+    from ddif.models import DDIF
 
     if args.preset:
         print(get_preset(args.preset).to_json())
@@ -24,7 +25,8 @@ def run(args) -> int:
         p = get_preset(name)
         with torch.device("meta"):
             n = DDIF(p).num_parameters()
-        print(f"| {name} | {p.model.bands} | {p.model.guide_bands} | {p.model.detail_order} | {p.model.max_dn:g} | {n:,} |")
+        m = p.model
+        print(f"| {name} | {m.bands} | {m.guide_bands} | {m.detail_order} | {m.max_dn:g} | {n:,} |")
     print()
     print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
     for backend, status in available().items():

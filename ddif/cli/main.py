@@ -1,4 +1,5 @@
 """``ddif`` command line: one sub-command per job; options generated from the dataclass configs."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:      # a command whose module is not there yet is simply absent
+        except ImportError as exc:  # a command whose module is not there yet is simply absent
             if exc.name != module_name:
                 raise
             continue
-        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     try:

@@ -7,6 +7,7 @@ Validation and test data come from spatial regions never seen in training (see -
 --val-fraction, --test-size). A PAN synthesised from the MS bands is a semi-synthetic stand-in,
 and the files say so.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -11,6 +11,7 @@ checks, MS-to-PAN placement, nodata, scale check): the output lies on the PAN gr
 ``valid`` mask and the PAN's CRS / transform as attributes. For large scenes use
 ``ddif station run`` (read by windows, georeferenced GeoTIFF output).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output .h5")
     p.add_argument("--quicklooks", default=None, help="folder for true-colour PNG quicklooks")
     p.add_argument("--limit", type=int, default=None, help="fuse only the first N images of --input")
-    p.add_argument("--input-scale", type=float, default=None,
-                   help="DN = input value x this (e.g. 10000 for reflectance in [0, 1]); without it, inputs whose "
-                        "dtype or range does not fit the model's max DN are refused")
-    p.add_argument("--input-nodata", type=float, default=None,
-                   help="nodata value of GeoTIFF inputs that carry no nodata tag (e.g. 0)")
+    p.add_argument(
+        "--input-scale",
+        type=float,
+        default=None,
+        help="DN = input value x this (e.g. 10000 for reflectance in [0, 1]); without it, inputs whose "
+        "dtype or range does not fit the model's max DN are refused",
+    )
+    p.add_argument(
+        "--input-nodata",
+        type=float,
+        default=None,
+        help="nodata value of GeoTIFF inputs that carry no nodata tag (e.g. 0)",
+    )
     add_sampler_args(p)
 
 
@@ -57,8 +66,14 @@ def _read_inputs(args, model):
         arrays = []
         for what, path in (("lms", args.lms), ("pan", args.pan)):
             arr = np.load(path)
-            check_scale(what, path, array_stats(arr, cfg.max_dn, scale), cfg.max_dn, args.input_scale,
-                        warn=lambda msg: print(f"warning: {msg}"))
+            check_scale(
+                what,
+                path,
+                array_stats(arr, cfg.max_dn, scale),
+                cfg.max_dn,
+                args.input_scale,
+                warn=lambda msg: print(f"warning: {msg}"),
+            )
             arrays.append(torch.from_numpy(arr.astype(np.float32) * np.float32(scale)) / cfg.max_dn)
         lms, pan = arrays
         if pan.dim() == lms.dim() - 1:
@@ -67,10 +82,20 @@ def _read_inputs(args, model):
     if args.ms and args.pan:
         from ddif.data.scene import read_scene
 
-        grid, lms, pan, valid = read_scene(args.ms, args.pan, preset=model.preset, input_scale=args.input_scale,
-                                           input_nodata=args.input_nodata, warn=lambda msg: print(f"warning: {msg}"))
-        extra = {"valid": valid, "crs": grid.pan.crs.to_wkt() if grid.pan.crs else "",
-                 "transform": tuple(grid.pan.transform)[:6], **grid.describe_placement()}
+        grid, lms, pan, valid = read_scene(
+            args.ms,
+            args.pan,
+            preset=model.preset,
+            input_scale=args.input_scale,
+            input_nodata=args.input_nodata,
+            warn=lambda msg: print(f"warning: {msg}"),
+        )
+        extra = {
+            "valid": valid,
+            "crs": grid.pan.crs.to_wkt() if grid.pan.crs else "",
+            "transform": tuple(grid.pan.transform)[:6],
+            **grid.describe_placement(),
+        }
         return torch.from_numpy(lms)[None], torch.from_numpy(pan)[None], extra
     raise ValueError("give --input, or --lms and --pan, or --ms and --pan")
 
@@ -96,7 +121,7 @@ def run(args) -> int:
     fused = torch.cat(outputs).float().numpy()
     valid = extra.pop("valid", None)
     if valid is not None:
-        fused[:, :, ~valid] = 0.0           # no data where the PAN or the MS under it is nodata
+        fused[:, :, ~valid] = 0.0  # no data where the PAN or the MS under it is nodata
     with atomic_path(args.out) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("fused", data=fused, chunks=(1,) + fused.shape[1:], compression="gzip")
@@ -108,7 +133,9 @@ def run(args) -> int:
             f.attrs["tiling"] = fuser.tiling.describe()
             for key, value in extra.items():
                 f.attrs[key] = value
-    print(f"wrote {fused.shape[0]} fused images ({fused.shape[1]} bands, {fused.shape[2]}x{fused.shape[3]}) to {args.out}")
+    print(
+        f"wrote {fused.shape[0]} fused images ({fused.shape[1]} bands, {fused.shape[2]}x{fused.shape[3]}) to {args.out}"
+    )
     if args.quicklooks:
         folder = Path(args.quicklooks)
         rgb = model.preset.data.rgb_bands

@@ -6,6 +6,7 @@
 Every field of :class:`ddif.station.StationConfig` (and, for ``watch``, :class:`WatchConfig`) is
 an option: ``--tile-size 256 --overlap 32 --batch-size 4 --seed 0 --compress deflate ...``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,12 @@ quarantined. Logs are JSON lines on stderr (and --log-file)."""
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="engine checkpoint (.pt), exported .onnx or TensorRT .plan")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: fastest available (ddif.export.best_available); or force one")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto: fastest available (ddif.export.best_available); or force one",
+    )
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
 
@@ -44,9 +49,12 @@ def add_station_arguments(parser: argparse.ArgumentParser) -> None:
     from ddif.station.config import StationConfig, WatchConfig
 
     sub = parser.add_subparsers(dest="station_command", metavar="{run,watch}")
-    run = sub.add_parser("run", help="fuse one MS + PAN scene into a georeferenced product",
-                         description="Fuse one MS + PAN GeoTIFF pair into a tiled, compressed GeoTIFF on the PAN "
-                                     "grid, a quicklook PNG and a JSON report.")
+    run = sub.add_parser(
+        "run",
+        help="fuse one MS + PAN scene into a georeferenced product",
+        description="Fuse one MS + PAN GeoTIFF pair into a tiled, compressed GeoTIFF on the PAN "
+        "grid, a quicklook PNG and a JSON report.",
+    )
     run.add_argument("--ms", required=True, help="multispectral GeoTIFF (all bands in one file)")
     run.add_argument("--pan", required=True, help="panchromatic GeoTIFF")
     run.add_argument("--out", required=True, help="output GeoTIFF")
@@ -54,15 +62,22 @@ def add_station_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--report", default=None, help="JSON report (default: <out>_report.json)")
     run.add_argument("--journal", default=None, help="tile journal folder (default: .<out>.journal beside --out)")
     run.add_argument("--dry-run", action="store_true", help="check the scene and print the plan; write nothing")
-    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="tqdm progress bar (default: when stderr is a terminal)")
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tqdm progress bar (default: when stderr is a terminal)",
+    )
     _add_backend_args(run)
     add_dataclass_args(run, StationConfig, "fusion and output settings")
     run.set_defaults(_run=cmd_run)
 
-    watch = sub.add_parser("watch", help="watch an inbox and fuse every complete scene (unattended)",
-                           description=WATCH_DESCRIPTION,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    watch = sub.add_parser(
+        "watch",
+        help="watch an inbox and fuse every complete scene (unattended)",
+        description=WATCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     watch.add_argument("--inbox", required=True)
     watch.add_argument("--outbox", required=True)
     watch.add_argument("--quarantine", default=None, help="bad scenes (default: <inbox>/quarantine)")
@@ -84,8 +99,12 @@ def add_station_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_station_commands(subparsers) -> None:
     """Register ``ddif station ...`` on the top-level ``ddif`` sub-parsers."""
-    p = subparsers.add_parser("station", help="ground-station pipeline: GeoTIFF scenes in, fused products out",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "station",
+        help="ground-station pipeline: GeoTIFF scenes in, fused products out",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_station_arguments(p)
 
 
@@ -101,24 +120,26 @@ def load_backend(args, config):
     batch = config.resolved(tiling, _preprocessing(preset, config)).batch_size
     tiles = {"tile_overlap": tiling.overlap, "batch_size": batch}
     if args.backend == "auto":
-        return export.best_available(model, device=args.device, steps=args.steps, tile_size=tiling.tile_size,
-                                      **tiles)
+        return export.best_available(model, device=args.device, steps=args.steps, tile_size=tiling.tile_size, **tiles)
     if args.backend == "pytorch":
         return runtime.TorchFuser(model, steps=args.steps, device=args.device, tile_size=tiling.tile_size, **tiles)
     if model.suffix.lower() != ".onnx":
         model = export.ensure_onnx(model, steps=args.steps, tile_size=tiling.tile_size)
     backend = runtime.OnnxRuntimeFuser(model, device=args.device, steps=args.steps, **tiles)
     if backend.tiling.tile_size != tiling.tile_size:
-        raise ValueError(f"{model} samples {backend.tiling.describe()}, the station is set to {tiling.tile_size} px "
-                         "tiles: export it again with --tile-size, or leave --tile-size unset")
+        raise ValueError(
+            f"{model} samples {backend.tiling.describe()}, the station is set to {tiling.tile_size} px "
+            "tiles: export it again with --tile-size, or leave --tile-size unset"
+        )
     return backend
 
 
 def _preprocessing(preset, config):
     from ddif.data.scene import Preprocessing
 
-    return Preprocessing.for_preset(preset, interpolation=config.interpolation, padding=config.padding,
-                                    fill_iterations=config.fill_iterations)
+    return Preprocessing.for_preset(
+        preset, interpolation=config.interpolation, padding=config.padding, fill_iterations=config.fill_iterations
+    )
 
 
 def _model_id(path: str) -> dict:
@@ -141,15 +162,28 @@ def cmd_run(args) -> int:
     plan = plan_scene(args.ms, args.pan, preset, config, log=log)
     if args.dry_run:
         print("dry run: nothing written\n" + plan.describe())
-        print(f"outputs    {args.out}, {args.quicklook or Path(args.out).stem + '_quicklook.png'}, "
-              f"{args.report or Path(args.out).stem + '_report.json'}")
+        print(
+            f"outputs    {args.out}, {args.quicklook or Path(args.out).stem + '_quicklook.png'}, "
+            f"{args.report or Path(args.out).stem + '_report.json'}"
+        )
         return 0
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         backend = load_backend(args, config)
-        report = run_scene(args.ms, args.pan, args.out, backend, plan.config, quicklook_path=args.quicklook,
-                           report_path=args.report, journal_dir=args.journal, log=log, progress=progress,
-                           model_id=_model_id(args.model), plan=plan)
+        report = run_scene(
+            args.ms,
+            args.pan,
+            args.out,
+            backend,
+            plan.config,
+            quicklook_path=args.quicklook,
+            report_path=args.report,
+            journal_dir=args.journal,
+            log=log,
+            progress=progress,
+            model_id=_model_id(args.model),
+            plan=plan,
+        )
     except Exception as exc:
         from ddif.station.errors import environment_error_kind
 
@@ -157,14 +191,26 @@ def cmd_run(args) -> int:
         if kind is None:
             raise
         # nothing is left under the output names (atomic writes); the journal stays for a rerun
-        print(f"ddif station run: {kind}: {type(exc).__name__}: {exc} (no product written; rerun to resume from "
-              "the tile journal)", file=sys.stderr)
+        print(
+            f"ddif station run: {kind}: {type(exc).__name__}: {exc} (no product written; rerun to resume from "
+            "the tile journal)",
+            file=sys.stderr,
+        )
         return 3
     q = report["quality"].get("mean")
-    print(json.dumps({"product": str(Path(args.out)), "seconds": report["timing_s"]["total_s"],
-                      "megapixels_per_s": round(report["throughput"]["megapixels_per_s"], 4),
-                      "tiles": report["tiles"]["fused"], "tiles_from_journal": report["tiles"]["tiles_from_journal"],
-                      "quality": q}, default=str))
+    print(
+        json.dumps(
+            {
+                "product": str(Path(args.out)),
+                "seconds": report["timing_s"]["total_s"],
+                "megapixels_per_s": round(report["throughput"]["megapixels_per_s"], 4),
+                "tiles": report["tiles"]["fused"],
+                "tiles_from_journal": report["tiles"]["tiles_from_journal"],
+                "quality": q,
+            },
+            default=str,
+        )
+    )
     return 0
 
 
@@ -181,17 +227,27 @@ def cmd_watch(args) -> int:
     except Exception as exc:
         log.error("service_error", error=f"{type(exc).__name__}: {exc}", stage="load model")
         raise
-    service = StationService(args.inbox, args.outbox, backend, config, watch, quarantine_dir=args.quarantine,
-                             processed_dir=args.processed, workdir=args.workdir, log=log,
-                             model_id=_model_id(args.model))
+    service = StationService(
+        args.inbox,
+        args.outbox,
+        backend,
+        config,
+        watch,
+        quarantine_dir=args.quarantine,
+        processed_dir=args.processed,
+        workdir=args.workdir,
+        log=log,
+        model_id=_model_id(args.model),
+    )
     failures = service.run(once=args.once)
     return 1 if failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """``ddif station run|watch ...`` as a function (argv in, exit code out; also ``python -m ddif station``)."""
-    parser = argparse.ArgumentParser(prog="ddif station", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="ddif station", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_station_arguments(parser)
     args = parser.parse_args(argv)
     try:

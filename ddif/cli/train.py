@@ -9,6 +9,7 @@ published recipe is the default). The run folder gets config.json, train.csv / v
 checkpoints/step_*.pt (full training state, atomic) and model_ema.pt (EMA weights, for
 `ddif sample` / `ddif evaluate`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ from ddif.cli.args import add_config_args, apply_config_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="wv3", help="starting configuration (wv3, gf2, qb, cave, harvard, landsat_small)")
+    p.add_argument(
+        "--preset", default="wv3", help="starting configuration (wv3, gf2, qb, cave, harvard, landsat_small)"
+    )
     p.add_argument("--config", default=None, help="a config JSON (e.g. a run's config.json) instead of --preset")
     p.add_argument("--data", required=True, help="training .h5 (PanCollection or HISR layout)")
     p.add_argument("--val", default=None, help="validation .h5 (reduced resolution, with ground truth)")
@@ -61,8 +64,12 @@ def adopt_preprocessing(preset, attrs: dict, args=None) -> None:
     ``interp_padding``) so that every entry point applies the same: take it from the training
     file (``ddif make-dataset`` writes it) unless the option was given on the command line."""
     names = attrs.get("band_names")
-    if isinstance(names, (list, tuple)) and names and len(names) == preset.model.bands \
-            and getattr(args, "cfg__data__band_names", None) is None:
+    if (
+        isinstance(names, (list, tuple))
+        and names
+        and len(names) == preset.model.bands
+        and getattr(args, "cfg__data__band_names", None) is None
+    ):
         preset.data.band_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     for field in ("interpolation", "interp_padding"):
         value = attrs.get(field)
@@ -70,8 +77,10 @@ def adopt_preprocessing(preset, attrs: dict, args=None) -> None:
             continue
         given = getattr(args, f"cfg__data__{field}", None) if args is not None else None
         if given is not None and given != value:
-            print(f"warning: --{field.replace('_', '-')} {given} differs from the training file's {value}; "
-                  f"the checkpoint records {given}")
+            print(
+                f"warning: --{field.replace('_', '-')} {given} differs from the training file's {value}; "
+                f"the checkpoint records {given}"
+            )
             continue
         setattr(preset.data, field, value)
     preset.data.__post_init__()
@@ -98,17 +107,25 @@ def run(args) -> int:
         train_set = open_dataset(args.data, preset, require_gt=True)
         adopt_preprocessing(preset, train_set.info.attrs, args)
         val_set = open_dataset(args.val, preset, require_gt=True) if args.val else None
-        torch.manual_seed(preset.train.seed)      # deterministic initial weights
+        torch.manual_seed(preset.train.seed)  # deterministic initial weights
         model = DDIF(preset)
         if args.init:
             init = load_model(args.init, preset)
             model.load_state_dict(init.state_dict())
         if args.fused_kernels:
             enable_fused_kernels(model)
-        options = RunOptions(out=args.out, device=args.device, amp=args.amp, fused_kernels=model.fused_kernels,
-                             resume=args.resume, tensorboard=args.tensorboard, progress=not args.no_progress,
-                             val_batches=args.val_batches, val_sample_steps=args.val_sample_steps,
-                             stop_after=args.stop_after)
+        options = RunOptions(
+            out=args.out,
+            device=args.device,
+            amp=args.amp,
+            fused_kernels=model.fused_kernels,
+            resume=args.resume,
+            tensorboard=args.tensorboard,
+            progress=not args.no_progress,
+            val_batches=args.val_batches,
+            val_sample_steps=args.val_sample_steps,
+            stop_after=args.stop_after,
+        )
         trainer = Trainer(preset, train_set, val_set, options, model=model)
         history = trainer.fit()
         if trainer.is_main and history:

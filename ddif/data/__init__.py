@@ -12,12 +12,17 @@ Datasets (``open_dataset`` / ``open_h5`` / ``FusionH5``) do not augment unless a
 ``require_gt=True`` (old name ``train=True``, which no longer turns augmentation on) refuses a
 file without ground truth.
 """
+
 from __future__ import annotations
 
+from ddif.data.make_dataset import (
+    LANDSAT8_OLI_BANDPASS_NM,
+    MakeDatasetConfig,
+    bandpass_pan_weights,
+    make_dataset,
+    synthesize_pan,
+)
 from ddif.utils.lazy import lazy_exports
-
-from ddif.data.make_dataset import (LANDSAT8_OLI_BANDPASS_NM, MakeDatasetConfig, bandpass_pan_weights,
-                                    make_dataset, synthesize_pan)
 
 _LAZY = {
     # HDF5 datasets and writers
@@ -46,7 +51,12 @@ _LAZY = {
     "SENSOR_MTF": "ddif.data.mtf",
 }
 
-__all__ = list(_LAZY) + ["MakeDatasetConfig", "make_dataset", "synthesize_pan", "bandpass_pan_weights",
-                         "LANDSAT8_OLI_BANDPASS_NM"]
+__all__ = list(_LAZY) + [
+    "MakeDatasetConfig",
+    "make_dataset",
+    "synthesize_pan",
+    "bandpass_pan_weights",
+    "LANDSAT8_OLI_BANDPASS_NM",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

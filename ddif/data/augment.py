@@ -9,9 +9,10 @@ Training augments in one place: :class:`ddif.training.Trainer` draws a dihedral 
 from its checkpointed generator (:func:`ddif.training.augment.dihedral_augment`). Datasets do not
 augment unless asked (``FusionH5(..., augment=True)`` or a callable), for uses outside the trainer.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -50,7 +51,7 @@ class RandomDihedral:
     def __call__(self, sample: Mapping[str, torch.Tensor]) -> Sample:
         k, flip = self.draw()
         if k % 2 and any(v.shape[-1] != v.shape[-2] for v in sample.values()):
-            k -= 1          # quarter turns would transpose non-square images and break batching
+            k -= 1  # quarter turns would transpose non-square images and break batching
         return {key: dihedral(value, k, flip) for key, value in sample.items()}
 
     def __repr__(self) -> str:

@@ -2,6 +2,7 @@
 the pipeline's modules (:mod:`ddif.data.sources`, :mod:`ddif.data.splits`,
 :mod:`ddif.data.wald_writer`, :mod:`ddif.data.make_dataset`) can all use it without importing
 each other in a circle."""
+
 from __future__ import annotations
 
 import os
@@ -24,33 +25,40 @@ class MakeDatasetConfig:
     says what it is (for generated CLI help).
     """
 
-    ms: tuple[str, ...] = _option((), "MS GeoTIFF (multi-band), one GeoTIFF per band in order, or one .npy "
-                                      "(C, h, w) of DN")
-    pan: str = _option("", "PAN GeoTIFF / .npy (P, ratio*h, ratio*w); '' -> synthesise it from the MS "
-                           "(semi-synthetic)")
+    ms: tuple[str, ...] = _option(
+        (), "MS GeoTIFF (multi-band), one GeoTIFF per band in order, or one .npy (C, h, w) of DN"
+    )
+    pan: str = _option("", "PAN GeoTIFF / .npy (P, ratio*h, ratio*w); '' -> synthesise it from the MS (semi-synthetic)")
     out_dir: str = _option("data/dataset", "folder for the .h5 files and the summary JSON")
-    name: str = _option("dataset", "files: {name}_train.h5, {name}_val.h5, {name}_test.h5 (+ {name}_test_full.h5 "
-                                   "with a real PAN)")
+    name: str = _option(
+        "dataset", "files: {name}_train.h5, {name}_val.h5, {name}_test.h5 (+ {name}_test_full.h5 with a real PAN)"
+    )
     ratio: int = _option(4, "MS / PAN resolution ratio")
-    sensor: str = _option("generic", "MTF gains of the degradation (ddif.data.mtf.SENSOR_MTF: wv3, qb, gf2, "
-                                     "landsat8, generic, ...)")
+    sensor: str = _option(
+        "generic", "MTF gains of the degradation (ddif.data.mtf.SENSOR_MTF: wv3, qb, gf2, landsat8, generic, ...)"
+    )
     interpolation: str = _option("interp23tap", "how ms is re-interpolated to lms: interp23tap or bicubic")
-    padding: str = _option("symmetric", "interp23tap boundary: symmetric, replicate or circular (the toolbox's "
-                                        "wrap-around)")
+    padding: str = _option(
+        "symmetric", "interp23tap boundary: symmetric, replicate or circular (the toolbox's wrap-around)"
+    )
     ms_bands: tuple[int, ...] = _option((), "1-based bands of a multi-band MS file to use (empty = all)")
-    pan_weights: tuple[float, ...] = _option((), "synthetic-PAN weight per MS band (only without a PAN); see "
-                                                 "bandpass_pan_weights")
+    pan_weights: tuple[float, ...] = _option(
+        (), "synthetic-PAN weight per MS band (only without a PAN); see bandpass_pan_weights"
+    )
     max_dn: float = _option(0.0, "input DN mapped to 1.0 (0 -> the dtype's max for integer data, 1.0 for floats)")
-    out_max_dn: float = _option(0.0, "files store value * out_max_dn, the training preset's model.max_dn "
-                                     "(0 -> max_dn: the files hold the scene's DN)")
-    nodata: tuple[float, ...] = _option((), "fill values besides the GeoTIFF nodata tag (e.g. 0 for Landsat L1 "
-                                            "scenes)")
+    out_max_dn: float = _option(
+        0.0,
+        "files store value * out_max_dn, the training preset's model.max_dn "
+        "(0 -> max_dn: the files hold the scene's DN)",
+    )
+    nodata: tuple[float, ...] = _option((), "fill values besides the GeoTIFF nodata tag (e.g. 0 for Landsat L1 scenes)")
     fill_margin: int = _option(-1, "keep patches this far from fill and region borders (-1 -> 4 * ratio)")
     crop: tuple[int, ...] = _option((), "row,col,height,width of the scene to use, MS grid (empty = whole scene)")
     patch_size: int = _option(64, "side of a training / validation patch on the gt grid (multiple of ratio)")
     stride: int = _option(32, "step between patches (multiple of ratio)")
-    holdout_side: str = _option("left", "side of the scene holding the test strip, then the val strip: "
-                                        "left/right/top/bottom")
+    holdout_side: str = _option(
+        "left", "side of the scene holding the test strip, then the val strip: left/right/top/bottom"
+    )
     val_fraction: float = _option(0.15, "width of the validation strip, as a fraction of the scene along that axis")
     test_size: int = _option(256, "side of the square held-out test crop (0 -> no test file)")
     max_train_patches: int = _option(0, "keep a random subset of this many training patches (0 -> all)")

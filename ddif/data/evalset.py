@@ -1,6 +1,7 @@
 """The images a method is evaluated on: :class:`EvalSet` (lms, pan, ms, and gt at reduced
 resolution), from a dataset or built by hand. Used by ``ddif evaluate`` / ``ddif demo``
 (:mod:`ddif.evaluation`) and by training's validation (:mod:`ddif.training.distill`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ class EvalSet:
     lms: torch.Tensor
     pan: torch.Tensor
     ms: torch.Tensor
-    gt: torch.Tensor | None = None       # present at reduced resolution
+    gt: torch.Tensor | None = None  # present at reduced resolution
 
     def __len__(self) -> int:
         return self.lms.shape[0]

@@ -6,13 +6,14 @@ an MS and a PAN raster cover the same ground and to georeference outputs). Sever
 files (e.g. Landsat's one-file-per-band layout) are stacked with :func:`read_geotiff_stack`.
 rasterio is imported only when these functions run.
 """
+
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -30,9 +31,9 @@ class Raster:
     """Pixels ``(bands, H, W)`` in their stored dtype, with georeferencing."""
 
     array: np.ndarray
-    nodata: float | None                     # the file's nodata tag (None when it has none)
-    crs: str | None                          # WKT, or None for an ungeoreferenced file
-    transform: tuple[float, ...] | None      # affine (a, b, c, d, e, f): x = a*col + b*row + c, y = d*col + e*row + f
+    nodata: float | None  # the file's nodata tag (None when it has none)
+    crs: str | None  # WKT, or None for an ungeoreferenced file
+    transform: tuple[float, ...] | None  # affine (a, b, c, d, e, f): x = a*col + b*row + c, y = d*col + e*row + f
     path: str = ""
 
     @property
@@ -75,7 +76,7 @@ def fill_mask(data: np.ndarray, nodata_values: Sequence[float]) -> np.ndarray:
         mask |= ~np.isfinite(data).all(axis=0)
     for v in nodata_values:
         if v is None or np.isnan(v) or not _representable(v, data.dtype):
-            continue                     # NaN is covered by the finiteness test; -1 cannot occur in uint16
+            continue  # NaN is covered by the finiteness test; -1 cannot occur in uint16
         mask |= (data == data.dtype.type(v)).any(axis=0)
     return mask
 
@@ -87,8 +88,9 @@ def _representable(v: float, dtype: np.dtype) -> bool:
     return True
 
 
-def read_geotiff(path: str | os.PathLike, bands: Sequence[int] | None = None,
-                 window: Sequence[int] | None = None) -> Raster:
+def read_geotiff(
+    path: str | os.PathLike, bands: Sequence[int] | None = None, window: Sequence[int] | None = None
+) -> Raster:
     """Read a GeoTIFF (all bands, or the 1-based ``bands``), whole or only ``window`` =
     (row, col, height, width) (then the transform is the window's).
 
@@ -128,10 +130,18 @@ def read_geotiff(path: str | os.PathLike, bands: Sequence[int] | None = None,
                 from rasterio.windows import Window
 
                 row, col, height, width = (int(v) for v in window)
-                if row < 0 or col < 0 or height <= 0 or width <= 0 or row + height > src.height \
-                        or col + width > src.width:
-                    raise ValueError(f"{path}: window (row {row}, col {col}, {height}x{width}) is not inside the "
-                                     f"{src.height}x{src.width} raster")
+                if (
+                    row < 0
+                    or col < 0
+                    or height <= 0
+                    or width <= 0
+                    or row + height > src.height
+                    or col + width > src.width
+                ):
+                    raise ValueError(
+                        f"{path}: window (row {row}, col {col}, {height}x{width}) is not inside the "
+                        f"{src.height}x{src.width} raster"
+                    )
                 data = src.read(indexes, window=Window(col, row, width, height))
                 t = _shift_transform(src.transform, row, col)
             nodata = src.nodata
@@ -143,8 +153,9 @@ def read_geotiff(path: str | os.PathLike, bands: Sequence[int] | None = None,
         raise ValueError(f"{path}: cannot read as a GeoTIFF (corrupt, truncated or not a raster?): {e}") from None
     if data.dtype.kind not in "iuf":
         raise ValueError(f"{path}: pixel dtype {data.dtype} is not integer or float")
-    return Raster(array=data, nodata=None if nodata is None else float(nodata), crs=crs, transform=transform,
-                  path=str(path))
+    return Raster(
+        array=data, nodata=None if nodata is None else float(nodata), crs=crs, transform=transform, path=str(path)
+    )
 
 
 def _shift_transform(t, row: int, col: int) -> tuple[float, ...]:
@@ -166,8 +177,9 @@ def read_geotiff_stack(paths: Sequence[str | os.PathLike], window: Sequence[int]
     first = rasters[0]
     for r in rasters[1:]:
         if r.shape != first.shape:
-            raise ValueError(f"{r.path}: {r.shape[0]}x{r.shape[1]} pixels, but {first.path} is "
-                             f"{first.shape[0]}x{first.shape[1]}")
+            raise ValueError(
+                f"{r.path}: {r.shape[0]}x{r.shape[1]} pixels, but {first.path} is {first.shape[0]}x{first.shape[1]}"
+            )
         if r.crs != first.crs:
             raise ValueError(f"{r.path}: CRS differs from {first.path}")
         if not _same_transform(r.transform, first.transform):
@@ -177,8 +189,13 @@ def read_geotiff_stack(paths: Sequence[str | os.PathLike], window: Sequence[int]
     tags = {r.nodata for r in rasters if r.nodata is not None}
     if len(tags) > 1:
         raise ValueError(f"nodata tags differ between {[r.path for r in rasters]}: {sorted(tags)}")
-    return Raster(array=np.concatenate([r.array for r in rasters], axis=0), nodata=next(iter(tags), None),
-                  crs=first.crs, transform=first.transform, path=",".join(r.path for r in rasters))
+    return Raster(
+        array=np.concatenate([r.array for r in rasters], axis=0),
+        nodata=next(iter(tags), None),
+        crs=first.crs,
+        transform=first.transform,
+        path=",".join(r.path for r in rasters),
+    )
 
 
 def _same_transform(a, b, tol: float = 1e-6) -> bool:
@@ -187,9 +204,15 @@ def _same_transform(a, b, tol: float = 1e-6) -> bool:
     return bool(np.allclose(a, b, rtol=0, atol=tol * max(1.0, max(abs(v) for v in a))))
 
 
-def write_geotiff(path: str | os.PathLike, data: np.ndarray, *, crs: str | None = None,
-                  transform: Sequence[float] | None = None, nodata: float | None = None,
-                  compress: str | None = "deflate") -> Path:
+def write_geotiff(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    crs: str | None = None,
+    transform: Sequence[float] | None = None,
+    nodata: float | None = None,
+    compress: str | None = "deflate",
+) -> Path:
     """Write ``data`` (bands, H, W) or (H, W) as a GeoTIFF, atomically (temporary file + rename)."""
     rasterio = _rasterio()
     from rasterio.transform import Affine
@@ -203,8 +226,9 @@ def write_geotiff(path: str | os.PathLike, data: np.ndarray, *, crs: str | None 
         raise ValueError(f"expected (bands, H, W) or (H, W) pixels, got shape {data.shape}")
     if data.dtype.kind not in "iuf" or data.dtype == np.float16:
         raise ValueError(f"GeoTIFF pixels must be an integer or float32/64 dtype, got {data.dtype}")
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=data.dtype.name)
+    profile = dict(
+        driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=data.dtype.name
+    )
     if crs is not None:
         profile["crs"] = crs
     if transform is not None:
@@ -215,7 +239,7 @@ def write_geotiff(path: str | os.PathLike, data: np.ndarray, *, crs: str | None 
         profile["compress"] = compress
     path = Path(path)
     with atomic_path(path, suffix=".partial.tif") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)   # allowed: no transform given
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # allowed: no transform given
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
     return path

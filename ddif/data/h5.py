@@ -18,13 +18,15 @@ Reading is lazy: nothing but one item is ever in memory, and the HDF5 handle is 
 use in each process (so every DataLoader worker opens its own, and a pickled dataset carries no
 handle). The writers (atomic, one item per chunk) are :mod:`ddif.data.h5_writer`.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +53,7 @@ class _Expectation:
     bands: int | None
     guide_bands: int | None
     ratio: int | None
-    source: str          # for messages: "preset 'wv3'" or "max_dn=2047"
+    source: str  # for messages: "preset 'wv3'" or "max_dn=2047"
 
 
 def _expectation(preset_or_max_dn, bands, guide_bands, ratio) -> _Expectation:
@@ -69,18 +71,24 @@ def _expectation(preset_or_max_dn, bands, guide_bands, ratio) -> _Expectation:
             source=f"preset '{p.name}'",
         )
     if isinstance(preset_or_max_dn, bool) or not isinstance(preset_or_max_dn, (int, float, np.number)):
-        raise ValueError("preset_or_max_dn must be a preset name, a ddif.config.Preset or a positive max DN, "
-                         f"got {preset_or_max_dn!r}")
+        raise ValueError(
+            "preset_or_max_dn must be a preset name, a ddif.config.Preset or a positive max DN, "
+            f"got {preset_or_max_dn!r}"
+        )
     max_dn = float(preset_or_max_dn)
     if not np.isfinite(max_dn) or max_dn <= 0:
         raise ValueError(f"max_dn must be a positive number, got {preset_or_max_dn!r}")
-    return _Expectation(max_dn=max_dn, bands=None if bands is None else int(bands),
-                        guide_bands=None if guide_bands is None else int(guide_bands),
-                        ratio=None if ratio is None else int(ratio), source=f"max_dn={max_dn:g}")
+    return _Expectation(
+        max_dn=max_dn,
+        bands=None if bands is None else int(bands),
+        guide_bands=None if guide_bands is None else int(guide_bands),
+        ratio=None if ratio is None else int(ratio),
+        source=f"max_dn={max_dn:g}",
+    )
 
 
 def _is_numeric(dtype: np.dtype) -> bool:
-    return dtype.kind in "iuf"   # signed / unsigned integers, floats; not bool, complex, strings, compounds
+    return dtype.kind in "iuf"  # signed / unsigned integers, floats; not bool, complex, strings, compounds
 
 
 @dataclass(frozen=True)
@@ -94,15 +102,22 @@ class FileInfo:
     bands: int
     guide_bands: int
     ratio: int
-    size: tuple[int, int]        # H x W of gt / lms / pan
-    ms_size: tuple[int, int]     # h x w of ms
+    size: tuple[int, int]  # H x W of gt / lms / pan
+    ms_size: tuple[int, int]  # h x w of ms
     dtypes: dict[str, str]
     attrs: dict[str, Any]
 
 
-def inspect_h5(path: str | os.PathLike, layout: str = "pancollection", *, bands: int | None = None,
-               guide_bands: int | None = None, ratio: int | None = None, max_dn: float | None = None,
-               require_gt: bool = False) -> FileInfo:
+def inspect_h5(
+    path: str | os.PathLike,
+    layout: str = "pancollection",
+    *,
+    bands: int | None = None,
+    guide_bands: int | None = None,
+    ratio: int | None = None,
+    max_dn: float | None = None,
+    require_gt: bool = False,
+) -> FileInfo:
     """Open ``path``, check it is a well-formed fusion dataset of ``layout``, close it.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and the
@@ -139,9 +154,11 @@ def inspect_h5(path: str | os.PathLike, layout: str = "pancollection", *, bands:
             for other, other_keys in LAYOUTS.items():
                 if other != layout and all(n in f for k, n in other_keys.items() if k != "gt"):
                     hint = f"; it looks like the '{other}' layout ({', '.join(other_keys.values())})"
-            what = ("a reduced-resolution file with ground truth is required here"
-                    if missing == [keys["gt"]] else f"expected the {layout} layout "
-                    f"({', '.join(keys.values())}; '{keys['gt']}' optional)")
+            what = (
+                "a reduced-resolution file with ground truth is required here"
+                if missing == [keys["gt"]]
+                else f"expected the {layout} layout ({', '.join(keys.values())}; '{keys['gt']}' optional)"
+            )
             raise fail(f"missing dataset(s) {missing}: {what}; found {sorted(f.keys())}{hint}")
         dsets = {}
         for k, name in present.items():
@@ -174,16 +191,24 @@ def inspect_h5(path: str | os.PathLike, layout: str = "pancollection", *, bands:
         size = tuple(dsets["lms"].shape[2:])
         for k in ("gt", "pan"):
             if k in dsets and tuple(dsets[k].shape[2:]) != size:
-                raise fail(f"'{keys[k]}' is {_hw(dsets[k].shape[2:])} but '{keys['lms']}' is {_hw(size)}: "
-                           "they must be on the same grid")
+                raise fail(
+                    f"'{keys[k]}' is {_hw(dsets[k].shape[2:])} but '{keys['lms']}' is {_hw(size)}: "
+                    "they must be on the same grid"
+                )
         ms_size = tuple(dsets["ms"].shape[2:])
-        if min(ms_size) < 1 or size[0] % ms_size[0] or size[1] % ms_size[1] \
-                or size[0] // ms_size[0] != size[1] // ms_size[1]:
+        if (
+            min(ms_size) < 1
+            or size[0] % ms_size[0]
+            or size[1] % ms_size[1]
+            or size[0] // ms_size[0] != size[1] // ms_size[1]
+        ):
             raise fail(f"'{keys['ms']}' is {_hw(ms_size)}, not {_hw(size)} divided by one integer ratio")
         found_ratio = size[0] // ms_size[0]
         if ratio is not None and found_ratio != ratio:
-            raise fail(f"'{keys['ms']}' is {_hw(ms_size)} and '{keys['lms']}' {_hw(size)}: ratio {found_ratio}, "
-                       f"expected {ratio}")
+            raise fail(
+                f"'{keys['ms']}' is {_hw(ms_size)} and '{keys['lms']}' {_hw(size)}: ratio {found_ratio}, "
+                f"expected {ratio}"
+            )
 
         attrs = {k: _plain(v) for k, v in f.attrs.items()}
         if max_dn is not None and "max_dn" in attrs:
@@ -192,8 +217,10 @@ def inspect_h5(path: str | os.PathLike, layout: str = "pancollection", *, bands:
             except (TypeError, ValueError):
                 raise fail(f"attribute max_dn={attrs['max_dn']!r} is not a number") from None
             if not np.isclose(file_dn, max_dn, rtol=1e-6):
-                raise fail(f"file says its images are DN with max_dn={file_dn:g}, but they would be divided by "
-                           f"{max_dn:g}; use the matching preset or max_dn")
+                raise fail(
+                    f"file says its images are DN with max_dn={file_dn:g}, but they would be divided by "
+                    f"{max_dn:g}; use the matching preset or max_dn"
+                )
 
         if max_dn is not None:
             _check_dn_scale(path, keys, dsets, n, max_dn)
@@ -206,9 +233,19 @@ def inspect_h5(path: str | os.PathLike, layout: str = "pancollection", *, bands:
             except Exception as e:  # h5py raises OSError / RuntimeError / KeyError for bad chunks
                 raise fail(f"cannot read '{keys[k]}' (corrupt or truncated data): {e}") from None
 
-        return FileInfo(path=path, layout=layout, length=n, has_gt="gt" in dsets, bands=c, guide_bands=p,
-                        ratio=found_ratio, size=size, ms_size=ms_size,
-                        dtypes={keys[k]: str(d.dtype) for k, d in dsets.items()}, attrs=attrs)
+        return FileInfo(
+            path=path,
+            layout=layout,
+            length=n,
+            has_gt="gt" in dsets,
+            bands=c,
+            guide_bands=p,
+            ratio=found_ratio,
+            size=size,
+            ms_size=ms_size,
+            dtypes={keys[k]: str(d.dtype) for k, d in dsets.items()},
+            attrs=attrs,
+        )
 
 
 def _check_dn_scale(path: Path, keys: dict[str, str], dsets: dict[str, Any], n: int, max_dn: float) -> None:
@@ -230,9 +267,11 @@ def _check_dn_scale(path: Path, keys: dict[str, str], dsets: dict[str, Any], n: 
         values = np.stack(items)
         problem = scale_problem(array_stats(values, max_dn), max_dn)
         if problem is not None:
-            raise ValueError(f"{path}: '{keys[k]}' does not hold digital numbers for max_dn={max_dn:g}: {problem}. "
-                             "The files store DN (ddif.data.FusionH5Writer multiplies [0, 1] images by max_dn); "
-                             "rewrite it in DN, or open it with the max DN its values use")
+            raise ValueError(
+                f"{path}: '{keys[k]}' does not hold digital numbers for max_dn={max_dn:g}: {problem}. "
+                "The files store DN (ddif.data.FusionH5Writer multiplies [0, 1] images by max_dn); "
+                "rewrite it in DN, or open it with the max DN its values use"
+            )
 
 
 def _hw(shape: Sequence[int]) -> str:
@@ -273,9 +312,20 @@ class FusionH5(torch.utils.data.Dataset):
 
     layout = "pancollection"
 
-    def __init__(self, path: str | os.PathLike, preset_or_max_dn, train: bool = False, augment=None, *,
-                 require_gt: bool = False, ratio: int | None = None, bands: int | None = None,
-                 guide_bands: int | None = None, check_finite: bool = True, rdcc_nbytes: int = 4 << 20):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        preset_or_max_dn,
+        train: bool = False,
+        augment=None,
+        *,
+        require_gt: bool = False,
+        ratio: int | None = None,
+        bands: int | None = None,
+        guide_bands: int | None = None,
+        check_finite: bool = True,
+        rdcc_nbytes: int = 4 << 20,
+    ):
         self.path = Path(path)
         self.expect = _expectation(preset_or_max_dn, bands, guide_bands, ratio)
         self.max_dn = self.expect.max_dn
@@ -284,9 +334,15 @@ class FusionH5(torch.utils.data.Dataset):
         self.check_finite = check_finite
         self.rdcc_nbytes = int(rdcc_nbytes)
         self.keys = LAYOUTS[self.layout]
-        self.info = inspect_h5(self.path, self.layout, bands=self.expect.bands,
-                               guide_bands=self.expect.guide_bands, ratio=self.expect.ratio,
-                               max_dn=self.max_dn, require_gt=self.require_gt)
+        self.info = inspect_h5(
+            self.path,
+            self.layout,
+            bands=self.expect.bands,
+            guide_bands=self.expect.guide_bands,
+            ratio=self.expect.ratio,
+            max_dn=self.max_dn,
+            require_gt=self.require_gt,
+        )
         self.item_keys = tuple(k for k in ("gt", "ms", "lms", "pan") if k != "gt" or self.info.has_gt)
         self._file = None
         self._datasets: dict[str, Any] = {}
@@ -322,9 +378,11 @@ class FusionH5(torch.utils.data.Dataset):
         return self.info.size
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}('{self.path}', {len(self)} items, {self.bands}+{self.guide_bands} bands, "
-                f"{_hw(self.size)}, ratio {self.ratio}, gt={self.has_gt}, max_dn={self.max_dn:g}, "
-                f"augment={self.augment!r})")
+        return (
+            f"{type(self).__name__}('{self.path}', {len(self)} items, {self.bands}+{self.guide_bands} bands, "
+            f"{_hw(self.size)}, ratio {self.ratio}, gt={self.has_gt}, max_dn={self.max_dn:g}, "
+            f"augment={self.augment!r})"
+        )
 
     # -- lazy per-process handle ---------------------------------------------------------------
     def _open(self) -> dict[str, Any]:
@@ -380,8 +438,9 @@ class FusionH5(torch.utils.data.Dataset):
             try:
                 arr = dsets[k][i]
             except Exception as e:
-                raise ValueError(f"{self.path}: cannot read item {i} of '{self.keys[k]}' "
-                                 f"(corrupt or truncated data): {e}") from None
+                raise ValueError(
+                    f"{self.path}: cannot read item {i} of '{self.keys[k]}' (corrupt or truncated data): {e}"
+                ) from None
             t = torch.from_numpy(np.asarray(arr, dtype=np.float32))
             if self.max_dn != 1.0:
                 t = t / self.max_dn
@@ -427,12 +486,15 @@ def detect_layout(path: str | os.PathLike) -> str:
     for layout, keys in LAYOUTS.items():
         if {keys["ms"], keys["lms"], keys["pan"]} <= names:
             return layout
-    raise ValueError(f"{path}: neither the PanCollection layout (gt, ms, lms, pan) nor the HISR layout "
-                     f"(GT, LRHSI, HSI_up, RGB); found {sorted(names)}")
+    raise ValueError(
+        f"{path}: neither the PanCollection layout (gt, ms, lms, pan) nor the HISR layout "
+        f"(GT, LRHSI, HSI_up, RGB); found {sorted(names)}"
+    )
 
 
-def open_h5(path: str | os.PathLike, preset_or_max_dn, train: bool = False, augment=None, *,
-            require_gt: bool = False, **kw) -> FusionH5:
+def open_h5(
+    path: str | os.PathLike, preset_or_max_dn, train: bool = False, augment=None, *, require_gt: bool = False, **kw
+) -> FusionH5:
     """A :class:`PanCollectionH5` or :class:`HISRH5`, whichever layout the file has; the arguments
     are :class:`FusionH5`'s (``require_gt`` refuses a file without ``gt``; ``train=True`` is its
     old name; ``augment`` is off unless asked for)."""

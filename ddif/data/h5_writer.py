@@ -1,12 +1,14 @@
 """Writing fusion ``.h5`` files (PanCollection or HISR layout): :class:`FusionH5Writer` appends
 images in DN (floats in [0, 1] times ``max_dn``) atomically; :func:`write_pancollection_h5` /
 :func:`write_hisr_h5` write whole arrays. Reading them is :mod:`ddif.data.h5`."""
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ from ddif.data.h5 import LAYOUTS, _h5py, _hw, _is_numeric
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
+
 
 def _as_array(name: str, x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -50,9 +53,17 @@ class FusionH5Writer:
                 w.append(gt=..., ms=..., lms=..., pan=...)
     """
 
-    def __init__(self, path: str | os.PathLike, *, max_dn: float, layout: str = "pancollection",
-                 dtype: str | np.dtype = "float32", compression: str | None = None,
-                 compression_level: int | None = None, attrs: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        max_dn: float,
+        layout: str = "pancollection",
+        dtype: str | np.dtype = "float32",
+        compression: str | None = None,
+        compression_level: int | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ):
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
         max_dn = float(max_dn)
@@ -76,7 +87,7 @@ class FusionH5Writer:
         self._layout_seen: tuple[tuple[str, ...], dict[str, tuple[int, ...]]] | None = None
         self._extra_names: tuple[str, ...] = ()
 
-    def __enter__(self) -> "FusionH5Writer":
+    def __enter__(self) -> FusionH5Writer:
         from ddif.utils.io import atomic_path
 
         h5py = _h5py()
@@ -103,9 +114,9 @@ class FusionH5Writer:
         finally:
             f.close()
         if exc_type is None and error is None:
-            stack.close()               # atomic_path renames the temporary file onto the target
+            stack.close()  # atomic_path renames the temporary file onto the target
             return False
-        if exc_type is not None:        # atomic_path deletes the temporary file; the exception propagates
+        if exc_type is not None:  # atomic_path deletes the temporary file; the exception propagates
             return bool(stack.__exit__(exc_type, exc, tb))
         stack.__exit__(type(error), error, error.__traceback__)
         raise error
@@ -141,9 +152,15 @@ class FusionH5Writer:
                 shape = a.shape[1:]
                 chunk = (1, shape[0], min(shape[1], 256), min(shape[2], 256))
                 self._file.create_dataset(
-                    self.keys[k], shape=(0, *shape), maxshape=(None, *shape), dtype=self.dtype, chunks=chunk,
-                    compression=self.compression, compression_opts=self.compression_level,
-                    shuffle=self.compression is not None)
+                    self.keys[k],
+                    shape=(0, *shape),
+                    maxshape=(None, *shape),
+                    dtype=self.dtype,
+                    chunks=chunk,
+                    compression=self.compression,
+                    compression_opts=self.compression_level,
+                    shuffle=self.compression is not None,
+                )
         elif signature != self._layout_seen:
             raise ValueError(f"appended images {signature} differ from the first ones {self._layout_seen}")
         extras = {}
@@ -157,18 +174,19 @@ class FusionH5Writer:
         if self.length == 0:
             self._extra_names = tuple(extras)
             for name, a in extras.items():
-                self._file.create_dataset(name, shape=(0, *a.shape[1:]), maxshape=(None, *a.shape[1:]),
-                                          dtype=a.dtype, chunks=True)
+                self._file.create_dataset(
+                    name, shape=(0, *a.shape[1:]), maxshape=(None, *a.shape[1:]), dtype=a.dtype, chunks=True
+                )
         elif tuple(extras) != self._extra_names:
             raise ValueError(f"extra datasets {tuple(extras)} differ from the first append's {self._extra_names}")
         for k, a in arrays.items():
             d = self._file[self.keys[k]]
             d.resize(self.length + n, axis=0)
-            d[self.length:] = _to_storage(a * self.max_dn, self.dtype)
+            d[self.length :] = _to_storage(a * self.max_dn, self.dtype)
         for name, a in extras.items():
             d = self._file[name]
             d.resize(self.length + n, axis=0)
-            d[self.length:] = a
+            d[self.length :] = a
         self.length += n
 
 
@@ -192,29 +210,57 @@ def _attr_value(v: Any) -> Any:
 
 
 def _write(path, layout, *, gt, ms, lms, pan, max_dn, dtype, compression, attrs) -> Path:
-    with FusionH5Writer(path, max_dn=max_dn, layout=layout, dtype=dtype, compression=compression,
-                        attrs=attrs) as w:
+    with FusionH5Writer(path, max_dn=max_dn, layout=layout, dtype=dtype, compression=compression, attrs=attrs) as w:
         w.append(gt=gt, ms=ms, lms=lms, pan=pan)
     return Path(path)
 
 
-def write_pancollection_h5(path: str | os.PathLike, *, ms, lms, pan, max_dn: float, gt=None,
-                           dtype: str = "float32", compression: str | None = None,
-                           attrs: Mapping[str, Any] | None = None) -> Path:
+def write_pancollection_h5(
+    path: str | os.PathLike,
+    *,
+    ms,
+    lms,
+    pan,
+    max_dn: float,
+    gt=None,
+    dtype: str = "float32",
+    compression: str | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
     """Write a PanCollection file (``gt`` optional, ``ms``, ``lms``, ``pan``) atomically.
 
     Inputs are float arrays / tensors (N, C, H, W) or (C, H, W) scaled to [0, 1] (DN / ``max_dn``);
     the file stores DN (``value * max_dn``) as the layout's convention, in ``dtype``, plus a
     ``max_dn`` attribute that readers check.
     """
-    return _write(path, "pancollection", gt=gt, ms=ms, lms=lms, pan=pan, max_dn=max_dn, dtype=dtype,
-                  compression=compression, attrs=attrs)
+    return _write(
+        path,
+        "pancollection",
+        gt=gt,
+        ms=ms,
+        lms=lms,
+        pan=pan,
+        max_dn=max_dn,
+        dtype=dtype,
+        compression=compression,
+        attrs=attrs,
+    )
 
 
-def write_hisr_h5(path: str | os.PathLike, *, ms, lms, pan, gt=None, max_dn: float = 1.0,
-                  dtype: str = "float32", compression: str | None = None,
-                  attrs: Mapping[str, Any] | None = None) -> Path:
+def write_hisr_h5(
+    path: str | os.PathLike,
+    *,
+    ms,
+    lms,
+    pan,
+    gt=None,
+    max_dn: float = 1.0,
+    dtype: str = "float32",
+    compression: str | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
     """Write a CAVE / Harvard-layout file atomically: ``gt -> GT``, ``ms -> LRHSI``,
     ``lms -> HSI_up``, ``pan -> RGB`` (values in [0, 1] unless ``max_dn`` says otherwise)."""
-    return _write(path, "hisr", gt=gt, ms=ms, lms=lms, pan=pan, max_dn=max_dn, dtype=dtype,
-                  compression=compression, attrs=attrs)
+    return _write(
+        path, "hisr", gt=gt, ms=ms, lms=lms, pan=pan, max_dn=max_dn, dtype=dtype, compression=compression, attrs=attrs
+    )

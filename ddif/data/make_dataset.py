@@ -28,6 +28,7 @@ Module layout (each concern in its own module; the public names are re-exported 
 (the degradation of a region and the files). This module holds the configuration and
 :func:`make_dataset`, which plans every split before it writes any.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,18 @@ from ddif.data.synthetic_pan import LANDSAT8_OLI_BANDPASS_NM, bandpass_pan_weigh
 from ddif.data.wald_writer import write_patches, write_test_crop, write_test_full
 
 # re-exported: the names callers import from here (and from ddif.data)
-__all__ = ["LANDSAT8_OLI_BANDPASS_NM", "SIDES", "MakeDatasetConfig", "Region", "bandpass_pan_weights", "make_dataset",
-           "patch_positions", "register_pair", "split_regions", "synthesize_pan"]
+__all__ = [
+    "LANDSAT8_OLI_BANDPASS_NM",
+    "SIDES",
+    "MakeDatasetConfig",
+    "Region",
+    "bandpass_pan_weights",
+    "make_dataset",
+    "patch_positions",
+    "register_pair",
+    "split_regions",
+    "synthesize_pan",
+]
 
 
 def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = False) -> dict[str, Any]:
@@ -73,8 +84,9 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
     for split, corners in plan.patches.items():
         region = plan.regions[split]
         path = out_dir / f"{cfg.name}_{split}.h5"
-        write_patches(path, scene, region, corners, cfg, {**attrs, "split": split, "region": region.as_tuple()},
-                      progress=progress)
+        write_patches(
+            path, scene, region, corners, cfg, {**attrs, "split": split, "region": region.as_tuple()}, progress=progress
+        )
         summary["files"][split] = str(path)
         summary[f"{split}_patches"] = len(corners)
     if plan.test_crop is not None:
@@ -85,8 +97,18 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
         summary["test_crop"] = crop.as_tuple()
         if scene.pan is not None:
             path = out_dir / f"{cfg.name}_test_full.h5"
-            write_test_full(path, scene, crop, cfg, {**attrs, "split": "test_full", "region": crop.as_tuple(),
-                                                     "protocol": "full resolution (no ground truth)"})
+            write_test_full(
+                path,
+                scene,
+                crop,
+                cfg,
+                {
+                    **attrs,
+                    "split": "test_full",
+                    "region": crop.as_tuple(),
+                    "protocol": "full resolution (no ground truth)",
+                },
+            )
             summary["files"]["test_full"] = str(path)
 
     summary["config"] = asdict(cfg)
@@ -97,26 +119,43 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
 def _file_attrs(cfg: MakeDatasetConfig, scene: PreparedScene, ms_source) -> dict[str, Any]:
     """The attributes every file of the dataset carries (how it was made, from what)."""
     has_pan = scene.pan is not None
-    pan_desc = ("real PAN" if has_pan else
-                f"synthesized PAN (semi-synthetic): weighted sum of the MS bands, weights {cfg.pan_weights}")
+    pan_desc = (
+        "real PAN"
+        if has_pan
+        else f"synthesized PAN (semi-synthetic): weighted sum of the MS bands, weights {cfg.pan_weights}"
+    )
     return {
-        "created_by": "ddif.data.make_dataset", "protocol": "Wald reduced resolution", "ratio": cfg.ratio,
-        "sensor": cfg.sensor, "interpolation": cfg.interpolation, "interp_padding": cfg.padding,
+        "created_by": "ddif.data.make_dataset",
+        "protocol": "Wald reduced resolution",
+        "ratio": cfg.ratio,
+        "sensor": cfg.sensor,
+        "interpolation": cfg.interpolation,
+        "interp_padding": cfg.padding,
         "band_names": band_names(ms_source, cfg.ms_bands),
         "pan_source": pan_desc,
-        "source_ms": scene.ms_image.source, "source_pan": scene.pan_image.source if has_pan else "",
-        "source_max_dn": float(scene.in_max), "patch_size": cfg.patch_size, "stride": cfg.stride,
-        "scene_crop": (*scene.origin, *scene.size), "crs": scene.ms_image.crs or "",
-        "transform": scene.ms_image.transform or (), "config_json": json.dumps(asdict(cfg)),
+        "source_ms": scene.ms_image.source,
+        "source_pan": scene.pan_image.source if has_pan else "",
+        "source_max_dn": float(scene.in_max),
+        "patch_size": cfg.patch_size,
+        "stride": cfg.stride,
+        "scene_crop": (*scene.origin, *scene.size),
+        "crs": scene.ms_image.crs or "",
+        "transform": scene.ms_image.transform or (),
+        "config_json": json.dumps(asdict(cfg)),
         **scene.registration,
     }
 
 
 def _summary(cfg: MakeDatasetConfig, scene: PreparedScene, plan: SplitPlan) -> dict[str, Any]:
     """The summary before writing (the writers add file paths and counts)."""
-    summary: dict[str, Any] = {"pan": "real" if scene.pan is not None else "synthesized", "ratio": cfg.ratio,
-                               "scene_size": scene.size, "max_dn": float(scene.out_max),
-                               "regions": {k: v.as_tuple() for k, v in plan.regions.items()}, "files": {}}
+    summary: dict[str, Any] = {
+        "pan": "real" if scene.pan is not None else "synthesized",
+        "ratio": cfg.ratio,
+        "scene_size": scene.size,
+        "max_dn": float(scene.out_max),
+        "regions": {k: v.as_tuple() for k, v in plan.regions.items()},
+        "files": {},
+    }
     for split, rejected in plan.rejected_fill.items():
         summary[f"{split}_rejected_fill"] = rejected
     return summary

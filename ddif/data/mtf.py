@@ -23,12 +23,13 @@ interpolating on that grid, so ``upsample(x, r)[..., r//2::r, r//2::r] == x``.
 All functions take float tensors (B, C, H, W) and return the input's dtype; filtering runs in
 float64 for float64 input and in float32 otherwise.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -78,13 +79,24 @@ SENSOR_MTF: dict[str, tuple[tuple[float, ...], float]] = {
 }
 
 SENSOR_ALIASES: dict[str, str] = {
-    "worldview3": "wv3", "worldview-3": "wv3", "wv-3": "wv3",
-    "worldview2": "wv2", "worldview-2": "wv2", "wv-2": "wv2",
-    "worldview4": "wv4", "worldview-4": "wv4",
+    "worldview3": "wv3",
+    "worldview-3": "wv3",
+    "wv-3": "wv3",
+    "worldview2": "wv2",
+    "worldview-2": "wv2",
+    "wv-2": "wv2",
+    "worldview4": "wv4",
+    "worldview-4": "wv4",
     "quickbird": "qb",
-    "geoeye": "geoeye1", "geoeye-1": "geoeye1", "ge1": "geoeye1",
-    "gaofen2": "gf2", "gaofen-2": "gf2", "gf-2": "gf2",
-    "landsat-8": "landsat8", "l8": "landsat8", "oli": "landsat8",
+    "geoeye": "geoeye1",
+    "geoeye-1": "geoeye1",
+    "ge1": "geoeye1",
+    "gaofen2": "gf2",
+    "gaofen-2": "gf2",
+    "gf-2": "gf2",
+    "landsat-8": "landsat8",
+    "l8": "landsat8",
+    "oli": "landsat8",
 }
 
 # The toolbox's MTF filters are 41 x 41.
@@ -93,8 +105,20 @@ DEFAULT_KERNEL_SIZE = 41
 # Half of the toolbox's 23-tap interpolator (Aiazzi et al. 2002): a symmetric half-band
 # Lagrange-type polynomial kernel. Even offsets are zero except the centre, so the filter is
 # interpolating; the factor 2 compensates the zeros inserted by upsampling by 2.
-_INTERP23_HALF = (0.5, 0.305334091185, 0.0, -0.072698593239, 0.0, 0.021809577942, 0.0,
-                  -0.005192756653, 0.0, 0.000807762146, 0.0, -0.000060081482)
+_INTERP23_HALF = (
+    0.5,
+    0.305334091185,
+    0.0,
+    -0.072698593239,
+    0.0,
+    0.021809577942,
+    0.0,
+    -0.005192756653,
+    0.0,
+    0.000807762146,
+    0.0,
+    -0.000060081482,
+)
 _INTERP23_PADDINGS = ("circular", "symmetric", "replicate")
 
 
@@ -110,7 +134,9 @@ def _resolve_sensor(sensor: str) -> str:
         warnings.warn(
             f"sensor {sensor!r} has no published MTF gains here (known: {sorted(SENSOR_MTF)}); "
             "using the toolbox's generic values (MS 0.3, PAN 0.15 at Nyquist)",
-            UserWarning, stacklevel=3)
+            UserWarning,
+            stacklevel=3,
+        )
         key = "generic"
     return key
 
@@ -132,7 +158,8 @@ def sensor_gains(sensor: str, bands: int) -> tuple[tuple[float, ...], float]:
     elif len(ms_gains) != bands:
         raise ValueError(
             f"sensor {sensor!r} has {len(ms_gains)} MS bands with published MTF gains, but the image "
-            f"has {bands} bands; pass sensor='generic' or explicit per-band gains to mtf_filter")
+            f"has {bands} bands; pass sensor='generic' or explicit per-band gains to mtf_filter"
+        )
     return tuple(float(g) for g in ms_gains), float(pan_gain)
 
 
@@ -173,11 +200,11 @@ def _mtf_kernel_1d(gain_nyquist: float, ratio: int, size: int) -> torch.Tensor:
     # Desired response H(f) = exp(-f^2 / (2 s^2)), f in cycles per high-resolution pixel, with
     # H(1 / (2 ratio)) = g  =>  s^2 = (1 / (2 ratio))^2 / (-2 ln g).
     f_nyq = 1.0 / (2.0 * ratio)
-    s2 = f_nyq ** 2 / (-2.0 * math.log(g))
+    s2 = f_nyq**2 / (-2.0 * math.log(g))
     # Frequency-sampling design (as the toolbox's fwind1): sample H on the size-point DFT grid,
     # inverse DFT, window, normalise to unit DC gain.
     k = torch.arange(size, dtype=torch.float64) - size // 2
-    response = torch.exp(-(k / size) ** 2 / (2.0 * s2))
+    response = torch.exp(-((k / size) ** 2) / (2.0 * s2))
     h = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(response))).real
     h = h * _kaiser(size)
     return h / h.sum()
@@ -247,8 +274,9 @@ def _gains_for(gains, channels: int) -> list[float]:
     return [_check_gain(g) for g in values]
 
 
-def mtf_filter(img: torch.Tensor, gains: float | Sequence[float], ratio: int,
-               size: int = DEFAULT_KERNEL_SIZE) -> torch.Tensor:
+def mtf_filter(
+    img: torch.Tensor, gains: float | Sequence[float], ratio: int, size: int = DEFAULT_KERNEL_SIZE
+) -> torch.Tensor:
     """Low-pass every band of ``img`` (B, C, H, W) with its MTF-matched Gaussian (:func:`mtf_kernel`).
 
     ``gains``: one gain at Nyquist per band, or a single value for all bands. Depthwise separable
@@ -268,8 +296,10 @@ def mtf_filter(img: torch.Tensor, gains: float | Sequence[float], ratio: int,
 def _check_divisible(name: str, x: torch.Tensor, ratio: int) -> None:
     h, w = x.shape[-2:]
     if h % ratio or w % ratio:
-        raise ValueError(f"{name}: spatial size {h}x{w} is not divisible by the ratio {ratio}; "
-                         f"crop it to a multiple of {ratio} first")
+        raise ValueError(
+            f"{name}: spatial size {h}x{w} is not divisible by the ratio {ratio}; "
+            f"crop it to a multiple of {ratio} first"
+        )
 
 
 def decimate(img: torch.Tensor, ratio: int) -> torch.Tensor:
@@ -284,8 +314,9 @@ def decimate(img: torch.Tensor, ratio: int) -> torch.Tensor:
     return x[..., o::ratio, o::ratio]
 
 
-def degrade(img: torch.Tensor, sensor: str, ratio: int, kind: str = "ms",
-            size: int = DEFAULT_KERNEL_SIZE) -> torch.Tensor:
+def degrade(
+    img: torch.Tensor, sensor: str, ratio: int, kind: str = "ms", size: int = DEFAULT_KERNEL_SIZE
+) -> torch.Tensor:
     """MTF-matched low-pass then decimation by ``ratio`` (Wald et al. 1997; toolbox ``resize_images``).
 
     ``kind="ms"`` uses the sensor's per-band MS gains (the band count must match the sensor's);
@@ -328,7 +359,7 @@ def _interp23_odd_taps(dtype, device) -> torch.Tensor:
     """Weights of x[i-5 .. i+6] for the new sample halfway between x[i] and x[i+1]: the kernel's
     odd taps (offsets -11, -9, ..., -1, 1, ..., 11, times 2 for the inserted zeros). The even taps
     are 0 except the centre (1), so existing samples pass through unchanged."""
-    odd = torch.tensor(_INTERP23_HALF[1::2], dtype=torch.float64) * 2.0      # offsets 1, 3, ..., 11
+    odd = torch.tensor(_INTERP23_HALF[1::2], dtype=torch.float64) * 2.0  # offsets 1, 3, ..., 11
     return torch.cat([odd.flip(0), odd]).to(device=device, dtype=dtype)
 
 
@@ -342,11 +373,11 @@ def _upsample2_last(x: torch.Tensor, phase: int, padding: str, taps: torch.Tenso
     lead = x.shape[:-1]
     p = _INTERP23_PAD
     xp = x.index_select(-1, _pad_index(n, p, padding, x.device)).reshape(-1, 1, n + 2 * p)
-    mid = F.conv1d(xp, taps.view(1, 1, -1)).reshape(*lead, -1)     # mid[s] is between x[s-1] and x[s]
-    if phase == 1:   # out[2i] = mid between x[i-1] and x[i], out[2i+1] = x[i]
+    mid = F.conv1d(xp, taps.view(1, 1, -1)).reshape(*lead, -1)  # mid[s] is between x[s-1] and x[s]
+    if phase == 1:  # out[2i] = mid between x[i-1] and x[i], out[2i+1] = x[i]
         pairs = (mid[..., :n], x)
-    else:            # out[2i] = x[i], out[2i+1] = mid between x[i] and x[i+1]
-        pairs = (x, mid[..., 1:n + 1])
+    else:  # out[2i] = x[i], out[2i+1] = mid between x[i] and x[i+1]
+        pairs = (x, mid[..., 1 : n + 1])
     return torch.stack(pairs, dim=-1).reshape(*lead, 2 * n)
 
 
@@ -378,31 +409,35 @@ def interp23tap(img: torch.Tensor, ratio: int, padding: str = "circular") -> tor
     stages = int(math.log2(ratio))
     for stage in range(stages):
         phase = 1 if stage == 0 else 0
-        y = _upsample2_last(y, phase, padding, taps)                                       # width
+        y = _upsample2_last(y, phase, padding, taps)  # width
         y = _upsample2_last(y.transpose(-1, -2), phase, padding, taps).transpose(-1, -2)  # height
     return y.to(img.dtype).contiguous()
 
 
 def _keys_weights(t: torch.Tensor, a: float = -0.5) -> list[torch.Tensor]:
     """Keys cubic convolution weights for neighbours at offsets -1, 0, 1, 2 of fractional part t."""
+
     def k(d):
         d = d.abs()
-        return torch.where(d <= 1, (a + 2) * d ** 3 - (a + 3) * d ** 2 + 1,
-                           torch.where(d < 2, a * d ** 3 - 5 * a * d ** 2 + 8 * a * d - 4 * a,
-                                       torch.zeros_like(d)))
+        return torch.where(
+            d <= 1,
+            (a + 2) * d**3 - (a + 3) * d**2 + 1,
+            torch.where(d < 2, a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a, torch.zeros_like(d)),
+        )
+
     return [k(t + 1), k(t), k(1 - t), k(2 - t)]
 
 
 def _cubic_upsample_axis(x: torch.Tensor, ratio: int, dim: int) -> torch.Tensor:
     n = x.shape[dim]
     p = torch.arange(n * ratio, device=x.device, dtype=torch.float64)  # weights in float64, then cast
-    u = (p - ratio // 2) / ratio                      # low-res coordinate of each output pixel
+    u = (p - ratio // 2) / ratio  # low-res coordinate of each output pixel
     i0 = torch.floor(u)
     t = u - i0
     i0 = i0.long()
     shape = [1] * x.dim()
     shape[dim] = n * ratio
-    out = torch.zeros(x.shape[:dim] + (n * ratio,) + x.shape[dim + 1:], dtype=x.dtype, device=x.device)
+    out = torch.zeros(x.shape[:dim] + (n * ratio,) + x.shape[dim + 1 :], dtype=x.dtype, device=x.device)
     for offset, w in zip((-1, 0, 1, 2), _keys_weights(t)):
         idx = (i0 + offset).clamp(0, n - 1)
         out = out + x.index_select(dim, idx) * w.to(x.dtype).view(shape)
@@ -455,9 +490,14 @@ class ReducedResolution:
     pan: torch.Tensor
 
 
-def simulate_reduced_resolution(ms: torch.Tensor, pan: torch.Tensor, ratio: int = 4, sensor: str = "wv3",
-                                interpolation: str = "interp23tap",
-                                padding: str = "circular") -> ReducedResolution:
+def simulate_reduced_resolution(
+    ms: torch.Tensor,
+    pan: torch.Tensor,
+    ratio: int = 4,
+    sensor: str = "wv3",
+    interpolation: str = "interp23tap",
+    padding: str = "circular",
+) -> ReducedResolution:
     """Wald-protocol simulation (Wald et al. 1997, as in the toolbox's ``resize_images``).
 
     ``ms``: the real MS image at MS resolution, (B, C, h, w) or (C, h, w); ``pan``: the real PAN
@@ -481,10 +521,13 @@ def simulate_reduced_resolution(ms: torch.Tensor, pan: torch.Tensor, ratio: int 
     if tuple(pan4.shape[-2:]) != (ratio * h, ratio * w):
         raise ValueError(
             f"pan: spatial size {pan4.shape[-2]}x{pan4.shape[-1]} does not match ratio {ratio} times the MS "
-            f"size {h}x{w} (expected {ratio * h}x{ratio * w})")
+            f"size {h}x{w} (expected {ratio * h}x{ratio * w})"
+        )
     if h % ratio or w % ratio:
-        raise ValueError(f"ms: spatial size {h}x{w} is not divisible by the ratio {ratio}; crop both images "
-                         f"(MS to a multiple of {ratio}, PAN to {ratio} times that)")
+        raise ValueError(
+            f"ms: spatial size {h}x{w} is not divisible by the ratio {ratio}; crop both images "
+            f"(MS to a multiple of {ratio}, PAN to {ratio} times that)"
+        )
     ms_lr = degrade(ms4, sensor, ratio, kind="ms")
     pan_lr = degrade(pan4, sensor, ratio, kind="pan")
     lms = upsample(ms_lr, ratio, method=interpolation, padding=padding)

@@ -3,15 +3,17 @@ the scene-ingestion layer, :mod:`ddif.data.scene`): :class:`SceneError` and its 
 :class:`Preprocessing` a model was trained with, raster headers, the grid checks (CRS, north-up,
 integer resolution ratio, overlap, bands, band order) and the one placement rule
 (:func:`placement`, :func:`paired_windows`)."""
+
 from __future__ import annotations
 
 import contextlib
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -21,10 +23,10 @@ MISSING_PARTNER = "missing_partner"
 WRONG_RATIO = "wrong_ratio"
 NO_OVERLAP = "no_overlap"
 ALL_NODATA = "all_nodata"
-BAD_GRID = "bad_grid"            # rotated / skewed transform, CRS mismatch, missing georeferencing
+BAD_GRID = "bad_grid"  # rotated / skewed transform, CRS mismatch, missing georeferencing
 WRONG_BANDS = "wrong_bands"
-BAD_VALUES = "bad_values"        # NaN / Inf that are not the nodata value, unsupported dtype
-BAD_SCALE = "bad_scale"          # dtype or value range does not fit the model's DN convention
+BAD_VALUES = "bad_values"  # NaN / Inf that are not the nodata value, unsupported dtype
+BAD_SCALE = "bad_scale"  # dtype or value range does not fit the model's DN convention
 
 INTERPOLATIONS = ("interp23tap", "bicubic")
 PADDINGS = ("symmetric", "replicate", "circular")
@@ -52,8 +54,9 @@ def gdal_env(cache_mb: int = 64) -> Iterator[None]:
     station's memory bound), no side-car .aux.xml files, single-threaded (deterministic)
     compression."""
     rasterio = _rasterio()
-    with rasterio.Env(GDAL_CACHEMAX=int(cache_mb), GDAL_PAM_ENABLED="NO", GDAL_NUM_THREADS="1",
-                      GDAL_TIFF_INTERNAL_MASK="YES"):
+    with rasterio.Env(
+        GDAL_CACHEMAX=int(cache_mb), GDAL_PAM_ENABLED="NO", GDAL_NUM_THREADS="1", GDAL_TIFF_INTERNAL_MASK="YES"
+    ):
         yield
 
 
@@ -65,10 +68,10 @@ class Preprocessing:
     """How a model's ``lms`` / ``pan`` inputs are made from DN rasters."""
 
     max_dn: float
-    interpolation: str = "interp23tap"     # MS -> PAN grid (interp23tap needs a power-of-2 ratio)
-    padding: str = "symmetric"             # interp23tap boundary at the scene edge
-    fill_iterations: int = 4               # 3x3 dilations filling nodata holes before interpolating
-    band_names: tuple[str, ...] = ()       # the MS bands in the model's order, when the training data named them
+    interpolation: str = "interp23tap"  # MS -> PAN grid (interp23tap needs a power-of-2 ratio)
+    padding: str = "symmetric"  # interp23tap boundary at the scene edge
+    fill_iterations: int = 4  # 3x3 dilations filling nodata holes before interpolating
+    band_names: tuple[str, ...] = ()  # the MS bands in the model's order, when the training data named them
 
     def __post_init__(self) -> None:
         if not self.max_dn > 0:
@@ -81,15 +84,18 @@ class Preprocessing:
             raise ValueError(f"fill_iterations must be >= 0, got {self.fill_iterations}")
 
     @classmethod
-    def for_preset(cls, preset, *, interpolation: str | None = None, padding: str | None = None,
-                   fill_iterations: int | None = None) -> "Preprocessing":
+    def for_preset(
+        cls, preset, *, interpolation: str | None = None, padding: str | None = None, fill_iterations: int | None = None
+    ) -> Preprocessing:
         """The preprocessing stored in a model's preset, with optional overrides."""
         d = preset.data
-        return cls(float(preset.model.max_dn),
-                   interpolation or getattr(d, "interpolation", "interp23tap"),
-                   padding or getattr(d, "interp_padding", "symmetric"),
-                   int(getattr(d, "fill_iterations", 4) if fill_iterations is None else fill_iterations),
-                   tuple(getattr(d, "band_names", ()) or ()))
+        return cls(
+            float(preset.model.max_dn),
+            interpolation or getattr(d, "interpolation", "interp23tap"),
+            padding or getattr(d, "interp_padding", "symmetric"),
+            int(getattr(d, "fill_iterations", 4) if fill_iterations is None else fill_iterations),
+            tuple(getattr(d, "band_names", ()) or ()),
+        )
 
     def method_for(self, ratio: int) -> str:
         """interp23tap needs a power-of-2 ratio; make_dataset trains other ratios on bicubic."""
@@ -107,8 +113,8 @@ class RasterInfo:
     count: int
     dtype: str
     nodata: float | None
-    crs: Any                     # rasterio CRS or None
-    transform: Any               # affine.Affine
+    crs: Any  # rasterio CRS or None
+    transform: Any  # affine.Affine
     descriptions: tuple[str | None, ...] = ()
 
     @property
@@ -130,12 +136,22 @@ def open_raster(path: str | os.PathLike, what: str) -> RasterInfo:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                info = RasterInfo(str(path), src.width, src.height, src.count, src.dtypes[0] if src.count else "",
-                                  src.nodata, src.crs, src.transform, tuple(src.descriptions))
+                info = RasterInfo(
+                    str(path),
+                    src.width,
+                    src.height,
+                    src.count,
+                    src.dtypes[0] if src.count else "",
+                    src.nodata,
+                    src.crs,
+                    src.transform,
+                    tuple(src.descriptions),
+                )
                 dtypes = set(src.dtypes)
     except (RasterioError, OSError) as exc:
-        raise SceneError(CORRUPT, f"{what} {path}: cannot open as a GeoTIFF (corrupt, truncated or not a raster): "
-                                  f"{exc}") from None
+        raise SceneError(
+            CORRUPT, f"{what} {path}: cannot open as a GeoTIFF (corrupt, truncated or not a raster): {exc}"
+        ) from None
     if info.count == 0:
         raise SceneError(CORRUPT, f"{what} {path}: has no raster bands")
     if len(dtypes) > 1:
@@ -149,8 +165,8 @@ def open_raster(path: str | os.PathLike, what: str) -> RasterInfo:
 class InterpGeometry:
     """Where ``upsample`` puts MS samples and how far its kernel reaches (measured, not assumed)."""
 
-    phase: int        # MS pixel j lands on upsampled pixel ratio * j + phase
-    support: int      # upsampled pixels on each side of a sample that it influences
+    phase: int  # MS pixel j lands on upsampled pixel ratio * j + phase
+    support: int  # upsampled pixels on each side of a sample that it influences
 
 
 def interpolation_geometry(ratio: int, method: str, padding: str) -> InterpGeometry:
@@ -169,8 +185,10 @@ def interpolation_geometry(ratio: int, method: str, padding: str) -> InterpGeome
     phase = peak - ratio * (n // 2)
     support = int(max(peak - int(nz.min()), int(nz.max()) - peak))
     if not 0 <= phase < ratio or abs(float(y[peak]) - 1.0) > 1e-6:
-        raise RuntimeError(f"upsample({method}) is not an interpolating kernel on the expected grid "
-                           f"(peak {float(y[peak]):g} at phase {phase})")
+        raise RuntimeError(
+            f"upsample({method}) is not an interpolating kernel on the expected grid "
+            f"(peak {float(y[peak]):g} at phase {phase})"
+        )
     return InterpGeometry(phase=phase, support=support)
 
 
@@ -181,10 +199,10 @@ class SceneGrid:
     ms: RasterInfo
     pan: RasterInfo
     ratio: int
-    shift: tuple[int, int]              # PAN (row, col) = upsampled (row, col) + shift
-    subpixel: tuple[float, float]       # residual offset (rows, cols) in PAN pixels, |.| <= 0.5
+    shift: tuple[int, int]  # PAN (row, col) = upsampled (row, col) + shift
+    subpixel: tuple[float, float]  # residual offset (rows, cols) in PAN pixels, |.| <= 0.5
     phase: int
-    halo: int                           # MS pixels read around a tile's footprint
+    halo: int  # MS pixels read around a tile's footprint
     coverage: tuple[int, int, int, int]  # PAN window (row0, col0, row1, col1) covered by the MS
     interpolation: str = "interp23tap"  # the method actually used (bicubic for non-power-of-2 ratios)
 
@@ -209,8 +227,12 @@ class SceneGrid:
         return np.floor_divide(2 * k - 2 * self.phase + r, 2 * r)
 
     def describe_placement(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "ms_shift_pan_px": list(self.shift),
-                "subpixel_offset_pan_px": [round(v, 6) for v in self.subpixel], "interpolation": self.interpolation}
+        return {
+            "ratio": self.ratio,
+            "ms_shift_pan_px": list(self.shift),
+            "subpixel_offset_pan_px": [round(v, 6) for v in self.subpixel],
+            "interpolation": self.interpolation,
+        }
 
 
 def placement(ms_transform, pan_transform, ratio: int, phase: int) -> tuple[tuple[int, int], tuple[float, float]]:
@@ -218,19 +240,23 @@ def placement(ms_transform, pan_transform, ratio: int, phase: int) -> tuple[tupl
     m = k + (ms_origin - pan_origin) / pan_res + r/2 - phase - 1/2, rounded to the nearest integer
     (ties towards +inf); the residual is what rounding left (rows, cols), in PAN pixels."""
     mt, pt = ms_transform, pan_transform
-    offsets = ((mt.f - pt.f) / pt.e + ratio / 2 - phase - 0.5,
-               (mt.c - pt.c) / pt.a + ratio / 2 - phase - 0.5)
+    offsets = ((mt.f - pt.f) / pt.e + ratio / 2 - phase - 0.5, (mt.c - pt.c) / pt.a + ratio / 2 - phase - 0.5)
     shift = (int(math.floor(offsets[0] + 0.5)), int(math.floor(offsets[1] + 0.5)))
     return shift, (float(offsets[0] - shift[0]), float(offsets[1] - shift[1]))
 
 
-def paired_windows(ms_shape: tuple[int, int], pan_shape: tuple[int, int], ratio: int, shift: tuple[int, int],
-                   crop: tuple[int, int, int, int] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+def paired_windows(
+    ms_shape: tuple[int, int],
+    pan_shape: tuple[int, int],
+    ratio: int,
+    shift: tuple[int, int],
+    crop: tuple[int, int, int, int] | None = None,
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """The MS window (row, col, h, w) whose every pixel j has its PAN pixels [r*j + shift,
     r*(j+1) + shift) inside the PAN, limited to ``crop`` (MS grid), and that PAN window; None if
     they do not overlap. (Full-resolution pairs for ``make-dataset`` and ``evaluate``.)"""
     r, (sy, sx) = ratio, shift
-    j0, j1 = max(0, -(sy // r)), min(ms_shape[0], (pan_shape[0] - sy) // r)       # -(s // r) = ceil(-s / r)
+    j0, j1 = max(0, -(sy // r)), min(ms_shape[0], (pan_shape[0] - sy) // r)  # -(s // r) = ceil(-s / r)
     i0, i1 = max(0, -(sx // r)), min(ms_shape[1], (pan_shape[1] - sx) // r)
     if crop:
         j0, j1 = max(j0, crop[0]), min(j1, crop[0] + crop[2])
@@ -249,25 +275,39 @@ def check_grids(ms: RasterInfo, pan: RasterInfo, ratio: int | None) -> int:
     when given); returns the ratio."""
     for info, what in ((ms, "MS"), (pan, "PAN")):
         if info.transform.is_identity:
-            raise SceneError(BAD_GRID, f"{what} {info.path}: not georeferenced (no transform); the resolution ratio "
-                                       "and overlap cannot be checked")
+            raise SceneError(
+                BAD_GRID,
+                f"{what} {info.path}: not georeferenced (no transform); the resolution ratio "
+                "and overlap cannot be checked",
+            )
         t = info.transform
         if t.b != 0 or t.d != 0:
-            raise SceneError(BAD_GRID, f"{what} {info.path}: rotated or sheared grid (transform {tuple(t)[:6]}); "
-                                       "only north-up grids are supported")
+            raise SceneError(
+                BAD_GRID,
+                f"{what} {info.path}: rotated or sheared grid (transform {tuple(t)[:6]}); "
+                "only north-up grids are supported",
+            )
     if (ms.crs is None) != (pan.crs is None) or (ms.crs is not None and ms.crs != pan.crs):
-        raise SceneError(BAD_GRID, f"MS {ms.path} and PAN {pan.path} have different CRSs ({ms.crs} vs {pan.crs}); "
-                                   "reproject one first")
+        raise SceneError(
+            BAD_GRID,
+            f"MS {ms.path} and PAN {pan.path} have different CRSs ({ms.crs} vs {pan.crs}); reproject one first",
+        )
     mt, pt = ms.transform, pan.transform
     rx, ry = _ratio_of(mt.a, pt.a), _ratio_of(mt.e, pt.e)
     rounded = round(rx) if math.isfinite(rx) else 0
     if not (rounded >= 1 and abs(rx - rounded) <= 1e-3 * rounded and abs(ry - rounded) <= 1e-3 * rounded):
         want = f" (the model needs {ratio})" if ratio else ""
-        raise SceneError(WRONG_RATIO, f"MS pixels are {abs(mt.a):g} x {abs(mt.e):g} and PAN pixels {abs(pt.a):g} x "
-                                      f"{abs(pt.e):g}: resolution ratio {rx:g} x {ry:g} is not a whole number{want}")
+        raise SceneError(
+            WRONG_RATIO,
+            f"MS pixels are {abs(mt.a):g} x {abs(mt.e):g} and PAN pixels {abs(pt.a):g} x "
+            f"{abs(pt.e):g}: resolution ratio {rx:g} x {ry:g} is not a whole number{want}",
+        )
     if ratio is not None and rounded != ratio:
-        raise SceneError(WRONG_RATIO, f"MS/PAN resolution ratio is {rounded} (MS {abs(mt.a):g}, PAN {abs(pt.a):g} "
-                                      f"CRS units per pixel) but the model was trained for ratio {ratio}")
+        raise SceneError(
+            WRONG_RATIO,
+            f"MS/PAN resolution ratio is {rounded} (MS {abs(mt.a):g}, PAN {abs(pt.a):g} "
+            f"CRS units per pixel) but the model was trained for ratio {ratio}",
+        )
     return int(rounded)
 
 
@@ -280,12 +320,23 @@ def check_band_order(ms: RasterInfo, band_names: tuple[str, ...]) -> None:
     if not band_names or len(names) != len(band_names) or not all(names):
         return
     if set(names) == set(band_names) and names != tuple(band_names):
-        raise SceneError(WRONG_BANDS, f"MS {ms.path}: bands are {list(names)}, the model fuses {list(band_names)} in "
-                                      "that order; reorder the bands (e.g. gdal_translate -b)")
+        raise SceneError(
+            WRONG_BANDS,
+            f"MS {ms.path}: bands are {list(names)}, the model fuses {list(band_names)} in "
+            "that order; reorder the bands (e.g. gdal_translate -b)",
+        )
 
 
-def open_pair(ms_path: str | os.PathLike, pan_path: str | os.PathLike, *, bands: int | None, guide_bands: int | None,
-              ratio: int | None, preprocessing: Preprocessing, input_nodata: float | None = None) -> SceneGrid:
+def open_pair(
+    ms_path: str | os.PathLike,
+    pan_path: str | os.PathLike,
+    *,
+    bands: int | None,
+    guide_bands: int | None,
+    ratio: int | None,
+    preprocessing: Preprocessing,
+    input_nodata: float | None = None,
+) -> SceneGrid:
     """Open and check an MS + PAN pair against a model (``bands`` / ``guide_bands`` / ``ratio``,
     None = whatever the files hold); :class:`SceneError` naming the problem. ``input_nodata``
     stands in for the nodata tag of an input that has none."""
@@ -306,10 +357,11 @@ def open_pair(ms_path: str | os.PathLike, pan_path: str | os.PathLike, *, bands:
     row0, col0 = max(0, shift[0]), max(0, shift[1])
     row1, col1 = min(pan.height, shift[0] + ratio * ms.height), min(pan.width, shift[1] + ratio * ms.width)
     if row1 <= row0 or col1 <= col0:
-        raise SceneError(NO_OVERLAP, f"MS {ms.path} and PAN {pan.path} do not overlap (MS footprint lands at PAN "
-                                     f"rows {shift[0]}..{shift[0] + ratio * ms.height}, cols {shift[1]}.."
-                                     f"{shift[1] + ratio * ms.width} of a {pan.height} x {pan.width} PAN)")
+        raise SceneError(
+            NO_OVERLAP,
+            f"MS {ms.path} and PAN {pan.path} do not overlap (MS footprint lands at PAN "
+            f"rows {shift[0]}..{shift[0] + ratio * ms.height}, cols {shift[1]}.."
+            f"{shift[1] + ratio * ms.width} of a {pan.height} x {pan.width} PAN)",
+        )
     halo = -(-geo.support // ratio) + 1 + int(preprocessing.fill_iterations)
     return SceneGrid(ms, pan, ratio, shift, subpixel, geo.phase, halo, (row0, col0, row1, col1), interpolation)
-
-

@@ -1,10 +1,12 @@
 """The value-scale rule of the scene-ingestion layer: does a raster hold digital numbers on the
 scale a model was trained on? (Used for GeoTIFF scenes, ``.npy`` arrays and ``.h5`` files alike.)"""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,9 +29,9 @@ class ValueStats:
 
     dtype: str
     valid: int = 0
-    above: int = 0               # valid pixels (any band) above the threshold (the max DN, in file units)
-    peak: float = -math.inf      # largest valid value
-    low: float = math.inf        # smallest valid value
+    above: int = 0  # valid pixels (any band) above the threshold (the max DN, in file units)
+    peak: float = -math.inf  # largest valid value
+    low: float = math.inf  # smallest valid value
     threshold: float = math.inf
 
     def add(self, data: np.ndarray, invalid: np.ndarray) -> None:
@@ -48,8 +50,13 @@ class ValueStats:
         self.above += int((vals > self.threshold).any(axis=0).sum())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "valid_pixels": self.valid, "min": self.low if self.valid else None,
-                "max": self.peak if self.valid else None, "above_max_dn": self.above}
+        return {
+            "dtype": self.dtype,
+            "valid_pixels": self.valid,
+            "min": self.low if self.valid else None,
+            "max": self.peak if self.valid else None,
+            "above_max_dn": self.above,
+        }
 
 
 def new_stats(info_dtype: str, max_dn: float, scale: float) -> ValueStats:
@@ -70,23 +77,35 @@ def scale_problem(stats: ValueStats, max_dn: float, scale: float = 1.0) -> str |
     """Why values with these statistics (times ``scale``) do not fit DN up to ``max_dn``, or None."""
     dtype = np.dtype(stats.dtype)
     if dtype.kind in "iu" and np.iinfo(dtype).max * scale < 0.5 * max_dn:
-        return (f"dtype {dtype.name} holds at most {np.iinfo(dtype).max} (x scale {scale:g}), but the model expects "
-                f"digital numbers up to {max_dn:g}")
+        return (
+            f"dtype {dtype.name} holds at most {np.iinfo(dtype).max} (x scale {scale:g}), but the model expects "
+            f"digital numbers up to {max_dn:g}"
+        )
     if not stats.valid:
         return None
     peak = stats.peak * scale
     if peak < MIN_PEAK_FRACTION * max_dn:
-        return (f"the largest valid value is {peak:g}, under {100 * MIN_PEAK_FRACTION:g}% of the model's max DN "
-                f"{max_dn:g} (reflectance in [0, 1], or data scaled for display?)")
+        return (
+            f"the largest valid value is {peak:g}, under {100 * MIN_PEAK_FRACTION:g}% of the model's max DN "
+            f"{max_dn:g} (reflectance in [0, 1], or data scaled for display?)"
+        )
     frac = stats.above / stats.valid
     if frac > MAX_ABOVE_FRACTION:
-        return (f"{100 * frac:.1f}% of the valid pixels exceed the model's max DN {max_dn:g} (largest {peak:g}): "
-                "the data use another DN range than the model was trained on")
+        return (
+            f"{100 * frac:.1f}% of the valid pixels exceed the model's max DN {max_dn:g} (largest {peak:g}): "
+            "the data use another DN range than the model was trained on"
+        )
     return None
 
 
-def check_scale(what: str, path: str, stats: ValueStats, max_dn: float, input_scale: float | None,
-                warn: Callable[[str], None] | None = None) -> None:
+def check_scale(
+    what: str,
+    path: str,
+    stats: ValueStats,
+    max_dn: float,
+    input_scale: float | None,
+    warn: Callable[[str], None] | None = None,
+) -> None:
     """Refuse (:class:`SceneError` BAD_SCALE) a raster whose values do not fit the model's DN
     convention; when ``input_scale`` was stated explicitly, the user has the last word: the
     problem is only reported through ``warn``."""
@@ -94,10 +113,11 @@ def check_scale(what: str, path: str, stats: ValueStats, max_dn: float, input_sc
     if problem is None:
         return
     if input_scale is None:
-        raise SceneError(BAD_SCALE, f"{what} {path}: {problem}. Expected {stats.dtype} digital numbers in "
-                                    f"[0, {max_dn:g}]; if the values are in other units, state the conversion "
-                                    "with --input-scale S (DN = value x S)")
+        raise SceneError(
+            BAD_SCALE,
+            f"{what} {path}: {problem}. Expected {stats.dtype} digital numbers in "
+            f"[0, {max_dn:g}]; if the values are in other units, state the conversion "
+            "with --input-scale S (DN = value x S)",
+        )
     if warn is not None:
         warn(f"{what} {path}: {problem} (kept: --input-scale {input_scale:g} was given)")
-
-

@@ -32,21 +32,53 @@ The preprocessing a model was trained with (interpolation, boundary padding, hol
 DN) is stored in its checkpoint (``preset.data`` / ``preset.model.max_dn``) and read back with
 :meth:`Preprocessing.for_preset`.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ddif.data.raster import (ALL_NODATA, BAD_GRID, BAD_SCALE, BAD_VALUES, CORRUPT,  # noqa: F401 (re-exported)
-                              INTERPOLATIONS, MISSING_PARTNER, NO_OVERLAP, PADDINGS, WRONG_BANDS, WRONG_RATIO,
-                              InterpGeometry, Preprocessing, RasterInfo, SceneError, SceneGrid, _rasterio,
-                              check_band_order, check_grids, gdal_env, interpolation_geometry, open_pair, open_raster,
-                              paired_windows, placement)
-from ddif.data.scale import (MAX_ABOVE_FRACTION, MIN_PEAK_FRACTION, ValueStats, array_stats,  # noqa: F401
-                             check_scale, new_stats, scale_problem)
+from ddif.data.raster import (  # noqa: F401 (re-exported)
+    ALL_NODATA,
+    BAD_GRID,
+    BAD_SCALE,
+    BAD_VALUES,
+    CORRUPT,
+    INTERPOLATIONS,
+    MISSING_PARTNER,
+    NO_OVERLAP,
+    PADDINGS,
+    WRONG_BANDS,
+    WRONG_RATIO,
+    InterpGeometry,
+    Preprocessing,
+    RasterInfo,
+    SceneError,
+    SceneGrid,
+    _rasterio,
+    check_band_order,
+    check_grids,
+    gdal_env,
+    interpolation_geometry,
+    open_pair,
+    open_raster,
+    paired_windows,
+    placement,
+)
+from ddif.data.scale import (  # noqa: F401
+    MAX_ABOVE_FRACTION,
+    MIN_PEAK_FRACTION,
+    ValueStats,
+    array_stats,
+    check_scale,
+    new_stats,
+    scale_problem,
+)
+
 
 # --------------------------------------------------------------------------------------------
 # masks, filling, normalisation
@@ -90,8 +122,8 @@ def fill_invalid(x: np.ndarray, invalid: np.ndarray, iterations: int) -> np.ndar
         vp = np.pad(valid.astype(np.float32), 1)
         xp = np.pad(x * valid, ((0, 0), (1, 1), (1, 1)))
         h, w = valid.shape
-        cnt = sum(vp[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
-        acc = sum(xp[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
+        cnt = sum(vp[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
+        acc = sum(xp[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
         grow = ~valid & (cnt > 0)
         if not grow.any():
             break
@@ -131,7 +163,7 @@ class SceneReader:
         self._ms = None
         self._pan = None
 
-    def __enter__(self) -> "SceneReader":
+    def __enter__(self) -> SceneReader:
         rasterio = _rasterio()
         self._ms = rasterio.open(self.grid.ms.path)
         self._pan = rasterio.open(self.grid.pan.path)
@@ -150,8 +182,11 @@ class SceneReader:
         try:
             return ds.read(window=Window(col0, row0, w, h))
         except (RasterioError, OSError) as exc:
-            raise SceneError(CORRUPT, f"{what} {ds.name}: cannot read pixels at rows {row0}..{row0 + h}, cols "
-                                      f"{col0}..{col0 + w} (corrupt or truncated file): {exc}") from None
+            raise SceneError(
+                CORRUPT,
+                f"{what} {ds.name}: cannot read pixels at rows {row0}..{row0 + h}, cols "
+                f"{col0}..{col0 + w} (corrupt or truncated file): {exc}",
+            ) from None
 
     def _norm(self, data: np.ndarray) -> np.ndarray:
         return normalise(data, self.max_dn, self.scale)
@@ -207,7 +242,7 @@ class SceneReader:
         k0y, k0x = y0 - g.shift[0], x0 - g.shift[1]
         r0, r1 = g.ms_rows_for(k0y, k0y + h, g.ms.height)
         c0, c1 = g.ms_rows_for(k0x, k0x + w, g.ms.width)
-        if r1 <= r0 or c1 <= c0:                  # the window lies outside the MS footprint
+        if r1 <= r0 or c1 <= c0:  # the window lies outside the MS footprint
             return np.zeros((g.bands, h, w), dtype=np.float32)
         data = self._read(self._ms, "MS", r0, c0, r1 - r0, c1 - c0)
         bad = invalid_mask(data, g.ms.nodata)
@@ -217,7 +252,7 @@ class SceneReader:
         # upsampled pixel k of the scene is pixel k - r*r0 of this window; beyond the MS: edge values
         y0w, x0w = k0y - r * r0, k0x - r * c0
         if 0 <= y0w and y0w + h <= up.shape[1] and 0 <= x0w and x0w + w <= up.shape[2]:
-            return np.ascontiguousarray(up[:, y0w:y0w + h, x0w:x0w + w], dtype=np.float32)
+            return np.ascontiguousarray(up[:, y0w : y0w + h, x0w : x0w + w], dtype=np.float32)
         ys = np.clip(np.arange(y0w, y0w + h), 0, up.shape[1] - 1)
         xs = np.clip(np.arange(x0w, x0w + w), 0, up.shape[2] - 1)
         return np.ascontiguousarray(up[:, ys][:, :, xs], dtype=np.float32)
@@ -271,8 +306,9 @@ class SceneScan:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def scan_scene(reader: SceneReader, block: int,
-               on_block: Callable[[int, int, np.ndarray], None] | None = None) -> SceneScan:
+def scan_scene(
+    reader: SceneReader, block: int, on_block: Callable[[int, int, np.ndarray], None] | None = None
+) -> SceneScan:
     """Read the scene once by ``block``-sized PAN windows (bounded memory) and the MS by blocks:
     valid pixels (``on_block(y0, x0, valid)`` for each block) and value statistics. Raises
     :class:`SceneError` for unreadable data or NaN/Inf that are not nodata."""
@@ -297,22 +333,42 @@ def scan_scene(reader: SceneReader, block: int,
     return SceneScan(total, pan_stats, ms_stats)
 
 
-def check_scene_scale(grid: SceneGrid, scan: SceneScan, max_dn: float, input_scale: float | None,
-                      warn: Callable[[str], None] | None = None) -> None:
+def check_scene_scale(
+    grid: SceneGrid,
+    scan: SceneScan,
+    max_dn: float,
+    input_scale: float | None,
+    warn: Callable[[str], None] | None = None,
+) -> None:
     """:func:`check_scale` for both rasters of a scanned scene."""
     check_scale("MS", grid.ms.path, scan.ms, max_dn, input_scale, warn)
     check_scale("PAN", grid.pan.path, scan.pan, max_dn, input_scale, warn)
 
 
-def read_scene(ms_path, pan_path, *, preset, input_scale: float | None = None, input_nodata: float | None = None,
-               block: int = 512, warn: Callable[[str], None] | None = None):
+def read_scene(
+    ms_path,
+    pan_path,
+    *,
+    preset,
+    input_scale: float | None = None,
+    input_nodata: float | None = None,
+    block: int = 512,
+    warn: Callable[[str], None] | None = None,
+):
     """Open, check (grids, bands, ratio, scale) and read a whole MS + PAN pair for ``preset``'s
     model: (grid, lms (C, H, W), pan (P, H, W), valid (H, W)), float32 in [0, 1] on the PAN grid.
     For scenes that fit in memory (``ddif sample``, ``ddif evaluate``); the station reads windows."""
     pre = Preprocessing.for_preset(preset)
     with gdal_env():
-        grid = open_pair(ms_path, pan_path, bands=preset.model.bands, guide_bands=preset.model.guide_bands,
-                         ratio=preset.data.ratio, preprocessing=pre, input_nodata=input_nodata)
+        grid = open_pair(
+            ms_path,
+            pan_path,
+            bands=preset.model.bands,
+            guide_bands=preset.model.guide_bands,
+            ratio=preset.data.ratio,
+            preprocessing=pre,
+            input_nodata=input_nodata,
+        )
         with SceneReader(grid, pre, input_scale) as reader:
             scan = scan_scene(reader, block)
             if scan.valid_pixels == 0:
@@ -322,22 +378,36 @@ def read_scene(ms_path, pan_path, *, preset, input_scale: float | None = None, i
     return grid, lms, pan, valid
 
 
-def read_full_resolution(ms_path, pan_path, *, preset, crop: tuple[int, int, int, int] | None = None,
-                         input_scale: float | None = None, input_nodata: float | None = None,
-                         warn: Callable[[str], None] | None = None):
+def read_full_resolution(
+    ms_path,
+    pan_path,
+    *,
+    preset,
+    crop: tuple[int, int, int, int] | None = None,
+    input_scale: float | None = None,
+    input_nodata: float | None = None,
+    warn: Callable[[str], None] | None = None,
+):
     """A full-resolution evaluation pair (no ground truth): the MS (C, h, w) and, on the PAN grid
     under it, lms (C, r*h, r*w) and pan (P, r*h, r*w), float32 in [0, 1], read and checked like
     :func:`read_scene`. ``crop`` (row, col, h, w on the MS grid) limits it; nodata inside is refused."""
-    grid, lms, pan, valid = read_scene(ms_path, pan_path, preset=preset, input_scale=input_scale,
-                                       input_nodata=input_nodata, warn=warn)
+    grid, lms, pan, valid = read_scene(
+        ms_path, pan_path, preset=preset, input_scale=input_scale, input_nodata=input_nodata, warn=warn
+    )
     windows = paired_windows(grid.ms.shape, grid.pan.shape, grid.ratio, grid.shift, crop)
     if windows is None:
-        raise SceneError(NO_OVERLAP, f"MS {grid.ms.path}: no MS pixel{' of the crop ' + str(crop) if crop else ''} "
-                                     f"has all its PAN pixels in {grid.pan.path}")
+        raise SceneError(
+            NO_OVERLAP,
+            f"MS {grid.ms.path}: no MS pixel{' of the crop ' + str(crop) if crop else ''} "
+            f"has all its PAN pixels in {grid.pan.path}",
+        )
     (j0, i0, h, w), (y0, x0, ph, pw) = windows
-    if not valid[y0:y0 + ph, x0:x0 + pw].all():
-        raise SceneError(ALL_NODATA, f"scene {ms_path} + {pan_path}: nodata inside the MS window {windows[0]}; "
-                                     "give a crop (row, col, height, width on the MS grid) free of nodata")
+    if not valid[y0 : y0 + ph, x0 : x0 + pw].all():
+        raise SceneError(
+            ALL_NODATA,
+            f"scene {ms_path} + {pan_path}: nodata inside the MS window {windows[0]}; "
+            "give a crop (row, col, height, width on the MS grid) free of nodata",
+        )
     pre = Preprocessing.for_preset(preset)
     with gdal_env(), SceneReader(grid, pre, input_scale) as reader:
         ms = reader.ms_lowres(j0, i0, h, w)
@@ -345,9 +415,40 @@ def read_full_resolution(ms_path, pan_path, *, preset, crop: tuple[int, int, int
     return grid, ms, np.ascontiguousarray(lms[cut]), np.ascontiguousarray(pan[cut])
 
 
-__all__ = ["SceneError", "Preprocessing", "RasterInfo", "SceneGrid", "SceneReader", "SceneScan", "ValueStats",
-           "open_raster", "open_pair", "check_grids", "placement", "interpolation_geometry", "invalid_mask",
-           "check_finite", "fill_invalid", "normalise", "scan_scene", "check_scale", "check_scene_scale",
-           "scale_problem", "new_stats", "array_stats", "read_scene", "read_full_resolution",
-           "paired_windows", "gdal_env", "CORRUPT", "MISSING_PARTNER", "WRONG_RATIO",
-           "NO_OVERLAP", "ALL_NODATA", "BAD_GRID", "WRONG_BANDS", "BAD_VALUES", "BAD_SCALE"]
+__all__ = [
+    "SceneError",
+    "Preprocessing",
+    "RasterInfo",
+    "SceneGrid",
+    "SceneReader",
+    "SceneScan",
+    "ValueStats",
+    "open_raster",
+    "open_pair",
+    "check_grids",
+    "placement",
+    "interpolation_geometry",
+    "invalid_mask",
+    "check_finite",
+    "fill_invalid",
+    "normalise",
+    "scan_scene",
+    "check_scale",
+    "check_scene_scale",
+    "scale_problem",
+    "new_stats",
+    "array_stats",
+    "read_scene",
+    "read_full_resolution",
+    "paired_windows",
+    "gdal_env",
+    "CORRUPT",
+    "MISSING_PARTNER",
+    "WRONG_RATIO",
+    "NO_OVERLAP",
+    "ALL_NODATA",
+    "BAD_GRID",
+    "WRONG_BANDS",
+    "BAD_VALUES",
+    "BAD_SCALE",
+]

@@ -7,6 +7,7 @@ trimmed, normalised arrays the splits are planned on and degraded from.
 numpy only at import (``import ddif.data`` must stay cheap); torch, rasterio and the scene layer
 are imported inside the functions that need them.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,15 +26,16 @@ if TYPE_CHECKING:
 class LoadedImage:
     """One source read: pixels, fill mask and georeferencing."""
 
-    array: np.ndarray                 # (C, H, W) native dtype
-    fill: np.ndarray                  # (H, W) bool
+    array: np.ndarray  # (C, H, W) native dtype
+    fill: np.ndarray  # (H, W) bool
     crs: str | None
     transform: tuple[float, ...] | None
     source: str
 
 
-def load_image(source, what: str, bands: Sequence[int], extra_nodata: Sequence[float],
-               window: Sequence[int] | None = None) -> LoadedImage:
+def load_image(
+    source, what: str, bands: Sequence[int], extra_nodata: Sequence[float], window: Sequence[int] | None = None
+) -> LoadedImage:
     """Pixels, fill mask and georeferencing of ``source`` (paths, Raster, array or tensor), only
     inside ``window`` = (row, col, height, width) when given (GeoTIFFs and .npy files are read
     only there)."""
@@ -53,13 +55,12 @@ def load_image(source, what: str, bands: Sequence[int], extra_nodata: Sequence[f
             if not paths[0].exists():
                 raise FileNotFoundError(f"{paths[0]}: no such file")
             try:
-                arr = np.load(paths[0], mmap_mode="r")       # memory-mapped: only the window is read
+                arr = np.load(paths[0], mmap_mode="r")  # memory-mapped: only the window is read
             except ValueError as e:
                 raise ValueError(f"{paths[0]}: not a readable .npy file: {e}") from None
             return _from_array(arr, what, bands, extra_nodata, str(paths[0]), window)
-        source = read_geotiff(paths[0], window=window) if len(paths) == 1 else \
-            read_geotiff_stack(paths, window=window)
-        window = None                                        # already applied
+        source = read_geotiff(paths[0], window=window) if len(paths) == 1 else read_geotiff_stack(paths, window=window)
+        window = None  # already applied
     if isinstance(source, Raster):
         arr, transform = source.array, source.transform
         if window is not None:
@@ -76,8 +77,9 @@ def load_image(source, what: str, bands: Sequence[int], extra_nodata: Sequence[f
         return LoadedImage(arr, fill_mask(arr, tags + list(extra_nodata)), source.crs, transform, source.path)
     if isinstance(source, np.ndarray):
         return _from_array(source, what, bands, extra_nodata, "array", window)
-    raise ValueError(f"{what}: expected a path, a list of GeoTIFF paths, a numpy array or a tensor, "
-                     f"got {type(source).__name__}")
+    raise ValueError(
+        f"{what}: expected a path, a list of GeoTIFF paths, a numpy array or a tensor, got {type(source).__name__}"
+    )
 
 
 def _window(arr: np.ndarray, window: Sequence[int], what: str) -> np.ndarray:
@@ -85,7 +87,7 @@ def _window(arr: np.ndarray, window: Sequence[int], what: str) -> np.ndarray:
     h, w = arr.shape[-2:]
     if row < 0 or col < 0 or row + height > h or col + width > w:
         raise ValueError(f"{what}: window (row {row}, col {col}, {height}x{width}) is not inside the {h}x{w} image")
-    return arr[..., row:row + height, col:col + width]
+    return arr[..., row : row + height, col : col + width]
 
 
 def _select_bands(arr: np.ndarray, bands: Sequence[int], what: str) -> np.ndarray:
@@ -126,8 +128,10 @@ def auto_max_dn(arr: np.ndarray) -> float:
 def _check_shapes(ms: LoadedImage, pan: LoadedImage, ratio: int) -> None:
     (_, h, w), (_, ph, pw) = ms.array.shape, pan.array.shape
     if (ph, pw) != (ratio * h, ratio * w):
-        raise ValueError(f"PAN is {ph}x{pw} but MS {h}x{w} x ratio {ratio} = {ratio * h}x{ratio * w}: "
-                         "they must cover the same area at the given ratio")
+        raise ValueError(
+            f"PAN is {ph}x{pw} but MS {h}x{w} x ratio {ratio} = {ratio * h}x{ratio * w}: "
+            "they must cover the same area at the given ratio"
+        )
 
 
 def _georef(source) -> Any:
@@ -148,8 +152,16 @@ def _georef(source) -> Any:
         from rasterio.transform import Affine
 
         h, w = source.shape
-        return RasterInfo(source.path, w, h, source.bands, str(source.array.dtype), source.nodata,
-                          CRS.from_wkt(source.crs) if source.crs else None, Affine(*source.transform[:6]))
+        return RasterInfo(
+            source.path,
+            w,
+            h,
+            source.bands,
+            str(source.array.dtype),
+            source.nodata,
+            CRS.from_wkt(source.crs) if source.crs else None,
+            Affine(*source.transform[:6]),
+        )
     return None
 
 
@@ -199,32 +211,39 @@ def register_pair(ms_source, pan_source, cfg: MakeDatasetConfig) -> tuple[tuple 
         return crop, None if crop is None else tuple(r * v for v in crop), {}
     check_grids(ms_info, pan_info, r)
     method = Preprocessing(1.0, cfg.interpolation, cfg.padding, 0).method_for(r)
-    shift, subpixel = placement(ms_info.transform, pan_info.transform, r,
-                                interpolation_geometry(r, method, cfg.padding).phase)
+    shift, subpixel = placement(
+        ms_info.transform, pan_info.transform, r, interpolation_geometry(r, method, cfg.padding).phase
+    )
     windows = paired_windows(ms_info.shape, pan_info.shape, r, shift, crop)
     if windows is None:
-        raise SceneError(NO_OVERLAP, f"MS {ms_info.path} and PAN {pan_info.path} do not overlap"
-                                     f"{' inside the crop ' + str(crop) if crop else ''} (the MS lands at PAN shift "
-                                     f"{shift} on a {pan_info.height}x{pan_info.width} PAN)")
+        raise SceneError(
+            NO_OVERLAP,
+            f"MS {ms_info.path} and PAN {pan_info.path} do not overlap"
+            f"{' inside the crop ' + str(crop) if crop else ''} (the MS lands at PAN shift "
+            f"{shift} on a {pan_info.height}x{pan_info.width} PAN)",
+        )
     ms_window, pan_window = windows
-    return ms_window, pan_window, {"ms_shift_pan_px": shift, "subpixel_offset_pan_px": subpixel,
-                                   "pan_window": pan_window}
+    return (
+        ms_window,
+        pan_window,
+        {"ms_shift_pan_px": shift, "subpixel_offset_pan_px": subpixel, "pan_window": pan_window},
+    )
 
 
 @dataclass
 class PreparedScene:
     """The scene a dataset is cut from: trimmed to whole coarse pixels, divided by one max DN."""
 
-    ms: np.ndarray                    # (C, H, W) float32 in [0, 1]: the ground truth grid
-    pan: np.ndarray | None            # (P, rH, rW) float32, or None (the PAN is synthesised)
-    fill: np.ndarray                  # (H, W) bool: MS fill, or a fill PAN pixel under the MS pixel
-    pan_fill: np.ndarray | None       # (rH, rW) bool
-    in_max: float                     # source DN mapped to 1.0
-    out_max: float                    # the files store value * out_max
-    origin: tuple[int, int]           # (row, col) of the scene's top-left in the MS source
-    ms_image: LoadedImage             # as loaded (source name, crs, transform)
+    ms: np.ndarray  # (C, H, W) float32 in [0, 1]: the ground truth grid
+    pan: np.ndarray | None  # (P, rH, rW) float32, or None (the PAN is synthesised)
+    fill: np.ndarray  # (H, W) bool: MS fill, or a fill PAN pixel under the MS pixel
+    pan_fill: np.ndarray | None  # (rH, rW) bool
+    in_max: float  # source DN mapped to 1.0
+    out_max: float  # the files store value * out_max
+    origin: tuple[int, int]  # (row, col) of the scene's top-left in the MS source
+    ms_image: LoadedImage  # as loaded (source name, crs, transform)
     pan_image: LoadedImage | None
-    registration: dict                # attrs from register_pair (empty without georeferencing)
+    registration: dict  # attrs from register_pair (empty without georeferencing)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -250,28 +269,31 @@ def prepare_scene(cfg: MakeDatasetConfig, ms_source, pan_source) -> PreparedScen
         ms_image = load_image(ms_source, "ms", cfg.ms_bands, cfg.nodata, window=crop)
         pan_image = None
         if not cfg.pan_weights:
-            raise ValueError("no PAN given: give a PAN raster, or pan_weights (one per MS band) to synthesise a "
-                             "semi-synthetic PAN, e.g. bandpass_pan_weights(...) = (0.1, 0.6, 0.3) for "
-                             "Landsat-8 B2, B3, B4")
+            raise ValueError(
+                "no PAN given: give a PAN raster, or pan_weights (one per MS band) to synthesise a "
+                "semi-synthetic PAN, e.g. bandpass_pan_weights(...) = (0.1, 0.6, 0.3) for "
+                "Landsat-8 B2, B3, B4"
+            )
         if len(cfg.pan_weights) != ms_image.array.shape[0]:
             raise ValueError(f"pan_weights has {len(cfg.pan_weights)} weights for {ms_image.array.shape[0]} MS bands")
 
     origin = (crop[0], crop[1]) if crop else (0, 0)
     H, W = ms_image.array.shape[1] // r * r, ms_image.array.shape[2] // r * r
     if H == 0 or W == 0:
-        raise ValueError(f"the MS image ({ms_image.array.shape[1]}x{ms_image.array.shape[2]}) is smaller than "
-                         f"the ratio {r}")
+        raise ValueError(
+            f"the MS image ({ms_image.array.shape[1]}x{ms_image.array.shape[2]}) is smaller than the ratio {r}"
+        )
     ms_arr, fill = ms_image.array[:, :H, :W], ms_image.fill[:H, :W]
     pan_arr = pan_fill = None
     if pan_image is not None:
-        pan_arr, pan_fill = pan_image.array[:, :r * H, :r * W], pan_image.fill[:r * H, :r * W]
-        fill = fill | pan_fill.reshape(H, r, W, r).any(axis=(1, 3))   # a fill PAN pixel spoils its MS pixel
+        pan_arr, pan_fill = pan_image.array[:, : r * H, : r * W], pan_image.fill[: r * H, : r * W]
+        fill = fill | pan_fill.reshape(H, r, W, r).any(axis=(1, 3))  # a fill PAN pixel spoils its MS pixel
     if fill.all():
         raise ValueError("the scene (or crop) is all fill / nodata")
     in_max = cfg.max_dn or auto_max_dn(ms_arr)
     out_max = cfg.out_max_dn or in_max
     ms_norm = ms_arr.astype(np.float32) / np.float32(in_max)
     pan_norm = None
-    if pan_arr is not None:   # one max DN for MS and PAN, as in PanCollection
+    if pan_arr is not None:  # one max DN for MS and PAN, as in PanCollection
         pan_norm = pan_arr.astype(np.float32) / np.float32(in_max)
     return PreparedScene(ms_norm, pan_norm, fill, pan_fill, in_max, out_max, origin, ms_image, pan_image, info)

@@ -10,6 +10,7 @@ split fails without leaving files behind.
 All sizes are in pixels of the (cropped) scene's MS grid, which is the reduced-resolution PAN grid.
 numpy only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ddif.data.dataset_config import MakeDatasetConfig
-
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,17 @@ def split_regions(height: int, width: int, cfg: MakeDatasetConfig) -> dict[str, 
     val_len = int(round(cfg.val_fraction * length / r)) * r
     train_len = (length - test_len - val_len) // r * r
     if train_len < cfg.patch_size:
-        raise ValueError(f"the scene is {height}x{width}: after a {test_len}-pixel test strip and a {val_len}-pixel "
-                         f"validation strip only {max(train_len, 0)} pixels remain for training (< patch_size "
-                         f"{cfg.patch_size}); use a smaller test_size / val_fraction or a bigger scene")
+        raise ValueError(
+            f"the scene is {height}x{width}: after a {test_len}-pixel test strip and a {val_len}-pixel "
+            f"validation strip only {max(train_len, 0)} pixels remain for training (< patch_size "
+            f"{cfg.patch_size}); use a smaller test_size / val_fraction or a bigger scene"
+        )
     spans: dict[str, tuple[int, int]] = {}
     if cfg.holdout_side in ("left", "top"):
         spans["test"] = (0, test_len)
         spans["val"] = (test_len, val_len)
         spans["train"] = (test_len + val_len, train_len)
-    else:                               # measure from the far side; keep a ratio-aligned origin
+    else:  # measure from the far side; keep a ratio-aligned origin
         end = length // r * r
         spans["test"] = (end - test_len, test_len)
         spans["val"] = (end - test_len - val_len, val_len)
@@ -86,7 +88,7 @@ def patch_positions(fill: np.ndarray, size: int, stride: int, margin: int, align
     ``margin`` pixels from fill and from the region border; also the number of grid positions
     rejected for fill."""
     h, w = fill.shape
-    start = -(-margin // align) * align         # first aligned position >= margin
+    start = -(-margin // align) * align  # first aligned position >= margin
     rows = np.arange(start, h - size - margin + 1, stride)
     cols = np.arange(start, w - size - margin + 1, stride)
     if rows.size == 0 or cols.size == 0:
@@ -120,9 +122,9 @@ class SplitPlan:
     """Everything that will be written, decided before writing."""
 
     regions: dict[str, Region]
-    patches: dict[str, np.ndarray] = field(default_factory=dict)    # split -> (N, 2) corners in its region
-    rejected_fill: dict[str, int] = field(default_factory=dict)     # split -> grid positions lost to fill
-    test_crop: Region | None = None                                 # in scene coordinates
+    patches: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N, 2) corners in its region
+    rejected_fill: dict[str, int] = field(default_factory=dict)  # split -> grid positions lost to fill
+    test_crop: Region | None = None  # in scene coordinates
 
 
 def plan_splits(fill: np.ndarray, cfg: MakeDatasetConfig) -> SplitPlan:
@@ -137,19 +139,23 @@ def plan_splits(fill: np.ndarray, cfg: MakeDatasetConfig) -> SplitPlan:
         region = plan.regions[split]
         pos, rejected = patch_positions(fill[region.slices], p, cfg.stride, cfg.margin, r)
         if len(pos) == 0:
-            raise ValueError(f"{split} region {region.as_tuple()} holds no fill-free {p}-pixel patch "
-                             f"(margin {cfg.margin}); use a smaller patch_size / fill_margin or move the split")
+            raise ValueError(
+                f"{split} region {region.as_tuple()} holds no fill-free {p}-pixel patch "
+                f"(margin {cfg.margin}); use a smaller patch_size / fill_margin or move the split"
+            )
         if split == "train":
             pos = pos[np.random.default_rng(cfg.seed).permutation(len(pos))]
             if cfg.max_train_patches:
-                pos = pos[:cfg.max_train_patches]
+                pos = pos[: cfg.max_train_patches]
         plan.patches[split] = pos
         plan.rejected_fill[split] = rejected
     if cfg.test_size:
         region = plan.regions["test"]
         corner = pick_test_crop(fill[region.slices], cfg.test_size, r)
         if corner is None:
-            raise ValueError(f"no fill-free {cfg.test_size}x{cfg.test_size} test crop in the test strip "
-                             f"{region.as_tuple()}; use a smaller test_size or another holdout_side")
+            raise ValueError(
+                f"no fill-free {cfg.test_size}x{cfg.test_size} test crop in the test strip "
+                f"{region.as_tuple()}; use a smaller test_size or another holdout_side"
+            )
         plan.test_crop = Region(region.row + corner[0], region.col + corner[1], cfg.test_size, cfg.test_size)
     return plan

@@ -6,6 +6,7 @@ Such a PAN is a linear function of the MS: it is not a real panchromatic acquisi
 result obtained with it must say so (``ddif make-dataset`` marks its files ``pan_source =
 "synthesized ..."``). numpy only at import; torch is imported when a tensor is given.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,13 +16,20 @@ import numpy as np
 # Landsat-8 OLI band passes in nm (USGS, "What are the band designations for the Landsat
 # satellites?"; lower / upper band edges). B8 is the panchromatic band.
 LANDSAT8_OLI_BANDPASS_NM: dict[str, tuple[float, float]] = {
-    "B1": (430.0, 450.0), "B2": (450.0, 510.0), "B3": (530.0, 590.0), "B4": (640.0, 670.0),
-    "B5": (850.0, 880.0), "B6": (1570.0, 1650.0), "B7": (2110.0, 2290.0), "B8": (500.0, 680.0),
+    "B1": (430.0, 450.0),
+    "B2": (450.0, 510.0),
+    "B3": (530.0, 590.0),
+    "B4": (640.0, 670.0),
+    "B5": (850.0, 880.0),
+    "B6": (1570.0, 1650.0),
+    "B7": (2110.0, 2290.0),
+    "B8": (500.0, 680.0),
 }
 
 
-def bandpass_pan_weights(band_passes_nm: Sequence[tuple[float, float]],
-                         pan_pass_nm: tuple[float, float]) -> tuple[float, ...]:
+def bandpass_pan_weights(
+    band_passes_nm: Sequence[tuple[float, float]], pan_pass_nm: tuple[float, float]
+) -> tuple[float, ...]:
     """Weights for :func:`synthesize_pan`: the overlap (nm) of each MS band pass with the PAN pass,
     normalised to sum to 1 (box approximation of the relative spectral responses).
 

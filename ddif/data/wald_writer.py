@@ -8,6 +8,7 @@ protocol plus :func:`ddif.data.synthetic_pan.synthesize_pan` of ``gt``).
 
 numpy only at import; torch, h5py and the MTF filters are imported when writing.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from ddif.data.splits import Region
 
 IMAGE_KEYS = ("gt", "ms", "lms", "pan")
-WRITE_BATCH = 256                      # patches appended to the file at a time
+WRITE_BATCH = 256  # patches appended to the file at a time
 
 
 def fill_holes(x: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -39,8 +40,9 @@ def fill_holes(x: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return x
 
 
-def wald(gt: np.ndarray, pan_full: np.ndarray | None, pan_weights: Sequence[float],
-         cfg: MakeDatasetConfig) -> dict[str, np.ndarray]:
+def wald(
+    gt: np.ndarray, pan_full: np.ndarray | None, pan_weights: Sequence[float], cfg: MakeDatasetConfig
+) -> dict[str, np.ndarray]:
     """gt (C, H, W) in [0, 1] on the reduced-resolution PAN grid; pan_full (P, rH, rW) or None
     (synthetic PAN). Returns gt, ms (C, H/r, W/r), lms (C, H, W), pan (P, H, W)."""
     import torch
@@ -51,8 +53,9 @@ def wald(gt: np.ndarray, pan_full: np.ndarray | None, pan_weights: Sequence[floa
     with torch.no_grad():
         if pan_full is not None:
             pan_t = torch.from_numpy(np.ascontiguousarray(pan_full, dtype=np.float32))[None]
-            rr = simulate_reduced_resolution(gt_t, pan_t, ratio=cfg.ratio, sensor=cfg.sensor,
-                                             interpolation=cfg.interpolation, padding=cfg.padding)
+            rr = simulate_reduced_resolution(
+                gt_t, pan_t, ratio=cfg.ratio, sensor=cfg.sensor, interpolation=cfg.interpolation, padding=cfg.padding
+            )
             out = {"gt": rr.gt, "ms": rr.ms, "lms": rr.lms, "pan": rr.pan}
         else:
             # Semi-synthetic: the MS path of the protocol as in simulate_reduced_resolution; the PAN
@@ -89,8 +92,15 @@ def _scene_coords(corners: np.ndarray, region: Region, origin: tuple[int, int]) 
     return (np.asarray(corners).reshape(-1, 2) + offset).astype(np.int32)
 
 
-def write_patches(path: Path, scene: PreparedScene, region: Region, corners: np.ndarray,
-                  cfg: MakeDatasetConfig, attrs: dict[str, Any], progress: bool = False) -> None:
+def write_patches(
+    path: Path,
+    scene: PreparedScene,
+    region: Region,
+    corners: np.ndarray,
+    cfg: MakeDatasetConfig,
+    attrs: dict[str, Any],
+    progress: bool = False,
+) -> None:
     """Degrade ``region`` and write the ``patch_size`` patches at ``corners`` (in the region, gt
     grid) to ``path``, each with its ``coords`` in the MS source."""
     r, p = cfg.ratio, cfg.patch_size
@@ -103,26 +113,30 @@ def write_patches(path: Path, scene: PreparedScene, region: Region, corners: np.
 
             starts = tqdm(starts, desc=f"{attrs.get('split', '')} patches", unit="batch")
         for start in starts:
-            chunk = corners[start:start + WRITE_BATCH]
+            chunk = corners[start : start + WRITE_BATCH]
             batch: dict[str, list[np.ndarray]] = {k: [] for k in IMAGE_KEYS}
             for y, x in chunk:
                 for k in ("gt", "lms", "pan"):
-                    batch[k].append(images[k][:, y:y + p, x:x + p])
-                batch["ms"].append(images["ms"][:, y // r:y // r + q, x // r:x // r + q])
-            w.append(**{k: np.stack(v) for k, v in batch.items()},
-                     extra={"coords": _scene_coords(chunk, region, scene.origin)})
+                    batch[k].append(images[k][:, y : y + p, x : x + p])
+                batch["ms"].append(images["ms"][:, y // r : y // r + q, x // r : x // r + q])
+            w.append(
+                **{k: np.stack(v) for k, v in batch.items()},
+                extra={"coords": _scene_coords(chunk, region, scene.origin)},
+            )
 
 
-def write_test_crop(path: Path, scene: PreparedScene, crop: Region, cfg: MakeDatasetConfig,
-                    attrs: dict[str, Any]) -> None:
+def write_test_crop(
+    path: Path, scene: PreparedScene, crop: Region, cfg: MakeDatasetConfig, attrs: dict[str, Any]
+) -> None:
     """The test crop at reduced resolution (with ground truth), one item."""
     images = degrade_region(scene, crop, cfg)
     with _writer(path, scene, cfg, attrs) as w:
         w.append(**images, extra={"coords": _scene_coords(np.zeros(2), crop, scene.origin)})
 
 
-def write_test_full(path: Path, scene: PreparedScene, crop: Region, cfg: MakeDatasetConfig,
-                    attrs: dict[str, Any]) -> None:
+def write_test_full(
+    path: Path, scene: PreparedScene, crop: Region, cfg: MakeDatasetConfig, attrs: dict[str, Any]
+) -> None:
     """The test crop at full resolution (no ground truth): the original MS, it upsampled, and the
     real PAN of the same area. Only for a real PAN."""
     import torch
@@ -134,9 +148,13 @@ def write_test_full(path: Path, scene: PreparedScene, crop: Region, cfg: MakeDat
     r = cfg.ratio
     rows, cols = crop.slices
     ms_full = torch.from_numpy(np.ascontiguousarray(scene.ms[:, rows, cols]))[None]
-    pan_full = scene.pan[:, r * rows.start:r * rows.stop, r * cols.start:r * cols.stop]
+    pan_full = scene.pan[:, r * rows.start : r * rows.stop, r * cols.start : r * cols.stop]
     with torch.no_grad():
         lms_full = upsample(ms_full, r, method=cfg.interpolation, padding=cfg.padding)
     with _writer(path, scene, cfg, attrs) as w:
-        w.append(ms=ms_full[0].numpy(), lms=lms_full[0].float().numpy(), pan=pan_full,
-                 extra={"coords": _scene_coords(np.zeros(2), crop, scene.origin)})
+        w.append(
+            ms=ms_full[0].numpy(),
+            lms=lms_full[0].float().numpy(),
+            pan=pan_full,
+            extra={"coords": _scene_coords(np.zeros(2), crop, scene.origin)},
+        )

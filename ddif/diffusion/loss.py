@@ -6,6 +6,7 @@ from an explicit generator, so a training run can be resumed exactly; :class:`Di
 the module a trainer wraps (e.g. in DistributedDataParallel): one forward computes the condition
 cache, the optional no-grad self-conditioning pass and the real pass.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,14 @@ class NoiseDraw:
     use_self_cond: bool
 
 
-def draw_noise(shape, num_timesteps: int, self_cond_prob: float, self_condition: bool, device,
-               generator: torch.Generator | None = None) -> NoiseDraw:
+def draw_noise(
+    shape,
+    num_timesteps: int,
+    self_cond_prob: float,
+    self_condition: bool,
+    device,
+    generator: torch.Generator | None = None,
+) -> NoiseDraw:
     gdev = generator.device if generator is not None else device
     t = torch.randint(0, num_timesteps, (shape[0],), generator=generator, device=gdev).to(device)
     noise = torch.randn(shape, generator=generator, device=gdev).to(device)
@@ -59,10 +66,19 @@ class DiffusionLoss(nn.Module):
         return (pred.float() - residual.float()).abs().mean()
 
 
-def diffusion_loss(model, schedule: NoiseSchedule, gt: torch.Tensor, lms: torch.Tensor, pan: torch.Tensor,
-                   *, self_cond_prob: float = 0.5, generator: torch.Generator | None = None) -> LossOutput:
+def diffusion_loss(
+    model,
+    schedule: NoiseSchedule,
+    gt: torch.Tensor,
+    lms: torch.Tensor,
+    pan: torch.Tensor,
+    *,
+    self_cond_prob: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> LossOutput:
     """One training loss evaluation on a batch (images in [0, 1])."""
-    draw = draw_noise(gt.shape, schedule.num_timesteps, self_cond_prob, model.config.self_condition,
-                      gt.device, generator)
+    draw = draw_noise(
+        gt.shape, schedule.num_timesteps, self_cond_prob, model.config.self_condition, gt.device, generator
+    )
     loss = DiffusionLoss(model, schedule)(gt, lms, pan, draw.t, draw.noise, draw.use_self_cond)
     return LossOutput(loss, draw.t, draw.use_self_cond)

@@ -13,6 +13,7 @@ training timesteps, and those are what the network is fed (the published loop fe
 index instead; see :func:`ddif.diffusion.sample_residual` with ``legacy_published_sampler=True``).
 All coefficients are computed in float64.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -71,8 +72,9 @@ class _RespacedScheduler:
         if timesteps is not None and len(timesteps):
             ts = torch.as_tensor(list(timesteps), dtype=torch.int64)
             if (ts[1:] >= ts[:-1]).any() or ts.min() < 0 or ts.max() >= self.num_train_timesteps:
-                raise ValueError(f"timesteps must be strictly descending within [0, {self.num_train_timesteps}), "
-                                 f"got {ts.tolist()}")
+                raise ValueError(
+                    f"timesteps must be strictly descending within [0, {self.num_train_timesteps}), got {ts.tolist()}"
+                )
             self.timesteps = ts
         elif num_inference_steps is not None:
             self.timesteps = respace(self.num_train_timesteps, num_inference_steps, self.spacing)
@@ -112,16 +114,19 @@ class _RespacedScheduler:
         if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
             key = int(value)
         if key is None or key not in self._positions:
-            raise ValueError(f"timestep {timestep!r} is not in the sampling grid {self.timesteps.tolist()} "
-                             f"(step() takes a training timestep from scheduler.timesteps, not a step index)")
+            raise ValueError(
+                f"timestep {timestep!r} is not in the sampling grid {self.timesteps.tolist()} "
+                f"(step() takes a training timestep from scheduler.timesteps, not a step index)"
+            )
         return self._positions[key]
 
 
 class DDIMScheduler(_RespacedScheduler):
     """x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z."""
 
-    def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, spacing: str = "leading",
-                 clip_sample: float | None = None):
+    def __init__(
+        self, schedule: NoiseSchedule, eta: float = 0.0, spacing: str = "leading", clip_sample: float | None = None
+    ):
         super().__init__(schedule, spacing, clip_sample)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
@@ -139,17 +144,23 @@ class DDIMScheduler(_RespacedScheduler):
             return any(self._sigma(i) > 0 for i in range(len(self.timesteps))) if len(self.timesteps) else True
         return self._sigma(index) > 0
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
-             generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> SchedulerOutput:
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> SchedulerOutput:
         """One step from ``timestep`` (an element of ``timesteps``) to the next timestep of the grid
         (the clean image after the last), given the network's x0 prediction."""
         index = self.index_for_timestep(timestep)
         ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
         x0 = self._clip(model_output)
-        eps = (sample - ab ** 0.5 * x0) / (1 - ab) ** 0.5
+        eps = (sample - ab**0.5 * x0) / (1 - ab) ** 0.5
         sigma = self._sigma(index)
-        dir_coef = max(1 - ab_prev - sigma ** 2, 0.0) ** 0.5
-        prev = ab_prev ** 0.5 * x0 + dir_coef * eps
+        dir_coef = max(1 - ab_prev - sigma**2, 0.0) ** 0.5
+        prev = ab_prev**0.5 * x0 + dir_coef * eps
         if sigma > 0:
             if noise is None:
                 noise = _randn_like(sample, generator)
@@ -167,21 +178,27 @@ class DDPMScheduler(_RespacedScheduler):
         ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
         return index < len(self.timesteps) - 1 and (1 - ab / ab_prev) * (1 - ab_prev) / (1 - ab) > 0
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
-             generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> SchedulerOutput:
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> SchedulerOutput:
         """One ancestral step from ``timestep`` (an element of ``timesteps``); no noise on the last."""
         index = self.index_for_timestep(timestep)
         ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
         beta = 1 - ab / ab_prev
         x0 = self._clip(model_output)
-        c0 = ab_prev ** 0.5 * beta / (1 - ab)
+        c0 = ab_prev**0.5 * beta / (1 - ab)
         ct = (1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab)
         prev = c0 * x0 + ct * sample
         var = beta * (1 - ab_prev) / (1 - ab)
         if index < len(self.timesteps) - 1 and var > 0:
             if noise is None:
                 noise = _randn_like(sample, generator)
-            prev = prev + var ** 0.5 * noise
+            prev = prev + var**0.5 * noise
         return SchedulerOutput(prev, x0)
 
 
@@ -194,8 +211,9 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
 
 
-def make_scheduler(name: str, schedule: NoiseSchedule, eta: float = 0.0, spacing: str = "leading",
-                   clip_sample: float | None = None) -> _RespacedScheduler:
+def make_scheduler(
+    name: str, schedule: NoiseSchedule, eta: float = 0.0, spacing: str = "leading", clip_sample: float | None = None
+) -> _RespacedScheduler:
     name = name.lower()
     if name == "ddim":
         return DDIMScheduler(schedule, eta=eta, spacing=spacing, clip_sample=clip_sample)

@@ -9,9 +9,10 @@ stands for, and (2) never updates the self-conditioning estimate (the network al
 ``x_t`` in its place). Published weights were evaluated that way, so this mode gives published
 numbers; the default mode is the mathematically consistent sampler.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -71,8 +72,11 @@ def sample_residual(
         else:
             x0 = model(x, t_batch, lms, pan, self_cond=sc)
         x0 = x0.to(x.dtype)
-        step_noise = _draw(x.shape, generator, True, x.device).to(x.device, x.dtype) \
-            if per_item and scheduler.adds_noise(t) else None
+        step_noise = (
+            _draw(x.shape, generator, True, x.device).to(x.device, x.dtype)
+            if per_item and scheduler.adds_noise(t)
+            else None
+        )
         out = scheduler.step(x0, t, x, generator=None if per_item else generator, noise=step_noise)
         x, x0_prev = out.prev_sample, out.pred_original_sample
         if callback is not None:
@@ -87,5 +91,9 @@ def _draw(shape, generator, per_item: bool, device) -> torch.Tensor:
         gdev = generator.device if generator is not None else device
         return torch.randn(tuple(shape), generator=generator, device=gdev, dtype=torch.float32)
     item = tuple(shape[1:])
-    return torch.stack([torch.randn(item, generator=g, device=g.device if g is not None else device,
-                                    dtype=torch.float32).to(device) for g in generator])
+    return torch.stack(
+        [
+            torch.randn(item, generator=g, device=g.device if g is not None else device, dtype=torch.float32).to(device)
+            for g in generator
+        ]
+    )

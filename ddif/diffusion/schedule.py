@@ -3,6 +3,7 @@
 Cosine schedule of Nichol & Dhariwal, "Improved Denoising Diffusion Probabilistic Models"
 (ICML 2021): alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), betas clipped at ``max_beta``.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ class NoiseSchedule:
         self.num_timesteps = int(betas.numel())
 
     @classmethod
-    def from_config(cls, cfg: DiffusionConfig) -> "NoiseSchedule":
+    def from_config(cls, cfg: DiffusionConfig) -> NoiseSchedule:
         if cfg.timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {cfg.timesteps}")
         if cfg.schedule == "cosine":

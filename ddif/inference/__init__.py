@@ -4,6 +4,7 @@ station: tiling, padding, per-tile noise, batching of tiles and blending, over a
 
     from ddif.inference import InferencePath, Tiling, TorchTileSampler
 """
+
 from __future__ import annotations
 
 from ddif.utils.lazy import lazy_exports

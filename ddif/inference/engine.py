@@ -16,16 +16,18 @@ Runtime and TensorRT backends of :mod:`ddif.runtime` run an exported graph of th
 The ground station does steps 2-5 on a scene read by windows with the same functions, so its
 product equals ``ddif.Fuser``'s output for the same scene.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from ddif.diffusion.sampling import sample_residual
 from ddif.inference.tiling import Tiling, pad_to, step_generator, tile_noise
-from ddif.utils.tiling import TileGrid, blend_window
+from ddif.utils.tiling import Tile, TileGrid, blend_window
 from ddif.utils.validation import check_image
 
 # Images are DN / max_DN; values far outside [0, 1] mean the caller forgot to normalise.
@@ -38,8 +40,13 @@ class TileSampler(Protocol):
     name: str
     stochastic: bool
 
-    def sample_batch(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor,
-                     generators: Sequence[torch.Generator | None] | None = None) -> torch.Tensor: ...
+    def sample_batch(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> torch.Tensor: ...
 
 
 class TorchTileSampler:
@@ -47,8 +54,15 @@ class TorchTileSampler:
 
     name = "pytorch"
 
-    def __init__(self, model, scheduler, *, use_cache: bool = True, self_condition: bool = True,
-                 legacy_published_sampler: bool = False):
+    def __init__(
+        self,
+        model,
+        scheduler,
+        *,
+        use_cache: bool = True,
+        self_condition: bool = True,
+        legacy_published_sampler: bool = False,
+    ):
         self.model = model
         self.scheduler = scheduler
         self.use_cache = use_cache
@@ -68,31 +82,54 @@ class TorchTileSampler:
         return next(self.model.parameters()).dtype
 
     @torch.no_grad()
-    def sample_batch(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor,
-                     generators: Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+    def sample_batch(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> torch.Tensor:
         dev, dt = self.device, self.dtype
-        residual = sample_residual(self.model, lms.to(dev, dt), pan.to(dev, dt), self.scheduler,
-                                   noise=noise.to(dev, dt), generator=generators, use_cache=self.use_cache,
-                                   self_condition=self.self_condition,
-                                   legacy_published_sampler=self.legacy_published_sampler)
+        residual = sample_residual(
+            self.model,
+            lms.to(dev, dt),
+            pan.to(dev, dt),
+            self.scheduler,
+            noise=noise.to(dev, dt),
+            generator=generators,
+            use_cache=self.use_cache,
+            self_condition=self.self_condition,
+            legacy_published_sampler=self.legacy_published_sampler,
+        )
         return residual.to("cpu", torch.float32)
 
 
-def check_fusion_inputs(lms, pan, bands: int, guide_bands: int, max_dn: float,
-                        preset_name: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def check_fusion_inputs(
+    lms, pan, bands: int, guide_bands: int, max_dn: float, preset_name: str
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """ValueErrors naming the tensor: wrong bands, mismatched sizes, NaN/Inf, integer or unscaled
     images. Returns (lms, pan) with a batch dimension and whether the input had none."""
     unbatched = isinstance(lms, torch.Tensor) and lms.dim() == 3
-    lms = check_image("lms", lms, channels=bands, allow_unbatched=True,
-                      channel_what=f"bands for preset '{preset_name}'")
-    pan = check_image("pan", pan, channels=guide_bands, allow_unbatched=True, batch=lms.shape[0],
-                      spatial=lms.shape[-2:], spatial_of="lms",
-                      channel_what="PAN band(s)" if guide_bands == 1 else "guide bands")
+    lms = check_image(
+        "lms", lms, channels=bands, allow_unbatched=True, channel_what=f"bands for preset '{preset_name}'"
+    )
+    pan = check_image(
+        "pan",
+        pan,
+        channels=guide_bands,
+        allow_unbatched=True,
+        batch=lms.shape[0],
+        spatial=lms.shape[-2:],
+        spatial_of="lms",
+        channel_what="PAN band(s)" if guide_bands == 1 else "guide bands",
+    )
     for name, x in (("lms", lms), ("pan", pan)):
         lo, hi = float(x.min()), float(x.max())
         if lo < PLAUSIBLE_RANGE[0] or hi > PLAUSIBLE_RANGE[1]:
-            raise ValueError(f"{name}: values span [{lo:g}, {hi:g}], expected images scaled to [0, 1] "
-                             f"(divide digital numbers by the sensor's max DN, {max_dn:g} for this preset)")
+            raise ValueError(
+                f"{name}: values span [{lo:g}, {hi:g}], expected images scaled to [0, 1] "
+                f"(divide digital numbers by the sensor's max DN, {max_dn:g} for this preset)"
+            )
     return lms, pan, unbatched
 
 
@@ -102,8 +139,17 @@ class InferencePath:
     ``batch_size`` is the number of tiles per sampler call (default: about 1 Mpx of tiles).
     """
 
-    def __init__(self, sampler: TileSampler, *, bands: int, guide_bands: int, max_dn: float, preset_name: str,
-                 tiling: Tiling, batch_size: int | None = None):
+    def __init__(
+        self,
+        sampler: TileSampler,
+        *,
+        bands: int,
+        guide_bands: int,
+        max_dn: float,
+        preset_name: str,
+        tiling: Tiling,
+        batch_size: int | None = None,
+    ):
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sampler = sampler
@@ -115,20 +161,33 @@ class InferencePath:
     def check_inputs(self, lms, pan) -> tuple[torch.Tensor, torch.Tensor, bool]:
         return check_fusion_inputs(lms, pan, self.bands, self.guide_bands, self.max_dn, self.preset_name)
 
-    def sample_tiles(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor,
-                     generators: Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+    def sample_tiles(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> torch.Tensor:
         """The sampler on tiles, ``batch_size`` at a time: float32 CPU residuals (N, C, h, w)."""
         step = self.batch_size or self.tiling.default_batch(*lms.shape[-2:])
         parts = []
         for i in range(0, lms.shape[0], step):
-            gens = None if generators is None else generators[i:i + step]
-            parts.append(self.sampler.sample_batch(lms[i:i + step], pan[i:i + step], noise[i:i + step], gens))
+            gens = None if generators is None else generators[i : i + step]
+            parts.append(self.sampler.sample_batch(lms[i : i + step], pan[i : i + step], noise[i : i + step], gens))
         return torch.cat(parts)
 
     @torch.no_grad()
-    def fuse(self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0, *,
-             noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-             return_residual: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    def fuse(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        seed: int | None = 0,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_residual: bool = False,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
         """Fused image clamp(lms + residual, 0, 1) (or the residual), shaped like ``lms`` ((C, H, W)
         or (B, C, H, W)), on ``lms``'s device and dtype.
 
@@ -143,22 +202,22 @@ class InferencePath:
         lms_p = pad_to(lms4.detach().to("cpu", torch.float32), hp, wp)
         pan_p = pad_to(pan4.detach().to("cpu", torch.float32), hp, wp)
         if generator is not None and noise is None:
-            noise = torch.randn((b, c, hp, wp), generator=generator, dtype=torch.float32,
-                                device=generator.device).cpu()
+            noise = torch.randn((b, c, hp, wp), generator=generator, dtype=torch.float32, device=generator.device).cpu()
         if noise is not None and tuple(noise.shape) != (b, c, hp, wp):
-            raise ValueError(f"noise: expected shape {(b, c, hp, wp)} (the input padded for "
-                             f"{self.tiling.describe()}), got {tuple(noise.shape)}")
+            raise ValueError(
+                f"noise: expected shape {(b, c, hp, wp)} (the input padded for "
+                f"{self.tiling.describe()}), got {tuple(noise.shape)}"
+            )
         tiles = list(grid)
         jobs = [(i, t) for i in range(b) for t in tiles]
         step = self.batch_size or self.tiling.default_batch(h, w)
         stochastic = bool(getattr(self.sampler, "stochastic", False))
         values: dict[tuple[int, int], np.ndarray] = {}
         for start in range(0, len(jobs), step):
-            chunk = jobs[start:start + step]
-            cut = lambda x: torch.stack([x[i, :, t.y:t.y + t.height, t.x:t.x + t.width] for i, t in chunk])  # noqa: E731
-            lms_t, pan_t = cut(lms_p), cut(pan_p)
+            chunk = jobs[start : start + step]
+            lms_t, pan_t = _cut(lms_p, chunk), _cut(pan_p, chunk)
             if noise is not None:
-                x_t = cut(noise.detach().to("cpu", torch.float32))
+                x_t = _cut(noise.detach().to("cpu", torch.float32), chunk)
             else:
                 x_t = torch.stack([tile_noise(seed, i, t.index, (c, t.height, t.width)) for i, t in chunk])
             gens = [step_generator(seed, i, t.index) for i, t in chunk] if stochastic else None
@@ -168,13 +227,20 @@ class InferencePath:
                 values[(i, t.index)] = out[k].numpy()
             if callback is not None:
                 callback(min(start + step, len(jobs)), len(jobs))
-        images = [blend_tiles(grid, c, lambda t, rows, cols, i=i: values[(i, t.index)][:, rows, cols])[:, :h, :w]
-                  for i in range(b)]
+        images = [
+            blend_tiles(grid, c, lambda t, rows, cols, i=i: values[(i, t.index)][:, rows, cols])[:, :h, :w]
+            for i in range(b)
+        ]
         result = torch.from_numpy(np.stack(images))
         if not return_residual:
             result = result.clamp(0, 1)
         result = result.to(lms4.device, lms4.dtype)
         return result[0] if unbatched else result
+
+
+def _cut(x: torch.Tensor, chunk: Sequence[tuple[int, Tile]]) -> torch.Tensor:
+    """The windows of ``chunk``'s (image, tile) pairs in ``x`` (B, C, H, W), stacked."""
+    return torch.stack([x[i, :, t.y : t.y + t.height, t.x : t.x + t.width] for i, t in chunk])
 
 
 def blend_tiles(grid: TileGrid, bands: int, load) -> np.ndarray:
@@ -183,5 +249,4 @@ def blend_tiles(grid: TileGrid, bands: int, load) -> np.ndarray:
     return blended
 
 
-__all__ = ["TileSampler", "TorchTileSampler", "InferencePath", "check_fusion_inputs", "blend_tiles",
-           "PLAUSIBLE_RANGE"]
+__all__ = ["TileSampler", "TorchTileSampler", "InferencePath", "check_fusion_inputs", "blend_tiles", "PLAUSIBLE_RANGE"]

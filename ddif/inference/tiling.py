@@ -16,6 +16,7 @@ A tile's initial noise x_T is drawn from ``derive_seed(seed, image, tile)`` on t
 the backend. Overlapping tiles are blended with the smooth partition of unity of
 :func:`ddif.utils.tiling.blend_window` (the station assembles its product with the same function).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,15 +45,17 @@ class Tiling:
         if m < 1:
             raise ValueError(f"size_multiple must be >= 1, got {m}")
         if t < 0 or (t and t % m):
-            raise ValueError(f"tile_size must be 0 (whole image) or a positive multiple of {m} (the network's size "
-                             f"multiple), got {t}")
+            raise ValueError(
+                f"tile_size must be 0 (whole image) or a positive multiple of {m} (the network's size "
+                f"multiple), got {t}"
+            )
         if t and not 0 <= o <= t // 2:
             raise ValueError(f"tile overlap must lie in [0, tile_size/2 = {t // 2}], got {o}")
         if not t and o:
             raise ValueError(f"tile overlap {o} given without a tile size")
 
     @classmethod
-    def for_preset(cls, preset, tile_size: int | None = None, overlap: int | None = None) -> "Tiling":
+    def for_preset(cls, preset, tile_size: int | None = None, overlap: int | None = None) -> Tiling:
         """The model's own tiling (``preset.diffusion.tile_size / tile_overlap``), or overrides."""
         d = preset.diffusion
         t = d.tile_size if tile_size is None else int(tile_size)
@@ -75,7 +78,7 @@ class Tiling:
         hp, wp = self.padded_size(height, width)
         if self.tiled:
             return TileGrid(hp, wp, self.tile_size, self.overlap)
-        return TileGrid(hp, wp, max(hp, wp), 0)          # one tile: the whole padded image
+        return TileGrid(hp, wp, max(hp, wp), 0)  # one tile: the whole padded image
 
     def tile_shape(self, height: int, width: int) -> tuple[int, int]:
         grid = self.grid(height, width)
@@ -112,5 +115,4 @@ def step_generator(seed: int | None, image: int, tile: int) -> torch.Generator |
     return None if seed is None else generator_for(seed, image, tile, 1)
 
 
-__all__ = ["Tiling", "DEFAULT_BATCH_PIXELS", "default_overlap", "pad_to", "tile_noise", "step_generator",
-           "derive_seed"]
+__all__ = ["Tiling", "DEFAULT_BATCH_PIXELS", "default_overlap", "pad_to", "tile_noise", "step_generator", "derive_seed"]

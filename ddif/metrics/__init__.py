@@ -9,11 +9,24 @@ Reduced resolution (against a reference, Wald protocol): :func:`sam`, :func:`erg
 Inputs are (C, H, W) or (B, C, H, W) float tensors on the same scale; each function returns a
 Python float for unbatched input and a (B,) float64 tensor for batched input.
 """
+
 from __future__ import annotations
 
 from .hypercomplex import q2n
 from .no_reference import d_lambda, d_s, full_resolution_metrics, hqnr
 from .reference import ergas, psnr, q_index, reduced_resolution_metrics, sam, scc, ssim
 
-__all__ = ["sam", "ergas", "q2n", "q_index", "scc", "psnr", "ssim", "reduced_resolution_metrics",
-           "d_lambda", "d_s", "hqnr", "full_resolution_metrics"]
+__all__ = [
+    "sam",
+    "ergas",
+    "q2n",
+    "q_index",
+    "scc",
+    "psnr",
+    "ssim",
+    "reduced_resolution_metrics",
+    "d_lambda",
+    "d_s",
+    "hqnr",
+    "full_resolution_metrics",
+]

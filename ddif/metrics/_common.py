@@ -1,12 +1,15 @@
 """Shared plumbing for the metrics: input checks, batching, window statistics, the UIQI formula."""
+
 from __future__ import annotations
 
 import torch
 
 from ddif.utils.validation import check_image
 
-def prepare(name: str, x, *, like: torch.Tensor | None = None, like_name: str = "",
-            unbatched: bool | None = None) -> tuple[torch.Tensor, bool]:
+
+def prepare(
+    name: str, x, *, like: torch.Tensor | None = None, like_name: str = "", unbatched: bool | None = None
+) -> tuple[torch.Tensor, bool]:
     """Validate (C, H, W) or (B, C, H, W), return the float64 4-D tensor and whether it was unbatched."""
     if isinstance(x, torch.Tensor) and unbatched is not None and x.dim() in (3, 4) and (x.dim() == 3) != unbatched:
         want = "unbatched (C, H, W)" if unbatched else "batched (B, C, H, W)"
@@ -35,8 +38,9 @@ def box_sum(x: torch.Tensor, size: int) -> torch.Tensor:
     return c[..., size:, size:] - c[..., :-size, size:] - c[..., size:, :-size] + c[..., :-size, :-size]
 
 
-def uiqi_from_moments(mx: torch.Tensor, my: torch.Tensor, vx: torch.Tensor, vy: torch.Tensor,
-                      cxy: torch.Tensor) -> torch.Tensor:
+def uiqi_from_moments(
+    mx: torch.Tensor, my: torch.Tensor, vx: torch.Tensor, vy: torch.Tensor, cxy: torch.Tensor
+) -> torch.Tensor:
     """Universal image quality index (Wang & Bovik, IEEE SPL 9(3), 2002) from window moments.
 
     Q = [2 cov / (vx + vy)] * [2 mx my / (mx^2 + my^2)]. Degenerate windows as in Wang's
@@ -47,7 +51,7 @@ def uiqi_from_moments(mx: torch.Tensor, my: torch.Tensor, vx: torch.Tensor, vy: 
     Flatness is judged relative to the window's energy, since float rounding never gives exact zeros.
     """
     var_sum = vx + vy
-    mean_sq = mx ** 2 + my ** 2
+    mean_sq = mx**2 + my**2
     one = torch.ones_like(var_sum)
     flat = var_sum <= 1e-12 * (mean_sq + var_sum).clamp_min(1e-300)
     luminance = torch.where(mean_sq > 0, 2 * mx * my / torch.where(mean_sq > 0, mean_sq, one), one)
@@ -60,8 +64,9 @@ def check_block(name: str, x: torch.Tensor, block_size: int) -> None:
         raise ValueError(f"block_size: expected an integer >= 2, got {block_size!r}")
     h, w = x.shape[-2:]
     if h < block_size or w < block_size:
-        raise ValueError(f"{name}: spatial size {h}x{w} is smaller than block_size {block_size}; "
-                         "pass a smaller block_size")
+        raise ValueError(
+            f"{name}: spatial size {h}x{w} is smaller than block_size {block_size}; pass a smaller block_size"
+        )
 
 
 def check_ratio(ratio) -> int:

@@ -20,6 +20,7 @@ for x = (a, b), y = (c, d) split into halves,
     x y = (a c - d b,  a d + c b)                              (N = 2, the complex product)
 which the index's value depends on, so it is reproduced as defined there.
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,7 +59,7 @@ def _symmetric_pad_end(x: torch.Tensor, extra_h: int, extra_w: int) -> torch.Ten
 def _blocks(x: torch.Tensor, block_size: int, shift: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, L, n, C): L blocks of n = block_size^2 pixels."""
     b, c = x.shape[:2]
-    cols = torch.nn.functional.unfold(x, kernel_size=block_size, stride=shift)   # (B, C*n, L)
+    cols = torch.nn.functional.unfold(x, kernel_size=block_size, stride=shift)  # (B, C*n, L)
     return cols.view(b, c, block_size * block_size, -1).permute(0, 3, 2, 1)
 
 
@@ -66,16 +67,16 @@ def q2n_block_values(ref_blocks: torch.Tensor, fused_blocks: torch.Tensor) -> to
     """Q2n of each block: inputs (..., n, N) with N a power of 2, output (...)."""
     n = ref_blocks.shape[-2]
     mean = ref_blocks.mean(dim=-2, keepdim=True)
-    std = ref_blocks.std(dim=-2, keepdim=True)                  # unbiased, as MATLAB std2
+    std = ref_blocks.std(dim=-2, keepdim=True)  # unbiased, as MATLAB std2
     std = torch.where(std == 0, torch.full_like(std, torch.finfo(std.dtype).eps), std)
     z = (ref_blocks - mean) / std + 1
     y = (fused_blocks - mean) / std + 1
     unbias = n / (n - 1)
     m_z = z.mean(dim=-2)
     m_y = y.mean(dim=-2)
-    mod_mz2 = (m_z ** 2).sum(-1)
-    mod_my2 = (m_y ** 2).sum(-1)
-    var_sum = unbias * ((z ** 2).sum(-1).mean(-1) + (y ** 2).sum(-1).mean(-1) - mod_mz2 - mod_my2)
+    mod_mz2 = (m_z**2).sum(-1)
+    mod_my2 = (m_y**2).sum(-1)
+    var_sum = unbias * ((z**2).sum(-1).mean(-1) + (y**2).sum(-1).mean(-1) - mod_mz2 - mod_my2)
     mean_bias = 2 * mod_mz2.sqrt() * mod_my2.sqrt() / (mod_mz2 + mod_my2)
     cov = unbias * (hypercomplex_product(z, _conj(y)).mean(dim=-2) - hypercomplex_product(m_z, _conj(m_y)))
     flat = var_sum == 0
@@ -105,8 +106,10 @@ def q2n(pred, target, block_size: int = 32, shift: int = 32):
     extra_h = (steps_h - 1) * shift + block_size - h
     extra_w = (steps_w - 1) * shift + block_size - w
     if extra_h > h or extra_w > w:
-        raise ValueError(f"target: spatial size {h}x{w} is too small for block_size {block_size} "
-                         f"and shift {shift}; pass a smaller block_size")
+        raise ValueError(
+            f"target: spatial size {h}x{w} is too small for block_size {block_size} "
+            f"and shift {shift}; pass a smaller block_size"
+        )
     if extra_h > 0 or extra_w > 0:
         p = _symmetric_pad_end(p, max(extra_h, 0), max(extra_w, 0))
         t = _symmetric_pad_end(t, max(extra_h, 0), max(extra_w, 0))

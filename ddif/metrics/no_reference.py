@@ -21,6 +21,7 @@ all on the same scale, or the same without the batch dimension. A guide with P >
 reduced to its band mean. Returns a float (unbatched) or a (B,) float64 tensor. Filtering and
 interpolation run in float32, statistics in float64.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,16 +47,20 @@ def _prepare_full(fused, ms, pan, ratio: int, need_pan: bool):
         raise ValueError(f"ms: shape {tuple(m.shape)} does not match fused {tuple(f.shape)} in batch size / band count")
     h, w = f.shape[-2:]
     if (ratio * m.shape[-2], ratio * m.shape[-1]) != (h, w):
-        raise ValueError(f"ms: spatial size {m.shape[-2]}x{m.shape[-1]} times the ratio {ratio} does not match "
-                         f"the fused image's {h}x{w}")
+        raise ValueError(
+            f"ms: spatial size {m.shape[-2]}x{m.shape[-1]} times the ratio {ratio} does not match "
+            f"the fused image's {h}x{w}"
+        )
     p = None
     if pan is not None or need_pan:
         if pan is None:
             raise ValueError("pan: the PAN image is required")
         p, _ = prepare("pan", pan, unbatched=unbatched, like_name="fused")
         if p.shape[0] != f.shape[0] or tuple(p.shape[-2:]) != (h, w):
-            raise ValueError(f"pan: shape {tuple(p.shape)} does not match the fused image {tuple(f.shape)} "
-                             "in batch size or spatial size")
+            raise ValueError(
+                f"pan: shape {tuple(p.shape)} does not match the fused image {tuple(f.shape)} "
+                "in batch size or spatial size"
+            )
         if p.shape[1] > 1:
             p = p.mean(dim=1, keepdim=True)
     return f, m, p, unbatched
@@ -71,7 +76,7 @@ def _d_lambda(f, m, ratio, sensor, block_size):
     gains, _ = sensor_gains(sensor, f.shape[1])
     fused_lp = _filtered(mtf_filter, f, gains, ratio)
     ms_exp = _filtered(upsample, m, ratio, method=_interp_method(ratio))
-    return 1.0 - q2n(fused_lp, ms_exp, block_size, block_size)     # 4-D inputs: a (B,) tensor
+    return 1.0 - q2n(fused_lp, ms_exp, block_size, block_size)  # 4-D inputs: a (B,) tensor
 
 
 def _block_q(x: torch.Tensor, y: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -96,12 +101,15 @@ def _d_s(f, m, p, ratio, block_size, q):
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 2:
         raise ValueError(f"block_size: expected an integer >= 2, got {block_size!r}")
     if h % block_size or w % block_size:
-        raise ValueError(f"fused: spatial size {h}x{w} is not a multiple of the D_s block size {block_size} "
-                         "(as in the toolbox); crop the image or pass another block_size")
+        raise ValueError(
+            f"fused: spatial size {h}x{w} is not a multiple of the D_s block size {block_size} "
+            "(as in the toolbox); crop the image or pass another block_size"
+        )
     if not (isinstance(q, (int, float)) and not isinstance(q, bool) and q > 0):
         raise ValueError(f"q: expected a positive exponent, got {q!r}")
-    pan_small = F.interpolate(p.to(torch.float32), size=(h // ratio, w // ratio), mode="bicubic",
-                              antialias=True, align_corners=False)
+    pan_small = F.interpolate(
+        p.to(torch.float32), size=(h // ratio, w // ratio), mode="bicubic", antialias=True, align_corners=False
+    )
     pan_lp = _filtered(upsample, pan_small, ratio, method=_interp_method(ratio))
     ms_exp = _filtered(upsample, m, ratio, method=_interp_method(ratio))
     q_high = _block_q(f, p, block_size)
@@ -139,5 +147,8 @@ def full_resolution_metrics(fused, ms, pan, ratio: int = 4, sensor: str = "wv3",
     f, m, p, unbatched = _prepare_full(fused, ms, pan, ratio, need_pan=True)
     dl = _d_lambda(f, m, ratio, sensor, block_size)
     ds = _d_s(f, m, p, ratio, block_size, 1.0)
-    return {"D_lambda": finish(dl, unbatched), "D_s": finish(ds, unbatched),
-            "HQNR": finish((1 - dl) * (1 - ds), unbatched)}
+    return {
+        "D_lambda": finish(dl, unbatched),
+        "D_s": finish(ds, unbatched),
+        "HQNR": finish((1 - dl) * (1 - ds), unbatched),
+    }

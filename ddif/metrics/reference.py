@@ -9,6 +9,7 @@ Every function takes ``pred`` and ``target`` (the reference) as (C, H, W) or (B,
 on the same scale, and returns a Python float for unbatched input or a (B,) float64 tensor (one
 value per image) for batched input. Statistics are computed in float64.
 """
+
 from __future__ import annotations
 
 import torch
@@ -71,8 +72,8 @@ def q_index(pred, target, block_size: int = 32):
     pc, tc = p - shift_p, t - shift_t
     mp = box_sum(pc, block_size) / n
     mt = box_sum(tc, block_size) / n
-    vp = box_sum(pc * pc, block_size) / n - mp ** 2
-    vt = box_sum(tc * tc, block_size) / n - mt ** 2
+    vp = box_sum(pc * pc, block_size) / n - mp**2
+    vt = box_sum(tc * tc, block_size) / n - mt**2
     cpt = box_sum(pc * tc, block_size) / n - mp * mt
     q = uiqi_from_moments(mp + shift_p, mt + shift_t, vp.clamp_min(0), vt.clamp_min(0), cpt)
     return finish(q.mean(dim=(1, 2, 3)), unbatched)
@@ -81,7 +82,7 @@ def q_index(pred, target, block_size: int = 32):
 def _sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     c = x.shape[1]
     sobel = torch.tensor([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]], dtype=x.dtype, device=x.device)
-    weight = torch.stack([sobel, sobel.T]).unsqueeze(1).repeat(c, 1, 1, 1)      # (2C, 1, 3, 3)
+    weight = torch.stack([sobel, sobel.T]).unsqueeze(1).repeat(c, 1, 1, 1)  # (2C, 1, 3, 3)
     g = F.conv2d(x, weight, padding=1, groups=c)
     return g.view(x.shape[0], c, 2, *x.shape[-2:]).pow(2).sum(dim=2).sqrt()
 
@@ -114,18 +115,19 @@ def psnr(pred, target, data_range: float = 1.0):
         raise ValueError(f"data_range: expected a positive number, got {data_range!r}")
     p, t, unbatched = prepare_pair(pred, target)
     mse = (p - t).pow(2).mean(dim=(2, 3))
-    per_band = 10.0 * torch.log10(data_range ** 2 / mse)       # mse = 0 -> +inf
+    per_band = 10.0 * torch.log10(data_range**2 / mse)  # mse = 0 -> +inf
     return finish(per_band.mean(dim=1), unbatched)
 
 
 def _gaussian_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
     x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
-def ssim(pred, target, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03):
+def ssim(
+    pred, target, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03
+):
     """Structural similarity (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 13(4), 2004); 1 = perfect.
 
     Gaussian window (11 x 11, sigma 1.5), C1 = (k1 L)^2, C2 = (k2 L)^2 with L = ``data_range``,
@@ -135,8 +137,10 @@ def ssim(pred, target, data_range: float = 1.0, window_size: int = 11, sigma: fl
         raise ValueError(f"data_range: expected a positive number, got {data_range!r}")
     p, t, unbatched = prepare_pair(pred, target)
     if min(t.shape[-2:]) < window_size:
-        raise ValueError(f"target: spatial size {t.shape[-2]}x{t.shape[-1]} is smaller than the SSIM window "
-                         f"{window_size}; pass a smaller window_size")
+        raise ValueError(
+            f"target: spatial size {t.shape[-2]}x{t.shape[-1]} is smaller than the SSIM window "
+            f"{window_size}; pass a smaller window_size"
+        )
     c = t.shape[1]
     g = _gaussian_window(window_size, sigma, p.dtype, p.device)
     wv = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
@@ -146,16 +150,17 @@ def ssim(pred, target, data_range: float = 1.0, window_size: int = 11, sigma: fl
         return F.conv2d(F.conv2d(x, wv, groups=c), wh, groups=c)
 
     mu_p, mu_t = blur(p), blur(t)
-    var_p = blur(p * p) - mu_p ** 2
-    var_t = blur(t * t) - mu_t ** 2
+    var_p = blur(p * p) - mu_p**2
+    var_t = blur(t * t) - mu_t**2
     cov = blur(p * t) - mu_p * mu_t
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p ** 2 + mu_t ** 2 + c1) * (var_p + var_t + c2))
+    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
     return finish(ssim_map.mean(dim=(1, 2, 3)), unbatched)
 
 
-def reduced_resolution_metrics(pred, gt, ratio: int = 4, data_range: float = 1.0, block_size: int = 32,
-                               border: int = 0) -> dict:
+def reduced_resolution_metrics(
+    pred, gt, ratio: int = 4, data_range: float = 1.0, block_size: int = 32, border: int = 0
+) -> dict:
     """All reduced-resolution indices of ``pred`` against ``gt``:
     ``{"SAM", "ERGAS", "Q2n", "Q", "SCC", "PSNR", "SSIM"}`` (floats, or (B,) tensors when batched).
 
@@ -180,4 +185,3 @@ def reduced_resolution_metrics(pred, gt, ratio: int = 4, data_range: float = 1.0
         "PSNR": psnr(pred, gt, data_range),
         "SSIM": ssim(pred, gt, data_range),
     }
-

@@ -5,6 +5,7 @@ Module and parameter names follow the published checkpoint layout
 The network lineage is SR3 (Saharia et al., "Image Super-Resolution via Iterative Refinement",
 2021); the two condition injections are DDIF's CSM and FWM (Cao et al., Information Fusion 2024).
 """
+
 from __future__ import annotations
 
 import math
@@ -222,8 +223,9 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     """FWM -> residual block -> (attention); the input is cat[x, skip]."""
 
-    def __init__(self, wavelet_dim, dim_in, dim_out, time_dim, groups, dropout, drop_path,
-                 attn_heads, fwm_heads, with_attn):
+    def __init__(
+        self, wavelet_dim, dim_in, dim_out, time_dim, groups, dropout, drop_path, attn_heads, fwm_heads, with_attn
+    ):
         super().__init__()
         self.cond_inj = WaveletModulation(wavelet_dim, dim_in, dim_out, fwm_heads, groups, drop_path)
         self.res_block = ResBlock(dim_out, dim_out, time_dim, groups, dropout)

@@ -15,13 +15,15 @@ once, with ``weights_only=True`` or through safetensors, and says what it found)
   ``model``, ``ema`` entries; ``module.`` / ``_orig_mod.`` prefixes); carries no configuration,
   so the preset must be given.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -74,8 +76,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, wrong format, pickled code objects...
-        raise ValueError(f"{path}: cannot read checkpoint (corrupt, truncated or not a torch file): "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise ValueError(
+            f"{path}: cannot read checkpoint (corrupt, truncated or not a torch file): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict in the checkpoint, got {type(obj).__name__}")
     return obj
@@ -85,8 +89,9 @@ def _read_safetensors(path: Path, map_location) -> tuple[dict[str, torch.Tensor]
     try:
         from safetensors import safe_open
     except ImportError as exc:
-        raise ImportError(f"{path}: reading safetensors needs the safetensors package: pip install safetensors "
-                          f"({exc})") from None
+        raise ImportError(
+            f"{path}: reading safetensors needs the safetensors package: pip install safetensors ({exc})"
+        ) from None
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     device = str(torch.device(map_location))
@@ -95,13 +100,20 @@ def _read_safetensors(path: Path, map_location) -> tuple[dict[str, torch.Tensor]
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises SafetensorError for malformed headers
-        raise ValueError(f"{path}: cannot read as safetensors (corrupt or truncated): {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise ValueError(
+            f"{path}: cannot read as safetensors (corrupt or truncated): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     return tensors, meta
 
 
-def read_contents(path: str | os.PathLike, *, use_ema: bool = True, prefer: str | None = None,
-                  map_location: str | torch.device = "cpu") -> CheckpointContents:
+def read_contents(
+    path: str | os.PathLike,
+    *,
+    use_ema: bool = True,
+    prefer: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> CheckpointContents:
     """Read a checkpoint file once and recognise its format (see the module docstring)."""
     path = Path(path)
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
@@ -111,13 +123,19 @@ def read_contents(path: str | os.PathLike, *, use_ema: bool = True, prefer: str 
             config = path.with_suffix(".json").read_text()
         preset = _preset_from_json(config, path) if config else None
         metadata = json.loads(meta.get("metadata") or "{}")
-        return CheckpointContents(str(path), SAFETENSORS if preset is not None else PUBLISHED,
-                                  unwrap_state_dict(tensors, None, str(path)), preset, metadata)
+        return CheckpointContents(
+            str(path),
+            SAFETENSORS if preset is not None else PUBLISHED,
+            unwrap_state_dict(tensors, None, str(path)),
+            preset,
+            metadata,
+        )
     return contents_of(read_checkpoint(path, map_location), str(path), use_ema=use_ema, prefer=prefer)
 
 
-def contents_of(obj: Mapping[str, Any], source: str, *, use_ema: bool = True,
-                prefer: str | None = None) -> CheckpointContents:
+def contents_of(
+    obj: Mapping[str, Any], source: str, *, use_ema: bool = True, prefer: str | None = None
+) -> CheckpointContents:
     """Recognise an in-memory checkpoint (a loaded dict)."""
     fmt = obj.get("format") if isinstance(obj, Mapping) else None
     if fmt == ENGINE_FORMAT:
@@ -131,11 +149,14 @@ def contents_of(obj: Mapping[str, Any], source: str, *, use_ema: bool = True,
         preset = _preset_from_json(obj["config"], source)
         weights = obj["ema"]["shadow"] if use_ema else obj["model"]
         kind = f"{TRAIN_STATE} ({'EMA' if use_ema else 'raw'} weights)"
-        return CheckpointContents(source, kind, dict(weights), preset,
-                                  {"step": int(obj.get("step", 0)), "kind": "ema" if use_ema else "raw"})
+        return CheckpointContents(
+            source, kind, dict(weights), preset, {"step": int(obj.get("step", 0)), "kind": "ema" if use_ema else "raw"}
+        )
     if fmt is not None:
-        raise ValueError(f"{source}: unknown checkpoint format {fmt!r} (this ddif reads {ENGINE_FORMAT!r}, "
-                         f"{TRAIN_STATE_FORMAT!r}, safetensors and published state dicts)")
+        raise ValueError(
+            f"{source}: unknown checkpoint format {fmt!r} (this ddif reads {ENGINE_FORMAT!r}, "
+            f"{TRAIN_STATE_FORMAT!r}, safetensors and published state dicts)"
+        )
     return CheckpointContents(source, PUBLISHED, unwrap_state_dict(obj, prefer, source), None)
 
 
@@ -167,15 +188,17 @@ def unwrap_state_dict(obj: Any, prefer: str | None = None, source: str = "checkp
             if key in obj and isinstance(obj[key], Mapping):
                 return unwrap_state_dict(obj[key], None, f"{source}[{key!r}]")
         non_tensor = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
-        raise ValueError(f"{source}: no state dict found: not all entries are tensors ({non_tensor} are not) "
-                         f"and none of the wrapper entries {list(WRAPPER_KEYS)} is present")
+        raise ValueError(
+            f"{source}: no state dict found: not all entries are tensors ({non_tensor} are not) "
+            f"and none of the wrapper entries {list(WRAPPER_KEYS)} is present"
+        )
     sd = dict(obj)
     changed = True
     while changed:
         changed = False
         for prefix in STRIP_PREFIXES:
             if all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items()}
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
                 changed = True
     return sd
 
@@ -186,12 +209,17 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, tor
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    mis_shaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    mis_shaped = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or mis_shaped:
+
         def fmt(items):
             head = ", ".join(items[:8])
             return head + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+
         parts = []
         if missing:
             parts.append(f"missing keys: {fmt(missing)}")
@@ -218,8 +246,12 @@ def _band_hint(state_dict: Mapping[str, torch.Tensor], model) -> str:
     return ""
 
 
-def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], preset: Preset,
-                    metadata: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    preset: Preset,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
     """Write an engine checkpoint (``.pt``) or safetensors weights (``.safetensors``, the preset
     and metadata as its string metadata) atomically, and the preset as JSON beside it."""
     from ddif.utils.io import atomic_path, atomic_torch_save
@@ -230,19 +262,39 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
         try:
             from safetensors.torch import save_file
         except ImportError as exc:
-            raise ImportError(f"writing {path} needs the safetensors package: pip install safetensors "
-                              f"({exc})") from None
-        meta = {"format": ENGINE_FORMAT, "version": str(ENGINE_VERSION), "config": preset.to_json(),
-                "metadata": json.dumps(dict(metadata or {}))}
+            raise ImportError(
+                f"writing {path} needs the safetensors package: pip install safetensors ({exc})"
+            ) from None
+        meta = {
+            "format": ENGINE_FORMAT,
+            "version": str(ENGINE_VERSION),
+            "config": preset.to_json(),
+            "metadata": json.dumps(dict(metadata or {})),
+        }
         with atomic_path(path, suffix=".partial") as tmp:
             save_file(tensors, str(tmp), metadata=meta)
     else:
-        payload = {"format": ENGINE_FORMAT, "version": ENGINE_VERSION, "config": preset.to_json(),
-                   "metadata": json.dumps(dict(metadata or {})), "state_dict": tensors}
+        payload = {
+            "format": ENGINE_FORMAT,
+            "version": ENGINE_VERSION,
+            "config": preset.to_json(),
+            "metadata": json.dumps(dict(metadata or {})),
+            "state_dict": tensors,
+        }
         atomic_torch_save(payload, path)
     preset.save_json(path.with_suffix(".json"))
     return path
 
 
-__all__ = ["CheckpointContents", "ENGINE_FORMAT", "ENGINE_VERSION", "TRAIN_STATE_FORMAT", "read_checkpoint",
-           "read_contents", "contents_of", "unwrap_state_dict", "load_state_dict_checked", "save_checkpoint"]
+__all__ = [
+    "CheckpointContents",
+    "ENGINE_FORMAT",
+    "ENGINE_VERSION",
+    "TRAIN_STATE_FORMAT",
+    "read_checkpoint",
+    "read_contents",
+    "contents_of",
+    "unwrap_state_dict",
+    "load_state_dict_checked",
+    "save_checkpoint",
+]

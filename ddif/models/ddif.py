@@ -11,6 +11,7 @@ Everything that depends only on the condition (lms, guide) is gathered by
 image rather than once per step; the uncached call is literally ``encode_condition`` followed
 by the cached denoiser, so both give bit-identical results.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,17 +23,32 @@ import torch
 import torch.nn as nn
 
 from ddif.config import ModelConfig, Preset, get_preset
-from ddif.models.checkpoint import (ENGINE_FORMAT, PUBLISHED, contents_of, load_state_dict_checked, read_contents,
-                                    save_checkpoint)
-from ddif.models.blocks import (DecoderBlock, Downsample, EncoderBlock, MidBlock, NormActConv,
-                                TimestepEncoding, Upsample, resize_to)
+from ddif.models.blocks import (
+    DecoderBlock,
+    Downsample,
+    EncoderBlock,
+    MidBlock,
+    NormActConv,
+    TimestepEncoding,
+    Upsample,
+    resize_to,
+)
+from ddif.models.checkpoint import (
+    ENGINE_FORMAT,
+    PUBLISHED,
+    contents_of,
+    load_state_dict_checked,
+    read_contents,
+    save_checkpoint,
+)
 from ddif.models.layers import WaveletCondition
 from ddif.utils.validation import check_image, check_timesteps
 
 
-
 def _article(noun: str) -> str:
     return "an" if noun[:1].lower() in "aeiou" else "a"
+
+
 _log = logging.getLogger("ddif.models")
 
 
@@ -95,8 +111,11 @@ class DDIF(nn.Module):
             dim_out = width * mult
             with_attn = res in cfg.attn_resolutions
             for _ in range(cfg.res_blocks):
-                downs.append(EncoderBlock(cfg.coarse_channels, dim, dim_out, time_dim, groups, cfg.dropout,
-                                          cfg.attn_heads, with_attn))
+                downs.append(
+                    EncoderBlock(
+                        cfg.coarse_channels, dim, dim_out, time_dim, groups, cfg.dropout, cfg.attn_heads, with_attn
+                    )
+                )
                 skip_dims.append(dim_out)
                 dim = dim_out
             if level != cfg.num_levels - 1:
@@ -105,18 +124,32 @@ class DDIF(nn.Module):
                 res //= 2
         self.downs = nn.ModuleList(downs)
 
-        self.mid = nn.ModuleList([
-            MidBlock(dim, time_dim, groups, cfg.dropout, cfg.attn_heads, with_attn=True),
-            MidBlock(dim, time_dim, groups, cfg.dropout, cfg.attn_heads, with_attn=False),
-        ])
+        self.mid = nn.ModuleList(
+            [
+                MidBlock(dim, time_dim, groups, cfg.dropout, cfg.attn_heads, with_attn=True),
+                MidBlock(dim, time_dim, groups, cfg.dropout, cfg.attn_heads, with_attn=False),
+            ]
+        )
 
         ups: list[nn.Module] = []
         for level, mult in reversed(list(enumerate(cfg.channel_mults))):
             dim_out = width * mult
             with_attn = res in cfg.attn_resolutions
             for _ in range(cfg.res_blocks + 1):
-                ups.append(DecoderBlock(cfg.wavelet_channels, dim + skip_dims.pop(), dim_out, time_dim, groups,
-                                        cfg.dropout, cfg.drop_path, cfg.attn_heads, cfg.fwm_heads, with_attn))
+                ups.append(
+                    DecoderBlock(
+                        cfg.wavelet_channels,
+                        dim + skip_dims.pop(),
+                        dim_out,
+                        time_dim,
+                        groups,
+                        cfg.dropout,
+                        cfg.drop_path,
+                        cfg.attn_heads,
+                        cfg.fwm_heads,
+                        with_attn,
+                    )
+                )
                 dim = dim_out
             if level != 0:
                 ups.append(Upsample(dim))
@@ -127,7 +160,7 @@ class DDIF(nn.Module):
 
     # ------------------------------------------------------------------ construction / IO
     @classmethod
-    def from_preset(cls, name: str, **model_overrides: Any) -> "DDIF":
+    def from_preset(cls, name: str, **model_overrides: Any) -> DDIF:
         preset = get_preset(name)
         for key, value in model_overrides.items():
             if not hasattr(preset.model, key):
@@ -136,7 +169,7 @@ class DDIF(nn.Module):
         preset.model.__post_init__()
         return cls(preset)
 
-    def set_fused_kernels(self, enabled: bool = True) -> "DDIF":
+    def set_fused_kernels(self, enabled: bool = True) -> DDIF:
         """Route the hot paths (wavelet condition, FWM attention, CSM conv) through the fused
         kernels where they are live (see ``kernels.available()``); references otherwise."""
         for module in self.modules():
@@ -157,8 +190,15 @@ class DDIF(nn.Module):
         save_checkpoint(path, self.state_dict(), self.preset, metadata)
 
     @classmethod
-    def from_pretrained(cls, source, preset: str | Preset | None = None, *, use_ema: bool = True,
-                        prefer: str | None = None, map_location: str | torch.device = "cpu") -> "DDIF":
+    def from_pretrained(
+        cls,
+        source,
+        preset: str | Preset | None = None,
+        *,
+        use_ema: bool = True,
+        prefer: str | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> DDIF:
         """The one loader: a model from any checkpoint this project meets (engine checkpoint,
         distilled student, training state (EMA weights unless ``use_ema=False``), safetensors,
         published-layout state dict), a path read once with ``weights_only=True`` or an in-memory
@@ -173,14 +213,18 @@ class DDIF(nn.Module):
         wanted = get_preset(preset) if isinstance(preset, str) else preset
         if contents.preset is None:
             if wanted is None:
-                raise ValueError(f"{contents.source}: a checkpoint in the published layout carries no configuration; "
-                                 "give the preset it was trained for (e.g. --preset wv3)")
+                raise ValueError(
+                    f"{contents.source}: a checkpoint in the published layout carries no configuration; "
+                    "give the preset it was trained for (e.g. --preset wv3)"
+                )
             model_preset = wanted
         else:
             model_preset = contents.preset
             if wanted is not None and wanted.name != model_preset.name:
-                raise ValueError(f"{contents.source}: the checkpoint is {_article(contents.kind)} {contents.kind} for preset "
-                                 f"'{model_preset.name}', not '{wanted.name}'; leave the preset out")
+                raise ValueError(
+                    f"{contents.source}: the checkpoint is {_article(contents.kind)} {contents.kind} for preset "
+                    f"'{model_preset.name}', not '{wanted.name}'; leave the preset out"
+                )
         model = cls(model_preset)
         load_state_dict_checked(model, contents.state_dict, contents.source)
         model.metadata = dict(contents.metadata)
@@ -189,12 +233,14 @@ class DDIF(nn.Module):
         return model.eval()
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "DDIF":
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DDIF:
         """Alias of :meth:`from_pretrained` for engine checkpoints (kept for compatibility)."""
         model = cls.from_pretrained(path, map_location=map_location)
         if model.checkpoint_kind == PUBLISHED:
-            raise ValueError(f"{path}: not a ddif checkpoint (no 'format': '{ENGINE_FORMAT}' entry); "
-                             "for checkpoints of the published code use DDIF.from_pretrained(path, preset=...)")
+            raise ValueError(
+                f"{path}: not a ddif checkpoint (no 'format': '{ENGINE_FORMAT}' entry); "
+                "for checkpoints of the published code use DDIF.from_pretrained(path, preset=...)"
+            )
         return model
 
     # ------------------------------------------------------------------ condition
@@ -202,17 +248,26 @@ class DDIF(nn.Module):
         cfg = self.config
         guide_what = "PAN band(s)" if cfg.guide_bands == 1 else "guide bands"
         lms = check_image("lms", lms, channels=cfg.bands, channel_what=f"bands for preset '{self.preset.name}'")
-        pan = check_image("pan", pan, channels=cfg.guide_bands, channel_what=guide_what,
-                          batch=lms.shape[0], spatial=lms.shape[-2:], spatial_of="lms")
+        pan = check_image(
+            "pan",
+            pan,
+            channels=cfg.guide_bands,
+            channel_what=guide_what,
+            batch=lms.shape[0],
+            spatial=lms.shape[-2:],
+            spatial_of="lms",
+        )
         self.check_size(lms.shape[-2:], "lms")
         return lms, pan
 
     def check_size(self, size, name: str) -> None:
         m = self.config.size_multiple
         if size[0] % m or size[1] % m:
-            raise ValueError(f"{name}: spatial size {size[0]}x{size[1]} is not a multiple of {m} (the network "
-                             f"halves it {self.config.num_levels - 1} times); pad it, or use ddif.Fuser which pads "
-                             "and crops")
+            raise ValueError(
+                f"{name}: spatial size {size[0]}x{size[1]} is not a multiple of {m} (the network "
+                f"halves it {self.config.num_levels - 1} times); pad it, or use ddif.Fuser which pads "
+                "and crops"
+            )
 
     def _param_dtype(self) -> torch.dtype:
         return self.downs[0].weight.dtype
@@ -275,12 +330,14 @@ class DDIF(nn.Module):
             cache = self.encode_condition(lms, pan)
         cfg = self.config
         if checks_enabled():
-            x_t = check_image("x_t", x_t, channels=cfg.bands, batch=cache.batch, spatial=cache.size,
-                              spatial_of="the condition (lms)")
+            x_t = check_image(
+                "x_t", x_t, channels=cfg.bands, batch=cache.batch, spatial=cache.size, spatial_of="the condition (lms)"
+            )
             t = check_timesteps("t", t, x_t.shape[0], self.preset.diffusion.timesteps)
             if self_cond is not None:
-                self_cond = check_image("self_cond", self_cond, channels=cfg.bands, batch=cache.batch,
-                                        spatial=cache.size, spatial_of="x_t")
+                self_cond = check_image(
+                    "self_cond", self_cond, channels=cfg.bands, batch=cache.batch, spatial=cache.size, spatial_of="x_t"
+                )
         dtype = self._param_dtype()
         x_t = x_t.to(dtype)
         if cfg.self_condition:
@@ -306,5 +363,3 @@ class DDIF(nn.Module):
             else:
                 x = block(torch.cat([x, skips.pop()], dim=1), t_emb, next(contexts))
         return self.final_conv(x)
-
-

@@ -8,6 +8,7 @@ it can (and while no graph is being exported) and the plain-PyTorch reference el
 
 ``DDIF.set_fused_kernels(True)`` switches every one of them on.
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,8 +66,9 @@ class StyleModulatedConv(torch.nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size=1)
         self.fused = False
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if scale is None:
             return super().forward(x)
         if shift is None:

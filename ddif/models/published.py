@@ -5,10 +5,12 @@ Checkpoints come bare or wrapped (``state_dict``, ``model``, ``ema`` entries, ``
 from DistributedDataParallel, ``_orig_mod.`` from torch.compile); all are accepted. Reading them
 is :meth:`ddif.DDIF.from_pretrained` with a preset; this module keeps the older name.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -17,8 +19,12 @@ from ddif.models.checkpoint import load_state_dict_checked, unwrap_state_dict  #
 from ddif.models.ddif import DDIF
 
 
-def load_published(path_or_state_dict: str | os.PathLike | Mapping[str, Any], preset: str | Preset = "wv3",
-                   prefer: str | None = None, map_location: str | torch.device = "cpu") -> DDIF:
+def load_published(
+    path_or_state_dict: str | os.PathLike | Mapping[str, Any],
+    preset: str | Preset = "wv3",
+    prefer: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> DDIF:
     """Alias of ``DDIF.from_pretrained(path_or_state_dict, preset, prefer=...)`` (kept for
     compatibility): the model for ``preset`` with published-layout weights, in eval() mode."""
     return DDIF.from_pretrained(path_or_state_dict, preset, prefer=prefer, map_location=map_location)

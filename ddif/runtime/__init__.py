@@ -11,6 +11,7 @@ Every backend has ``fuse(lms, pan, seed)`` and the attributes ``name``, ``bands`
 ``guide_bands``, ``max_dn``, ``rgb_bands``, ``ratio``, ``steps``, ``timesteps``. Nothing is
 imported until used (onnxruntime and tensorrt are optional).
 """
+
 from __future__ import annotations
 
 from ddif.utils.lazy import lazy_exports

@@ -14,12 +14,13 @@ Inputs are (B, C, H, W) or (C, H, W) floats in [0, 1] of any H x W.
 Choosing a backend and exporting on demand (``best_available``, ``ensure_onnx``) live one layer
 up, in :mod:`ddif.export.auto`: the runtime never imports the exporters.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
@@ -27,9 +28,16 @@ from ddif.config import Preset
 from ddif.inference.engine import InferencePath
 from ddif.inference.tiling import Tiling
 from ddif.runtime.plan import SamplingPlan, resolve_sampling_plan
-from ddif.runtime.spec import (INPUT_NAMES, OUTPUT_NAMES, ExportSpec, ShapeProfile, read_embedded_spec,
-                               spec_path_for)
-from ddif.runtime.tensorrt import (EngineCache, EngineRunner, TensorRTUnavailable, build_engine, engine_key, gpu_identity, import_tensorrt)
+from ddif.runtime.spec import INPUT_NAMES, OUTPUT_NAMES, ExportSpec, ShapeProfile, read_embedded_spec, spec_path_for
+from ddif.runtime.tensorrt import (
+    EngineCache,
+    EngineRunner,
+    TensorRTUnavailable,
+    build_engine,
+    engine_key,
+    gpu_identity,
+    import_tensorrt,
+)
 
 log = logging.getLogger("ddif.runtime")
 
@@ -39,10 +47,16 @@ class FuserBackend:
     backend's tile sampler (``sample_batch``, implemented by each subclass or handed in)."""
 
     name = "backend"
-    stochastic = False           # DDIM with eta 0: no per-step noise
+    stochastic = False  # DDIM with eta 0: no per-step noise
 
-    def __init__(self, preset: Preset, plan: SamplingPlan, tiling: Tiling, batch_size: int | None = None,
-                 inference: InferencePath | None = None):
+    def __init__(
+        self,
+        preset: Preset,
+        plan: SamplingPlan,
+        tiling: Tiling,
+        batch_size: int | None = None,
+        inference: InferencePath | None = None,
+    ):
         self.preset = preset
         self.plan = plan
         cfg = preset.model
@@ -53,9 +67,15 @@ class FuserBackend:
         self.ratio: int = int(preset.data.ratio)
         self.size_multiple: int = int(cfg.size_multiple)
         self.tiling = tiling
-        self.inference = inference or InferencePath(self, bands=self.bands, guide_bands=self.guide_bands,
-                                                    max_dn=self.max_dn, preset_name=preset.name, tiling=tiling,
-                                                    batch_size=batch_size)
+        self.inference = inference or InferencePath(
+            self,
+            bands=self.bands,
+            guide_bands=self.guide_bands,
+            max_dn=self.max_dn,
+            preset_name=preset.name,
+            tiling=tiling,
+            batch_size=batch_size,
+        )
 
     @property
     def steps(self) -> int:
@@ -73,30 +93,40 @@ class FuserBackend:
         return self.name
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.describe()}, preset={self.preset.name!r}, bands={self.bands}, "
-                f"steps={self.steps}, timesteps={list(self.timesteps)}, {self.tiling.describe()})")
+        return (
+            f"{type(self).__name__}({self.describe()}, preset={self.preset.name!r}, bands={self.bands}, "
+            f"steps={self.steps}, timesteps={list(self.timesteps)}, {self.tiling.describe()})"
+        )
 
     def check_inputs(self, lms, pan) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """The checks and messages of :meth:`ddif.Fuser.check_inputs`."""
         return self.inference.check_inputs(lms, pan)
 
     @torch.no_grad()
-    def fuse(self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0, *,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
+    def fuse(
+        self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0, *, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Fused image clamp(lms + residual, 0, 1), shaped like ``lms`` ((C,H,W) or (B,C,H,W)), on
         ``lms``'s device and dtype (:meth:`ddif.inference.InferencePath.fuse`)."""
         return self.inference.fuse(lms, pan, seed, noise=noise)
 
-    def sample_tiles(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor,
-                     generators: Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+    def sample_tiles(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> torch.Tensor:
         """Residuals of already cut tiles, ``batch_size`` per call (the ground station's entry)."""
         return self.inference.sample_tiles(lms, pan, noise, generators)
 
     def _check_tiles(self, lms: torch.Tensor) -> None:
         t = self.tiling.tile_size
         if t and tuple(lms.shape[-2:]) != (t, t):
-            raise ValueError(f"lms: tiles of {lms.shape[-2]}x{lms.shape[-1]}, but {self.describe()} samples {t}x{t} "
-                             "tiles (the graph's fixed size)")
+            raise ValueError(
+                f"lms: tiles of {lms.shape[-2]}x{lms.shape[-1]}, but {self.describe()} samples {t}x{t} "
+                "tiles (the graph's fixed size)"
+            )
 
 
 # ------------------------------------------------------------------------------------- PyTorch
@@ -106,10 +136,19 @@ class TorchFuser(FuserBackend):
 
     name = "pytorch"
 
-    def __init__(self, model, *, steps: int | None = None, timesteps: Iterable[int] | str | None = None,
-                 device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 fused_kernels: bool | None = None, batch_size: int | None = None, tile_size: int | None = None,
-                 tile_overlap: int | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        steps: int | None = None,
+        timesteps: Iterable[int] | str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        fused_kernels: bool | None = None,
+        batch_size: int | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+    ):
         from ddif.fuser import Fuser
 
         if isinstance(model, (str, os.PathLike)):
@@ -119,8 +158,15 @@ class TorchFuser(FuserBackend):
         plan = resolve_sampling_plan(model.preset, getattr(model, "metadata", None), steps=steps, timesteps=timesteps)
         if fused_kernels is not None:
             model.set_fused_kernels(fused_kernels)
-        self.fuser = Fuser(model, device=device, dtype=dtype, batch_size=batch_size, tile_size=tile_size,
-                           tile_overlap=tile_overlap, scheduler=plan.scheduler(model.preset))
+        self.fuser = Fuser(
+            model,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+            scheduler=plan.scheduler(model.preset),
+        )
         super().__init__(model.preset, plan, self.fuser.tiling, batch_size, inference=self.fuser.inference)
         self.model = self.fuser.model
         self.device = self.fuser.device
@@ -140,11 +186,19 @@ class OnnxRuntimeFuser(FuserBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: str | os.PathLike, *, device: str | torch.device | None = None,
-                 providers: Sequence[str] | None = None, intra_op_threads: int | None = None,
-                 graph_optimization: str = "all", steps: int | None = None,
-                 timesteps: Iterable[int] | str | None = None, batch_size: int | None = None,
-                 tile_overlap: int | None = None):
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        graph_optimization: str = "all",
+        steps: int | None = None,
+        timesteps: Iterable[int] | str | None = None,
+        batch_size: int | None = None,
+        tile_overlap: int | None = None,
+    ):
         ort = import_onnxruntime()
         self.path = Path(onnx_path)
         if not self.path.is_file():
@@ -156,30 +210,38 @@ class OnnxRuntimeFuser(FuserBackend):
         self.spec = spec
         device = torch.device(device) if device is not None else torch.device("cpu")
         if providers is None:
-            providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
-                         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
-                         else ["CPUExecutionProvider"])
+            providers = (
+                ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+                else ["CPUExecutionProvider"]
+            )
         options = ort.SessionOptions()
-        levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
         if graph_optimization not in levels:
             raise ValueError(f"graph_optimization must be one of {list(levels)}, got {graph_optimization!r}")
         options.graph_optimization_level = levels[graph_optimization]
         if intra_op_threads:
             options.intra_op_num_threads = int(intra_op_threads)
-        options.log_severity_level = 3          # errors only: ORT's warnings are about its own fusions
+        options.log_severity_level = 3  # errors only: ORT's warnings are about its own fusions
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own exception types for invalid models
-            raise ValueError(f"{self.path}: onnxruntime cannot load the model ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+            raise ValueError(
+                f"{self.path}: onnxruntime cannot load the model ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from exc
         names = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if sorted(names) != sorted(INPUT_NAMES) or outputs != list(OUTPUT_NAMES):
-            raise ValueError(f"{self.path}: expected inputs {list(INPUT_NAMES)} and outputs {list(OUTPUT_NAMES)}, "
-                             f"the model has {names} and {outputs}: export it again")
+            raise ValueError(
+                f"{self.path}: expected inputs {list(INPUT_NAMES)} and outputs {list(OUTPUT_NAMES)}, "
+                f"the model has {names} and {outputs}: export it again"
+            )
         self.providers = self.session.get_providers()
         self.intra_op_threads = intra_op_threads
 
@@ -187,11 +249,12 @@ class OnnxRuntimeFuser(FuserBackend):
         threads = f", {self.intra_op_threads} threads" if self.intra_op_threads else ""
         return f"onnxruntime ({self.providers[0]}{threads})"
 
-    def sample_batch(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor,
-                     generators=None) -> torch.Tensor:
+    def sample_batch(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor, generators=None) -> torch.Tensor:
         self._check_tiles(lms)
-        feed = {name: t.detach().to("cpu", torch.float32).contiguous().numpy()
-                for name, t in (("lms", lms), ("pan", pan), ("noise", noise))}
+        feed = {
+            name: t.detach().to("cpu", torch.float32).contiguous().numpy()
+            for name, t in (("lms", lms), ("pan", pan), ("noise", noise))
+        }
         return torch.from_numpy(self.session.run(list(OUTPUT_NAMES), feed)[0])
 
 
@@ -207,15 +270,26 @@ class TensorRTFuser(FuserBackend):
 
     name = "tensorrt"
 
-    def __init__(self, model_path: str | os.PathLike, *, device: str | torch.device | None = None, fp16: bool = True,
-                 profile: ShapeProfile | str | None = None, cache_dir: str | os.PathLike | None = None,
-                 steps: int | None = None, timesteps: Iterable[int] | str | None = None,
-                 batch_size: int | None = None, tile_overlap: int | None = None, trt=None):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        fp16: bool = True,
+        profile: ShapeProfile | str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        steps: int | None = None,
+        timesteps: Iterable[int] | str | None = None,
+        batch_size: int | None = None,
+        tile_overlap: int | None = None,
+        trt=None,
+    ):
         trt = trt or import_tensorrt()
         self.device = torch.device(device if device is not None else "cuda")
         if self.device.type != "cuda" or not torch.cuda.is_available():
-            raise TensorRTUnavailable(f"TensorRT needs a CUDA GPU (device {self.device}, CUDA available: "
-                                      f"{torch.cuda.is_available()})")
+            raise TensorRTUnavailable(
+                f"TensorRT needs a CUDA GPU (device {self.device}, CUDA available: {torch.cuda.is_available()})"
+            )
         path = Path(model_path)
         if path.suffix == ".onnx":
             onnx_spec = load_onnx_spec(path)
@@ -223,17 +297,30 @@ class TensorRTFuser(FuserBackend):
             if isinstance(profile, str):
                 profile = ShapeProfile.parse(profile, mult)
             profile = profile or onnx_spec.shape_profile()
-            key = engine_key(path, profile, fp16=fp16, gpu=gpu_identity(self.device),
-                             tensorrt_version=str(trt.__version__))
+            key = engine_key(
+                path, profile, fp16=fp16, gpu=gpu_identity(self.device), tensorrt_version=str(trt.__version__)
+            )
             cache = EngineCache(Path(cache_dir) / "tensorrt" if cache_dir else None)
             model = onnx_spec.preset["model"]
 
             def build(onnx_path: Path, out: Path) -> None:
-                log.info("building a TensorRT engine for %s (%s, profile %s); cached as %s", onnx_path,
-                         "fp16" if fp16 else "fp32", profile, out)
+                log.info(
+                    "building a TensorRT engine for %s (%s, profile %s); cached as %s",
+                    onnx_path,
+                    "fp16" if fp16 else "fp32",
+                    profile,
+                    out,
+                )
                 with torch.cuda.device(self.device):
-                    build_engine(onnx_path, out, profile, fp16=fp16, bands=model["bands"],
-                                 guide_bands=model["guide_bands"], trt=trt)
+                    build_engine(
+                        onnx_path,
+                        out,
+                        profile,
+                        fp16=fp16,
+                        bands=model["bands"],
+                        guide_bands=model["guide_bands"],
+                        trt=trt,
+                    )
 
             path, _ = cache.get_or_build(path, key, profile, build)
         spec = ExportSpec.for_model(path, verify=True)
@@ -242,8 +329,10 @@ class TensorRTFuser(FuserBackend):
         built_for = (spec.tensorrt.get("gpu"), spec.tensorrt.get("tensorrt_version"))
         here = (gpu_identity(self.device), str(trt.__version__))
         if built_for != here:
-            raise ValueError(f"{path}: engine built for {built_for[0]} with TensorRT {built_for[1]}, this is "
-                             f"{here[0]} with TensorRT {here[1]}: rebuild it (python -m ddif.export.tensorrt)")
+            raise ValueError(
+                f"{path}: engine built for {built_for[0]} with TensorRT {built_for[1]}, this is "
+                f"{here[0]} with TensorRT {here[1]}: rebuild it (python -m ddif.export.tensorrt)"
+            )
         preset, plan = spec.preset_obj(), spec.plan()
         check_plan_matches(path, plan, preset, steps, timesteps)
         self.profile = spec.shape_profile()
@@ -258,13 +347,14 @@ class TensorRTFuser(FuserBackend):
     def describe(self) -> str:
         return f"tensorrt ({self.precision}, {self.device})"
 
-    def sample_batch(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor,
-                     generators=None) -> torch.Tensor:
+    def sample_batch(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor, generators=None) -> torch.Tensor:
         self._check_tiles(lms)
         b, _, h, w = lms.shape
         if not self.profile.contains(b, h, w):
-            raise ValueError(f"lms: tiles {h}x{w} (batch {b}) are outside the engine's profile "
-                             f"{self.profile} (BxHxW min/opt/max); rebuild with larger --shapes")
+            raise ValueError(
+                f"lms: tiles {h}x{w} (batch {b}) are outside the engine's profile "
+                f"{self.profile} (BxHxW min/opt/max); rebuild with larger --shapes"
+            )
         dev = self.device
         out = self.runner.run(lms.to(dev).contiguous(), pan.to(dev).contiguous(), noise.to(dev).contiguous())
         return out.to("cpu", torch.float32)
@@ -285,8 +375,10 @@ def onnxruntime_unavailable_reason(device: torch.device) -> str | None:
     except RuntimeError as exc:
         return str(exc)
     if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-        return ("onnxruntime has no CUDA provider here (providers: "
-                f"{', '.join(ort.get_available_providers())}) and PyTorch on the GPU beats ONNX Runtime on the CPU")
+        return (
+            "onnxruntime has no CUDA provider here (providers: "
+            f"{', '.join(ort.get_available_providers())}) and PyTorch on the GPU beats ONNX Runtime on the CPU"
+        )
     return None
 
 
@@ -308,16 +400,19 @@ def load_onnx_spec(path: Path) -> ExportSpec:
         except Exception as exc:  # onnx raises DecodeError & co. for corrupt files
             raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
         if spec is None:
-            raise ValueError(f"{path}: no export spec beside it ({spec_path_for(path).name}) nor in its metadata: "
-                             "export it with python -m ddif.export.onnx")
+            raise ValueError(
+                f"{path}: no export spec beside it ({spec_path_for(path).name}) nor in its metadata: "
+                "export it with python -m ddif.export.onnx"
+            )
         log.info("%s: spec file missing, using the copy embedded in the model", path)
     if spec.kind != "onnx":
         raise ValueError(f"{path}: spec kind is {spec.kind!r}, expected 'onnx'")
     return spec
 
 
-def check_plan_matches(path: Path, plan: SamplingPlan, preset: Preset, steps: int | None,
-                       timesteps: Iterable[int] | str | None) -> None:
+def check_plan_matches(
+    path: Path, plan: SamplingPlan, preset: Preset, steps: int | None, timesteps: Iterable[int] | str | None
+) -> None:
     """An exported graph has its timesteps baked in: a different request is an error, not a silent swap."""
     if steps is None and timesteps is None:
         return
@@ -325,9 +420,20 @@ def check_plan_matches(path: Path, plan: SamplingPlan, preset: Preset, steps: in
     if steps is not None and timesteps is None and steps == plan.steps:
         return
     if want.timesteps != plan.timesteps:
-        raise ValueError(f"{path} was exported for {plan.steps} steps at timesteps {list(plan.timesteps)}, "
-                         f"not {list(want.timesteps)}: export again with --steps / --timesteps")
+        raise ValueError(
+            f"{path} was exported for {plan.steps} steps at timesteps {list(plan.timesteps)}, "
+            f"not {list(want.timesteps)}: export again with --steps / --timesteps"
+        )
 
 
-__all__ = ["FuserBackend", "TorchFuser", "OnnxRuntimeFuser", "TensorRTFuser", "load_onnx_spec", "spec_tiling",
-           "import_onnxruntime", "onnxruntime_unavailable_reason", "check_plan_matches"]
+__all__ = [
+    "FuserBackend",
+    "TorchFuser",
+    "OnnxRuntimeFuser",
+    "TensorRTFuser",
+    "load_onnx_spec",
+    "spec_tiling",
+    "import_onnxruntime",
+    "onnxruntime_unavailable_reason",
+    "check_plan_matches",
+]

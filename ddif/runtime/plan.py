@@ -14,11 +14,13 @@ Diffusion Implicit Models", ICLR 2021, eta = 0) visits. It comes from, in order 
 4. the checkpoint metadata's ``sample_steps`` (or ``sampling_steps``);
 5. the preset's ``diffusion.sample_steps``.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -49,19 +51,27 @@ class SamplingPlan:
     def steps(self) -> int:
         return len(self.timesteps)
 
-    def scheduler(self, preset: Preset) -> "FixedStepDDIM":
+    def scheduler(self, preset: Preset) -> FixedStepDDIM:
         """A DDIM (eta 0) scheduler over exactly these timesteps for ``preset``'s noise schedule."""
         schedule = NoiseSchedule.from_config(preset.diffusion)
         if schedule.num_timesteps != self.num_train_timesteps:
-            raise ValueError(f"sampling plan is for {self.num_train_timesteps} training timesteps, the preset "
-                             f"has {schedule.num_timesteps}")
+            raise ValueError(
+                f"sampling plan is for {self.num_train_timesteps} training timesteps, the preset "
+                f"has {schedule.num_timesteps}"
+            )
         sched = FixedStepDDIM(schedule)
         sched.set_explicit_timesteps(self.timesteps)
         return sched
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sampler": "ddim", "eta": 0.0, "steps": self.steps, "timesteps": list(self.timesteps),
-                "num_train_timesteps": self.num_train_timesteps, "source": self.source}
+        return {
+            "sampler": "ddim",
+            "eta": 0.0,
+            "steps": self.steps,
+            "timesteps": list(self.timesteps),
+            "num_train_timesteps": self.num_train_timesteps,
+            "source": self.source,
+        }
 
 
 class FixedStepDDIM(DDIMScheduler):
@@ -96,7 +106,9 @@ def check_timestep_list(timesteps: Iterable[int] | str, num_train_timesteps: int
         try:
             timesteps = [int(p) for p in parts]
         except ValueError:
-            raise ValueError(f"timesteps: expected comma-separated integers like '480,240', got {timesteps!r}") from None
+            raise ValueError(
+                f"timesteps: expected comma-separated integers like '480,240', got {timesteps!r}"
+            ) from None
     if isinstance(timesteps, torch.Tensor):
         timesteps = timesteps.tolist()
     ts = []
@@ -114,8 +126,13 @@ def check_timestep_list(timesteps: Iterable[int] | str, num_train_timesteps: int
     return tuple(ts)
 
 
-def resolve_sampling_plan(preset: Preset, metadata: Mapping[str, Any] | None = None, *, steps: int | None = None,
-                          timesteps: Iterable[int] | str | None = None) -> SamplingPlan:
+def resolve_sampling_plan(
+    preset: Preset,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    steps: int | None = None,
+    timesteps: Iterable[int] | str | None = None,
+) -> SamplingPlan:
     """The sampling plan for a model (see the module docstring for the precedence)."""
     dcfg = preset.diffusion
     num_train = int(dcfg.timesteps)
@@ -137,8 +154,13 @@ def resolve_sampling_plan(preset: Preset, metadata: Mapping[str, Any] | None = N
         meta_ts = check_timestep_list(own, num_train)
         if steps is None or steps == len(meta_ts):
             return SamplingPlan(meta_ts, num_train, where)
-        log.warning("the checkpoint records %d sampling timesteps %s (a distilled student samples best with "
-                    "those); respacing to the %d steps asked for instead", len(meta_ts), list(meta_ts), steps)
+        log.warning(
+            "the checkpoint records %d sampling timesteps %s (a distilled student samples best with "
+            "those); respacing to the %d steps asked for instead",
+            len(meta_ts),
+            list(meta_ts),
+            steps,
+        )
     if steps is not None:
         return SamplingPlan(_respaced(num_train, steps, dcfg.timestep_spacing), num_train, f"{steps} steps asked for")
     for key in METADATA_STEPS_KEYS:

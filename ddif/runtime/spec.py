@@ -4,6 +4,7 @@
 output names, dtypes, dynamic axes, min/opt/max shapes, the sampling timesteps, the full preset
 configuration and the model file's SHA-256. A runtime needs nothing else to use the model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,9 +24,9 @@ SPEC_FORMAT = "ddif-export-spec"
 SPEC_VERSION = 2
 INPUT_NAMES = ("lms", "pan", "noise")
 OUTPUT_NAMES = ("residual",)
-DEFAULT_PROFILE = ((1, 64, 64), (1, 256, 256), (4, 1024, 1024))   # (batch, H, W) of whole-image graphs
-TILE_BATCH_PIXELS = (1 << 20, 1 << 22)                           # opt / max pixels per batch of tiles
-METADATA_KEY = "ddif.export_spec"      # ONNX metadata_props entry holding the spec (without the file hash)
+DEFAULT_PROFILE = ((1, 64, 64), (1, 256, 256), (4, 1024, 1024))  # (batch, H, W) of whole-image graphs
+TILE_BATCH_PIXELS = (1 << 20, 1 << 22)  # opt / max pixels per batch of tiles
+METADATA_KEY = "ddif.export_spec"  # ONNX metadata_props entry holding the spec (without the file hash)
 
 
 def spec_path_for(model_path: str | os.PathLike) -> Path:
@@ -56,7 +57,7 @@ class ShapeProfile:
     max: tuple[int, int, int]
 
     @classmethod
-    def parse(cls, text: str, size_multiple: int = 1) -> "ShapeProfile":
+    def parse(cls, text: str, size_multiple: int = 1) -> ShapeProfile:
         parts = [p for p in str(text).split("/")]
         if len(parts) != 3:
             raise ValueError(f"shapes: expected 'min/opt/max' like '1x64x64/1x256x256/4x1024x1024', got {text!r}")
@@ -70,7 +71,7 @@ class ShapeProfile:
         return cls(*dims).validated(size_multiple)
 
     @classmethod
-    def default(cls, size_multiple: int = 1, tile_size: int = 0) -> "ShapeProfile":
+    def default(cls, size_multiple: int = 1, tile_size: int = 0) -> ShapeProfile:
         """Whole-image graphs: :data:`DEFAULT_PROFILE` rounded to the size multiple. Tile graphs
         (``tile_size`` > 0): H = W = tile_size, batch 1 / ~1 Mpx / ~4 Mpx of tiles."""
         if tile_size:
@@ -80,15 +81,18 @@ class ShapeProfile:
 
         def up(v: int) -> int:
             return -(-v // size_multiple) * size_multiple
+
         return cls(*[(b, up(h), up(w)) for b, h, w in DEFAULT_PROFILE]).validated(size_multiple)
 
-    def validated(self, size_multiple: int = 1) -> "ShapeProfile":
+    def validated(self, size_multiple: int = 1) -> ShapeProfile:
         for label, (b, h, w) in self.items():
             if min(b, h, w) < 1:
                 raise ValueError(f"shapes: {label} shape {b}x{h}x{w} has a dimension < 1")
             if h % size_multiple or w % size_multiple:
-                raise ValueError(f"shapes: {label} size {h}x{w} is not a multiple of {size_multiple} (the model's "
-                                 "size_multiple); the runtime pads images to it")
+                raise ValueError(
+                    f"shapes: {label} size {h}x{w} is not a multiple of {size_multiple} (the model's "
+                    "size_multiple); the runtime pads images to it"
+                )
         for axis, name in enumerate(("batch", "height", "width")):
             lo, mid, hi = self.min[axis], self.opt[axis], self.max[axis]
             if not lo <= mid <= hi:
@@ -113,7 +117,7 @@ class ShapeProfile:
         return {label: list(s) for label, s in self.items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], size_multiple: int = 1) -> "ShapeProfile":
+    def from_dict(cls, d: dict[str, Any], size_multiple: int = 1) -> ShapeProfile:
         try:
             return cls(*(tuple(int(v) for v in d[k]) for k in ("min", "opt", "max"))).validated(size_multiple)
         except (KeyError, TypeError) as exc:
@@ -125,8 +129,8 @@ class ShapeProfile:
 class ExportSpec:
     """What a runtime needs to know about an exported fixed-step sampler."""
 
-    kind: str                               # "onnx" or "tensorrt"
-    model_file: str                         # file name, relative to the spec
+    kind: str  # "onnx" or "tensorrt"
+    model_file: str  # file name, relative to the spec
     sha256: str
     preset: dict[str, Any]
     sampling: dict[str, Any]
@@ -139,7 +143,7 @@ class ExportSpec:
     source: dict[str, Any] = field(default_factory=dict)
     producer: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] = field(default_factory=dict)
-    tiling: dict[str, int] = field(default_factory=dict)      # Tiling.to_dict(): the tiles the graph samples
+    tiling: dict[str, int] = field(default_factory=dict)  # Tiling.to_dict(): the tiles the graph samples
     format: str = SPEC_FORMAT
     version: int = SPEC_VERSION
 
@@ -158,8 +162,9 @@ class ExportSpec:
         from ddif.inference.tiling import Tiling
 
         t = self.tiling
-        return Tiling(int(t.get("tile_size", 0)), int(t.get("overlap", 0)), int(t.get("size_multiple",
-                                                                                       self.size_multiple)))
+        return Tiling(
+            int(t.get("tile_size", 0)), int(t.get("overlap", 0)), int(t.get("size_multiple", self.size_multiple))
+        )
 
     # ---- io
     def to_json(self) -> str:
@@ -171,24 +176,29 @@ class ExportSpec:
         atomic_write_text(path, self.to_json())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "spec") -> "ExportSpec":
+    def from_dict(cls, d: dict[str, Any], source: str = "spec") -> ExportSpec:
         if not isinstance(d, dict) or d.get("format") != SPEC_FORMAT:
             raise ValueError(f"{source}: not a ddif export spec (no 'format': '{SPEC_FORMAT}' entry)")
         if int(d.get("version", 0)) > SPEC_VERSION:
-            raise ValueError(f"{source}: spec version {d.get('version')} is newer than this ddif reads ({SPEC_VERSION})")
+            raise ValueError(
+                f"{source}: spec version {d.get('version')} is newer than this ddif reads ({SPEC_VERSION})"
+            )
         if int(d.get("version", 0)) < SPEC_VERSION:
-            raise ValueError(f"{source}: exported by an older ddif (spec version {d.get('version')}: the graph samples "
-                             f"whole images, this ddif feeds graphs batches of tiles, spec version {SPEC_VERSION}); "
-                             "export it again (python -m ddif.export.onnx, or delete the export cache)")
+            raise ValueError(
+                f"{source}: exported by an older ddif (spec version {d.get('version')}: the graph samples "
+                f"whole images, this ddif feeds graphs batches of tiles, spec version {SPEC_VERSION}); "
+                "export it again (python -m ddif.export.onnx, or delete the export cache)"
+            )
         known = set(cls.__dataclass_fields__)
-        missing = [k for k in ("kind", "model_file", "sha256", "preset", "sampling", "size_multiple", "profile")
-                   if k not in d]
+        missing = [
+            k for k in ("kind", "model_file", "sha256", "preset", "sampling", "size_multiple", "profile") if k not in d
+        ]
         if missing:
             raise ValueError(f"{source}: export spec lacks {missing}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ExportSpec":
+    def load(cls, path: str | os.PathLike) -> ExportSpec:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"export spec not found: {path}")
@@ -199,16 +209,18 @@ class ExportSpec:
         return cls.from_dict(d, str(path))
 
     @classmethod
-    def for_model(cls, model_path: str | os.PathLike, verify: bool = True) -> "ExportSpec":
+    def for_model(cls, model_path: str | os.PathLike, verify: bool = True) -> ExportSpec:
         """The spec beside ``model_path``; with ``verify`` its SHA-256 must match the file."""
         model_path = Path(model_path)
         spec = cls.load(spec_path_for(model_path))
         if verify:
             digest = sha256_file(model_path)
             if digest != spec.sha256:
-                raise ValueError(f"{model_path}: SHA-256 {digest[:12]}... does not match its spec "
-                                 f"{spec_path_for(model_path).name} ({spec.sha256[:12]}...): the model file was "
-                                 "replaced or corrupted; export it again")
+                raise ValueError(
+                    f"{model_path}: SHA-256 {digest[:12]}... does not match its spec "
+                    f"{spec_path_for(model_path).name} ({spec.sha256[:12]}...): the model file was "
+                    "replaced or corrupted; export it again"
+                )
         return spec
 
 

@@ -15,6 +15,7 @@ NOT verified on these machines: TensorRT cannot be installed here, so the calls 
 exercised only against a stand-in module in the tests; ``export/check_tensorrt.py`` verifies a
 real build (accuracy and speed) where TensorRT and a GPU exist.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,9 +23,10 @@ import importlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -53,8 +55,10 @@ def import_tensorrt():
     except Exception as exc:  # the bindings exist but their CUDA / TensorRT libraries do not load
         raise TensorRTUnavailable(f"tensorrt failed to import ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from None
     if not hasattr(trt, "Builder"):
-        raise TensorRTUnavailable(f"'import tensorrt' found {getattr(trt, '__file__', trt)!r}, which is not NVIDIA "
-                                  f"TensorRT (a local file named tensorrt.py shadows it?); {INSTALL_HINT}")
+        raise TensorRTUnavailable(
+            f"'import tensorrt' found {getattr(trt, '__file__', trt)!r}, which is not NVIDIA "
+            f"TensorRT (a local file named tensorrt.py shadows it?); {INSTALL_HINT}"
+        )
     version = str(getattr(trt, "__version__", "0"))
     if _major(version) < MIN_TENSORRT_MAJOR:
         raise TensorRTUnavailable(f"TensorRT {version} is too old: ddif needs TensorRT >= {MIN_TENSORRT_MAJOR}")
@@ -91,9 +95,17 @@ def gpu_identity(device: str | torch.device | None = None) -> str:
 
 
 # ------------------------------------------------------------------------------------ the build
-def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, profile: ShapeProfile, *, fp16: bool = True,
-                 bands: int | None = None, guide_bands: int | None = None, workspace_gib: float | None = None,
-                 trt=None) -> Path:
+def build_engine(
+    onnx_path: str | os.PathLike,
+    out: str | os.PathLike,
+    profile: ShapeProfile,
+    *,
+    fp16: bool = True,
+    bands: int | None = None,
+    guide_bands: int | None = None,
+    workspace_gib: float | None = None,
+    trt=None,
+) -> Path:
     """Build a serialized TensorRT engine for ``onnx_path`` with one optimization profile and
     write it atomically to ``out``.
 
@@ -113,11 +125,13 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, profile: 
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)        # explicit batch is the only mode since TensorRT 10
+    network = builder.create_network(0)  # explicit batch is the only mode since TensorRT 10
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise TensorRTBuildError(f"{onnx_path}: the TensorRT ONNX parser failed: " + " | ".join(errors or ["no detail"]))
+        raise TensorRTBuildError(
+            f"{onnx_path}: the TensorRT ONNX parser failed: " + " | ".join(errors or ["no detail"])
+        )
     names = [network.get_input(i).name for i in range(network.num_inputs)]
     if sorted(names) != sorted(INPUT_NAMES):
         raise TensorRTBuildError(f"{onnx_path}: expected inputs {list(INPUT_NAMES)}, the network has {names}")
@@ -130,7 +144,8 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, profile: 
             raise TensorRTBuildError(
                 f"TensorRT {getattr(trt, '__version__', '?')} has no FP16 builder flag (networks are strongly "
                 "typed since TensorRT 11): convert the ONNX graph to mixed precision first, e.g. "
-                f"'python -m modelopt.onnx.autocast --onnx_path {onnx_path}', and build that without --fp16")
+                f"'python -m modelopt.onnx.autocast --onnx_path {onnx_path}', and build that without --fp16"
+            )
         config.set_flag(trt.BuilderFlag.FP16)
     opt_profile = builder.create_optimization_profile()
     for name in INPUT_NAMES:
@@ -189,8 +204,14 @@ class EngineCache:
             return None
         return path if spec.tensorrt.get("key") == asdict(key) else None
 
-    def get_or_build(self, onnx_path: str | os.PathLike, key: EngineKey, profile: ShapeProfile,
-                     build: Callable[[Path, Path], Any], stem: str | None = None) -> tuple[Path, bool]:
+    def get_or_build(
+        self,
+        onnx_path: str | os.PathLike,
+        key: EngineKey,
+        profile: ShapeProfile,
+        build: Callable[[Path, Path], Any],
+        stem: str | None = None,
+    ) -> tuple[Path, bool]:
         """(engine path, cache hit). On a miss ``build(onnx_path, engine_path)`` writes the engine."""
         onnx_path = Path(onnx_path)
         stem = stem or onnx_path.stem
@@ -208,20 +229,36 @@ def write_engine_spec(engine_path: Path, onnx_path: Path, key: EngineKey, profil
     spec = ExportSpec.for_model(onnx_path, verify=False)
     spec.kind, spec.model_file, spec.sha256 = "tensorrt", engine_path.name, sha256_file(engine_path)
     spec.profile = profile.to_dict()
-    spec.tensorrt = {"key": asdict(key), "onnx_file": str(onnx_path.resolve()), "onnx_sha256": key.onnx_sha256,
-                     "gpu": key.gpu, "tensorrt_version": key.tensorrt_version, "precision": key.precision,
-                     "profile": key.profile}
+    spec.tensorrt = {
+        "key": asdict(key),
+        "onnx_file": str(onnx_path.resolve()),
+        "onnx_sha256": key.onnx_sha256,
+        "gpu": key.gpu,
+        "tensorrt_version": key.tensorrt_version,
+        "precision": key.precision,
+        "profile": key.profile,
+    }
     spec.save(spec_path_for(engine_path))
     return spec
 
 
-def engine_key(onnx_path: str | os.PathLike, profile: ShapeProfile, *, fp16: bool, gpu: str | None = None,
-               tensorrt_version: str | None = None) -> EngineKey:
+def engine_key(
+    onnx_path: str | os.PathLike,
+    profile: ShapeProfile,
+    *,
+    fp16: bool,
+    gpu: str | None = None,
+    tensorrt_version: str | None = None,
+) -> EngineKey:
     if tensorrt_version is None:
         tensorrt_version = str(import_tensorrt().__version__)
-    return EngineKey(onnx_sha256=sha256_file(onnx_path), gpu=gpu if gpu is not None else gpu_identity(),
-                     tensorrt_version=str(tensorrt_version), precision="fp16" if fp16 else "fp32",
-                     profile=str(profile))
+    return EngineKey(
+        onnx_sha256=sha256_file(onnx_path),
+        gpu=gpu if gpu is not None else gpu_identity(),
+        tensorrt_version=str(tensorrt_version),
+        precision="fp16" if fp16 else "fp32",
+        profile=str(profile),
+    )
 
 
 # ------------------------------------------------------------------------------------- execution
@@ -240,15 +277,21 @@ class EngineRunner:
         with torch.cuda.device(self.device):
             self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:
-                raise ValueError(f"{self.path}: TensorRT could not deserialize the engine (corrupt, or built with "
-                                 "another TensorRT version or for another GPU): rebuild it")
+                raise ValueError(
+                    f"{self.path}: TensorRT could not deserialize the engine (corrupt, or built with "
+                    "another TensorRT version or for another GPU): rebuild it"
+                )
             self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         if sorted(names) != sorted(INPUT_NAMES + OUTPUT_NAMES):
-            raise ValueError(f"{self.path}: expected tensors {list(INPUT_NAMES + OUTPUT_NAMES)}, the engine has {names}")
+            raise ValueError(
+                f"{self.path}: expected tensors {list(INPUT_NAMES + OUTPUT_NAMES)}, the engine has {names}"
+            )
         for name in names:
             if self.engine.get_tensor_dtype(name) != trt.float32:
-                raise ValueError(f"{self.path}: tensor {name} is {self.engine.get_tensor_dtype(name)}, expected float32")
+                raise ValueError(
+                    f"{self.path}: tensor {name} is {self.engine.get_tensor_dtype(name)}, expected float32"
+                )
 
     def profile_range(self, name: str = "lms") -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         lo, opt, hi = self.engine.get_tensor_profile_shape(name, 0)
@@ -259,8 +302,9 @@ class EngineRunner:
         inputs = {"lms": lms, "pan": pan, "noise": noise}
         for name, t in inputs.items():
             if not self.context.set_input_shape(name, tuple(t.shape)):
-                raise ValueError(f"{name}: shape {tuple(t.shape)} is outside the engine's profile "
-                                 f"{self.profile_range(name)}")
+                raise ValueError(
+                    f"{name}: shape {tuple(t.shape)} is outside the engine's profile {self.profile_range(name)}"
+                )
             self.context.set_tensor_address(name, t.data_ptr())
         out = torch.empty(tuple(self.context.get_tensor_shape("fused")), dtype=torch.float32, device=self.device)
         self.context.set_tensor_address("fused", out.data_ptr())

@@ -14,6 +14,7 @@ the one ingestion layer :mod:`ddif.data.scene`), :mod:`ddif.inference` and :mod:
 :mod:`~ddif.station.quarantine`, :mod:`~ddif.station.events` (JSON-lines logs).
 Nothing heavy is imported until used.
 """
+
 from __future__ import annotations
 
 from ddif.utils.lazy import lazy_exports

@@ -5,6 +5,7 @@ quicklook, quality report); :class:`WatchConfig` how the unattended service find
 become command-line options (``ddif station run|watch --tile-size 256 ...``) through
 :func:`ddif.cli.args.add_dataclass_args`.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -28,25 +29,25 @@ class StationConfig:
     so a resume never mixes tiles computed under different settings.
     """
 
-    tile_size: int | None = None     # side of a fused tile (None: the model's tile size)
-    overlap: int | None = None       # pixels shared by neighbouring tiles, cross-faded (None: the model's)
-    batch_size: int | None = None    # tiles per backend call (None: about 256 k pixels of tiles)
-    seed: int = 0                    # scene seed; tile k's x_T is drawn from (seed, 0, k), as in ddif.Fuser
+    tile_size: int | None = None  # side of a fused tile (None: the model's tile size)
+    overlap: int | None = None  # pixels shared by neighbouring tiles, cross-faded (None: the model's)
+    batch_size: int | None = None  # tiles per backend call (None: about 256 k pixels of tiles)
+    seed: int = 0  # scene seed; tile k's x_T is drawn from (seed, 0, k), as in ddif.Fuser
     interpolation: str | None = None  # MS -> PAN grid (None: as the model was trained)
-    padding: str | None = None       # interp23tap boundary at the scene edge (None: as trained)
+    padding: str | None = None  # interp23tap boundary at the scene edge (None: as trained)
     fill_iterations: int | None = None  # 3x3 dilations filling nodata holes before interpolating (None: as trained)
-    input_nodata: float | None = None   # nodata of inputs that carry no nodata tag (e.g. 0 for zero-filled scenes)
-    input_scale: float | None = None    # DN = file value x input_scale (e.g. 10000 for reflectance in [0, 1])
-    block_size: int = 256            # GeoTIFF internal tile; the product is assembled one block at a time
+    input_nodata: float | None = None  # nodata of inputs that carry no nodata tag (e.g. 0 for zero-filled scenes)
+    input_scale: float | None = None  # DN = file value x input_scale (e.g. 10000 for reflectance in [0, 1])
+    block_size: int = 256  # GeoTIFF internal tile; the product is assembled one block at a time
     compress: str = "deflate"
     zlevel: int = 6
-    overview_min_size: int = 64      # overviews x2, x4, ... while the overview's long side is >= this
-    quicklook_size: int = 1024       # long side of the quicklook PNG
+    overview_min_size: int = 64  # overviews x2, x4, ... while the overview's long side is >= this
+    quicklook_size: int = 1024  # long side of the quicklook PNG
     quicklook_percentiles: tuple[float, ...] = (2.0, 98.0)
-    metric_tiles: int = 4            # tiles sampled for D_lambda / D_s / HQNR (0 = skip)
-    metric_block: int = 32           # block size of the quality indices (toolbox: 32)
-    gdal_cache_mb: int = 64          # GDAL block cache: part of the memory bound
-    keep_journal: bool = False       # keep the per-tile journal after a successful product
+    metric_tiles: int = 4  # tiles sampled for D_lambda / D_s / HQNR (0 = skip)
+    metric_block: int = 32  # block size of the quality indices (toolbox: 32)
+    gdal_cache_mb: int = 64  # GDAL block cache: part of the memory bound
+    keep_journal: bool = False  # keep the per-tile journal after a successful product
 
     def __post_init__(self) -> None:
         self.quicklook_percentiles = tuple(float(p) for p in self.quicklook_percentiles)
@@ -76,8 +77,9 @@ class StationConfig:
             raise ValueError("overview_min_size must be >= 1 and quicklook_size >= 16")
         lo, hi = (self.quicklook_percentiles + (None, None))[:2]
         if len(self.quicklook_percentiles) != 2 or not 0 <= lo < hi <= 100:
-            raise ValueError(f"quicklook_percentiles must be two values 0 <= lo < hi <= 100, "
-                             f"got {self.quicklook_percentiles}")
+            raise ValueError(
+                f"quicklook_percentiles must be two values 0 <= lo < hi <= 100, got {self.quicklook_percentiles}"
+            )
         if self.metric_tiles < 0 or self.metric_block < 2:
             raise ValueError("metric_tiles must be >= 0 and metric_block >= 2")
         if self.gdal_cache_mb < 1:
@@ -93,22 +95,41 @@ class StationConfig:
             tile = preset.diffusion.tile_size or WHOLE_IMAGE_MODEL_TILE
         return Tiling.for_preset(preset, tile, self.overlap)
 
-    def resolved(self, tiling, preprocessing) -> "StationConfig":
+    def resolved(self, tiling, preprocessing) -> StationConfig:
         """A copy with every "as the model was trained" (None) replaced by the value used."""
         from dataclasses import replace
 
         batch = self.batch_size or max(1, (1 << 18) // (tiling.tile_size * tiling.tile_size))
-        return replace(self, tile_size=tiling.tile_size, overlap=tiling.overlap, batch_size=batch,
-                       interpolation=preprocessing.interpolation, padding=preprocessing.padding,
-                       fill_iterations=preprocessing.fill_iterations)
+        return replace(
+            self,
+            tile_size=tiling.tile_size,
+            overlap=tiling.overlap,
+            batch_size=batch,
+            interpolation=preprocessing.interpolation,
+            padding=preprocessing.padding,
+            fill_iterations=preprocessing.fill_iterations,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def product_fields(self) -> dict:
         """The settings that determine the product's bytes (for the journal fingerprint)."""
-        keys = ("tile_size", "overlap", "batch_size", "seed", "interpolation", "padding", "fill_iterations",
-                "input_nodata", "input_scale", "block_size", "compress", "zlevel", "overview_min_size")
+        keys = (
+            "tile_size",
+            "overlap",
+            "batch_size",
+            "seed",
+            "interpolation",
+            "padding",
+            "fill_iterations",
+            "input_nodata",
+            "input_scale",
+            "block_size",
+            "compress",
+            "zlevel",
+            "overview_min_size",
+        )
         return {k: getattr(self, k) for k in keys}
 
 
@@ -124,10 +145,10 @@ class WatchConfig:
     """
 
     poll_interval_s: float = 5.0
-    stable_polls: int = 2            # polls with unchanged (size, mtime) before a pair without marker is taken
+    stable_polls: int = 2  # polls with unchanged (size, mtime) before a pair without marker is taken
     orphan_timeout_s: float = 3600.0  # a file whose partner never comes is quarantined after this long
-    retry_backoff_s: float = 60.0    # wait before retrying a scene that failed on disk / permission errors
-    max_attempts: int = 3            # processing errors (not bad input) before a scene is quarantined
+    retry_backoff_s: float = 60.0  # wait before retrying a scene that failed on disk / permission errors
+    max_attempts: int = 3  # processing errors (not bad input) before a scene is quarantined
 
     def __post_init__(self) -> None:
         if self.poll_interval_s < 0 or self.stable_polls < 1 or self.max_attempts < 1:

@@ -8,6 +8,7 @@
 - Anything else is a processing error (a bug, a backend failure): retried a few times, then
   quarantined so that one scene cannot block the inbox forever.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,25 +16,44 @@ import re
 
 # quarantine categories: the scene problems found while reading a scene live with the one
 # ingestion layer (ddif.data.scene); the service adds its own
-from ddif.data.scene import (ALL_NODATA, BAD_GRID, BAD_SCALE, BAD_VALUES, CORRUPT,  # noqa: F401 (re-exported)
-                             MISSING_PARTNER, NO_OVERLAP, WRONG_BANDS, WRONG_RATIO, SceneError)
+from ddif.data.scene import (  # noqa: F401 (re-exported)
+    ALL_NODATA,
+    BAD_GRID,
+    BAD_SCALE,
+    BAD_VALUES,
+    CORRUPT,
+    MISSING_PARTNER,
+    NO_OVERLAP,
+    WRONG_BANDS,
+    WRONG_RATIO,
+    SceneError,
+)
 
-BAD_MANIFEST = "bad_manifest"    # unreadable manifest, or one naming a path outside the inbox
+BAD_MANIFEST = "bad_manifest"  # unreadable manifest, or one naming a path outside the inbox
 OUTSIDE_INBOX = "outside_inbox"  # a pair file that is a symbolic link leading out of the inbox
 PROCESSING_ERROR = "processing_error"
 
 _ENV_ERRNOS = {
-    errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EFBIG: "disk_full",
-    errno.EACCES: "permission", errno.EPERM: "permission", errno.EROFS: "permission",
+    errno.ENOSPC: "disk_full",
+    errno.EDQUOT: "disk_full",
+    errno.EFBIG: "disk_full",
+    errno.EACCES: "permission",
+    errno.EPERM: "permission",
+    errno.EROFS: "permission",
 }
 # GDAL reports failed writes as text (no errno): the phrases its VSI / GTiff layers use.
 _ENV_PHRASES = {
-    "no space left": "disk_full", "disk full": "disk_full", "file too large": "disk_full",
-    "free disk space": "disk_full", "quota": "disk_full",
-    "permission denied": "permission", "read-only file system": "permission",
+    "no space left": "disk_full",
+    "disk full": "disk_full",
+    "file too large": "disk_full",
+    "free disk space": "disk_full",
+    "quota": "disk_full",
+    "permission denied": "permission",
+    "read-only file system": "permission",
     # libtiff's "Write error" / rasterio's "Write failed": a failed write of our own output (the
     # errno, e.g. EFBIG or ENOSPC, only reaches GDAL's stderr)
-    "write failed": "write_error", "write error": "write_error",
+    "write failed": "write_error",
+    "write error": "write_error",
 }
 # numpy's writers (ndarray.tofile, hence np.save to a file) report a short write without an errno:
 # "524288 requested and 24968 written". A short write to a file means no space (disk full, quota,

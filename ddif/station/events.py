@@ -1,6 +1,7 @@
 """Structured logs: one JSON object per line and per event, so an operator (or ``jq``) can follow
 the service. Every line has ``ts`` (UTC, ISO 8601), ``level`` and ``event``; the rest are the
 event's fields (scene, tiles, seconds, reason, ...)."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -14,14 +15,18 @@ class EventLog:
     """Write events as JSON lines to ``stream`` (stderr by default) and/or append them to ``path``."""
 
     def __init__(self, stream: TextIO | None | str = "stderr", path: str | None = None):
-        self.stream = stream            # "stderr": whatever sys.stderr is when an event is written
+        self.stream = stream  # "stderr": whatever sys.stderr is when an event is written
         self.path = path
         self._lock = threading.Lock()
-        self.events: list[dict[str, Any]] = []      # kept in memory too (tests, --once summaries)
+        self.events: list[dict[str, Any]] = []  # kept in memory too (tests, --once summaries)
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> dict[str, Any]:
-        record = {"ts": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
-                  "level": level, "event": event, **fields}
+        record = {
+            "ts": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": level,
+            "event": event,
+            **fields,
+        }
         line = json.dumps(record, default=str, sort_keys=False)
         with self._lock:
             self.events.append(record)

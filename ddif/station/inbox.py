@@ -1,21 +1,23 @@
 """The inbox: which scenes are there (pairs ``<scene>_MS.tif`` + ``<scene>_PAN.tif``, ``.ready``
 markers, ``<scene>.manifest.json`` manifests confined to the inbox) and the inputs identity
 recorded beside a product. Read by :class:`ddif.station.watch.StationService`."""
+
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 PAIR_RE = re.compile(r"^(?P<scene>.+)_(?P<kind>MS|PAN)\.tiff?$", re.IGNORECASE)
 MANIFEST_SUFFIX = ".manifest.json"
 READY_SUFFIX = ".ready"
 IGNORED_SUFFIXES = (".partial", ".tmp")
 CLAIM_SUFFIX = ".claim"
-INPUTS_FILE = ".inputs.json"        # in a product folder: the content identity of the inputs that made it
+INPUTS_FILE = ".inputs.json"  # in a product folder: the content identity of the inputs that made it
 
 
 @dataclass
@@ -26,7 +28,7 @@ class SceneFiles:
     manifest: Path | None = None
     marker: Path | None = None
     manifest_error: str | None = None
-    outside_error: str | None = None     # a pair file is a symbolic link leading out of the inbox
+    outside_error: str | None = None  # a pair file is a symbolic link leading out of the inbox
 
     @property
     def files(self) -> list[Path]:
@@ -87,13 +89,14 @@ def scan_inbox(inbox: Path, reserved: Iterable[Path] = ()) -> dict[str, SceneFil
     root = os.path.realpath(inbox)
     for n in names:
         if n.endswith(MANIFEST_SUFFIX):
-            scene = n[:-len(MANIFEST_SUFFIX)]
+            scene = n[: -len(MANIFEST_SUFFIX)]
             sf = scenes.setdefault(scene, SceneFiles(scene))
             sf.manifest = inbox / n
             try:
                 spec = json.loads((inbox / n).read_text())
-                if not isinstance(spec, dict) or not all(isinstance(spec.get(k), str) and spec.get(k)
-                                                         for k in ("ms", "pan")):
+                if not isinstance(spec, dict) or not all(
+                    isinstance(spec.get(k), str) and spec.get(k) for k in ("ms", "pan")
+                ):
                     raise ValueError('expected {"ms": "<file>", "pan": "<file>"}')
                 problems = []
                 for key in ("ms", "pan"):
@@ -125,7 +128,7 @@ def scan_inbox(inbox: Path, reserved: Iterable[Path] = ()) -> dict[str, SceneFil
                     if not is_inside(real, root):
                         sf.outside_error = f"{n} is a symbolic link to {real}, outside the inbox {root}"
         elif n.endswith(READY_SUFFIX):
-            scenes.setdefault(n[:-len(READY_SUFFIX)], SceneFiles(n[:-len(READY_SUFFIX)])).marker = inbox / n
+            scenes.setdefault(n[: -len(READY_SUFFIX)], SceneFiles(n[: -len(READY_SUFFIX)])).marker = inbox / n
     return scenes
 
 
@@ -136,5 +139,3 @@ def read_inputs_marker(product_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-

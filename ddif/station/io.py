@@ -5,6 +5,7 @@ The input side (opening and checking MS + PAN pairs, MS-to-PAN placement, window
 nodata, hole filling, scale checks) is the one ingestion layer :mod:`ddif.data.scene`, shared
 with ``make-dataset``, ``sample`` and ``evaluate``; its names are re-exported here.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,18 @@ import os
 
 import numpy as np
 
-from ddif.data.scene import (RasterInfo, SceneGrid, SceneReader, _rasterio, fill_invalid,  # noqa: F401 (re-exported)
-                             gdal_env, invalid_mask, normalise, open_pair, open_raster)
+from ddif.data.scene import (  # noqa: F401 (re-exported)
+    RasterInfo,
+    SceneGrid,
+    SceneReader,
+    _rasterio,
+    fill_invalid,
+    gdal_env,
+    invalid_mask,
+    normalise,
+    open_pair,
+    open_raster,
+)
 from ddif.station.errors import OutputWriteError
 
 
@@ -82,10 +93,21 @@ def overview_sizes(height: int, width: int, factors: list[int]) -> list[tuple[in
 
 def product_profile(grid: SceneGrid, nodata: float, block_size: int, compress: str, zlevel: int) -> dict:
     dtype = np.dtype(grid.ms.dtype)
-    profile = dict(driver="GTiff", width=grid.pan.width, height=grid.pan.height, count=grid.bands,
-                   dtype=dtype.name, crs=grid.pan.crs, transform=grid.pan.transform, nodata=nodata,
-                   tiled=True, blockxsize=block_size, blockysize=block_size, interleave="pixel",
-                   BIGTIFF="IF_SAFER")
+    profile = dict(
+        driver="GTiff",
+        width=grid.pan.width,
+        height=grid.pan.height,
+        count=grid.bands,
+        dtype=dtype.name,
+        crs=grid.pan.crs,
+        transform=grid.pan.transform,
+        nodata=nodata,
+        tiled=True,
+        blockxsize=block_size,
+        blockysize=block_size,
+        interleave="pixel",
+        BIGTIFF="IF_SAFER",
+    )
     if compress != "none":
         profile["compress"] = compress
         profile["predictor"] = 3 if dtype.kind == "f" else 2
@@ -105,8 +127,9 @@ def _last_block(height: int, width: int, block: tuple[int, int]):
     return Window(c0, r0, width - c0, height - r0)
 
 
-def verify_product(path: str | os.PathLike, *, bands: int, height: int, width: int, dtype: str,
-                   overviews: list[int]) -> None:
+def verify_product(
+    path: str | os.PathLike, *, bands: int, height: int, width: int, dtype: str, overviews: list[int]
+) -> None:
     """Read a just-written product back: the header, the number of overview levels and each
     level's size (ceil(size / factor) on each axis, as GDAL makes them), the last block of every
     band and of every overview level. GDAL can report a failed write (full disk, file-size limit)
@@ -124,24 +147,34 @@ def verify_product(path: str | os.PathLike, *, bands: int, height: int, width: i
                 raise OutputWriteError(f"{path}: read back as (bands, height, width, dtype) = {got}, expected {want}")
             levels = len(src.overviews(1))
             if levels != len(want_sizes):
-                raise OutputWriteError(f"{path}: read back with {levels} overview levels, expected "
-                                       f"{len(want_sizes)} (factors {list(overviews)})")
+                raise OutputWriteError(
+                    f"{path}: read back with {levels} overview levels, expected "
+                    f"{len(want_sizes)} (factors {list(overviews)})"
+                )
             src.read(window=_last_block(height, width, src.block_shapes[0]))
         for level, (oh, ow) in enumerate(want_sizes):
             with rasterio.open(path, overview_level=level) as ov:
                 if (ov.height, ov.width) != (oh, ow):
-                    raise OutputWriteError(f"{path}: overview level {level} (factor {overviews[level]}) read back as "
-                                           f"{ov.height} x {ov.width} px, expected {oh} x {ow}")
+                    raise OutputWriteError(
+                        f"{path}: overview level {level} (factor {overviews[level]}) read back as "
+                        f"{ov.height} x {ov.width} px, expected {oh} x {ow}"
+                    )
                 ov.read(window=_last_block(oh, ow, ov.block_shapes[0]))
     except (RasterioError, OSError) as exc:
         if isinstance(exc, OutputWriteError):
             raise
-        raise OutputWriteError(f"{path}: the product written cannot be read back (disk full, file-size limit or "
-                               f"I/O error?): {exc}") from exc
+        raise OutputWriteError(
+            f"{path}: the product written cannot be read back (disk full, file-size limit or I/O error?): {exc}"
+        ) from exc
 
 
-def write_quicklook(product: str | os.PathLike, out_png: str | os.PathLike, rgb_bands: tuple[int, ...],
-                    size: int, percentiles: tuple[float, float]) -> dict:
+def write_quicklook(
+    product: str | os.PathLike,
+    out_png: str | os.PathLike,
+    rgb_bands: tuple[int, ...],
+    size: int,
+    percentiles: tuple[float, float],
+) -> dict:
     """True-colour (``rgb_bands``, 0-based) quicklook of a written product: a decimated read (GDAL
     serves it from the overviews: bounded memory), per-band percentile stretch over valid pixels
     (:mod:`ddif.utils.quicklook`), nodata black. Written atomically."""
@@ -153,8 +186,7 @@ def write_quicklook(product: str | os.PathLike, out_png: str | os.PathLike, rgb_
     with rasterio.open(product) as src:
         scale = max(1.0, max(src.height, src.width) / size)
         oh, ow = max(1, round(src.height / scale)), max(1, round(src.width / scale))
-        bands = list(rgb_bands) if src.count >= 3 and len(rgb_bands) == 3 and max(rgb_bands) < src.count \
-            else [0, 0, 0]
+        bands = list(rgb_bands) if src.count >= 3 and len(rgb_bands) == 3 and max(rgb_bands) < src.count else [0, 0, 0]
         data = src.read([b + 1 for b in bands], out_shape=(3, oh, ow), resampling=Resampling.nearest, masked=True)
     valid = ~np.ma.getmaskarray(data).any(axis=0)
     arr = np.ma.filled(data.astype(np.float32), np.nan)

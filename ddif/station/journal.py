@@ -13,6 +13,7 @@ backend, other settings) is discarded, never mixed in.
 Disk: one float32 tile of C bands is 4 * C * tile_size^2 bytes (8 bands, 256 px: 2 MiB); the
 journal of a scene holds one per non-empty tile until the product is written.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -85,16 +86,24 @@ class Journal:
             except (OSError, ValueError):
                 same = False
             if not same:
-                discarded = "fingerprint changed (inputs, model, backend or settings differ)" \
-                    if self.plan_path.exists() else "no plan.json"
+                discarded = (
+                    "fingerprint changed (inputs, model, backend or settings differ)"
+                    if self.plan_path.exists()
+                    else "no plan.json"
+                )
                 shutil.rmtree(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob("*.partial"):      # temp files of a killed writer
+        for stale in self.directory.glob("*.partial"):  # temp files of a killed writer
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         if not self.plan_path.exists():
-            atomic_write_text(self.plan_path, json.dumps({"digest": self.digest, "fingerprint": self.fingerprint},
-                                                         indent=2, sort_keys=True, default=str) + "\n")
+            atomic_write_text(
+                self.plan_path,
+                json.dumps(
+                    {"digest": self.digest, "fingerprint": self.fingerprint}, indent=2, sort_keys=True, default=str
+                )
+                + "\n",
+            )
         done = len(self.done_indices())
         return {"resumed": done > 0, "tiles_done": done, "discarded": discarded}
 

@@ -9,6 +9,7 @@ a staging folder with its record, never a scene split between the inbox and the 
 the inbox would show as a lone file: :func:`pending_moves` finds such folders, :func:`finish_move`
 completes one and :func:`rollback_move` puts its files back where they came from.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,9 @@ import datetime as _dt
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ddif.utils.io import atomic_write_text, fsync_dir
 
@@ -46,13 +48,14 @@ def pending_moves(parent: str | os.PathLike) -> list[Path]:
     parent = Path(parent)
     if not parent.is_dir():
         return []
-    return sorted(p for p in parent.iterdir()
-                  if p.name.startswith(".") and p.name.endswith(STAGING_SUFFIX) and p.is_dir())
+    return sorted(
+        p for p in parent.iterdir() if p.name.startswith(".") and p.name.endswith(STAGING_SUFFIX) and p.is_dir()
+    )
 
 
 def staged_scene(staging: Path) -> str:
     """The scene name of a staging folder ``.<scene>.partial``."""
-    return staging.name[1:-len(STAGING_SUFFIX)]
+    return staging.name[1 : -len(STAGING_SUFFIX)]
 
 
 def read_record(staging: Path) -> dict[str, Any] | None:
@@ -63,8 +66,14 @@ def read_record(staging: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and isinstance(record.get("files"), list) else None
 
 
-def move_scene(files: Iterable[Path], parent: str | os.PathLike, scene: str, kind: str,
-               extra: dict[str, Any] | None = None, reason: dict[str, Any] | None = None) -> Path:
+def move_scene(
+    files: Iterable[Path],
+    parent: str | os.PathLike,
+    scene: str,
+    kind: str,
+    extra: dict[str, Any] | None = None,
+    reason: dict[str, Any] | None = None,
+) -> Path:
     """Move ``files`` into ``parent/<scene>/`` (or ``<scene>.N``) as one step: staged in
     ``parent/.<scene>.partial/`` with a record, then renamed. Files must have distinct names.
     ``reason`` is written as ``reason.json`` beside them. Returns the final folder. On an error
@@ -77,9 +86,14 @@ def move_scene(files: Iterable[Path], parent: str | os.PathLike, scene: str, kin
         raise ValueError(f"scene {scene}: two files share a name in {names}; cannot move them into one folder")
     parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(parent, scene)
-    staging.mkdir()                      # FileExistsError: an unfinished move of this scene must be recovered first
-    record = {"scene": scene, "kind": kind, "files": [{"name": f.name, "from": str(f)} for f in files],
-              "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
+    staging.mkdir()  # FileExistsError: an unfinished move of this scene must be recovered first
+    record = {
+        "scene": scene,
+        "kind": kind,
+        "files": [{"name": f.name, "from": str(f)} for f in files],
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
     atomic_write_text(staging / MOVE_RECORD, json.dumps(record, indent=2) + "\n")
     if reason is not None:
         atomic_write_text(staging / REASON_FILE, json.dumps(reason, indent=2) + "\n")
@@ -128,25 +142,31 @@ def rollback_move(staging: Path) -> list[str]:
     for leftover in (MOVE_RECORD, REASON_FILE):
         with contextlib.suppress(FileNotFoundError):
             (staging / leftover).unlink()
-    for temp in staging.glob(".*.partial"):          # temp files of an interrupted record / reason write
+    for temp in staging.glob(".*.partial"):  # temp files of an interrupted record / reason write
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
-    staging.rmdir()                      # OSError if something unexpected is still there: left for a person
+    staging.rmdir()  # OSError if something unexpected is still there: left for a person
     return restored
 
 
-def quarantine(files: Iterable[Path], quarantine_dir: str | os.PathLike, scene: str, category: str,
-               message: str) -> Path:
+def quarantine(
+    files: Iterable[Path], quarantine_dir: str | os.PathLike, scene: str, category: str, message: str
+) -> Path:
     """Move a scene's files to ``quarantine_dir/<scene>/`` beside ``reason.json``
     (``{"scene", "category", "reason", "time", "files"}``), as one step; returns that folder."""
     files = [Path(f) for f in files]
-    reason = {"scene": scene, "category": category, "reason": message,
-              "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "files": [f.name for f in files if f.exists() or f.is_symlink()]}
+    reason = {
+        "scene": scene,
+        "category": category,
+        "reason": message,
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": [f.name for f in files if f.exists() or f.is_symlink()],
+    }
     return move_scene(files, quarantine_dir, scene, "quarantine", {"category": category}, reason=reason)
 
 
-def archive(files: Iterable[Path], archive_dir: str | os.PathLike, scene: str,
-            extra: dict[str, Any] | None = None) -> Path:
+def archive(
+    files: Iterable[Path], archive_dir: str | os.PathLike, scene: str, extra: dict[str, Any] | None = None
+) -> Path:
     """Move a finished scene's inputs to ``archive_dir/<scene>/`` as one step; returns that folder."""
     return move_scene(files, archive_dir, scene, "archive", extra)

@@ -21,33 +21,42 @@ Determinism (what makes a resumed product byte-identical to an uninterrupted one
 
 Memory bound: see :func:`memory_bound_bytes` (independent of the scene size).
 """
+
 from __future__ import annotations
 
 import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ddif.data.scene import (ALL_NODATA, Preprocessing, SceneError, SceneGrid, SceneReader, check_scene_scale,
-                             gdal_env, open_pair, scan_scene)
+from ddif.data.scene import (
+    ALL_NODATA,
+    Preprocessing,
+    SceneError,
+    SceneGrid,
+    SceneReader,
+    check_scene_scale,
+    gdal_env,
+    open_pair,
+    scan_scene,
+)
 from ddif.inference.tiling import Tiling, tile_noise
 from ddif.station.config import StationConfig
 from ddif.station.errors import StopRequested
 from ddif.station.events import EventLog, NullLog
-from ddif.station.io import (output_nodata, overview_factors, product_profile, to_dn, verify_product,
-                             write_quicklook)
+from ddif.station.io import output_nodata, overview_factors, product_profile, to_dn, verify_product, write_quicklook
 from ddif.station.journal import Journal, file_identity
 from ddif.utils.tiling import TileGrid, blend_window
 
 # 2: tiles in the model's tiling with per-tile noise, journal holds lms + residual
 PIPELINE_VERSION = 2
-BACKEND_INTERFACE = ("name", "bands", "guide_bands", "max_dn", "rgb_bands", "ratio", "preset", "tiling",
-                     "sample_tiles")
+BACKEND_INTERFACE = ("name", "bands", "guide_bands", "max_dn", "rgb_bands", "ratio", "preset", "tiling", "sample_tiles")
 
 
 def model_facts(model, config: StationConfig | None = None) -> dict[str, Any]:
@@ -67,19 +76,32 @@ def model_facts(model, config: StationConfig | None = None) -> dict[str, Any]:
         describe = model.describe() if hasattr(model, "describe") else name
         steps = getattr(model, "steps", None)
         tiling = model.tiling
-        if not tiling.tiled:           # a whole-image backend (PyTorch, dynamic graph) samples any tile
+        if not tiling.tiled:  # a whole-image backend (PyTorch, dynamic graph) samples any tile
             tiling = config.tiling_for(preset)
         elif (config.tile_size not in (None, tiling.tile_size)) or (config.overlap not in (None, tiling.overlap)):
-            raise ValueError(f"the backend samples {tiling.describe()}, the station is set to tile_size "
-                             f"{config.tile_size}, overlap {config.overlap}: build the backend with the same tile "
-                             "size and overlap")
-    pre = Preprocessing.for_preset(preset, interpolation=config.interpolation, padding=config.padding,
-                                   fill_iterations=config.fill_iterations)
-    return {"name": name, "describe": describe, "preset": preset.name, "bands": int(preset.model.bands),
-            "guide_bands": int(preset.model.guide_bands), "max_dn": float(preset.model.max_dn),
-            "rgb_bands": [int(b) for b in preset.data.rgb_bands], "ratio": int(preset.data.ratio),
-            "sensor": str(preset.data.sensor or "generic"), "steps": steps, "tiling": tiling,
-            "model_tiling": Tiling.for_preset(preset), "preprocessing": pre}
+            raise ValueError(
+                f"the backend samples {tiling.describe()}, the station is set to tile_size "
+                f"{config.tile_size}, overlap {config.overlap}: build the backend with the same tile "
+                "size and overlap"
+            )
+    pre = Preprocessing.for_preset(
+        preset, interpolation=config.interpolation, padding=config.padding, fill_iterations=config.fill_iterations
+    )
+    return {
+        "name": name,
+        "describe": describe,
+        "preset": preset.name,
+        "bands": int(preset.model.bands),
+        "guide_bands": int(preset.model.guide_bands),
+        "max_dn": float(preset.model.max_dn),
+        "rgb_bands": [int(b) for b in preset.data.rgb_bands],
+        "ratio": int(preset.data.ratio),
+        "sensor": str(preset.data.sensor or "generic"),
+        "steps": steps,
+        "tiling": tiling,
+        "model_tiling": Tiling.for_preset(preset),
+        "preprocessing": pre,
+    }
 
 
 @dataclass
@@ -88,9 +110,9 @@ class ScenePlan:
     pan_path: str
     grid: SceneGrid
     tiles: TileGrid
-    config: StationConfig               # resolved: every None replaced by the model's value
-    backend: dict[str, Any]             # model_facts()
-    tile_valid: np.ndarray              # valid PAN pixels per tile (int64, one per tile of the grid)
+    config: StationConfig  # resolved: every None replaced by the model's value
+    backend: dict[str, Any]  # model_facts()
+    tile_valid: np.ndarray  # valid PAN pixels per tile (int64, one per tile of the grid)
     valid_pixels: int
     fused_tiles: list[int] = field(default_factory=list)
     batches: list[list[int]] = field(default_factory=list)
@@ -113,26 +135,52 @@ class ScenePlan:
     def to_dict(self) -> dict[str, Any]:
         g = self.grid
         return {
-            "ms": {"path": self.ms_path, "size": [g.ms.height, g.ms.width], "bands": g.ms.count, "dtype": g.ms.dtype,
-                   "nodata": g.ms.nodata},
-            "pan": {"path": self.pan_path, "size": [g.pan.height, g.pan.width], "bands": g.pan.count,
-                    "dtype": g.pan.dtype, "nodata": g.pan.nodata},
+            "ms": {
+                "path": self.ms_path,
+                "size": [g.ms.height, g.ms.width],
+                "bands": g.ms.count,
+                "dtype": g.ms.dtype,
+                "nodata": g.ms.nodata,
+            },
+            "pan": {
+                "path": self.pan_path,
+                "size": [g.pan.height, g.pan.width],
+                "bands": g.pan.count,
+                "dtype": g.pan.dtype,
+                "nodata": g.pan.nodata,
+            },
             "crs": g.pan.crs.to_string() if g.pan.crs else None,
             "transform": list(g.pan.transform)[:6],
-            "ratio": g.ratio, "ms_shift_pan_px": list(g.shift), "subpixel_offset_pan_px": list(g.subpixel),
-            "ms_coverage_pan_window": list(g.coverage), "halo_ms_px": g.halo, "interpolation": g.interpolation,
+            "ratio": g.ratio,
+            "ms_shift_pan_px": list(g.shift),
+            "subpixel_offset_pan_px": list(g.subpixel),
+            "ms_coverage_pan_window": list(g.coverage),
+            "halo_ms_px": g.halo,
+            "interpolation": g.interpolation,
             "values": self.value_stats,
             "backend": self.backend_json(),
-            "product": {"dtype": g.ms.dtype, "nodata": self.nodata, "bands": g.bands,
-                        "size": [g.pan.height, g.pan.width], "block": self.config.block_size,
-                        "compress": self.config.compress,
-                        "overviews": overview_factors(g.pan.height, g.pan.width, self.config.overview_min_size)},
-            "tiles": {"grid": list(self.tiles.shape), "size": [self.tiles.tile_h, self.tiles.tile_w],
-                      "overlap": self.config.overlap, "model_tiling": self.backend["model_tiling"].to_dict(),
-                      "total": len(self.tiles), "fused": len(self.fused_tiles),
-                      "skipped_nodata": len(self.tiles) - len(self.fused_tiles), "batches": len(self.batches),
-                      "batch_size": self.config.batch_size},
-            "valid_pixels": self.valid_pixels, "valid_fraction": self.valid_pixels / max(1, self.pixels),
+            "product": {
+                "dtype": g.ms.dtype,
+                "nodata": self.nodata,
+                "bands": g.bands,
+                "size": [g.pan.height, g.pan.width],
+                "block": self.config.block_size,
+                "compress": self.config.compress,
+                "overviews": overview_factors(g.pan.height, g.pan.width, self.config.overview_min_size),
+            },
+            "tiles": {
+                "grid": list(self.tiles.shape),
+                "size": [self.tiles.tile_h, self.tiles.tile_w],
+                "overlap": self.config.overlap,
+                "model_tiling": self.backend["model_tiling"].to_dict(),
+                "total": len(self.tiles),
+                "fused": len(self.fused_tiles),
+                "skipped_nodata": len(self.tiles) - len(self.fused_tiles),
+                "batches": len(self.batches),
+                "batch_size": self.config.batch_size,
+            },
+            "valid_pixels": self.valid_pixels,
+            "valid_fraction": self.valid_pixels / max(1, self.pixels),
             "memory_bound_bytes": self.memory_bound_bytes(),
             "journal_disk_bytes": self.journal_bytes(),
         }
@@ -200,11 +248,17 @@ def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) 
     assembling = c * kk * 4 * 3 + kk * 4 * 3 + c * kk * itemsize + kk * (p * itemsize + 4) + ms_window
     q = min(config.quicklook_size, max(grid.pan.height, grid.pan.width))
     quicklook = 3 * q * q * (itemsize + 4 * 3 + 1) + q * q * 8
-    gdal = config.gdal_cache_mb * 2 ** 20
+    gdal = config.gdal_cache_mb * 2**20
     bookkeeping = 8 * len(tiles)
     stage = max(fusing, assembling, quicklook)
-    return {"fusing": int(fusing), "assembling": int(assembling), "quicklook": int(quicklook),
-            "gdal_cache": int(gdal), "bookkeeping": int(bookkeeping), "total": int(stage + gdal + bookkeeping)}
+    return {
+        "fusing": int(fusing),
+        "assembling": int(assembling),
+        "quicklook": int(quicklook),
+        "gdal_cache": int(gdal),
+        "bookkeeping": int(bookkeeping),
+        "total": int(stage + gdal + bookkeeping),
+    }
 
 
 def _range(stats: dict[str, Any] | None) -> str:
@@ -213,8 +267,9 @@ def _range(stats: dict[str, Any] | None) -> str:
     return f"{stats['min']:g}..{stats['max']:g} {stats['dtype']}"
 
 
-def plan_scene(ms_path, pan_path, model, config: StationConfig | None = None, *,
-               log: EventLog | None = None) -> ScenePlan:
+def plan_scene(
+    ms_path, pan_path, model, config: StationConfig | None = None, *, log: EventLog | None = None
+) -> ScenePlan:
     """Check the pair against the model (a backend, or a :class:`ddif.config.Preset` before any
     backend exists) and lay out the tiles. Reads the scene once, by blocks, to find all-nodata
     tiles and the value range; raises :class:`SceneError`."""
@@ -224,8 +279,15 @@ def plan_scene(ms_path, pan_path, model, config: StationConfig | None = None, *,
     config = config.resolved(tiling, facts["preprocessing"])
     pre = facts["preprocessing"]
     with gdal_env(config.gdal_cache_mb):
-        grid = open_pair(ms_path, pan_path, bands=facts["bands"], guide_bands=facts["guide_bands"],
-                         ratio=facts["ratio"], preprocessing=pre, input_nodata=config.input_nodata)
+        grid = open_pair(
+            ms_path,
+            pan_path,
+            bands=facts["bands"],
+            guide_bands=facts["guide_bands"],
+            ratio=facts["ratio"],
+            preprocessing=pre,
+            input_nodata=config.input_nodata,
+        )
         tiles = tiling.grid(grid.pan.height, grid.pan.width)
         tile_valid = np.zeros(len(tiles), dtype=np.int64)
 
@@ -242,9 +304,20 @@ def plan_scene(ms_path, pan_path, model, config: StationConfig | None = None, *,
         check_scene_scale(grid, scan, pre.max_dn, config.input_scale, warn)
     fused = [int(i) for i in np.flatnonzero(tile_valid)]
     step = config.batch_size
-    batches = [fused[i:i + step] for i in range(0, len(fused), step)]
-    return ScenePlan(str(ms_path), str(pan_path), grid, tiles, config, facts, tile_valid, scan.valid_pixels,
-                     fused, batches, {"ms": scan.ms.to_dict(), "pan": scan.pan.to_dict()})
+    batches = [fused[i : i + step] for i in range(0, len(fused), step)]
+    return ScenePlan(
+        str(ms_path),
+        str(pan_path),
+        grid,
+        tiles,
+        config,
+        facts,
+        tile_valid,
+        scan.valid_pixels,
+        fused,
+        batches,
+        {"ms": scan.ms.to_dict(), "pan": scan.pan.to_dict()},
+    )
 
 
 def _band_names(plan: ScenePlan) -> list[str]:
@@ -256,8 +329,15 @@ def _band_names(plan: ScenePlan) -> list[str]:
     return names
 
 
-def _fuse_tiles(plan: ScenePlan, backend, journal: Journal, reader: SceneReader, log: EventLog, progress: bool,
-                should_stop: Callable[[], bool] | None) -> dict[str, Any]:
+def _fuse_tiles(
+    plan: ScenePlan,
+    backend,
+    journal: Journal,
+    reader: SceneReader,
+    log: EventLog,
+    progress: bool,
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
@@ -272,23 +352,29 @@ def _fuse_tiles(plan: ScenePlan, backend, journal: Journal, reader: SceneReader,
     t_read = t_fuse = t_save = 0.0
     computed = 0
     next_report = 0.1
-    bar = tqdm(total=len(plan.batches), initial=skipped, unit="batch", desc=Path(plan.pan_path).stem,
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(plan.batches),
+        initial=skipped,
+        unit="batch",
+        desc=Path(plan.pan_path).stem,
+        disable=not progress,
+        leave=False,
+    )
     try:
-        for n, (k, batch) in enumerate(pending):
+        for n, (_, batch) in enumerate(pending):
             if should_stop is not None and should_stop():
                 raise StopRequested(f"stop requested after {n} of {len(pending)} pending batches")
             t0 = time.perf_counter()
             lms = np.empty((len(batch),) + shape, dtype=np.float32)
             pan = np.empty((len(batch), plan.grid.pan.count) + shape[1:], dtype=np.float32)
             noise = torch.empty((len(batch),) + shape, dtype=torch.float32)
-            for i, t in enumerate(map(plan.tiles.tile, batch)):     # filled in place: no second copy
+            for i, t in enumerate(map(plan.tiles.tile, batch)):  # filled in place: no second copy
                 lms[i], pan[i] = reader.tile_inputs(t.y, t.x, t.height, t.width)
                 noise[i] = tile_noise(plan.config.seed, 0, t.index, shape)
-            lms, pan = torch.from_numpy(lms), torch.from_numpy(pan)      # rebound: one batch alive at a time
+            lms, pan = torch.from_numpy(lms), torch.from_numpy(pan)  # rebound: one batch alive at a time
             t1 = time.perf_counter()
             residual = backend.sample_tiles(lms, pan, noise)
-            lms += residual.detach().to("cpu", torch.float32)   # lms + residual: blended, then clamped, as in the Fuser
+            lms += residual.detach().to("cpu", torch.float32)  # lms + residual: blended, then clamped, as in the Fuser
             del residual, pan, noise
             t2 = time.perf_counter()
             for i, index in enumerate(batch):
@@ -299,14 +385,24 @@ def _fuse_tiles(plan: ScenePlan, backend, journal: Journal, reader: SceneReader,
             bar.update(1)
             frac = (skipped + n + 1) / max(1, len(plan.batches))
             if frac >= next_report or n == len(pending) - 1:
-                log.info("tiles_progress", scene=Path(plan.pan_path).name, batches_done=skipped + n + 1,
-                         batches=len(plan.batches), fraction=round(frac, 3))
+                log.info(
+                    "tiles_progress",
+                    scene=Path(plan.pan_path).name,
+                    batches_done=skipped + n + 1,
+                    batches=len(plan.batches),
+                    fraction=round(frac, 3),
+                )
                 next_report = math.floor(frac * 10 + 1e-9) / 10 + 0.1
     finally:
         bar.close()
-    return {"batches_from_journal": skipped, "tiles_computed": computed,
-            "tiles_from_journal": len(plan.fused_tiles) - computed,
-            "read_s": t_read, "fuse_s": t_fuse, "journal_write_s": t_save}
+    return {
+        "batches_from_journal": skipped,
+        "tiles_computed": computed,
+        "tiles_from_journal": len(plan.fused_tiles) - computed,
+        "read_s": t_read,
+        "fuse_s": t_fuse,
+        "journal_write_s": t_save,
+    }
 
 
 def _write_product(plan: ScenePlan, journal: Journal, reader: SceneReader, path: Path, tags: dict[str, str]) -> None:
@@ -324,7 +420,7 @@ def _write_product(plan: ScenePlan, journal: Journal, reader: SceneReader, path:
 
     def load(tile, rows, cols):
         if tile.index not in cache:
-            cache.clear()      # blocks visit tiles in raster order: keep one memory map at a time
+            cache.clear()  # blocks visit tiles in raster order: keep one memory map at a time
             cache[tile.index] = journal.load(tile.index) if plan.tile_valid[tile.index] else None
         arr = cache[tile.index]
         return None if arr is None else np.asarray(arr[:, rows, cols], dtype=np.float32)
@@ -380,22 +476,28 @@ def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str
         if ny == 0 or nx == 0 or j0 < 0 or i0 < 0 or j0 + ny // r > g.ms.height or i0 + nx // r > g.ms.width:
             continue
         values = journal.load(index)
-        fused = torch.from_numpy(np.clip(np.array(values[:, py - t.y:py - t.y + ny, px - t.x:px - t.x + nx],
-                                                  np.float32), 0, 1))
+        fused = torch.from_numpy(
+            np.clip(np.array(values[:, py - t.y : py - t.y + ny, px - t.x : px - t.x + nx], np.float32), 0, 1)
+        )
         ms = torch.from_numpy(reader.ms_lowres(j0, i0, ny // r, nx // r))
         pan = torch.from_numpy(reader.pan_normalised(py, px, ny, nx))
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)     # unknown sensor -> generic MTF, said in the report
-            m = full_resolution_metrics(fused, ms, pan, ratio=r, sensor=plan.backend["sensor"],
-                                        block_size=cfg.metric_block)
-        per_tile.append({"tile": index, "pan_window": [py, px, ny, nx],
-                         **{key: float(v) for key, v in m.items()}})
+            warnings.simplefilter("ignore", UserWarning)  # unknown sensor -> generic MTF, said in the report
+            m = full_resolution_metrics(
+                fused, ms, pan, ratio=r, sensor=plan.backend["sensor"], block_size=cfg.metric_block
+            )
+        per_tile.append({"tile": index, "pan_window": [py, px, ny, nx], **{key: float(v) for key, v in m.items()}})
     if not per_tile:
         return {"skipped": f"tiles too small for {cfg.metric_block}-pixel metric blocks at ratio {r}"}
     mean = {key: float(np.mean([p[key] for p in per_tile])) for key in ("D_lambda", "D_s", "HQNR")}
-    return {"sensor": plan.backend["sensor"], "block_size": cfg.metric_block, "tiles": per_tile, "mean": mean,
-            "note": "full-resolution indices of single fused tiles (before blending, clamped to [0, 1]), inputs "
-                    "scaled by max DN"}
+    return {
+        "sensor": plan.backend["sensor"],
+        "block_size": cfg.metric_block,
+        "tiles": per_tile,
+        "mean": mean,
+        "note": "full-resolution indices of single fused tiles (before blending, clamped to [0, 1]), inputs "
+        "scaled by max DN",
+    }
 
 
 def default_journal_dir(out: str | Path) -> Path:
@@ -403,10 +505,22 @@ def default_journal_dir(out: str | Path) -> Path:
     return out.parent / f".{out.name}.journal"
 
 
-def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None = None, *,
-              quicklook_path=None, report_path=None, journal_dir=None, log: EventLog | None = None,
-              progress: bool = False, should_stop: Callable[[], bool] | None = None,
-              model_id: dict[str, Any] | None = None, plan: ScenePlan | None = None) -> dict[str, Any]:
+def run_scene(
+    ms_path,
+    pan_path,
+    out_path,
+    backend,
+    config: StationConfig | None = None,
+    *,
+    quicklook_path=None,
+    report_path=None,
+    journal_dir=None,
+    log: EventLog | None = None,
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    model_id: dict[str, Any] | None = None,
+    plan: ScenePlan | None = None,
+) -> dict[str, Any]:
     """Fuse one scene into ``out_path`` (GeoTIFF), ``quicklook_path`` (PNG) and ``report_path`` (JSON),
     each written atomically. Resumes from ``journal_dir`` (default ``.<out>.journal`` beside the
     output) when a previous run with the same fingerprint was interrupted. Returns the report.
@@ -419,7 +533,7 @@ def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None
     from ddif.utils.io import atomic_path, atomic_write_text
 
     if plan is not None:
-        config = plan.config            # the plan's tiles and batches were laid out with its config
+        config = plan.config  # the plan's tiles and batches were laid out with its config
     config = config or StationConfig()
     log = log or NullLog()
     out_path = Path(out_path)
@@ -433,55 +547,87 @@ def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None
     if plan is None:
         plan = plan_scene(ms_path, pan_path, backend, config, log=log)
         config = plan.config
-    elif plan.backend["name"] == "not loaded":       # planned (checked) before the backend existed
+    elif plan.backend["name"] == "not loaded":  # planned (checked) before the backend existed
         facts = model_facts(backend, config)
         if facts["tiling"].tile_size != plan.config.tile_size or facts["tiling"].overlap != plan.config.overlap:
-            raise ValueError(f"the backend samples {facts['tiling'].describe()}, the plan was made for "
-                             f"{plan.config.tile_size} px tiles with {plan.config.overlap} px overlap")
+            raise ValueError(
+                f"the backend samples {facts['tiling'].describe()}, the plan was made for "
+                f"{plan.config.tile_size} px tiles with {plan.config.overlap} px overlap"
+            )
         plan.backend = facts
     times["plan_s"] = time.perf_counter() - t_start
     if plan.valid_pixels == 0:
-        raise SceneError(ALL_NODATA, f"scene {ms_path} + {pan_path}: no pixel is valid in both MS and PAN "
-                                     "(all nodata, or nodata wherever they overlap)")
-    log.info("scene_plan", scene=scene, **{k: v for k, v in plan.to_dict().items()
-                                           if k in ("tiles", "ratio", "ms_shift_pan_px", "subpixel_offset_pan_px",
-                                                    "valid_fraction")})
+        raise SceneError(
+            ALL_NODATA,
+            f"scene {ms_path} + {pan_path}: no pixel is valid in both MS and PAN "
+            "(all nodata, or nodata wherever they overlap)",
+        )
+    log.info(
+        "scene_plan",
+        scene=scene,
+        **{
+            k: v
+            for k, v in plan.to_dict().items()
+            if k in ("tiles", "ratio", "ms_shift_pan_px", "subpixel_offset_pan_px", "valid_fraction")
+        },
+    )
 
     fingerprint = {
         "pipeline_version": PIPELINE_VERSION,
-        "ms": file_identity(ms_path), "pan": file_identity(pan_path),
+        "ms": file_identity(ms_path),
+        "pan": file_identity(pan_path),
         "model": model_id or {"backend_preset": plan.backend["preset"]},
-        "backend": plan.backend["describe"], "steps": plan.backend["steps"],
+        "backend": plan.backend["describe"],
+        "steps": plan.backend["steps"],
         "settings": config.product_fields(),
     }
     journal = Journal(journal_dir, fingerprint)
     state = journal.open()
     if state["discarded"]:
         log.warning("journal_discarded", scene=scene, journal=str(journal_dir), reason=state["discarded"])
-    log.info("journal_open", scene=scene, journal=str(journal_dir), resumed=state["resumed"],
-             tiles_done=state["tiles_done"])
+    log.info(
+        "journal_open", scene=scene, journal=str(journal_dir), resumed=state["resumed"], tiles_done=state["tiles_done"]
+    )
 
-    with gdal_env(config.gdal_cache_mb), SceneReader(plan.grid, plan.backend["preprocessing"],
-                                                     config.input_scale) as reader:
+    with (
+        gdal_env(config.gdal_cache_mb),
+        SceneReader(plan.grid, plan.backend["preprocessing"], config.input_scale) as reader,
+    ):
         t0 = time.perf_counter()
         fuse_stats = _fuse_tiles(plan, backend, journal, reader, log, progress, should_stop)
         times["fuse_total_s"] = time.perf_counter() - t0
         times.update({k: v for k, v in fuse_stats.items() if k.endswith("_s")})
 
-        tags = {"DDIF_PIPELINE": f"ddif.station v{PIPELINE_VERSION}", "DDIF_BACKEND": plan.backend["name"],
-                "DDIF_PRESET": str(plan.backend["preset"]), "DDIF_STEPS": str(plan.backend["steps"]),
-                "DDIF_RATIO": str(plan.grid.ratio), "DDIF_MAX_DN": f"{plan.backend['max_dn']:g}",
-                "DDIF_TILING": f"{config.tile_size}/{config.overlap}/{config.batch_size}/seed{config.seed}"}
+        tags = {
+            "DDIF_PIPELINE": f"ddif.station v{PIPELINE_VERSION}",
+            "DDIF_BACKEND": plan.backend["name"],
+            "DDIF_PRESET": str(plan.backend["preset"]),
+            "DDIF_STEPS": str(plan.backend["steps"]),
+            "DDIF_RATIO": str(plan.grid.ratio),
+            "DDIF_MAX_DN": f"{plan.backend['max_dn']:g}",
+            "DDIF_TILING": f"{config.tile_size}/{config.overlap}/{config.batch_size}/seed{config.seed}",
+        }
         t0 = time.perf_counter()
         with atomic_path(out_path) as tmp:
             _write_product(plan, journal, reader, tmp, tags)
             g = plan.grid
-            verify_product(tmp, bands=g.bands, height=g.pan.height, width=g.pan.width, dtype=g.ms.dtype,
-                           overviews=overview_factors(g.pan.height, g.pan.width, config.overview_min_size))
+            verify_product(
+                tmp,
+                bands=g.bands,
+                height=g.pan.height,
+                width=g.pan.width,
+                dtype=g.ms.dtype,
+                overviews=overview_factors(g.pan.height, g.pan.width, config.overview_min_size),
+            )
             times["write_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            quicklook = write_quicklook(tmp, quicklook_path, tuple(plan.backend["rgb_bands"]), config.quicklook_size,
-                                        tuple(config.quicklook_percentiles))
+            quicklook = write_quicklook(
+                tmp,
+                quicklook_path,
+                tuple(plan.backend["rgb_bands"]),
+                config.quicklook_size,
+                tuple(config.quicklook_percentiles),
+            )
             times["quicklook_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         quality = _quality(plan, journal, reader)
@@ -496,20 +642,30 @@ def run_scene(ms_path, pan_path, out_path, backend, config: StationConfig | None
         "config": config.to_dict(),
         "tiles": tiles_info,
         "timing_s": {k: round(v, 4) for k, v in times.items()},
-        "throughput": {"scene_megapixels": plan.pixels / 1e6,
-                       "megapixels_per_s": plan.pixels / 1e6 / max(times["total_s"], 1e-9),
-                       "fused_megapixels_per_s": plan.pixels / 1e6 / max(times["fuse_s"], 1e-9)},
+        "throughput": {
+            "scene_megapixels": plan.pixels / 1e6,
+            "megapixels_per_s": plan.pixels / 1e6 / max(times["total_s"], 1e-9),
+            "fused_megapixels_per_s": plan.pixels / 1e6 / max(times["fuse_s"], 1e-9),
+        },
         "quality": quality,
         "quicklook": quicklook,
         # relative to the report's folder, so the names stay right when a staging folder is renamed
-        "outputs": {k: os.path.relpath(p, report_path.parent) for k, p in
-                    (("product", out_path), ("quicklook", quicklook_path), ("report", report_path))},
+        "outputs": {
+            k: os.path.relpath(p, report_path.parent)
+            for k, p in (("product", out_path), ("quicklook", quicklook_path), ("report", report_path))
+        },
         "journal": {"path": str(journal_dir), "resumed": state["resumed"], "kept": config.keep_journal},
     }
     atomic_write_text(report_path, json.dumps(report, indent=2, default=str) + "\n")
     if not config.keep_journal:
         journal.remove()
-    log.info("scene_written", scene=scene, product=str(out_path), seconds=round(times["total_s"], 3),
-             tiles_computed=fuse_stats["tiles_computed"], tiles_from_journal=fuse_stats["tiles_from_journal"],
-             hqnr=quality.get("mean", {}).get("HQNR"))
+    log.info(
+        "scene_written",
+        scene=scene,
+        product=str(out_path),
+        seconds=round(times["total_s"], 3),
+        tiles_computed=fuse_stats["tiles_computed"],
+        tiles_from_journal=fuse_stats["tiles_from_journal"],
+        hqnr=quality.get("mean", {}).get("HQNR"),
+    )
     return report

@@ -45,6 +45,7 @@ Failures: a bad scene (:class:`SceneError`) moves to ``quarantine/<scene>/`` wit
 and is retried after ``retry_backoff_s``; other errors are retried up to ``max_attempts`` times,
 then quarantined. Only one service may use an outbox at a time (a lock file).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,27 +55,56 @@ import shutil
 import signal
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ddif.station.config import StationConfig, WatchConfig
-from ddif.station.errors import (BAD_MANIFEST, MISSING_PARTNER, OUTSIDE_INBOX, PROCESSING_ERROR, Refused,
-                                 SceneError, StopRequested, environment_error_kind)
+from ddif.station.errors import (
+    BAD_MANIFEST,
+    MISSING_PARTNER,
+    OUTSIDE_INBOX,
+    PROCESSING_ERROR,
+    Refused,
+    SceneError,
+    StopRequested,
+    environment_error_kind,
+)
 from ddif.station.events import EventLog
-from ddif.station.inbox import (CLAIM_SUFFIX, INPUTS_FILE, SceneFiles, is_inside, read_inputs_marker,
-                                scan_inbox)
+from ddif.station.inbox import CLAIM_SUFFIX, INPUTS_FILE, SceneFiles, is_inside, read_inputs_marker, scan_inbox
 from ddif.station.journal import content_identity, same_content
-from ddif.station.quarantine import (archive, finish_move, pending_moves, quarantine, read_record, rollback_move,
-                                     staged_scene, staging_dir, unique_dir)
+from ddif.station.quarantine import (
+    archive,
+    finish_move,
+    pending_moves,
+    quarantine,
+    read_record,
+    rollback_move,
+    staged_scene,
+    staging_dir,
+    unique_dir,
+)
 from ddif.station.run import run_scene
 from ddif.utils.io import atomic_write_text, exchange_paths, fsync_dir, is_atomic_temp
+
 
 class StationService:
     """``ddif station watch``: see the module docstring."""
 
-    def __init__(self, inbox, outbox, backend, config: StationConfig | None = None,
-                 watch: WatchConfig | None = None, *, quarantine_dir=None, processed_dir=None, workdir=None,
-                 log: EventLog | None = None, model_id: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        inbox,
+        outbox,
+        backend,
+        config: StationConfig | None = None,
+        watch: WatchConfig | None = None,
+        *,
+        quarantine_dir=None,
+        processed_dir=None,
+        workdir=None,
+        log: EventLog | None = None,
+        model_id: dict[str, Any] | None = None,
+    ):
         self.inbox = Path(inbox)
         self.outbox = Path(outbox)
         self.backend = backend
@@ -86,14 +116,14 @@ class StationService:
         self.log = log or EventLog()
         self.model_id = model_id
         self._stop = False
-        self._seen: dict[str, tuple[tuple, int]] = {}       # scene -> (signature, polls unchanged)
+        self._seen: dict[str, tuple[tuple, int]] = {}  # scene -> (signature, polls unchanged)
         self._retry_at: dict[str, float] = {}
         self._attempts: dict[str, int] = {}
         self._once = False
-        self._failed_this_run: set[str] = set()          # --once: a failed scene is not retried
-        self._claims: dict[str, int] = {}                # scene -> fd of its flock'ed claim file
+        self._failed_this_run: set[str] = set()  # --once: a failed scene is not retried
+        self._claims: dict[str, int] = {}  # scene -> fd of its flock'ed claim file
         self._quarantine_retry_at: dict[str, float] = {}  # scene -> when a failed quarantine move is retried
-        self._recovery_errors: dict[str, str] = {}       # staging folder -> last recovery error logged
+        self._recovery_errors: dict[str, str] = {}  # staging folder -> last recovery error logged
         self._busy_logged: set[str] = set()
         self.failures = 0
         self.processed: list[str] = []
@@ -116,8 +146,10 @@ class StationService:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise Refused(f"another 'ddif station watch' is already serving {self.outbox} "
-                              f"(lock {self.outbox / '.station.lock'} is held)") from None
+                raise Refused(
+                    f"another 'ddif station watch' is already serving {self.outbox} "
+                    f"(lock {self.outbox / '.station.lock'} is held)"
+                ) from None
             yield
         finally:
             os.close(fd)
@@ -125,8 +157,11 @@ class StationService:
     def _reserved(self) -> list[Path]:
         """The service's folders that manifests may not point into (those holding the inbox aside)."""
         inbox = os.path.realpath(self.inbox)
-        return [p for p in (self.processed_dir, self.quarantine_dir, self.outbox, self.workdir)
-                if not is_inside(inbox, os.path.realpath(p))]
+        return [
+            p
+            for p in (self.processed_dir, self.quarantine_dir, self.outbox, self.workdir)
+            if not is_inside(inbox, os.path.realpath(p))
+        ]
 
     # ------------------------------------------------------------------ claims (one scene, one service)
     def _try_claim(self, scene: str) -> bool:
@@ -157,7 +192,7 @@ class StationService:
         if fd is None:
             return
         with contextlib.suppress(OSError):
-            os.unlink(self.inbox / f".{scene}{CLAIM_SUFFIX}")      # while still holding the lock
+            os.unlink(self.inbox / f".{scene}{CLAIM_SUFFIX}")  # while still holding the lock
         os.close(fd)
 
     @contextlib.contextmanager
@@ -169,8 +204,7 @@ class StationService:
         if not self._try_claim(scene):
             if scene not in self._busy_logged:
                 self._busy_logged.add(scene)
-                self.log.info("scene_claimed_elsewhere", scene=scene,
-                              note="another service is working on it; skipped")
+                self.log.info("scene_claimed_elsewhere", scene=scene, note="another service is working on it; skipped")
             yield False
             return
         self._busy_logged.discard(scene)
@@ -206,16 +240,27 @@ class StationService:
                     self.log.warning("move_recovered", scene=scene, kind=kind, action="finished", folder=str(dest))
                 else:
                     restored = rollback_move(staging)
-                    self.log.warning("move_recovered", scene=scene, kind=kind, action="moved back to the inbox",
-                                     files=restored,
-                                     why="no product with the same inputs" if kind == "archive" else "no record")
+                    self.log.warning(
+                        "move_recovered",
+                        scene=scene,
+                        kind=kind,
+                        action="moved back to the inbox",
+                        files=restored,
+                        why="no product with the same inputs" if kind == "archive" else "no record",
+                    )
             except (OSError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                if self._recovery_errors.get(str(staging)) != error:     # once per error, not every poll
+                if self._recovery_errors.get(str(staging)) != error:  # once per error, not every poll
                     self._recovery_errors[str(staging)] = error
                     self.failures += 1
-                    self.log.error("move_recovery_failed", scene=scene, staging=str(staging), error=error,
-                                   error_kind=environment_error_kind(exc), note="tried again at every poll")
+                    self.log.error(
+                        "move_recovery_failed",
+                        scene=scene,
+                        staging=str(staging),
+                        error=error,
+                        error_kind=environment_error_kind(exc),
+                        note="tried again at every poll",
+                    )
                 return "failed"
         self._recovery_errors.pop(str(staging), None)
         return "done"
@@ -256,10 +301,10 @@ class StationService:
                 keep = []
                 for d in dirnames:
                     real = os.path.join(here, d)
-                    if real == inbox_real:                  # an inbox nested in the outbox: not ours
+                    if real == inbox_real:  # an inbox nested in the outbox: not ours
                         continue
                     if here in move_roots and d.startswith(".") and d.endswith(".partial"):
-                        continue                            # a pending move of another service
+                        continue  # a pending move of another service
                     keep.append(d)
                 dirnames[:] = keep
                 for fn in filenames:
@@ -274,23 +319,31 @@ class StationService:
         self._once = once
         old = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):           # not the main thread
+            with contextlib.suppress(ValueError):  # not the main thread
                 old[sig] = signal.signal(sig, self.request_stop)
         try:
             with self._lock():
                 self._recover_moves()
                 self._clean_stale()
-                self.log.info("service_start", inbox=str(self.inbox), outbox=str(self.outbox),
-                              quarantine=str(self.quarantine_dir), processed=str(self.processed_dir),
-                              backend=getattr(self.backend, "name", "?"), once=once,
-                              config=self.config.to_dict(), watch=vars(self.watch))
+                self.log.info(
+                    "service_start",
+                    inbox=str(self.inbox),
+                    outbox=str(self.outbox),
+                    quarantine=str(self.quarantine_dir),
+                    processed=str(self.processed_dir),
+                    backend=getattr(self.backend, "name", "?"),
+                    once=once,
+                    config=self.config.to_dict(),
+                    watch=vars(self.watch),
+                )
                 while not self._stop:
                     try:
                         worked, waiting = self.poll()
-                    except OSError as exc:          # inbox unmounted / unreadable: report, keep serving
+                    except OSError as exc:  # inbox unmounted / unreadable: report, keep serving
                         self.failures += 1
-                        self.log.error("inbox_error", error=f"{type(exc).__name__}: {exc}",
-                                       error_kind=environment_error_kind(exc))
+                        self.log.error(
+                            "inbox_error", error=f"{type(exc).__name__}: {exc}", error_kind=environment_error_kind(exc)
+                        )
                         if once:
                             break
                         time.sleep(max(self.watch.poll_interval_s, 1.0))
@@ -306,8 +359,13 @@ class StationService:
                 self._release_claim(scene)
             for sig, handler in old.items():
                 signal.signal(sig, handler)
-        self.log.info("service_stop", processed=len(self.processed), quarantined=len(self.quarantined),
-                      failures=self.failures, stopped=self._stop)
+        self.log.info(
+            "service_stop",
+            processed=len(self.processed),
+            quarantined=len(self.quarantined),
+            failures=self.failures,
+            stopped=self._stop,
+        )
         return self.failures
 
     # ------------------------------------------------------------------ polling
@@ -357,7 +415,7 @@ class StationService:
                 break
             with self._claim(sf.name) as mine:
                 if not mine:
-                    waiting = True          # another service has it: look again later
+                    waiting = True  # another service has it: look again later
                     continue
                 # another service may have taken (and archived) the scene between our look and the claim
                 if sf.signature() != self._seen.get(sf.name, ((), 0))[0] or len(sf.existing()) != len(sf.files):
@@ -379,8 +437,9 @@ class StationService:
             missing = [p.name for p in (sf.ms, sf.pan) if not p.exists()]
             if missing:
                 if stable:
-                    return self._quarantine(sf, MISSING_PARTNER, f"manifest {sf.manifest.name} names missing file(s) "
-                                                                 f"{missing}")
+                    return self._quarantine(
+                        sf, MISSING_PARTNER, f"manifest {sf.manifest.name} names missing file(s) {missing}"
+                    )
                 return "wait"
             return "ready"
         if sf.outside_error:
@@ -393,9 +452,13 @@ class StationService:
                 return "ready"
             if stable:
                 have = sf.ms or sf.pan
-                return self._quarantine(sf, MISSING_PARTNER, f"ready marker {sf.marker.name} present but "
-                                                             f"{'no files' if have is None else 'only ' + have.name}: "
-                                                             f"expected {sf.name}_MS.tif and {sf.name}_PAN.tif")
+                return self._quarantine(
+                    sf,
+                    MISSING_PARTNER,
+                    f"ready marker {sf.marker.name} present but "
+                    f"{'no files' if have is None else 'only ' + have.name}: "
+                    f"expected {sf.name}_MS.tif and {sf.name}_PAN.tif",
+                )
             return "wait"
         if both:
             return "ready" if stable else "wait"
@@ -403,14 +466,20 @@ class StationService:
         age = now - sf.arrival_ns() / 1e9
         if stable and age >= self.watch.orphan_timeout_s:
             have = sf.ms or sf.pan
-            return self._quarantine(sf, MISSING_PARTNER, f"{have.name} has had no partner for {age:.0f} s "
-                                                         f"(orphan_timeout_s = {self.watch.orphan_timeout_s:g})")
+            return self._quarantine(
+                sf,
+                MISSING_PARTNER,
+                f"{have.name} has had no partner for {age:.0f} s (orphan_timeout_s = {self.watch.orphan_timeout_s:g})",
+            )
         return "wait" if not stable else "idle"
 
     # ------------------------------------------------------------------ one scene
     def _outputs(self, folder: Path, name: str) -> dict[str, Path]:
-        return {"product": folder / f"{name}.tif", "quicklook": folder / f"{name}_quicklook.png",
-                "report": folder / f"{name}_report.json"}
+        return {
+            "product": folder / f"{name}.tif",
+            "quicklook": folder / f"{name}_quicklook.png",
+            "report": folder / f"{name}_report.json",
+        }
 
     def _process(self, sf: SceneFiles) -> None:
         """Fuse one claimed scene (unless its product exists with the same inputs), then archive it."""
@@ -426,22 +495,41 @@ class StationService:
         if done is not None and same_content(done, inputs) and self._outputs(final, name)["report"].exists():
             # a previous run finished the product but died before archiving the inputs, or the same
             # bytes were delivered again
-            self.log.info("scene_already_done", scene=name, product=str(final),
-                          note="product exists for inputs with the same content: not fused again")
+            self.log.info(
+                "scene_already_done",
+                scene=name,
+                product=str(final),
+                note="product exists for inputs with the same content: not fused again",
+            )
             self._finish(sf, journal_dir, inputs)
             return
         staging = self.outbox / f".{name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        self.log.info("scene_start", scene=name, ms=str(sf.ms), pan=str(sf.pan),
-                      attempt=self._attempts.get(name, 0) + 1,
-                      redelivered=final.exists() or None)
+        self.log.info(
+            "scene_start",
+            scene=name,
+            ms=str(sf.ms),
+            pan=str(sf.pan),
+            attempt=self._attempts.get(name, 0) + 1,
+            redelivered=final.exists() or None,
+        )
         t0 = time.perf_counter()
         try:
             staging.mkdir(parents=True)
             out = self._outputs(staging, name)
-            report = run_scene(sf.ms, sf.pan, out["product"], self.backend, self.config,
-                               quicklook_path=out["quicklook"], report_path=out["report"], journal_dir=journal_dir,
-                               log=self.log, should_stop=self._should_stop, model_id=self.model_id)
+            report = run_scene(
+                sf.ms,
+                sf.pan,
+                out["product"],
+                self.backend,
+                self.config,
+                quicklook_path=out["quicklook"],
+                report_path=out["report"],
+                journal_dir=journal_dir,
+                log=self.log,
+                should_stop=self._should_stop,
+                model_id=self.model_id,
+            )
             atomic_write_text(staging / INPUTS_FILE, json.dumps(inputs, indent=2, sort_keys=True) + "\n")
             if final.exists() or final.is_symlink():
                 # a product of other inputs (a re-delivery with new content, or a folder from an older
@@ -455,8 +543,12 @@ class StationService:
                     os.rename(final, tmp)
                     os.rename(previous, final)
                     os.rename(tmp, previous)
-                self.log.warning("product_superseded", scene=name, previous=str(previous),
-                                 note="the scene was fused again from inputs with other content")
+                self.log.warning(
+                    "product_superseded",
+                    scene=name,
+                    previous=str(previous),
+                    note="the scene was fused again from inputs with other content",
+                )
             else:
                 os.rename(staging, final)
             fsync_dir(self.outbox)
@@ -473,10 +565,15 @@ class StationService:
             shutil.rmtree(staging, ignore_errors=True)
             self._failed(sf, exc)
             return
-        self.log.info("scene_done", scene=name, product=str(final / f"{name}.tif"),
-                      seconds=round(time.perf_counter() - t0, 3), tiles=report["tiles"]["fused"],
-                      tiles_from_journal=report["tiles"]["tiles_from_journal"],
-                      hqnr=report["quality"].get("mean", {}).get("HQNR"))
+        self.log.info(
+            "scene_done",
+            scene=name,
+            product=str(final / f"{name}.tif"),
+            seconds=round(time.perf_counter() - t0, 3),
+            tiles=report["tiles"]["fused"],
+            tiles_from_journal=report["tiles"]["tiles_from_journal"],
+            hqnr=report["quality"].get("mean", {}).get("HQNR"),
+        )
         self._finish(sf, journal_dir, inputs)
 
     def _finish(self, sf: SceneFiles, journal_dir: Path, inputs: dict[str, Any]) -> None:
@@ -502,9 +599,14 @@ class StationService:
         try:
             rollback_move(staging)
         except OSError as exc:
-            self.log.error("move_rollback_failed", scene=scene, staging=str(staging),
-                           error=f"{type(exc).__name__}: {exc}", error_kind=environment_error_kind(exc),
-                           note="resolved at the next poll or start")
+            self.log.error(
+                "move_rollback_failed",
+                scene=scene,
+                staging=str(staging),
+                error=f"{type(exc).__name__}: {exc}",
+                error_kind=environment_error_kind(exc),
+                note="resolved at the next poll or start",
+            )
 
     def _failed(self, sf: SceneFiles, exc: BaseException, stage: str = "process") -> None:
         self.failures += 1
@@ -513,15 +615,28 @@ class StationService:
         name = sf.name
         if kind is not None:
             self._retry_at[name] = time.time() + self.watch.retry_backoff_s
-            self.log.error("scene_failed", scene=name, stage=stage, error_kind=kind,
-                           error=f"{type(exc).__name__}: {exc}", retry_in_s=self.watch.retry_backoff_s,
-                           note="not the scene's fault: it stays in the inbox with its journal")
+            self.log.error(
+                "scene_failed",
+                scene=name,
+                stage=stage,
+                error_kind=kind,
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=self.watch.retry_backoff_s,
+                note="not the scene's fault: it stays in the inbox with its journal",
+            )
             return
         attempts = self._attempts.get(name, 0) + 1
         self._attempts[name] = attempts
-        self.log.error("scene_failed", scene=name, stage=stage, error_kind="processing",
-                       error=f"{type(exc).__name__}: {exc}", attempt=attempts, max_attempts=self.watch.max_attempts,
-                       traceback=traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
+        self.log.error(
+            "scene_failed",
+            scene=name,
+            stage=stage,
+            error_kind="processing",
+            error=f"{type(exc).__name__}: {exc}",
+            attempt=attempts,
+            max_attempts=self.watch.max_attempts,
+            traceback=traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:],
+        )
         if attempts >= self.watch.max_attempts:
             shutil.rmtree(self.workdir / name, ignore_errors=True)
             self._quarantine(sf, PROCESSING_ERROR, f"failed {attempts} times, last: {type(exc).__name__}: {exc}")
@@ -533,7 +648,7 @@ class StationService:
         'bad' once quarantined, 'wait' when another service holds the scene or its files changed."""
         if sf.name in self._quarantine_retry_at:
             if self._once or self._quarantine_retry_at[sf.name] > time.time():
-                return "idle"               # a failed quarantine move is retried after the backoff
+                return "idle"  # a failed quarantine move is retried after the backoff
         with self._claim(sf.name) as mine:
             if not mine:
                 return "wait"
@@ -547,9 +662,15 @@ class StationService:
             except (OSError, ValueError) as exc:
                 self._undo_move(self.quarantine_dir, sf.name)
                 self.failures += 1
-                self.log.error("quarantine_failed", scene=sf.name, category=category, reason=message,
-                               error=f"{type(exc).__name__}: {exc}", error_kind=environment_error_kind(exc),
-                               retry_in_s=self.watch.retry_backoff_s)
+                self.log.error(
+                    "quarantine_failed",
+                    scene=sf.name,
+                    category=category,
+                    reason=message,
+                    error=f"{type(exc).__name__}: {exc}",
+                    error_kind=environment_error_kind(exc),
+                    retry_in_s=self.watch.retry_backoff_s,
+                )
                 self._quarantine_retry_at[sf.name] = time.time() + self.watch.retry_backoff_s
                 self._retry_at[sf.name] = time.time() + self.watch.retry_backoff_s
                 return "idle"

@@ -1,6 +1,7 @@
 """Batch augmentation for the trainer: a random element of the dihedral group per sample, drawn
 from the trainer's checkpointed generator (so a resumed run draws the same ones), applied with
 :func:`ddif.data.augment.dihedral` to every image of the sample."""
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,9 @@ def dihedral_augment(batch: dict[str, torch.Tensor], generator: torch.Generator 
     return out
 
 
-def random_crop(batch: dict[str, torch.Tensor], size: int, ratio: int,
-                generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+def random_crop(
+    batch: dict[str, torch.Tensor], size: int, ratio: int, generator: torch.Generator | None
+) -> dict[str, torch.Tensor]:
     """One random ``size`` x ``size`` crop per batch (offsets multiples of ``ratio`` so the coarse
     ``ms`` stays aligned); a no-op when the patches are not larger than ``size``."""
     ref = batch.get("gt", batch.get("lms"))
@@ -42,7 +44,7 @@ def random_crop(batch: dict[str, torch.Tensor], size: int, ratio: int,
         if key not in IMAGE_KEYS:
             continue
         if value.shape[-2:] == (h, w):
-            out[key] = value[..., r0:r0 + size_h, c0:c0 + size_w]
-        else:                                     # the coarse ms
-            out[key] = value[..., r0 // ratio:(r0 + size_h) // ratio, c0 // ratio:(c0 + size_w) // ratio]
+            out[key] = value[..., r0 : r0 + size_h, c0 : c0 + size_w]
+        else:  # the coarse ms
+            out[key] = value[..., r0 // ratio : (r0 + size_h) // ratio, c0 // ratio : (c0 + size_w) // ratio]
     return out

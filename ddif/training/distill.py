@@ -20,6 +20,7 @@ it is replaced by the network's own no-grad estimate at the current point, the s
 self-conditioning approximation (Chen et al., "Analog Bits", ICLR 2023). Teacher and student
 follow the same rule.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,7 +55,9 @@ class DistillConfig:
     def __post_init__(self) -> None:
         self.schedule = tuple(int(s) for s in self.schedule)
         if len(self.schedule) < 2:
-            raise ValueError(f"distillation schedule needs a teacher step count and at least one student: {self.schedule}")
+            raise ValueError(
+                f"distillation schedule needs a teacher step count and at least one student: {self.schedule}"
+            )
         for a, b in zip(self.schedule, self.schedule[1:]):
             if a != 2 * b:
                 raise ValueError(f"each round halves the steps: {a} -> {b} in {self.schedule} is not a halving")
@@ -131,8 +134,15 @@ class DistillationLoss(nn.Module):
 class DistillRound(Trainer):
     """One halving round, with the trainer's optimiser, EMA, AMP, checkpoints and exact resume."""
 
-    def __init__(self, teacher: DDIF, teacher_timesteps: torch.Tensor, train_set, val_set, options: RunOptions,
-                 dcfg: DistillConfig):
+    def __init__(
+        self,
+        teacher: DDIF,
+        teacher_timesteps: torch.Tensor,
+        train_set,
+        val_set,
+        options: RunOptions,
+        dcfg: DistillConfig,
+    ):
         self.teacher_model = teacher
         self.teacher_timesteps = teacher_timesteps
         student_grid = teacher_timesteps[::2]
@@ -205,12 +215,17 @@ def distill(teacher: DDIF, train_set, val_set, out: str | Path, dcfg: DistillCon
         opts.out = str(round_dir)
         rnd = DistillRound(current, grid, train_set, val_set, opts, dcfg)
         rnd.fit()
-        if rnd.step < rnd.cfg.iterations:       # stopped early (--stop-after): resume later
+        if rnd.step < rnd.cfg.iterations:  # stopped early (--stop-after): resume later
             print(f"round {steps_from}->{steps_to} stopped at step {rnd.step}; rerun with --resume to continue")
             return students
         student = rnd.ema_model()
-        meta = {"teacher_steps": steps_from, "student_steps": steps_to, "iterations": rnd.step,
-                "timesteps": list(student.preset.diffusion.sample_timesteps), "method": "progressive distillation"}
+        meta = {
+            "teacher_steps": steps_from,
+            "student_steps": steps_to,
+            "iterations": rnd.step,
+            "timesteps": list(student.preset.diffusion.sample_timesteps),
+            "method": "progressive distillation",
+        }
         student.save(done, metadata=meta)
         print(f"round {steps_from}->{steps_to}: student saved to {done} ({json.dumps(meta['timesteps'])})")
         students.append(done)

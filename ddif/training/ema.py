@@ -3,6 +3,7 @@
 Before ``start_step`` the average tracks the weights exactly; from then on
 ``shadow = decay * shadow + (1 - decay) * weights`` after every optimizer step.
 """
+
 from __future__ import annotations
 
 import torch

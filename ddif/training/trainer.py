@@ -7,6 +7,7 @@ augmentations, timesteps, noise and the self-conditioning coin come from the tra
 dropout uses the global torch RNG. All of it is saved with the optimizer, scheduler, EMA and
 grad-scaler states, so an interrupted-and-resumed run gives the same losses as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,9 +17,10 @@ import io
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,14 +46,14 @@ class RunOptions:
 
     out: str = "runs/ddif"
     device: str = "auto"
-    amp: str = "none"                      # none | bf16 | fp16
+    amp: str = "none"  # none | bf16 | fp16
     fused_kernels: bool = False
     resume: bool = False
     tensorboard: bool = False
     progress: bool = True
-    val_batches: int = 2                   # validation batches per evaluation (loss + metrics)
-    val_sample_steps: int = 10             # sampling steps for validation metrics
-    stop_after: int | None = None          # stop (as if interrupted) after this many steps in this run
+    val_batches: int = 2  # validation batches per evaluation (loss + metrics)
+    val_sample_steps: int = 10  # sampling steps for validation metrics
+    stop_after: int | None = None  # stop (as if interrupted) after this many steps in this run
     keep_checkpoints: int = 3
 
 
@@ -82,7 +84,7 @@ class StreamSampler(Sampler[int]):
             yield idx
 
     def __len__(self) -> int:  # pragma: no cover - infinite; DataLoader only needs it for len()
-        return 2 ** 62
+        return 2**62
 
 
 def _collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -122,9 +124,11 @@ def _check_single_augmentation(train_set: Dataset) -> None:
     generator, so that resume is exact): a dataset that draws its own dihedral transforms would
     augment every sample twice, from an RNG the checkpoint does not follow."""
     if isinstance(_dataset_augment(train_set), RandomDihedral):
-        raise ValueError(f"{train_set!r} augments its items (RandomDihedral) and the Trainer augments every batch "
-                         "itself: open the training set without augmentation (augment=False, the default; "
-                         "train=True only requires ground truth)")
+        raise ValueError(
+            f"{train_set!r} augments its items (RandomDihedral) and the Trainer augments every batch "
+            "itself: open the training set without augmentation (augment=False, the default; "
+            "train=True only requires ground truth)"
+        )
 
 
 def _item(dataset: Dataset, index: int) -> dict[str, torch.Tensor]:
@@ -143,8 +147,14 @@ class Trainer:
     the dataset's augmentation.
     """
 
-    def __init__(self, preset: Preset, train_set: Dataset, val_set: Dataset | None = None,
-                 options: RunOptions | None = None, model: DDIF | None = None):
+    def __init__(
+        self,
+        preset: Preset,
+        train_set: Dataset,
+        val_set: Dataset | None = None,
+        options: RunOptions | None = None,
+        model: DDIF | None = None,
+    ):
         _check_single_augmentation(train_set)
         self.preset = preset
         self.cfg = preset.train
@@ -169,10 +179,12 @@ class Trainer:
         self.loss_module: torch.nn.Module = self.build_loss_module()
         if self.world > 1:
             self.loss_module = torch.nn.parallel.DistributedDataParallel(
-                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(self.cfg.lr_milestones),
-                                                              gamma=self.cfg.lr_gamma)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=list(self.cfg.lr_milestones), gamma=self.cfg.lr_gamma
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.ema = EMA(self.model, decay=self.cfg.ema_decay, start_step=self.cfg.ema_start)
         self.generator = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.rank)
@@ -215,7 +227,7 @@ class Trainer:
 
     def _prune_checkpoints(self) -> None:
         ckpts = sorted(self.ckpt_dir.glob("step_*.pt"))
-        for old in ckpts[:-max(self.opts.keep_checkpoints, 1)]:
+        for old in ckpts[: -max(self.opts.keep_checkpoints, 1)]:
             old.unlink(missing_ok=True)
             old.with_suffix(".json").unlink(missing_ok=True)
 
@@ -234,10 +246,14 @@ class Trainer:
             raise ValueError(f"{path}: not a training checkpoint (format {state.get('format')!r})")
         saved = Preset.from_json(state["config"])
         if saved.model != self.preset.model:
-            raise ValueError(f"{path}: checkpoint model config differs from this run's: {saved.model} vs {self.preset.model}")
+            raise ValueError(
+                f"{path}: checkpoint model config differs from this run's: {saved.model} vs {self.preset.model}"
+            )
         if state.get("world", 1) != self.world:
-            raise ValueError(f"{path}: saved with {state['world']} processes, resuming with {self.world}; "
-                             "exact resume needs the same number")
+            raise ValueError(
+                f"{path}: saved with {state['world']} processes, resuming with {self.world}; "
+                "exact resume needs the same number"
+            )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -253,14 +269,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _loader(self) -> Iterator[dict[str, torch.Tensor]]:
-        sampler = StreamSampler(len(self.train_set), self.cfg.seed, self.rank, self.world,
-                                start=self.step * self.local_batch)
-        loader = DataLoader(self.train_set, batch_size=self.local_batch, sampler=sampler, collate_fn=_collate,
-                            num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
-                            pin_memory=self.device.type == "cuda",
-                            # its own generator: creating the iterator must not consume the global
-                            # RNG (which drives dropout), or a resumed run would diverge
-                            generator=torch.Generator().manual_seed(self.cfg.seed))
+        sampler = StreamSampler(
+            len(self.train_set), self.cfg.seed, self.rank, self.world, start=self.step * self.local_batch
+        )
+        loader = DataLoader(
+            self.train_set,
+            batch_size=self.local_batch,
+            sampler=sampler,
+            collate_fn=_collate,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+            # its own generator: creating the iterator must not consume the global
+            # RNG (which drives dropout), or a resumed run would diverge
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+        )
         return iter(loader)
 
     # ------------------------------------------------------------------ logging
@@ -299,9 +322,9 @@ class Trainer:
                     try:
                         step = int(float(r["step"]))
                     except (KeyError, TypeError, ValueError):
-                        continue                        # a torn line (or a foreign file): not a row
+                        continue  # a torn line (or a foreign file): not a row
                     if None in r.values() or None in r:
-                        continue                        # too few / too many fields: a torn line
+                        continue  # too few / too many fields: a torn line
                     if step <= self.step:
                         rows.append(r)
             buf = io.StringIO()
@@ -338,13 +361,24 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(loss_value)
             loss_value /= self.world
-        return {"step": self.step, "loss": float(loss_value), "lr": self.scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm), **info}
+        return {
+            "step": self.step,
+            "loss": float(loss_value),
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            **info,
+        }
 
     def compute_loss(self, gt, lms, pan) -> tuple[torch.Tensor, dict[str, float]]:
         """The diffusion loss of one batch (randomness from the trainer's generator)."""
-        draw = draw_noise(gt.shape, self.schedule.num_timesteps, self.cfg.self_cond_prob,
-                          self.model.config.self_condition, self.device, self.generator)
+        draw = draw_noise(
+            gt.shape,
+            self.schedule.num_timesteps,
+            self.cfg.self_cond_prob,
+            self.model.config.self_condition,
+            self.device,
+            self.generator,
+        )
         loss = self.loss_module(gt, lms, pan, draw.t, draw.noise, draw.use_self_cond)
         return loss, {"self_cond": int(draw.use_self_cond)}
 
@@ -388,10 +422,11 @@ class Trainer:
             elif self.is_main:
                 print(f"--resume: no checkpoint in {self.ckpt_dir}, starting from scratch")
         if self.is_main:
-            self._truncate_logs()           # the CSV logs restart where training does
+            self._truncate_logs()  # the CSV logs restart where training does
         if self.opts.tensorboard and self.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self._tb = SummaryWriter(str(self.out / "tb"))
             except ImportError:
                 print("tensorboard is not installed: logging to CSV only")
@@ -401,6 +436,7 @@ class Trainer:
         progress = None
         if self.opts.progress and self.is_main:
             from tqdm.auto import tqdm
+
             progress = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True)
         t0 = time.perf_counter()
         try:
@@ -440,7 +476,10 @@ def reduced_metrics(pred: torch.Tensor, gt: torch.Tensor, ratio: int) -> dict[st
     from ddif import metrics
 
     out: dict[str, float] = {}
-    for name, fn in (("sam", metrics.sam), ("ergas", lambda p, g: metrics.ergas(p, g, ratio=ratio)),
-                     ("psnr", metrics.psnr)):
+    for name, fn in (
+        ("sam", metrics.sam),
+        ("ergas", lambda p, g: metrics.ergas(p, g, ratio=ratio)),
+        ("psnr", metrics.psnr),
+    ):
         out[name] = float(torch.as_tensor(fn(pred, gt)).float().mean())
     return out

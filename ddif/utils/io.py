@@ -2,13 +2,15 @@
 
 A crash at any moment leaves either the old file or the new one, never a truncated mix.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -19,7 +21,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[P
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())      # mkstemp makes 0600; products get the usual mode
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; products get the usual mode
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:

@@ -1,9 +1,10 @@
 """Lazy re-exports for package ``__init__`` modules: ``import ddif.runtime`` (say) loads nothing
 heavy; a name is imported from its submodule the first time it is used, then cached."""
+
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 
 def lazy_exports(package: str, table: dict[str, str], namespace: dict) -> tuple[Callable, Callable]:

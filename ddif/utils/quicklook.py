@@ -1,9 +1,10 @@
 """Quicklook PNGs: true-colour composite with a per-band percentile stretch."""
+
 from __future__ import annotations
 
 import io
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,8 +25,12 @@ def _bands(arr: np.ndarray, rgb_bands: Sequence[int]) -> list[int]:
     return bands
 
 
-def band_limits(image, rgb_bands: Sequence[int], percentiles: tuple[float, float] = (2.0, 98.0),
-                valid_mask: np.ndarray | None = None) -> list[tuple[float, float] | None]:
+def band_limits(
+    image,
+    rgb_bands: Sequence[int],
+    percentiles: tuple[float, float] = (2.0, 98.0),
+    valid_mask: np.ndarray | None = None,
+) -> list[tuple[float, float] | None]:
     """Per displayed band, the (low, high) percentiles (over ``valid_mask`` when given, so fill
     areas do not skew the stretch); None for a band with no valid value."""
     arr = _as_array(image)
@@ -37,8 +42,13 @@ def band_limits(image, rgb_bands: Sequence[int], percentiles: tuple[float, float
     return limits
 
 
-def stretch_rgb(image, rgb_bands: Sequence[int], percentiles: tuple[float, float] = (2.0, 98.0),
-                valid_mask: np.ndarray | None = None, limits=None) -> np.ndarray:
+def stretch_rgb(
+    image,
+    rgb_bands: Sequence[int],
+    percentiles: tuple[float, float] = (2.0, 98.0),
+    valid_mask: np.ndarray | None = None,
+    limits=None,
+) -> np.ndarray:
     """(C, H, W) array/tensor -> (H, W, 3) uint8, each band stretched linearly between ``limits``
     (default: its own percentiles, see :func:`band_limits`)."""
     arr = _as_array(image)
@@ -58,9 +68,14 @@ def stretch_rgb(image, rgb_bands: Sequence[int], percentiles: tuple[float, float
     return out
 
 
-def save_quicklook(image, path: str | os.PathLike, rgb_bands: Sequence[int],
-                   percentiles: tuple[float, float] = (2.0, 98.0), valid_mask: np.ndarray | None = None,
-                   limits=None) -> None:
+def save_quicklook(
+    image,
+    path: str | os.PathLike,
+    rgb_bands: Sequence[int],
+    percentiles: tuple[float, float] = (2.0, 98.0),
+    valid_mask: np.ndarray | None = None,
+    limits=None,
+) -> None:
     from PIL import Image
 
     buf = io.BytesIO()

@@ -6,6 +6,7 @@ depends on where it is, never on how tiles were batched, scheduled or resumed. (
 per-epoch shuffle keeps its own ``seed * 1_000_003 + epoch`` so that runs started with earlier
 versions resume exactly.)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,7 @@ def derive_seed(seed: int, *indices: int) -> int:
     """A 63-bit seed that is a fixed function of ``(seed, *indices)`` (BLAKE2b of the integers):
     platform-independent, and distinct tuples give unrelated streams."""
     values = (int(seed),) + tuple(int(i) for i in indices)
-    data = b"".join(struct.pack("<q", v) if -2 ** 63 <= v < 2 ** 63 else str(v).encode() + b";" for v in values)
+    data = b"".join(struct.pack("<q", v) if -(2**63) <= v < 2**63 else str(v).encode() + b";" for v in values)
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
 
 

@@ -13,21 +13,22 @@ three tiles overlap. Sides on the scene border get no ramp.
 Contributions are summed in tile-index order (row-major), so the blend of a pixel is the same
 floating-point expression however the work was scheduled or interrupted.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Tile:
-    index: int            # row-major index in the full grid (also the seed / journal key)
+    index: int  # row-major index in the full grid (also the seed / journal key)
     grid_row: int
     grid_col: int
-    y: int                # top-left corner on the PAN grid
+    y: int  # top-left corner on the PAN grid
     x: int
     height: int
     width: int
@@ -72,14 +73,14 @@ def axis_weights(origins: list[int], size: int, i: int) -> np.ndarray:
     o = origins[i]
     if i > 0:
         a, b = crossfade_band(origins, size, i - 1)
-        w[:max(0, a - o)] = 0.0
+        w[: max(0, a - o)] = 0.0
         if b > a:
-            w[a - o:b - o] = _ramp(b - a)
+            w[a - o : b - o] = _ramp(b - a)
     if i < len(origins) - 1:
         a, b = crossfade_band(origins, size, i)
         if b > a:
-            w[a - o:b - o] *= _ramp(b - a)[::-1]
-        w[b - o:] = 0.0
+            w[a - o : b - o] *= _ramp(b - a)[::-1]
+        w[b - o :] = 0.0
     return w
 
 
@@ -126,8 +127,15 @@ class TileGrid:
         return [self.tile(r * len(self.cols) + c) for r in rows for c in cols]
 
 
-def blend_window(grid: TileGrid, y0: int, x0: int, h: int, w: int, bands: int,
-                 load: Callable[[Tile, slice, slice], np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+def blend_window(
+    grid: TileGrid,
+    y0: int,
+    x0: int,
+    h: int,
+    w: int,
+    bands: int,
+    load: Callable[[Tile, slice, slice], np.ndarray | None],
+) -> tuple[np.ndarray, np.ndarray]:
     """Blend every tile intersecting the window [y0, y0+h) x [x0, x0+w).
 
     ``load(tile, rows, cols)`` returns the tile's (bands, len(rows), len(cols)) float32 values at
@@ -155,7 +163,7 @@ def blend_window(grid: TileGrid, y0: int, x0: int, h: int, w: int, bands: int,
 def pad_to(x, height: int, width: int):
     """Pad ``x`` (..., h, w) at the bottom / right to ``height x width``: reflect where the pad is
     shorter than the side, else replicate (reflection needs pad < side)."""
-    import torch.nn.functional as F     # torch only when padding: this module is numpy-only at import
+    import torch.nn.functional as F  # torch only when padding: this module is numpy-only at import
 
     h, w = x.shape[-2:]
     ph, pw = height - h, width - w

@@ -3,9 +3,10 @@
 Bad input must never reach a convolution (whose error would name nothing useful) and must never
 produce a silently wrong image.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -68,6 +69,7 @@ def check_timesteps(name: str, t, batch: int, num_timesteps: int | None) -> torc
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name}: expected integer training timesteps (int64), got dtype {t.dtype}")
     if num_timesteps is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
-        raise ValueError(f"{name}: timesteps must lie in [0, {num_timesteps}), got range "
-                         f"[{int(t.min())}, {int(t.max())}]")
+        raise ValueError(
+            f"{name}: timesteps must lie in [0, {num_timesteps}), got range [{int(t.min())}, {int(t.max())}]"
+        )
     return t
