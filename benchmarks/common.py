@@ -1,8 +1,10 @@
-"""Shared benchmark helpers: honest timing (warm-up, CUDA synchronisation, median with p20/p80),
-CSV rows that carry device / dtype / shape / git commit, and Markdown tables.
+"""Shared benchmark helpers: honest timing (warm-up, median with p20/p80), CSV rows that carry
+device / dtype / shape / TF32 setting / git commit, and Markdown tables.
 
 The statistic follows ``triton.testing.do_bench``: a warm-up, then repeated timed runs, report
-the median and the 20th / 80th percentiles.
+the median and the 20th / 80th percentiles. On a GPU every run is timed with CUDA events on the
+current stream and the L2 cache is flushed before it (a 256 MiB write: small problems would
+otherwise be timed from a warm cache); on a CPU with ``perf_counter`` around the call.
 """
 from __future__ import annotations
 
@@ -62,23 +64,50 @@ class Timing:
         return self.quantile(0.8)
 
 
+L2_FLUSH_BYTES = 256 << 20     # larger than the L2 of any current GPU (H100: 50 MiB, H200: 60 MiB)
+
+
 def bench(fn: Callable[[], object], device: torch.device | str, *, warmup: int = 1, reps: int = 3,
-          min_time_s: float = 0.0, max_reps: int = 1000) -> Timing:
-    """Time ``fn`` after ``warmup`` calls; at least ``reps`` runs and at least ``min_time_s`` in all."""
+          min_time_s: float = 0.0, max_reps: int = 1000, flush_l2: bool = True) -> Timing:
+    """Time ``fn`` after ``warmup`` calls; at least ``reps`` runs and at least ``min_time_s`` in all.
+
+    CUDA: each run between two CUDA events on the current stream, after an L2 flush (``flush_l2``);
+    the events are read after a synchronisation, so host-side launch cost counts only as far as it
+    delays the GPU. CPU: wall time of the call."""
+    device = torch.device(device)
     for _ in range(warmup):
         fn()
     synchronize(device)
     times: list[float] = []
     total = 0.0
+    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.float32, device=device) \
+        if device.type == "cuda" and flush_l2 else None
     while len(times) < reps or (total < min_time_s and len(times) < max_reps):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        dt = time.perf_counter() - t0
+        if device.type == "cuda":
+            if flush is not None:
+                flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            dt = start.elapsed_time(end) / 1e3
+        else:
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
         times.append(dt)
         total += dt
     return Timing(times)
+
+
+def tf32_state() -> str:
+    """What fp32 matmuls / convolutions use on CUDA (cuDNN defaults to TF32 convolutions: an fp32
+    comparison against an exact-fp32 kernel favours eager unless said)."""
+    if not torch.cuda.is_available():
+        return "n/a (CPU)"
+    return (f"matmul {'TF32' if torch.backends.cuda.matmul.allow_tf32 else 'fp32'}, "
+            f"cuDNN conv {'TF32' if torch.backends.cudnn.allow_tf32 else 'fp32'}")
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> str:
@@ -130,6 +159,7 @@ def base_fields(device: torch.device | str, dtype: torch.dtype) -> dict:
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(device),
         "dtype": str(dtype).replace("torch.", ""),
+        "tf32": tf32_state(),
         "torch": torch.__version__,
         "commit": git_commit(),
     }
