@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -10,6 +11,10 @@ from ddif.diffusion.samplers import make_scheduler
 from ddif.diffusion.schedule import NoiseSchedule
 from ddif.inference.engine import InferencePath, TorchTileSampler
 from ddif.inference.tiling import Tiling
+
+if TYPE_CHECKING:
+    from ddif.diffusion.samplers import _RespacedScheduler
+    from ddif.models.ddif import DDIF
 
 
 class Fuser:
@@ -26,7 +31,7 @@ class Fuser:
 
     def __init__(
         self,
-        model,
+        model: DDIF,
         sampler: str | None = None,
         steps: int | None = None,
         *,
@@ -40,7 +45,7 @@ class Fuser:
         clip_sample: float | None = None,
         tile_size: int | None = None,
         tile_overlap: int | None = None,
-        scheduler=None,
+        scheduler: _RespacedScheduler | None = None,
     ):
         dcfg = model.preset.diffusion
         self.model = model

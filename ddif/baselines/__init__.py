@@ -19,19 +19,27 @@ __all__ = ["brovey", "gs", "gsa", "mtf_glp_hpm", "BASELINES", "Baseline"]
 Baseline = Callable[..., torch.Tensor]
 
 
-def _brovey(lms, pan, ms=None, ratio: int = 4, sensor: str = "wv3"):
+def _brovey(
+    lms: torch.Tensor, pan: torch.Tensor, ms: torch.Tensor | None = None, ratio: int = 4, sensor: str = "wv3"
+) -> torch.Tensor:
     return brovey(lms, pan)
 
 
-def _gs(lms, pan, ms=None, ratio: int = 4, sensor: str = "wv3"):
+def _gs(
+    lms: torch.Tensor, pan: torch.Tensor, ms: torch.Tensor | None = None, ratio: int = 4, sensor: str = "wv3"
+) -> torch.Tensor:
     return gs(lms, pan)
 
 
-def _gsa(lms, pan, ms=None, ratio: int = 4, sensor: str = "wv3"):
+def _gsa(
+    lms: torch.Tensor, pan: torch.Tensor, ms: torch.Tensor | None = None, ratio: int = 4, sensor: str = "wv3"
+) -> torch.Tensor:
     return gsa(lms, pan, ms, ratio)
 
 
-def _mtf_glp_hpm(lms, pan, ms=None, ratio: int = 4, sensor: str = "wv3"):
+def _mtf_glp_hpm(
+    lms: torch.Tensor, pan: torch.Tensor, ms: torch.Tensor | None = None, ratio: int = 4, sensor: str = "wv3"
+) -> torch.Tensor:
     return mtf_glp_hpm(lms, pan, ratio, sensor)
 
 

@@ -34,7 +34,9 @@ __all__ = ["brovey", "gs", "gsa", "mtf_glp_hpm"]
 _EPS = torch.finfo(torch.float64).eps
 
 
-def _prepare(lms, pan, ms=None, ratio: int | None = None):
+def _prepare(
+    lms: torch.Tensor, pan: torch.Tensor, ms: torch.Tensor | None = None, ratio: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool, torch.dtype]:
     """Validate and return float64 (lms, pan[1 band], ms or None, unbatched, out dtype)."""
     unbatched = isinstance(lms, torch.Tensor) and lms.dim() == 3
     x = check_image("lms", lms, allow_unbatched=True)
@@ -61,6 +63,8 @@ def _prepare(lms, pan, ms=None, ratio: int | None = None):
                 f"ms: shape {tuple(ms.shape)} does not match the {'un' if unbatched else ''}batched "
                 f"lms of shape {tuple(lms.shape)}"
             )
+        if ratio is None:
+            raise ValueError("ratio: needed to check ms against lms")
         h, w = x.shape[-2:]
         if h % ratio or w % ratio:
             raise ValueError(f"lms: spatial size {h}x{w} is not divisible by the ratio {ratio}")
@@ -103,7 +107,7 @@ def _filter(fn, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return fn(x.to(torch.float32), *args, **kwargs).to(torch.float64)
 
 
-def brovey(lms, pan):
+def brovey(lms: torch.Tensor, pan: torch.Tensor) -> torch.Tensor:
     """Brovey transform (Gillespie, Kahle and Walker 1987; toolbox ``BT``).
 
     ``fused_k = lms_k * P' / (I + eps)`` with the intensity ``I`` the band mean of ``lms`` and
@@ -124,7 +128,7 @@ def _cs_inject(x: torch.Tensor, intensity: torch.Tensor, p_detail: torch.Tensor)
     return x + gains * (p_detail - i0)
 
 
-def gs(lms, pan):
+def gs(lms: torch.Tensor, pan: torch.Tensor) -> torch.Tensor:
     """Gram-Schmidt spectral sharpening (Laben and Brower, US patent 6,011,875, 2000) in its CS form
     (Aiazzi et al. 2007; toolbox ``GS``): intensity = band mean of ``lms``, PAN matched to its mean
     and standard deviation, injection gains ``g_k = cov(I, lms_k) / var(I)``."""
@@ -151,7 +155,7 @@ def _b3_atrous_lowpass(x: torch.Tensor, levels: int) -> torch.Tensor:
     return y
 
 
-def gsa(lms, pan, ms=None, ratio: int = 4):
+def gsa(lms: torch.Tensor, pan: torch.Tensor, ms: torch.Tensor | None = None, ratio: int = 4) -> torch.Tensor:
     """Adaptive Gram-Schmidt (B. Aiazzi, S. Baronti and M. Selva, "Improving component substitution
     pansharpening through multivariate regression of MS+Pan data", IEEE TGRS 45(10), 2007;
     toolbox ``GSA``).
@@ -177,6 +181,7 @@ def gsa(lms, pan, ms=None, ratio: int = 4):
         if isinstance(lms, torch.Tensor) and lms.dim() == 3:
             ms = ms[0]
     x, p, m, unbatched, dtype = _prepare(lms, pan, ms, ratio)
+    assert m is not None  # ms was given (or made) above
     b, c = x.shape[:2]
     p0 = p - _mean(p)
     p_low = decimate(_filter(_b3_atrous_lowpass, p0, max(1, math.ceil(math.log2(ratio)))), ratio)
@@ -188,7 +193,7 @@ def gsa(lms, pan, ms=None, ratio: int = 4):
     return _finish(_cs_inject(x, intensity, p0), unbatched, dtype)
 
 
-def mtf_glp_hpm(lms, pan, ratio: int = 4, sensor: str = "wv3"):
+def mtf_glp_hpm(lms: torch.Tensor, pan: torch.Tensor, ratio: int = 4, sensor: str = "wv3") -> torch.Tensor:
     """MTF-GLP with high-pass modulation (B. Aiazzi, L. Alparone, S. Baronti, A. Garzelli and
     M. Selva, "MTF-tailored multiscale fusion of high-resolution MS and Pan imagery", PE&RS 72(5),
     2006; "An MTF-based spectral distortion minimizing model for pan-sharpening of very high

@@ -9,12 +9,17 @@ cache, the optional no-grad self-conditioning pass and the real pass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from ddif.diffusion.schedule import NoiseSchedule
+
+if TYPE_CHECKING:
+    from ddif.models.ddif import DDIF
 
 
 @dataclass
@@ -32,11 +37,11 @@ class NoiseDraw:
 
 
 def draw_noise(
-    shape,
+    shape: Sequence[int],
     num_timesteps: int,
     self_cond_prob: float,
     self_condition: bool,
-    device,
+    device: torch.device | str,
     generator: torch.Generator | None = None,
 ) -> NoiseDraw:
     gdev = generator.device if generator is not None else device
@@ -49,12 +54,20 @@ def draw_noise(
 class DiffusionLoss(nn.Module):
     """Wraps a DDIF model: ``forward(gt, lms, pan, t, noise, use_self_cond) -> scalar L1 loss``."""
 
-    def __init__(self, model: nn.Module, schedule: NoiseSchedule):
+    def __init__(self, model: DDIF, schedule: NoiseSchedule):
         super().__init__()
         self.model = model
         self.schedule = schedule
 
-    def forward(self, gt, lms, pan, t, noise, use_self_cond: bool) -> torch.Tensor:
+    def forward(
+        self,
+        gt: torch.Tensor,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        use_self_cond: bool,
+    ) -> torch.Tensor:
         residual = gt - lms
         x_t = self.schedule.q_sample(residual, t, noise.to(residual.dtype))
         cache = self.model.encode_condition(lms, pan)
@@ -67,7 +80,7 @@ class DiffusionLoss(nn.Module):
 
 
 def diffusion_loss(
-    model,
+    model: DDIF,
     schedule: NoiseSchedule,
     gt: torch.Tensor,
     lms: torch.Tensor,

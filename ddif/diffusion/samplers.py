@@ -17,6 +17,7 @@ All coefficients are computed in float64.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,9 @@ import torch
 from ddif.diffusion.schedule import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace")
+
+# a training timestep of the sampling grid: an int or a 0-d / one-element tensor
+Timestep = int | torch.Tensor
 
 
 def respace(num_train: int, num_steps: int, spacing: str = "leading") -> torch.Tensor:
@@ -39,8 +43,8 @@ def respace(num_train: int, num_steps: int, spacing: str = "leading") -> torch.T
         k = num_train // num_steps
         ts = torch.arange(num_steps, dtype=torch.int64) * k
     elif spacing == "trailing":
-        k = num_train / num_steps
-        ts = (torch.round(torch.arange(num_train, 0, -k, dtype=torch.float64)) - 1).to(torch.int64).flip(0)
+        stride = num_train / num_steps
+        ts = (torch.round(torch.arange(num_train, 0, -stride, dtype=torch.float64)) - 1).to(torch.int64).flip(0)
     elif spacing == "linspace":
         ts = torch.linspace(0, num_train - 1, num_steps, dtype=torch.float64).round().to(torch.int64)
     else:
@@ -55,6 +59,11 @@ class SchedulerOutput:
 
 
 class _RespacedScheduler:
+    # alpha_bar at each step of the grid and at the step each one leads to, set by set_timesteps
+    # (a subclass may keep them as Python floats, see ddif.runtime.plan.FixedStepDDIM)
+    _ab: torch.Tensor | list[float]
+    _ab_prev: torch.Tensor | list[float]
+
     def __init__(self, schedule: NoiseSchedule, spacing: str = "leading", clip_sample: float | None = None):
         self.schedule = schedule
         self.spacing = spacing
@@ -66,7 +75,7 @@ class _RespacedScheduler:
     def num_train_timesteps(self) -> int:
         return self.schedule.num_timesteps
 
-    def set_timesteps(self, num_inference_steps: int | None = None, timesteps=None) -> None:
+    def set_timesteps(self, num_inference_steps: int | None = None, timesteps: Sequence[int] | None = None) -> None:
         """Choose the sampling grid: ``num_inference_steps`` respaced steps, or explicit training
         ``timesteps`` (strictly descending; the last step always leads to the clean image)."""
         if timesteps is not None and len(timesteps):
@@ -95,30 +104,41 @@ class _RespacedScheduler:
     def _clip(self, x0: torch.Tensor) -> torch.Tensor:
         return x0.clamp(-self.clip_sample, self.clip_sample) if self.clip_sample is not None else x0
 
-    def adds_noise(self, timestep=None) -> bool:
+    def adds_noise(self, timestep: Timestep | None = None) -> bool:
         """Whether ``step(.., timestep, ..)`` (any step when ``timestep`` is None) draws fresh noise."""
         if timestep is not None:
             self.index_for_timestep(timestep)
         return False
 
-    def index_for_timestep(self, timestep) -> int:
+    def index_for_timestep(self, timestep: Timestep) -> int:
         """Position in ``timesteps`` of ``timestep`` (an int or a 0-d/one-element tensor)."""
         if not len(self.timesteps):
             raise RuntimeError("call set_timesteps(n) before step()")
-        value = timestep
+        value: object = timestep
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
                 raise ValueError(f"timestep must be a single value, got a tensor of shape {tuple(value.shape)}")
             value = value.item()
         key = None
         if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
-            key = int(value)
+            key = int(float(value))  # integral (checked), and the grid's timesteps are far below 2**53
         if key is None or key not in self._positions:
             raise ValueError(
                 f"timestep {timestep!r} is not in the sampling grid {self.timesteps.tolist()} "
                 f"(step() takes a training timestep from scheduler.timesteps, not a step index)"
             )
         return self._positions[key]
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Timestep,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> SchedulerOutput:
+        """One step from ``timestep`` to the next timestep of the grid (see the subclasses)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement step()")
 
 
 class DDIMScheduler(_RespacedScheduler):
@@ -136,7 +156,7 @@ class DDIMScheduler(_RespacedScheduler):
         ab, ab_prev = float(self._ab[index]), float(self._ab_prev[index])
         return self.eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
 
-    def adds_noise(self, timestep=None) -> bool:
+    def adds_noise(self, timestep: Timestep | None = None) -> bool:
         index = None if timestep is None else self.index_for_timestep(timestep)
         if self.eta == 0:
             return False
@@ -147,7 +167,7 @@ class DDIMScheduler(_RespacedScheduler):
     def step(
         self,
         model_output: torch.Tensor,
-        timestep,
+        timestep: Timestep,
         sample: torch.Tensor,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
@@ -171,7 +191,7 @@ class DDIMScheduler(_RespacedScheduler):
 class DDPMScheduler(_RespacedScheduler):
     """Ancestral sampling from the posterior q(x_prev | x_t, x0) of the respaced chain."""
 
-    def adds_noise(self, timestep=None) -> bool:
+    def adds_noise(self, timestep: Timestep | None = None) -> bool:
         if timestep is None:
             return True
         index = self.index_for_timestep(timestep)
@@ -181,7 +201,7 @@ class DDPMScheduler(_RespacedScheduler):
     def step(
         self,
         model_output: torch.Tensor,
-        timestep,
+        timestep: Timestep,
         sample: torch.Tensor,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,

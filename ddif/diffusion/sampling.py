@@ -13,13 +13,20 @@ numbers; the default mode is the mathematically consistent sampler.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ddif.diffusion.samplers import _RespacedScheduler
 
+if TYPE_CHECKING:
+    from ddif.models.ddif import DDIF
 
-def _as_generator(seed_or_generator, device="cpu") -> torch.Generator | None:
+# one generator per batch item (sample_residual tells them from a single generator by type)
+PerItemGenerators = list[torch.Generator | None] | tuple[torch.Generator | None, ...]
+
+
+def _as_generator(seed_or_generator: torch.Generator | int | None, device: str = "cpu") -> torch.Generator | None:
     if seed_or_generator is None or isinstance(seed_or_generator, torch.Generator):
         return seed_or_generator
     g = torch.Generator(device=device)
@@ -29,12 +36,12 @@ def _as_generator(seed_or_generator, device="cpu") -> torch.Generator | None:
 
 @torch.no_grad()
 def sample_residual(
-    model,
+    model: DDIF,
     lms: torch.Tensor,
     pan: torch.Tensor,
     scheduler: _RespacedScheduler,
     *,
-    generator: torch.Generator | int | Sequence[torch.Generator | None] | None = None,
+    generator: torch.Generator | int | PerItemGenerators | None = None,
     noise: torch.Tensor | None = None,
     use_cache: bool = True,
     self_condition: bool = True,
@@ -47,16 +54,18 @@ def sample_residual(
     then every item's x_T and per-step noise (DDPM, DDIM with eta > 0) come from its own
     generator, so an item's result does not depend on the batch it was sampled in.
     """
-    per_item = isinstance(generator, (list, tuple))
-    if per_item:
+    per_item: PerItemGenerators | None = None  # one generator per batch item, or
+    shared: torch.Generator | None = None  # one for the batch
+    if isinstance(generator, (list, tuple)):
         if len(generator) != lms.shape[0]:
             raise ValueError(f"generator: got {len(generator)} generators for a batch of {lms.shape[0]}")
+        per_item = generator
     else:
-        generator = _as_generator(generator)
+        shared = _as_generator(generator)
     if not len(scheduler.timesteps):
         raise RuntimeError("call scheduler.set_timesteps(n) first")
     if noise is None:
-        noise = _draw(lms.shape, generator, per_item, lms.device)
+        noise = _draw(lms.shape, shared, per_item, lms.device)
     x = noise.to(lms.device, lms.dtype)
     cache = model.encode_condition(lms, pan) if use_cache else None
     x0_prev = None
@@ -73,27 +82,32 @@ def sample_residual(
             x0 = model(x, t_batch, lms, pan, self_cond=sc)
         x0 = x0.to(x.dtype)
         step_noise = (
-            _draw(x.shape, generator, True, x.device).to(x.device, x.dtype)
-            if per_item and scheduler.adds_noise(t)
+            _draw(x.shape, None, per_item, x.device).to(x.device, x.dtype)
+            if per_item is not None and scheduler.adds_noise(t)
             else None
         )
-        out = scheduler.step(x0, t, x, generator=None if per_item else generator, noise=step_noise)
+        out = scheduler.step(x0, t, x, generator=shared, noise=step_noise)
         x, x0_prev = out.prev_sample, out.pred_original_sample
         if callback is not None:
             callback(i, n)
     return x
 
 
-def _draw(shape, generator, per_item: bool, device) -> torch.Tensor:
-    """float32 standard normal of ``shape``: one draw per item from its generator (on the
-    generator's device, CPU by default), or one draw from ``generator``."""
-    if not per_item:
+def _draw(
+    shape: Sequence[int],
+    generator: torch.Generator | None,
+    per_item: Sequence[torch.Generator | None] | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """float32 standard normal of ``shape``: one draw per item from its generator in ``per_item``
+    (on the generator's device, CPU by default), or one draw from ``generator``."""
+    if per_item is None:
         gdev = generator.device if generator is not None else device
         return torch.randn(tuple(shape), generator=generator, device=gdev, dtype=torch.float32)
     item = tuple(shape[1:])
     return torch.stack(
         [
             torch.randn(item, generator=g, device=g.device if g is not None else device, dtype=torch.float32).to(device)
-            for g in generator
+            for g in per_item
         ]
     )

@@ -20,7 +20,7 @@ product equals ``ddif.Fuser``'s output for the same scene.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ from ddif.inference.tiling import Tiling, pad_to, step_generator, tile_noise
 from ddif.utils.tiling import Tile, TileGrid, blend_window
 from ddif.utils.validation import check_image
 
+if TYPE_CHECKING:
+    from ddif.diffusion.samplers import _RespacedScheduler
+    from ddif.models.ddif import DDIF
+
 # Images are DN / max_DN; values far outside [0, 1] mean the caller forgot to normalise.
 PLAUSIBLE_RANGE = (-0.5, 3.0)
 
@@ -37,8 +41,13 @@ PLAUSIBLE_RANGE = (-0.5, 3.0)
 class TileSampler(Protocol):
     """A backend: the fixed-step sampler on a batch of tiles (see the module docstring)."""
 
-    name: str
-    stochastic: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether a tile's result depends on per-step noise (then ``generators`` are passed)."""
+        ...
 
     def sample_batch(
         self,
@@ -56,8 +65,8 @@ class TorchTileSampler:
 
     def __init__(
         self,
-        model,
-        scheduler,
+        model: DDIF,
+        scheduler: _RespacedScheduler,
         *,
         use_cache: bool = True,
         self_condition: bool = True,
@@ -96,7 +105,7 @@ class TorchTileSampler:
             pan.to(dev, dt),
             self.scheduler,
             noise=noise.to(dev, dt),
-            generator=generators,
+            generator=None if generators is None else list(generators),
             use_cache=self.use_cache,
             self_condition=self.self_condition,
             legacy_published_sampler=self.legacy_published_sampler,
@@ -105,7 +114,7 @@ class TorchTileSampler:
 
 
 def check_fusion_inputs(
-    lms, pan, bands: int, guide_bands: int, max_dn: float, preset_name: str
+    lms: object, pan: object, bands: int, guide_bands: int, max_dn: float, preset_name: str
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """ValueErrors naming the tensor: wrong bands, mismatched sizes, NaN/Inf, integer or unscaled
     images. Returns (lms, pan) with a batch dimension and whether the input had none."""
@@ -158,7 +167,7 @@ class InferencePath:
         self.tiling = tiling
         self.batch_size = None if batch_size is None else int(batch_size)
 
-    def check_inputs(self, lms, pan) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def check_inputs(self, lms: object, pan: object) -> tuple[torch.Tensor, torch.Tensor, bool]:
         return check_fusion_inputs(lms, pan, self.bands, self.guide_bands, self.max_dn, self.preset_name)
 
     def sample_tiles(
@@ -227,10 +236,11 @@ class InferencePath:
                 values[(i, t.index)] = out[k].numpy()
             if callback is not None:
                 callback(min(start + step, len(jobs)), len(jobs))
-        images = [
-            blend_tiles(grid, c, lambda t, rows, cols, i=i: values[(i, t.index)][:, rows, cols])[:, :h, :w]
-            for i in range(b)
-        ]
+
+        def image_tiles(i: int) -> Callable[[Tile, slice, slice], np.ndarray]:
+            return lambda t, rows, cols: values[(i, t.index)][:, rows, cols]
+
+        images = [blend_tiles(grid, c, image_tiles(i))[:, :h, :w] for i in range(b)]
         result = torch.from_numpy(np.stack(images))
         if not return_residual:
             result = result.clamp(0, 1)
@@ -243,7 +253,7 @@ def _cut(x: torch.Tensor, chunk: Sequence[tuple[int, Tile]]) -> torch.Tensor:
     return torch.stack([x[i, :, t.y : t.y + t.height, t.x : t.x + t.width] for i, t in chunk])
 
 
-def blend_tiles(grid: TileGrid, bands: int, load) -> np.ndarray:
+def blend_tiles(grid: TileGrid, bands: int, load: Callable[[Tile, slice, slice], np.ndarray | None]) -> np.ndarray:
     """The whole grid blended (bands, H, W) float32 from ``load(tile, rows, cols)``."""
     blended, _ = blend_window(grid, 0, 0, grid.height, grid.width, bands, load)
     return blended

@@ -20,12 +20,15 @@ the backend. Overlapping tiles are blended with the smooth partition of unity of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ddif.utils.seeding import derive_seed, generator_for
 from ddif.utils.tiling import TileGrid, pad_to  # noqa: F401 (pad_to: part of this layer's API)
+
+if TYPE_CHECKING:
+    from ddif.config import Preset
 
 # Default network batch: about this many pixels of tiles per call (bounded memory whatever the image).
 DEFAULT_BATCH_PIXELS = 1 << 20
@@ -55,7 +58,7 @@ class Tiling:
             raise ValueError(f"tile overlap {o} given without a tile size")
 
     @classmethod
-    def for_preset(cls, preset, tile_size: int | None = None, overlap: int | None = None) -> Tiling:
+    def for_preset(cls, preset: Preset, tile_size: int | None = None, overlap: int | None = None) -> Tiling:
         """The model's own tiling (``preset.diffusion.tile_size / tile_overlap``), or overrides."""
         d = preset.diffusion
         t = d.tile_size if tile_size is None else int(tile_size)

@@ -6,9 +6,13 @@ import torch
 
 from ddif.utils.validation import check_image
 
+# what a metric returns: a Python float for an unbatched (C, H, W) input, a (B,) float64 tensor for
+# a batched one
+MetricValue = float | torch.Tensor
+
 
 def prepare(
-    name: str, x, *, like: torch.Tensor | None = None, like_name: str = "", unbatched: bool | None = None
+    name: str, x: torch.Tensor, *, like: torch.Tensor | None = None, like_name: str = "", unbatched: bool | None = None
 ) -> tuple[torch.Tensor, bool]:
     """Validate (C, H, W) or (B, C, H, W), return the float64 4-D tensor and whether it was unbatched."""
     if isinstance(x, torch.Tensor) and unbatched is not None and x.dim() in (3, 4) and (x.dim() == 3) != unbatched:
@@ -21,13 +25,15 @@ def prepare(
     return x4.to(torch.float64), was_unbatched
 
 
-def prepare_pair(pred, target, pred_name: str = "pred", target_name: str = "target"):
+def prepare_pair(
+    pred: torch.Tensor, target: torch.Tensor, pred_name: str = "pred", target_name: str = "target"
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
     t, unbatched = prepare(target_name, target)
     p, _ = prepare(pred_name, pred, like=t, like_name=target_name, unbatched=unbatched)
     return p, t, unbatched
 
 
-def finish(values: torch.Tensor, unbatched: bool):
+def finish(values: torch.Tensor, unbatched: bool) -> MetricValue:
     """(B,) float64 tensor for batched input, a Python float for unbatched input."""
     return float(values[0]) if unbatched else values
 
@@ -69,7 +75,7 @@ def check_block(name: str, x: torch.Tensor, block_size: int) -> None:
         )
 
 
-def check_ratio(ratio) -> int:
+def check_ratio(ratio: object) -> int:
     if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
         raise ValueError(f"ratio: expected a positive integer scale ratio, got {ratio!r}")
     return ratio

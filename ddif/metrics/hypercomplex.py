@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import finish, prepare_pair
+from ._common import MetricValue, finish, prepare_pair
 
 
 def _conj(x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +84,7 @@ def q2n_block_values(ref_blocks: torch.Tensor, fused_blocks: torch.Tensor) -> to
     return torch.where(flat, mean_bias, q)
 
 
-def q2n(pred, target, block_size: int = 32, shift: int = 32):
+def q2n(pred: torch.Tensor, target: torch.Tensor, block_size: int = 32, shift: int = 32) -> MetricValue:
     """Q2n index (Q4 for 4 bands, Q8 for 8 bands; 1 = perfect) of ``pred`` against ``target``.
 
     Inputs (C, H, W) or (B, C, H, W) on the same scale; returns a float, or a (B,) float64 tensor.

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ddif.data.mtf import mtf_filter, sensor_gains, upsample
 
-from ._common import check_ratio, finish, prepare, uiqi_from_moments
+from ._common import MetricValue, check_ratio, finish, prepare, uiqi_from_moments
 from .hypercomplex import q2n
 
 __all__ = ["d_lambda", "d_s", "hqnr", "full_resolution_metrics"]
@@ -117,7 +117,14 @@ def _d_s(f, m, p, ratio, block_size, q):
     return (q_high - q_low).abs().pow(q).mean(dim=1).pow(1.0 / q)
 
 
-def d_lambda(fused, ms, pan=None, ratio: int = 4, sensor: str = "wv3", block_size: int = 32):
+def d_lambda(
+    fused: torch.Tensor,
+    ms: torch.Tensor,
+    pan: torch.Tensor | None = None,
+    ratio: int = 4,
+    sensor: str = "wv3",
+    block_size: int = 32,
+) -> MetricValue:
     """Spectral distortion D_lambda^(K) (Khan et al. 2009, toolbox ``D_lambda_K.m``); 0 = none.
 
     ``pan`` is not used by this index (accepted, and checked when given, so that all
@@ -127,7 +134,15 @@ def d_lambda(fused, ms, pan=None, ratio: int = 4, sensor: str = "wv3", block_siz
     return finish(_d_lambda(f, m, ratio, sensor, block_size), unbatched)
 
 
-def d_s(fused, ms, pan, ratio: int = 4, sensor: str = "wv3", block_size: int = 32, q: float = 1.0):
+def d_s(
+    fused: torch.Tensor,
+    ms: torch.Tensor,
+    pan: torch.Tensor,
+    ratio: int = 4,
+    sensor: str = "wv3",
+    block_size: int = 32,
+    q: float = 1.0,
+) -> MetricValue:
     """Spatial distortion D_s of QNR (Alparone et al. 2008, toolbox ``D_s.m``); 0 = none.
 
     ``sensor`` is not used by this index (shared signature). H and W must be multiples of
@@ -137,12 +152,16 @@ def d_s(fused, ms, pan, ratio: int = 4, sensor: str = "wv3", block_size: int = 3
     return finish(_d_s(f, m, p, ratio, block_size, q), unbatched)
 
 
-def hqnr(fused, ms, pan, ratio: int = 4, sensor: str = "wv3", block_size: int = 32):
+def hqnr(
+    fused: torch.Tensor, ms: torch.Tensor, pan: torch.Tensor, ratio: int = 4, sensor: str = "wv3", block_size: int = 32
+) -> MetricValue:
     """Hybrid QNR = (1 - D_lambda^(K)) (1 - D_s) (Vivone et al. 2021, toolbox ``HQNR.m``); 1 = ideal."""
     return full_resolution_metrics(fused, ms, pan, ratio, sensor, block_size)["HQNR"]
 
 
-def full_resolution_metrics(fused, ms, pan, ratio: int = 4, sensor: str = "wv3", block_size: int = 32) -> dict:
+def full_resolution_metrics(
+    fused: torch.Tensor, ms: torch.Tensor, pan: torch.Tensor, ratio: int = 4, sensor: str = "wv3", block_size: int = 32
+) -> dict[str, MetricValue]:
     """``{"D_lambda", "D_s", "HQNR"}`` of a full-resolution fusion (floats, or (B,) tensors when batched)."""
     f, m, p, unbatched = _prepare_full(fused, ms, pan, ratio, need_pan=True)
     dl = _d_lambda(f, m, ratio, sensor, block_size)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import box_sum, check_block, check_ratio, finish, prepare_pair, uiqi_from_moments
+from ._common import MetricValue, box_sum, check_block, check_ratio, finish, prepare_pair, uiqi_from_moments
 from .hypercomplex import q2n
 
 __all__ = ["sam", "ergas", "q_index", "q2n", "scc", "psnr", "ssim", "reduced_resolution_metrics"]
 
 
-def sam(pred, target):
+def sam(pred: torch.Tensor, target: torch.Tensor) -> MetricValue:
     """Spectral Angle Mapper in degrees (Yuhas et al. 1992; toolbox ``SAM.m``); 0 = perfect.
 
     The angle between the two spectra is computed at each pixel and averaged over the pixels where
@@ -40,7 +40,7 @@ def sam(pred, target):
     return finish(torch.rad2deg(mean), unbatched)
 
 
-def ergas(pred, target, ratio: int = 4):
+def ergas(pred: torch.Tensor, target: torch.Tensor, ratio: int = 4) -> MetricValue:
     """ERGAS (Ranchin & Wald 2000; toolbox ``ERGAS.m``); 0 = perfect.
 
     ``100 / ratio * sqrt(mean_k(MSE_k / mean(target_k)^2))`` with ``ratio`` the PAN/MS resolution
@@ -55,7 +55,7 @@ def ergas(pred, target, ratio: int = 4):
     return finish(value, unbatched)
 
 
-def q_index(pred, target, block_size: int = 32):
+def q_index(pred: torch.Tensor, target: torch.Tensor, block_size: int = 32) -> MetricValue:
     """Q (UIQI, Wang & Bovik 2002) averaged over bands, the toolbox's ``Q.m`` / ``img_qi.m``; 1 = perfect.
 
     For each band the index is computed on every ``block_size`` x ``block_size`` window sliding by
@@ -87,7 +87,7 @@ def _sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     return g.view(x.shape[0], c, 2, *x.shape[-2:]).pow(2).sum(dim=2).sqrt()
 
 
-def scc(pred, target):
+def scc(pred: torch.Tensor, target: torch.Tensor) -> MetricValue:
     """Spatial correlation coefficient, the toolbox's ``SCC.m`` (Vivone et al. 2021); 1 = perfect.
 
     Convention (2021 toolbox, Sobel): the one-pixel border is cut, each band's gradient magnitude
@@ -107,7 +107,7 @@ def scc(pred, target):
     return finish(value, unbatched)
 
 
-def psnr(pred, target, data_range: float = 1.0):
+def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> MetricValue:
     """Peak signal-to-noise ratio in dB: per band ``10 log10(data_range^2 / MSE_k)``, averaged over
     bands (the hyperspectral-fusion convention). A perfect prediction gives ``inf`` (not capped),
     as does any band reproduced exactly."""
@@ -126,8 +126,14 @@ def _gaussian_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
 
 
 def ssim(
-    pred, target, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03
-):
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> MetricValue:
     """Structural similarity (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 13(4), 2004); 1 = perfect.
 
     Gaussian window (11 x 11, sigma 1.5), C1 = (k1 L)^2, C2 = (k2 L)^2 with L = ``data_range``,
@@ -159,8 +165,8 @@ def ssim(
 
 
 def reduced_resolution_metrics(
-    pred, gt, ratio: int = 4, data_range: float = 1.0, block_size: int = 32, border: int = 0
-) -> dict:
+    pred: torch.Tensor, gt: torch.Tensor, ratio: int = 4, data_range: float = 1.0, block_size: int = 32, border: int = 0
+) -> dict[str, MetricValue]:
     """All reduced-resolution indices of ``pred`` against ``gt``:
     ``{"SAM", "ERGAS", "Q2n", "Q", "SCC", "PSNR", "SSIM"}`` (floats, or (B,) tensors when batched).
 

@@ -134,8 +134,10 @@ class CoarseStyleModulation(nn.Module):
             nn.SiLU(),
             nn.Conv2d(hidden, 2 * dim_out, 1),
         )
-        nn.init.zeros_(self.body[3].weight)
-        nn.init.zeros_(self.body[3].bias)
+        last = self.body[3]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         self.x_conv = StyleModulatedConv(dim_in, dim_out)
 
     def style(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,13 +211,23 @@ class Upsample(nn.Module):
 class EncoderBlock(nn.Module):
     """CSM -> residual block -> (attention)."""
 
-    def __init__(self, cond_dim, dim_in, dim_out, time_dim, groups, dropout, attn_heads, with_attn):
+    def __init__(
+        self,
+        cond_dim: int,
+        dim_in: int,
+        dim_out: int,
+        time_dim: int,
+        groups: int,
+        dropout: float,
+        attn_heads: int,
+        with_attn: bool,
+    ):
         super().__init__()
         self.cond_inj = CoarseStyleModulation(cond_dim, dim_in, dim_out, groups)
         self.res_block = ResBlock(dim_out, dim_out, time_dim, groups, dropout)
         self.attn = SelfAttention(dim_out, attn_heads, groups) if with_attn else None
 
-    def forward(self, x, t_emb, style):
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor, style: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x = self.res_block(self.cond_inj(x, style), t_emb)
         return self.attn(x) if self.attn is not None else x
 
@@ -224,24 +236,34 @@ class DecoderBlock(nn.Module):
     """FWM -> residual block -> (attention); the input is cat[x, skip]."""
 
     def __init__(
-        self, wavelet_dim, dim_in, dim_out, time_dim, groups, dropout, drop_path, attn_heads, fwm_heads, with_attn
+        self,
+        wavelet_dim: int,
+        dim_in: int,
+        dim_out: int,
+        time_dim: int,
+        groups: int,
+        dropout: float,
+        drop_path: float,
+        attn_heads: int,
+        fwm_heads: int,
+        with_attn: bool,
     ):
         super().__init__()
         self.cond_inj = WaveletModulation(wavelet_dim, dim_in, dim_out, fwm_heads, groups, drop_path)
         self.res_block = ResBlock(dim_out, dim_out, time_dim, groups, dropout)
         self.attn = SelfAttention(dim_out, attn_heads, groups) if with_attn else None
 
-    def forward(self, x, t_emb, context):
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.res_block(self.cond_inj(x, context), t_emb)
         return self.attn(x) if self.attn is not None else x
 
 
 class MidBlock(nn.Module):
-    def __init__(self, dim, time_dim, groups, dropout, attn_heads, with_attn):
+    def __init__(self, dim: int, time_dim: int, groups: int, dropout: float, attn_heads: int, with_attn: bool):
         super().__init__()
         self.res_block = ResBlock(dim, dim, time_dim, groups, dropout)
         self.attn = SelfAttention(dim, attn_heads, groups) if with_attn else None
 
-    def forward(self, x, t_emb):
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         x = self.res_block(x, t_emb)
         return self.attn(x) if self.attn is not None else x

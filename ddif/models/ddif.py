@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,10 @@ class ConditionCache:
 
 class DDIF(nn.Module):
     """DDIF denoiser. Parameter names follow the published checkpoint layout."""
+
+    # set by :meth:`from_pretrained`: the checkpoint's metadata and what kind of checkpoint it was
+    metadata: dict[str, Any]
+    checkpoint_kind: str
 
     def __init__(self, preset: Preset | ModelConfig | str = "wv3"):
         super().__init__()
@@ -174,7 +179,8 @@ class DDIF(nn.Module):
         kernels where they are live (see ``kernels.available()``); references otherwise."""
         for module in self.modules():
             if hasattr(module, "fused") and module is not self:
-                module.fused = bool(enabled)
+                # nn.Module's stubs type unknown attributes as Tensor | Module; `fused` is a bool flag
+                module.fused = bool(enabled)  # type: ignore[assignment]
         return self
 
     @property
@@ -192,7 +198,7 @@ class DDIF(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        source,
+        source: str | os.PathLike | Mapping[str, Any],
         preset: str | Preset | None = None,
         *,
         use_ema: bool = True,
@@ -260,7 +266,7 @@ class DDIF(nn.Module):
         self.check_size(lms.shape[-2:], "lms")
         return lms, pan
 
-    def check_size(self, size, name: str) -> None:
+    def check_size(self, size: Sequence[int], name: str) -> None:
         m = self.config.size_multiple
         if size[0] % m or size[1] % m:
             raise ValueError(
@@ -270,7 +276,9 @@ class DDIF(nn.Module):
             )
 
     def _param_dtype(self) -> torch.dtype:
-        return self.downs[0].weight.dtype
+        first = self.downs[0]
+        assert isinstance(first, nn.Conv2d)  # the input convolution, built in __init__
+        return first.weight.dtype
 
     def wavelet_condition(self, lms: torch.Tensor, pan: torch.Tensor) -> torch.Tensor:
         return self.wavelet(lms, pan)
@@ -294,6 +302,7 @@ class DDIF(nn.Module):
             if isinstance(block, Downsample):
                 size, level = ((size[0] + 1) // 2, (size[1] + 1) // 2), level + 1
                 continue
+            assert isinstance(block, EncoderBlock)  # downs[1:] holds encoder blocks and Downsamples
             if level not in coarse_at:
                 coarse_at[level] = resize_to(coarse, size)
             styles.append(block.cond_inj.style(coarse_at[level]))
@@ -304,6 +313,7 @@ class DDIF(nn.Module):
             if isinstance(block, Upsample):
                 size, level = (size[0] * 2, size[1] * 2), level - 1
                 continue
+            assert isinstance(block, DecoderBlock)  # ups holds decoder blocks and Upsamples
             if level not in wavelet_at:
                 wavelet_at[level] = resize_to(wavelet, size)
             contexts.append(block.cond_inj.context(wavelet_at[level]))

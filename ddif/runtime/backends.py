@@ -21,6 +21,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,6 +39,11 @@ from ddif.runtime.tensorrt import (
     gpu_identity,
     import_tensorrt,
 )
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from ddif.models.ddif import DDIF
 
 log = logging.getLogger("ddif.runtime")
 
@@ -98,7 +104,7 @@ class FuserBackend:
             f"steps={self.steps}, timesteps={list(self.timesteps)}, {self.tiling.describe()})"
         )
 
-    def check_inputs(self, lms, pan) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def check_inputs(self, lms: object, pan: object) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """The checks and messages of :meth:`ddif.Fuser.check_inputs`."""
         return self.inference.check_inputs(lms, pan)
 
@@ -120,6 +126,17 @@ class FuserBackend:
         """Residuals of already cut tiles, ``batch_size`` per call (the ground station's entry)."""
         return self.inference.sample_tiles(lms, pan, noise, generators)
 
+    def sample_batch(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> torch.Tensor:
+        """The backend's tile sampler (:class:`ddif.inference.TileSampler`): the fixed-step sampler
+        on a batch of equally sized tiles; each backend that runs its own graph implements it."""
+        raise NotImplementedError(f"{type(self).__name__} has no tile sampler of its own")
+
     def _check_tiles(self, lms: torch.Tensor) -> None:
         t = self.tiling.tile_size
         if t and tuple(lms.shape[-2:]) != (t, t):
@@ -138,7 +155,7 @@ class TorchFuser(FuserBackend):
 
     def __init__(
         self,
-        model,
+        model: DDIF | str | os.PathLike,
         *,
         steps: int | None = None,
         timesteps: Iterable[int] | str | None = None,
@@ -249,7 +266,13 @@ class OnnxRuntimeFuser(FuserBackend):
         threads = f", {self.intra_op_threads} threads" if self.intra_op_threads else ""
         return f"onnxruntime ({self.providers[0]}{threads})"
 
-    def sample_batch(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor, generators=None) -> torch.Tensor:
+    def sample_batch(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> torch.Tensor:
         self._check_tiles(lms)
         feed = {
             name: t.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -282,7 +305,7 @@ class TensorRTFuser(FuserBackend):
         timesteps: Iterable[int] | str | None = None,
         batch_size: int | None = None,
         tile_overlap: int | None = None,
-        trt=None,
+        trt: ModuleType | None = None,
     ):
         trt = trt or import_tensorrt()
         self.device = torch.device(device if device is not None else "cuda")
@@ -347,7 +370,13 @@ class TensorRTFuser(FuserBackend):
     def describe(self) -> str:
         return f"tensorrt ({self.precision}, {self.device})"
 
-    def sample_batch(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor, generators=None) -> torch.Tensor:
+    def sample_batch(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> torch.Tensor:
         self._check_tiles(lms)
         b, _, h, w = lms.shape
         if not self.profile.contains(b, h, w):
@@ -361,7 +390,7 @@ class TensorRTFuser(FuserBackend):
 
 
 # ------------------------------------------------------------------------------------- helpers
-def import_onnxruntime():
+def import_onnxruntime() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as exc:
@@ -392,6 +421,7 @@ def spec_tiling(spec: ExportSpec, tile_overlap: int | None = None) -> Tiling:
 
 def load_onnx_spec(path: Path) -> ExportSpec:
     """The spec beside the model (hash-checked), else the copy embedded in its metadata."""
+    spec: ExportSpec | None
     if spec_path_for(path).is_file():
         spec = ExportSpec.for_model(path, verify=True)
     else:

@@ -18,7 +18,7 @@ Diffusion Implicit Models", ICLR 2021, eta = 0) visits. It comes from, in order 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +87,7 @@ class FixedStepDDIM(DDIMScheduler):
     def __init__(self, schedule: NoiseSchedule):
         super().__init__(schedule, eta=0.0)
 
-    def set_timesteps(self, num_inference_steps: int | None = None, timesteps=None) -> None:
+    def set_timesteps(self, num_inference_steps: int | None = None, timesteps: Sequence[int] | None = None) -> None:
         super().set_timesteps(num_inference_steps, timesteps=timesteps)
         self._as_floats()
 

@@ -11,12 +11,16 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ddif.config import Preset
 from ddif.runtime.plan import SamplingPlan
+
+if TYPE_CHECKING:
+    from ddif.inference.tiling import Tiling
 
 SPEC_FORMAT = "ddif-export-spec"
 # 2: the graph samples a batch of tiles (static tile size for tiled models) and outputs the residual;
@@ -119,9 +123,15 @@ class ShapeProfile:
     @classmethod
     def from_dict(cls, d: dict[str, Any], size_multiple: int = 1) -> ShapeProfile:
         try:
-            return cls(*(tuple(int(v) for v in d[k]) for k in ("min", "opt", "max"))).validated(size_multiple)
+            return cls(*(_dims(d[k]) for k in ("min", "opt", "max"))).validated(size_multiple)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"profile: expected {{'min': [B, H, W], 'opt': ..., 'max': ...}}, got {d!r}") from exc
+
+
+def _dims(values: Iterable[Any]) -> tuple[int, int, int]:
+    """(B, H, W) as ints; ValueError unless there are three (as :meth:`ShapeProfile.validated`)."""
+    b, h, w = (int(v) for v in values)
+    return b, h, w
 
 
 # ------------------------------------------------------------------------------------------ spec
@@ -158,7 +168,7 @@ class ExportSpec:
     def shape_profile(self) -> ShapeProfile:
         return ShapeProfile.from_dict(self.profile, self.size_multiple)
 
-    def tiling_obj(self):
+    def tiling_obj(self) -> Tiling:
         from ddif.inference.tiling import Tiling
 
         t = self.tiling

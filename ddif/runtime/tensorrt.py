@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -46,7 +47,7 @@ class TensorRTBuildError(RuntimeError):
     """The engine build failed; the message carries the parser / builder errors."""
 
 
-def import_tensorrt():
+def import_tensorrt() -> ModuleType:
     """The ``tensorrt`` module, or :class:`TensorRTUnavailable` saying why not."""
     try:
         trt = importlib.import_module("tensorrt")
@@ -104,7 +105,7 @@ def build_engine(
     bands: int | None = None,
     guide_bands: int | None = None,
     workspace_gib: float | None = None,
-    trt=None,
+    trt: ModuleType | None = None,
 ) -> Path:
     """Build a serialized TensorRT engine for ``onnx_path`` with one optimization profile and
     write it atomically to ``out``.
@@ -265,7 +266,9 @@ def engine_key(
 class EngineRunner:
     """Runs a deserialized engine on PyTorch CUDA tensors (no pycuda needed)."""
 
-    def __init__(self, engine_path: str | os.PathLike, device: str | torch.device | None = None, trt=None):
+    def __init__(
+        self, engine_path: str | os.PathLike, device: str | torch.device | None = None, trt: ModuleType | None = None
+    ):
         trt = trt or import_tensorrt()
         self.trt = trt
         self.path = Path(engine_path)

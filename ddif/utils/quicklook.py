@@ -5,13 +5,17 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ddif.utils.io import atomic_write_bytes
 
+if TYPE_CHECKING:
+    import torch
 
-def _as_array(image) -> np.ndarray:
+
+def _as_array(image: torch.Tensor | np.ndarray) -> np.ndarray:
     arr = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image, dtype=np.float32)
     if arr.ndim != 3:
         raise ValueError(f"quicklook: expected a (C, H, W) image, got shape {arr.shape}")
@@ -26,7 +30,7 @@ def _bands(arr: np.ndarray, rgb_bands: Sequence[int]) -> list[int]:
 
 
 def band_limits(
-    image,
+    image: torch.Tensor | np.ndarray,
     rgb_bands: Sequence[int],
     percentiles: tuple[float, float] = (2.0, 98.0),
     valid_mask: np.ndarray | None = None,
@@ -34,20 +38,24 @@ def band_limits(
     """Per displayed band, the (low, high) percentiles (over ``valid_mask`` when given, so fill
     areas do not skew the stretch); None for a band with no valid value."""
     arr = _as_array(image)
-    limits = []
+    limits: list[tuple[float, float] | None] = []
     for b in _bands(arr, rgb_bands):
         values = arr[b][valid_mask] if valid_mask is not None else arr[b]
         values = values[np.isfinite(values)]
-        limits.append(tuple(float(v) for v in np.percentile(values, percentiles)) if values.size else None)
+        if values.size:
+            low, high = np.percentile(values, percentiles)
+            limits.append((float(low), float(high)))
+        else:
+            limits.append(None)
     return limits
 
 
 def stretch_rgb(
-    image,
+    image: torch.Tensor | np.ndarray,
     rgb_bands: Sequence[int],
     percentiles: tuple[float, float] = (2.0, 98.0),
     valid_mask: np.ndarray | None = None,
-    limits=None,
+    limits: Sequence[tuple[float, float] | None] | None = None,
 ) -> np.ndarray:
     """(C, H, W) array/tensor -> (H, W, 3) uint8, each band stretched linearly between ``limits``
     (default: its own percentiles, see :func:`band_limits`)."""
@@ -69,12 +77,12 @@ def stretch_rgb(
 
 
 def save_quicklook(
-    image,
+    image: torch.Tensor | np.ndarray,
     path: str | os.PathLike,
     rgb_bands: Sequence[int],
     percentiles: tuple[float, float] = (2.0, 98.0),
     valid_mask: np.ndarray | None = None,
-    limits=None,
+    limits: Sequence[tuple[float, float] | None] | None = None,
 ) -> None:
     from PIL import Image
 

@@ -19,8 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,7 @@ def blend_window(
     return num, den
 
 
-def pad_to(x, height: int, width: int):
+def pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pad ``x`` (..., h, w) at the bottom / right to ``height x width``: reflect where the pad is
     shorter than the side, else replicate (reflection needs pad < side)."""
     import torch.nn.functional as F  # torch only when padding: this module is numpy-only at import

@@ -17,7 +17,7 @@ def _shape(t: torch.Tensor) -> str:
 
 def check_image(
     name: str,
-    x,
+    x: object,
     *,
     channels: int | None = None,
     channel_what: str = "bands",
@@ -59,7 +59,7 @@ def check_image(
     return x
 
 
-def check_timesteps(name: str, t, batch: int, num_timesteps: int | None) -> torch.Tensor:
+def check_timesteps(name: str, t: object, batch: int, num_timesteps: int | None) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name}: expected an int64 tensor of shape ({batch},), got {type(t).__name__}")
     if t.dim() == 0:
