@@ -8,16 +8,24 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 
 from ddif.data.evalset import EvalSet, eval_set_from_dataset  # noqa: F401 (re-exported)
 from ddif.utils.io import atomic_write_text
 
+if TYPE_CHECKING:
+    from ddif.fuser import Fuser
+    from ddif.runtime.backends import FuserBackend
+
 # a method fuses a batch: (lms, pan, ms) -> fused, all (B, C, H, W) in [0, 1]
 Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# one table row: the method's name under "method", then its metrics and timing
+Row = dict[str, Any]
 
 LOWER_IS_BETTER = {"SAM", "ERGAS", "D_lambda", "D_s", "s/image"}
 
@@ -33,7 +41,7 @@ def classical_methods(ratio: int, sensor: str, names: Sequence[str] | None = Non
     return methods
 
 
-def fuser_method(fuser, seed: int = 0) -> Method:
+def fuser_method(fuser: Fuser | FuserBackend, seed: int = 0) -> Method:
     return lambda lms, pan, ms: fuser.fuse(lms, pan, seed=seed)
 
 
@@ -53,16 +61,50 @@ def _metrics_for(fused: torch.Tensor, data: EvalSet, ratio: int, sensor: str) ->
     if data.gt is not None:
         m = metrics.reduced_resolution_metrics(fused, data.gt, ratio=ratio, block_size=block)
     else:
-        m = metrics.full_resolution_metrics(fused, data.ms, data.pan, ratio=ratio, sensor=sensor, block_size=block)
+        ms = _require_ms(data, "the full-resolution metrics")
+        m = metrics.full_resolution_metrics(fused, ms, data.pan, ratio=ratio, sensor=sensor, block_size=block)
     return {k: _mean(v) for k, v in m.items()}
 
 
-def _mean(v) -> float:
+def _require_ms(data: EvalSet, what: str) -> torch.Tensor:
+    if data.ms is None:
+        raise ValueError(f"the evaluation set has no 'ms' (the coarse multispectral image), needed by {what}")
+    return data.ms
+
+
+def _mean(v: torch.Tensor | float) -> float:
     return float(torch.as_tensor(v, dtype=torch.float64).mean())
 
 
+@overload
 def evaluate(
-    methods: dict[str, Method],
+    methods: Mapping[str, Method],
+    data: EvalSet,
+    ratio: int,
+    sensor: str,
+    batch_size: int = 8,
+    return_outputs: Literal[False] = False,
+    reference: str | None = None,
+    compare: Sequence[str] = (),
+) -> list[Row]: ...
+
+
+@overload
+def evaluate(
+    methods: Mapping[str, Method],
+    data: EvalSet,
+    ratio: int,
+    sensor: str,
+    batch_size: int = 8,
+    *,
+    return_outputs: Literal[True],
+    reference: str | None = None,
+    compare: Sequence[str] = (),
+) -> tuple[list[Row], dict[str, torch.Tensor]]: ...
+
+
+def evaluate(
+    methods: Mapping[str, Method],
     data: EvalSet,
     ratio: int,
     sensor: str,
@@ -70,19 +112,21 @@ def evaluate(
     return_outputs: bool = False,
     reference: str | None = None,
     compare: Sequence[str] = (),
-):
+) -> list[Row] | tuple[list[Row], dict[str, torch.Tensor]]:
     """Run every method on ``data`` (in batches) and compute its metrics; rows of dicts.
 
     With ``reference`` (the name of one of ``methods``, e.g. a 25-step teacher), the methods named
     in ``compare`` (e.g. its distilled students) also get "PSNR vs <reference>": how closely they
     reproduce the reference's output.
     """
-    rows, outputs = [], {}
+    rows: list[Row] = []
+    outputs: dict[str, torch.Tensor] = {}
     for name, method in methods.items():
+        ms = _require_ms(data, "the methods (called with lms, pan, ms)")
         t0 = time.perf_counter()
         fused = torch.cat(
             [
-                method(data.lms[i : i + batch_size], data.pan[i : i + batch_size], data.ms[i : i + batch_size])
+                method(data.lms[i : i + batch_size], data.pan[i : i + batch_size], ms[i : i + batch_size])
                 for i in range(0, len(data), batch_size)
             ]
         )
@@ -103,7 +147,7 @@ def evaluate(
     return (rows, outputs) if return_outputs else rows
 
 
-def markdown(rows: list[dict], title: str | None = None) -> str:
+def markdown(rows: list[Row], title: str | None = None) -> str:
     if not rows:
         return ""
     cols = [c for c in rows[0] if c != "method"]
@@ -133,7 +177,7 @@ def markdown(rows: list[dict], title: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], path, extra: dict | None = None) -> None:
+def write_csv(rows: list[Row], path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
     if not rows:
         return
     buf = io.StringIO()

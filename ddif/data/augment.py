@@ -43,7 +43,7 @@ class RandomDihedral:
         self.generator = generator
 
     def draw(self) -> tuple[int, bool]:
-        r = torch.randint(0, 8, (1,), generator=self.generator).item()
+        r = int(torch.randint(0, 8, (1,), generator=self.generator).item())
         k = r % 4 if self.rotations else 0
         flip = bool(r // 4) if self.flips else False
         return k, flip
@@ -58,7 +58,7 @@ class RandomDihedral:
         return f"RandomDihedral(flips={self.flips}, rotations={self.rotations})"
 
 
-def resolve_augment(augment) -> Callable[[Sample], Sample] | None:
+def resolve_augment(augment: bool | Callable[[Sample], Sample] | None) -> Callable[[Sample], Sample] | None:
     """What a dataset applies to each item it serves: ``None`` / ``False`` -> nothing (the default:
     the :class:`ddif.training.Trainer` augments its batches itself, so a dataset fed to it must
     not), ``True`` -> :class:`RandomDihedral`, a callable (sample dict -> sample dict) as given."""

@@ -26,12 +26,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ddif.data.augment import resolve_augment
+from ddif.data.augment import Sample, resolve_augment
+
+if TYPE_CHECKING:
+    from ddif.config import Preset
 
 # canonical key -> dataset name in the file, per layout
 PANCOLLECTION_KEYS = {"gt": "gt", "ms": "ms", "lms": "lms", "pan": "pan"}
@@ -315,9 +318,9 @@ class FusionH5(torch.utils.data.Dataset):
     def __init__(
         self,
         path: str | os.PathLike,
-        preset_or_max_dn,
+        preset_or_max_dn: str | Preset | float | np.number,
         train: bool = False,
-        augment=None,
+        augment: bool | Callable[[Sample], Sample] | None = None,
         *,
         require_gt: bool = False,
         ratio: int | None = None,
@@ -468,7 +471,14 @@ class HISRH5(FusionH5):
 
     layout = "hisr"
 
-    def __init__(self, path: str | os.PathLike, preset_or_max_dn=1.0, train: bool = False, augment=None, **kw):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        preset_or_max_dn: str | Preset | float | np.number = 1.0,
+        train: bool = False,
+        augment: bool | Callable[[Sample], Sample] | None = None,
+        **kw: Any,
+    ):
         super().__init__(path, preset_or_max_dn, train, augment, **kw)
 
 
@@ -493,7 +503,13 @@ def detect_layout(path: str | os.PathLike) -> str:
 
 
 def open_h5(
-    path: str | os.PathLike, preset_or_max_dn, train: bool = False, augment=None, *, require_gt: bool = False, **kw
+    path: str | os.PathLike,
+    preset_or_max_dn: str | Preset | float | np.number,
+    train: bool = False,
+    augment: bool | Callable[[Sample], Sample] | None = None,
+    *,
+    require_gt: bool = False,
+    **kw: Any,
 ) -> FusionH5:
     """A :class:`PanCollectionH5` or :class:`HISRH5`, whichever layout the file has; the arguments
     are :class:`FusionH5`'s (``require_gt`` refuses a file without ``gt``; ``train=True`` is its

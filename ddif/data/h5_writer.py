@@ -8,19 +8,26 @@ import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ddif.data.h5 import LAYOUTS, _h5py, _hw, _is_numeric
 
+if TYPE_CHECKING:
+    import h5py
+
+# images as given to the writers: floats in [0, 1] (DN / max_dn), (N, C, H, W) or (C, H, W)
+Images = torch.Tensor | np.ndarray
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
 
 
-def _as_array(name: str, x) -> np.ndarray:
+def _as_array(name: str, x: Images) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if not x.is_floating_point():
@@ -83,7 +90,7 @@ class FusionH5Writer:
         self.attrs = dict(attrs or {})
         self.length = 0
         self._stack: contextlib.ExitStack | None = None
-        self._file = None
+        self._file: h5py.File | None = None
         self._layout_seen: tuple[tuple[str, ...], dict[str, tuple[int, ...]]] | None = None
         self._extra_names: tuple[str, ...] = ()
 
@@ -96,8 +103,11 @@ class FusionH5Writer:
         self._file = h5py.File(tmp, "w")
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         stack, f = self._stack, self._file
+        assert stack is not None and f is not None  # set by __enter__
         self._stack, self._file = None, None
         error: BaseException | None = None
         try:
@@ -113,15 +123,17 @@ class FusionH5Writer:
             error = e
         finally:
             f.close()
-        if exc_type is None and error is None:
-            stack.close()  # atomic_path renames the temporary file onto the target
-            return False
         if exc_type is not None:  # atomic_path deletes the temporary file; the exception propagates
             return bool(stack.__exit__(exc_type, exc, tb))
+        if error is None:
+            stack.close()  # atomic_path renames the temporary file onto the target
+            return False
         stack.__exit__(type(error), error, error.__traceback__)
         raise error
 
-    def append(self, *, ms, lms, pan, gt=None, extra: Mapping[str, Any] | None = None) -> None:
+    def append(
+        self, *, ms: Images, lms: Images, pan: Images, gt: Images | None = None, extra: Mapping[str, Any] | None = None
+    ) -> None:
         """Append one item (C, H, W) or a batch (N, C, H, W) of each image.
 
         ``extra`` maps further dataset names to per-item numeric arrays (N, ...) stored alongside,
@@ -218,11 +230,11 @@ def _write(path, layout, *, gt, ms, lms, pan, max_dn, dtype, compression, attrs)
 def write_pancollection_h5(
     path: str | os.PathLike,
     *,
-    ms,
-    lms,
-    pan,
+    ms: Images,
+    lms: Images,
+    pan: Images,
     max_dn: float,
-    gt=None,
+    gt: Images | None = None,
     dtype: str = "float32",
     compression: str | None = None,
     attrs: Mapping[str, Any] | None = None,
@@ -250,10 +262,10 @@ def write_pancollection_h5(
 def write_hisr_h5(
     path: str | os.PathLike,
     *,
-    ms,
-    lms,
-    pan,
-    gt=None,
+    ms: Images,
+    lms: Images,
+    pan: Images,
+    gt: Images | None = None,
     max_dn: float = 1.0,
     dtype: str = "float32",
     compression: str | None = None,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # numpy only at import, here and in the modules below: `import ddif.data` (which re-exports this
 # module's names eagerly, see ddif/data/__init__.py) must stay cheap.
@@ -43,6 +43,9 @@ from ddif.data.sources import PreparedScene, band_names, prepare_scene, register
 from ddif.data.splits import Region, SplitPlan, patch_positions, plan_splits, split_regions
 from ddif.data.synthetic_pan import LANDSAT8_OLI_BANDPASS_NM, bandpass_pan_weights, synthesize_pan
 from ddif.data.wald_writer import write_patches, write_test_crop, write_test_full
+
+if TYPE_CHECKING:
+    from ddif.data.sources import ImageSource
 
 # re-exported: the names callers import from here (and from ddif.data)
 __all__ = [
@@ -59,7 +62,9 @@ __all__ = [
 ]
 
 
-def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = False) -> dict[str, Any]:
+def make_dataset(
+    cfg: MakeDatasetConfig, ms: ImageSource | None = None, pan: ImageSource | None = None, *, progress: bool = False
+) -> dict[str, Any]:
     """Build ``{name}_train.h5`` / ``_val.h5`` / ``_test.h5`` (PanCollection layout) from one scene.
 
     ``ms`` / ``pan`` override ``cfg.ms`` / ``cfg.pan`` with arrays (C, h, w) and (P, r*h, r*w) in
@@ -116,7 +121,7 @@ def make_dataset(cfg: MakeDatasetConfig, ms=None, pan=None, *, progress: bool = 
     return summary
 
 
-def _file_attrs(cfg: MakeDatasetConfig, scene: PreparedScene, ms_source) -> dict[str, Any]:
+def _file_attrs(cfg: MakeDatasetConfig, scene: PreparedScene, ms_source: ImageSource) -> dict[str, Any]:
     """The attributes every file of the dataset carries (how it was made, from what)."""
     has_pan = scene.pan is not None
     pan_desc = (
@@ -134,7 +139,7 @@ def _file_attrs(cfg: MakeDatasetConfig, scene: PreparedScene, ms_source) -> dict
         "band_names": band_names(ms_source, cfg.ms_bands),
         "pan_source": pan_desc,
         "source_ms": scene.ms_image.source,
-        "source_pan": scene.pan_image.source if has_pan else "",
+        "source_pan": scene.pan_image.source if scene.pan_image is not None else "",
         "source_max_dn": float(scene.in_max),
         "patch_size": cfg.patch_size,
         "stride": cfg.stride,

@@ -13,9 +13,14 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from affine import Affine
+
+    from ddif.config import Preset
 
 # scene problems, by what a service does about them (quarantine categories)
 CORRUPT = "corrupt"
@@ -85,14 +90,19 @@ class Preprocessing:
 
     @classmethod
     def for_preset(
-        cls, preset, *, interpolation: str | None = None, padding: str | None = None, fill_iterations: int | None = None
+        cls,
+        preset: Preset,
+        *,
+        interpolation: str | None = None,
+        padding: str | None = None,
+        fill_iterations: int | None = None,
     ) -> Preprocessing:
         """The preprocessing stored in a model's preset, with optional overrides."""
         d = preset.data
         return cls(
             float(preset.model.max_dn),
-            interpolation or getattr(d, "interpolation", "interp23tap"),
-            padding or getattr(d, "interp_padding", "symmetric"),
+            interpolation or str(getattr(d, "interpolation", "interp23tap")),
+            padding or str(getattr(d, "interp_padding", "symmetric")),
             int(getattr(d, "fill_iterations", 4) if fill_iterations is None else fill_iterations),
             tuple(getattr(d, "band_names", ()) or ()),
         )
@@ -235,7 +245,9 @@ class SceneGrid:
         }
 
 
-def placement(ms_transform, pan_transform, ratio: int, phase: int) -> tuple[tuple[int, int], tuple[float, float]]:
+def placement(
+    ms_transform: Affine, pan_transform: Affine, ratio: int, phase: int
+) -> tuple[tuple[int, int], tuple[float, float]]:
     """(shift, residual) of the upsampled MS on the PAN grid: PAN index m of upsampled index k is
     m = k + (ms_origin - pan_origin) / pan_res + r/2 - phase - 1/2, rounded to the nearest integer
     (ties towards +inf); the residual is what rounding left (rows, cols), in PAN pixels."""
@@ -251,7 +263,7 @@ def paired_windows(
     ratio: int,
     shift: tuple[int, int],
     crop: tuple[int, int, int, int] | None = None,
-) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]] | None:
     """The MS window (row, col, h, w) whose every pixel j has its PAN pixels [r*j + shift,
     r*(j+1) + shift) inside the PAN, limited to ``crop`` (MS grid), and that PAN window; None if
     they do not overlap. (Full-resolution pairs for ``make-dataset`` and ``evaluate``.)"""

@@ -104,7 +104,7 @@ def check_scale(
     stats: ValueStats,
     max_dn: float,
     input_scale: float | None,
-    warn: Callable[[str], None] | None = None,
+    warn: Callable[[str], object] | None = None,
 ) -> None:
     """Refuse (:class:`SceneError` BAD_SCALE) a raster whose values do not fit the model's DN
     convention; when ``input_scale`` was stated explicitly, the user has the last word: the

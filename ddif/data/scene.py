@@ -36,9 +36,10 @@ DN) is stored in its checkpoint (``preset.data`` / ``preset.model.max_dn``) and 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -78,6 +79,9 @@ from ddif.data.scale import (  # noqa: F401
     new_stats,
     scale_problem,
 )
+
+if TYPE_CHECKING:
+    from ddif.config import Preset
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,6 +128,7 @@ def fill_invalid(x: np.ndarray, invalid: np.ndarray, iterations: int) -> np.ndar
         h, w = valid.shape
         cnt = sum(vp[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
         acc = sum(xp[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
+        assert isinstance(cnt, np.ndarray) and isinstance(acc, np.ndarray)  # sums of nine arrays, never the 0 start
         grow = ~valid & (cnt > 0)
         if not grow.any():
             break
@@ -338,7 +343,7 @@ def check_scene_scale(
     scan: SceneScan,
     max_dn: float,
     input_scale: float | None,
-    warn: Callable[[str], None] | None = None,
+    warn: Callable[[str], object] | None = None,
 ) -> None:
     """:func:`check_scale` for both rasters of a scanned scene."""
     check_scale("MS", grid.ms.path, scan.ms, max_dn, input_scale, warn)
@@ -346,15 +351,15 @@ def check_scene_scale(
 
 
 def read_scene(
-    ms_path,
-    pan_path,
+    ms_path: str | os.PathLike,
+    pan_path: str | os.PathLike,
     *,
-    preset,
+    preset: Preset,
     input_scale: float | None = None,
     input_nodata: float | None = None,
     block: int = 512,
     warn: Callable[[str], None] | None = None,
-):
+) -> tuple[SceneGrid, np.ndarray, np.ndarray, np.ndarray]:
     """Open, check (grids, bands, ratio, scale) and read a whole MS + PAN pair for ``preset``'s
     model: (grid, lms (C, H, W), pan (P, H, W), valid (H, W)), float32 in [0, 1] on the PAN grid.
     For scenes that fit in memory (``ddif sample``, ``ddif evaluate``); the station reads windows."""
@@ -379,15 +384,15 @@ def read_scene(
 
 
 def read_full_resolution(
-    ms_path,
-    pan_path,
+    ms_path: str | os.PathLike,
+    pan_path: str | os.PathLike,
     *,
-    preset,
+    preset: Preset,
     crop: tuple[int, int, int, int] | None = None,
     input_scale: float | None = None,
     input_nodata: float | None = None,
     warn: Callable[[str], None] | None = None,
-):
+) -> tuple[SceneGrid, np.ndarray, np.ndarray, np.ndarray]:
     """A full-resolution evaluation pair (no ground truth): the MS (C, h, w) and, on the PAN grid
     under it, lms (C, r*h, r*w) and pan (P, r*h, r*w), float32 in [0, 1], read and checked like
     :func:`read_scene`. ``crop`` (row, col, h, w on the MS grid) limits it; nodata inside is refused."""

@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
+
     from ddif.data.dataset_config import MakeDatasetConfig
+    from ddif.data.geotiff import Raster
+
+    # what an image is loaded from (see load_image): a path (GeoTIFF or .npy), per-band GeoTIFF
+    # paths, a Raster, a (C, H, W) / (H, W) array or tensor
+    ImageSource = str | os.PathLike | Sequence[str | os.PathLike] | Raster | np.ndarray | torch.Tensor
+
+# (row, col, height, width)
+Window = tuple[int, int, int, int]
 
 
 @dataclass
@@ -34,7 +44,11 @@ class LoadedImage:
 
 
 def load_image(
-    source, what: str, bands: Sequence[int], extra_nodata: Sequence[float], window: Sequence[int] | None = None
+    source: ImageSource,
+    what: str,
+    bands: Sequence[int],
+    extra_nodata: Sequence[float],
+    window: Sequence[int] | None = None,
 ) -> LoadedImage:
     """Pixels, fill mask and georeferencing of ``source`` (paths, Raster, array or tensor), only
     inside ``window`` = (row, col, height, width) when given (GeoTIFFs and .npy files are read
@@ -165,7 +179,7 @@ def _georef(source) -> Any:
     return None
 
 
-def band_names(source, bands: Sequence[int]) -> tuple[str, ...]:
+def band_names(source: ImageSource, bands: Sequence[int]) -> tuple[str, ...]:
     """Names of the MS bands used, when the source names them: the band descriptions of a GeoTIFF,
     or Landsat-style ``..._B4.TIF`` file names of per-band files; () when unknown."""
     import re
@@ -188,7 +202,9 @@ def band_names(source, bands: Sequence[int]) -> tuple[str, ...]:
     return names if names and all(names) else ()
 
 
-def register_pair(ms_source, pan_source, cfg: MakeDatasetConfig) -> tuple[tuple | None, tuple | None, dict]:
+def register_pair(
+    ms_source: ImageSource, pan_source: ImageSource, cfg: MakeDatasetConfig
+) -> tuple[Window | None, Window | None, dict[str, Any]]:
     """MS and PAN windows that pair each MS pixel with the PAN pixels under it, by the placement
     rule every entry point uses (:func:`ddif.data.scene.placement`: the upsampled MS sits on the
     PAN grid at an integer shift; for Landsat ratio-2 pairs, whose PAN grid is offset by half a
@@ -205,10 +221,13 @@ def register_pair(ms_source, pan_source, cfg: MakeDatasetConfig) -> tuple[tuple 
     )
 
     r = cfg.ratio
-    crop = tuple(cfg.crop) or None
+    crop: Window | None = None
+    if cfg.crop:
+        row, col, height, width = cfg.crop  # four values (checked by MakeDatasetConfig)
+        crop = (row, col, height, width)
     ms_info, pan_info = _georef(ms_source), _georef(pan_source)
     if ms_info is None or pan_info is None:
-        return crop, None if crop is None else tuple(r * v for v in crop), {}
+        return crop, None if crop is None else (r * crop[0], r * crop[1], r * crop[2], r * crop[3]), {}
     check_grids(ms_info, pan_info, r)
     method = Preprocessing(1.0, cfg.interpolation, cfg.padding, 0).method_for(r)
     shift, subpixel = placement(
@@ -250,7 +269,7 @@ class PreparedScene:
         return self.fill.shape
 
 
-def prepare_scene(cfg: MakeDatasetConfig, ms_source, pan_source) -> PreparedScene:
+def prepare_scene(cfg: MakeDatasetConfig, ms_source: ImageSource, pan_source: ImageSource) -> PreparedScene:
     """Load (and register) the pair, trim to whole coarse pixels, mask fill, normalise; raises
     ``ValueError`` for a missing or mismatched PAN / weights, a scene smaller than the ratio or one
     that is all fill."""

@@ -132,7 +132,8 @@ def plan_splits(fill: np.ndarray, cfg: MakeDatasetConfig) -> SplitPlan:
     and ``val``, and the test crop, for a scene whose fill mask is ``fill`` (H, W). Raises
     ``ValueError`` when a split gets no patch or no test crop fits."""
     r, p = cfg.ratio, cfg.patch_size
-    plan = SplitPlan(split_regions(*fill.shape, cfg))
+    height, width = fill.shape
+    plan = SplitPlan(split_regions(height, width, cfg))
     for split in ("train", "val"):
         if split not in plan.regions:
             continue

@@ -10,8 +10,12 @@ result obtained with it must say so (``ddif make-dataset`` marks its files ``pan
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 # Landsat-8 OLI band passes in nm (USGS, "What are the band designations for the Landsat
 # satellites?"; lower / upper band edges). B8 is the panchromatic band.
@@ -42,7 +46,15 @@ def bandpass_pan_weights(
     return tuple(o / total for o in overlaps)
 
 
-def synthesize_pan(ms, weights: Sequence[float]):
+@overload
+def synthesize_pan(ms: torch.Tensor, weights: Sequence[float]) -> torch.Tensor: ...
+
+
+@overload
+def synthesize_pan(ms: np.ndarray, weights: Sequence[float]) -> np.ndarray: ...
+
+
+def synthesize_pan(ms: torch.Tensor | np.ndarray, weights: Sequence[float]) -> torch.Tensor | np.ndarray:
     """A **synthetic** panchromatic band: ``sum_b w_b * ms_b / sum_b w_b``.
 
     This is a semi-synthetic stand-in for a scene without a PAN acquisition (a linear function of
@@ -54,7 +66,6 @@ def synthesize_pan(ms, weights: Sequence[float]):
     import torch
 
     w = np.asarray(weights, dtype=np.float64)
-    is_torch = isinstance(ms, torch.Tensor)
     shape = tuple(ms.shape)
     if len(shape) not in (3, 4):
         raise ValueError(f"ms: expected (C, H, W) or (B, C, H, W), got shape {shape}")
@@ -64,7 +75,7 @@ def synthesize_pan(ms, weights: Sequence[float]):
     if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
         raise ValueError(f"pan weights must be finite, non-negative and not all zero, got {tuple(w)}")
     w = w / w.sum()
-    if is_torch:
+    if isinstance(ms, torch.Tensor):
         wt = torch.as_tensor(w, dtype=ms.dtype if ms.is_floating_point() else torch.float32, device=ms.device)
         return (ms.to(wt.dtype) * wt.view(c, 1, 1)).sum(dim=-3, keepdim=True)
     ms = np.asarray(ms)

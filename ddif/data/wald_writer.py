@@ -75,6 +75,7 @@ def degrade_region(scene: PreparedScene, region: Region, cfg: MakeDatasetConfig)
     gt = fill_holes(scene.ms[:, rows, cols], scene.fill[rows, cols])
     pan_full = None
     if scene.pan is not None:
+        assert scene.pan_fill is not None  # loaded with the PAN (prepare_scene)
         prow, pcol = slice(r * rows.start, r * rows.stop), slice(r * cols.start, r * cols.stop)
         pan_full = fill_holes(scene.pan[:, prow, pcol], scene.pan_fill[prow, pcol])
     return wald(gt, pan_full, cfg.pan_weights, cfg)
