@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from typing import Any
+from typing import Any, TypeVar
 
 from ddif.config import DataConfig, DiffusionConfig, ModelConfig, Preset, TrainConfig
+
+T = TypeVar("T")
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
@@ -98,7 +100,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, dc: type, title: str) ->
         )
 
 
-def dataclass_from_args(dc: type, args: argparse.Namespace):
+def dataclass_from_args(dc: type[T], args: argparse.Namespace) -> T:
     prefix = f"dc__{dc.__name__}__"
     return dc(**{k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)})
 

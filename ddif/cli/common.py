@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ddif.fuser import Fuser
+    from ddif.models.ddif import DDIF
 
 
 def add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -31,13 +36,13 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--preset", default=None, help="preset of a published-layout checkpoint")
 
 
-def load_model_from_args(args):
+def load_model_from_args(args: argparse.Namespace) -> DDIF:
     from ddif.models import load_model
 
     return load_model(args.ckpt, args.preset)
 
 
-def make_fuser(model, args):
+def make_fuser(model: DDIF, args: argparse.Namespace) -> Fuser:
     from ddif.fuser import Fuser
     from ddif.training.trainer import resolve_device
 
@@ -55,7 +60,7 @@ def make_fuser(model, args):
     )
 
 
-def enable_fused_kernels(model) -> None:
+def enable_fused_kernels(model: DDIF) -> None:
     """Switch the fused kernels on, saying which backends are live (off where none is)."""
     from ddif.kernels import available
 

@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ddif.evaluation import EvalSet
+    from ddif.models.ddif import DDIF
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEMO_SCENE = ASSETS / "landsat8_demo_b2b4.tif"
@@ -30,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
-def demo_data(scene: str | Path, model):
+def demo_data(scene: str | Path, model: DDIF) -> EvalSet:
     """Wald-protocol triplet from the shipped crop: gt, ms (coarse), lms and a synthesised pan."""
     import torch
 
@@ -51,7 +56,7 @@ def demo_data(scene: str | Path, model):
     return EvalSet(lms=lms, pan=pan, ms=ms, gt=gt)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ddif.evaluation import classical_methods, evaluate, markdown, write_csv
     from ddif.fuser import Fuser
     from ddif.models import load_model
@@ -79,8 +84,10 @@ def run(args) -> int:
 
     out = Path(args.out)
     rgb = model.preset.data.rgb_bands
-    limits = band_limits(data.gt[0], rgb)  # one stretch for every image: comparable colours
-    save_quicklook(data.gt[0], out / "ground_truth.png", rgb, limits=limits)
+    gt = data.gt
+    assert gt is not None  # demo_data's Wald triplet has ground truth
+    limits = band_limits(gt[0], rgb)  # one stretch for every image: comparable colours
+    save_quicklook(gt[0], out / "ground_truth.png", rgb, limits=limits)
     save_quicklook(data.pan[0], out / "pan_synthesised.png", (0, 0, 0))
     for name, fused in outputs.items():
         slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_dataclass_args(p, DistillConfig, "distillation config")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
 
     from ddif.cli.common import enable_fused_kernels

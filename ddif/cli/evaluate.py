@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ddif.cli.common import add_sampler_args
+
+if TYPE_CHECKING:
+    from ddif.config import Preset
+    from ddif.evaluation import EvalSet, Method
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampler_args(p)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ddif.cli.common import make_fuser
     from ddif.cli.train import open_dataset
     from ddif.evaluation import classical_methods, eval_set_from_dataset, evaluate, fuser_method, markdown, write_csv
@@ -58,11 +63,12 @@ def run(args) -> int:
     models = [(name, load_model(c, args.preset)) for name, c in zip(names, args.ckpt)]
     preset = models[0][1].preset
     ratio, sensor = preset.data.ratio, preset.data.sensor
-    methods = {}
+    methods: dict[str, Method] = {}
     if args.baselines != "none":
-        names = None if args.baselines == "all" else [n.strip() for n in args.baselines.split(",")]
-        methods.update(classical_methods(ratio, sensor, names))
-    reference, compare = None, []
+        baselines = None if args.baselines == "all" else [n.strip() for n in args.baselines.split(",")]
+        methods.update(classical_methods(ratio, sensor, baselines))
+    reference: str | None = None
+    compare: list[str] = []
     if args.teacher:
         teacher_args = argparse.Namespace(**{**vars(args), "steps": args.teacher_steps})
         fuser = make_fuser(load_model(args.teacher, args.preset), teacher_args)
@@ -100,21 +106,22 @@ def run(args) -> int:
     return 0
 
 
-def _scene_eval_set(args, preset):
+def _scene_eval_set(args: argparse.Namespace, preset: Preset) -> EvalSet:
     """A full-resolution EvalSet from a GeoTIFF pair (ddif.data.scene.read_full_resolution)."""
     import torch
 
     from ddif.data.scene import read_full_resolution
     from ddif.evaluation import EvalSet
 
-    crop = None
+    crop: tuple[int, int, int, int] | None = None
     if args.crop:
         try:
-            crop = tuple(int(v) for v in args.crop.split(","))
+            values = tuple(int(v) for v in args.crop.split(","))
         except ValueError:
-            crop = ()
-        if len(crop) != 4:
+            values = ()
+        if len(values) != 4:
             raise ValueError(f"--crop: expected row,col,height,width (integers), got {args.crop!r}")
+        crop = values
     _, ms, lms, pan = read_full_resolution(
         args.ms,
         args.pan,

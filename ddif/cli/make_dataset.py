@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_dataclass_args(p, MakeDatasetConfig, "dataset")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ddif.data.make_dataset import MakeDatasetConfig, make_dataset
 
     cfg = dataclass_from_args(MakeDatasetConfig, args)

@@ -100,7 +100,7 @@ def _read_inputs(args, model):
     raise ValueError("give --input, or --lms and --pan, or --ms and --pan")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import h5py
     from tqdm.auto import tqdm
 

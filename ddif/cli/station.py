@@ -13,10 +13,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ddif.cli.args import add_dataclass_args, dataclass_from_args
 
+if TYPE_CHECKING:
+    from ddif.config import Preset
+    from ddif.data.raster import Preprocessing
+    from ddif.runtime.backends import FuserBackend
+    from ddif.station.config import StationConfig
+
 BACKENDS = ("auto", "pytorch", "onnxruntime")
+
+Parser = TypeVar("Parser", bound=argparse.ArgumentParser)
 
 WATCH_DESCRIPTION = """\
 Watch INBOX and fuse every complete scene into OUTBOX/<scene>/ (product, quicklook, report).
@@ -90,14 +99,14 @@ def add_station_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(watch, WatchConfig, "inbox polling")
     watch.set_defaults(_run=cmd_watch)
 
-    def no_sub(args) -> int:
+    def no_sub(args: argparse.Namespace) -> int:
         parser.print_help()
         return 2
 
     parser.set_defaults(_run=no_sub)
 
 
-def add_station_commands(subparsers) -> None:
+def add_station_commands(subparsers: argparse._SubParsersAction[Parser]) -> None:
     """Register ``ddif station ...`` on the top-level ``ddif`` sub-parsers."""
     p = subparsers.add_parser(
         "station",
@@ -108,7 +117,7 @@ def add_station_commands(subparsers) -> None:
     add_station_arguments(p)
 
 
-def load_backend(args, config):
+def load_backend(args: argparse.Namespace, config: StationConfig) -> FuserBackend:
     """The backend named by --backend for --model (auto: ddif.export.best_available), sampling
     the tiles the station cuts (``config.tiling_for``: the model's own unless overridden)."""
     import ddif.export as export
@@ -134,7 +143,7 @@ def load_backend(args, config):
     return backend
 
 
-def _preprocessing(preset, config):
+def _preprocessing(preset: Preset, config: StationConfig) -> Preprocessing:
     from ddif.data.scene import Preprocessing
 
     return Preprocessing.for_preset(
@@ -142,13 +151,13 @@ def _preprocessing(preset, config):
     )
 
 
-def _model_id(path: str) -> dict:
+def _model_id(path: str) -> dict[str, Any]:
     from ddif.station.journal import file_identity
 
     return file_identity(path)
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from ddif.export import model_preset
     from ddif.station.config import StationConfig
     from ddif.station.events import EventLog
@@ -214,7 +223,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_watch(args) -> int:
+def cmd_watch(args: argparse.Namespace) -> int:
     from ddif.station.config import StationConfig, WatchConfig
     from ddif.station.events import EventLog
     from ddif.station.watch import StationService

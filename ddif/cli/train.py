@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from ddif.cli.args import add_config_args, apply_config_args
+
+if TYPE_CHECKING:
+    from ddif.config import Preset
+    from ddif.data.h5 import FusionH5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
 
 
-def load_preset(args):
+def load_preset(args: argparse.Namespace) -> Preset:
     from ddif.config import Preset, get_preset
 
     if args.config:
@@ -50,7 +56,7 @@ def load_preset(args):
     return apply_config_args(preset, args)
 
 
-def open_dataset(path: str, preset, train: bool = False, *, require_gt: bool = False):
+def open_dataset(path: str, preset: Preset, train: bool = False, *, require_gt: bool = False) -> FusionH5:
     """The .h5 file at ``path``, checked against ``preset``, never augmenting (the trainer does);
     ``require_gt`` (or its old name ``train``) refuses a file without ground truth. Also used by
     ``ddif sample`` / ``evaluate`` / ``distill``."""
@@ -59,7 +65,7 @@ def open_dataset(path: str, preset, train: bool = False, *, require_gt: bool = F
     return _open(path, preset, require_gt=require_gt or train, augment=False)
 
 
-def adopt_preprocessing(preset, attrs: dict, args=None) -> None:
+def adopt_preprocessing(preset: Preset, attrs: Mapping[str, Any], args: argparse.Namespace | None = None) -> None:
     """The checkpoint records how its inputs were made (``preset.data.interpolation`` /
     ``interp_padding``) so that every entry point applies the same: take it from the training
     file (``ddif make-dataset`` writes it) unless the option was given on the command line."""
@@ -86,7 +92,7 @@ def adopt_preprocessing(preset, attrs: dict, args=None) -> None:
     preset.data.__post_init__()
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 

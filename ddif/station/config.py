@@ -9,6 +9,12 @@ become command-line options (``ddif station run|watch --tile-size 256 ...``) thr
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ddif.config import Preset
+    from ddif.data.raster import Preprocessing
+    from ddif.inference.tiling import Tiling
 
 COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
 INTERPOLATIONS = ("interp23tap", "bicubic")
@@ -75,8 +81,8 @@ class StationConfig:
             raise ValueError(f"zlevel must lie in [1, 9], got {self.zlevel}")
         if self.overview_min_size < 1 or self.quicklook_size < 16:
             raise ValueError("overview_min_size must be >= 1 and quicklook_size >= 16")
-        lo, hi = (self.quicklook_percentiles + (None, None))[:2]
-        if len(self.quicklook_percentiles) != 2 or not 0 <= lo < hi <= 100:
+        percentiles = self.quicklook_percentiles
+        if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
             raise ValueError(
                 f"quicklook_percentiles must be two values 0 <= lo < hi <= 100, got {self.quicklook_percentiles}"
             )
@@ -85,7 +91,7 @@ class StationConfig:
         if self.gdal_cache_mb < 1:
             raise ValueError(f"gdal_cache_mb must be >= 1, got {self.gdal_cache_mb}")
 
-    def tiling_for(self, preset):
+    def tiling_for(self, preset: Preset) -> Tiling:
         """The tiles a scene is cut into for ``preset``'s model: this config's tile size / overlap,
         else the model's own, else (whole-image models) 256 px tiles with 32 px overlap."""
         from ddif.inference.tiling import Tiling
@@ -95,7 +101,7 @@ class StationConfig:
             tile = preset.diffusion.tile_size or WHOLE_IMAGE_MODEL_TILE
         return Tiling.for_preset(preset, tile, self.overlap)
 
-    def resolved(self, tiling, preprocessing) -> StationConfig:
+    def resolved(self, tiling: Tiling, preprocessing: Preprocessing) -> StationConfig:
         """A copy with every "as the model was trained" (None) replaced by the value used."""
         from dataclasses import replace
 
@@ -110,10 +116,10 @@ class StationConfig:
             fill_iterations=preprocessing.fill_iterations,
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def product_fields(self) -> dict:
+    def product_fields(self) -> dict[str, Any]:
         """The settings that determine the product's bytes (for the journal fingerprint)."""
         keys = (
             "tile_size",

@@ -80,17 +80,18 @@ def environment_error_kind(exc: BaseException) -> str | None:
     EDQUOT, EFBIG, EACCES, EPERM, EROFS) and, for errors that lost it (GDAL's messages, numpy's
     short-write "N requested and M written", wrapped errors), the text."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OutputWriteError):
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OutputWriteError):
             return "write_error"
-        if isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS:
-            return _ENV_ERRNOS[exc.errno]
-        text = str(exc).lower()
+        if isinstance(current, OSError) and current.errno in _ENV_ERRNOS:
+            return _ENV_ERRNOS[current.errno]
+        text = str(current).lower()
         for phrase, kind in _ENV_PHRASES.items():
             if phrase in text:
                 return kind
-        if isinstance(exc, OSError) and _SHORT_WRITE.search(text):
+        if isinstance(current, OSError) and _SHORT_WRITE.search(text):
             return "disk_full"
-        exc = exc.__cause__ or exc.__context__
+        current = current.__cause__ or current.__context__
     return None

@@ -8,13 +8,15 @@ import datetime as _dt
 import json
 import sys
 import threading
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 
 class EventLog:
     """Write events as JSON lines to ``stream`` (stderr by default) and/or append them to ``path``."""
 
-    def __init__(self, stream: TextIO | None | str = "stderr", path: str | None = None):
+    def __init__(self, stream: TextIO | Literal["stderr"] | None = "stderr", path: str | None = None):
+        if isinstance(stream, str) and stream != "stderr":
+            raise ValueError(f"stream: expected a text stream, None or 'stderr', got {stream!r}")
         self.stream = stream  # "stderr": whatever sys.stderr is when an event is written
         self.path = path
         self._lock = threading.Lock()
@@ -30,7 +32,7 @@ class EventLog:
         line = json.dumps(record, default=str, sort_keys=False)
         with self._lock:
             self.events.append(record)
-            stream = sys.stderr if self.stream == "stderr" else self.stream
+            stream = sys.stderr if isinstance(self.stream, str) else self.stream
             if stream is not None:
                 stream.write(line + "\n")
                 stream.flush()

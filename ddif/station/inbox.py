@@ -37,8 +37,9 @@ class SceneFiles:
     def existing(self) -> list[Path]:
         return [p for p in self.files if p.exists() or p.is_symlink()]
 
-    def signature(self) -> tuple:
-        sig = []
+    def signature(self) -> tuple[tuple[str, int | None, int | None], ...]:
+        """(name, size, mtime_ns) of each file (None, None: it is gone)."""
+        sig: list[tuple[str, int | None, int | None]] = []
         for p in self.files:
             try:
                 st = p.stat()
@@ -111,6 +112,7 @@ def scan_inbox(inbox: Path, reserved: Iterable[Path] = ()) -> dict[str, SceneFil
                         claimed.add(rel)
                 if problems:
                     raise ValueError("; ".join(problems))
+                assert sf.ms is not None and sf.pan is not None  # both set above
                 if sf.ms.name == sf.pan.name:
                     raise ValueError(f'"ms" and "pan" name the same file name {sf.ms.name!r}')
             except (ValueError, OSError) as exc:

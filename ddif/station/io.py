@@ -188,9 +188,10 @@ def write_quicklook(
         oh, ow = max(1, round(src.height / scale)), max(1, round(src.width / scale))
         bands = list(rgb_bands) if src.count >= 3 and len(rgb_bands) == 3 and max(rgb_bands) < src.count else [0, 0, 0]
         data = src.read([b + 1 for b in bands], out_shape=(3, oh, ow), resampling=Resampling.nearest, masked=True)
-    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    valid = np.asarray(~np.ma.getmaskarray(data).any(axis=0))
     arr = np.ma.filled(data.astype(np.float32), np.nan)
     del data
-    limits = band_limits(arr, [0, 1, 2], tuple(percentiles), valid)
-    save_quicklook(arr, out_png, [0, 1, 2], tuple(percentiles), valid, limits)
+    lo, hi = percentiles
+    limits = band_limits(arr, [0, 1, 2], (lo, hi), valid)
+    save_quicklook(arr, out_png, [0, 1, 2], (lo, hi), valid, limits)
     return {"bands": bands, "size": [oh, ow], "stretch_dn": limits, "percentiles": list(percentiles)}

@@ -133,7 +133,7 @@ class Journal:
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
                     npy.write_array_header_1_0(f, npy.header_data_from_array_1_0(values))
-                    f.write(memoryview(values).cast("B"))
+                    f.write(values.data.cast("B"))  # the array's buffer (C-contiguous), as bytes
         except OSError as exc:
             if exc.errno is None and environment_error_kind(exc) == "disk_full":
                 raise OSError(errno.ENOSPC, f"No space left on device writing tile journal {path} ({exc})") from exc

@@ -28,10 +28,10 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -54,12 +54,40 @@ from ddif.station.io import output_nodata, overview_factors, product_profile, to
 from ddif.station.journal import Journal, file_identity
 from ddif.utils.tiling import TileGrid, blend_window
 
+if TYPE_CHECKING:
+    import torch
+
+    from ddif.config import Preset
+
 # 2: tiles in the model's tiling with per-tile noise, journal holds lms + residual
 PIPELINE_VERSION = 2
 BACKEND_INTERFACE = ("name", "bands", "guide_bands", "max_dn", "rgb_bands", "ratio", "preset", "tiling", "sample_tiles")
 
 
-def model_facts(model, config: StationConfig | None = None) -> dict[str, Any]:
+class StationBackend(Protocol):
+    """What the station uses of a backend (the ``ddif.runtime`` interface, e.g.
+    :class:`ddif.runtime.TorchFuser`; :func:`model_facts` checks every name of
+    ``BACKEND_INTERFACE``; ``describe()`` and ``steps`` are used where present)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def preset(self) -> Preset: ...
+
+    @property
+    def tiling(self) -> Tiling: ...
+
+    def sample_tiles(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> torch.Tensor: ...
+
+
+def model_facts(model: StationBackend | Preset, config: StationConfig | None = None) -> dict[str, Any]:
     """What the station needs to know about the model, from a backend (the ``ddif.runtime``
     interface) or, before any backend exists (no ONNX export yet), from its preset."""
     from ddif.config import Preset
@@ -268,7 +296,12 @@ def _range(stats: dict[str, Any] | None) -> str:
 
 
 def plan_scene(
-    ms_path, pan_path, model, config: StationConfig | None = None, *, log: EventLog | None = None
+    ms_path: str | os.PathLike,
+    pan_path: str | os.PathLike,
+    model: StationBackend | Preset,
+    config: StationConfig | None = None,
+    *,
+    log: EventLog | None = None,
 ) -> ScenePlan:
     """Check the pair against the model (a backend, or a :class:`ddif.config.Preset` before any
     backend exists) and lay out the tiles. Reads the scene once, by blocks, to find all-nodata
@@ -304,6 +337,7 @@ def plan_scene(
         check_scene_scale(grid, scan, pre.max_dn, config.input_scale, warn)
     fused = [int(i) for i in np.flatnonzero(tile_valid)]
     step = config.batch_size
+    assert step is not None  # set by config.resolved()
     batches = [fused[i : i + step] for i in range(0, len(fused), step)]
     return ScenePlan(
         str(ms_path),
@@ -331,7 +365,7 @@ def _band_names(plan: ScenePlan) -> list[str]:
 
 def _fuse_tiles(
     plan: ScenePlan,
-    backend,
+    backend: StationBackend,
     journal: Journal,
     reader: SceneReader,
     log: EventLog,
@@ -365,13 +399,14 @@ def _fuse_tiles(
             if should_stop is not None and should_stop():
                 raise StopRequested(f"stop requested after {n} of {len(pending)} pending batches")
             t0 = time.perf_counter()
-            lms = np.empty((len(batch),) + shape, dtype=np.float32)
-            pan = np.empty((len(batch), plan.grid.pan.count) + shape[1:], dtype=np.float32)
+            lms_np = np.empty((len(batch),) + shape, dtype=np.float32)
+            pan_np = np.empty((len(batch), plan.grid.pan.count) + shape[1:], dtype=np.float32)
             noise = torch.empty((len(batch),) + shape, dtype=torch.float32)
             for i, t in enumerate(map(plan.tiles.tile, batch)):  # filled in place: no second copy
-                lms[i], pan[i] = reader.tile_inputs(t.y, t.x, t.height, t.width)
+                lms_np[i], pan_np[i] = reader.tile_inputs(t.y, t.x, t.height, t.width)
                 noise[i] = tile_noise(plan.config.seed, 0, t.index, shape)
-            lms, pan = torch.from_numpy(lms), torch.from_numpy(pan)  # rebound: one batch alive at a time
+            lms, pan = torch.from_numpy(lms_np), torch.from_numpy(pan_np)  # sharing the arrays' memory
+            del lms_np, pan_np
             t1 = time.perf_counter()
             residual = backend.sample_tiles(lms, pan, noise)
             lms += residual.detach().to("cpu", torch.float32)  # lms + residual: blended, then clamped, as in the Fuser
@@ -379,6 +414,7 @@ def _fuse_tiles(
             t2 = time.perf_counter()
             for i, index in enumerate(batch):
                 journal.save(index, lms[i].numpy())
+            del lms  # one batch alive at a time: freed before the next one is allocated
             t3 = time.perf_counter()
             t_read, t_fuse, t_save = t_read + t1 - t0, t_fuse + t2 - t1, t_save + t3 - t2
             computed += len(batch)
@@ -476,6 +512,8 @@ def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str
         if ny == 0 or nx == 0 or j0 < 0 or i0 < 0 or j0 + ny // r > g.ms.height or i0 + nx // r > g.ms.width:
             continue
         values = journal.load(index)
+        if values is None:
+            raise RuntimeError(f"tile {index}: missing from the tile journal {journal.directory} after fusing")
         fused = torch.from_numpy(
             np.clip(np.array(values[:, py - t.y : py - t.y + ny, px - t.x : px - t.x + nx], np.float32), 0, 1)
         )
@@ -506,15 +544,15 @@ def default_journal_dir(out: str | Path) -> Path:
 
 
 def run_scene(
-    ms_path,
-    pan_path,
-    out_path,
-    backend,
+    ms_path: str | os.PathLike,
+    pan_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    backend: StationBackend,
     config: StationConfig | None = None,
     *,
-    quicklook_path=None,
-    report_path=None,
-    journal_dir=None,
+    quicklook_path: str | os.PathLike | None = None,
+    report_path: str | os.PathLike | None = None,
+    journal_dir: str | os.PathLike | None = None,
     log: EventLog | None = None,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
@@ -621,12 +659,9 @@ def run_scene(
             )
             times["write_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
+            lo, hi = config.quicklook_percentiles  # two values (checked by StationConfig)
             quicklook = write_quicklook(
-                tmp,
-                quicklook_path,
-                tuple(plan.backend["rgb_bands"]),
-                config.quicklook_size,
-                tuple(config.quicklook_percentiles),
+                tmp, quicklook_path, tuple(plan.backend["rgb_bands"]), config.quicklook_size, (lo, hi)
             )
             times["quicklook_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()

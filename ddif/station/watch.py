@@ -84,7 +84,7 @@ from ddif.station.quarantine import (
     staging_dir,
     unique_dir,
 )
-from ddif.station.run import run_scene
+from ddif.station.run import StationBackend, run_scene
 from ddif.utils.io import atomic_write_text, exchange_paths, fsync_dir, is_atomic_temp
 
 
@@ -93,15 +93,15 @@ class StationService:
 
     def __init__(
         self,
-        inbox,
-        outbox,
-        backend,
+        inbox: str | os.PathLike,
+        outbox: str | os.PathLike,
+        backend: StationBackend,
         config: StationConfig | None = None,
         watch: WatchConfig | None = None,
         *,
-        quarantine_dir=None,
-        processed_dir=None,
-        workdir=None,
+        quarantine_dir: str | os.PathLike | None = None,
+        processed_dir: str | os.PathLike | None = None,
+        workdir: str | os.PathLike | None = None,
         log: EventLog | None = None,
         model_id: dict[str, Any] | None = None,
     ):
@@ -130,7 +130,7 @@ class StationService:
         self.quarantined: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
-    def request_stop(self, *_args) -> None:
+    def request_stop(self, *_args: object) -> None:
         self._stop = True
 
     def _should_stop(self) -> bool:
@@ -230,8 +230,8 @@ class StationService:
                 return "busy"
             if not staging.exists():
                 return "done"
-            record = read_record(staging)
-            kind = (record or {}).get("kind")
+            record = read_record(staging) or {}
+            kind = record.get("kind")
             try:
                 if kind == "quarantine" or (kind == "archive" and self._product_matches(record)):
                     dest = finish_move(staging)
@@ -434,6 +434,7 @@ class StationService:
                 if stable:
                     return self._quarantine(sf, BAD_MANIFEST, sf.manifest_error)
                 return "wait"
+            assert sf.ms is not None and sf.pan is not None  # a manifest without error names both
             missing = [p.name for p in (sf.ms, sf.pan) if not p.exists()]
             if missing:
                 if stable:
@@ -466,6 +467,7 @@ class StationService:
         age = now - sf.arrival_ns() / 1e9
         if stable and age >= self.watch.orphan_timeout_s:
             have = sf.ms or sf.pan
+            assert have is not None  # without a manifest or a marker, a scene is one file of a pair
             return self._quarantine(
                 sf,
                 MISSING_PARTNER,
@@ -484,10 +486,12 @@ class StationService:
     def _process(self, sf: SceneFiles) -> None:
         """Fuse one claimed scene (unless its product exists with the same inputs), then archive it."""
         name = sf.name
+        ms, pan = sf.ms, sf.pan
+        assert ms is not None and pan is not None  # a ready scene has both (see _state)
         final = self.outbox / name
         journal_dir = self.workdir / name
         try:
-            inputs = content_identity({"ms": sf.ms, "pan": sf.pan})
+            inputs = content_identity({"ms": ms, "pan": pan})
         except OSError as exc:
             self._failed(sf, exc, stage="read inputs")
             return
@@ -518,8 +522,8 @@ class StationService:
             staging.mkdir(parents=True)
             out = self._outputs(staging, name)
             report = run_scene(
-                sf.ms,
-                sf.pan,
+                ms,
+                pan,
                 out["product"],
                 self.backend,
                 self.config,

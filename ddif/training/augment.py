@@ -31,6 +31,8 @@ def random_crop(
     """One random ``size`` x ``size`` crop per batch (offsets multiples of ``ratio`` so the coarse
     ``ms`` stays aligned); a no-op when the patches are not larger than ``size``."""
     ref = batch.get("gt", batch.get("lms"))
+    if ref is None:
+        raise ValueError(f"batch: a random crop needs 'gt' or 'lms', got keys {sorted(batch)}")
     h, w = ref.shape[-2:]
     if size <= 0 or (h <= size and w <= size):
         return batch

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 
 from ddif.config import Preset
 from ddif.diffusion.samplers import respace
@@ -81,6 +82,8 @@ def _alpha_sigma(schedule: NoiseSchedule, t: torch.Tensor, clean: torch.Tensor, 
 class DistillationLoss(nn.Module):
     """Student loss against two deterministic teacher DDIM steps (x0 parameterisation)."""
 
+    grid: torch.Tensor  # the teacher's timesteps (a buffer)
+
     def __init__(self, student: DDIF, teacher: DDIF, schedule: NoiseSchedule, teacher_timesteps: torch.Tensor):
         super().__init__()
         if len(teacher_timesteps) % 2:
@@ -100,7 +103,9 @@ class DistillationLoss(nn.Module):
                 previous = model(z, t, self_cond=None, cache=cache)
         return torch.where(first.reshape(-1, 1, 1, 1), z, previous)
 
-    def forward(self, gt, lms, pan, pair_index: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, gt: torch.Tensor, lms: torch.Tensor, pan: torch.Tensor, pair_index: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         grid = self.grid.to(pair_index.device)
         n = len(grid)
         residual = gt - lms
@@ -138,8 +143,8 @@ class DistillRound(Trainer):
         self,
         teacher: DDIF,
         teacher_timesteps: torch.Tensor,
-        train_set,
-        val_set,
+        train_set: Dataset,
+        val_set: Dataset | None,
         options: RunOptions,
         dcfg: DistillConfig,
     ):
@@ -166,7 +171,9 @@ class DistillRound(Trainer):
     def build_loss_module(self) -> nn.Module:
         return DistillationLoss(self.model, self.teacher_model, self.schedule, self.teacher_timesteps)
 
-    def compute_loss(self, gt, lms, pan):
+    def compute_loss(
+        self, gt: torch.Tensor, lms: torch.Tensor, pan: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         pairs = len(self.teacher_timesteps) // 2
         pair_index = torch.randint(0, pairs, (gt.shape[0],), generator=self.generator).to(self.device)
         noise = torch.randn(gt.shape, generator=self.generator).to(self.device)
@@ -192,7 +199,14 @@ class DistillRound(Trainer):
         return row
 
 
-def distill(teacher: DDIF, train_set, val_set, out: str | Path, dcfg: DistillConfig, options: RunOptions) -> list[Path]:
+def distill(
+    teacher: DDIF,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    out: str | Path,
+    dcfg: DistillConfig,
+    options: RunOptions,
+) -> list[Path]:
     """Run every round of ``dcfg.schedule``; returns the student checkpoints (fewest steps last).
 
     Each round lives in ``out/round_<N>to<N/2>/``; a finished round leaves ``student.pt`` there and

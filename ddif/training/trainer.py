@@ -17,10 +17,10 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from ddif.models.ddif import DDIF
 from ddif.training.augment import dihedral_augment, random_crop
 from ddif.training.ema import EMA
 from ddif.utils.io import atomic_torch_save, atomic_write_text
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -101,7 +104,7 @@ def resolve_device(name: str) -> torch.device:
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
     # Training randomness comes from `generator` (data order is derived from the step); the
     # global torch RNG drives dropout / drop-path.
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -129,6 +132,13 @@ def _check_single_augmentation(train_set: Dataset) -> None:
             "itself: open the training set without augmentation (augment=False, the default; "
             "train=True only requires ground truth)"
         )
+
+
+def _length(dataset: Dataset) -> int:
+    """The number of items of a dataset (the trainer needs datasets with a ``__len__``)."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"{dataset!r}: the trainer needs datasets with a length (__len__)")
+    return len(dataset)
 
 
 def _item(dataset: Dataset, index: int) -> dict[str, torch.Tensor]:
@@ -191,7 +201,7 @@ class Trainer:
         self.step = 0
         self.train_set, self.val_set = train_set, val_set
         self.history: list[dict[str, float]] = []
-        self._tb = None
+        self._tb: SummaryWriter | None = None
 
     def build_loss_module(self) -> torch.nn.Module:
         return DiffusionLoss(self.model, self.schedule)
@@ -270,7 +280,7 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _loader(self) -> Iterator[dict[str, torch.Tensor]]:
         sampler = StreamSampler(
-            len(self.train_set), self.cfg.seed, self.rank, self.world, start=self.step * self.local_batch
+            _length(self.train_set), self.cfg.seed, self.rank, self.world, start=self.step * self.local_batch
         )
         loader = DataLoader(
             self.train_set,
@@ -364,12 +374,14 @@ class Trainer:
         return {
             "step": self.step,
             "loss": float(loss_value),
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": float(self.scheduler.get_last_lr()[0]),
             "grad_norm": float(grad_norm),
             **info,
         }
 
-    def compute_loss(self, gt, lms, pan) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(
+        self, gt: torch.Tensor, lms: torch.Tensor, pan: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The diffusion loss of one batch (randomness from the trainer's generator)."""
         draw = draw_noise(
             gt.shape,
@@ -385,7 +397,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Validation loss (fixed noise) and reduced-resolution metrics of EMA samples."""
-        if self.val_set is None or len(self.val_set) == 0:
+        if self.val_set is None or _length(self.val_set) == 0:
             return {}
         from ddif.fuser import Fuser
 
@@ -396,7 +408,7 @@ class Trainer:
         own_grid = bool(model.preset.diffusion.sample_timesteps)
         fuser = Fuser(model, steps=None if own_grid else min(self.opts.val_sample_steps, self.schedule.num_timesteps))
         losses, preds, gts = [], [], []
-        n = len(self.val_set)
+        n = _length(self.val_set)
         for b in range(self.opts.val_batches):
             idx = [(b * self.local_batch + i) % n for i in range(min(self.local_batch, n))]
             batch = _collate([_item(self.val_set, i) for i in idx])
