@@ -1,0 +1,310 @@
+"""The products operators expect: a Cloud-Optimized GeoTIFF, per-band statistics, a STAC Item per
+product and a STAC Collection for the outbox.
+
+- **COG** (:func:`write_cog`): the station assembles its product block by block into a tiled
+  GeoTIFF with overviews (bounded memory), then GDAL's COG driver copies it into the
+  cloud-optimized layout (IFDs first, overviews before the full resolution, internal tiles),
+  keeping the overviews exactly as built (nodata-aware averaging, or ``overview_resampling``),
+  the CRS, the geotransform, the nodata value, the band descriptions and the tags. Deterministic:
+  the same input gives the same bytes. :func:`validate_cog` is rio-cogeo's validator.
+- **Statistics** (:class:`BandStatistics`): min / max / mean / standard deviation / valid percent
+  of every band over the valid pixels, accumulated while the blocks are written.
+- **STAC** (:func:`stac_item`, :func:`update_collection`, with pystac): the projection and raster
+  extensions (per-band statistics, nodata, data type, scale), processing fields (software and
+  version, model SHA-256, preset, steps, backend, seed, tiling), assets for the product,
+  quicklook and report, ``derived_from`` links to the inputs. Collections are updated under a
+  lock and written atomically. Nothing here downloads a schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddif.utils.io import atomic_write_text
+
+COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+OVERVIEW_RESAMPLINGS = ("average", "nearest", "bilinear", "cubic", "cubicspline", "lanczos", "mode", "rms")
+_COG_COMPRESS = {"deflate": "DEFLATE", "lzw": "LZW", "zstd": "ZSTD", "none": "NONE"}
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+# --------------------------------------------------------------------------------------------
+class BandStatistics:
+    """Per-band statistics of the valid pixels of a product, accumulated block by block (float64
+    sums: exact enough for 16-bit data over 10^9 pixels)."""
+
+    def __init__(self, bands: int) -> None:
+        self.bands = bands
+        self.valid = 0
+        self.total = 0
+        self.sum = np.zeros(bands, dtype=np.float64)
+        self.sumsq = np.zeros(bands, dtype=np.float64)
+        self.min = np.full(bands, np.inf)
+        self.max = np.full(bands, -np.inf)
+
+    def add(self, block: np.ndarray, valid: np.ndarray) -> None:
+        """``block`` (bands, h, w) in the product's units, ``valid`` (h, w)."""
+        self.total += int(valid.size)
+        n = int(valid.sum())
+        if not n:
+            return
+        values = block[:, valid].astype(np.float64)
+        self.valid += n
+        self.sum += values.sum(axis=1)
+        self.sumsq += np.square(values).sum(axis=1)
+        self.min = np.minimum(self.min, values.min(axis=1))
+        self.max = np.maximum(self.max, values.max(axis=1))
+
+    def to_list(self) -> list[dict[str, float | None]]:
+        """One dict per band: minimum, maximum, mean, stddev, valid_percent (None without data)."""
+        out: list[dict[str, float | None]] = []
+        pct = 100.0 * self.valid / self.total if self.total else 0.0
+        for b in range(self.bands):
+            if not self.valid:
+                out.append({"minimum": None, "maximum": None, "mean": None, "stddev": None, "valid_percent": pct})
+                continue
+            mean = self.sum[b] / self.valid
+            var = max(self.sumsq[b] / self.valid - mean * mean, 0.0)
+            out.append(
+                {
+                    "minimum": float(self.min[b]),
+                    "maximum": float(self.max[b]),
+                    "mean": float(mean),
+                    "stddev": math.sqrt(var),
+                    "valid_percent": pct,
+                }
+            )
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Cloud-Optimized GeoTIFF
+# --------------------------------------------------------------------------------------------
+def cog_creation_options(
+    compress: str, level: int, block_size: int, dtype: np.dtype | str, overview_resampling: str = "average"
+) -> dict[str, str]:
+    """GDAL COG-driver options of a station product (also the defaults of ``ddif fuse``, whose
+    ``-co NAME=VALUE`` override them)."""
+    compress = compress.lower()
+    if compress not in _COG_COMPRESS:
+        raise ValueError(f"compress must be one of {sorted(_COG_COMPRESS)}, got {compress!r}")
+    if overview_resampling not in OVERVIEW_RESAMPLINGS:
+        raise ValueError(f"overview_resampling must be one of {OVERVIEW_RESAMPLINGS}, got {overview_resampling!r}")
+    opts = {
+        "COMPRESS": _COG_COMPRESS[compress],
+        "BLOCKSIZE": str(int(block_size)),
+        "OVERVIEWS": "FORCE_USE_EXISTING",
+        "OVERVIEW_RESAMPLING": overview_resampling.upper(),
+        "NUM_THREADS": "1",
+        "BIGTIFF": "IF_SAFER",
+        "STATISTICS": "NO",
+    }
+    if compress != "none":
+        opts["PREDICTOR"] = "FLOATING_POINT" if np.dtype(dtype).kind == "f" else "STANDARD"
+        if compress in ("deflate", "zstd"):
+            opts["LEVEL"] = str(int(level))
+    return opts
+
+
+def write_cog(src: str | os.PathLike, dst: str | os.PathLike, options: Mapping[str, str]) -> None:
+    """Copy a tiled GeoTIFF with overviews into the COG layout at ``dst`` (GDAL's COG driver;
+    streams: memory does not grow with the raster)."""
+    import rasterio
+    import rasterio.shutil
+
+    with rasterio.Env(GDAL_NUM_THREADS="1", GDAL_PAM_ENABLED="NO"):
+        rasterio.shutil.copy(str(src), str(dst), driver="COG", **dict(options))
+
+
+def validate_cog(path: str | os.PathLike) -> dict[str, Any]:
+    """rio-cogeo's validator: ``{"valid": bool, "errors": [...], "warnings": [...]}``."""
+    from rio_cogeo.cogeo import cog_validate
+
+    valid, errors, warnings = cog_validate(str(path), quiet=True)
+    return {"valid": bool(valid), "errors": list(errors), "warnings": list(warnings)}
+
+
+# --------------------------------------------------------------------------------------------
+# STAC
+# --------------------------------------------------------------------------------------------
+def _stac_data_type(dtype: str) -> Any:
+    from pystac.extensions.raster import DataType
+
+    return DataType(np.dtype(dtype).name)
+
+
+def stac_item(
+    product: str | os.PathLike,
+    *,
+    item_id: str,
+    assets: Mapping[str, str | os.PathLike],
+    statistics: Sequence[Mapping[str, float | None]],
+    processing: Mapping[str, Any],
+    inputs: Sequence[str | os.PathLike],
+    band_names: Sequence[str],
+    scale: float | None = None,
+    created: _dt.datetime | None = None,
+) -> Any:
+    """A pystac Item for a written product: footprint (WGS84 bbox of the product grid),
+    projection (EPSG / WKT2, shape, transform, native bbox), raster bands (nodata, data type,
+    statistics, scale), processing fields, assets (``product``, ``quicklook``, ``report`` as
+    given) and ``derived_from`` links to ``inputs``. Hrefs are relative to the product's folder."""
+    import pystac
+    import rasterio
+    from pystac.extensions.projection import ProjectionExtension
+    from pystac.extensions.raster import RasterBand, RasterExtension, Statistics
+    from rasterio.warp import transform_bounds
+
+    product = Path(product)
+    with rasterio.open(product) as src:
+        crs, transform, bounds = src.crs, src.transform, src.bounds
+        shape, dtype, nodata = [src.height, src.width], src.dtypes[0], src.nodata
+    if crs is not None:
+        west, south, east, north = transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21)
+    else:
+        west, south, east, north = bounds
+    geometry = {
+        "type": "Polygon",
+        "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]],
+    }
+    created = created or _dt.datetime.now(_dt.timezone.utc)
+    item = pystac.Item(id=item_id, geometry=geometry, bbox=[west, south, east, north], datetime=created, properties={})
+    item.common_metadata.created = created
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    epsg = crs.to_epsg() if crs is not None else None
+    proj.epsg = epsg
+    if epsg is None and crs is not None:
+        proj.wkt2 = crs.to_wkt()
+    proj.shape = shape
+    proj.transform = list(transform)[:6]
+    proj.bbox = [bounds.left, bounds.bottom, bounds.right, bounds.top]
+    item.stac_extensions.append(PROCESSING_SCHEMA)
+    item.properties.update(
+        {f"processing:{k}": v for k, v in processing.items() if k in ("software", "level", "lineage", "facility")}
+    )
+    item.properties.update(
+        {f"ddif:{k}": v for k, v in processing.items() if k not in ("software", "level", "lineage", "facility")}
+    )
+    base = product.parent
+    roles = {
+        "product": (["data"], COG_MEDIA_TYPE),
+        "quicklook": (["overview", "visual"], pystac.MediaType.PNG),
+        "report": (["metadata"], pystac.MediaType.JSON),
+    }
+    for key, path in assets.items():
+        role, media = roles.get(key, (["metadata"], None))
+        item.add_asset(
+            key, pystac.Asset(href=os.path.relpath(path, base), media_type=media, roles=role, title=Path(path).name)
+        )
+    raster = RasterExtension.ext(item.assets["product"], add_if_missing=True)
+    raster.bands = [
+        RasterBand.create(
+            nodata=nodata,
+            data_type=_stac_data_type(dtype),
+            scale=scale,
+            statistics=Statistics.create(**{k: v for k, v in stats.items() if v is not None}),
+        )
+        for stats in statistics
+    ]
+    item.assets["product"].extra_fields["ddif:band_names"] = list(band_names)
+    for path in inputs:
+        item.add_link(
+            pystac.Link(
+                rel="derived_from",
+                target=os.path.relpath(path, base),
+                media_type=COG_MEDIA_TYPE if str(path).lower().endswith((".tif", ".tiff")) else None,
+                title=Path(path).name,
+            )
+        )
+    return item
+
+
+def write_stac_item(item: Any, path: str | os.PathLike) -> Path:
+    """The Item as JSON at ``path``, atomically (its hrefs stay relative)."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def update_collection(
+    outbox: str | os.PathLike,
+    item_path: str | os.PathLike,
+    *,
+    collection_id: str = "ddif-products",
+    description: str | None = None,
+) -> Path:
+    """Add (or replace) the item at ``item_path`` in ``outbox/collection.json`` and widen the
+    collection's extent, under a lock and atomically (several services may share an outbox
+    directory tree)."""
+    import pystac
+
+    outbox = Path(outbox)
+    path = outbox / "collection.json"
+    item_path = Path(item_path)
+    with _locked(outbox / ".collection.lock"):
+        item = pystac.Item.from_dict(json.loads(item_path.read_text()))
+        if item.bbox is None:
+            raise ValueError(f"{item_path}: STAC item without a bbox")
+        bbox: list[float] = list(item.bbox)
+        if path.is_file():
+            data = json.loads(path.read_text())
+        else:
+            data = pystac.Collection(
+                id=collection_id,
+                description=description or "Pansharpened products written by ddif station",
+                extent=pystac.Extent(
+                    pystac.SpatialExtent([item.bbox]), pystac.TemporalExtent([[item.datetime, item.datetime]])
+                ),
+                license="other",
+            ).to_dict(include_self_link=False, transform_hrefs=False)
+        href = os.path.relpath(item_path, outbox)
+        links = [lk for lk in data.get("links", []) if not (lk.get("rel") == "item" and lk.get("href") == href)]
+        links.append({"rel": "item", "href": href, "type": "application/geo+json", "title": item.id})
+        data["links"] = links
+        boxes = [b for b in data["extent"]["spatial"]["bbox"] if b] + [bbox]
+        data["extent"]["spatial"]["bbox"] = [
+            [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+        ]
+        when = item.datetime.isoformat().replace("+00:00", "Z") if item.datetime else None
+        interval = data["extent"]["temporal"]["interval"][0]
+        if when:
+            interval[0] = min(x for x in (interval[0], when) if x)
+            interval[1] = max(x for x in (interval[1], when) if x)
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return path
+
+
+__all__ = [
+    "BandStatistics",
+    "cog_creation_options",
+    "write_cog",
+    "validate_cog",
+    "stac_item",
+    "write_stac_item",
+    "update_collection",
+    "OVERVIEW_RESAMPLINGS",
+    "COG_MEDIA_TYPE",
+]
