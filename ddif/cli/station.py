@@ -161,7 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ddif.export import model_preset
     from ddif.station.config import StationConfig
     from ddif.station.events import EventLog
-    from ddif.station.run import plan_scene, run_scene
+    from ddif.station.plan import plan_scene
+    from ddif.station.run import run_scene
 
     config = dataclass_from_args(StationConfig, args)
     log = EventLog()
