@@ -113,6 +113,13 @@ class TrainConfig:
     ema_decay: float = 0.995
     ema_start: int = 20_000
     patch_size: int = 64
+    # Mixed crop sizes (ddif's tile-size remedy): each step crops the batch to one of these sizes,
+    # drawn from (seed, step) so that every rank and every resume agrees, with the batch cut to
+    # keep about batch_size x patch_size^2 pixels (patch_size is then the smallest size; at least
+    # one crop per step). DDIF's one-group GroupNorm normalises over the whole input, so a model
+    # that saw one crop size drifts on others; () = off. The data's patches must be at least as
+    # large as the largest size.
+    patch_sizes: tuple[int, ...] = ()
     self_cond_prob: float = 0.5
     val_every: int = 5_000
     ckpt_every: int = 5_000
@@ -122,6 +129,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
+        self.patch_sizes = tuple(int(s) for s in self.patch_sizes)
+        if any(s < 1 for s in self.patch_sizes):
+            raise ValueError(f"patch_sizes must be positive, got {self.patch_sizes}")
+
+    def step_patch(self, step: int, local_batch: int) -> tuple[int, int]:
+        """(crop size, batch) of training step ``step`` (see ``patch_sizes``)."""
+        if not self.patch_sizes:
+            return self.patch_size, local_batch
+        from ddif.utils.seeding import derive_seed
+
+        size = self.patch_sizes[derive_seed(self.seed, step, 2) % len(self.patch_sizes)]
+        return size, min(local_batch, max(1, round(local_batch * (self.patch_size / size) ** 2)))
 
 
 @dataclass

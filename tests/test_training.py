@@ -353,3 +353,40 @@ def test_training_file_preprocessing_is_recorded_in_the_preset():
     assert (preset.data.interpolation, preset.data.interp_padding) == ("interp23tap", "circular")
     with pytest.raises(ValueError, match="interp_padding"):
         adopt_preprocessing(_preset(), {"interp_padding": "wrap"})
+
+
+def test_mixed_crop_sizes_keep_the_pixel_budget_and_resume_exactly(tiny_data, tmp_path, monkeypatch):
+    """train.patch_sizes: each step crops to a size drawn from (seed, step), the batch cut to keep
+    about batch_size x patch_size^2 pixels; the draw is the same after a resume."""
+    from ddif.config import TrainConfig
+    from ddif.data import open_dataset
+
+    cfg = TrainConfig(batch_size=16, patch_size=8, patch_sizes=(8, 16, 32), seed=3)
+    draws = [cfg.step_patch(s, 16) for s in range(60)]
+    assert {d for d in draws} == {(8, 16), (16, 4), (32, 1)}
+    assert draws == [TrainConfig(batch_size=16, patch_size=8, patch_sizes=(8, 16, 32), seed=3).step_patch(s, 16)
+                     for s in range(60)]
+    assert [TrainConfig(patch_size=8).step_patch(s, 16) for s in range(3)] == [(8, 16)] * 3   # off by default
+
+    shapes = []
+    original = Trainer.compute_loss
+
+    def record(self, gt, lms, pan):
+        shapes.append(tuple(gt.shape))
+        return original(self, gt, lms, pan)
+
+    monkeypatch.setattr(Trainer, "compute_loss", record)
+
+    def run(out, **opts):
+        p = _preset()
+        p.train.patch_size, p.train.patch_sizes = 4, (4, 8)
+        return Trainer(p, open_dataset(tiny_data["train"], p), None, RunOptions(out=str(out), progress=False, **opts))
+
+    full = run(tmp_path / "a").fit()
+    plan = [TrainConfig(patch_size=4, patch_sizes=(4, 8), seed=_preset().train.seed).step_patch(i, 4) for i in range(6)]
+    assert {s for s, _ in plan} == {4, 8}                               # both sizes occur in 6 steps
+    assert shapes == [(n, 4, s, s) for s, n in plan] and {n for s, n in plan if s == 8} == {1}
+    shapes.clear()
+    run(tmp_path / "b", stop_after=3).fit()
+    rest = run(tmp_path / "b", resume=True).fit()
+    assert [r["loss"] for r in rest] == [r["loss"] for r in full[3:]]

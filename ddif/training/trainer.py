@@ -150,7 +150,8 @@ def _item(dataset: Dataset, index: int) -> dict[str, torch.Tensor]:
 class Trainer:
     """Train a DDIF model on a dataset of dicts with ``gt``, ``lms``, ``pan`` (images in [0, 1]).
 
-    The trainer augments (a random crop to ``train.patch_size``, then a random flip / rot90 per
+    The trainer augments (a random crop to ``train.patch_size``, or to one of ``train.patch_sizes``
+    per step with the batch cut to keep the pixel count, then a random flip / rot90 per
     sample, see :mod:`ddif.training.augment`); give it datasets that do not: a :class:`ddif.data.
     FusionH5` opened with the default ``augment=None`` (``train=True`` only requires ``gt``). One
     that draws its own :class:`ddif.data.RandomDihedral` is refused; validation reads items without
@@ -351,7 +352,10 @@ class Trainer:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.model.train()
-        batch = random_crop(batch, self.cfg.patch_size, self.preset.data.ratio, self.generator)
+        size, n = self.cfg.step_patch(self.step, self.local_batch)
+        if n < next(iter(batch.values())).shape[0]:
+            batch = {k: v[:n] if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = random_crop(batch, size, self.preset.data.ratio, self.generator)
         batch = dihedral_augment(batch, self.generator)
         gt, lms, pan = (batch[k].to(self.device, non_blocking=True) for k in ("gt", "lms", "pan"))
         self.optimizer.zero_grad(set_to_none=True)
