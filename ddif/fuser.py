@@ -25,8 +25,10 @@ class Fuser:
     image padded to the network's size multiple), every tile's initial noise is drawn from
     ``(seed, image, tile)``, and overlapping tiles are blended, all by
     :class:`ddif.inference.InferencePath`, the path every runtime backend and the ground station
-    share. The result depends on the seed, not on ``batch_size`` (tiles per network call) or
-    the device.
+    share. The result depends on the seed, not on ``batch_size`` (tiles per network call, default:
+    what fills the GPU, or about 1 Mpx of tiles) or the device. ``amp`` ("bf16" / "fp16"),
+    ``channels_last``, ``compile`` and ``cuda_graphs`` are the fast-path options of
+    :class:`ddif.inference.TorchTileSampler`.
     """
 
     def __init__(
@@ -46,6 +48,10 @@ class Fuser:
         tile_size: int | None = None,
         tile_overlap: int | None = None,
         scheduler: _RespacedScheduler | None = None,
+        amp: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        cuda_graphs: bool = False,
     ):
         dcfg = model.preset.diffusion
         self.model = model
@@ -73,6 +79,10 @@ class Fuser:
             use_cache=use_cache,
             self_condition=self_condition,
             legacy_published_sampler=legacy_published_sampler,
+            amp=amp,
+            channels_last=channels_last,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
         )
         cfg = model.config
         self.inference = InferencePath(

@@ -19,6 +19,8 @@ product equals ``ddif.Fuser``'s output for the same scene.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 
 from ddif.diffusion.sampling import sample_residual
-from ddif.inference.tiling import Tiling, pad_to, step_generator, tile_noise
+from ddif.inference.tiling import DEFAULT_BATCH_PIXELS, Tiling, pad_to, step_generator, tile_noise
 from ddif.utils.tiling import Tile, TileGrid, blend_window
 from ddif.utils.validation import check_image
 
@@ -58,8 +60,23 @@ class TileSampler(Protocol):
     ) -> torch.Tensor: ...
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
 class TorchTileSampler:
-    """The PyTorch network under a scheduler (:func:`ddif.diffusion.sample_residual`)."""
+    """The PyTorch network under a scheduler (:func:`ddif.diffusion.sample_residual`).
+
+    Fast-path options (all off by default; the result is the fp32 eager result up to the stated
+    tolerance):
+
+    - ``amp``: ``"bf16"`` / ``"fp16"`` autocast of the network (convolutions and attention in
+      half precision, accumulation, normalisation and the sampler's update in fp32);
+    - ``channels_last``: the network and its inputs in NHWC memory layout;
+    - ``compile``: the denoiser under ``torch.compile`` (inductor; CPU and CUDA);
+    - ``cuda_graphs``: on CUDA, the whole fixed-step sampler for a batch of tiles captured once in
+      a CUDA graph and replayed (the last, partial batch is padded to the captured size); on a
+      CPU, or for a stochastic sampler, it falls back to eager with one warning.
+    """
 
     name = "pytorch"
 
@@ -71,12 +88,27 @@ class TorchTileSampler:
         use_cache: bool = True,
         self_condition: bool = True,
         legacy_published_sampler: bool = False,
+        amp: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        cuda_graphs: bool = False,
     ):
+        if amp is not None and amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)} or None, got {amp!r}")
         self.model = model
         self.scheduler = scheduler
         self.use_cache = use_cache
         self.self_condition = self_condition
         self.legacy_published_sampler = legacy_published_sampler
+        self.amp = amp
+        self.channels_last = channels_last
+        if channels_last:
+            # nn.Module.to accepts memory_format at run time; torch's stubs omit it
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.network: DDIF = torch.compile(model, dynamic=False) if compile else model  # type: ignore[assignment]
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+        self._graph_fallback_said = False
 
     @property
     def stochastic(self) -> bool:
@@ -90,6 +122,35 @@ class TorchTileSampler:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=AMP_DTYPES[self.amp])
+
+    def _sample(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor,
+        generators: list[torch.Generator | None] | None = None,
+    ) -> torch.Tensor:
+        with self._autocast():
+            return sample_residual(
+                self.network,
+                lms,
+                pan,
+                self.scheduler,
+                noise=noise,
+                generator=generators,
+                use_cache=self.use_cache,
+                self_condition=self.self_condition,
+                legacy_published_sampler=self.legacy_published_sampler,
+            )
+
     @torch.no_grad()
     def sample_batch(
         self,
@@ -98,19 +159,77 @@ class TorchTileSampler:
         noise: torch.Tensor,
         generators: Sequence[torch.Generator | None] | None = None,
     ) -> torch.Tensor:
-        dev, dt = self.device, self.dtype
-        residual = sample_residual(
-            self.model,
-            lms.to(dev, dt),
-            pan.to(dev, dt),
-            self.scheduler,
-            noise=noise.to(dev, dt),
-            generator=None if generators is None else list(generators),
-            use_cache=self.use_cache,
-            self_condition=self.self_condition,
-            legacy_published_sampler=self.legacy_published_sampler,
-        )
+        lms_d, pan_d, noise_d = self._prepare(lms), self._prepare(pan), noise.to(self.device, torch.float32)
+        if self.cuda_graphs and self._graphs_apply():
+            residual = self._replay(lms_d, pan_d, noise_d)
+        else:
+            gens = None if generators is None else list(generators)
+            residual = self._sample(lms_d, pan_d, noise_d, gens)
         return residual.to("cpu", torch.float32)
+
+    # ---- CUDA graphs
+    def _graphs_apply(self) -> bool:
+        reason = None
+        if self.device.type != "cuda":
+            reason = f"the model is on {self.device}, CUDA graphs need a CUDA device"
+        elif self.stochastic:
+            reason = "the sampler draws per-step noise"
+        if reason is not None and not self._graph_fallback_said:
+            warnings.warn(f"cuda_graphs=True: sampling eagerly ({reason})", RuntimeWarning, stacklevel=3)
+            self._graph_fallback_said = True
+        return reason is None
+
+    def _replay(self, lms: torch.Tensor, pan: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The fixed-step sampler captured once per (batch, tile) shape and replayed: inputs are
+        copied into the graph's static buffers; a smaller batch is padded to the captured one."""
+        n = lms.shape[0]
+        cap = max((k[0][0] for k in self._graphs if k[0][1:] == tuple(lms.shape[1:])), default=0)
+        if 0 < n < cap:
+            pad = cap - n
+            lms, pan, noise = (torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in (lms, pan, noise))
+        key = (tuple(lms.shape), tuple(pan.shape), lms.dtype, lms.is_contiguous(memory_format=torch.channels_last))
+        if key not in self._graphs:
+            static = [lms.clone(), pan.clone(), noise.clone()]
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: allocator pools, cuDNN / Triton autotuning
+                    self._sample(static[0], static[1], static[2])
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._sample(static[0], static[1], static[2])
+            self._graphs[key] = (graph, static, out)
+        graph, static, out = self._graphs[key]
+        for buf, src in zip(static, (lms, pan, noise)):
+            buf.copy_(src)
+        graph.replay()
+        return out[:n].clone()
+
+    def preferred_batch(self, tile_shape: tuple[int, int]) -> int | None:
+        """Tiles per call that fill the GPU: measured with one and two tiles (peak memory),
+        scaled to 80 % of the free memory (at most 4096); None off CUDA (the caller's pixel
+        budget then applies)."""
+        if self.device.type != "cuda":
+            return None
+        bands, guide = self.model.config.bands, self.model.config.guide_bands
+        peaks = []
+        for b in (1, 2):
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            shape = (b, bands, *tile_shape)
+            with torch.no_grad():
+                self._sample(
+                    self._prepare(torch.zeros(shape)),
+                    self._prepare(torch.zeros((b, guide, *tile_shape))),
+                    torch.zeros(shape, device=self.device),
+                )
+            torch.cuda.synchronize(self.device)
+            peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
+        per_tile = max(peaks[1] - peaks[0], 1)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(max(1, min(4096, (0.8 * free - peaks[0]) // per_tile)))
 
 
 def check_fusion_inputs(
@@ -166,9 +285,22 @@ class InferencePath:
         self.preset_name = preset_name
         self.tiling = tiling
         self.batch_size = None if batch_size is None else int(batch_size)
+        self._auto_batch: dict[tuple[int, ...], int] = {}
 
     def check_inputs(self, lms: object, pan: object) -> tuple[torch.Tensor, torch.Tensor, bool]:
         return check_fusion_inputs(lms, pan, self.bands, self.guide_bands, self.max_dn, self.preset_name)
+
+    def _batch_for(self, tile_shape: tuple[int, ...]) -> int:
+        """Tiles per sampler call: ``batch_size``, else what the sampler says fills its device,
+        else about 1 Mpx of tiles."""
+        if self.batch_size:
+            return self.batch_size
+        key = tuple(tile_shape)
+        if key not in self._auto_batch:
+            preferred = getattr(self.sampler, "preferred_batch", None)
+            chosen = preferred((int(key[0]), int(key[1]))) if callable(preferred) else None
+            self._auto_batch[key] = int(chosen) if chosen else max(1, DEFAULT_BATCH_PIXELS // (key[0] * key[1]))
+        return self._auto_batch[key]
 
     def sample_tiles(
         self,
@@ -178,7 +310,7 @@ class InferencePath:
         generators: Sequence[torch.Generator | None] | None = None,
     ) -> torch.Tensor:
         """The sampler on tiles, ``batch_size`` at a time: float32 CPU residuals (N, C, h, w)."""
-        step = self.batch_size or self.tiling.default_batch(*lms.shape[-2:])
+        step = self._batch_for(tuple(lms.shape[-2:]))
         parts = []
         for i in range(0, lms.shape[0], step):
             gens = None if generators is None else generators[i : i + step]
@@ -219,7 +351,7 @@ class InferencePath:
             )
         tiles = list(grid)
         jobs = [(i, t) for i in range(b) for t in tiles]
-        step = self.batch_size or self.tiling.default_batch(h, w)
+        step = self._batch_for(self.tiling.tile_shape(h, w))
         stochastic = bool(getattr(self.sampler, "stochastic", False))
         values: dict[tuple[int, int], np.ndarray] = {}
         for start in range(0, len(jobs), step):

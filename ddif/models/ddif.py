@@ -54,8 +54,11 @@ _log = logging.getLogger("ddif.models")
 
 
 def checks_enabled() -> bool:
-    """Data-dependent input checks are skipped while tracing/exporting a graph."""
+    """Data-dependent input checks are skipped while tracing/exporting a graph or capturing a CUDA
+    graph (they read values back to the host, which capture forbids)."""
     if torch.jit.is_tracing():
+        return False
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return False
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()):

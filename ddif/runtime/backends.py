@@ -165,6 +165,10 @@ class TorchFuser(FuserBackend):
         batch_size: int | None = None,
         tile_size: int | None = None,
         tile_overlap: int | None = None,
+        amp: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        cuda_graphs: bool = False,
     ):
         from ddif.fuser import Fuser
 
@@ -183,13 +187,28 @@ class TorchFuser(FuserBackend):
             tile_size=tile_size,
             tile_overlap=tile_overlap,
             scheduler=plan.scheduler(model.preset),
+            amp=amp,
+            channels_last=channels_last,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
         )
         super().__init__(model.preset, plan, self.fuser.tiling, batch_size, inference=self.fuser.inference)
         self.model = self.fuser.model
         self.device = self.fuser.device
 
     def describe(self) -> str:
-        return f"pytorch (eager, {self.device} {str(self.fuser.dtype).replace('torch.', '')})"
+        s = self.fuser.sampler
+        mode = ", ".join(
+            m
+            for m, on in (
+                ("compiled", s.network is not s.model),
+                ("CUDA graphs", s.cuda_graphs),
+                ("channels_last", s.channels_last),
+                (f"autocast {s.amp}", bool(s.amp)),
+            )
+            if on
+        )
+        return f"pytorch ({mode or 'eager'}, {self.device} {str(self.fuser.dtype).replace('torch.', '')})"
 
 
 # -------------------------------------------------------------------------------- ONNX Runtime
