@@ -52,17 +52,29 @@ class Provider:
     warm_with_one_step: bool = True
 
 
-def _fuser_provider(use_cache: bool = True, fused: bool = False):
+def _fuser_provider(use_cache: bool = True, fused: bool = False, **fast):
+    """A ddif.Fuser runner; ``fast``: the sampler's fast-path options (amp, channels_last, compile,
+    cuda_graphs) and ``tile_size`` (batched tiles instead of the whole image)."""
     def build(args, model, steps):
+        import copy
+
         from ddif.fuser import Fuser
 
+        if fused or fast.get("channels_last"):
+            model = copy.deepcopy(model)
         if fused:
-            import copy
-
-            model = copy.deepcopy(model).set_fused_kernels(True)
-        fuser = Fuser(model, sampler="ddim", steps=steps, use_cache=use_cache)
+            model.set_fused_kernels(True)
+        fuser = Fuser(model, sampler="ddim", steps=steps, use_cache=use_cache, **fast)
         return lambda lms, pan: fuser.fuse(lms, pan, seed=0)
     return build
+
+
+def _cuda_only(args) -> str | None:
+    return None if torch.device(args.device).type == "cuda" else "CUDA graphs need a CUDA device"
+
+
+def _fp32_only(args) -> str | None:
+    return None if parse_dtype(args.dtype) == torch.float32 else "autocast runs an fp32 model"
 
 
 def _fused_available(args) -> str | None:
@@ -135,6 +147,12 @@ PROVIDERS: dict[str, Provider] = {
     "reference": Provider("reference", "recompute condition every step", _fuser_provider(use_cache=False)),
     "cached": Provider("cached", "condition encoded once per image", _fuser_provider()),
     "fused": Provider("fused", "cached + live fused kernels", _fuser_provider(fused=True), _fused_available),
+    "compiled": Provider("compiled", "cached + torch.compile (inductor)", _fuser_provider(compile=True)),
+    "cuda-graph": Provider("cuda-graph", "cached, whole sampler replayed from a CUDA graph",
+                           _fuser_provider(cuda_graphs=True), _cuda_only),
+    "bf16": Provider("bf16", "cached, bf16 autocast (fp32 accumulation)", _fuser_provider(amp="bf16"), _fp32_only),
+    "channels-last": Provider("channels-last", "cached, NHWC memory layout", _fuser_provider(channels_last=True)),
+    "tiles-64": Provider("tiles-64", "cached, 64 px tiles (16 px overlap) batched", _fuser_provider(tile_size=64)),
     "student-4": _student(4),
     "student-2": _student(2),
     "student-1": _student(1),

@@ -72,7 +72,8 @@ class TorchTileSampler:
     - ``amp``: ``"bf16"`` / ``"fp16"`` autocast of the network (convolutions and attention in
       half precision, accumulation, normalisation and the sampler's update in fp32);
     - ``channels_last``: the network and its inputs in NHWC memory layout;
-    - ``compile``: the denoiser under ``torch.compile`` (inductor; CPU and CUDA);
+    - ``compile``: the denoiser under ``torch.compile`` (inductor with weight freezing, for
+      inference; CPU and CUDA; compiling costs tens of seconds on first use);
     - ``cuda_graphs``: on CUDA, the whole fixed-step sampler for a batch of tiles captured once in
       a CUDA graph and replayed (the last, partial batch is padded to the captured size); on a
       CPU, or for a stochastic sampler, it falls back to eager with one warning.
@@ -127,9 +128,15 @@ class TorchTileSampler:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=AMP_DTYPES[self.amp])
+        stack = contextlib.ExitStack()
+        if self.amp is not None:
+            stack.enter_context(torch.autocast(device_type=self.device.type, dtype=AMP_DTYPES[self.amp]))
+        if self.network is not self.model:
+            import torch._inductor.config as inductor_config
+
+            # inference-only graphs: weights folded in as constants (CPU: 1.16x -> 1.28x per step at 256^2)
+            stack.enter_context(inductor_config.patch(freezing=True))
+        return stack
 
     def _sample(
         self,
