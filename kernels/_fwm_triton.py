@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ddif.kernels._triton_common import INTERPRETED, cast_to
-from ddif.kernels._triton_utils import cdiv, next_pow2, target_programs
+from ddif.kernels._triton_utils import autotune, cdiv, next_pow2, target_programs
 
 _NEG = tl.constexpr(-3.0e38)  # "minus infinity" that keeps exp(NEG - NEG) finite for masked lanes
 
@@ -81,9 +81,7 @@ def _autotune(key, configs=None, prune=_prune):
     """Autotune on a GPU; nothing to tune in the interpreter (the launchers pass the tiles)."""
     if INTERPRETED:
         return lambda fn: fn
-    return triton.autotune(
-        configs=configs or _tile_configs(), key=key, prune_configs_by={"early_config_prune": prune} if prune else None
-    )
+    return autotune(configs or _tile_configs(), key, prune_configs_by={"early_config_prune": prune} if prune else None)
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ddif.kernels._triton_common import INTERPRETED, cast_to
-from ddif.kernels._triton_utils import cdiv, next_pow2
+from ddif.kernels._triton_utils import autotune, cdiv, next_pow2
 
 
 # Tiles are (BLOCK_S channels, BLOCK_Y rows, BLOCK_X columns). On a GPU one channel per program
@@ -49,7 +49,7 @@ def _tiles(per_thread: int):
 def _autotune(key, per_thread: int = 2):
     if INTERPRETED:
         return lambda fn: fn
-    return triton.autotune(configs=_tiles(per_thread), key=key)
+    return autotune(_tiles(per_thread), key)
 
 
 def _blocks(channels: int, rows: int, cols: int) -> dict:

@@ -160,3 +160,15 @@ def target_programs(device: torch.device, interpreted: bool) -> int:
     if interpreted or device.type != "cuda":
         return 1
     return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def autotune(configs: list, key: list[str], **kwargs: object):  # noqa: ANN201 - returns Triton's decorator
+    """``triton.autotune`` with the results persisted in Triton's cache (``cache_results``, where
+    this Triton has it): the first image at a new size is not late again in the next process."""
+    import inspect
+
+    import triton
+
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        kwargs.setdefault("cache_results", True)
+    return triton.autotune(configs=configs, key=key, **kwargs)

@@ -197,3 +197,11 @@ def test_wavelet_condition_order():
     assert torch.allclose(hdv[:, 4:7], hvd[:, 4:7], atol=1e-6)          # H first in both
     assert torch.allclose(hdv[:, 7:10], hvd[:, 10:13], atol=1e-6)       # D and V swapped
     assert not torch.allclose(hdv[:, 7:10], hvd[:, 7:10], atol=1e-3)
+
+
+def test_cached_styles_are_contiguous(tiny_model):
+    """The CSM scale / shift maps are cached contiguous (chunks of one map otherwise: the fused op
+    would copy both on every sampling step for batch >= 2)."""
+    cache = tiny_model.encode_condition(torch.rand(3, 4, 16, 16), torch.rand(3, 1, 16, 16))
+    assert cache.styles and all(t.is_contiguous() for pair in cache.styles for t in pair)
+    assert not tiny_model.downs[1].cond_inj.style(torch.rand(3, 5, 16, 16))[0].is_contiguous()   # what it fixes

@@ -308,7 +308,10 @@ class DDIF(nn.Module):
             assert isinstance(block, EncoderBlock)  # downs[1:] holds encoder blocks and Downsamples
             if level not in coarse_at:
                 coarse_at[level] = resize_to(coarse, size)
-            styles.append(block.cond_inj.style(coarse_at[level]))
+            # contiguous once here: the scale / shift are chunks of one map, and the fused CSM op
+            # would otherwise copy both on every sampling step
+            scale, shift = block.cond_inj.style(coarse_at[level])
+            styles.append((scale.contiguous(), shift.contiguous()))
 
         contexts = []
         wavelet_at: dict[int, torch.Tensor] = {}
