@@ -110,10 +110,10 @@ def test_quicklook_and_report(one_scene):
     assert abs(q["mean"]["HQNR"] - np.mean([(1 - t["D_lambda"]) * (1 - t["D_s"]) for t in q["tiles"]])) < 1e-9
     assert report["quicklook"]["bands"] == [4, 2, 1]
     assert report["outputs"] == {"product": "s1_fused.tif", "quicklook": "s1_fused_quicklook.png",
-                                 "report": "s1_fused_report.json"}
-    # nothing but the three products is left beside them (no .partial, journal removed)
+                                 "report": "s1_fused_report.json", "stac_item": "s1_fused.json"}
+    # nothing but the products and the STAC item is left beside them (no .partial, journal removed)
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(
-        ["s1_fused.tif", "s1_fused_quicklook.png", "s1_fused_report.json"])
+        ["s1_fused.tif", "s1_fused_quicklook.png", "s1_fused_report.json", "s1_fused.json"])
     events = [e["event"] for e in one_scene["log"].events]
     assert events[0] == "scene_plan" and events[-1] == "scene_written" and "tiles_progress" in events
 

@@ -76,7 +76,7 @@ def test_kill9_then_disk_full_then_resume_is_byte_identical(tmp_path):
     opened = next(e for e in log if e["event"] == "journal_open")
     assert opened["resumed"] and opened["tiles_done"] >= done_at_kill
     failed = next(e for e in log if e["event"] == "scene_failed")
-    assert failed["error_kind"] in ("disk_full", "write_error"), failed
+    assert failed["error_kind"] in ("disk_full", "write_error"), (failed.get("error"), failed.get("stage"))
     assert not (out / "k").exists()
     assert not [p for p in out.rglob("*") if p.name.endswith(".partial") or p.suffix == ".tif"], \
         "a half-written file was left behind"

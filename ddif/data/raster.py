@@ -45,6 +45,16 @@ class SceneError(ValueError):
         self.category = category
 
 
+def gdal_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions GDAL I/O raises through rasterio: ``RasterioError``, the ``CPLE_*`` errors
+    some calls raise directly (e.g. ``rasterio.shutil.copy``: not RasterioError subclasses), and
+    ``OSError``."""
+    from rasterio._err import CPLE_BaseError
+    from rasterio.errors import RasterioError
+
+    return (RasterioError, CPLE_BaseError, OSError)
+
+
 def _rasterio():
     try:
         import rasterio
@@ -135,7 +145,7 @@ class RasterInfo:
 def open_raster(path: str | os.PathLike, what: str) -> RasterInfo:
     """Header of a GeoTIFF; :class:`SceneError` (corrupt) when it cannot be opened as a raster."""
     rasterio = _rasterio()
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.errors import NotGeoreferencedWarning
 
     path = Path(path)
     if not path.is_file():
@@ -158,7 +168,7 @@ def open_raster(path: str | os.PathLike, what: str) -> RasterInfo:
                     tuple(src.descriptions),
                 )
                 dtypes = set(src.dtypes)
-    except (RasterioError, OSError) as exc:
+    except gdal_errors() as exc:
         raise SceneError(
             CORRUPT, f"{what} {path}: cannot open as a GeoTIFF (corrupt, truncated or not a raster): {exc}"
         ) from None

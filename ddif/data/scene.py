@@ -64,6 +64,7 @@ from ddif.data.raster import (  # noqa: F401 (re-exported)
     check_band_order,
     check_grids,
     gdal_env,
+    gdal_errors,
     interpolation_geometry,
     open_pair,
     open_raster,
@@ -181,12 +182,11 @@ class SceneReader:
         self._ms = self._pan = None
 
     def _read(self, ds, what: str, row0: int, col0: int, h: int, w: int) -> np.ndarray:
-        from rasterio.errors import RasterioError
         from rasterio.windows import Window
 
         try:
             return ds.read(window=Window(col0, row0, w, h))
-        except (RasterioError, OSError) as exc:
+        except gdal_errors() as exc:
             raise SceneError(
                 CORRUPT,
                 f"{what} {ds.name}: cannot read pixels at rows {row0}..{row0 + h}, cols "

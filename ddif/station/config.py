@@ -48,6 +48,7 @@ class StationConfig:
     compress: str = "deflate"
     zlevel: int = 6
     overview_min_size: int = 64  # overviews x2, x4, ... while the overview's long side is >= this
+    overview_resampling: str = "average"  # nodata-aware; nearest, bilinear, cubic, mode, ... (GDAL)
     quicklook_size: int = 1024  # long side of the quicklook PNG
     quicklook_percentiles: tuple[float, ...] = (2.0, 98.0)
     metric_tiles: int = 4  # tiles sampled for D_lambda / D_s / HQNR (0 = skip)
@@ -81,6 +82,12 @@ class StationConfig:
             raise ValueError(f"zlevel must lie in [1, 9], got {self.zlevel}")
         if self.overview_min_size < 1 or self.quicklook_size < 16:
             raise ValueError("overview_min_size must be >= 1 and quicklook_size >= 16")
+        from ddif.station.products import OVERVIEW_RESAMPLINGS
+
+        if self.overview_resampling not in OVERVIEW_RESAMPLINGS:
+            raise ValueError(
+                f"overview_resampling must be one of {OVERVIEW_RESAMPLINGS}, got {self.overview_resampling!r}"
+            )
         percentiles = self.quicklook_percentiles
         if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
             raise ValueError(
@@ -135,6 +142,7 @@ class StationConfig:
             "compress",
             "zlevel",
             "overview_min_size",
+            "overview_resampling",
         )
         return {k: getattr(self, k) for k in keys}
 

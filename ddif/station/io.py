@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from ddif.data.raster import gdal_errors
 from ddif.data.scene import (  # noqa: F401 (re-exported)
     RasterInfo,
     SceneGrid,
@@ -136,7 +137,6 @@ def verify_product(
     only when the file is read again, so nothing is renamed into place before it passes. Reads
     one block per level: the cost does not grow with the scene. Raises :class:`OutputWriteError`."""
     rasterio = _rasterio()
-    from rasterio.errors import RasterioError
 
     want_sizes = overview_sizes(height, width, list(overviews))
     try:
@@ -160,7 +160,7 @@ def verify_product(
                         f"{ov.height} x {ov.width} px, expected {oh} x {ow}"
                     )
                 ov.read(window=_last_block(oh, ow, ov.block_shapes[0]))
-    except (RasterioError, OSError) as exc:
+    except gdal_errors() as exc:
         if isinstance(exc, OutputWriteError):
             raise
         raise OutputWriteError(

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ddif.data.raster import gdal_errors
 from ddif.utils.io import atomic_write_text
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -124,8 +125,17 @@ def write_cog(src: str | os.PathLike, dst: str | os.PathLike, options: Mapping[s
     import rasterio
     import rasterio.shutil
 
-    with rasterio.Env(GDAL_NUM_THREADS="1", GDAL_PAM_ENABLED="NO"):
-        rasterio.shutil.copy(str(src), str(dst), driver="COG", **dict(options))
+    from ddif.station.errors import OutputWriteError
+
+    try:
+        with rasterio.Env(GDAL_NUM_THREADS="1", GDAL_PAM_ENABLED="NO"):
+            rasterio.shutil.copy(str(src), str(dst), driver="COG", **dict(options))
+    except gdal_errors() as exc:
+        # libtiff reports a full disk / file-size limit while appending as "Seek error" or "Write
+        # error" (the errno only reaches GDAL's stderr): writing our own output failed
+        raise OutputWriteError(
+            f"{dst}: writing the Cloud-Optimized GeoTIFF failed (disk full, file-size limit or I/O error?): {exc}"
+        ) from exc
 
 
 def validate_cog(path: str | os.PathLike) -> dict[str, Any]:

@@ -28,12 +28,13 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ddif.data.raster import gdal_errors
 from ddif.data.scene import (
     ALL_NODATA,
     SceneError,
@@ -42,7 +43,7 @@ from ddif.data.scene import (
 )
 from ddif.inference.tiling import tile_noise
 from ddif.station.config import StationConfig
-from ddif.station.errors import StopRequested
+from ddif.station.errors import OutputWriteError, StopRequested
 from ddif.station.events import EventLog, NullLog
 from ddif.station.io import overview_factors, product_profile, to_dn, verify_product, write_quicklook
 from ddif.station.journal import Journal, file_identity
@@ -53,6 +54,14 @@ from ddif.station.plan import (  # noqa: F401 (re-exported: the station's planni
     memory_bound_bytes,
     model_facts,
     plan_scene,
+)
+from ddif.station.products import (
+    BandStatistics,
+    cog_creation_options,
+    stac_item,
+    validate_cog,
+    write_cog,
+    write_stac_item,
 )
 from ddif.utils.tiling import blend_window
 
@@ -147,7 +156,13 @@ def _fuse_tiles(
     }
 
 
-def _write_product(plan: ScenePlan, journal: Journal, reader: SceneReader, path: Path, tags: dict[str, str]) -> None:
+def _write_product(
+    plan: ScenePlan, journal: Journal, reader: SceneReader, path: Path, tags: dict[str, str]
+) -> BandStatistics:
+    """Assemble the product block by block into a tiled GeoTIFF with overviews at ``path`` (the
+    stage of the COG copy: fast compression) and return its per-band statistics. A failure to
+    write it (disk full or a file-size limit show as libtiff write / seek errors; the errno only
+    reaches GDAL's stderr) is an :class:`OutputWriteError`, not the scene's fault."""
     from ddif.station.io import _rasterio
 
     rasterio = _rasterio()
@@ -157,7 +172,8 @@ def _write_product(plan: ScenePlan, journal: Journal, reader: SceneReader, path:
     cfg, g = plan.config, plan.grid
     dtype = np.dtype(g.ms.dtype)
     nodata = plan.nodata
-    profile = product_profile(g, nodata, cfg.block_size, cfg.compress, cfg.zlevel)
+    profile = product_profile(g, nodata, cfg.block_size, "deflate", 1)
+    stats = BandStatistics(g.bands)
     cache: dict[int, np.ndarray | None] = {}
 
     def load(tile, rows, cols):
@@ -168,26 +184,36 @@ def _write_product(plan: ScenePlan, journal: Journal, reader: SceneReader, path:
         return None if arr is None else np.asarray(arr[:, rows, cols], dtype=np.float32)
 
     k = cfg.block_size
-    with rasterio.open(path, "w", **profile) as dst:
-        for i, name in enumerate(_band_names(plan), start=1):
-            dst.set_band_description(i, name)
-        dst.update_tags(**tags)
-        for y0 in range(0, g.pan.height, k):
-            for x0 in range(0, g.pan.width, k):
-                h, w = min(k, g.pan.height - y0), min(k, g.pan.width - x0)
-                valid = reader.valid_window(y0, x0, h, w)
-                if valid.any():
-                    fused, den = blend_window(plan.tiles, y0, x0, h, w, g.bands, load)
-                    valid &= den > 0
-                else:
-                    fused = np.zeros((g.bands, h, w), dtype=np.float32)
-                block = to_dn(fused, valid, plan.backend["max_dn"], dtype, nodata)
-                dst.write(block, window=Window(x0, y0, w, h))
-        cache.clear()
-        factors = overview_factors(g.pan.height, g.pan.width, cfg.overview_min_size)
-        if factors:
-            dst.build_overviews(factors, Resampling.average)
-            dst.update_tags(ns="rio_overview", resampling="average")
+    try:
+        with rasterio.open(path, "w", **profile) as dst:
+            for i, name in enumerate(_band_names(plan), start=1):
+                dst.set_band_description(i, name)
+            dst.update_tags(**tags)
+            for y0 in range(0, g.pan.height, k):
+                for x0 in range(0, g.pan.width, k):
+                    h, w = min(k, g.pan.height - y0), min(k, g.pan.width - x0)
+                    valid = reader.valid_window(y0, x0, h, w)
+                    if valid.any():
+                        fused, den = blend_window(plan.tiles, y0, x0, h, w, g.bands, load)
+                        valid &= den > 0
+                    else:
+                        fused = np.zeros((g.bands, h, w), dtype=np.float32)
+                    block = to_dn(fused, valid, plan.backend["max_dn"], dtype, nodata)
+                    stats.add(block, valid)
+                    dst.write(block, window=Window(x0, y0, w, h))
+            cache.clear()
+            factors = overview_factors(g.pan.height, g.pan.width, cfg.overview_min_size)
+            if factors:
+                # nodata-aware: GDAL leaves nodata pixels out of every overview pixel's resampling
+                dst.build_overviews(factors, getattr(Resampling, cfg.overview_resampling))
+                dst.update_tags(ns="rio_overview", resampling=cfg.overview_resampling)
+    except gdal_errors() as exc:
+        if isinstance(exc, OutputWriteError):
+            raise
+        raise OutputWriteError(
+            f"{path}: writing the product failed (disk full, file-size limit or I/O error?): {exc}"
+        ) from exc
+    return stats
 
 
 def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str, Any]:
@@ -244,6 +270,48 @@ def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str
     }
 
 
+def write_product_item(
+    plan: ScenePlan,
+    report: dict[str, Any],
+    product: Path,
+    quicklook: Path,
+    report_path: Path,
+    item_path: Path,
+    model_id: dict[str, Any] | None,
+    inputs: Sequence[Path],
+) -> Path:
+    """The product's STAC Item (:func:`ddif.station.products.stac_item`), written atomically."""
+    from ddif import __version__
+
+    cfg, facts = plan.config, plan.backend
+    processing = {
+        "software": {"ddif": __version__},
+        "level": "L2-pansharpened",
+        "lineage": f"DDIF diffusion pansharpening ({facts['preset']}), ddif.station pipeline v{PIPELINE_VERSION}",
+        "model_sha256": (model_id or {}).get("sha256"),
+        "model": (model_id or {}).get("name"),
+        "preset": facts["preset"],
+        "steps": facts["steps"],
+        "backend": facts["describe"],
+        "seed": cfg.seed,
+        "tiling": {"tile_size": cfg.tile_size, "overlap": cfg.overlap},
+        "ratio": plan.grid.ratio,
+        "max_dn": facts["max_dn"],
+        "hqnr": report["quality"].get("mean", {}).get("HQNR"),
+    }
+    item = stac_item(
+        product,
+        item_id=product.stem,
+        assets={"product": product, "quicklook": quicklook, "report": report_path},
+        statistics=report["product"]["band_statistics"],
+        processing=processing,
+        inputs=inputs,
+        band_names=_band_names(plan),
+        scale=1.0,
+    )
+    return write_stac_item(item, item_path)
+
+
 def default_journal_dir(out: str | Path) -> Path:
     out = Path(out)
     return out.parent / f".{out.name}.journal"
@@ -264,6 +332,8 @@ def run_scene(
     should_stop: Callable[[], bool] | None = None,
     model_id: dict[str, Any] | None = None,
     plan: ScenePlan | None = None,
+    stac_path: str | os.PathLike | None = None,
+    write_stac: bool = True,
 ) -> dict[str, Any]:
     """Fuse one scene into ``out_path`` (GeoTIFF), ``quicklook_path`` (PNG) and ``report_path`` (JSON),
     each written atomically. Resumes from ``journal_dir`` (default ``.<out>.journal`` beside the
@@ -352,9 +422,20 @@ def run_scene(
             "DDIF_TILING": f"{config.tile_size}/{config.overlap}/{config.batch_size}/seed{config.seed}",
         }
         t0 = time.perf_counter()
+        g = plan.grid
+        stage = journal_dir / "product.stage.tif"
         with atomic_path(out_path) as tmp:
-            _write_product(plan, journal, reader, tmp, tags)
-            g = plan.grid
+            try:  # the stage (the assembled GeoTIFF before its COG copy) never outlives this block
+                band_stats = _write_product(plan, journal, reader, stage, tags)
+                write_cog(
+                    stage,
+                    tmp,
+                    cog_creation_options(
+                        config.compress, config.zlevel, config.block_size, g.ms.dtype, config.overview_resampling
+                    ),
+                )
+            finally:
+                stage.unlink(missing_ok=True)
             verify_product(
                 tmp,
                 bands=g.bands,
@@ -373,6 +454,10 @@ def run_scene(
         t0 = time.perf_counter()
         quality = _quality(plan, journal, reader)
         times["quality_s"] = time.perf_counter() - t0
+    cog = validate_cog(out_path)
+    if not cog["valid"]:  # GDAL's COG driver wrote it: a failure here is a bug, not a bad scene
+        raise RuntimeError(f"{out_path}: not a valid Cloud-Optimized GeoTIFF: {cog['errors']}")
+    statistics = band_stats.to_list()
     times["total_s"] = time.perf_counter() - t_start
 
     tiles_info = dict(plan.to_dict()["tiles"])
@@ -390,6 +475,7 @@ def run_scene(
         },
         "quality": quality,
         "quicklook": quicklook,
+        "product": {"format": "COG", "cog_validation": cog, "band_statistics": statistics},
         # relative to the report's folder, so the names stay right when a staging folder is renamed
         "outputs": {
             k: os.path.relpath(p, report_path.parent)
@@ -397,7 +483,14 @@ def run_scene(
         },
         "journal": {"path": str(journal_dir), "resumed": state["resumed"], "kept": config.keep_journal},
     }
+    item_path = (Path(stac_path) if stac_path else out_path.with_suffix(".json")) if write_stac else None
+    if item_path is not None:
+        report["outputs"]["stac_item"] = os.path.relpath(item_path, report_path.parent)
     atomic_write_text(report_path, json.dumps(report, indent=2, default=str) + "\n")
+    if item_path is not None:
+        write_product_item(
+            plan, report, out_path, quicklook_path, report_path, item_path, model_id, (Path(ms_path), Path(pan_path))
+        )
     if not config.keep_journal:
         journal.remove()
     log.info(
