@@ -239,7 +239,7 @@ def test_watch_quarantines_every_bad_case_and_keeps_going(tmp_path, station_back
         assert (inbox / "processed" / scene).is_dir()
         report = json.loads((outbox / scene / f"{scene}_report.json").read_text())
         assert report["outputs"]["product"] == f"{scene}.tif"
-    assert sorted(p.name for p in outbox.iterdir() if not p.name.startswith(".")) == ["good", "m"]
+    assert sorted(p.name for p in outbox.iterdir() if not p.name.startswith(".")) == ["collection.json", "good", "m"]
     assert not list(outbox.glob(".*.partial")) and not list((outbox / ".work").iterdir())
     events = [e["event"] for e in log.events]
     assert events[0] == "service_start" and events[-1] == "service_stop"

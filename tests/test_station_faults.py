@@ -468,7 +468,7 @@ def test_redelivered_scene_with_new_content_is_fused_again(tmp_path, monkeypatch
     assert (outbox / "A" / "A.tif").read_bytes() == second
     assert (inbox / "processed" / "A.2" / "A_MS.tif").exists() and not (inbox / "A_MS.tif").exists()
     assert not os.path.exists(outbox / ".work" / "A")
-    assert sorted(p.name for p in outbox.iterdir()) == [".station.lock", ".work", "A", "A.1"]
+    assert sorted(p.name for p in outbox.iterdir()) == [".collection.lock", ".station.lock", ".work", "A", "A.1", "collection.json"]
 
 
 # ------------------------------------------------------------------------------------------ 5. one scene, one service

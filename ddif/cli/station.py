@@ -152,9 +152,9 @@ def _preprocessing(preset: Preset, config: StationConfig) -> Preprocessing:
 
 
 def _model_id(path: str) -> dict[str, Any]:
-    from ddif.station.journal import file_identity
+    from ddif.station.journal import model_identity
 
-    return file_identity(path)
+    return model_identity(path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

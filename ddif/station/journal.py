@@ -39,6 +39,13 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     return {"name": Path(path).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def model_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """Name, size and SHA-256 of a model file (checkpoint or ONNX): what the product's STAC item
+    records as provenance and what the tile journal's fingerprint compares."""
+    record = content_identity({"model": path})["model"]
+    return {"name": record["name"], "size": record["size"], "sha256": record["sha256"]}
+
+
 def content_identity(paths: dict[str, str | os.PathLike]) -> dict[str, dict[str, Any]]:
     """``{key: {"name", "size", "sha256"}}`` of input files, from their bytes (read in 1 MiB
     chunks). What a product was made from: a re-delivered scene whose files have the same content

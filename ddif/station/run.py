@@ -334,10 +334,14 @@ def run_scene(
     plan: ScenePlan | None = None,
     stac_path: str | os.PathLike | None = None,
     write_stac: bool = True,
+    input_links: Sequence[str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
-    """Fuse one scene into ``out_path`` (GeoTIFF), ``quicklook_path`` (PNG) and ``report_path`` (JSON),
-    each written atomically. Resumes from ``journal_dir`` (default ``.<out>.journal`` beside the
-    output) when a previous run with the same fingerprint was interrupted. Returns the report.
+    """Fuse one scene into ``out_path`` (Cloud-Optimized GeoTIFF), ``quicklook_path`` (PNG),
+    ``report_path`` (JSON) and a STAC Item (``stac_path``, default ``<out>.json``; its
+    ``derived_from`` links point to ``input_links`` when the inputs are about to move, e.g. to an
+    archive, else to the inputs), each written atomically. Resumes from ``journal_dir`` (default
+    ``.<out>.journal`` beside the output) when a previous run with the same fingerprint was
+    interrupted. Returns the report.
 
     Raises :class:`SceneError` for a bad scene, :class:`StopRequested` when ``should_stop()``
     became true (journal kept), and OSError / rasterio errors from the file system as they are
@@ -489,7 +493,14 @@ def run_scene(
     atomic_write_text(report_path, json.dumps(report, indent=2, default=str) + "\n")
     if item_path is not None:
         write_product_item(
-            plan, report, out_path, quicklook_path, report_path, item_path, model_id, (Path(ms_path), Path(pan_path))
+            plan,
+            report,
+            out_path,
+            quicklook_path,
+            report_path,
+            item_path,
+            model_id,
+            [Path(p) for p in (input_links or (ms_path, pan_path))],
         )
     if not config.keep_journal:
         journal.remove()

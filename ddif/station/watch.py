@@ -21,13 +21,16 @@ service claims a scene with an exclusive ``flock`` on ``<inbox>/.<scene>.claim``
 its processing and archiving (or quarantining), and checks after taking the claim that the scene's
 files are still those it saw; the kernel drops the claim if the service dies.
 
-Outputs (``outbox/<scene>/``: ``<scene>.tif``, ``<scene>_quicklook.png``, ``<scene>_report.json``
-and ``.inputs.json``, the SHA-256 and size of the MS and PAN that made them) are staged in
+Outputs (``outbox/<scene>/``: ``<scene>.tif`` (a COG), ``<scene>_quicklook.png``,
+``<scene>_report.json``, ``<scene>.json`` (the STAC Item, linking to the archived inputs) and
+``.inputs.json``, the SHA-256 and size of the MS and PAN that made them) are staged in
 ``outbox/.<scene>.partial/`` and the folder is renamed into place when complete, so a product
 folder is always whole. A scene whose product exists is not fused again when its inputs have the
 same content (a restart after the product was written, or the same bytes delivered again): its
 inputs are archived. A scene re-delivered with other content is fused again; the new folder
-takes the name and the previous one is kept as ``<scene>.1`` (``.2``, ...).
+takes the name and the previous one is kept as ``<scene>.1`` (``.2``, ...). Each product folder
+put in place is added to ``outbox/collection.json`` (a STAC Collection, updated under a lock and
+atomically).
 
 Inputs then move to ``processed/<scene>/`` (``.1``, ... for later deliveries) and the journal
 (``workdir/<scene>/``) is deleted. Archive and quarantine moves are atomic per scene: the files go
@@ -73,6 +76,7 @@ from ddif.station.errors import (
 from ddif.station.events import EventLog
 from ddif.station.inbox import CLAIM_SUFFIX, INPUTS_FILE, SceneFiles, is_inside, read_inputs_marker, scan_inbox
 from ddif.station.journal import content_identity, same_content
+from ddif.station.products import update_collection
 from ddif.station.quarantine import (
     archive,
     finish_move,
@@ -505,6 +509,7 @@ class StationService:
                 product=str(final),
                 note="product exists for inputs with the same content: not fused again",
             )
+            self._catalogue(name)
             self._finish(sf, journal_dir, inputs)
             return
         staging = self.outbox / f".{name}.partial"
@@ -533,6 +538,9 @@ class StationService:
                 log=self.log,
                 should_stop=self._should_stop,
                 model_id=self.model_id,
+                # the inputs are archived once the product is in place: the item links to them there
+                # (the scene is claimed, so the archive folder named now is the one it will get)
+                input_links=[unique_dir(self.processed_dir, name) / p.name for p in (ms, pan)],
             )
             atomic_write_text(staging / INPUTS_FILE, json.dumps(inputs, indent=2, sort_keys=True) + "\n")
             if final.exists() or final.is_symlink():
@@ -578,7 +586,19 @@ class StationService:
             tiles_from_journal=report["tiles"]["tiles_from_journal"],
             hqnr=report["quality"].get("mean", {}).get("HQNR"),
         )
+        self._catalogue(name)
         self._finish(sf, journal_dir, inputs)
+
+    def _catalogue(self, name: str) -> None:
+        """Add the scene's STAC item to ``outbox/collection.json``. The collection is an index of
+        the products: a failure to update it is logged and leaves the product as it is."""
+        item = self.outbox / name / f"{name}.json"
+        if not item.is_file():
+            return
+        try:
+            update_collection(self.outbox, item)
+        except (OSError, ValueError) as exc:
+            self.log.warning("collection_not_updated", scene=name, item=str(item), error=str(exc))
 
     def _finish(self, sf: SceneFiles, journal_dir: Path, inputs: dict[str, Any]) -> None:
         record = {"product": str(self.outbox / sf.name), "inputs": inputs, "journal": str(journal_dir)}
