@@ -53,7 +53,9 @@ def block_size_for(h: int, w: int, preferred: int = 32) -> int:
     return b
 
 
-def _metrics_for(fused: torch.Tensor, data: EvalSet, ratio: int, sensor: str) -> dict[str, float]:
+def _metrics_for(
+    fused: torch.Tensor, data: EvalSet, ratio: int, sensor: str, mtf_kernel: str = "ddif"
+) -> dict[str, float]:
     from ddif import metrics
 
     fused = fused.clamp(0, 1)
@@ -62,7 +64,9 @@ def _metrics_for(fused: torch.Tensor, data: EvalSet, ratio: int, sensor: str) ->
         m = metrics.reduced_resolution_metrics(fused, data.gt, ratio=ratio, block_size=block)
     else:
         ms = _require_ms(data, "the full-resolution metrics")
-        m = metrics.full_resolution_metrics(fused, ms, data.pan, ratio=ratio, sensor=sensor, block_size=block)
+        m = metrics.full_resolution_metrics(
+            fused, ms, data.pan, ratio=ratio, sensor=sensor, block_size=block, mtf_kernel=mtf_kernel
+        )
     return {k: _mean(v) for k, v in m.items()}
 
 
@@ -86,6 +90,7 @@ def evaluate(
     return_outputs: Literal[False] = False,
     reference: str | None = None,
     compare: Sequence[str] = (),
+    mtf_kernel: str = "ddif",
 ) -> list[Row]: ...
 
 
@@ -100,6 +105,7 @@ def evaluate(
     return_outputs: Literal[True],
     reference: str | None = None,
     compare: Sequence[str] = (),
+    mtf_kernel: str = "ddif",
 ) -> tuple[list[Row], dict[str, torch.Tensor]]: ...
 
 
@@ -112,13 +118,19 @@ def evaluate(
     return_outputs: bool = False,
     reference: str | None = None,
     compare: Sequence[str] = (),
+    mtf_kernel: str = "ddif",
 ) -> list[Row] | tuple[list[Row], dict[str, torch.Tensor]]:
     """Run every method on ``data`` (in batches) and compute its metrics; rows of dicts.
 
     With ``reference`` (the name of one of ``methods``, e.g. a 25-step teacher), the methods named
     in ``compare`` (e.g. its distilled students) also get "PSNR vs <reference>": how closely they
-    reproduce the reference's output.
+    reproduce the reference's output. ``mtf_kernel`` (``"ddif"`` or ``"toolbox"``) picks the MTF
+    filter of the full-resolution D_lambda (:func:`ddif.metrics.d_lambda`); the reduced-resolution
+    metrics use no MTF filter.
     """
+    from ddif.data.mtf import check_mtf_kernel
+
+    check_mtf_kernel(mtf_kernel)
     rows: list[Row] = []
     outputs: dict[str, torch.Tensor] = {}
     for name, method in methods.items():
@@ -131,7 +143,7 @@ def evaluate(
             ]
         )
         elapsed = (time.perf_counter() - t0) / len(data)
-        rows.append({"method": name, **_metrics_for(fused, data, ratio, sensor), "s/image": elapsed})
+        rows.append({"method": name, **_metrics_for(fused, data, ratio, sensor, mtf_kernel), "s/image": elapsed})
         outputs[name] = fused
     if reference is not None:
         from ddif.metrics import psnr

@@ -9,7 +9,10 @@ benchmarking protocol for pansharpening", IEEE JSTARS 14, 2021), computed as the
   using the modulation transfer functions of instruments", IEEE TGRS 47(11), 2009; toolbox
   ``D_lambda_K.m``): ``1 - Q2n(MTF(fused), MS~)``, where ``MTF(fused)`` is the fused image
   low-passed with the sensor's MTF-matched filters (kept on the PAN grid, not decimated) and
-  ``MS~`` the MS image interpolated to the PAN grid (23-tap), Q2n on 32 x 32 blocks.
+  ``MS~`` the MS image interpolated to the PAN grid (23-tap), Q2n on 32 x 32 blocks. The MTF
+  filter is ddif's (:func:`ddif.data.mtf.mtf_kernel`) by default; ``mtf_kernel="toolbox"`` uses
+  the toolbox's own ``genMTF.m`` filter (:func:`ddif.data.mtf.toolbox_mtf_kernel`), which changes
+  D_lambda by ~0.5-3.5 % relative on real data: use it to compare with published tables.
 - D_s (L. Alparone, B. Aiazzi, S. Baronti, A. Garzelli, F. Nencini and M. Selva, "Multispectral
   and panchromatic data fusion assessment without reference", PE&RS 74(2), 2008; toolbox
   ``D_s.m``, "toolbox 1.0" option): ``(mean_k |Q(fused_k, PAN) - Q(MS~_k, PAN_LP)|^q)^(1/q)``
@@ -27,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ddif.data.mtf import mtf_filter, sensor_gains, upsample
+from ddif.data.mtf import check_mtf_kernel, mtf_filter, sensor_gains, upsample
 
 from ._common import MetricValue, check_ratio, finish, prepare, uiqi_from_moments
 from .hypercomplex import q2n
@@ -72,9 +75,9 @@ def _filtered(fn, x, *args, **kwargs) -> torch.Tensor:
     return fn(x.to(torch.float32), *args, **kwargs).to(torch.float64)
 
 
-def _d_lambda(f, m, ratio, sensor, block_size):
+def _d_lambda(f, m, ratio, sensor, block_size, mtf_kernel="ddif"):
     gains, _ = sensor_gains(sensor, f.shape[1])
-    fused_lp = _filtered(mtf_filter, f, gains, ratio)
+    fused_lp = _filtered(mtf_filter, f, gains, ratio, kernel=mtf_kernel)
     ms_exp = _filtered(upsample, m, ratio, method=_interp_method(ratio))
     return 1.0 - q2n(fused_lp, ms_exp, block_size, block_size)  # 4-D inputs: a (B,) tensor
 
@@ -124,14 +127,19 @@ def d_lambda(
     ratio: int = 4,
     sensor: str = "wv3",
     block_size: int = 32,
+    mtf_kernel: str = "ddif",
 ) -> MetricValue:
     """Spectral distortion D_lambda^(K) (Khan et al. 2009, toolbox ``D_lambda_K.m``); 0 = none.
 
     ``pan`` is not used by this index (accepted, and checked when given, so that all
-    full-resolution indices share one signature).
+    full-resolution indices share one signature). ``mtf_kernel``: the MTF filter applied to the
+    fused image, ``"ddif"`` (:func:`ddif.data.mtf.mtf_kernel`: separable, gain exact at Nyquist,
+    sum 1) or ``"toolbox"`` (:func:`ddif.data.mtf.toolbox_mtf_kernel`: the MATLAB toolbox's
+    ``genMTF`` filter, for numbers comparable with tables made with it).
     """
+    check_mtf_kernel(mtf_kernel)
     f, m, _, unbatched = _prepare_full(fused, ms, pan, ratio, need_pan=False)
-    return finish(_d_lambda(f, m, ratio, sensor, block_size), unbatched)
+    return finish(_d_lambda(f, m, ratio, sensor, block_size, mtf_kernel), unbatched)
 
 
 def d_s(
@@ -142,29 +150,49 @@ def d_s(
     sensor: str = "wv3",
     block_size: int = 32,
     q: float = 1.0,
+    mtf_kernel: str = "ddif",
 ) -> MetricValue:
     """Spatial distortion D_s of QNR (Alparone et al. 2008, toolbox ``D_s.m``); 0 = none.
 
-    ``sensor`` is not used by this index (shared signature). H and W must be multiples of
-    ``block_size`` (as in the toolbox).
+    ``sensor`` and ``mtf_kernel`` are not used by this index (shared signature: the toolbox's
+    ``D_s.m`` low-passes the PAN with ``imresize``, not with an MTF filter; ``mtf_kernel`` is
+    still checked). H and W must be multiples of ``block_size`` (as in the toolbox).
     """
+    check_mtf_kernel(mtf_kernel)
     f, m, p, unbatched = _prepare_full(fused, ms, pan, ratio, need_pan=True)
     return finish(_d_s(f, m, p, ratio, block_size, q), unbatched)
 
 
 def hqnr(
-    fused: torch.Tensor, ms: torch.Tensor, pan: torch.Tensor, ratio: int = 4, sensor: str = "wv3", block_size: int = 32
+    fused: torch.Tensor,
+    ms: torch.Tensor,
+    pan: torch.Tensor,
+    ratio: int = 4,
+    sensor: str = "wv3",
+    block_size: int = 32,
+    mtf_kernel: str = "ddif",
 ) -> MetricValue:
-    """Hybrid QNR = (1 - D_lambda^(K)) (1 - D_s) (Vivone et al. 2021, toolbox ``HQNR.m``); 1 = ideal."""
-    return full_resolution_metrics(fused, ms, pan, ratio, sensor, block_size)["HQNR"]
+    """Hybrid QNR = (1 - D_lambda^(K)) (1 - D_s) (Vivone et al. 2021, toolbox ``HQNR.m``); 1 = ideal.
+
+    ``mtf_kernel`` as in :func:`d_lambda`."""
+    return full_resolution_metrics(fused, ms, pan, ratio, sensor, block_size, mtf_kernel)["HQNR"]
 
 
 def full_resolution_metrics(
-    fused: torch.Tensor, ms: torch.Tensor, pan: torch.Tensor, ratio: int = 4, sensor: str = "wv3", block_size: int = 32
+    fused: torch.Tensor,
+    ms: torch.Tensor,
+    pan: torch.Tensor,
+    ratio: int = 4,
+    sensor: str = "wv3",
+    block_size: int = 32,
+    mtf_kernel: str = "ddif",
 ) -> dict[str, MetricValue]:
-    """``{"D_lambda", "D_s", "HQNR"}`` of a full-resolution fusion (floats, or (B,) tensors when batched)."""
+    """``{"D_lambda", "D_s", "HQNR"}`` of a full-resolution fusion (floats, or (B,) tensors when
+    batched). ``mtf_kernel`` (``"ddif"`` or ``"toolbox"``) picks D_lambda's MTF filter, see
+    :func:`d_lambda`."""
+    check_mtf_kernel(mtf_kernel)
     f, m, p, unbatched = _prepare_full(fused, ms, pan, ratio, need_pan=True)
-    dl = _d_lambda(f, m, ratio, sensor, block_size)
+    dl = _d_lambda(f, m, ratio, sensor, block_size, mtf_kernel)
     ds = _d_s(f, m, p, ratio, block_size, 1.0)
     return {
         "D_lambda": finish(dl, unbatched),
