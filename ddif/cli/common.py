@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ddif.fuser import Fuser
     from ddif.models.ddif import DDIF
+    from ddif.runtime.backends import FuserBackend
+    from ddif.station.config import StationConfig
+
+# what --backend of the station commands and ``ddif fuse`` accepts
+STATION_BACKENDS = ("auto", "pytorch", "onnxruntime")
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # checkpoints shipped with ddif
+SHIPPED_MODEL = ASSETS / "landsat_small.pt"  # the checkpoint ``ddif demo`` and ``ddif fuse`` use by default
 
 
 def add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -72,3 +81,70 @@ def enable_fused_kernels(model: DDIF) -> None:
         return
     print(f"--fused-kernels: live backends {live}")
     model.set_fused_kernels(True)
+
+
+def resolve_model(name: str | os.PathLike | None) -> Path:
+    """A model file from a path (checkpoint .pt, .onnx, .plan) or the name of a checkpoint shipped
+    with ddif (``landsat_small``: ``ddif/assets/landsat_small.pt``); None: the shipped default."""
+    if name is None:
+        return SHIPPED_MODEL
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = sorted(p.stem for p in ASSETS.glob("*.pt"))
+    if path.name == str(name) and (ASSETS / f"{name}.pt").is_file():
+        return ASSETS / f"{name}.pt"
+    raise FileNotFoundError(
+        f"model {name}: no such file, and not a checkpoint shipped with ddif (shipped: {', '.join(shipped)})"
+    )
+
+
+def build_station_backend(
+    model: str | os.PathLike,
+    config: StationConfig,
+    *,
+    backend: str = "auto",
+    device: str | None = None,
+    steps: int | None = None,
+    threads: int | None = None,
+) -> FuserBackend:
+    """The station backend for ``model``: ``backend`` "auto" (``ddif.export.best_available``: the
+    fastest that works here), "pytorch" or "onnxruntime" (a checkpoint is exported once into the
+    export cache), sampling the tiles the station cuts (``config.tiling_for``: the model's own
+    unless overridden). ``threads``: intra-op threads of PyTorch / ONNX Runtime (default: theirs).
+    Shared by ``ddif station run|watch`` and ``ddif fuse``."""
+    import ddif.export as export
+    import ddif.runtime as runtime
+    from ddif.data.raster import Preprocessing
+
+    if backend not in STATION_BACKENDS:
+        raise ValueError(f"backend must be one of {STATION_BACKENDS}, got {backend!r}")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(int(threads))
+    path = Path(model)
+    preset, _ = export.model_preset(path)
+    tiling = config.tiling_for(preset)
+    pre = Preprocessing.for_preset(
+        preset, interpolation=config.interpolation, padding=config.padding, fill_iterations=config.fill_iterations
+    )
+    batch = config.resolved(tiling, pre).batch_size
+    tiles = {"tile_overlap": tiling.overlap, "batch_size": batch}
+    if backend == "auto":
+        return export.best_available(
+            path, device=device, steps=steps, tile_size=tiling.tile_size, ort_threads=threads, **tiles
+        )
+    if backend == "pytorch":
+        return runtime.TorchFuser(path, steps=steps, device=device, tile_size=tiling.tile_size, **tiles)
+    if path.suffix.lower() != ".onnx":
+        path = export.ensure_onnx(path, steps=steps, tile_size=tiling.tile_size)
+    built = runtime.OnnxRuntimeFuser(path, device=device, steps=steps, intra_op_threads=threads, **tiles)
+    if built.tiling.tile_size != tiling.tile_size:
+        raise ValueError(
+            f"{path} samples {built.tiling.describe()}, the station is set to {tiling.tile_size} px "
+            "tiles: export it again with --tile-size, or leave --tile-size unset"
+        )
+    return built

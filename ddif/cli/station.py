@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ddif.cli.args import add_dataclass_args, dataclass_from_args
+from ddif.cli.common import STATION_BACKENDS, build_station_backend
 
 if TYPE_CHECKING:
-    from ddif.config import Preset
-    from ddif.data.raster import Preprocessing
     from ddif.runtime.backends import FuserBackend
     from ddif.station.config import StationConfig
 
-BACKENDS = ("auto", "pytorch", "onnxruntime")
+BACKENDS = STATION_BACKENDS
 
 Parser = TypeVar("Parser", bound=argparse.ArgumentParser)
 
@@ -118,37 +117,8 @@ def add_station_commands(subparsers: argparse._SubParsersAction[Parser]) -> None
 
 
 def load_backend(args: argparse.Namespace, config: StationConfig) -> FuserBackend:
-    """The backend named by --backend for --model (auto: ddif.export.best_available), sampling
-    the tiles the station cuts (``config.tiling_for``: the model's own unless overridden)."""
-    import ddif.export as export
-    import ddif.runtime as runtime
-
-    model = Path(args.model)
-    preset, _ = export.model_preset(model)
-    tiling = config.tiling_for(preset)
-    batch = config.resolved(tiling, _preprocessing(preset, config)).batch_size
-    tiles = {"tile_overlap": tiling.overlap, "batch_size": batch}
-    if args.backend == "auto":
-        return export.best_available(model, device=args.device, steps=args.steps, tile_size=tiling.tile_size, **tiles)
-    if args.backend == "pytorch":
-        return runtime.TorchFuser(model, steps=args.steps, device=args.device, tile_size=tiling.tile_size, **tiles)
-    if model.suffix.lower() != ".onnx":
-        model = export.ensure_onnx(model, steps=args.steps, tile_size=tiling.tile_size)
-    backend = runtime.OnnxRuntimeFuser(model, device=args.device, steps=args.steps, **tiles)
-    if backend.tiling.tile_size != tiling.tile_size:
-        raise ValueError(
-            f"{model} samples {backend.tiling.describe()}, the station is set to {tiling.tile_size} px "
-            "tiles: export it again with --tile-size, or leave --tile-size unset"
-        )
-    return backend
-
-
-def _preprocessing(preset: Preset, config: StationConfig) -> Preprocessing:
-    from ddif.data.scene import Preprocessing
-
-    return Preprocessing.for_preset(
-        preset, interpolation=config.interpolation, padding=config.padding, fill_iterations=config.fill_iterations
-    )
+    """The backend named by --backend for --model (:func:`ddif.cli.common.build_station_backend`)."""
+    return build_station_backend(args.model, config, backend=args.backend, device=args.device, steps=args.steps)
 
 
 def _model_id(path: str) -> dict[str, Any]:

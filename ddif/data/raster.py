@@ -1,8 +1,9 @@
 """Opening and checking an MS + PAN raster pair, and where the MS sits on the PAN grid (part of
 the scene-ingestion layer, :mod:`ddif.data.scene`): :class:`SceneError` and its categories, the
 :class:`Preprocessing` a model was trained with, raster headers, the grid checks (CRS, north-up,
-integer resolution ratio, overlap, bands, band order) and the one placement rule
-(:func:`placement`, :func:`paired_windows`)."""
+integer resolution ratio, overlap, bands, band order), the one placement rule
+(:func:`placement`, :func:`paired_windows`) and band stacks: an MS delivered as one file per band
+(Landsat) read as one raster through a GDAL VRT (:func:`write_band_stack`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,7 +144,8 @@ class RasterInfo:
 
 
 def open_raster(path: str | os.PathLike, what: str) -> RasterInfo:
-    """Header of a GeoTIFF; :class:`SceneError` (corrupt) when it cannot be opened as a raster."""
+    """Header of a raster (GeoTIFF, or a GDAL VRT whose source files all exist); :class:`SceneError`
+    (corrupt, or missing_partner for a VRT source that is not there) when it cannot be opened."""
     rasterio = _rasterio()
     from rasterio.errors import NotGeoreferencedWarning
 
@@ -168,10 +170,18 @@ def open_raster(path: str | os.PathLike, what: str) -> RasterInfo:
                     tuple(src.descriptions),
                 )
                 dtypes = set(src.dtypes)
+                # a VRT opens without its source files and fails only when pixels are read
+                missing = [f for f in src.files[1:] if not f.startswith("/vsi") and not Path(f).exists()]
     except gdal_errors() as exc:
         raise SceneError(
             CORRUPT, f"{what} {path}: cannot open as a GeoTIFF (corrupt, truncated or not a raster): {exc}"
         ) from None
+    if missing:
+        raise SceneError(
+            MISSING_PARTNER,
+            f"{what} {path}: the VRT reads {missing[0]}, which does not exist"
+            + (f" (nor {len(missing) - 1} more of its source files)" if len(missing) > 1 else ""),
+        )
     if info.count == 0:
         raise SceneError(CORRUPT, f"{what} {path}: has no raster bands")
     if len(dtypes) > 1:
@@ -179,6 +189,150 @@ def open_raster(path: str | os.PathLike, what: str) -> RasterInfo:
     if np.dtype(info.dtype).kind not in "iuf":
         raise SceneError(BAD_VALUES, f"{what} {path}: pixel dtype {info.dtype} is not integer or float")
     return info
+
+
+# --------------------------------------------------------------------------------------------
+# several files as one raster (band stacks)
+# --------------------------------------------------------------------------------------------
+# numpy dtype -> GDAL data type name (what a VRTRasterBand declares)
+_GDAL_TYPES = {
+    "uint8": "Byte",
+    "int8": "Int8",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "uint64": "UInt64",
+    "int64": "Int64",
+    "float32": "Float32",
+    "float64": "Float64",
+}
+
+
+def raster_files(path: str | os.PathLike) -> list[Path]:
+    """The files GDAL reads for a raster: the file itself and, for a VRT, its source files (and
+    any side-car such as ``.ovr``), in GDAL's order; ``[path]`` when it cannot be opened."""
+    rasterio = _rasterio()
+    try:
+        with rasterio.open(path) as src:
+            return [Path(f) for f in src.files if not f.startswith("/vsi")] or [Path(path)]
+    except gdal_errors():
+        return [Path(path)]
+
+
+def is_vrt(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a GDAL VRT (a raster made of other files), by its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).lstrip().startswith(b"<VRTDataset")
+    except OSError:
+        return False
+
+
+def _nodata_text(value: float) -> str:
+    return "nan" if math.isnan(value) else repr(float(value)).removesuffix(".0")
+
+
+def band_stack_xml(paths: Sequence[str | os.PathLike], what: str = "MS") -> str:
+    """GDAL VRT XML stacking the bands of ``paths`` in order (``gdalbuildvrt -separate``): several
+    files must hold one band each (e.g. Landsat's one file per band), one file keeps all its bands
+    (a VRT re-wrapped). Every file must share the first one's CRS, geotransform, size, dtype and
+    nodata; :class:`SceneError` naming the file and what differs otherwise. Band descriptions are
+    the files' own, else (one-band files) the file name's stem. The XML records name, size and
+    modification time of every file read (the sources of a VRT too), so it changes whenever one
+    of them changes: the tile journal's fingerprint of the stack is then honest."""
+    import xml.etree.ElementTree as ET
+
+    rasterio = _rasterio()
+    if not paths:
+        raise ValueError(f"{what}: no band files given")
+    files = [Path(p) for p in paths]
+    infos = [open_raster(p, f"{what} band file" if len(files) > 1 else what) for p in files]
+    first = infos[0]
+    for info in infos:
+        if len(files) > 1 and info.count != 1:
+            raise SceneError(
+                WRONG_BANDS,
+                f"{what} band file {info.path}: has {info.count} bands, expected 1 (several {what} files are "
+                f"stacked one band per file; give a multi-band {what} file alone)",
+            )
+        for field, name in (
+            ("crs", "CRS"),
+            ("shape", "size (rows, cols)"),
+            ("transform", "geotransform"),
+            ("dtype", "dtype"),
+            ("nodata", "nodata"),
+        ):
+            a, b = getattr(info, field), getattr(first, field)
+            same = (a is None and b is None) or (a is not None and b is not None and a == b)
+            if field == "nodata" and a is not None and b is not None and math.isnan(a) and math.isnan(b):
+                same = True
+            if field == "crs" and a is not None and b is not None:
+                a, b = a.to_string(), b.to_string()
+            if field == "transform":
+                a, b = tuple(a)[:6], tuple(b)[:6]
+            if not same:
+                raise SceneError(
+                    BAD_GRID if field in ("crs", "transform", "shape") else BAD_VALUES,
+                    f"{what} band file {info.path}: {name} is {a}, expected {b} as in {first.path} (band files "
+                    "are stacked pixel for pixel: same CRS, geotransform, size, dtype and nodata)",
+                )
+    if first.dtype not in _GDAL_TYPES:
+        raise SceneError(BAD_VALUES, f"{what} {first.path}: dtype {first.dtype} cannot be stacked in a VRT")
+    root = ET.Element("VRTDataset", rasterXSize=str(first.width), rasterYSize=str(first.height))
+    if first.crs is not None:
+        ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = first.crs.to_wkt()
+    t = first.transform
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in (t.c, t.a, t.b, t.f, t.d, t.e))
+    identity = ET.SubElement(root, "Metadata", domain="DDIF_SOURCES")
+    seen: set[Path] = set()
+    for path in files:
+        for f in raster_files(path):
+            f = f.resolve()
+            if f in seen:
+                continue
+            seen.add(f)
+            st = f.stat()
+            item = ET.SubElement(identity, "MDI", key=f"FILE_{len(seen)}")
+            item.text = f"{f} size={st.st_size} mtime_ns={st.st_mtime_ns}"
+    band = 0
+    for path, info in zip(files, infos):
+        with rasterio.open(path) as src:
+            nodatavals = src.nodatavals
+        for k in range(info.count):
+            band += 1
+            vb = ET.SubElement(root, "VRTRasterBand", dataType=_GDAL_TYPES[info.dtype], band=str(band))
+            if nodatavals[k] is not None:
+                ET.SubElement(vb, "NoDataValue").text = _nodata_text(nodatavals[k])
+            description = (info.descriptions[k] if k < len(info.descriptions) else None) or (
+                path.stem if len(files) > 1 else None
+            )
+            if description:
+                ET.SubElement(vb, "Description").text = description
+            source = ET.SubElement(vb, "SimpleSource")
+            ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(path.resolve())
+            ET.SubElement(source, "SourceBand").text = str(k + 1)
+            for rect in ("SrcRect", "DstRect"):
+                ET.SubElement(source, rect, xOff="0", yOff="0", xSize=str(info.width), ySize=str(info.height))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_band_stack(paths: Sequence[str | os.PathLike], vrt_path: str | os.PathLike, what: str = "MS") -> Path:
+    """Write :func:`band_stack_xml` of ``paths`` to ``vrt_path`` (atomically, and only when its
+    text changed: an unchanged stack keeps its modification time, so an interrupted run resumes
+    from its tile journal) and return the path; open it like any raster (:func:`open_pair`)."""
+    from ddif.utils.io import atomic_write_text
+
+    vrt_path = Path(vrt_path)
+    text = band_stack_xml(paths, what)
+    try:
+        if vrt_path.read_text(encoding="utf-8") == text:
+            return vrt_path
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(vrt_path, text)
+    return vrt_path
 
 
 @dataclass

@@ -2,6 +2,10 @@
 make-dataset``, ``ddif sample``, ``ddif evaluate``, ``ddif station``) opens, checks, places and
 reads it here, so the same scene gives the same network inputs everywhere.
 
+- **Band stacks** (:func:`write_band_stack`): an MS delivered as one single-band file per band
+  (Landsat) is stacked into a GDAL VRT (same CRS, grid, size, dtype and nodata checked; the VRT
+  records every source's size and modification time, so a changed band changes the stack) and
+  then read like any other raster; a VRT given as input is read as is (missing sources refused).
 - **Opening and checks** (:func:`open_pair`): both rasters readable, north-up and georeferenced,
   same CRS, band counts, an integer MS / PAN resolution ratio equal to the model's, overlapping
   footprints. Problems raise :class:`SceneError` with a category (what a service does about it)
@@ -61,15 +65,19 @@ from ddif.data.raster import (  # noqa: F401 (re-exported)
     SceneError,
     SceneGrid,
     _rasterio,
+    band_stack_xml,
     check_band_order,
     check_grids,
     gdal_env,
     gdal_errors,
     interpolation_geometry,
+    is_vrt,
     open_pair,
     open_raster,
     paired_windows,
     placement,
+    raster_files,
+    write_band_stack,
 )
 from ddif.data.scale import (  # noqa: F401
     MAX_ABOVE_FRACTION,
@@ -430,6 +438,10 @@ __all__ = [
     "ValueStats",
     "open_raster",
     "open_pair",
+    "write_band_stack",
+    "band_stack_xml",
+    "raster_files",
+    "is_vrt",
     "check_grids",
     "placement",
     "interpolation_geometry",

@@ -1,0 +1,301 @@
+"""Pansharpen one scene into a Cloud-Optimized GeoTIFF (like gdal_pansharpen.py, with DDIF).
+
+    ddif fuse MS.tif PAN.tif OUT.tif                                  # multi-band MS
+    ddif fuse B2.TIF B3.TIF B4.TIF B8.TIF OUT.tif --nodata 0          # one file per MS band (Landsat)
+    ddif fuse MS.vrt PAN.tif OUT.tif -co COMPRESS=ZSTD -co LEVEL=9 -co BLOCKSIZE=512
+
+The last two paths are the PAN and the output; every path before them is the MS: one multi-band
+raster (GeoTIFF or GDAL VRT), or single-band files stacked in the order given (same CRS, grid,
+size, dtype and nodata; stacked through OUT_MS.vrt, kept beside the product as the record of
+the bands used). The scene goes through the ground station's single-scene path (``ddif station
+run``: the same checks, tiles, journal and product, byte for byte): OUT is a COG on the PAN grid
+in the MS dtype, with OUT_quicklook.png, OUT_report.json (quality indices, timings) and a STAC
+item OUT.json beside it (--no-sidecars: the product alone). An interrupted run resumes from its
+tile journal (.OUT.journal) when started again with the same arguments.
+
+-co NAME=VALUE sets the COG's creation options: COMPRESS (DEFLATE, LZW, ZSTD, NONE), LEVEL (1-9),
+BLOCKSIZE (a multiple of 16), OVERVIEW_RESAMPLING (AVERAGE, NEAREST, BILINEAR, CUBIC, ...);
+the others are fixed so that the product's bytes depend on the data only. The model defaults to
+the checkpoint shipped with ddif (landsat_small: Landsat-8 B2-B4, ratio 4); a model trained for
+another sensor or ratio refuses the scene with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ddif.cli.common import STATION_BACKENDS, build_station_backend, resolve_model
+from ddif.station.events import EventLog
+
+# -co names ddif fuse sets on StationConfig: NAME -> (field, what the value must be)
+SETTABLE_CO = {
+    "COMPRESS": ("compress", "DEFLATE, LZW, ZSTD or NONE"),
+    "LEVEL": ("zlevel", "an integer in 1..9"),
+    "BLOCKSIZE": ("block_size", "a multiple of 16"),
+    "OVERVIEW_RESAMPLING": ("overview_resampling", "AVERAGE, NEAREST, BILINEAR, CUBIC, ..."),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.usage = "ddif fuse [options] MS [MS ...] PAN OUT"
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="MS (one multi-band raster or one file per band, in order), then PAN, then the output COG",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint (.pt), exported .onnx / TensorRT .plan, or the name of a shipped checkpoint "
+        "(default: the shipped landsat_small)",
+    )
+    p.add_argument("--backend", choices=STATION_BACKENDS, default="auto", help="auto: the fastest available")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--tile-size", type=int, default=None, help="fused tile side, PAN px (default: the model's)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap, PAN px (default: the model's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: its own)")
+    p.add_argument("--seed", type=int, default=0, help="scene seed (the product is a function of it)")
+    p.add_argument(
+        "--nodata",
+        type=float,
+        default=None,
+        help="nodata of inputs without a nodata tag (e.g. 0 for Landsat's zero fill)",
+    )
+    p.add_argument(
+        "--input-scale",
+        type=float,
+        default=None,
+        help="DN = file value x this (e.g. 10000 for reflectance in [0, 1])",
+    )
+    p.add_argument(
+        "-co",
+        dest="creation_options",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="COG creation option (repeatable): COMPRESS, LEVEL, BLOCKSIZE, OVERVIEW_RESAMPLING",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (and its side-cars) if it exists")
+    p.add_argument(
+        "--no-sidecars",
+        action="store_true",
+        help="write the product only (no quicklook, report, STAC item or kept band-stack VRT)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def split_paths(paths: Sequence[str]) -> tuple[list[Path], Path, Path]:
+    """(MS paths, PAN, OUT) of ``MS [MS ...] PAN OUT``."""
+    if len(paths) < 3:
+        raise ValueError(f"expected MS [MS ...] PAN OUT (at least 3 paths), got {len(paths)}: {' '.join(paths)}")
+    return [Path(p) for p in paths[:-2]], Path(paths[-2]), Path(paths[-1])
+
+
+def _fixed_options() -> dict[str, str]:
+    """The COG options ddif fixes (deterministic bytes), as the station writes them."""
+    from ddif.station.products import cog_creation_options
+
+    fixed = cog_creation_options("deflate", 6, 256, "uint16")
+    return {k: v for k, v in fixed.items() if k not in SETTABLE_CO and k not in ("PREDICTOR", "LEVEL")}
+
+
+def creation_option_fields(options: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``-co NAME=VALUE`` options as :class:`ddif.station.StationConfig` fields, and the fixed
+    options the user repeated (checked against the product's later: PREDICTOR depends on its
+    dtype). Unknown names, or a fixed option at another value, raise ValueError listing the
+    accepted ones."""
+    from ddif.station.config import COMPRESSIONS
+    from ddif.station.products import OVERVIEW_RESAMPLINGS
+
+    fixed = _fixed_options()
+    accepted = ", ".join(f"{k} ({what})" for k, (_, what) in SETTABLE_CO.items())
+    fields: dict[str, Any] = {}
+    repeated: dict[str, str] = {}
+    for text in options:
+        name, sep, value = text.partition("=")
+        name, value = name.strip().upper(), value.strip()
+        if not sep or not name or not value:
+            raise ValueError(f"-co {text!r}: expected NAME=VALUE, e.g. -co COMPRESS=ZSTD")
+        if name in SETTABLE_CO:
+            field, what = SETTABLE_CO[name]
+            if name == "COMPRESS":
+                ok = value.lower() in COMPRESSIONS
+                parsed: Any = value.lower()
+            elif name == "OVERVIEW_RESAMPLING":
+                ok = value.lower() in OVERVIEW_RESAMPLINGS
+                parsed = value.lower()
+            else:
+                ok = value.isdigit()
+                parsed = int(value) if ok else value
+                ok = ok and (1 <= parsed <= 9 if name == "LEVEL" else parsed >= 16 and parsed % 16 == 0)
+            if not ok:
+                raise ValueError(f"-co {name}={value}: expected {what}")
+            fields[field] = parsed
+        elif name in fixed or name == "PREDICTOR":
+            if name in fixed and value.upper() != fixed[name]:
+                raise ValueError(
+                    f"-co {name}={value}: ddif fixes {name}={fixed[name]} (products are byte-for-byte "
+                    f"reproducible); settable: {accepted}"
+                )
+            repeated[name] = value.upper()
+        else:
+            raise ValueError(
+                f"-co {name}: not a creation option ddif fuse sets; accepted: {accepted} "
+                f"(fixed: {', '.join(f'{k}={v}' for k, v in fixed.items())}, PREDICTOR by dtype)"
+            )
+    return fields, repeated
+
+
+class _Messages(EventLog):
+    """The station's events for a one-shot command: kept in memory; warnings and errors printed
+    as plain lines on stderr (the JSON-lines log is the service's)."""
+
+    def __init__(self) -> None:
+        super().__init__(stream=None)
+
+    def emit(self, event: str, level: str = "info", **fields: Any) -> dict[str, Any]:
+        record = super().emit(event, level, **fields)
+        if level != "info":
+            detail = fields.get("message") or fields.get("reason") or fields.get("error")
+            if detail is None:
+                detail = ", ".join(f"{k}={v}" for k, v in fields.items())
+            print(f"ddif fuse: {level}: {event}: {detail}", file=sys.stderr)
+        return record
+
+
+@contextlib.contextmanager
+def _band_stacks(ms: list[Path], pan: Path, out: Path, keep: bool) -> Iterator[tuple[Path, Path, list[Path]]]:
+    """(MS, PAN, stacks) as the station reads them: a single plain raster as is; several MS files,
+    or a VRT (whose sources the tile journal's file identity would not see), through a band-stack
+    VRT beside the output (OUT_MS.vrt / OUT_PAN.vrt, rewritten only when a source changed, so a
+    rerun resumes from the tile journal). After a success the stacks are kept unless ``keep`` is
+    False; after a failure a stack this run created is removed unless a tile journal remains."""
+    from ddif.data.raster import is_vrt, write_band_stack
+    from ddif.station.run import default_journal_dir
+
+    stacks: list[Path] = []
+    created: list[Path] = []
+
+    def stacked(paths: list[Path], what: str) -> Path:
+        if len(paths) == 1 and not is_vrt(paths[0]):
+            return paths[0]
+        vrt = out.with_name(f"{out.stem}_{what}.vrt")
+        if vrt.resolve() in {p.resolve() for p in paths}:
+            raise ValueError(f"{what} {vrt}: is the band stack ddif fuse writes for {out}; give another output name")
+        if not vrt.exists():
+            created.append(vrt)
+        stacks.append(write_band_stack(paths, vrt, what))
+        return vrt
+
+    ok = False
+    try:
+        yield stacked(ms, "MS"), stacked([pan], "PAN"), stacks
+        ok = True
+    finally:
+        if ok:
+            remove = [] if keep else stacks
+        else:
+            remove = [] if default_journal_dir(out).exists() else created
+        for vrt in remove:
+            vrt.unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddif.cli.station import _model_id
+    from ddif.export import model_preset
+    from ddif.station.config import StationConfig
+    from ddif.station.errors import Refused, environment_error_kind
+    from ddif.station.plan import plan_scene
+    from ddif.station.products import cog_creation_options
+    from ddif.station.run import run_scene
+
+    t0 = time.perf_counter()
+    ms, pan, out = split_paths(args.paths)
+    inputs = {p.resolve() for p in (*ms, pan)}
+    if out.resolve() in inputs:
+        raise ValueError(f"output {out} is also an input; give another output path")
+    if out.exists() and not args.overwrite:
+        raise Refused(f"output {out} exists; give --overwrite to replace it")
+    fields, repeated = creation_option_fields(args.creation_options)
+    config = StationConfig(
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        seed=args.seed,
+        input_nodata=args.nodata,
+        input_scale=args.input_scale,
+        **fields,
+    )
+    model = resolve_model(args.model)
+    preset, _ = model_preset(model)
+    log = _Messages()
+    progress = not args.quiet and sys.stderr.isatty()
+    keep = not args.no_sidecars
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _band_stacks(ms, pan, out, keep) as (ms_path, pan_path, stacks), tempfile.TemporaryDirectory() as scratch:
+        # the scene is checked against the model before any backend is built (no export for a bad scene)
+        plan = plan_scene(ms_path, pan_path, preset, config, log=log)
+        cfg = plan.config
+        options = cog_creation_options(cfg.compress, cfg.zlevel, cfg.block_size, plan.grid.ms.dtype)
+        if "PREDICTOR" in repeated and repeated["PREDICTOR"] != options.get("PREDICTOR"):
+            raise ValueError(
+                f"-co PREDICTOR={repeated['PREDICTOR']}: ddif sets PREDICTOR="
+                f"{options.get('PREDICTOR', 'none (no compression)')} for a {plan.grid.ms.dtype} product"
+            )
+        # --no-sidecars: the quicklook and report run_scene always writes go to a scratch folder
+        quicklook, report_path = (None, None) if keep else (Path(scratch) / "q.png", Path(scratch) / "r.json")
+        try:
+            backend = build_station_backend(
+                model, config, backend=args.backend, device=args.device, steps=args.steps, threads=args.threads
+            )
+            report = run_scene(
+                ms_path,
+                pan_path,
+                out,
+                backend,
+                cfg,
+                log=log,
+                progress=progress,
+                model_id=_model_id(str(model)),
+                plan=plan,
+                quicklook_path=quicklook,
+                report_path=report_path,
+                write_stac=keep,
+            )
+        except Exception as exc:
+            kind = environment_error_kind(exc)
+            if kind is None:
+                raise
+            print(
+                f"ddif fuse: {kind}: {type(exc).__name__}: {exc} (no product written; run the same command "
+                "again to resume from the tile journal)",
+                file=sys.stderr,
+            )
+            return 3
+    if not args.quiet:
+        g = plan.grid
+        level = f" level {cfg.zlevel}" if cfg.compress in ("deflate", "zstd") else ""
+        print(
+            f"{out}: {g.bands} bands {g.pan.height} x {g.pan.width} {g.ms.dtype}, COG {cfg.compress.upper()}{level} "
+            f"{cfg.block_size} px blocks, {report['tiles']['fused']} tiles with {report['backend']['describe']} "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
+        if keep:
+            outputs = report["outputs"]
+            base = out.parent
+            extra = [str(base / outputs[k]) for k in ("quicklook", "report", "stac_item") if k in outputs]
+            extra += [str(p) for p in stacks]
+            print("  with " + ", ".join(extra))
+        quality = report["quality"].get("mean")
+        if quality:
+            print("  quality " + json.dumps({k: round(v, 4) for k, v in quality.items()}))
+    return 0
