@@ -97,3 +97,33 @@ def test_kill9_then_disk_full_then_resume_is_byte_identical(tmp_path):
     assert len(a) > 100_000 and a == b                                # byte-identical GeoTIFF
     assert (ref_out / "k" / "k_quicklook.png").read_bytes() == (out / "k" / "k_quicklook.png").read_bytes()
     assert (in_ / "processed" / "k" / "k_MS.tif").exists() and not journal.exists()
+
+
+def test_journal_identity_of_a_vrt_follows_its_band_files(tmp_path):
+    """A VRT's bytes stay the same when a band file it points to is replaced: the journal's
+    identity of the input must change anyway (else a resumed run mixes tiles of two inputs)."""
+    import rasterio
+
+    from ddif.data.raster import write_band_stack
+    from ddif.station.journal import file_identity
+
+    ms, _ = synthetic_scene(tmp_path / "in", "v", bands=2, ms_size=16)
+    with rasterio.open(ms) as src:
+        profile, data = src.profile, src.read()
+    bands = []
+    for i in range(2):
+        p = tmp_path / f"B{i + 1}.tif"
+        with rasterio.open(p, "w", **dict(profile, count=1)) as dst:
+            dst.write(data[i:i + 1])
+        bands.append(p)
+    vrt = write_band_stack(bands, tmp_path / "stack.vrt")
+    before = file_identity(vrt)
+    assert [Path(s["path"]).name for s in before["sources"]] == ["B1.tif", "B2.tif"]
+    assert file_identity(vrt) == before                      # nothing changed: same identity (resume)
+    vrt_bytes = vrt.read_bytes()
+    with rasterio.open(bands[1], "w", **dict(profile, count=1)) as dst:   # band 2 re-delivered
+        dst.write(data[:1])
+    os.utime(bands[1], ns=(before["sources"][1]["mtime_ns"] + 10**9,) * 2)
+    assert vrt.read_bytes() == vrt_bytes
+    assert file_identity(vrt) != before
+    assert "sources" not in file_identity(ms)                # a plain GeoTIFF: its own identity only

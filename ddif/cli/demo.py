@@ -20,15 +20,15 @@ if TYPE_CHECKING:
     from ddif.evaluation import EvalSet
     from ddif.models.ddif import DDIF
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+from ddif.cli.common import ASSETS, SHIPPED_MODEL
+
 DEMO_SCENE = ASSETS / "landsat8_demo_b2b4.tif"
-DEMO_CHECKPOINT = ASSETS / "landsat_small.pt"
 PAN_WEIGHTS = (0.1, 0.6, 0.3)  # ddif.data.bandpass_pan_weights(B2..B4 vs B8)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="ddif_demo", help="folder for quicklook PNGs and the metrics table")
-    p.add_argument("--ckpt", default=str(DEMO_CHECKPOINT), help="checkpoint to demonstrate (default: shipped)")
+    p.add_argument("--ckpt", default=str(SHIPPED_MODEL), help="checkpoint to demonstrate (default: shipped)")
     p.add_argument("--scene", default=str(DEMO_SCENE), help="3-band B2-B4 GeoTIFF (default: shipped crop)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)

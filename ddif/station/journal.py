@@ -34,9 +34,19 @@ JOURNAL_VERSION = 1
 
 
 def file_identity(path: str | os.PathLike) -> dict[str, Any]:
-    """Name, size and modification time of an input (changing the file changes these)."""
+    """Name, size and modification time of an input (changing the file changes these). For a GDAL
+    VRT also those of every file it reads (``sources``): a VRT's own bytes do not change when a
+    band file it points to is replaced."""
+    from ddif.data.raster import is_vrt, raster_files
+
     st = os.stat(path)
-    return {"name": Path(path).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    identity: dict[str, Any] = {"name": Path(path).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if is_vrt(path):
+        sources = [f for f in raster_files(path) if f.resolve() != Path(path).resolve()]
+        identity["sources"] = [
+            {"path": str(f), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in sources
+        ]
+    return identity
 
 
 def model_identity(path: str | os.PathLike) -> dict[str, Any]:
