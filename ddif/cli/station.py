@@ -27,7 +27,8 @@ BACKENDS = STATION_BACKENDS
 Parser = TypeVar("Parser", bound=argparse.ArgumentParser)
 
 WATCH_DESCRIPTION = """\
-Watch INBOX and fuse every complete scene into OUTBOX/<scene>/ (product, quicklook, report).
+Watch INBOX and fuse every complete scene into OUTBOX/<scene>/ (COG product, STAC item, quicklook,
+report); OUTBOX/collection.json is the STAC Collection of all products.
 
 A scene is <scene>_MS.tif + <scene>_PAN.tif, taken once <scene>.ready exists or both files kept
 their size and mtime over --stable-polls polls; or <scene>.manifest.json = {"ms": ..., "pan": ...}
@@ -60,8 +61,8 @@ def add_station_arguments(parser: argparse.ArgumentParser) -> None:
     run = sub.add_parser(
         "run",
         help="fuse one MS + PAN scene into a georeferenced product",
-        description="Fuse one MS + PAN GeoTIFF pair into a tiled, compressed GeoTIFF on the PAN "
-        "grid, a quicklook PNG and a JSON report.",
+        description="Fuse one MS + PAN GeoTIFF pair into a Cloud-Optimized GeoTIFF on the PAN "
+        "grid, its STAC item (<out>.json), a quicklook PNG and a JSON report.",
     )
     run.add_argument("--ms", required=True, help="multispectral GeoTIFF (all bands in one file)")
     run.add_argument("--pan", required=True, help="panchromatic GeoTIFF")
