@@ -6,6 +6,11 @@
 Validation and test data come from spatial regions never seen in training (see --holdout-side,
 --val-fraction, --test-size). A PAN synthesised from the MS bands is a semi-synthetic stand-in,
 and the files say so.
+
+When the defaults do not fit a scene (a small one, a PAN at another ratio, no PAN band) the error
+names the options to change and values that work on that scene (e.g. ``--ratio 2``,
+``--pan-weights 0,0.2963,0.2222,0.4815,0,0`` for a 6-band Landsat-7 ETM+ stack, or
+``--val-fraction 0.3 --test-size 128``), checked against the scene before it is printed.
 """
 
 from __future__ import annotations

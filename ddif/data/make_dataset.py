@@ -54,6 +54,7 @@ __all__ = [
     "MakeDatasetConfig",
     "Region",
     "bandpass_pan_weights",
+    "check_sensor",
     "make_dataset",
     "patch_positions",
     "register_pair",
@@ -73,10 +74,14 @@ def make_dataset(
     tqdm bars while patches are written.
 
     Every split is planned before any file is written, so a scene that cannot give every split
-    (no patch in a region, no fill-free test crop) raises and leaves nothing behind.
+    (no patch in a region, no fill-free test crop) raises and leaves nothing behind; the error
+    names the options to change and values that give every split on this scene
+    (:func:`ddif.data.splits.suggest_options`). An unknown ``cfg.sensor`` is refused
+    (:func:`check_sensor`).
     """
     from ddif.utils.io import atomic_write_text
 
+    check_sensor(cfg.sensor)
     ms_source = cfg.ms if ms is None else ms
     pan_source = cfg.pan if pan is None else pan
     scene = prepare_scene(cfg, ms_source, pan_source)
@@ -119,6 +124,21 @@ def make_dataset(
     summary["config"] = asdict(cfg)
     atomic_write_text(out_dir / f"{cfg.name}_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def check_sensor(sensor: str) -> str:
+    """``sensor`` if :mod:`ddif.data.mtf` knows its MTF gains, else ``ValueError`` naming the known
+    ones: a dataset degraded with the wrong MTF is silently a different dataset, so a misspelt name
+    is refused here rather than falling back to the generic gains as the filters do."""
+    from ddif.data.mtf import SENSOR_ALIASES, SENSOR_MTF, known_sensors
+
+    key = sensor.strip().lower() if isinstance(sensor, str) else sensor
+    if key not in SENSOR_MTF and key not in SENSOR_ALIASES:
+        raise ValueError(
+            f"sensor {sensor!r} has no MTF gains in ddif.data.mtf.SENSOR_MTF; pass --sensor with one of "
+            f"{', '.join(known_sensors())} ('generic' for the toolbox's default gains)"
+        )
+    return sensor
 
 
 def _file_attrs(cfg: MakeDatasetConfig, scene: PreparedScene, ms_source: ImageSource) -> dict[str, Any]:

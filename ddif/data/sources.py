@@ -11,6 +11,7 @@ are imported inside the functions that need them.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +213,7 @@ def register_pair(
     (None: no georeferencing, the arrays are taken as given); ``cfg.crop`` limits the MS window."""
     from ddif.data.scene import (
         NO_OVERLAP,
+        WRONG_RATIO,
         Preprocessing,
         SceneError,
         check_grids,
@@ -228,7 +230,18 @@ def register_pair(
     ms_info, pan_info = _georef(ms_source), _georef(pan_source)
     if ms_info is None or pan_info is None:
         return crop, None if crop is None else (r * crop[0], r * crop[1], r * crop[2], r * crop[3]), {}
-    check_grids(ms_info, pan_info, r)
+    try:
+        check_grids(ms_info, pan_info, r)
+    except SceneError as e:
+        if e.category != WRONG_RATIO:
+            raise
+        try:
+            actual = check_grids(ms_info, pan_info, None)
+        except SceneError:
+            raise e from None  # not a whole ratio: nothing to suggest
+        raise SceneError(
+            WRONG_RATIO, f"{e}; these files have ratio {actual}: pass --ratio {actual} (MakeDatasetConfig.ratio)"
+        ) from None
     method = Preprocessing(1.0, cfg.interpolation, cfg.padding, 0).method_for(r)
     shift, subpixel = placement(
         ms_info.transform, pan_info.transform, r, interpolation_geometry(r, method, cfg.padding).phase
@@ -247,6 +260,79 @@ def register_pair(
         pan_window,
         {"ms_shift_pan_px": shift, "subpixel_offset_pan_px": subpixel, "pan_window": pan_window},
     )
+
+
+# Landsat-7 ETM+ band passes in nm (USGS, "What are the band designations for the Landsat
+# satellites?"; lower / upper band edges; band 6, thermal, left out). Band 8 is the panchromatic
+# band. Used to suggest synthetic-PAN weights (the Landsat-8 OLI table is
+# ddif.data.synthetic_pan.LANDSAT8_OLI_BANDPASS_NM).
+LANDSAT7_ETM_BANDPASS_NM: dict[str, tuple[float, float]] = {
+    "B1": (450.0, 520.0),
+    "B2": (520.0, 600.0),
+    "B3": (630.0, 690.0),
+    "B4": (770.0, 900.0),
+    "B5": (1550.0, 1750.0),
+    "B7": (2090.0, 2350.0),
+    "B8": (520.0, 900.0),
+}
+
+# band sets of common products, for suggestions: (what, table, band names); the ones with as many
+# bands as the MS are offered
+_KNOWN_BAND_SETS = (
+    ("Landsat-8/9 OLI B2, B3, B4", "oli", ("B2", "B3", "B4")),
+    ("Landsat-8/9 OLI B2, B3, B4, B5", "oli", ("B2", "B3", "B4", "B5")),
+    ("Landsat-8/9 OLI B1-B7", "oli", ("B1", "B2", "B3", "B4", "B5", "B6", "B7")),
+    ("Landsat-7 ETM+ bands 1, 2, 3", "etm", ("B1", "B2", "B3")),
+    ("Landsat-7 ETM+ bands 1-4", "etm", ("B1", "B2", "B3", "B4")),
+    ("Landsat-7 ETM+ bands 1-5, 7 (e.g. a 6-band ETM+ stack)", "etm", ("B1", "B2", "B3", "B4", "B5", "B7")),
+)
+
+
+def _weights_flag(table: dict[str, tuple[float, float]], names: Sequence[str]) -> str:
+    from ddif.data.synthetic_pan import bandpass_pan_weights
+
+    weights = bandpass_pan_weights([table[n] for n in names], table["B8"])
+    return "--pan-weights " + ",".join(f"{w:.4g}" for w in weights)
+
+
+def _no_pan_message(bands: int, names: Sequence[str]) -> str:
+    """Why a scene without a PAN cannot be used as given, and the exact --pan-weights to pass:
+    computed from the band names when they are Landsat band names, else the known band sets with
+    this many bands."""
+    from ddif.data.synthetic_pan import LANDSAT8_OLI_BANDPASS_NM
+
+    tables = {"oli": LANDSAT8_OLI_BANDPASS_NM, "etm": LANDSAT7_ETM_BANDPASS_NM}
+    text = (
+        f"no PAN given: pass --pan with a PAN raster, or --pan-weights with one weight per MS band ({bands} "
+        "here) to synthesise a semi-synthetic PAN (a weighted sum of the MS bands; the files then say so)"
+    )
+    offers = []
+    if names and all(n in LANDSAT8_OLI_BANDPASS_NM and n != "B8" for n in names):
+        offers.append(f"for these bands ({', '.join(names)}) as Landsat-8/9 OLI: {_weights_flag(tables['oli'], names)}")
+    for what, table, set_names in _KNOWN_BAND_SETS:
+        if len(set_names) == bands and tuple(names) != set_names:
+            offers.append(f"for {what}: {_weights_flag(tables[table], set_names)}")
+    if offers:
+        text += " - the band-pass overlaps with the PAN band give, " + "; ".join(offers)
+    return text + " (ddif.data.bandpass_pan_weights computes them for other bands)"
+
+
+def _warn_unmarked_zeros(ms: np.ndarray, fill: np.ndarray, cfg: MakeDatasetConfig) -> None:
+    """Landsat Level-1 scenes mark fill with 0 and no nodata tag: without --nodata 0 those pixels
+    would be cut into patches. Warn when over 1 % of the pixels are 0 in every band and nothing
+    marks them as fill."""
+    if 0.0 in cfg.nodata:
+        return
+    zeros = (ms == 0).all(axis=0) & ~fill
+    share = float(zeros.mean())
+    if share > 0.01:
+        warnings.warn(
+            f"{100 * share:.1f} % of the MS pixels are 0 in every band and no nodata value marks them; if 0 is "
+            "fill (as in Landsat Level-1 products), pass --nodata 0 (MakeDatasetConfig.nodata=(0,)) so that "
+            "patches avoid it",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 @dataclass
@@ -288,11 +374,7 @@ def prepare_scene(cfg: MakeDatasetConfig, ms_source: ImageSource, pan_source: Im
         ms_image = load_image(ms_source, "ms", cfg.ms_bands, cfg.nodata, window=crop)
         pan_image = None
         if not cfg.pan_weights:
-            raise ValueError(
-                "no PAN given: give a PAN raster, or pan_weights (one per MS band) to synthesise a "
-                "semi-synthetic PAN, e.g. bandpass_pan_weights(...) = (0.1, 0.6, 0.3) for "
-                "Landsat-8 B2, B3, B4"
-            )
+            raise ValueError(_no_pan_message(ms_image.array.shape[0], band_names(ms_source, cfg.ms_bands)))
         if len(cfg.pan_weights) != ms_image.array.shape[0]:
             raise ValueError(f"pan_weights has {len(cfg.pan_weights)} weights for {ms_image.array.shape[0]} MS bands")
 
@@ -309,6 +391,7 @@ def prepare_scene(cfg: MakeDatasetConfig, ms_source: ImageSource, pan_source: Im
         fill = fill | pan_fill.reshape(H, r, W, r).any(axis=(1, 3))  # a fill PAN pixel spoils its MS pixel
     if fill.all():
         raise ValueError("the scene (or crop) is all fill / nodata")
+    _warn_unmarked_zeros(ms_arr, fill, cfg)
     in_max = cfg.max_dn or auto_max_dn(ms_arr)
     out_max = cfg.out_max_dn or in_max
     ms_norm = ms_arr.astype(np.float32) / np.float32(in_max)
