@@ -19,8 +19,9 @@ from ddif.cli.args import add_dataclass_args, dataclass_from_args
 from ddif.cli.common import STATION_BACKENDS, build_station_backend
 
 if TYPE_CHECKING:
-    from ddif.runtime.backends import FuserBackend
     from ddif.station.config import StationConfig
+    from ddif.station.events import EventLog
+    from ddif.station.plan import StationBackend
 
 BACKENDS = STATION_BACKENDS
 
@@ -51,6 +52,11 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    ray = p.add_argument_group("scale-out on Ray (pip install 'ddif[ray]'; ddif/station/README.md)")
+    ray.add_argument("--ray-address", default=None, help="fuse on this Ray cluster: auto or host:port")
+    ray.add_argument("--ray-actors", type=int, default=None, help="actors (default: the cluster's CPUs or GPUs)")
+    ray.add_argument("--ray-threads", type=int, default=1, help="intra-op threads (and CPUs) per actor (default 1)")
+    ray.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default 0: CPU actors)")
 
 
 def add_station_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,8 +123,31 @@ def add_station_commands(subparsers: argparse._SubParsersAction[Parser]) -> None
     add_station_arguments(p)
 
 
-def load_backend(args: argparse.Namespace, config: StationConfig) -> FuserBackend:
-    """The backend named by --backend for --model (:func:`ddif.cli.common.build_station_backend`)."""
+def load_backend(args: argparse.Namespace, config: StationConfig, log: EventLog | None = None) -> StationBackend:
+    """The backend named by --backend for --model (:func:`ddif.cli.common.build_station_backend`);
+    with --ray-address, that backend built in each actor of a :class:`ddif.station.distributed.RayBackend`."""
+    if getattr(args, "ray_address", None):
+        import functools
+
+        from ddif.station.distributed import RayBackend
+
+        factory = functools.partial(
+            build_station_backend,
+            config=config,
+            backend=args.backend,
+            device=args.device,
+            steps=args.steps,
+            threads=args.ray_threads,
+        )
+        return RayBackend(
+            args.model,
+            factory,
+            address=args.ray_address,
+            actors=args.ray_actors,
+            threads=args.ray_threads,
+            gpus_per_actor=args.ray_gpus_per_actor,
+            log=log,
+        )
     return build_station_backend(args.model, config, backend=args.backend, device=args.device, steps=args.steps)
 
 
@@ -150,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        backend = load_backend(args, config)
+        backend = load_backend(args, config, log)
         report = run_scene(
             args.ms,
             args.pan,
@@ -204,7 +233,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     watch = dataclass_from_args(WatchConfig, args)
     log = EventLog(path=args.log_file)
     try:
-        backend = load_backend(args, config)
+        backend = load_backend(args, config, log)
     except Exception as exc:
         log.error("service_error", error=f"{type(exc).__name__}: {exc}", stage="load model")
         raise

@@ -11,7 +11,8 @@ Modules: :mod:`~ddif.station.io` (product writer, read-back check, quicklook; th
 the one ingestion layer :mod:`ddif.data.scene`), :mod:`ddif.inference` and :mod:`~ddif.utils.tiling`
 (tiles, noise, blending; shared with ddif.Fuser), :mod:`~ddif.station.journal` (per-tile journal),
 :mod:`~ddif.station.run` (one scene), :mod:`~ddif.station.watch` (the service),
-:mod:`~ddif.station.quarantine`, :mod:`~ddif.station.events` (JSON-lines logs).
+:mod:`~ddif.station.quarantine`, :mod:`~ddif.station.events` (JSON-lines logs),
+:mod:`~ddif.station.distributed` (scale-out on Ray: ``RayBackend``, optional ``ddif[ray]``).
 Nothing heavy is imported until used.
 """
 
@@ -30,6 +31,7 @@ _LAZY = {
     "StationService": "ddif.station.watch",
     "TileGrid": "ddif.utils.tiling",
     "Journal": "ddif.station.journal",
+    "RayBackend": "ddif.station.distributed",
 }
 
 __all__ = list(_LAZY)

@@ -28,7 +28,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +66,7 @@ from ddif.station.products import (
 from ddif.utils.tiling import blend_window
 
 if TYPE_CHECKING:
-    pass
+    import torch
 
 
 def _band_names(plan: ScenePlan) -> list[str]:
@@ -78,6 +78,21 @@ def _band_names(plan: ScenePlan) -> list[str]:
     return names
 
 
+def _batch_inputs(
+    plan: ScenePlan, reader: SceneReader, batch: Sequence[int], shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """lms, pan and x_T (``(seed, 0, tile index)``) of one batch of tiles, as float32 tensors."""
+    import torch
+
+    lms_np = np.empty((len(batch),) + shape, dtype=np.float32)
+    pan_np = np.empty((len(batch), plan.grid.pan.count) + shape[1:], dtype=np.float32)
+    noise = torch.empty((len(batch),) + shape, dtype=torch.float32)
+    for i, t in enumerate(map(plan.tiles.tile, batch)):  # filled in place: no second copy
+        lms_np[i], pan_np[i] = reader.tile_inputs(t.y, t.x, t.height, t.width)
+        noise[i] = tile_noise(plan.config.seed, 0, t.index, shape)
+    return torch.from_numpy(lms_np), torch.from_numpy(pan_np), noise  # sharing the arrays' memory
+
+
 def _fuse_tiles(
     plan: ScenePlan,
     backend: StationBackend,
@@ -87,6 +102,10 @@ def _fuse_tiles(
     progress: bool,
     should_stop: Callable[[], bool] | None,
 ) -> dict[str, Any]:
+    """Fuse the batches not yet in the journal and journal their tiles. One batch at a time
+    through ``backend.sample_tiles``; or, when the backend has ``map_batches`` (several batches in
+    flight, e.g. :class:`ddif.station.distributed.RayBackend`), as many as it takes, each batch's
+    tiles journaled as it comes back (in any order: the journal holds one file per tile)."""
     import torch
     from tqdm import tqdm
 
@@ -109,47 +128,88 @@ def _fuse_tiles(
         disable=not progress,
         leave=False,
     )
+
+    def finished(n: int, batch: Sequence[int]) -> None:
+        nonlocal computed, next_report
+        computed += len(batch)
+        bar.update(1)
+        frac = (skipped + n + 1) / max(1, len(plan.batches))
+        if frac >= next_report or n == len(pending) - 1:
+            log.info(
+                "tiles_progress",
+                scene=Path(plan.pan_path).name,
+                batches_done=skipped + n + 1,
+                batches=len(plan.batches),
+                fraction=round(frac, 3),
+            )
+            next_report = math.floor(frac * 10 + 1e-9) / 10 + 0.1
+
+    map_batches = getattr(backend, "map_batches", None)
+    extra: dict[str, Any] = {}
     try:
-        for n, (_, batch) in enumerate(pending):
-            if should_stop is not None and should_stop():
+        if map_batches is None:
+            for n, (_, batch) in enumerate(pending):
+                if should_stop is not None and should_stop():
+                    raise StopRequested(f"stop requested after {n} of {len(pending)} pending batches")
+                t0 = time.perf_counter()
+                lms, pan, noise = _batch_inputs(plan, reader, batch, shape)
+                t1 = time.perf_counter()
+                residual = backend.sample_tiles(lms, pan, noise)
+                # lms + residual: blended, then clamped, as in the Fuser
+                lms += residual.detach().to("cpu", torch.float32)
+                del residual, pan, noise
+                t2 = time.perf_counter()
+                for i, index in enumerate(batch):
+                    journal.save(index, lms[i].numpy())
+                del lms  # one batch alive at a time: freed before the next one is allocated
+                t3 = time.perf_counter()
+                t_read, t_fuse, t_save = t_read + t1 - t0, t_fuse + t2 - t1, t_save + t3 - t2
+                finished(n, batch)
+        else:
+            # several batches in flight: the backend pulls them from jobs() as it has room (its
+            # bound), so only those batches' lms are held here; a stop request ends the
+            # submissions, the batches in flight are still journaled, then the stop is raised
+            lms_of: dict[int, torch.Tensor] = {}
+            stopped: list[int] = []
+            t_start = time.perf_counter()
+
+            def jobs() -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+                nonlocal t_read
+                for n, (k, batch) in enumerate(pending):
+                    if should_stop is not None and should_stop():
+                        stopped.append(n)
+                        return
+                    t0 = time.perf_counter()
+                    lms, pan, noise = _batch_inputs(plan, reader, batch, shape)
+                    t_read += time.perf_counter() - t0
+                    lms_of[k] = lms
+                    yield k, lms, pan, noise
+
+            n = 0
+            for k, residual in map_batches(jobs(), log=log, scene=Path(plan.pan_path).name):
+                t2 = time.perf_counter()
+                lms = lms_of.pop(k)
+                lms += residual.detach().to("cpu", torch.float32)  # the same sum as above
+                del residual
+                for i, index in enumerate(plan.batches[k]):
+                    journal.save(index, lms[i].numpy())
+                del lms
+                t_save += time.perf_counter() - t2
+                finished(n, plan.batches[k])
+                n += 1
+            t_fuse = time.perf_counter() - t_start - t_read - t_save  # waiting for the backend
+            pool_info = getattr(backend, "pool_info", None)
+            if pool_info is not None:
+                extra["executor"] = pool_info()
+            if stopped:
                 raise StopRequested(f"stop requested after {n} of {len(pending)} pending batches")
-            t0 = time.perf_counter()
-            lms_np = np.empty((len(batch),) + shape, dtype=np.float32)
-            pan_np = np.empty((len(batch), plan.grid.pan.count) + shape[1:], dtype=np.float32)
-            noise = torch.empty((len(batch),) + shape, dtype=torch.float32)
-            for i, t in enumerate(map(plan.tiles.tile, batch)):  # filled in place: no second copy
-                lms_np[i], pan_np[i] = reader.tile_inputs(t.y, t.x, t.height, t.width)
-                noise[i] = tile_noise(plan.config.seed, 0, t.index, shape)
-            lms, pan = torch.from_numpy(lms_np), torch.from_numpy(pan_np)  # sharing the arrays' memory
-            del lms_np, pan_np
-            t1 = time.perf_counter()
-            residual = backend.sample_tiles(lms, pan, noise)
-            lms += residual.detach().to("cpu", torch.float32)  # lms + residual: blended, then clamped, as in the Fuser
-            del residual, pan, noise
-            t2 = time.perf_counter()
-            for i, index in enumerate(batch):
-                journal.save(index, lms[i].numpy())
-            del lms  # one batch alive at a time: freed before the next one is allocated
-            t3 = time.perf_counter()
-            t_read, t_fuse, t_save = t_read + t1 - t0, t_fuse + t2 - t1, t_save + t3 - t2
-            computed += len(batch)
-            bar.update(1)
-            frac = (skipped + n + 1) / max(1, len(plan.batches))
-            if frac >= next_report or n == len(pending) - 1:
-                log.info(
-                    "tiles_progress",
-                    scene=Path(plan.pan_path).name,
-                    batches_done=skipped + n + 1,
-                    batches=len(plan.batches),
-                    fraction=round(frac, 3),
-                )
-                next_report = math.floor(frac * 10 + 1e-9) / 10 + 0.1
     finally:
         bar.close()
     return {
         "batches_from_journal": skipped,
         "tiles_computed": computed,
         "tiles_from_journal": len(plan.fused_tiles) - computed,
+        **extra,
         "read_s": t_read,
         "fuse_s": t_fuse,
         "journal_write_s": t_save,

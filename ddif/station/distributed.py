@@ -1,0 +1,539 @@
+"""Scale-out on Ray: the station's tile batches run on a pool of Ray actors, on as many machines
+as the cluster has.
+
+:class:`RayBackend` is a station backend (:class:`ddif.station.plan.StationBackend`: ``name``,
+``preset``, ``tiling``, ``sample_tiles``), so planning, the tile journal, the product writer and
+the watch service do not change. It owns a pool of actors (:class:`TileActor`), each of which
+builds the backend once from a picklable factory and a local copy of the checkpoint (its bytes
+are shipped through Ray's object store: the workers need no view of the driver's file system)
+and answers "sample these tiles". :meth:`RayBackend.map_batches` keeps up to
+``in_flight_per_actor`` batches queued on every actor and yields each batch's residuals as soon
+as it is done, in whatever order; :func:`ddif.station.run.run_scene` saves each batch's tiles to
+the journal as they come (per-tile files: order does not matter), so a product is assembled from
+the same float32 tiles as on one machine.
+
+Fault tolerance: when an actor (its worker process or its whole node) dies, the batches it held
+are submitted again to the surviving actors (event ``ray_actor_lost`` with their batch indices),
+and a replacement actor is requested; it joins the pool once Ray can place it (event
+``ray_actor_started``), never blocking the others. Only when no actor is left, and no
+replacement started within ``replace_timeout_s``, does fusing stop with an error. Tiles already
+in the journal are never recomputed.
+
+Determinism: a batch's residuals depend only on the batch (tiles, per-tile noise) and on how the
+backend computes: the product is byte-identical to a single-machine run with the same backend,
+the same torch / ONNX Runtime intra-op thread count (``threads``, set explicitly in every actor),
+the same library versions and the same kind of device and CPU instruction set.
+
+``ray`` is an optional dependency (``pip install 'ddif[ray]'``), imported only when a
+:class:`RayBackend` is made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ddif.station.events import EventLog, NullLog
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddif.config import Preset
+    from ddif.inference.tiling import Tiling
+    from ddif.station.plan import StationBackend
+
+INSTALL_HINT = "pip install 'ddif[ray]'"
+
+# what a factory gets: the path of the actor's local copy of the checkpoint
+BackendFactory = Callable[[str], "StationBackend"]
+
+# one batch as the station hands it over: (batch index, lms, pan, noise)
+Job = tuple[int, "torch.Tensor", "torch.Tensor", "torch.Tensor"]
+
+
+def import_ray() -> ModuleType:
+    """The ``ray`` module, or a RuntimeError saying how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RuntimeError(f"scale-out on Ray needs the ray package: {INSTALL_HINT} ({exc})") from exc
+    return ray
+
+
+def _lost_errors(ray: ModuleType) -> tuple[type[BaseException], ...]:
+    """Errors that mean "the actor (or the node holding its result) is gone", not "the backend
+    failed on this batch" (those arrive as RayTaskError and are raised as they are)."""
+    names = ("RayActorError", "ObjectLostError", "WorkerCrashedError", "NodeDiedError", "OwnerDiedError")
+    return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
+
+
+def local_model_copy(data: bytes, name: str, sha256: str) -> Path:
+    """The checkpoint's bytes as a file on this machine (``$TMPDIR/ddif-ray-models-<uid>/``, named
+    by content and original name, written atomically once and shared by the actors of a machine)."""
+    from ddif.utils.io import atomic_write_bytes
+
+    folder = Path(tempfile.gettempdir()) / f"ddif-ray-models-{os.getuid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{sha256[:16]}-{Path(name).name}"
+    if not path.is_file() or path.stat().st_size != len(data):
+        atomic_write_bytes(path, data)
+    return path
+
+
+class TileActor:
+    """One Ray actor (one worker process): the backend, built once by ``factory`` from a local
+    copy of the shipped checkpoint with ``threads`` intra-op threads, sampling batches of tiles."""
+
+    def __init__(self, model: bytes, name: str, sha256: str, factory: BackendFactory, threads: int):
+        import torch
+
+        torch.set_num_threads(int(threads))  # explicit: the products' bytes depend on it
+        self.path = local_model_copy(model, name, sha256)
+        self.backend = factory(str(self.path))
+
+    def facts(self) -> dict[str, Any]:
+        """What the driver needs to stand in for the backend, and where this actor runs."""
+        import ray
+        import torch
+
+        import ddif
+
+        b = self.backend
+        return {
+            "name": str(b.name),
+            "describe": b.describe() if hasattr(b, "describe") else str(b.name),
+            "steps": getattr(b, "steps", None),
+            "batch_size": getattr(b, "batch_size", None),
+            "preset": b.preset,
+            "tiling": b.tiling,
+            "node": ray.get_runtime_context().get_node_id(),
+            "ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid(),
+            "threads": torch.get_num_threads(),
+            "versions": {"ddif": ddif.__version__, "torch": torch.__version__},
+        }
+
+    def sample_tiles(self, lms: np.ndarray, pan: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """``backend.sample_tiles`` on one batch; float32 residuals on the CPU."""
+        import torch
+
+        # copies: the object store hands out read-only arrays
+        lms_t, pan_t, noise_t = (torch.from_numpy(np.array(a)) for a in (lms, pan, noise))
+        residual = self.backend.sample_tiles(lms_t, pan_t, noise_t)
+        return residual.detach().to("cpu", torch.float32).numpy()
+
+
+@dataclass(eq=False)
+class _Actor:
+    id: int
+    handle: Any
+    busy: int = 0
+    facts: dict[str, Any] | None = None
+
+    def where(self) -> dict[str, Any]:
+        f = self.facts or {}
+        return {"actor": self.id, "node": f.get("node"), "ip": f.get("ip"), "pid": f.get("pid")}
+
+
+@dataclass(eq=False)
+class _Batch:
+    key: int
+    refs: tuple[Any, Any, Any]  # lms, pan, noise in the object store (kept until the batch is done)
+
+
+class RayBackend:
+    """A station backend whose ``sample_tiles`` runs on a pool of Ray actors (module docstring).
+
+    ``model``: the checkpoint (any single file ``factory`` accepts: engine ``.pt``, self-contained
+    ``.onnx``, ...); its bytes are shipped to the actors. ``factory(path)`` builds the backend in
+    each actor (picklable: a module-level function or ``functools.partial`` of one, e.g.
+    ``partial(ddif.runtime.TorchFuser, tile_size=..., tile_overlap=..., batch_size=...)``).
+    ``address``: the cluster (``"auto"``, ``"host:port"``; None: ``$RAY_ADDRESS`` or a new local
+    Ray) unless Ray is initialised already. ``actors``: default as many as the cluster's CPUs
+    (divided by ``threads``) or, with ``gpus_per_actor``, its GPUs (divided by that) allow.
+    ``threads``: torch intra-op threads of every actor and the CPUs each reserves.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        factory: BackendFactory,
+        *,
+        address: str | None = None,
+        actors: int | None = None,
+        threads: int = 1,
+        gpus_per_actor: float = 0.0,
+        in_flight_per_actor: int = 2,
+        start_timeout_s: float = 300.0,
+        replace_timeout_s: float = 120.0,
+        log: EventLog | None = None,
+    ):
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if gpus_per_actor < 0:
+            raise ValueError(f"gpus_per_actor must be >= 0, got {gpus_per_actor}")
+        if in_flight_per_actor < 1:
+            raise ValueError(f"in_flight_per_actor must be >= 1, got {in_flight_per_actor}")
+        if actors is not None and actors < 1:
+            raise ValueError(f"actors must be >= 1, got {actors}")
+        ray = import_ray()
+        self._ray = ray
+        self._lost = _lost_errors(ray)
+        self.log = log or NullLog()
+        self.threads = int(threads)
+        self.gpus_per_actor = float(gpus_per_actor)
+        self.in_flight_per_actor = int(in_flight_per_actor)
+        self.replace_timeout_s = float(replace_timeout_s)
+        t0 = time.perf_counter()
+        self._owns_ray = False
+        if not ray.is_initialized():
+            # the station's stderr is JSON lines: Ray's own messages stay in the cluster's logs
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            except Exception as exc:  # ConnectionError, a wrong address, a version mismatch ...
+                raise RuntimeError(f"cannot connect to the Ray cluster at {address or 'RAY_ADDRESS'}: {exc}") from exc
+            self._owns_ray = True
+        path = Path(model)
+        data = path.read_bytes()
+        self.model_sha256 = hashlib.sha256(data).hexdigest()
+        self._model_ref = ray.put(data)
+        del data
+        self._model_name = path.name
+        self._factory = factory
+        options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
+        if self.gpus_per_actor > 0:
+            options.update(num_gpus=self.gpus_per_actor, num_cpus=1)
+        else:
+            options.update(num_cpus=self.threads)
+        self._actor_class = ray.remote(TileActor).options(**options)
+        if actors is None:
+            actors = self._default_actors()
+        self._next_id = 0
+        self._live: list[_Actor] = []
+        self._starting: dict[Any, _Actor] = {}  # facts() ref -> actor not yet known to be up
+        self._empty_since: float | None = None
+        self._facts: dict[str, Any] | None = None
+        self.lost = 0
+        self.resubmitted = 0
+        self.last_run: dict[str, Any] = {}
+        try:
+            for _ in range(actors):
+                self._spawn()
+            self._await_start(start_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        self.log.info(
+            "ray_pool_started",
+            actors=len(self._live),
+            pending=len(self._starting),
+            nodes=len({a.where()["node"] for a in self._live}),
+            backend=self.describe(),
+            threads=self.threads,
+            gpus_per_actor=self.gpus_per_actor or None,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+
+    # ------------------------------------------------------------------ the backend interface
+    def _fact(self, key: str) -> Any:
+        assert self._facts is not None  # set once the first actor started (__init__)
+        return self._facts[key]
+
+    @property
+    def name(self) -> str:
+        """The wrapped backend's name (it is written into the product: the bytes stay the same)."""
+        return str(self._fact("name"))
+
+    def describe(self) -> str:
+        """The wrapped backend's description: the tiles are the same computation, so a journal
+        started on one machine resumes on the cluster and the other way round."""
+        return str(self._fact("describe"))
+
+    @property
+    def steps(self) -> int | None:
+        return self._fact("steps")
+
+    @property
+    def batch_size(self) -> int | None:
+        return self._fact("batch_size")
+
+    @property
+    def preset(self) -> Preset:
+        return self._fact("preset")
+
+    @property
+    def tiling(self) -> Tiling:
+        return self._fact("tiling")
+
+    @property
+    def bands(self) -> int:
+        return int(self.preset.model.bands)
+
+    @property
+    def guide_bands(self) -> int:
+        return int(self.preset.model.guide_bands)
+
+    @property
+    def max_dn(self) -> float:
+        return float(self.preset.model.max_dn)
+
+    @property
+    def rgb_bands(self) -> tuple[int, ...]:
+        return tuple(int(b) for b in self.preset.data.rgb_bands)
+
+    @property
+    def ratio(self) -> int:
+        return int(self.preset.data.ratio)
+
+    @property
+    def actors(self) -> int:
+        """Actors up now."""
+        return len(self._live)
+
+    def sample_tiles(
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor,
+        generators: Any = None,
+    ) -> torch.Tensor:
+        """Residuals of one batch of tiles, on one actor (with the pool's fault tolerance)."""
+        if generators is not None and any(g is not None for g in generators):
+            raise ValueError("RayBackend: per-tile generators cannot be shipped to Ray actors")
+        for _, residual in self.map_batches([(0, lms, pan, noise)]):
+            return residual
+        raise RuntimeError("RayBackend: no result")  # pragma: no cover - map_batches yields or raises
+
+    def pool_info(self) -> dict[str, Any]:
+        """The last :meth:`map_batches` run, for the scene's report."""
+        return {"executor": "ray", "actors": len(self._live), "threads_per_actor": self.threads, **self.last_run}
+
+    # ------------------------------------------------------------------ the pool
+    def _default_actors(self) -> int:
+        res = self._ray.cluster_resources()
+        cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+        n = int(gpus // self.gpus_per_actor) if self.gpus_per_actor > 0 else int(cpus // self.threads)
+        if n < 1:
+            need = f"{self.gpus_per_actor:g} GPU" if self.gpus_per_actor > 0 else f"{self.threads} CPU"
+            raise RuntimeError(
+                f"the Ray cluster offers {cpus:g} CPUs and {gpus:g} GPUs: not enough for one actor ({need} each)"
+            )
+        return n
+
+    def _spawn(self) -> _Actor:
+        handle = self._actor_class.remote(
+            self._model_ref, self._model_name, self.model_sha256, self._factory, self.threads
+        )
+        actor = _Actor(self._next_id, handle)
+        self._next_id += 1
+        self._starting[handle.facts.remote()] = actor
+        return actor
+
+    def _join(self, ref: Any, log: EventLog, fields: dict[str, Any], strict: bool = False) -> BaseException | None:
+        """A starting actor answered: add it to the pool, or return why it could not start. One
+        that built another backend than the first is refused: an error at start (``strict``),
+        later (a replacement on another kind of machine) a logged ``ray_actor_refused``."""
+        actor = self._starting.pop(ref)
+        try:
+            facts = self._ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - a failed start is reported, not fatal while others live
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor.handle, no_restart=True)
+            log.warning("ray_actor_start_failed", actor=actor.id, error=_short(exc), **fields)
+            return exc
+        if self._facts is None:
+            self._facts = facts
+        else:
+            same = ("name", "describe", "steps", "batch_size", "tiling")
+            diff = {k: (self._facts[k], facts[k]) for k in same if facts[k] != self._facts[k]}
+            if diff:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(actor.handle, no_restart=True)
+                message = (
+                    f"Ray actor {actor.id} on {facts['ip']} built another backend than the first ({diff}): "
+                    "the product would mix two computations; name the backend and device explicitly"
+                )
+                if strict:
+                    raise RuntimeError(message)
+                log.error("ray_actor_refused", actor=actor.id, ip=facts["ip"], error=message, **fields)
+                return RuntimeError(message)
+            if facts["versions"] != self._facts["versions"]:
+                log.warning(
+                    "ray_version_mismatch",
+                    actor=actor.id,
+                    versions=facts["versions"],
+                    first=self._facts["versions"],
+                    note="products may differ in the last bits from a single-machine run",
+                )
+        actor.facts = facts
+        self._live.append(actor)
+        self._empty_since = None
+        return None
+
+    def _await_start(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        errors: list[BaseException] = []
+        while self._starting and time.monotonic() < deadline:
+            ready, _ = self._ray.wait(
+                list(self._starting), num_returns=1, timeout=max(0.0, deadline - time.monotonic())
+            )
+            for ref in ready:
+                exc = self._join(ref, self.log, {}, strict=True)
+                if exc is not None:
+                    errors.append(exc)
+        if not self._live:
+            why = f": {_short(errors[0])}" if errors else f" within {timeout_s:g} s (not enough resources?)"
+            raise RuntimeError(f"no Ray actor could be started{why}")
+        if self._starting:
+            self.log.warning(
+                "ray_actors_pending",
+                pending=len(self._starting),
+                actors=len(self._live),
+                note="not placed yet: they join the pool when Ray can place them",
+            )
+
+    def _lose(
+        self,
+        actor: _Actor,
+        exc: BaseException,
+        first: _Batch,
+        inflight: dict[Any, tuple[_Batch, _Actor]],
+        queue: deque[_Batch],
+        log: EventLog,
+        fields: dict[str, Any],
+    ) -> None:
+        """``actor`` is gone: queue its batches again (ahead of new ones), ask for a replacement."""
+        moved = [first] + [inflight.pop(ref)[0] for ref in [r for r, (_, a) in inflight.items() if a is actor]]
+        moved.sort(key=lambda b: b.key)
+        queue.extendleft(reversed(moved))
+        if actor in self._live:
+            self._live.remove(actor)
+            self.lost += 1
+        actor.busy = 0
+        with contextlib.suppress(Exception):
+            self._ray.kill(actor.handle, no_restart=True)
+        if not self._live and self._empty_since is None:
+            self._empty_since = time.monotonic()
+        replacement = self._spawn()
+        self.resubmitted += len(moved)
+        self.last_run["resubmitted_batches"] = self.last_run.get("resubmitted_batches", 0) + len(moved)
+        self.last_run["actors_lost"] = self.last_run.get("actors_lost", 0) + 1
+        log.warning(
+            "ray_actor_lost",
+            **actor.where(),
+            error=_short(exc),
+            batches_resubmitted=[b.key for b in moved],
+            actors_left=len(self._live),
+            replacement=replacement.id,
+            **fields,
+        )
+
+    def map_batches(
+        self, jobs: Iterable[Job], log: EventLog | None = None, **fields: Any
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Sample every ``(key, lms, pan, noise)`` of ``jobs`` on the pool and yield ``(key,
+        residual)`` as each batch is done, in completion order. ``jobs`` is read lazily: at most
+        ``in_flight_per_actor`` x actors batches are out at once (the memory bound). ``fields``
+        are added to the pool's events (e.g. ``scene=``)."""
+        import torch
+
+        ray = self._ray
+        log = log or self.log
+        source = iter(jobs)
+        queue: deque[_Batch] = deque()  # batches of lost actors, submitted again first
+        inflight: dict[Any, tuple[_Batch, _Actor]] = {}
+        exhausted = False
+        self.last_run = {"batches": 0, "actors_lost": 0, "resubmitted_batches": 0, "max_in_flight": 0}
+        for a in self._live:
+            a.busy = 0
+        try:
+            while True:
+                while self._live and len(inflight) < self.in_flight_per_actor * len(self._live):
+                    if queue:
+                        batch = queue.popleft()
+                    elif not exhausted:
+                        item = next(source, None)
+                        if item is None:
+                            exhausted = True
+                            continue
+                        key, lms, pan, noise = item
+                        batch = _Batch(int(key), tuple(ray.put(t.detach().cpu().numpy()) for t in (lms, pan, noise)))
+                    else:
+                        break
+                    actor = min(self._live, key=lambda a: a.busy)
+                    inflight[actor.handle.sample_tiles.remote(*batch.refs)] = (batch, actor)
+                    actor.busy += 1
+                    self.last_run["max_in_flight"] = max(self.last_run["max_in_flight"], len(inflight))
+                if exhausted and not inflight and not queue:
+                    return
+                if not self._live:
+                    waited = time.monotonic() - (self._empty_since or time.monotonic())
+                    if not self._starting or waited > self.replace_timeout_s:
+                        raise RuntimeError(
+                            f"no Ray actor left ({self.lost} lost) and no replacement started within "
+                            f"{self.replace_timeout_s:g} s: {len(queue) + len(inflight)} batches not fused "
+                            "(the tiles done are in the journal: rerun to resume)"
+                        )
+                ready, _ = ray.wait(list(inflight) + list(self._starting), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    if ref in self._starting:
+                        if self._join(ref, log, fields) is None:
+                            log.info("ray_actor_started", **self._live[-1].where(), actors=len(self._live), **fields)
+                        continue
+                    if ref not in inflight:  # dropped with its lost actor
+                        continue
+                    batch, actor = inflight.pop(ref)
+                    actor.busy -= 1
+                    try:
+                        residual = ray.get(ref)
+                    except self._lost as exc:
+                        self._lose(actor, exc, batch, inflight, queue, log, fields)
+                        continue
+                    self.last_run["batches"] += 1
+                    yield batch.key, torch.from_numpy(np.array(residual))  # a writable copy
+        finally:
+            for ref in inflight:  # abandoned (an error, or the consumer stopped early)
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+            for a in self._live:
+                a.busy = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Kill the actors (and disconnect from Ray when this backend connected)."""
+        ray = self._ray
+        for actor in [*self._live, *self._starting.values()]:
+            with contextlib.suppress(Exception):
+                ray.kill(actor.handle, no_restart=True)
+        self._live.clear()
+        self._starting.clear()
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+            self._owns_ray = False
+
+    def __enter__(self) -> RayBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        backend = self.describe() if self._facts else "not started"
+        return f"RayBackend({backend}, actors={len(self._live)}, threads={self.threads})"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
