@@ -65,7 +65,9 @@ class LocalRayCluster:
             "RAY_health_check_period_ms": "500",
             "RAY_health_check_timeout_ms": "500",
             "RAY_health_check_failure_threshold": "3",
+            "TMPDIR": str(Path(self.tmp) / "tmp"),  # the actors' checkpoint copies: removed by stop()
         }
+        (Path(self.tmp) / "tmp").mkdir(exist_ok=True)
         with open(Path(self.tmp) / f"{name}.log", "wb") as out:
             return subprocess.Popen([RAY_CLI, "start", *args, "--disable-usage-stats", "--block"], env=env,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
