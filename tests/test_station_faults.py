@@ -697,3 +697,25 @@ def test_processing_error_still_quarantines_and_failed_quarantine_move_keeps_sce
     assert failed and failed[0]["error_kind"] == "disk_full" and not service.quarantined
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["q.ready", "q_MS.tif", "q_PAN.tif"]
     assert sorted(p.name for p in (inbox / "quarantine").iterdir()) == ["p"]
+
+
+def test_lost_compute_is_retried_not_quarantined(tmp_path):
+    """Every Ray actor lost (ComputeUnavailable) is the environment's fault, like a full disk: the
+    scene stays in the inbox with its journal however many times it fails; a plain backend error
+    is quarantined after max_attempts (previous test)."""
+    from ddif.station.errors import ComputeUnavailable, environment_error_kind
+
+    class NoWorkers(EchoBackend):
+        def _call(self):
+            raise ComputeUnavailable("no Ray actor left (2 lost) and no replacement started within 120 s")
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    _scene(inbox, "p")
+    for _ in range(4):  # more runs than max_attempts
+        service = _service(inbox, outbox, NoWorkers())
+        service.run(once=True)
+        assert not service.quarantined
+        failed = _events(service, "scene_failed")
+        assert failed and failed[-1]["error_kind"] == "compute_unavailable", failed
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["p.ready", "p_MS.tif", "p_PAN.tif"]
+    assert environment_error_kind(RuntimeError("wrapped")) is None

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ddif.station.errors import ComputeUnavailable
 from ddif.station.events import EventLog, NullLog
 
 if TYPE_CHECKING:
@@ -481,7 +482,7 @@ class RayBackend:
                 if not self._live:
                     waited = time.monotonic() - (self._empty_since or time.monotonic())
                     if not self._starting or waited > self.replace_timeout_s:
-                        raise RuntimeError(
+                        raise ComputeUnavailable(
                             f"no Ray actor left ({self.lost} lost) and no replacement started within "
                             f"{self.replace_timeout_s:g} s: {len(queue) + len(inflight)} batches not fused "
                             "(the tiles done are in the journal: rerun to resume)"

@@ -3,7 +3,8 @@
 - :class:`SceneError` (a ``ValueError``): the scene itself is bad (corrupt file, missing
   partner, wrong ratio, no overlap, all nodata, ...). Retrying cannot help: quarantine it.
 - An environment error (:func:`environment_error_kind` is not None): disk full, quota, file too
-  large, permission denied, read-only file system, a failed write of an output. Not the scene's
+  large, permission denied, read-only file system, a failed write of an output, no compute left
+  (every Ray actor lost, :class:`ComputeUnavailable`). Not the scene's
   fault: report it, leave the scene and its journal where they are, retry later.
 - Anything else is a processing error (a bug, a backend failure): retried a few times, then
   quarantined so that one scene cannot block the inbox forever.
@@ -65,6 +66,11 @@ class OutputWriteError(OSError):
     """An output could not be written completely (GDAL may only notice when reading it back)."""
 
 
+class ComputeUnavailable(RuntimeError):
+    """The workers a scene was being fused on are gone (e.g. every Ray actor lost and none could be
+    started again): not the scene's fault, so it is retried later and never quarantined."""
+
+
 class Refused(RuntimeError):
     """An expected refusal (another service holds the lock, a folder is missing, ...): the command
     line prints it as one line, without a traceback."""
@@ -85,6 +91,8 @@ def environment_error_kind(exc: BaseException) -> str | None:
         seen.add(id(current))
         if isinstance(current, OutputWriteError):
             return "write_error"
+        if isinstance(current, ComputeUnavailable):
+            return "compute_unavailable"
         if isinstance(current, OSError) and current.errno in _ENV_ERRNOS:
             return _ENV_ERRNOS[current.errno]
         text = str(current).lower()
