@@ -24,7 +24,7 @@ Per (backend, threads) a fresh Python process (so peak RSS is that configuration
 ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` and ``torch.set_num_threads(n)`` (ONNX Runtime also gets
 ``intra_op_threads=n``), builds the backend, fuses a small warm-up scene once (first torch / ORT
 calls are slow), then runs ``ddif.station.run_scene`` (plan, windowed reads, tiled fusion, tile
-journal, blending, GeoTIFF with overviews, quicklook, quality indices) ``--repeats`` times. Reported:
+journal, blending, Cloud Optimized GeoTIFF with overviews, quicklook, quality indices) ``--repeats`` times. Reported:
 wall seconds per scene (median; p20 / p80 when repeats > 1), PAN megapixels / s, speedup vs
 PyTorch at 1 thread, the fuse-only seconds of the run report (``timing_s.fuse_s``: the backend's
 ``sample_tiles`` calls), the process's peak RSS (imports, weights, warm-up and runs; VmHWM, its own
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
 
         total_s = time.perf_counter() - t_start
         print()
-        print("## ddif station benchmark (run_scene: plan, windowed reads, tiled fusion, journal, GeoTIFF + "
+        print("## ddif station benchmark (run_scene: plan, windowed reads, tiled fusion, journal, COG with "
               "overviews, quicklook, quality indices)\n")
         cores = (f"{mach['sockets']} socket(s) x {mach['cores_per_socket']} cores, "
                  if mach["cores_per_socket"] else "")

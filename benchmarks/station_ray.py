@@ -7,7 +7,7 @@ What runs: ``--scenes`` synthetic scenes (tests/test_station_support.py ``synthe
 fields with sharp edges, 3 bands, uint16, a nodata border; MS ``--ms-size`` px, PAN 4x) fused by
 ``ddif.station.run_scene`` one after another (what ``ddif station watch`` does per scene: plan,
 windowed reads, tiles, journal, COG, quicklook, quality indices) with the shipped checkpoint
-``ddif/assets/landsat_small.pt`` (PyTorch eager, its 32 px tiles with 8 px overlap, 10 DDIM
+``ddif/assets/landsat_small.pt`` (PyTorch eager, its own tiles, 10 DDIM
 steps) in batches of ``--batch-size`` tiles, in three configurations:
 
 1. one process, torch at 1 thread (``ddif station run`` with ``OMP_NUM_THREADS=1``);
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         from ddif.station import plan_scene
 
         plan = plan_scene(*scenes[0], factory(args.model), config)
-        plan_tiles = (len(plan.fused_tiles), len(plan.batches))
+        plan_tiles = (len(plan.fused_tiles), len(plan.batches), plan.config.tile_size)
 
         def same(a: Path, b: Path) -> bool:
             return all((a / f"s{i}.tif").read_bytes() == (b / f"s{i}.tif").read_bytes() for i in range(args.scenes))
@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, ray {ray.__version__}")
         print(
-            f"Scenes: {args.scenes} x PAN {4 * args.ms_size}^2 (3 bands), {plan_tiles[0]} tiles of 32 px in "
+            f"Scenes: {args.scenes} x PAN {4 * args.ms_size}^2 (3 bands), {plan_tiles[0]} tiles of "
+            f"{plan_tiles[2]} px in "
             f"{plan_tiles[1]} batches of <= {args.batch_size} per scene; checkpoint {Path(args.model).name}, "
             f"10 DDIM steps; median of {args.repeats}"
         )

@@ -1,5 +1,5 @@
 """The one inference path, end to end with the checkpoint users get (``ddif/assets/landsat_small.pt``:
-128 px tiles, 16 px overlap, 10 steps) on real Landsat-8 pixels: a ground-station product equals
+32 px tiles, 8 px overlap, 10 steps) on real Landsat-8 pixels: a ground-station product equals
 ``ddif.Fuser``'s output for the same scene within 1 DN, with the PyTorch and the ONNX Runtime
 backend, on odd scene sizes and on a scene smaller than one tile."""
 from __future__ import annotations
@@ -75,7 +75,7 @@ def backends(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["pytorch", "onnxruntime"])
 def test_station_product_equals_fuser_within_one_dn(tmp_path, backends, name):
-    """A 101 x 150 PAN (odd sizes; 1 x 2 tiles of 128 px; the last row / 2 columns beyond the MS
+    """A 101 x 150 PAN (odd sizes; 4 x 6 tiles of 32 px; the last row / 2 columns beyond the MS
     footprint are nodata): every valid product pixel within 1 DN of the Fuser's output."""
     ms, pan = landsat_pair(tmp_path / "in", 101, 150)
     want, valid = fuser_dn(ms, pan, seed=0)
@@ -94,7 +94,7 @@ def test_station_product_equals_fuser_within_one_dn(tmp_path, backends, name):
 
 
 def test_scene_smaller_than_a_tile_is_padded_like_the_fuser(tmp_path, backends):
-    """A 20 x 44 PAN (shorter than a 128 px tile on both sides): the station reads the 20 rows and
+    """A 20 x 44 PAN (shorter than a 32 px tile on one side): the station reads the 20 rows and
     pads them to the tile exactly as the Fuser pads the whole image."""
     ms, pan = landsat_pair(tmp_path / "in", 20, 44)
     want, valid = fuser_dn(ms, pan, seed=3)

@@ -37,7 +37,7 @@ def _tiny_checkpoint(path, tile_size=16, overlap=4):
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    """A tiny tiled checkpoint (16 px tiles, 4 px overlap, like the shipped one samples 128 / 16)
+    """A tiny tiled checkpoint (16 px tiles, 4 px overlap, like the shipped one samples 32 / 8)
     and its 2-step ONNX export (through the export cache)."""
     from ddif.export import ensure_onnx
 
@@ -105,8 +105,8 @@ def test_whole_image_checkpoint_backends_agree(tmp_path):
 
 
 def test_shipped_checkpoint_every_backend_equals_fuser(tmp_path, caplog):
-    """The checkpoint users get (128 px tiles, 16 px overlap, 10 steps), on a 250 x 229 input (a
-    3 x 2 grid of tiles, odd sizes): ONNX Runtime (first use exports it) == ddif.Fuser within 1e-4."""
+    """The checkpoint users get (32 px tiles, 8 px overlap, 10 steps), on a 90 x 77 input (a 4 x 3
+    grid of tiles, odd sizes): ONNX Runtime (first use exports it) == ddif.Fuser within 1e-4."""
     import ddif
     from ddif.models import DDIF
     from ddif.runtime import OnnxRuntimeFuser, TorchFuser
@@ -117,8 +117,8 @@ def test_shipped_checkpoint_every_backend_equals_fuser(tmp_path, caplog):
     assert isinstance(ort_backend, OnnxRuntimeFuser)
     assert any("exporting" in r.getMessage() for r in caplog.records)
     reference = ddif.Fuser(DDIF.load(SHIPPED))
-    assert (reference.tile_size, reference.tile_overlap, reference.steps) == (128, 16, 10)
-    lms, pan = _images(2, 250, 229, bands=3)
+    assert (reference.tile_size, reference.tile_overlap, reference.steps) == (32, 8, 10)
+    lms, pan = _images(2, 90, 77, bands=3)
     lms = 0.2 + 0.5 * lms
     pan = lms.mean(1, keepdim=True)
     want = _agree([ort_backend, TorchFuser(SHIPPED)], reference, lms, pan, seed=3)

@@ -8,6 +8,7 @@ benchmarks/station_ray.py for the README."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -77,7 +78,10 @@ class LocalRayCluster:
         self.head = self._popen(["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
                                  "--num-cpus", "0", "--include-dashboard", "false", "--temp-dir", self.tmp,
                                  "--dashboard-port", str(_free_port()),
-                                 "--ray-client-server-port", str(_free_port()),
+                                 # the client server only starts where ray[client] (grpc) is installed;
+                                 # asking for its port without grpc is refused
+                                 *(["--ray-client-server-port", str(_free_port())]
+                                   if importlib.util.find_spec("grpc") is not None else []),
                                  "--dashboard-agent-listen-port", str(_free_port()),
                                  "--object-store-memory", str(200 * 2**20)], "head")
         deadline = time.monotonic() + timeout_s
