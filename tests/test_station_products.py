@@ -133,8 +133,12 @@ def test_stac_item_reads_back_with_pystac(product):
     assert props["processing:software"]["ddif"]
     assert props["ddif:seed"] == small_config().seed
     assert props["ddif:steps"] == product["report"]["backend"]["steps"]
-    derived = sorted((item_path.parent / lk.href).resolve() for lk in item.links if lk.rel == "derived_from")
+    links = [lk for lk in item.links if lk.rel == "derived_from"]
+    derived = sorted((item_path.parent / lk.href).resolve() for lk in links)
     assert derived == sorted(p.resolve() for p in (product["ms"], product["pan"]))
+    # the inputs are plain GeoTIFFs: their links must not claim the cloud-optimized profile
+    assert {lk.media_type for lk in links} == {"image/tiff; application=geotiff"}
+    assert item.assets["product"].media_type == "image/tiff; application=geotiff; profile=cloud-optimized"
 
 
 def test_watch_builds_the_outbox_collection(tmp_path, station_backend):

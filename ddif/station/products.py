@@ -34,6 +34,7 @@ from ddif.data.raster import gdal_errors
 from ddif.utils.io import atomic_write_text
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+GEOTIFF_MEDIA_TYPE = "image/tiff; application=geotiff"
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 OVERVIEW_RESAMPLINGS = ("average", "nearest", "bilinear", "cubic", "cubicspline", "lanczos", "mode", "rms")
 _COG_COMPRESS = {"deflate": "DEFLATE", "lzw": "LZW", "zstd": "ZSTD", "none": "NONE"}
@@ -234,7 +235,8 @@ def stac_item(
             pystac.Link(
                 rel="derived_from",
                 target=os.path.relpath(path, base),
-                media_type=COG_MEDIA_TYPE if str(path).lower().endswith((".tif", ".tiff")) else None,
+                # the inputs are GeoTIFFs of any layout (not necessarily cloud optimized)
+                media_type=GEOTIFF_MEDIA_TYPE if str(path).lower().endswith((".tif", ".tiff")) else None,
                 title=Path(path).name,
             )
         )
