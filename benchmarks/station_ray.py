@@ -8,14 +8,17 @@ fields with sharp edges, 3 bands, uint16, a nodata border; MS ``--ms-size`` px, 
 ``ddif.station.run_scene`` one after another (what ``ddif station watch`` does per scene: plan,
 windowed reads, tiles, journal, COG, quicklook, quality indices) with the shipped checkpoint
 ``ddif/assets/landsat_small.pt`` (PyTorch eager, its own tiles, 10 DDIM
-steps) in batches of ``--batch-size`` tiles, in three configurations:
+steps) in batches of ``--batch-size`` tiles, in four configurations:
 
 1. one process, torch at 1 thread (``ddif station run`` with ``OMP_NUM_THREADS=1``);
 2. one process, torch at ``--threads`` threads (all cores of this machine);
 3. a local Ray cluster on loopback: a head that schedules nothing + ``--workers`` nodes of 1 CPU,
    each started with ``ray start`` (the test's ``LocalRayCluster``), one actor per node at 1 torch
    thread; the driver (this process) reads the tiles, keeps 2 batches in flight per actor and
-   journals the results (``ddif.station.distributed.RayBackend``).
+   journals the results (``ddif.station.distributed.RayBackend``);
+4. the same cluster with ``--scenes-in-flight`` scenes fused at once (threads sharing the actor
+   pool, as ``ddif station watch --scenes-in-flight`` does): one scene's product writing overlaps
+   with another's batches on the actors.
 
 Each configuration fuses a warm-up scene first (first torch calls, actor start-up), then the
 scenes ``--repeats`` times; the table has the median wall seconds for all scenes (min-max when
@@ -66,15 +69,28 @@ def _jiffies(pids: set[int] | None) -> tuple[int, int]:
     return busy, ours
 
 
-def fuse_all(scenes, out: Path, backend, config) -> float:
+def fuse_all(scenes, out: Path, backend, config, at_once: int = 1) -> float:
+    """Wall seconds to fuse ``scenes`` with ``run_scene``, ``at_once`` scenes at a time (threads
+    sharing ``backend``, as ``ddif station watch --scenes-in-flight`` runs them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ddif.station import run_scene
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    t0 = time.perf_counter()
-    for ms, pan in scenes:
+
+    def one(scene) -> None:
+        ms, pan = scene
         name = pan.name.replace("_PAN.tif", "")
         run_scene(ms, pan, out / f"{name}.tif", backend, config, journal_dir=out / f".{name}.journal")
+
+    t0 = time.perf_counter()
+    if at_once <= 1:
+        for scene in scenes:
+            one(scene)
+    else:
+        with ThreadPoolExecutor(max_workers=at_once) as pool:
+            list(pool.map(one, scenes))
     return time.perf_counter() - t0
 
 
@@ -87,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="Ray worker nodes (1 CPU each)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="row 2's torch threads")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--scenes-in-flight", type=int, default=2, help="last row: scenes fused at once on the cluster (1: no row)"
+    )
     args = parser.parse_args(argv)
 
     import functools
@@ -113,13 +132,13 @@ def main(argv: list[str] | None = None) -> int:
 
         hz = os.sysconf("SC_CLK_TCK")
 
-        def measure(label: str, workers: str, backend, cluster=None) -> None:
+        def measure(label: str, workers: str, backend, cluster=None, at_once: int = 1) -> None:
             fuse_all(warm, work / "warm", backend, config)
             times, other = [], []
             for _ in range(args.repeats):
                 pids = set(cluster.leftovers()) if cluster is not None else None  # the cluster's processes
                 b0, o0 = _jiffies(pids)
-                times.append(fuse_all(scenes, work / f"out{len(rows)}", backend, config))
+                times.append(fuse_all(scenes, work / f"out{len(rows)}", backend, config, at_once))
                 b1, o1 = _jiffies(pids)
                 other.append(max(0.0, ((b1 - b0) - (o1 - o0)) / hz / times[-1]))
             rows.append(
@@ -144,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
             pool_s = time.perf_counter() - t0
             try:
                 measure(f"local Ray cluster, {args.workers} worker nodes", f"{args.workers} x 1", backend, cluster)
+                if args.scenes_in_flight > 1:
+                    measure(
+                        f"local Ray cluster, {args.workers} worker nodes, {args.scenes_in_flight} scenes at once",
+                        f"{args.workers} x 1",
+                        backend,
+                        cluster,
+                        at_once=args.scenes_in_flight,
+                    )
             finally:
                 backend.close()
         finally:

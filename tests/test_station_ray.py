@@ -62,6 +62,9 @@ class LocalRayCluster:
         env = {
             **os.environ,
             "RAY_USAGE_STATS_ENABLED": "0",
+            # a loopback test cluster without token auth, also where ~/.ray/auth_token exists (Ray
+            # would then enable it on the head only, and the workers and the driver are refused)
+            "RAY_AUTH_MODE": "disabled",
             "RAY_health_check_initial_delay_ms": "0",
             "RAY_health_check_period_ms": "500",
             "RAY_health_check_timeout_ms": "500",
@@ -102,7 +105,9 @@ class LocalRayCluster:
                                              "--temp-dir", f"{self.tmp}/w{i}",
                                              "--object-store-memory", str(100 * 2**20)], f"worker{i}"))
         # the driver attaches to the head's raylet (matched by its temp dir), never to a worker node
-        # that the test kills
+        # that the test kills; like the nodes, without token auth (restored by stop())
+        self._auth_mode = os.environ.get("RAY_AUTH_MODE")
+        os.environ["RAY_AUTH_MODE"] = "disabled"
         ray.init(address=self.address, _temp_dir=self.tmp, log_to_driver=False, logging_level=logging.WARNING)
         while ray.cluster_resources().get("CPU", 0) < self.n_workers * self.cpus:
             if time.monotonic() > deadline or any(w.poll() is not None for w in self.workers):
@@ -139,6 +144,11 @@ class LocalRayCluster:
     def stop(self) -> None:
         if ray.is_initialized():
             ray.shutdown()
+        if hasattr(self, "_auth_mode"):
+            if self._auth_mode is None:
+                os.environ.pop("RAY_AUTH_MODE", None)
+            else:
+                os.environ["RAY_AUTH_MODE"] = self._auth_mode
         for p in [*self.workers, self.head]:
             if p is not None and p.poll() is None:
                 try:
@@ -350,3 +360,141 @@ def test_in_flight_path_out_of_order_byte_identical_and_stop_resume(tmp_path):
     resumed = run_scene(ms, pan, tmp_path / "stopped.tif", backend, config, journal_dir=journal)
     assert resumed["tiles"]["batches_from_journal"] == 2
     assert (tmp_path / "stopped.tif").read_bytes() == (tmp_path / "ref.tif").read_bytes()
+
+
+# ------------------------------------------------------------------ several scenes at once
+class ConcurrentScenes:
+    """A backend that takes several scenes at once (what RayBackend declares), without Ray: calls
+    from the scene threads are serialised on the wrapped backend, and each call records whether
+    another scene's call was under way (so overlap is observed, not assumed)."""
+
+    concurrent_scenes = True
+
+    def __init__(self, inner):
+        import threading
+
+        self.inner, self._lock, self.active, self.overlapped = inner, threading.Lock(), set(), 0
+        self._state = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def map_batches(self, jobs, log=None, **fields):
+        import threading
+
+        me = threading.get_ident()
+        for k, lms, pan, noise in jobs:
+            with self._state:
+                self.active.add(me)
+                self.overlapped += len(self.active) > 1
+            with self._lock:
+                residual = self.inner.sample_tiles(lms, pan, noise)
+            yield k, residual
+        with self._state:
+            self.active.discard(me)
+
+
+def _scene_overlap(events) -> bool:
+    """Whether some scene started before an earlier one was done (from the service's log)."""
+    open_scenes = set()
+    for e in events:
+        if e["event"] == "scene_start":
+            if open_scenes:
+                return True
+            open_scenes.add(e["scene"])
+        elif e["event"] in ("scene_done", "scene_failed"):
+            open_scenes.discard(e["scene"])
+    return False
+
+
+def test_scenes_in_flight_overlap_and_give_the_same_bytes(tmp_path):
+    from ddif.station import StationService, WatchConfig
+    from ddif.station.events import EventLog
+    from test_station_support import shared_backend
+
+    backend = shared_backend()
+    config = small_config(batch_size=2, metric_tiles=1)
+    names = make_inbox(tmp_path / "in_ref", 4, ms_size=32)
+    shutil.copytree(tmp_path / "in_ref", tmp_path / "in_par")
+    ref = StationService(tmp_path / "in_ref", tmp_path / "out_ref", backend, config,
+                         WatchConfig(poll_interval_s=0.01), log=EventLog(stream=None))
+    assert ref.run(once=True) == 0 and not _scene_overlap(ref.log.events)
+
+    wrapped = ConcurrentScenes(backend)
+    log = EventLog(stream=None)
+    par = StationService(tmp_path / "in_par", tmp_path / "out_par", wrapped, config,
+                         WatchConfig(poll_interval_s=0.01, scenes_in_flight=2), log=log)
+    assert par.run(once=True) == 0
+    assert sorted(par.processed) == names and _scene_overlap(log.events) and wrapped.overlapped > 0
+    for name in names:
+        for suffix in (".tif", "_quicklook.png"):
+            a = (tmp_path / "out_ref" / name / f"{name}{suffix}").read_bytes()
+            b = (tmp_path / "out_par" / name / f"{name}{suffix}").read_bytes()
+            assert a == b, f"{name}{suffix} differs from one scene at a time"
+    assert sorted(p.name for p in (tmp_path / "in_par" / "processed").iterdir()) == names
+    collection = json.loads((tmp_path / "out_par" / "collection.json").read_text())
+    assert sorted(lk["href"] for lk in collection["links"] if lk["rel"] == "item") == [f"{n}/{n}.json" for n in names]
+
+
+def test_scenes_in_flight_needs_a_backend_that_takes_them(tmp_path):
+    from ddif.cli.station import main as station_main
+    from ddif.station import StationService, WatchConfig
+    from test_station_support import shared_backend
+
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ValueError, match="scenes_in_flight = 2 needs a backend that fuses several scenes"):
+        StationService(tmp_path / "in", tmp_path / "out", shared_backend(), small_config(),
+                       WatchConfig(scenes_in_flight=2))
+    # the CLI says so before loading any model
+    assert station_main(["watch", "--inbox", str(tmp_path / "in"), "--outbox", str(tmp_path / "out"),
+                         "--model", str(tmp_path / "absent.pt"), "--scenes-in-flight", "2", "--once"]) == 2
+
+
+@needs_ray
+@pytest.mark.timeout(300)
+def test_ray_pool_shared_by_scenes_in_flight_byte_identical(tmp_path, monkeypatch):
+    """A local Ray (2 CPUs) and 2 actors: 4 scenes through the watch service, 2 at a time; each
+    scene's report counts its own batches; every product equals one process's, byte for byte."""
+    import torch
+
+    from ddif.station import StationService, WatchConfig
+    from ddif.station.distributed import RayBackend
+    from ddif.station.events import EventLog
+
+    assert torch.get_num_threads() == 1
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the actors' checkpoint copies
+    # no token auth: a new local ray.init() would otherwise create ~/.ray/auth_token and set
+    # RAY_AUTH_MODE=token in this process, for every later test cluster too
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    model = save_station_model(tmp_path / "model.pt")
+    factory = backend_factory()
+    config = small_config(batch_size=2, metric_tiles=1)
+    names = make_inbox(tmp_path / "in_ref", 4, ms_size=48)
+    shutil.copytree(tmp_path / "in_ref", tmp_path / "in_ray")
+    ref = StationService(tmp_path / "in_ref", tmp_path / "out_ref", factory(str(model)), config,
+                         WatchConfig(poll_interval_s=0.01), log=EventLog(stream=None))
+    assert ref.run(once=True) == 0
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="ddif-ray-", dir="/tmp"))
+    try:
+        log = EventLog(stream=None)
+        backend = RayBackend(model, factory, threads=1, log=log)
+        assert backend.actors == 2
+        service = StationService(tmp_path / "in_ray", tmp_path / "out_ray", backend, config,
+                                 WatchConfig(poll_interval_s=0.01, scenes_in_flight=2), log=log)
+        assert service.run(once=True) == 0
+        backend.close()
+    finally:
+        ray.shutdown()
+    assert _scene_overlap(log.events)
+    for name in names:
+        report = json.loads((tmp_path / "out_ray" / name / f"{name}_report.json").read_text())
+        executor = report["tiles"]["executor"]
+        assert executor["executor"] == "ray" and executor["actors_lost"] == 0
+        # this scene's own batches, though another scene used the pool at the same time
+        assert executor["batches"] == report["tiles"]["batches"] > 1
+        for suffix in (".tif", "_quicklook.png"):
+            a = (tmp_path / "out_ref" / name / f"{name}{suffix}").read_bytes()
+            b = (tmp_path / "out_ray" / name / f"{name}{suffix}").read_bytes()
+            assert a == b, f"{name}{suffix} differs from the single-machine run"

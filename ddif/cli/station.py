@@ -231,6 +231,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     config = dataclass_from_args(StationConfig, args)
     watch = dataclass_from_args(WatchConfig, args)
+    if watch.scenes_in_flight > 1 and not args.ray_address:
+        raise ValueError(
+            f"--scenes-in-flight {watch.scenes_in_flight} needs --ray-address (scenes at once share a Ray "
+            "cluster's actors); one machine fuses one scene at a time"
+        )
     log = EventLog(path=args.log_file)
     try:
         backend = load_backend(args, config, log)

@@ -163,9 +163,15 @@ class WatchConfig:
     orphan_timeout_s: float = 3600.0  # a file whose partner never comes is quarantined after this long
     retry_backoff_s: float = 60.0  # wait before retrying a scene that failed on disk / permission errors
     max_attempts: int = 3  # processing errors (not bad input) before a scene is quarantined
+    # scenes fused at once (each in its own thread; their tile batches share the backend): > 1 only
+    # with a backend that takes concurrent scenes (Ray), so that one scene's product writing
+    # overlaps with another scene's batches on the actors
+    scenes_in_flight: int = 1
 
     def __post_init__(self) -> None:
-        if self.poll_interval_s < 0 or self.stable_polls < 1 or self.max_attempts < 1:
-            raise ValueError("poll_interval_s must be >= 0, stable_polls >= 1, max_attempts >= 1")
+        if self.poll_interval_s < 0 or self.stable_polls < 1 or self.max_attempts < 1 or self.scenes_in_flight < 1:
+            raise ValueError(
+                "poll_interval_s must be >= 0, stable_polls >= 1, max_attempts >= 1, scenes_in_flight >= 1"
+            )
         if self.orphan_timeout_s < 0 or self.retry_backoff_s < 0:
             raise ValueError("orphan_timeout_s and retry_backoff_s must be >= 0")

@@ -19,6 +19,13 @@ and a replacement actor is requested; it joins the pool once Ray can place it (e
 replacement started within ``replace_timeout_s``, does fusing stop with an error. Tiles already
 in the journal are never recomputed.
 
+Several scenes at once: :meth:`RayBackend.map_batches` may be called from several threads (the
+watch service's ``scenes_in_flight``), one scene each. The pool's state is shared under a lock; the
+actors' capacity (``in_flight_per_actor`` x actors) is split evenly between the scenes being fused,
+so one scene's product writing (COG, quicklook, quality indices: the driver's own work) overlaps
+with another scene's batches on the actors. An actor takes one call at a time; each call keeps its
+own queue, batches in flight and statistics (:meth:`pool_info` answers for the calling thread).
+
 Determinism: a batch's residuals depend only on the batch (tiles, per-tile noise) and on how the
 backend computes: the product is byte-identical to a single-machine run with the same backend,
 the same torch / ONNX Runtime intra-op thread count (``threads``, set explicitly in every actor),
@@ -35,6 +42,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -167,6 +175,8 @@ class RayBackend:
     ``threads``: torch intra-op threads of every actor and the CPUs each reserves.
     """
 
+    concurrent_scenes = True  # map_batches may run for several scenes at once (one thread each)
+
     def __init__(
         self,
         model: str | os.PathLike,
@@ -228,7 +238,12 @@ class RayBackend:
         self._facts: dict[str, Any] | None = None
         self.lost = 0
         self.resubmitted = 0
-        self.last_run: dict[str, Any] = {}
+        # the pool (_live, _starting, busy counts, _empty_since, lost) is shared by the scenes being
+        # fused at once: changed under _lock; _freed wakes a scene waiting for the capacity to free
+        self._lock = threading.RLock()
+        self._freed = threading.Condition(self._lock)
+        self._active_calls = 0
+        self._per_thread = threading.local()  # this thread's map_batches statistics
         try:
             for _ in range(actors):
                 self._spawn()
@@ -317,8 +332,16 @@ class RayBackend:
             return residual
         raise RuntimeError("RayBackend: no result")  # pragma: no cover - map_batches yields or raises
 
+    @property
+    def last_run(self) -> dict[str, Any]:
+        """The calling thread's last :meth:`map_batches` run (batches, actors lost, resubmitted)."""
+        run = getattr(self._per_thread, "run", None)
+        if run is None:
+            run = self._per_thread.run = {}
+        return run
+
     def pool_info(self) -> dict[str, Any]:
-        """The last :meth:`map_batches` run, for the scene's report."""
+        """The calling thread's last :meth:`map_batches` run, for the scene's report."""
         return {"executor": "ray", "actors": len(self._live), "threads_per_actor": self.threads, **self.last_run}
 
     # ------------------------------------------------------------------ the pool
@@ -415,20 +438,23 @@ class RayBackend:
         log: EventLog,
         fields: dict[str, Any],
     ) -> None:
-        """``actor`` is gone: queue its batches again (ahead of new ones), ask for a replacement."""
+        """``actor`` is gone: queue this call's batches on it again (ahead of new ones); the first
+        call to notice (several scenes may have had batches on it) asks for a replacement."""
         moved = [first] + [inflight.pop(ref)[0] for ref in [r for r, (_, a) in inflight.items() if a is actor]]
         moved.sort(key=lambda b: b.key)
         queue.extendleft(reversed(moved))
-        if actor in self._live:
-            self._live.remove(actor)
-            self.lost += 1
-        actor.busy = 0
-        with contextlib.suppress(Exception):
-            self._ray.kill(actor.handle, no_restart=True)
-        if not self._live and self._empty_since is None:
-            self._empty_since = time.monotonic()
-        replacement = self._spawn()
-        self.resubmitted += len(moved)
+        replacement = None
+        with self._lock:
+            if actor in self._live:
+                self._live.remove(actor)
+                self.lost += 1
+                with contextlib.suppress(Exception):
+                    self._ray.kill(actor.handle, no_restart=True)
+                if not self._live and self._empty_since is None:
+                    self._empty_since = time.monotonic()
+                replacement = self._spawn()
+            self.resubmitted += len(moved)
+            self._freed.notify_all()
         self.last_run["resubmitted_batches"] = self.last_run.get("resubmitted_batches", 0) + len(moved)
         self.last_run["actors_lost"] = self.last_run.get("actors_lost", 0) + 1
         log.warning(
@@ -437,9 +463,15 @@ class RayBackend:
             error=_short(exc),
             batches_resubmitted=[b.key for b in moved],
             actors_left=len(self._live),
-            replacement=replacement.id,
+            replacement=replacement.id if replacement is not None else None,
             **fields,
         )
+
+    def _share(self) -> int:
+        """How many batches one call may have in flight: the pool's capacity split evenly between
+        the calls running now (under _lock)."""
+        capacity = self.in_flight_per_actor * len(self._live)
+        return max(1, -(-capacity // max(1, self._active_calls)))
 
     def map_batches(
         self, jobs: Iterable[Job], log: EventLog | None = None, **fields: Any
@@ -456,12 +488,18 @@ class RayBackend:
         queue: deque[_Batch] = deque()  # batches of lost actors, submitted again first
         inflight: dict[Any, tuple[_Batch, _Actor]] = {}
         exhausted = False
-        self.last_run = {"batches": 0, "actors_lost": 0, "resubmitted_batches": 0, "max_in_flight": 0}
-        for a in self._live:
-            a.busy = 0
+        self._per_thread.run = {"batches": 0, "actors_lost": 0, "resubmitted_batches": 0, "max_in_flight": 0}
+        with self._lock:
+            self._active_calls += 1
         try:
             while True:
-                while self._live and len(inflight) < self.in_flight_per_actor * len(self._live):
+                # submit while this call has room: reading a batch (next(source)) is done outside the lock
+                while True:
+                    with self._lock:
+                        capacity = self.in_flight_per_actor * len(self._live)
+                        busy = sum(a.busy for a in self._live)
+                        if not self._live or busy >= capacity or len(inflight) >= self._share():
+                            break
                     if queue:
                         batch = queue.popleft()
                     elif not exhausted:
@@ -473,30 +511,44 @@ class RayBackend:
                         batch = _Batch(int(key), tuple(ray.put(t.detach().cpu().numpy()) for t in (lms, pan, noise)))
                     else:
                         break
-                    actor = min(self._live, key=lambda a: a.busy)
-                    inflight[actor.handle.sample_tiles.remote(*batch.refs)] = (batch, actor)
-                    actor.busy += 1
+                    with self._lock:
+                        if not self._live or sum(a.busy for a in self._live) >= capacity:
+                            queue.appendleft(batch)  # another scene took the room meanwhile
+                            break
+                        actor = min(self._live, key=lambda a: a.busy)
+                        ref = actor.handle.sample_tiles.remote(*batch.refs)
+                        actor.busy += 1
+                    inflight[ref] = (batch, actor)
                     self.last_run["max_in_flight"] = max(self.last_run["max_in_flight"], len(inflight))
                 if exhausted and not inflight and not queue:
                     return
-                if not self._live:
-                    waited = time.monotonic() - (self._empty_since or time.monotonic())
-                    if not self._starting or waited > self.replace_timeout_s:
-                        raise ComputeUnavailable(
-                            f"no Ray actor left ({self.lost} lost) and no replacement started within "
-                            f"{self.replace_timeout_s:g} s: {len(queue) + len(inflight)} batches not fused "
-                            "(the tiles done are in the journal: rerun to resume)"
-                        )
-                ready, _ = ray.wait(list(inflight) + list(self._starting), num_returns=1, timeout=1.0)
+                with self._lock:
+                    if not self._live:
+                        waited = time.monotonic() - (self._empty_since or time.monotonic())
+                        if not self._starting or waited > self.replace_timeout_s:
+                            raise ComputeUnavailable(
+                                f"no Ray actor left ({self.lost} lost) and no replacement started within "
+                                f"{self.replace_timeout_s:g} s: {len(queue) + len(inflight)} batches not fused "
+                                "(the tiles done are in the journal: rerun to resume)"
+                            )
+                    starting = list(self._starting)
+                    if not inflight and not starting:
+                        # the whole capacity is with other scenes: wait until one of their batches returns
+                        self._freed.wait(timeout=1.0)
+                        continue
+                ready, _ = ray.wait(list(inflight) + starting, num_returns=1, timeout=1.0)
                 for ref in ready:
-                    if ref in self._starting:
-                        if self._join(ref, log, fields) is None:
-                            log.info("ray_actor_started", **self._live[-1].where(), actors=len(self._live), **fields)
-                        continue
-                    if ref not in inflight:  # dropped with its lost actor
-                        continue
+                    if ref not in inflight:
+                        with self._lock:
+                            if ref in self._starting and self._join(ref, log, fields) is None:
+                                started = self._live[-1].where()
+                                log.info("ray_actor_started", **started, actors=len(self._live), **fields)
+                                self._freed.notify_all()
+                        continue  # an actor that started (or was already joined by another scene)
                     batch, actor = inflight.pop(ref)
-                    actor.busy -= 1
+                    with self._lock:
+                        actor.busy -= 1
+                        self._freed.notify_all()
                     try:
                         residual = ray.get(ref)
                     except self._lost as exc:
@@ -505,11 +557,13 @@ class RayBackend:
                     self.last_run["batches"] += 1
                     yield batch.key, torch.from_numpy(np.array(residual))  # a writable copy
         finally:
-            for ref in inflight:  # abandoned (an error, or the consumer stopped early)
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref)
-            for a in self._live:
-                a.busy = 0
+            with self._lock:
+                for ref, (_, actor) in inflight.items():  # abandoned (an error, or the consumer stopped early)
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref)
+                    actor.busy -= 1
+                self._active_calls -= 1
+                self._freed.notify_all()
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

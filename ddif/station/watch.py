@@ -52,15 +52,18 @@ then quarantined. Only one service may use an outbox at a time (a lock file).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import signal
+import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ddif.station.config import StationConfig, WatchConfig
 from ddif.station.errors import (
@@ -90,6 +93,21 @@ from ddif.station.quarantine import (
 )
 from ddif.station.run import StationBackend, run_scene
 from ddif.utils.io import atomic_write_text, exchange_paths, fsync_dir, is_atomic_temp
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _serialised(method: Callable[Concatenate[StationService, _P], _R]) -> Callable[Concatenate[StationService, _P], _R]:
+    """Run ``method`` under the service's bookkeeping lock: with ``scenes_in_flight`` > 1 several
+    scenes finish, fail or are quarantined from their own threads."""
+
+    @functools.wraps(method)
+    def locked(self: StationService, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._book:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class StationService:
@@ -132,6 +150,13 @@ class StationService:
         self.failures = 0
         self.processed: list[str] = []
         self.quarantined: list[str] = []
+        self._book = threading.RLock()  # the bookkeeping above, shared by the scene threads
+        if self.watch.scenes_in_flight > 1 and not getattr(backend, "concurrent_scenes", False):
+            raise ValueError(
+                f"scenes_in_flight = {self.watch.scenes_in_flight} needs a backend that fuses several scenes "
+                f"at once (a Ray cluster: --ray-address); {getattr(backend, 'name', type(backend).__name__)} "
+                "takes one scene at a time: use scenes_in_flight = 1"
+            )
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_args: object) -> None:
@@ -413,21 +438,37 @@ class StationService:
             elif state == "wait":
                 waiting = True
         ready.sort(key=lambda sf: (sf.arrival_ns(), sf.name))
-        worked = False
-        for sf in ready:
-            if self._stop:
-                break
-            with self._claim(sf.name) as mine:
-                if not mine:
-                    waiting = True  # another service has it: look again later
-                    continue
-                # another service may have taken (and archived) the scene between our look and the claim
-                if sf.signature() != self._seen.get(sf.name, ((), 0))[0] or len(sf.existing()) != len(sf.files):
-                    waiting = True
-                    continue
-                self._process(sf)
-                worked = True
-        return worked, waiting
+        lanes = min(self.watch.scenes_in_flight, len(ready))
+        if lanes <= 1:
+            outcomes = [self._take(sf) for sf in ready]
+        else:
+            # several scenes at once, in arrival order; every lane is joined before the poll ends
+            with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="ddif-scene") as pool:
+                futures = [pool.submit(self._take, sf) for sf in ready]
+            outcomes, errors = [], []
+            for f in futures:
+                exc = f.exception()
+                if exc is None:
+                    outcomes.append(f.result())
+                else:
+                    errors.append(exc)
+            if errors:  # a stop request (or an inbox error) seen by any lane ends the poll as it would alone
+                raise next((e for e in errors if isinstance(e, StopRequested)), errors[0])
+        worked = any(w for w, _ in outcomes)
+        return worked, waiting or any(wt for _, wt in outcomes)
+
+    def _take(self, sf: SceneFiles) -> tuple[bool, bool]:
+        """Claim and process one ready scene: (processed it, may be ready at a later poll)."""
+        if self._stop:
+            return False, False
+        with self._claim(sf.name) as mine:
+            if not mine:
+                return False, True  # another service has it: look again later
+            # another service may have taken (and archived) the scene between our look and the claim
+            if sf.signature() != self._seen.get(sf.name, ((), 0))[0] or len(sf.existing()) != len(sf.files):
+                return False, True
+            self._process(sf)
+            return True, False
 
     def _state(self, sf: SceneFiles, polls: int, now: float) -> str:
         """'ready', 'wait' (may become ready), 'bad' (quarantined now) or 'idle' (orphan, waiting
@@ -589,6 +630,7 @@ class StationService:
         self._catalogue(name)
         self._finish(sf, journal_dir, inputs)
 
+    @_serialised
     def _catalogue(self, name: str) -> None:
         """Add the scene's STAC item to ``outbox/collection.json``. The collection is an index of
         the products: a failure to update it is logged and leaves the product as it is."""
@@ -600,6 +642,7 @@ class StationService:
         except (OSError, ValueError) as exc:
             self.log.warning("collection_not_updated", scene=name, item=str(item), error=str(exc))
 
+    @_serialised
     def _finish(self, sf: SceneFiles, journal_dir: Path, inputs: dict[str, Any]) -> None:
         record = {"product": str(self.outbox / sf.name), "inputs": inputs, "journal": str(journal_dir)}
         try:
@@ -632,6 +675,7 @@ class StationService:
                 note="resolved at the next poll or start",
             )
 
+    @_serialised
     def _failed(self, sf: SceneFiles, exc: BaseException, stage: str = "process") -> None:
         self.failures += 1
         self._failed_this_run.add(sf.name)
@@ -667,6 +711,7 @@ class StationService:
         else:
             self._retry_at[name] = time.time() + self.watch.retry_backoff_s
 
+    @_serialised
     def _quarantine(self, sf: SceneFiles, category: str, message: str) -> str:
         """Move a claimed scene's files to quarantine. Returns the scene's state for :meth:`_state`:
         'bad' once quarantined, 'wait' when another service holds the scene or its files changed."""
