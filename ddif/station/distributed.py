@@ -467,11 +467,13 @@ class RayBackend:
             **fields,
         )
 
-    def _share(self) -> int:
-        """How many batches one call may have in flight: the pool's capacity split evenly between
-        the calls running now (under _lock)."""
+    def _has_room(self, mine: int) -> bool:
+        """Whether a call with ``mine`` batches in flight may submit one more (under _lock): the
+        pool is below its capacity (``in_flight_per_actor`` x actors) and the call below its share,
+        the capacity split evenly between the calls running now."""
         capacity = self.in_flight_per_actor * len(self._live)
-        return max(1, -(-capacity // max(1, self._active_calls)))
+        share = max(1, -(-capacity // max(1, self._active_calls)))
+        return bool(self._live) and sum(a.busy for a in self._live) < capacity and mine < share
 
     def map_batches(
         self, jobs: Iterable[Job], log: EventLog | None = None, **fields: Any
@@ -496,9 +498,7 @@ class RayBackend:
                 # submit while this call has room: reading a batch (next(source)) is done outside the lock
                 while True:
                     with self._lock:
-                        capacity = self.in_flight_per_actor * len(self._live)
-                        busy = sum(a.busy for a in self._live)
-                        if not self._live or busy >= capacity or len(inflight) >= self._share():
+                        if not self._has_room(len(inflight)):
                             break
                     if queue:
                         batch = queue.popleft()
@@ -512,7 +512,7 @@ class RayBackend:
                     else:
                         break
                     with self._lock:
-                        if not self._live or sum(a.busy for a in self._live) >= capacity:
+                        if not self._has_room(len(inflight)):
                             queue.appendleft(batch)  # another scene took the room meanwhile
                             break
                         actor = min(self._live, key=lambda a: a.busy)

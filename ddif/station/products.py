@@ -33,8 +33,6 @@ import numpy as np
 from ddif.data.raster import gdal_errors
 from ddif.utils.io import atomic_write_text
 
-COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
-GEOTIFF_MEDIA_TYPE = "image/tiff; application=geotiff"
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 OVERVIEW_RESAMPLINGS = ("average", "nearest", "bilinear", "cubic", "cubicspline", "lanczos", "mode", "rms")
 _COG_COMPRESS = {"deflate": "DEFLATE", "lzw": "LZW", "zstd": "ZSTD", "none": "NONE"}
@@ -210,7 +208,7 @@ def stac_item(
     )
     base = product.parent
     roles = {
-        "product": (["data"], COG_MEDIA_TYPE),
+        "product": (["data"], pystac.MediaType.COG),
         "quicklook": (["overview", "visual"], pystac.MediaType.PNG),
         "report": (["metadata"], pystac.MediaType.JSON),
     }
@@ -236,7 +234,7 @@ def stac_item(
                 rel="derived_from",
                 target=os.path.relpath(path, base),
                 # the inputs are GeoTIFFs of any layout (not necessarily cloud optimized)
-                media_type=GEOTIFF_MEDIA_TYPE if str(path).lower().endswith((".tif", ".tiff")) else None,
+                media_type=pystac.MediaType.GEOTIFF if str(path).lower().endswith((".tif", ".tiff")) else None,
                 title=Path(path).name,
             )
         )
@@ -318,5 +316,4 @@ __all__ = [
     "write_stac_item",
     "update_collection",
     "OVERVIEW_RESAMPLINGS",
-    "COG_MEDIA_TYPE",
 ]
