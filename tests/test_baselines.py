@@ -110,3 +110,45 @@ def test_input_validation():
         mtf_glp_hpm(x, pan, 4, "wv3")
     with pytest.raises(ValueError, match="floating-point"):
         brovey((x * 100).int(), pan)
+
+
+def _toolbox_hpm(lms, pan, ratio, gains):
+    """The toolbox's MTF_GLP_HPM written out (no floor, no clip): the reference the robust version
+    must equal wherever its guards are inactive."""
+    from ddif.data.mtf import decimate, interp23tap, mtf_filter
+
+    x, p = lms.double(), pan.double()
+    p_lp = mtf_filter(p, 0.3, ratio)
+    mean = lambda t: t.mean(dim=(-2, -1), keepdim=True)
+    std = lambda t: t.std(dim=(-2, -1), keepdim=True)
+    p_eq = (p - mean(p)) * (std(x) / std(p_lp)) + mean(x)
+    p_low = interp23tap(decimate(mtf_filter(p_eq, gains, ratio), ratio), ratio)
+    return x * p_eq / (p_low + torch.finfo(torch.float64).eps), p_eq, p_low
+
+
+def test_mtf_glp_hpm_stays_bounded_on_dark_pixels():
+    """A PAN with dark points (darker, relative to its mean, than the MS band is): the toolbox's
+    equalised PAN goes negative there and so does its product; the robust version stays
+    non-negative and bounded. On the same scene without the dark points no guard fires and it is
+    the toolbox's HPM."""
+    x, pan = scene(4, 64, seed=5)
+    x, pan = x.double(), pan.double()
+    gains = [0.35] * 4
+    ref, p_eq, p_low = _toolbox_hpm(x, pan, 4, gains)
+    assert float(p_eq.min()) > 0 and float((ref / x).max()) < 4
+    torch.testing.assert_close(mtf_glp_hpm(x, pan, 4, gains), ref, rtol=1e-5, atol=1e-6)  # float32 filters
+    dark = pan.clone()
+    dark[..., 8::8, 8::8] = 0.0
+    dark[..., 9::8, 8::8] = 0.0
+    ref, p_eq, _ = _toolbox_hpm(x, dark, 4, gains)
+    assert float(p_eq.min()) < 0 and float(ref.min()) < -0.1  # the toolbox's failure
+    fused = mtf_glp_hpm(x, dark, 4, gains)
+    assert float(fused.min()) >= 0 and float(fused.max()) <= 4 * float(x.max()) + 1e-9
+
+
+def test_mtf_glp_hpm_takes_band_gains():
+    x, pan = scene(4, 32, seed=2)
+    by_name = mtf_glp_hpm(x, pan, 4, "qb")
+    from ddif.data.mtf import sensor_gains
+
+    torch.testing.assert_close(mtf_glp_hpm(x, pan, 4, sensor_gains("qb", 4)[0]), by_name)

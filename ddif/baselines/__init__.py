@@ -3,12 +3,12 @@ IEEE GRSM 2021): :func:`brovey`, :func:`gs`, :func:`gsa`, :func:`mtf_glp_hpm`.
 
 ``BASELINES`` maps a name to a function with the uniform signature
 ``fn(lms, pan, ms=None, ratio=4, sensor="wv3") -> fused`` (arguments a method does not use are
-ignored), so evaluation code can loop over it.
+ignored; ``sensor`` may also be the per-band MTF gains), so evaluation code can loop over it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -38,7 +38,11 @@ def _gsa(
 
 
 def _mtf_glp_hpm(
-    lms: torch.Tensor, pan: torch.Tensor, ms: torch.Tensor | None = None, ratio: int = 4, sensor: str = "wv3"
+    lms: torch.Tensor,
+    pan: torch.Tensor,
+    ms: torch.Tensor | None = None,
+    ratio: int = 4,
+    sensor: str | Sequence[float] = "wv3",
 ) -> torch.Tensor:
     return mtf_glp_hpm(lms, pan, ratio, sensor)
 

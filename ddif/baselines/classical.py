@@ -22,6 +22,7 @@ Shared conventions:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,8 @@ from ddif.utils.validation import check_image
 __all__ = ["brovey", "gs", "gsa", "mtf_glp_hpm"]
 
 _EPS = torch.finfo(torch.float64).eps
+HPM_FLOOR = 0.05  # MTF-GLP-HPM's divisor floor, a fraction of the band mean (see mtf_glp_hpm)
+HPM_MAX_MODULATION = 4.0  # and its largest modulation gain
 
 
 def _prepare(
@@ -193,7 +196,13 @@ def gsa(lms: torch.Tensor, pan: torch.Tensor, ms: torch.Tensor | None = None, ra
     return _finish(_cs_inject(x, intensity, p0), unbatched, dtype)
 
 
-def mtf_glp_hpm(lms: torch.Tensor, pan: torch.Tensor, ratio: int = 4, sensor: str = "wv3") -> torch.Tensor:
+def mtf_glp_hpm(
+    lms: torch.Tensor,
+    pan: torch.Tensor,
+    ratio: int = 4,
+    sensor: str | Sequence[float] = "wv3",
+    floor: float = HPM_FLOOR,
+) -> torch.Tensor:
     """MTF-GLP with high-pass modulation (B. Aiazzi, L. Alparone, S. Baronti, A. Garzelli and
     M. Selva, "MTF-tailored multiscale fusion of high-resolution MS and Pan imagery", PE&RS 72(5),
     2006; "An MTF-based spectral distortion minimizing model for pan-sharpening of very high
@@ -204,19 +213,41 @@ def mtf_glp_hpm(lms: torch.Tensor, pan: torch.Tensor, ratio: int = 4, sensor: st
     low-resolution version ``P_k^L`` goes through the generalised Laplacian pyramid: the band's
     MTF-matched filter, decimation by ``ratio`` and interpolation back (23-tap for power-of-2
     ratios, bicubic otherwise); the fusion multiplies ``lms_k`` by the PAN's high-pass modulation,
-    ``fused_k = lms_k * P_k / (P_k^L + eps)``. ``sensor`` picks the MTF gains
-    (:data:`ddif.data.mtf.SENSOR_MTF`). H and W must be divisible by ``ratio``.
+    ``fused_k = lms_k * P_k / P_k^L``. ``sensor`` picks the MTF gains
+    (:data:`ddif.data.mtf.SENSOR_MTF`), or give the per-band gains themselves (e.g. for a band
+    subset of a sensor: :meth:`ddif.data.sensors.Sensor.mtf_gains`). H and W must be divisible by
+    ``ratio``.
+
+    Dark pixels. The equalisation is a linear stretch: where the PAN is darker, relative to its
+    mean, than the band is (shadows, water in the blue band of 11-bit VHR data), ``P_k`` goes
+    negative and ``P_k^L`` passes through 0, so the toolbox's ratio (with only ``eps`` below it)
+    flips sign or explodes (measured on WorldView-2: negative products and pixels at the top of
+    the 16-bit range). Here ``P_k`` is clipped at 0 (a radiance is non-negative) and the divisor
+    is floored at ``floor`` x mean(lms_k) (default 5 %), and the modulation gain ``P_k / P_k^L``
+    capped at 4. On data where none of the three guards acts (``P_k`` positive, ``P_k^L`` above the
+    floor, gains below 4: most scenes) the result is the toolbox's HPM; elsewhere the gain stays
+    bounded and the product non-negative.
     """
     if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 2:
         raise ValueError(f"ratio: expected an integer scale ratio >= 2, got {ratio!r}")
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"floor: expected a fraction in [0, 1), got {floor!r}")
     x, p, _, unbatched, dtype = _prepare(lms, pan)
     h, w = x.shape[-2:]
     if h % ratio or w % ratio:
         raise ValueError(f"lms: spatial size {h}x{w} is not divisible by the ratio {ratio}")
     c = x.shape[1]
-    gains, _ = sensor_gains(sensor, c)
+    if isinstance(sensor, str):
+        gains: Sequence[float] = sensor_gains(sensor, c)[0]
+    else:
+        gains = [float(g) for g in sensor]
+        if len(gains) not in (1, c):
+            raise ValueError(f"sensor: {len(gains)} MTF gains given for {c} bands")
     p_lp = _filter(mtf_filter, p, 0.3, ratio)
     p_eq = (p - _mean(p)) * (_std(x) / _std(p_lp).clamp_min(_EPS)) + _mean(x)  # (B, C, H, W)
+    p_eq = p_eq.clamp_min(0.0)
     method = "interp23tap" if ratio & (ratio - 1) == 0 else "bicubic"
     p_low = _filter(lambda t: upsample(decimate(mtf_filter(t, gains, ratio), ratio), ratio, method=method), p_eq)
-    return _finish(x * (p_eq / (p_low + _EPS)), unbatched, dtype)
+    divisor = torch.maximum(p_low, floor * _mean(x)).clamp_min(_EPS)
+    modulation = (p_eq / divisor).clamp_max(HPM_MAX_MODULATION)
+    return _finish(x * modulation, unbatched, dtype)

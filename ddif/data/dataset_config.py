@@ -64,6 +64,38 @@ class MakeDatasetConfig:
     val_fraction: float = _option(0.15, "width of the validation strip, as a fraction of the scene along that axis")
     test_size: int = _option(256, "side of the square held-out test crop (0 -> no test file)")
     max_train_patches: int = _option(0, "keep a random subset of this many training patches (0 -> all)")
+    test_crop_size: int = _option(
+        0,
+        "0: one test crop of test_size; >0: every non-overlapping fill-free crop of this size in the test strip "
+        "(cloudy scenes), all in one test file",
+    )
+    qa: str = _option(
+        "",
+        "Landsat quality band (BQA / QA_PIXEL) on the MS grid: clouds (medium / high confidence), cloud shadow and "
+        "high cirrus become fill, so no patch or registration estimate uses them",
+    )
+    qa_generation: str = _option(
+        "auto", "QA bit layout: pre-collection, collection1, collection2 or auto (from an _MTL.txt beside the QA)"
+    )
+    cloud_margin: int = _option(2, "MS px of margin around QA clouds (clouds move between the PAN and MS looks)")
+    registration: str = _option(
+        "measure",
+        "real PAN only: 'measure' estimates the MS-to-PAN misregistration on valid pixels and resamples the PAN "
+        "onto the MS's own grid before degrading; 'off' trusts the geotransforms; 'DY,DX' corrects by a given "
+        "shift (PAN px)",
+    )
+    variants: int = _option(
+        1,
+        "degradations of the training region: 1 = the sensor's nominal Wald simulation; K > 1 = K simulations "
+        "drawn from the ranges below (robust training), every patch position in each",
+    )
+    ms_gain_range: tuple[float, ...] = _option((0.15, 0.45), "MS MTF gain at Nyquist drawn in this range (variants)")
+    pan_gain_range: tuple[float, ...] = _option((0.08, 0.25), "PAN MTF gain at Nyquist drawn in this range")
+    interpolations: tuple[str, ...] = _option(
+        ("interp23tap", "bicubic"), "interpolations the variants draw from (lms = upsample(ms))"
+    )
+    pan_noise_max: float = _option(0.03, "PAN noise std, as a fraction of the PAN's std, drawn in [0, this]")
+    pan_mix_std: float = _option(0.1, "std of the PAN spectral-response perturbation per band (variants)")
     seed: int = _option(0, "shuffles the training patches (and picks the subset)")
     compression: str = _option("gzip", "gzip, lzf or '' (none)")
 
@@ -102,6 +134,53 @@ class MakeDatasetConfig:
             raise ValueError(f"compression must be gzip, lzf or '' (none), got {self.compression!r}")
         if self.max_train_patches < 0:
             raise ValueError(f"max_train_patches must be >= 0, got {self.max_train_patches}")
+        self.ms_gain_range = tuple(float(v) for v in self.ms_gain_range)
+        self.pan_gain_range = tuple(float(v) for v in self.pan_gain_range)
+        self.interpolations = tuple(str(v) for v in self.interpolations)
+        if self.test_crop_size < 0 or self.test_crop_size % r:
+            raise ValueError(f"test_crop_size={self.test_crop_size} must be 0 or a multiple of ratio {r}")
+        if self.qa_generation not in ("auto", "pre-collection", "collection1", "collection2"):
+            raise ValueError(
+                f"qa_generation must be auto, pre-collection, collection1 or collection2, got {self.qa_generation!r}"
+            )
+        if self.cloud_margin < 0:
+            raise ValueError(f"cloud_margin must be >= 0, got {self.cloud_margin}")
+        self.registration_shift()  # checks the value
+        if self.variants < 1:
+            raise ValueError(f"variants must be >= 1, got {self.variants}")
+        if self.variants > 1:
+            self.degradation_ranges()  # checks the ranges
+
+    def registration_shift(self) -> tuple[float, float] | None:
+        """The explicit (rows, cols) correction of ``registration``, or None for measure / off."""
+        text = self.registration.strip().lower()
+        if text in ("measure", "off"):
+            return None
+        parts = [p for p in text.replace(" ", "").split(",") if p]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) != 2:
+            raise ValueError(f"registration must be measure, off or DY,DX (PAN px), got {self.registration!r}")
+        return values[0], values[1]
+
+    def degradation_ranges(self):
+        """The :class:`ddif.data.degradation.DegradationRanges` of the variants."""
+        from ddif.data.degradation import DegradationRanges
+
+        for name in ("ms_gain_range", "pan_gain_range"):
+            if len(getattr(self, name)) != 2:
+                raise ValueError(f"{name} must be two values lo,hi, got {getattr(self, name)}")
+        lo_ms, hi_ms = self.ms_gain_range
+        lo_pan, hi_pan = self.pan_gain_range
+        return DegradationRanges(
+            ms_gain=(lo_ms, hi_ms),
+            pan_gain=(lo_pan, hi_pan),
+            interpolations=self.interpolations,
+            pan_noise_max=self.pan_noise_max,
+            pan_mix_std=self.pan_mix_std,
+        )
 
     @property
     def margin(self) -> int:

@@ -210,6 +210,10 @@ def _to_storage(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _attr_value(v: Any) -> Any:
+    if isinstance(v, dict):  # nested records (e.g. a registration report) are stored as JSON text
+        import json
+
+        return json.dumps(v, default=str)
     if isinstance(v, (list, tuple)):
         if all(isinstance(e, (int, float, np.number)) and not isinstance(e, bool) for e in v):
             return np.asarray(v, dtype=np.float64)

@@ -31,6 +31,7 @@ Module layout (each concern in its own module; the public names are re-exported 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -42,7 +43,14 @@ from ddif.data.dataset_config import SIDES, MakeDatasetConfig
 from ddif.data.sources import PreparedScene, band_names, prepare_scene, register_pair
 from ddif.data.splits import Region, SplitPlan, patch_positions, plan_splits, split_regions
 from ddif.data.synthetic_pan import LANDSAT8_OLI_BANDPASS_NM, bandpass_pan_weights, synthesize_pan
-from ddif.data.wald_writer import write_patches, write_test_crop, write_test_full
+from ddif.data.wald_writer import (
+    nominal_degradation,
+    variant_degradations,
+    write_patches,
+    write_test_crop,
+    write_test_crops,
+    write_test_full,
+)
 
 if TYPE_CHECKING:
     from ddif.data.sources import ImageSource
@@ -91,15 +99,50 @@ def make_dataset(
 
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    bands = scene.ms.shape[0]
     for split, corners in plan.patches.items():
         region = plan.regions[split]
         path = out_dir / f"{cfg.name}_{split}.h5"
-        write_patches(
-            path, scene, region, corners, cfg, {**attrs, "split": split, "region": region.as_tuple()}, progress=progress
+        # robust training: the training region in several simulations; validation stays nominal
+        degs = variant_degradations(cfg, bands) if split == "train" else [nominal_degradation(cfg, bands)]
+        written = write_patches(
+            path,
+            scene,
+            region,
+            corners,
+            cfg,
+            {**attrs, "split": split, "region": region.as_tuple()},
+            progress=progress,
+            degradations=degs,
         )
         summary["files"][split] = str(path)
-        summary[f"{split}_patches"] = len(corners)
-    if plan.test_crop is not None:
+        summary[f"{split}_patches"] = written
+        if split == "train" and len(degs) > 1:
+            from ddif.data.degradation import DegradationLog
+
+            summary["degradations"] = DegradationLog(
+                nominal_degradation(cfg, bands).describe(),
+                dataclasses.asdict(cfg.degradation_ranges()),
+                [d.describe() for d in degs],
+            ).summary()
+    if plan.test_crops:
+        strip = plan.regions["test"]
+        path = out_dir / f"{cfg.name}_test.h5"
+        test_attrs = {**attrs, "split": "test", "region": strip.as_tuple()}
+        write_test_crops(path, scene, strip, plan.test_crops, cfg, test_attrs)
+        summary["files"]["test"] = str(path)
+        summary["test_crops"] = [c.as_tuple() for c in plan.test_crops]
+        if scene.pan is not None:
+            path = out_dir / f"{cfg.name}_test_full.h5"
+            write_test_full(
+                path,
+                scene,
+                plan.test_crops,
+                cfg,
+                {**test_attrs, "split": "test_full", "protocol": "full resolution (no ground truth)"},
+            )
+            summary["files"]["test_full"] = str(path)
+    elif plan.test_crop is not None:
         crop = plan.test_crop
         path = out_dir / f"{cfg.name}_test.h5"
         write_test_crop(path, scene, crop, cfg, {**attrs, "split": "test", "region": crop.as_tuple()})
@@ -181,6 +224,9 @@ def _summary(cfg: MakeDatasetConfig, scene: PreparedScene, plan: SplitPlan) -> d
         "regions": {k: v.as_tuple() for k, v in plan.regions.items()},
         "files": {},
     }
+    for key in ("registration", "cloud_fraction"):
+        if key in scene.registration:
+            summary[key] = scene.registration[key]
     for split, rejected in plan.rejected_fill.items():
         summary[f"{split}_rejected_fill"] = rejected
     return summary

@@ -373,8 +373,8 @@ class SceneGrid:
     ms: RasterInfo
     pan: RasterInfo
     ratio: int
-    shift: tuple[int, int]  # PAN (row, col) = upsampled (row, col) + shift
-    subpixel: tuple[float, float]  # residual offset (rows, cols) in PAN pixels, |.| <= 0.5
+    shift: tuple[int, int]  # PAN (row, col) = upsampled (row, col) + shift + subpixel
+    subpixel: tuple[float, float]  # fractional part (rows, cols) in PAN pixels, |.| <= 0.5, resampled
     phase: int
     halo: int  # MS pixels read around a tile's footprint
     coverage: tuple[int, int, int, int]  # PAN window (row0, col0, row1, col1) covered by the MS
@@ -405,6 +405,7 @@ class SceneGrid:
             "ratio": self.ratio,
             "ms_shift_pan_px": list(self.shift),
             "subpixel_offset_pan_px": [round(v, 6) for v in self.subpixel],
+            "placement": "exact (fractional part resampled, Keys cubic)" if any(self.subpixel) else "exact",
             "interpolation": self.interpolation,
         }
 

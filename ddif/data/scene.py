@@ -12,12 +12,13 @@ reads it here, so the same scene gives the same network inputs everywhere.
   and a message naming the file, what was expected and what came.
 - **Placement** (:func:`placement`): the MS is interpolated as in training
   (:func:`ddif.data.mtf.upsample`), which puts MS pixel ``j`` on upsampled pixel
-  ``ratio * j + phase``; the upsampled image is placed on the PAN grid at the integer shift
-  nearest to where its pixel centres fall. For Landsat ratio-2 pairs, whose PAN grid is offset
-  by half a PAN pixel from the MS grid, the placement is exact (shift (-1, 0) for the real
-  Landsat-8 pair in ``shared/data``); for a pair sharing its top-left corner (PanCollection) the
-  shift is 0 and a residual of half a PAN pixel remains, the convention of the toolbox. The
-  residual is reported, never resampled. ``make-dataset`` pairs MS and PAN with the same shift.
+  ``ratio * j + phase``; the upsampled image is placed on the PAN grid where its pixel centres
+  fall, exactly: an integer shift plus a fractional residual resampled with Keys cubic
+  convolution. For Landsat ratio-2 pairs, whose PAN grid is offset by half a PAN pixel from the MS
+  grid, the residual is 0; for a ratio-4 pair sharing its top-left corner (the usual VHR layout)
+  it is -0.5 PAN px in both axes. ``make-dataset`` resamples the PAN of a training pair so that
+  the Wald protocol's decimation samples it at the MS pixel centres (plus any measured
+  misregistration, :mod:`ddif.data.registration`).
 - **Nodata, holes, normalisation** (:class:`SceneReader`): nodata masks (the files' tags, or
   ``input_nodata`` for files without one), holes filled by dilation before interpolating, DN
   divided by the model's max DN.
@@ -245,30 +246,47 @@ class SceneReader:
         return ~(pan_bad | self.ms_invalid(y0, x0, h, w))
 
     def ms_upsampled(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-        """The MS interpolated to the PAN window, normalised to [0, 1]: (C, h, w) float32."""
+        """The MS interpolated to the PAN window, normalised to [0, 1]: (C, h, w) float32.
+
+        Placement is exact: PAN pixel m takes the interpolated MS at upsampled position
+        ``m - shift - residual`` (:attr:`SceneGrid.shift`, :attr:`SceneGrid.subpixel`); a
+        fractional residual (e.g. the half PAN pixel of a ratio-4 pair whose grids share a corner)
+        is resampled with Keys cubic convolution (:func:`ddif.data.registration.sample_axis`) on
+        the interpolated MS, which is smooth at that scale. Beyond the MS footprint: edge values."""
         import torch
 
         from ddif.data.mtf import upsample
+        from ddif.data.registration import sample_axis
 
         g = self.grid
         r = g.ratio
+        res_y, res_x = g.subpixel
         k0y, k0x = y0 - g.shift[0], x0 - g.shift[1]
-        r0, r1 = g.ms_rows_for(k0y, k0y + h, g.ms.height)
-        c0, c1 = g.ms_rows_for(k0x, k0x + w, g.ms.width)
+        # upsampled rows / cols needed: the window, plus the cubic kernel's reach for a residual
+        ly, hy = (k0y - 2, k0y + h + 2) if res_y else (k0y, k0y + h)
+        lx, hx = (k0x - 2, k0x + w + 2) if res_x else (k0x, k0x + w)
+        r0, r1 = g.ms_rows_for(ly, hy, g.ms.height)
+        c0, c1 = g.ms_rows_for(lx, hx, g.ms.width)
         if r1 <= r0 or c1 <= c0:  # the window lies outside the MS footprint
             return np.zeros((g.bands, h, w), dtype=np.float32)
         data = self._read(self._ms, "MS", r0, c0, r1 - r0, c1 - c0)
         bad = invalid_mask(data, g.ms.nodata)
         check_finite(data, bad, f"MS {g.ms.path}")
         x = fill_invalid(self._norm(data), bad, self.fill_iterations)
-        up = upsample(torch.from_numpy(x)[None], r, method=self.interpolation, padding=self.padding)[0].numpy()
-        # upsampled pixel k of the scene is pixel k - r*r0 of this window; beyond the MS: edge values
+        up = upsample(torch.from_numpy(x)[None], r, method=self.interpolation, padding=self.padding)[0]
+        # upsampled pixel k of the scene is pixel k - r*r0 of this window
         y0w, x0w = k0y - r * r0, k0x - r * c0
-        if 0 <= y0w and y0w + h <= up.shape[1] and 0 <= x0w and x0w + w <= up.shape[2]:
-            return np.ascontiguousarray(up[:, y0w : y0w + h, x0w : x0w + w], dtype=np.float32)
-        ys = np.clip(np.arange(y0w, y0w + h), 0, up.shape[1] - 1)
-        xs = np.clip(np.arange(x0w, x0w + w), 0, up.shape[2] - 1)
-        return np.ascontiguousarray(up[:, ys][:, :, xs], dtype=np.float32)
+        if res_y or res_x:
+            ys = torch.arange(y0w, y0w + h, dtype=torch.float64) - res_y
+            xs = torch.arange(x0w, x0w + w, dtype=torch.float64) - res_x
+            out = sample_axis(sample_axis(up.to(torch.float64), ys, 1), xs, 2)
+            return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+        upn = up.numpy()
+        if 0 <= y0w and y0w + h <= upn.shape[1] and 0 <= x0w and x0w + w <= upn.shape[2]:
+            return np.ascontiguousarray(upn[:, y0w : y0w + h, x0w : x0w + w], dtype=np.float32)
+        yi = np.clip(np.arange(y0w, y0w + h), 0, upn.shape[1] - 1)
+        xi = np.clip(np.arange(x0w, x0w + w), 0, upn.shape[2] - 1)
+        return np.ascontiguousarray(upn[:, yi][:, :, xi], dtype=np.float32)
 
     def ms_lowres(self, row0: int, col0: int, h: int, w: int) -> np.ndarray:
         """The MS itself at rows/cols of the MS grid, normalised: (C, h, w) float32."""

@@ -255,10 +255,19 @@ def register_pair(
             f"{shift} on a {pan_info.height}x{pan_info.width} PAN)",
         )
     ms_window, pan_window = windows
+    from ddif.data.registration import ms_centre_in_pan
+
+    full = ms_centre_in_pan(ms_info.transform, pan_info.transform)
+    centre = (full[0] + r * ms_window[0] - pan_window[0], full[1] + r * ms_window[1] - pan_window[1])
     return (
         ms_window,
         pan_window,
-        {"ms_shift_pan_px": shift, "subpixel_offset_pan_px": subpixel, "pan_window": pan_window},
+        {
+            "ms_shift_pan_px": shift,
+            "subpixel_offset_pan_px": subpixel,
+            "pan_window": pan_window,
+            "ms_centre_in_pan_window": centre,
+        },
     )
 
 
@@ -389,8 +398,12 @@ def prepare_scene(cfg: MakeDatasetConfig, ms_source: ImageSource, pan_source: Im
     if pan_image is not None:
         pan_arr, pan_fill = pan_image.array[:, : r * H, : r * W], pan_image.fill[: r * H, : r * W]
         fill = fill | pan_fill.reshape(H, r, W, r).any(axis=(1, 3))  # a fill PAN pixel spoils its MS pixel
+    if cfg.qa:
+        clouds = qa_cloud_mask(cfg, crop)[:H, :W]
+        info["cloud_fraction"] = round(float(clouds.mean()), 5)
+        fill = fill | clouds
     if fill.all():
-        raise ValueError("the scene (or crop) is all fill / nodata")
+        raise ValueError("the scene (or crop) is all fill / nodata" + (" / cloud" if cfg.qa else ""))
     _warn_unmarked_zeros(ms_arr, fill, cfg)
     in_max = cfg.max_dn or auto_max_dn(ms_arr)
     out_max = cfg.out_max_dn or in_max
@@ -398,4 +411,86 @@ def prepare_scene(cfg: MakeDatasetConfig, ms_source: ImageSource, pan_source: Im
     pan_norm = None
     if pan_arr is not None:  # one max DN for MS and PAN, as in PanCollection
         pan_norm = pan_arr.astype(np.float32) / np.float32(in_max)
+        pan_norm, reg = register_pan(ms_norm, pan_norm, fill, r, info.get("ms_centre_in_pan_window"), cfg)
+        info["registration"] = reg
     return PreparedScene(ms_norm, pan_norm, fill, pan_fill, in_max, out_max, origin, ms_image, pan_image, info)
+
+
+# registration corrections below these are not applied (see register_pan)
+MIN_REGISTRATION_R2 = 0.5
+MIN_REGISTRATION_SHIFT = 0.05
+
+
+def qa_cloud_mask(cfg: MakeDatasetConfig, crop: Window | None) -> np.ndarray:
+    """Clouds of ``cfg.qa`` (a Landsat quality band on the MS grid) inside ``crop``, dilated by
+    ``cfg.cloud_margin`` MS px (:mod:`ddif.data.clouds`)."""
+    from ddif.data.clouds import dilate, landsat_cloud_mask, qa_generation
+    from ddif.data.sensors import metadata_files_near, read_metadata_file
+
+    qa = load_image(cfg.qa, "qa", (), (), window=crop)
+    generation = cfg.qa_generation
+    if generation == "auto":
+        metadata = [read_metadata_file(p) for p in metadata_files_near([cfg.qa])]
+        landsat = [m for m in metadata if "SPACECRAFT_ID" in m]
+        if not landsat:
+            raise ValueError(
+                f"qa {cfg.qa}: no Landsat _MTL.txt beside it says which QA bit layout it has; pass "
+                "--qa-generation pre-collection, collection1 or collection2"
+            )
+        generation = qa_generation(landsat[0])
+    if qa.array.dtype.kind not in "iu":
+        raise ValueError(f"qa {cfg.qa}: expected integer quality flags, got {qa.array.dtype}")
+    return dilate(landsat_cloud_mask(qa.array[0], generation), cfg.cloud_margin)
+
+
+def register_pan(
+    ms: np.ndarray,
+    pan: np.ndarray,
+    fill: np.ndarray,
+    ratio: int,
+    centre: tuple[float, float] | None,
+    cfg: MakeDatasetConfig,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Resample the PAN so that the Wald degradation's decimation (PAN-grid pixel ``ratio * i +
+    ratio // 2``, the toolbox grid) samples it where MS pixel i really is: its centre by the
+    geotransforms (``centre``: MS pixel (0, 0) in PAN-window coordinates; the toolbox grid
+    without georeferencing) plus the misregistration measured on the valid pixels
+    (:func:`ddif.data.registration.estimate_misregistration`, ``cfg.registration='measure'``) or
+    given (``'DY,DX'``). Returns the PAN and what was found and done."""
+    import torch
+
+    from ddif.data.registration import estimate_misregistration, shift_image
+
+    grid = (ratio // 2, ratio // 2)
+    centre = grid if centre is None else (float(centre[0]), float(centre[1]))
+    info: dict[str, Any] = {"mode": cfg.registration, "ms_centre_by_geotransform": [round(v, 4) for v in centre]}
+    given = cfg.registration_shift()
+    shift = (0.0, 0.0)
+    if given is not None:
+        shift = given
+    elif cfg.registration.strip().lower() == "measure":
+        try:
+            guide = pan[0] if pan.shape[0] == 1 else pan.mean(axis=0)
+            found = estimate_misregistration(ms, guide, ratio, centre, ~fill)
+        except ValueError as e:
+            warnings.warn(f"{e}: the PAN is not registered to the MS", UserWarning, stacklevel=3)
+            found = None
+        if found is not None:
+            info["measured"] = found.describe()
+            # a shift is applied only when the fit says something (a PAN explained by the MS bands)
+            # and it is above the estimate's noise (a few hundredths of a pixel)
+            if found.r2 >= MIN_REGISTRATION_R2 and max(abs(v) for v in found.shift_pan_px) >= MIN_REGISTRATION_SHIFT:
+                shift = found.shift_pan_px
+            else:
+                info["not_applied"] = (
+                    f"fit R2 {found.r2:.3f} < {MIN_REGISTRATION_R2}"
+                    if found.r2 < MIN_REGISTRATION_R2
+                    else f"below {MIN_REGISTRATION_SHIFT} PAN px"
+                )
+    correction = (centre[0] + shift[0] - grid[0], centre[1] + shift[1] - grid[1])
+    info["misregistration_pan_px"] = [round(v, 4) for v in shift]
+    info["pan_resampled_by_pan_px"] = [round(v, 4) for v in correction]
+    if abs(correction[0]) < 1e-6 and abs(correction[1]) < 1e-6:
+        return pan, info
+    shifted = shift_image(torch.from_numpy(np.ascontiguousarray(pan, dtype=np.float64)), *correction)
+    return shifted.numpy().astype(np.float32), info

@@ -119,6 +119,17 @@ def pick_test_crop(fill: np.ndarray, size: int, align: int) -> tuple[int, int] |
     return int(rr[i]), int(cc[i])
 
 
+def pick_test_crops(fill: np.ndarray, size: int, margin: int, align: int) -> list[tuple[int, int]]:
+    """Non-overlapping ``size`` crops (aligned), each at least ``margin`` px from fill and from the
+    strip's border, taken greedily in raster order: every usable crop of a cloudy strip."""
+    pos, _ = patch_positions(fill, size, align, margin, align)
+    chosen: list[tuple[int, int]] = []
+    for y, x in pos.tolist():
+        if all(abs(y - a) >= size or abs(x - b) >= size for a, b in chosen):
+            chosen.append((int(y), int(x)))
+    return chosen
+
+
 @dataclass
 class SplitPlan:
     """Everything that will be written, decided before writing."""
@@ -127,6 +138,7 @@ class SplitPlan:
     patches: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N, 2) corners in its region
     rejected_fill: dict[str, int] = field(default_factory=dict)  # split -> grid positions lost to fill
     test_crop: Region | None = None  # in scene coordinates
+    test_crops: list[Region] = field(default_factory=list)  # test_crop_size > 0: every crop, scene coordinates
 
 
 def plan_splits(fill: np.ndarray, cfg: MakeDatasetConfig) -> SplitPlan:
@@ -160,7 +172,18 @@ def _plan(fill: np.ndarray, cfg: MakeDatasetConfig) -> SplitPlan:
                 pos = pos[: cfg.max_train_patches]
         plan.patches[split] = pos
         plan.rejected_fill[split] = rejected
-    if cfg.test_size:
+    if cfg.test_size and cfg.test_crop_size:
+        region = plan.regions["test"]
+        corners = pick_test_crops(fill[region.slices], cfg.test_crop_size, cfg.margin, r)
+        if not corners:
+            raise ValueError(
+                f"no fill-free {cfg.test_crop_size}x{cfg.test_crop_size} test crop {cfg.margin} px or more from fill "
+                f"in the test strip (row, col, height, width) {region.as_tuple()}"
+            )
+        plan.test_crops = [
+            Region(region.row + y, region.col + x, cfg.test_crop_size, cfg.test_crop_size) for y, x in corners
+        ]
+    elif cfg.test_size:
         region = plan.regions["test"]
         corner = pick_test_crop(fill[region.slices], cfg.test_size, r)
         if corner is None:

@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddif.data.synthetic_pan import synthesize_pan
-
 if TYPE_CHECKING:
     from ddif.data.dataset_config import MakeDatasetConfig
     from ddif.data.sources import PreparedScene
@@ -40,34 +38,52 @@ def fill_holes(x: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return x
 
 
+def nominal_degradation(cfg: MakeDatasetConfig, bands: int):
+    """The sensor's nominal Wald simulation for ``cfg`` (its MTF gains, ``cfg.interpolation``)."""
+    from ddif.data.degradation import Degradation
+
+    return Degradation.nominal(cfg.sensor, bands, cfg.ratio, cfg.interpolation, cfg.padding)
+
+
+def variant_degradations(cfg: MakeDatasetConfig, bands: int) -> list:
+    """The degradations of the training region: the nominal one (``cfg.variants == 1``) or
+    ``cfg.variants`` draws from ``cfg.degradation_ranges()``, seeded by ``cfg.seed``."""
+    from ddif.data.degradation import draw_degradation
+
+    nominal = nominal_degradation(cfg, bands)
+    if cfg.variants == 1:
+        return [nominal]
+    rng = np.random.default_rng([cfg.seed, 0x5EED_DE6])
+    ranges = cfg.degradation_ranges()
+    return [draw_degradation(rng, nominal, ranges) for _ in range(cfg.variants)]
+
+
 def wald(
-    gt: np.ndarray, pan_full: np.ndarray | None, pan_weights: Sequence[float], cfg: MakeDatasetConfig
+    gt: np.ndarray,
+    pan_full: np.ndarray | None,
+    pan_weights: Sequence[float],
+    cfg: MakeDatasetConfig,
+    degradation: Any = None,
 ) -> dict[str, np.ndarray]:
     """gt (C, H, W) in [0, 1] on the reduced-resolution PAN grid; pan_full (P, rH, rW) or None
-    (synthetic PAN). Returns gt, ms (C, H/r, W/r), lms (C, H, W), pan (P, H, W)."""
+    (synthetic PAN, synthesised from gt itself: as sharp as gt, as a real PAN degraded to that grid
+    would be). ``degradation``: a :class:`ddif.data.degradation.Degradation` (default: the
+    sensor's nominal one). Returns gt, ms (C, H/r, W/r), lms (C, H, W), pan (P, H, W)."""
     import torch
 
-    from ddif.data.mtf import degrade, simulate_reduced_resolution, upsample
+    from ddif.data.degradation import wald_triplet
 
+    deg = degradation if degradation is not None else nominal_degradation(cfg, gt.shape[0])
     gt_t = torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))[None]
+    pan_t = None if pan_full is None else torch.from_numpy(np.ascontiguousarray(pan_full, dtype=np.float32))[None]
     with torch.no_grad():
-        if pan_full is not None:
-            pan_t = torch.from_numpy(np.ascontiguousarray(pan_full, dtype=np.float32))[None]
-            rr = simulate_reduced_resolution(
-                gt_t, pan_t, ratio=cfg.ratio, sensor=cfg.sensor, interpolation=cfg.interpolation, padding=cfg.padding
-            )
-            out = {"gt": rr.gt, "ms": rr.ms, "lms": rr.lms, "pan": rr.pan}
-        else:
-            # Semi-synthetic: the MS path of the protocol as in simulate_reduced_resolution; the PAN
-            # on the gt grid is synthesised from gt itself (so it is as sharp as gt, as a real PAN
-            # degraded to that grid would be).
-            ms_lr = degrade(gt_t, cfg.sensor, cfg.ratio, kind="ms")
-            lms = upsample(ms_lr, cfg.ratio, method=cfg.interpolation, padding=cfg.padding)
-            out = {"gt": gt_t, "ms": ms_lr, "lms": lms, "pan": synthesize_pan(gt_t, pan_weights)}
-    return {k: v[0].float().numpy() for k, v in out.items()}
+        rr = wald_triplet(gt_t, pan_t, deg, pan_weights)
+    return {k: getattr(rr, k)[0].float().numpy() for k in IMAGE_KEYS}
 
 
-def degrade_region(scene: PreparedScene, region: Region, cfg: MakeDatasetConfig) -> dict[str, np.ndarray]:
+def degrade_region(
+    scene: PreparedScene, region: Region, cfg: MakeDatasetConfig, degradation: Any = None
+) -> dict[str, np.ndarray]:
     """gt / ms / lms / pan of ``region`` alone. Fill is patched from this region's own pixels
     only: nothing outside it may leak in."""
     r = cfg.ratio
@@ -78,7 +94,7 @@ def degrade_region(scene: PreparedScene, region: Region, cfg: MakeDatasetConfig)
         assert scene.pan_fill is not None  # loaded with the PAN (prepare_scene)
         prow, pcol = slice(r * rows.start, r * rows.stop), slice(r * cols.start, r * cols.stop)
         pan_full = fill_holes(scene.pan[:, prow, pcol], scene.pan_fill[prow, pcol])
-    return wald(gt, pan_full, cfg.pan_weights, cfg)
+    return wald(gt, pan_full, cfg.pan_weights, cfg, degradation)
 
 
 def _writer(path: Path, scene: PreparedScene, cfg: MakeDatasetConfig, attrs: dict[str, Any]):
@@ -101,29 +117,41 @@ def write_patches(
     cfg: MakeDatasetConfig,
     attrs: dict[str, Any],
     progress: bool = False,
-) -> None:
-    """Degrade ``region`` and write the ``patch_size`` patches at ``corners`` (in the region, gt
-    grid) to ``path``, each with its ``coords`` in the MS source."""
+    degradations: Sequence[Any] = (),
+) -> int:
+    """Degrade ``region`` (once per degradation in ``degradations``, default the nominal one) and
+    write the ``patch_size`` patches at ``corners`` (in the region, gt grid) of each to ``path``,
+    each with its ``coords`` in the MS source and the index of its degradation; returns the
+    number of patches written."""
+    import json
+
     r, p = cfg.ratio, cfg.patch_size
     q = p // r
-    images = degrade_region(scene, region, cfg)
+    degs = list(degradations) or [nominal_degradation(cfg, scene.ms.shape[0])]
+    attrs = {**attrs, "degradations_json": json.dumps([d.describe() for d in degs])}
+    written = 0
     with _writer(path, scene, cfg, attrs) as w:
-        starts = range(0, len(corners), WRITE_BATCH)
-        if progress:
-            from tqdm.auto import tqdm
+        for index, deg in enumerate(degs):
+            images = degrade_region(scene, region, cfg, deg)
+            starts = range(0, len(corners), WRITE_BATCH)
+            if progress:
+                from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"{attrs.get('split', '')} patches", unit="batch")
-        for start in starts:
-            chunk = corners[start : start + WRITE_BATCH]
-            batch: dict[str, list[np.ndarray]] = {k: [] for k in IMAGE_KEYS}
-            for y, x in chunk:
-                for k in ("gt", "lms", "pan"):
-                    batch[k].append(images[k][:, y : y + p, x : x + p])
-                batch["ms"].append(images["ms"][:, y // r : y // r + q, x // r : x // r + q])
-            w.append(
-                **{k: np.stack(v) for k, v in batch.items()},
-                extra={"coords": _scene_coords(chunk, region, scene.origin)},
-            )
+                desc = f"{attrs.get('split', '')} patches" + (f" {index + 1}/{len(degs)}" if len(degs) > 1 else "")
+                starts = tqdm(starts, desc=desc, unit="batch")
+            for start in starts:
+                chunk = corners[start : start + WRITE_BATCH]
+                batch: dict[str, list[np.ndarray]] = {k: [] for k in IMAGE_KEYS}
+                for y, x in chunk:
+                    for k in ("gt", "lms", "pan"):
+                        batch[k].append(images[k][:, y : y + p, x : x + p])
+                    batch["ms"].append(images["ms"][:, y // r : y // r + q, x // r : x // r + q])
+                extra = {"coords": _scene_coords(chunk, region, scene.origin)}
+                if len(degs) > 1:
+                    extra["degradation"] = np.full(len(chunk), index, dtype=np.int32)
+                w.append(**{k: np.stack(v) for k, v in batch.items()}, extra=extra)
+                written += len(chunk)
+    return written
 
 
 def write_test_crop(
@@ -135,11 +163,31 @@ def write_test_crop(
         w.append(**images, extra={"coords": _scene_coords(np.zeros(2), crop, scene.origin)})
 
 
-def write_test_full(
-    path: Path, scene: PreparedScene, crop: Region, cfg: MakeDatasetConfig, attrs: dict[str, Any]
+def write_test_crops(
+    path: Path,
+    scene: PreparedScene,
+    strip: Region,
+    crops: Sequence[Region],
+    cfg: MakeDatasetConfig,
+    attrs: dict[str, Any],
 ) -> None:
-    """The test crop at full resolution (no ground truth): the original MS, it upsampled, and the
-    real PAN of the same area. Only for a real PAN."""
+    """Several test crops of one strip at reduced resolution: the strip is degraded once (as a
+    scene would be), then every crop cut from it, one item each."""
+    r = cfg.ratio
+    images = degrade_region(scene, strip, cfg)
+    with _writer(path, scene, cfg, attrs) as w:
+        for crop in crops:
+            y, x = crop.row - strip.row, crop.col - strip.col
+            item = {k: images[k][:, y : y + crop.height, x : x + crop.width] for k in ("gt", "lms", "pan")}
+            item["ms"] = images["ms"][:, y // r : (y + crop.height) // r, x // r : (x + crop.width) // r]
+            w.append(**item, extra={"coords": _scene_coords(np.zeros(2), crop, scene.origin)})
+
+
+def write_test_full(
+    path: Path, scene: PreparedScene, crops: Region | Sequence[Region], cfg: MakeDatasetConfig, attrs: dict[str, Any]
+) -> None:
+    """The test crop(s) at full resolution (no ground truth): the original MS, it upsampled, and
+    the real PAN of the same area (as registered to the MS). Only for a real PAN."""
     import torch
 
     from ddif.data.mtf import upsample
@@ -147,15 +195,17 @@ def write_test_full(
     if scene.pan is None:
         raise ValueError("a full-resolution test file needs a real PAN")
     r = cfg.ratio
-    rows, cols = crop.slices
-    ms_full = torch.from_numpy(np.ascontiguousarray(scene.ms[:, rows, cols]))[None]
-    pan_full = scene.pan[:, r * rows.start : r * rows.stop, r * cols.start : r * cols.stop]
-    with torch.no_grad():
-        lms_full = upsample(ms_full, r, method=cfg.interpolation, padding=cfg.padding)
+    items = [crops] if not isinstance(crops, (list, tuple)) else list(crops)
     with _writer(path, scene, cfg, attrs) as w:
-        w.append(
-            ms=ms_full[0].numpy(),
-            lms=lms_full[0].float().numpy(),
-            pan=pan_full,
-            extra={"coords": _scene_coords(np.zeros(2), crop, scene.origin)},
-        )
+        for crop in items:
+            rows, cols = crop.slices
+            ms_full = torch.from_numpy(np.ascontiguousarray(scene.ms[:, rows, cols]))[None]
+            pan_full = scene.pan[:, r * rows.start : r * rows.stop, r * cols.start : r * cols.stop]
+            with torch.no_grad():
+                lms_full = upsample(ms_full, r, method=cfg.interpolation, padding=cfg.padding)
+            w.append(
+                ms=ms_full[0].numpy(),
+                lms=lms_full[0].float().numpy(),
+                pan=pan_full,
+                extra={"coords": _scene_coords(np.zeros(2), crop, scene.origin)},
+            )
