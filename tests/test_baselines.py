@@ -83,7 +83,9 @@ def test_batched_unbatched_and_guides():
 
 def test_registry_signature_and_gsa_without_ms(wald_case):
     rr = wald_case
-    assert set(BASELINES) == {"brovey", "gs", "gsa", "mtf_glp_hpm"}
+    from ddif.baselines.gdal_pansharpen import gdal_available
+
+    assert set(BASELINES) == {"brovey", "gs", "gsa", "mtf_glp_hpm"} | ({"gdal_brovey"} if gdal_available() else set())
     for fn in BASELINES.values():       # defaults: ms=None, ratio=4, sensor="wv3" (qb via keyword here)
         assert fn(rr.lms, rr.pan, sensor="qb").shape == rr.lms.shape
     # lms made by the 23-tap interpolator passes through the MS samples, so ms can be recovered

@@ -1,5 +1,6 @@
 """Classical pansharpening baselines for side-by-side comparison (Vivone et al., IEEE TGRS 2015;
-IEEE GRSM 2021): :func:`brovey`, :func:`gs`, :func:`gsa`, :func:`mtf_glp_hpm`.
+IEEE GRSM 2021): :func:`brovey`, :func:`gs`, :func:`gsa`, :func:`mtf_glp_hpm`; and GDAL's own
+weighted Brovey (``gdal_brovey``, :mod:`ddif.baselines.gdal_pansharpen`, where rasterio is installed).
 
 ``BASELINES`` maps a name to a function with the uniform signature
 ``fn(lms, pan, ms=None, ratio=4, sensor="wv3") -> fused`` (arguments a method does not use are
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .classical import brovey, gs, gsa, mtf_glp_hpm
+from .gdal_pansharpen import gdal_available
 
 __all__ = ["brovey", "gs", "gsa", "mtf_glp_hpm", "BASELINES", "Baseline"]
 
@@ -47,9 +49,34 @@ def _mtf_glp_hpm(
     return mtf_glp_hpm(lms, pan, ratio, sensor)
 
 
+def _gdal_brovey(
+    lms: torch.Tensor,
+    pan: torch.Tensor,
+    ms: torch.Tensor | None = None,
+    ratio: int = 4,
+    sensor: str | Sequence[float] = "wv3",
+) -> torch.Tensor:
+    from ddif.data.mtf import decimate
+
+    from .gdal_pansharpen import gdal_weighted_brovey
+
+    unbatched = lms.dim() == 3
+    lms4, pan4 = (lms[None], pan[None]) if unbatched else (lms, pan)
+    if ms is None:  # GDAL pansharpens the coarse MS: recover it from lms (interpolating kernels)
+        ms4 = decimate(lms4, ratio)
+    else:
+        ms4 = ms[None] if unbatched else ms
+    guide = pan4 if pan4.shape[1] == 1 else pan4.mean(dim=1, keepdim=True)
+    fused = gdal_weighted_brovey(ms4, guide, ratio)
+    return fused[0] if unbatched else fused
+
+
 BASELINES: dict[str, Baseline] = {
     "brovey": _brovey,
     "gs": _gs,
     "gsa": _gsa,
     "mtf_glp_hpm": _mtf_glp_hpm,
 }
+# GDAL's own weighted Brovey (gdal_pansharpen.py defaults), where rasterio is installed
+if gdal_available():
+    BASELINES["gdal_brovey"] = _gdal_brovey

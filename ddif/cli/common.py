@@ -84,19 +84,14 @@ def enable_fused_kernels(model: DDIF) -> None:
 
 
 def resolve_model(name: str | os.PathLike | None) -> Path:
-    """A model file from a path (checkpoint .pt, .onnx, .plan) or the name of a checkpoint shipped
-    with ddif (``landsat_small``: ``ddif/assets/landsat_small.pt``); None: the shipped default."""
+    """A model file from a path (checkpoint .pt, .onnx, .plan, or a model card) or the name of a
+    model shipped with ddif (``ddif models``; :func:`ddif.models.cards.resolve_model`); None: the
+    shipped demo checkpoint."""
+    from ddif.models.cards import resolve_model as resolve
+
     if name is None:
         return SHIPPED_MODEL
-    path = Path(name)
-    if path.exists():
-        return path
-    shipped = sorted(p.stem for p in ASSETS.glob("*.pt"))
-    if path.name == str(name) and (ASSETS / f"{name}.pt").is_file():
-        return ASSETS / f"{name}.pt"
-    raise FileNotFoundError(
-        f"model {name}: no such file, and not a checkpoint shipped with ddif (shipped: {', '.join(shipped)})"
-    )
+    return resolve(name)[0]
 
 
 def build_station_backend(

@@ -15,9 +15,12 @@ tile journal (.OUT.journal) when started again with the same arguments.
 
 -co NAME=VALUE sets the COG's creation options: COMPRESS (DEFLATE, LZW, ZSTD, NONE), LEVEL (1-9),
 BLOCKSIZE (a multiple of 16), OVERVIEW_RESAMPLING (AVERAGE, NEAREST, BILINEAR, CUBIC, ...);
-the others are fixed so that the product's bytes depend on the data only. The model defaults to
-the checkpoint shipped with ddif (landsat_small: Landsat-8 B2-B4, ratio 4); a model trained for
-another sensor or ratio refuses the scene with the reason.
+the others are fixed so that the product's bytes depend on the data only. Without --model, ddif
+picks the one shipped model (`ddif models`) that fits the inputs: their band count and band names
+(``..._B4.TIF`` file names, band descriptions), the resolution ratio and the sensor (an _MTL.txt
+or .IMD beside the files, or the file names), and says which; when none fits it names the models
+and why. Bands delivered in another order than the model's are reordered by name (or a subset
+taken), never fused swapped.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ddif.cli.common import STATION_BACKENDS, build_station_backend, resolve_model
+from ddif.cli.common import STATION_BACKENDS, build_station_backend
 from ddif.station.events import EventLog
+
+if TYPE_CHECKING:
+    from ddif.inference.selection import BandMatch
 
 # -co names ddif fuse sets on StationConfig: NAME -> (field, what the value must be)
 SETTABLE_CO = {
@@ -55,8 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="checkpoint (.pt), exported .onnx / TensorRT .plan, or the name of a shipped checkpoint "
-        "(default: the shipped landsat_small)",
+        help="checkpoint (.pt), exported .onnx / TensorRT .plan, or the name of a shipped model (`ddif models`; "
+        "default: the one shipped model that fits the inputs: band count and names, ratio, sensor)",
     )
     p.add_argument("--backend", choices=STATION_BACKENDS, default="auto", help="auto: the fastest available")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available)")
@@ -91,6 +97,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write the product only (no quicklook, report, STAC item or kept band-stack VRT)",
     )
+    p.add_argument(
+        "--adapt",
+        action="store_true",
+        help="adapt the model to this scene first (ddif adapt: fine-tuning on the scene's reduced-resolution "
+        "version within --budget seconds); the adapted model is kept beside OUT as OUT_adapted.pt",
+    )
+    from ddif.cli.adapt import add_adapt_options
+
+    add_adapt_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -174,7 +189,9 @@ class _Messages(EventLog):
 
 
 @contextlib.contextmanager
-def _band_stacks(ms: list[Path], pan: Path, out: Path, keep: bool) -> Iterator[tuple[Path, Path, list[Path]]]:
+def _band_stacks(
+    ms: list[Path], pan: Path, out: Path, keep: bool, order: tuple[int, ...] | None = None
+) -> Iterator[tuple[Path, Path, list[Path]]]:
     """(MS, PAN, stacks) as the station reads them: a single plain raster as is; several MS files,
     or a VRT (whose sources the tile journal's file identity would not see), through a band-stack
     VRT beside the output (OUT_MS.vrt / OUT_PAN.vrt, rewritten only when a source changed, so a
@@ -186,20 +203,29 @@ def _band_stacks(ms: list[Path], pan: Path, out: Path, keep: bool) -> Iterator[t
     stacks: list[Path] = []
     created: list[Path] = []
 
-    def stacked(paths: list[Path], what: str) -> Path:
-        if len(paths) == 1 and not is_vrt(paths[0]):
+    def stacked(paths: list[Path], what: str, bands: list[int] | None = None) -> Path:
+        if len(paths) == 1 and not is_vrt(paths[0]) and bands is None:
             return paths[0]
         vrt = out.with_name(f"{out.stem}_{what}.vrt")
         if vrt.resolve() in {p.resolve() for p in paths}:
             raise ValueError(f"{what} {vrt}: is the band stack ddif fuse writes for {out}; give another output name")
         if not vrt.exists():
             created.append(vrt)
-        stacks.append(write_band_stack(paths, vrt, what))
+        stacks.append(write_band_stack(paths, vrt, what, bands))
         return vrt
+
+    # the model's band order (ddif.inference.selection): per-band files reordered, or a multi-band
+    # file's bands taken through the stack
+    select: list[int] | None = None
+    if order is not None:
+        if len(ms) > 1:
+            ms = [ms[i] for i in order]
+        else:
+            select = [i + 1 for i in order]
 
     ok = False
     try:
-        yield stacked(ms, "MS"), stacked([pan], "PAN"), stacks
+        yield stacked(ms, "MS", select), stacked([pan], "PAN"), stacks
         ok = True
     finally:
         if ok:
@@ -208,6 +234,59 @@ def _band_stacks(ms: list[Path], pan: Path, out: Path, keep: bool) -> Iterator[t
             remove = [] if default_journal_dir(out).exists() else created
         for vrt in remove:
             vrt.unlink(missing_ok=True)
+
+
+def pick_model(name: str | None, ms: Sequence[Path], pan: Path, quiet: bool = False) -> tuple[Path, BandMatch | None]:
+    """The model file to fuse with and how the delivered bands map onto it: ``name`` (a path or a
+    shipped model's name; its card, when it has one, checked against the inputs) or, without a
+    name, the one shipped model that fits (:func:`ddif.inference.selection.choose_model`).
+    Says what it chose and what it did with the bands on stderr (unless ``quiet``)."""
+    from ddif.inference.selection import check_card, choose_model
+    from ddif.models.cards import resolve_model
+
+    if name is None:
+        chosen = choose_model(ms, pan)
+        if not quiet:
+            print(f"ddif fuse: {chosen.reason}", file=sys.stderr)
+        match: BandMatch | None = chosen.match
+        path = chosen.checkpoint
+    else:
+        path, card = resolve_model(name)
+        match = check_card(card, ms, pan) if card is not None else None
+    if match is not None and match.note and not quiet:
+        print(f"ddif fuse: {match.note}", file=sys.stderr)
+    return path, match
+
+
+def adapted_model(
+    model: Path, ms_path: Path, pan_path: Path, out: Path, args: argparse.Namespace, inputs: list[Path], progress: bool
+) -> Path:
+    """``--adapt``: the model adapted to this scene, OUT_adapted.pt beside the product; an adapted
+    model left there by an interrupted run of the same scene and model is reused (so the tile
+    journal, keyed by the model, resumes)."""
+    from ddif.cli.adapt import adapt_scene, describe
+    from ddif.models.checkpoint import read_contents
+    from ddif.training.adapt import scene_identity
+
+    if model.suffix != ".pt":
+        raise ValueError(f"--adapt fine-tunes a checkpoint (.pt), got {model}")
+    path = out.with_name(out.stem + "_adapted.pt")
+    if path.exists():
+        try:
+            meta = read_contents(path).metadata
+        except (ValueError, OSError):
+            meta = {}
+        report = meta.get("adaptation", {}) if isinstance(meta, dict) else {}
+        if meta.get("adapted_from") == str(model) and report.get("scene") == scene_identity(inputs):
+            if not args.quiet:
+                print(f"ddif fuse: reusing {path} (adapted to this scene by an earlier run)", file=sys.stderr)
+            return path
+        if not args.overwrite:
+            raise ValueError(f"{path} exists (an adapted model of another scene or model); give --overwrite")
+    report = adapt_scene(model, ms_path, pan_path, path, args, inputs, progress)
+    if not args.quiet:
+        print(f"ddif fuse: {path}: {describe(report)}", file=sys.stderr)
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,13 +314,15 @@ def run(args: argparse.Namespace) -> int:
         input_scale=args.input_scale,
         **fields,
     )
-    model = resolve_model(args.model)
+    model, match = pick_model(args.model, ms, pan, quiet=args.quiet)
     preset, _ = model_preset(model)
     log = _Messages()
     progress = not args.quiet and sys.stderr.isatty()
     keep = not args.no_sidecars
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _band_stacks(ms, pan, out, keep) as (ms_path, pan_path, stacks), tempfile.TemporaryDirectory() as scratch:
+    order = match.order if match is not None else None
+    stacking = _band_stacks(ms, pan, out, keep, order)
+    with stacking as (ms_path, pan_path, stacks), tempfile.TemporaryDirectory() as scratch:
         # the scene is checked against the model before any backend is built (no export for a bad scene)
         plan = plan_scene(ms_path, pan_path, preset, config, log=log)
         cfg = plan.config
@@ -251,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
                 f"-co PREDICTOR={repeated['PREDICTOR']}: ddif sets PREDICTOR="
                 f"{options.get('PREDICTOR', 'none (no compression)')} for a {plan.grid.ms.dtype} product"
             )
+        if args.adapt:
+            model = adapted_model(model, ms_path, pan_path, out, args, [*ms, pan], progress)
         # --no-sidecars: the quicklook and report run_scene always writes go to a scratch folder
         quicklook, report_path = (None, None) if keep else (Path(scratch) / "q.png", Path(scratch) / "r.json")
         try:

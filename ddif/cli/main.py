@@ -12,6 +12,8 @@ COMMANDS = {
     "demo": ("ddif.cli.demo", "fuse a real Landsat-8 scene shipped with ddif and compare with classical methods"),
     "train": ("ddif.cli.train", "train a DDIF model on PanCollection / HISR .h5 files"),
     "fuse": ("ddif.cli.fuse", "pansharpen MS + PAN rasters into a Cloud-Optimized GeoTIFF (one-shot)"),
+    "models": ("ddif.cli.models", "the models shipped with ddif and their cards"),
+    "adapt": ("ddif.cli.adapt", "fine-tune a model on one scene's reduced-resolution version (scene adaptation)"),
     "sample": ("ddif.cli.sample", "fuse an .h5 file, .npy pair or GeoTIFF pair with a checkpoint"),
     "evaluate": ("ddif.cli.evaluate", "metrics table of a checkpoint next to classical baselines"),
     "make-dataset": ("ddif.cli.make_dataset", "build train/val .h5 patch files from a real MS + PAN pair"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ddif.cli.args import add_dataclass_args, dataclass_from_args
-from ddif.cli.common import STATION_BACKENDS, build_station_backend
+from ddif.cli.common import STATION_BACKENDS, build_station_backend, resolve_model
 
 if TYPE_CHECKING:
     from ddif.station.config import StationConfig
@@ -43,7 +43,11 @@ quarantined. Logs are JSON lines on stderr (and --log-file)."""
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="engine checkpoint (.pt), exported .onnx or TensorRT .plan")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="engine checkpoint (.pt), exported .onnx or TensorRT .plan, or a shipped model's name (`ddif models`)",
+    )
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -164,6 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ddif.station.plan import plan_scene
     from ddif.station.run import run_scene
 
+    args.model = str(resolve_model(args.model))
     config = dataclass_from_args(StationConfig, args)
     log = EventLog()
     # the pair is checked against the model (bands, ratio, grids, scale) before any backend is
@@ -229,6 +234,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from ddif.station.events import EventLog
     from ddif.station.watch import StationService
 
+    args.model = str(resolve_model(args.model))
     config = dataclass_from_args(StationConfig, args)
     watch = dataclass_from_args(WatchConfig, args)
     if watch.scenes_in_flight > 1 and not args.ray_address:

@@ -29,7 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--preset", default="wv3", help="starting configuration (wv3, gf2, qb, cave, harvard, landsat_small)"
     )
     p.add_argument("--config", default=None, help="a config JSON (e.g. a run's config.json) instead of --preset")
-    p.add_argument("--data", required=True, help="training .h5 (PanCollection or HISR layout)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="training .h5 (PanCollection or HISR layout); several comma-separated files are concatenated "
+        "(e.g. one per scene or tile)",
+    )
     p.add_argument("--val", default=None, help="validation .h5 (reduced resolution, with ground truth)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
@@ -63,6 +68,28 @@ def open_dataset(path: str, preset: Preset, train: bool = False, *, require_gt: 
     from ddif.data import open_dataset as _open
 
     return _open(path, preset, require_gt=require_gt or train, augment=False)
+
+
+def open_training_sets(spec: str, preset: Preset, args: argparse.Namespace | None = None):
+    """The training file(s) of ``--data`` (comma-separated paths are concatenated, in order); the
+    preprocessing is adopted from the first, and every other must agree with it."""
+    from torch.utils.data import ConcatDataset
+
+    paths = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if not paths:
+        raise ValueError("--data: no training file given")
+    sets = [open_dataset(p, preset, require_gt=True) for p in paths]
+    adopt_preprocessing(preset, sets[0].info.attrs, args)
+    first = {k: sets[0].info.attrs.get(k) for k in ("interpolation", "interp_padding", "band_names")}
+    for path, ds in zip(paths[1:], sets[1:]):
+        other = {k: ds.info.attrs.get(k) for k in first}
+        differs = [k for k in first if first[k] is not None and other[k] is not None and str(first[k]) != str(other[k])]
+        if differs:
+            raise ValueError(
+                f"--data {path}: {', '.join(f'{k} {other[k]!r}' for k in differs)} differ from {paths[0]}'s "
+                f"{', '.join(repr(first[k]) for k in differs)}; one model is trained on one preprocessing"
+            )
+    return sets[0] if len(sets) == 1 else ConcatDataset(sets)
 
 
 def adopt_preprocessing(preset: Preset, attrs: Mapping[str, Any], args: argparse.Namespace | None = None) -> None:
@@ -110,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
             args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     try:
         # ground truth required; no dataset augmentation: the trainer augments every batch once
-        train_set = open_dataset(args.data, preset, require_gt=True)
-        adopt_preprocessing(preset, train_set.info.attrs, args)
+        train_set = open_training_sets(args.data, preset, args)
         val_set = open_dataset(args.val, preset, require_gt=True) if args.val else None
         torch.manual_seed(preset.train.seed)  # deterministic initial weights
         model = DDIF(preset)

@@ -11,6 +11,22 @@ from dataclasses import dataclass, field
 SIDES = ("left", "right", "top", "bottom")
 
 
+def parse_registration(mode: str) -> tuple[float, float] | None:
+    """The explicit (rows, cols) correction of a registration mode 'DY,DX', or None for 'measure' /
+    'off'; ValueError for anything else."""
+    text = str(mode).strip().lower()
+    if text in ("measure", "off"):
+        return None
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        raise ValueError(f"registration must be measure, off or DY,DX (PAN px), got {mode!r}")
+    return values[0], values[1]
+
+
 def _option(default, help: str):
     """A dataclass field with its CLI help text (``field.metadata["help"]``)."""
     return field(default=default, metadata={"help": help})
@@ -153,17 +169,7 @@ class MakeDatasetConfig:
 
     def registration_shift(self) -> tuple[float, float] | None:
         """The explicit (rows, cols) correction of ``registration``, or None for measure / off."""
-        text = self.registration.strip().lower()
-        if text in ("measure", "off"):
-            return None
-        parts = [p for p in text.replace(" ", "").split(",") if p]
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            values = []
-        if len(values) != 2:
-            raise ValueError(f"registration must be measure, off or DY,DX (PAN px), got {self.registration!r}")
-        return values[0], values[1]
+        return parse_registration(self.registration)
 
     def degradation_ranges(self):
         """The :class:`ddif.data.degradation.DegradationRanges` of the variants."""

@@ -233,14 +233,16 @@ def _nodata_text(value: float) -> str:
     return "nan" if math.isnan(value) else repr(float(value)).removesuffix(".0")
 
 
-def band_stack_xml(paths: Sequence[str | os.PathLike], what: str = "MS") -> str:
+def band_stack_xml(paths: Sequence[str | os.PathLike], what: str = "MS", bands: Sequence[int] | None = None) -> str:
     """GDAL VRT XML stacking the bands of ``paths`` in order (``gdalbuildvrt -separate``): several
     files must hold one band each (e.g. Landsat's one file per band), one file keeps all its bands
     (a VRT re-wrapped). Every file must share the first one's CRS, geotransform, size, dtype and
     nodata; :class:`SceneError` naming the file and what differs otherwise. Band descriptions are
     the files' own, else (one-band files) the file name's stem. The XML records name, size and
     modification time of every file read (the sources of a VRT too), so it changes whenever one
-    of them changes: the tile journal's fingerprint of the stack is then honest."""
+    of them changes: the tile journal's fingerprint of the stack is then honest. ``bands``
+    (1-based, one file only) takes those bands of the file in that order (a band subset, or the
+    model's order of bands delivered in another)."""
     import xml.etree.ElementTree as ET
 
     rasterio = _rasterio()
@@ -295,11 +297,19 @@ def band_stack_xml(paths: Sequence[str | os.PathLike], what: str = "MS") -> str:
             st = f.stat()
             item = ET.SubElement(identity, "MDI", key=f"FILE_{len(seen)}")
             item.text = f"{f} size={st.st_size} mtime_ns={st.st_mtime_ns}"
+    if bands is not None:
+        if len(files) != 1:
+            raise ValueError(f"{what}: a band selection applies to one multi-band file, got {len(files)} files")
+        bad = [b for b in bands if not 1 <= int(b) <= first.count]
+        if bad or not bands:
+            raise SceneError(
+                WRONG_BANDS, f"{what} {first.path}: has {first.count} bands, asked for bands {list(bands)}"
+            )
     band = 0
     for path, info in zip(files, infos):
         with rasterio.open(path) as src:
             nodatavals = src.nodatavals
-        for k in range(info.count):
+        for k in [int(b) - 1 for b in bands] if bands is not None else range(info.count):
             band += 1
             vb = ET.SubElement(root, "VRTRasterBand", dataType=_GDAL_TYPES[info.dtype], band=str(band))
             if nodatavals[k] is not None:
@@ -318,14 +328,19 @@ def band_stack_xml(paths: Sequence[str | os.PathLike], what: str = "MS") -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_band_stack(paths: Sequence[str | os.PathLike], vrt_path: str | os.PathLike, what: str = "MS") -> Path:
+def write_band_stack(
+    paths: Sequence[str | os.PathLike],
+    vrt_path: str | os.PathLike,
+    what: str = "MS",
+    bands: Sequence[int] | None = None,
+) -> Path:
     """Write :func:`band_stack_xml` of ``paths`` to ``vrt_path`` (atomically, and only when its
     text changed: an unchanged stack keeps its modification time, so an interrupted run resumes
     from its tile journal) and return the path; open it like any raster (:func:`open_pair`)."""
     from ddif.utils.io import atomic_write_text
 
     vrt_path = Path(vrt_path)
-    text = band_stack_xml(paths, what)
+    text = band_stack_xml(paths, what, bands)
     try:
         if vrt_path.read_text(encoding="utf-8") == text:
             return vrt_path

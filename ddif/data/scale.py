@@ -16,9 +16,11 @@ from ddif.data.raster import BAD_SCALE, SceneError
 # value scale
 # --------------------------------------------------------------------------------------------
 # The rule: a raster fits a model whose inputs are DN / max_dn when (1) an integer dtype can hold
-# at least half the max DN, (2) its largest valid value reaches 2 % of the max DN (reflectance in
+# at least 40 % of the max DN (int16 counts of a 16-bit Landsat product do; uint8 for 11 bits do
+# not), (2) its largest valid value reaches 2 % of the max DN (reflectance in
 # [0, 1] or an 8-bit quick-look of a 15-bit model does not), (3) at most 1 % of its valid pixels
 # exceed the max DN (a 16-bit full-range product for a 15-bit model does not).
+MIN_DTYPE_FRACTION = 0.4
 MIN_PEAK_FRACTION = 0.02
 MAX_ABOVE_FRACTION = 0.01
 
@@ -76,7 +78,7 @@ def array_stats(arr: np.ndarray, max_dn: float, scale: float = 1.0) -> ValueStat
 def scale_problem(stats: ValueStats, max_dn: float, scale: float = 1.0) -> str | None:
     """Why values with these statistics (times ``scale``) do not fit DN up to ``max_dn``, or None."""
     dtype = np.dtype(stats.dtype)
-    if dtype.kind in "iu" and np.iinfo(dtype).max * scale < 0.5 * max_dn:
+    if dtype.kind in "iu" and np.iinfo(dtype).max * scale < MIN_DTYPE_FRACTION * max_dn:
         return (
             f"dtype {dtype.name} holds at most {np.iinfo(dtype).max} (x scale {scale:g}), but the model expects "
             f"digital numbers up to {max_dn:g}"

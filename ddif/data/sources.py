@@ -411,7 +411,7 @@ def prepare_scene(cfg: MakeDatasetConfig, ms_source: ImageSource, pan_source: Im
     pan_norm = None
     if pan_arr is not None:  # one max DN for MS and PAN, as in PanCollection
         pan_norm = pan_arr.astype(np.float32) / np.float32(in_max)
-        pan_norm, reg = register_pan(ms_norm, pan_norm, fill, r, info.get("ms_centre_in_pan_window"), cfg)
+        pan_norm, reg = register_pan(ms_norm, pan_norm, fill, r, info.get("ms_centre_in_pan_window"), cfg.registration)
         info["registration"] = reg
     return PreparedScene(ms_norm, pan_norm, fill, pan_fill, in_max, out_max, origin, ms_image, pan_image, info)
 
@@ -449,26 +449,28 @@ def register_pan(
     fill: np.ndarray,
     ratio: int,
     centre: tuple[float, float] | None,
-    cfg: MakeDatasetConfig,
+    mode: str = "measure",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Resample the PAN so that the Wald degradation's decimation (PAN-grid pixel ``ratio * i +
     ratio // 2``, the toolbox grid) samples it where MS pixel i really is: its centre by the
     geotransforms (``centre``: MS pixel (0, 0) in PAN-window coordinates; the toolbox grid
     without georeferencing) plus the misregistration measured on the valid pixels
-    (:func:`ddif.data.registration.estimate_misregistration`, ``cfg.registration='measure'``) or
-    given (``'DY,DX'``). Returns the PAN and what was found and done."""
+    (:func:`ddif.data.registration.estimate_misregistration`, ``mode='measure'``) or given
+    (``'DY,DX'`` PAN px; ``'off'``: none). Returns the PAN and what was found and done."""
     import torch
 
     from ddif.data.registration import estimate_misregistration, shift_image
 
     grid = (ratio // 2, ratio // 2)
     centre = grid if centre is None else (float(centre[0]), float(centre[1]))
-    info: dict[str, Any] = {"mode": cfg.registration, "ms_centre_by_geotransform": [round(v, 4) for v in centre]}
-    given = cfg.registration_shift()
+    info: dict[str, Any] = {"mode": mode, "ms_centre_by_geotransform": [round(v, 4) for v in centre]}
+    from ddif.data.dataset_config import parse_registration
+
+    given = parse_registration(mode)
     shift = (0.0, 0.0)
     if given is not None:
         shift = given
-    elif cfg.registration.strip().lower() == "measure":
+    elif mode.strip().lower() == "measure":
         try:
             guide = pan[0] if pan.shape[0] == 1 else pan.mean(axis=0)
             found = estimate_misregistration(ms, guide, ratio, centre, ~fill)

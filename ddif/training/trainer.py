@@ -57,6 +57,7 @@ class RunOptions:
     val_batches: int = 2  # validation batches per evaluation (loss + metrics)
     val_sample_steps: int = 10  # sampling steps for validation metrics
     stop_after: int | None = None  # stop (as if interrupted) after this many steps in this run
+    time_budget_s: float | None = None  # stop after the step that crosses this much wall time (this run)
     keep_checkpoints: int = 3
 
 
@@ -457,6 +458,8 @@ class Trainer:
         t0 = time.perf_counter()
         try:
             while self.step < stop_at:
+                if self.opts.time_budget_s is not None and time.perf_counter() - t0 >= self.opts.time_budget_s:
+                    break
                 row = self.train_step(next(batches))
                 row["elapsed_s"] = round(time.perf_counter() - t0, 3)
                 self.history.append(row)
