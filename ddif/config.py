@@ -272,6 +272,43 @@ def _small_rgb() -> Preset:
     )
 
 
+def _real_sensor(
+    name: str,
+    bands: tuple[str, ...],
+    max_dn: float,
+    ratio: int,
+    sensor: str,
+    rgb: tuple[int, ...],
+    iterations: int,
+    lr: float,
+    milestone: int,
+) -> Preset:
+    """The shipped models for real sensors: ``landsat_small``'s network (the published architecture
+    at a width that samples a scene in seconds on a CPU), trained on a real PAN + MS pair
+    degraded many ways (``ddif make-dataset --variants``) in 32 / 64 px crops."""
+    p = _small_rgb()
+    p.name = name
+    p.model.bands = len(bands)
+    p.model.max_dn = max_dn
+    p.train = TrainConfig(
+        lr=lr,
+        batch_size=16,
+        iterations=iterations,
+        lr_milestones=(milestone,),
+        grad_clip=1.0,
+        ema_decay=0.999,
+        ema_start=200,
+        patch_size=32,
+        patch_sizes=(32, 64),
+        val_every=2000,
+        ckpt_every=500,
+        log_every=50,
+        num_workers=0,
+    )
+    p.data = DataConfig(ratio=ratio, layout="pancollection", sensor=sensor, rgb_bands=rgb, band_names=bands)
+    return p
+
+
 _PRESET_FACTORIES = {
     # WorldView-3: 8 bands (coastal, blue, green, yellow, red, red edge, NIR1, NIR2)
     "wv3": lambda: _pansharpening("wv3", 8, 2047.0, "wv3", (4, 2, 1)),
@@ -280,6 +317,18 @@ _PRESET_FACTORIES = {
     "cave": lambda: _hyperspectral("cave"),
     "harvard": lambda: _hyperspectral("harvard"),
     "landsat_small": _small_rgb,
+    # Landsat-8/9 OLI B2, B3, B4 with the real B8 PAN (15 m / 30 m), 16-bit DN
+    "landsat8": lambda: _real_sensor(
+        "landsat8", ("B2", "B3", "B4"), 65535.0, 2, "landsat8", (2, 1, 0), 8000, 2e-4, 6500
+    ),
+    # the same with NIR B5 (the PAN does not cover it: its detail is inferred)
+    "landsat8_nir": lambda: _real_sensor(
+        "landsat8_nir", ("B2", "B3", "B4", "B5"), 65535.0, 2, "landsat8", (2, 1, 0), 8000, 2e-4, 6500
+    ),
+    # WorldView-2 blue, green, red, NIR1 with its PAN (0.5 m / 2 m), 11-bit DN; fine-tuned
+    "worldview2": lambda: _real_sensor(
+        "worldview2", ("blue", "green", "red", "nir1"), 2047.0, 4, "wv2", (2, 1, 0), 3000, 1e-4, 2400
+    ),
 }
 
 PUBLISHED_PRESETS = ("wv3", "gf2", "qb", "cave", "harvard")

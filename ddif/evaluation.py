@@ -11,8 +11,10 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+import numpy as np
 import torch
 
 from ddif.data.evalset import EvalSet, eval_set_from_dataset  # noqa: F401 (re-exported)
@@ -30,8 +32,11 @@ Row = dict[str, Any]
 LOWER_IS_BETTER = {"SAM", "ERGAS", "D_lambda", "D_s", "s/image"}
 
 
-def classical_methods(ratio: int, sensor: str, names: Sequence[str] | None = None) -> dict[str, Method]:
-    """EXP (the interpolated MS itself) and the classical baselines of :mod:`ddif.baselines`."""
+def classical_methods(
+    ratio: int, sensor: str | Sequence[float], names: Sequence[str] | None = None
+) -> dict[str, Method]:
+    """EXP (the interpolated MS itself) and the classical baselines of :mod:`ddif.baselines`
+    (``sensor``: a sensor name or the MS bands' MTF gains, e.g. for a band subset)."""
     from ddif.baselines import BASELINES
 
     methods: dict[str, Method] = {"EXP (interpolated MS)": lambda lms, pan, ms: lms}
@@ -54,7 +59,7 @@ def block_size_for(h: int, w: int, preferred: int = 32) -> int:
 
 
 def _metrics_for(
-    fused: torch.Tensor, data: EvalSet, ratio: int, sensor: str, mtf_kernel: str = "ddif"
+    fused: torch.Tensor, data: EvalSet, ratio: int, sensor: str | Sequence[float], mtf_kernel: str = "ddif"
 ) -> dict[str, float]:
     from ddif import metrics
 
@@ -85,7 +90,7 @@ def evaluate(
     methods: Mapping[str, Method],
     data: EvalSet,
     ratio: int,
-    sensor: str,
+    sensor: str | Sequence[float],
     batch_size: int = 8,
     return_outputs: Literal[False] = False,
     reference: str | None = None,
@@ -99,7 +104,7 @@ def evaluate(
     methods: Mapping[str, Method],
     data: EvalSet,
     ratio: int,
-    sensor: str,
+    sensor: str | Sequence[float],
     batch_size: int = 8,
     *,
     return_outputs: Literal[True],
@@ -113,7 +118,7 @@ def evaluate(
     methods: Mapping[str, Method],
     data: EvalSet,
     ratio: int,
-    sensor: str,
+    sensor: str | Sequence[float],
     batch_size: int = 8,
     return_outputs: bool = False,
     reference: str | None = None,
@@ -171,7 +176,7 @@ def markdown(rows: list[Row], title: str | None = None) -> str:
     lines = []
     if title:
         lines.append(f"**{title}**\n")
-    arrows = {c: (" ↓" if c in LOWER_IS_BETTER else " ↑") for c in cols}
+    arrows = {c: ("" if c.startswith("bias") else " ↓" if c in LOWER_IS_BETTER else " ↑") for c in cols}
     lines.append("| method | " + " | ".join(c + arrows[c] for c in cols) + " |")
     lines.append("|---|" + "---|" * len(cols))
     for r in rows:
@@ -199,3 +204,118 @@ def write_csv(rows: list[Row], path: str | os.PathLike, extra: Mapping[str, Any]
     for r in rows:
         w.writerow({**(extra or {}), **r})
     atomic_write_text(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------
+# real scenes: held-out crops of a real PAN + MS pair (``ddif demo``, scripts/eval_real.py)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RealScene:
+    """A real PAN + MS pair and the part of it a table is made on: ``holdout`` "strip:N" (the
+    N-px test strip of ``ddif make-dataset --holdout-side left``) or "all" (the whole scene, e.g.
+    a tile never trained on); ``crop``-px crops free of fill / cloud."""
+
+    name: str
+    ms: tuple[str, ...]
+    pan: str
+    ratio: int
+    sensor: str
+    band_names: tuple[str, ...]
+    max_dn: float
+    holdout: str = "all"
+    crop: int = 32
+    qa: str = ""
+    qa_generation: str = "auto"
+    nodata: tuple[float, ...] = ()
+    margin: int = 4
+
+    @property
+    def gains(self) -> tuple[float, ...]:
+        from ddif.data.degradation import sensor_band_gains
+
+        return sensor_band_gains(self.sensor, list(self.band_names))[0]
+
+
+def _prepared(scene: RealScene) -> tuple[Any, Any, Any, list[Any]]:
+    """(config, prepared scene, region, crops) through ``ddif make-dataset``'s own preparation:
+    clouds from the QA band, the PAN registered to the MS (as for training)."""
+    from ddif.data.dataset_config import MakeDatasetConfig
+    from ddif.data.sources import prepare_scene
+    from ddif.data.splits import Region, pick_test_crops, split_regions
+
+    strip = scene.holdout.startswith("strip:")
+    cfg = MakeDatasetConfig(
+        ms=scene.ms,
+        pan=scene.pan,
+        qa=scene.qa,
+        qa_generation=scene.qa_generation,
+        ratio=scene.ratio,
+        sensor=scene.sensor,
+        max_dn=scene.max_dn,
+        nodata=scene.nodata,
+        patch_size=scene.crop,
+        stride=scene.crop,
+        fill_margin=scene.margin,
+        test_size=int(scene.holdout.split(":")[1]) if strip else 0,
+        val_fraction=0.0,
+    )
+    prep = prepare_scene(cfg, cfg.ms, cfg.pan)
+    h, w = prep.size
+    r = scene.ratio
+    region = split_regions(h, w, cfg)["test"] if strip else Region(0, 0, h // r * r, w // r * r)
+    corners = pick_test_crops(prep.fill[region.slices], scene.crop, cfg.margin, r)
+    if not corners:
+        raise ValueError(f"{scene.name}: no {scene.crop} px crop free of fill / cloud in {region.as_tuple()}")
+    crops = [Region(region.row + y, region.col + x, scene.crop, scene.crop) for y, x in corners]
+    return cfg, prep, region, crops
+
+
+def real_reduced_set(scene: RealScene, degradation: Any = None) -> EvalSet:
+    """The crops at reduced resolution (Wald protocol): the region degraded once with
+    ``degradation`` (default: the sensor's nominal simulation), then cut."""
+    return real_reduced_scene(scene, degradation)[0]
+
+
+def real_reduced_scene(scene: RealScene, degradation: Any = None) -> tuple[EvalSet, dict[str, np.ndarray]]:
+    """:func:`real_reduced_set` and the whole degraded region as a scene to fuse: ``ms`` (C, H/r,
+    W/r), ``pan`` (P, H, W) and ``bad`` (H/r, W/r: fill or cloud under a coarse pixel), what a
+    method sees of it (e.g. to adapt a model to it)."""
+    from ddif.data.wald_writer import degrade_region
+
+    cfg, prep, region, crops = _prepared(scene)
+    images = degrade_region(prep, region, cfg, degradation)
+    r = scene.ratio
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("gt", "lms", "pan", "ms")}
+    for c in crops:
+        y, x = c.row - region.row, c.col - region.col
+        for k in ("gt", "lms", "pan"):
+            parts[k].append(images[k][:, y : y + c.height, x : x + c.width])
+        parts["ms"].append(images["ms"][:, y // r : (y + c.height) // r, x // r : (x + c.width) // r])
+    t = {k: torch.from_numpy(np.ascontiguousarray(np.stack(v))) for k, v in parts.items()}
+    fill = prep.fill[region.slices]
+    h, w = fill.shape[0] // r, fill.shape[1] // r
+    bad = fill[: h * r, : w * r].reshape(h, r, w, r).any(axis=(1, 3))
+    whole = {"ms": images["ms"], "pan": images["pan"], "bad": bad}
+    return EvalSet(lms=t["lms"], pan=t["pan"], ms=t["ms"], gt=t["gt"]), whole
+
+
+def real_full_set(scene: RealScene) -> EvalSet:
+    """The crops at full resolution (no reference): the MS, it upsampled, the registered PAN."""
+    from ddif.data.mtf import upsample
+
+    cfg, prep, _, crops = _prepared(scene)
+    r = scene.ratio
+    ms, pan = [], []
+    for c in crops:
+        rows, cols = c.slices
+        ms.append(prep.ms[:, rows, cols])
+        pan.append(prep.pan[:, r * rows.start : r * rows.stop, r * cols.start : r * cols.stop])
+    ms_t = torch.from_numpy(np.ascontiguousarray(np.stack(ms)))
+    lms = upsample(ms_t, r, method=cfg.interpolation, padding=cfg.padding)
+    return EvalSet(lms=lms, pan=torch.from_numpy(np.ascontiguousarray(np.stack(pan))), ms=ms_t)
+
+
+def band_bias(fused: torch.Tensor, gt: torch.Tensor) -> list[float]:
+    """Per-band bias mean(fused - gt) / mean(gt), in percent of the band mean."""
+    f, g = fused.clamp(0, 1).double(), gt.double()
+    return [round(float(v), 3) for v in ((f - g).mean(dim=(0, 2, 3)) / g.mean(dim=(0, 2, 3)) * 100)]

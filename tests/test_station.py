@@ -71,12 +71,16 @@ def test_product_is_a_fusion_close_to_the_interpolated_ms(one_scene, station_bac
     fusion, not the interpolated MS) and small (a trained model's output stays near lms)."""
     import ddif
     from ddif.data.mtf import upsample
+    from ddif.data.registration import shift_image
     from ddif.data.scene import read_scene
 
     ms, _, _ = read(one_scene["ms"])
     data, _, _ = read(one_scene["out"])
     _, lms, pan, valid = read_scene(one_scene["ms"], one_scene["pan"], preset=station_backend.preset)
-    direct = upsample(torch.from_numpy(ms.astype(np.float32) / 2047)[None], 4, padding="symmetric")[0].numpy()
+    direct = upsample(torch.from_numpy(ms.astype(np.float32) / 2047)[None], 4, padding="symmetric")[0]
+    # the grids share their top-left corner: MS pixel j's centre is PAN 4 j + 1.5, the 23-tap grid
+    # puts it at 4 j + 2, so the scene layer resamples by half a PAN pixel (exact placement)
+    direct = shift_image(direct.double(), 0.5, 0.5).float().numpy()
     # beyond the reach of the filled top / left MS nodata border (3 MS px + the 23-tap kernel's
     # 33 PAN px); the PAN's nodata rows do not enter lms
     inner = (slice(None), slice(48, None), slice(48, None))

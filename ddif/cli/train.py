@@ -119,12 +119,28 @@ def adopt_preprocessing(preset: Preset, attrs: Mapping[str, Any], args: argparse
     preset.data.__post_init__()
 
 
+def init_model(model, path: str) -> None:
+    """``--init``: start from another checkpoint's weights (fine-tuning). Its own preset may differ
+    in name, data, recipe and band count (a 4-band model from a 3-band one:
+    :func:`ddif.models.transfer.transfer_weights`), not in the rest of the architecture."""
+    from ddif.models import load_model
+    from ddif.models.transfer import transfer_weights
+
+    init = load_model(path)
+    mapped = transfer_weights(init, model)
+    if mapped:
+        print(
+            f"--init {path}: {init.config.bands} -> {model.config.bands} bands; {len(mapped)} tensors had their band "
+            "channels mapped (new bands start from the last band's output weights, their inputs at zero)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
     from ddif.cli.common import enable_fused_kernels
-    from ddif.models import DDIF, load_model
+    from ddif.models import DDIF
     from ddif.training import RunOptions, Trainer
 
     preset = load_preset(args)
@@ -142,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(preset.train.seed)  # deterministic initial weights
         model = DDIF(preset)
         if args.init:
-            init = load_model(args.init, preset)
-            model.load_state_dict(init.state_dict())
+            init_model(model, args.init)
         if args.fused_kernels:
             enable_fused_kernels(model)
         options = RunOptions(

@@ -45,6 +45,7 @@ from ddif.data.splits import Region, SplitPlan, patch_positions, plan_splits, sp
 from ddif.data.synthetic_pan import LANDSAT8_OLI_BANDPASS_NM, bandpass_pan_weights, synthesize_pan
 from ddif.data.wald_writer import (
     nominal_degradation,
+    scene_bands,
     variant_degradations,
     write_patches,
     write_test_crop,
@@ -99,7 +100,7 @@ def make_dataset(
 
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bands = scene.ms.shape[0]
+    bands = scene_bands(scene)
     for split, corners in plan.patches.items():
         region = plan.regions[split]
         path = out_dir / f"{cfg.name}_{split}.h5"

@@ -46,6 +46,7 @@ __all__ = [
     "check_mtf_kernel",
     "known_sensors",
     "sensor_gains",
+    "ms_gains",
     "mtf_kernel",
     "toolbox_mtf_kernel",
     "mtf_filter",
@@ -200,6 +201,19 @@ def sensor_gains(sensor: str, bands: int) -> tuple[tuple[float, ...], float]:
             f"has {bands} bands; pass sensor='generic' or explicit per-band gains to mtf_filter"
         )
     return tuple(float(g) for g in ms_gains), float(pan_gain)
+
+
+def ms_gains(sensor: str | Sequence[float], bands: int) -> tuple[float, ...]:
+    """MS MTF gains for ``bands`` bands: :func:`sensor_gains` of a sensor name, or the gains
+    themselves (one per band, or one for all) for a band subset of a sensor."""
+    if isinstance(sensor, str):
+        return sensor_gains(sensor, bands)[0]
+    values = tuple(float(g) for g in sensor)
+    if len(values) == 1:
+        values = values * bands
+    if len(values) != bands:
+        raise ValueError(f"sensor: {len(values)} MTF gains given for an image with {bands} bands")
+    return values
 
 
 # --------------------------------------------------------------------------------------------

@@ -358,6 +358,7 @@ class PreparedScene:
     ms_image: LoadedImage  # as loaded (source name, crs, transform)
     pan_image: LoadedImage | None
     registration: dict  # attrs from register_pair (empty without georeferencing)
+    band_names: tuple[str, ...] = ()  # the MS bands' names when the source names them (band_names())
 
     @property
     def size(self) -> tuple[int, int]:
@@ -413,7 +414,8 @@ def prepare_scene(cfg: MakeDatasetConfig, ms_source: ImageSource, pan_source: Im
         pan_norm = pan_arr.astype(np.float32) / np.float32(in_max)
         pan_norm, reg = register_pan(ms_norm, pan_norm, fill, r, info.get("ms_centre_in_pan_window"), cfg.registration)
         info["registration"] = reg
-    return PreparedScene(ms_norm, pan_norm, fill, pan_fill, in_max, out_max, origin, ms_image, pan_image, info)
+    names = band_names(ms_source, cfg.ms_bands)
+    return PreparedScene(ms_norm, pan_norm, fill, pan_fill, in_max, out_max, origin, ms_image, pan_image, info, names)
 
 
 # registration corrections below these are not applied (see register_pan)

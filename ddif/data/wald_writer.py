@@ -38,14 +38,29 @@ def fill_holes(x: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return x
 
 
-def nominal_degradation(cfg: MakeDatasetConfig, bands: int):
-    """The sensor's nominal Wald simulation for ``cfg`` (its MTF gains, ``cfg.interpolation``)."""
+def nominal_degradation(cfg: MakeDatasetConfig, bands: int | Sequence[str]):
+    """The sensor's nominal Wald simulation for ``cfg`` (its MTF gains, ``cfg.interpolation``):
+    gains by band name when the scene names its bands as the sensor does (e.g. WorldView-2's
+    blue, green, red, nir1 of its eight), else by position."""
     from ddif.data.degradation import Degradation
+    from ddif.data.sensors import find_sensor
 
+    if not isinstance(bands, int):
+        sensor = find_sensor(cfg.sensor)
+        if sensor is None or sensor.canonical(list(bands)) is None:
+            bands = len(bands)
+        else:
+            bands = list(bands)
     return Degradation.nominal(cfg.sensor, bands, cfg.ratio, cfg.interpolation, cfg.padding)
 
 
-def variant_degradations(cfg: MakeDatasetConfig, bands: int) -> list:
+def scene_bands(scene: PreparedScene) -> int | tuple[str, ...]:
+    """What the nominal degradation is looked up by: the scene's band names, or its band count."""
+    names = tuple(scene.band_names)
+    return names if names and len(names) == scene.ms.shape[0] else scene.ms.shape[0]
+
+
+def variant_degradations(cfg: MakeDatasetConfig, bands: int | Sequence[str]) -> list:
     """The degradations of the training region: the nominal one (``cfg.variants == 1``) or
     ``cfg.variants`` draws from ``cfg.degradation_ranges()``, seeded by ``cfg.seed``."""
     from ddif.data.degradation import draw_degradation
@@ -64,6 +79,7 @@ def wald(
     pan_weights: Sequence[float],
     cfg: MakeDatasetConfig,
     degradation: Any = None,
+    bands: int | Sequence[str] = 0,
 ) -> dict[str, np.ndarray]:
     """gt (C, H, W) in [0, 1] on the reduced-resolution PAN grid; pan_full (P, rH, rW) or None
     (synthetic PAN, synthesised from gt itself: as sharp as gt, as a real PAN degraded to that grid
@@ -73,7 +89,7 @@ def wald(
 
     from ddif.data.degradation import wald_triplet
 
-    deg = degradation if degradation is not None else nominal_degradation(cfg, gt.shape[0])
+    deg = degradation if degradation is not None else nominal_degradation(cfg, bands or gt.shape[0])
     gt_t = torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))[None]
     pan_t = None if pan_full is None else torch.from_numpy(np.ascontiguousarray(pan_full, dtype=np.float32))[None]
     with torch.no_grad():
@@ -94,7 +110,7 @@ def degrade_region(
         assert scene.pan_fill is not None  # loaded with the PAN (prepare_scene)
         prow, pcol = slice(r * rows.start, r * rows.stop), slice(r * cols.start, r * cols.stop)
         pan_full = fill_holes(scene.pan[:, prow, pcol], scene.pan_fill[prow, pcol])
-    return wald(gt, pan_full, cfg.pan_weights, cfg, degradation)
+    return wald(gt, pan_full, cfg.pan_weights, cfg, degradation, scene_bands(scene))
 
 
 def _writer(path: Path, scene: PreparedScene, cfg: MakeDatasetConfig, attrs: dict[str, Any]):
@@ -127,7 +143,7 @@ def write_patches(
 
     r, p = cfg.ratio, cfg.patch_size
     q = p // r
-    degs = list(degradations) or [nominal_degradation(cfg, scene.ms.shape[0])]
+    degs = list(degradations) or [nominal_degradation(cfg, scene_bands(scene))]
     attrs = {**attrs, "degradations_json": json.dumps([d.describe() for d in degs])}
     written = 0
     with _writer(path, scene, cfg, attrs) as w:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ddif.data.mtf import check_mtf_kernel, mtf_filter, sensor_gains, upsample
+from ddif.data.mtf import check_mtf_kernel, ms_gains, mtf_filter, upsample
 
 from ._common import MetricValue, check_ratio, finish, prepare, uiqi_from_moments
 from .hypercomplex import q2n
@@ -76,7 +76,7 @@ def _filtered(fn, x, *args, **kwargs) -> torch.Tensor:
 
 
 def _d_lambda(f, m, ratio, sensor, block_size, mtf_kernel="ddif"):
-    gains, _ = sensor_gains(sensor, f.shape[1])
+    gains = ms_gains(sensor, f.shape[1])  # a sensor name, or its gains for a band subset
     fused_lp = _filtered(mtf_filter, f, gains, ratio, kernel=mtf_kernel)
     ms_exp = _filtered(upsample, m, ratio, method=_interp_method(ratio))
     return 1.0 - q2n(fused_lp, ms_exp, block_size, block_size)  # 4-D inputs: a (B,) tensor

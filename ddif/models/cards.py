@@ -150,8 +150,8 @@ def resolve_model(name: str | os.PathLike, folder: str | os.PathLike | None = No
                 return card.checkpoint_path, card
     names = shipped_names(folder)
     raise FileNotFoundError(
-        f"model {name}: no such file, and not a model shipped with ddif (shipped: {', '.join(names) or 'none'}; "
-        "`ddif models` lists them)"
+        f"model not found: {name} is no file and not the name of a model shipped with ddif (shipped: "
+        f"{', '.join(names) or 'none'}; `ddif models` lists them)"
     )
 
 

@@ -102,11 +102,10 @@ def adaptation_set(
 ) -> AdaptationSet:
     """Reduced-resolution patches of a scene (see the module docstring), checked like any scene."""
     from ddif.data.clouds import dilate
-    from ddif.data.degradation import Degradation, wald_triplet
+    from ddif.data.degradation import Degradation
     from ddif.data.raster import Preprocessing, open_pair
-    from ddif.data.registration import estimate_misregistration, ms_centre_in_pan
+    from ddif.data.registration import ms_centre_in_pan
     from ddif.data.scene import SceneReader, gdal_env, invalid_mask
-    from ddif.data.sources import register_pan
 
     pre = Preprocessing.for_preset(preset)
     r = int(preset.data.ratio)
@@ -154,11 +153,33 @@ def adaptation_set(
         )
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(windows))
-    # spread: take every k-th of a random order (deterministic by seed), at most cfg.windows
     chosen = [windows[i] for i in sorted(order[: cfg.windows])]
-    # one misregistration for the scene: the median of the windows' estimates
+    nominal = Degradation.nominal(
+        preset.data.sensor,
+        list(preset.data.band_names) if preset.data.band_names else preset.model.bands,
+        r,
+        pre.method_for(r),
+        pre.padding,
+    )
+    return patches_from_windows(chosen, r, nominal, cfg)
+
+
+def patches_from_windows(
+    windows: list[dict[str, Any]], ratio: int, degradation: Any, cfg: AdaptConfig
+) -> AdaptationSet:
+    """Reduced-resolution patches of scene windows, each ``{"ms": (C, h, w), "pan": (P, r h, r w),
+    "bad": (h, w) bool, "centre": (row, col)}`` (normalised; ``centre``: MS pixel (0, 0) in the PAN
+    window's coordinates). The scene's misregistration is measured on the windows (median of their
+    estimates) and the PAN resampled onto the MS's own grid, then each window is Wald-degraded with
+    ``degradation`` and cut into ``cfg.patch_size`` patches; whole windows are held back."""
+    from ddif.data.degradation import wald_triplet
+    from ddif.data.registration import estimate_misregistration
+    from ddif.data.sources import register_pan
+
+    r = ratio
+    rng = np.random.default_rng([cfg.seed, 1])
     shifts = []
-    for win in chosen:
+    for win in windows:
         try:
             found = estimate_misregistration(win["ms"], win["pan"][0], r, win["centre"], ~win["bad"])
         except ValueError:
@@ -170,20 +191,15 @@ def adaptation_set(
     if mode.strip().lower() == "measure" and shifts:
         measured = tuple(float(v) for v in np.median(np.asarray(shifts), axis=0))
         mode = f"{measured[0]},{measured[1]}" if max(abs(v) for v in measured) >= 0.05 else "off"
-    ms_names = tuple(preset.data.band_names)
-    sensor = preset.data.sensor
-    nominal = Degradation.nominal(
-        sensor, list(ms_names) if ms_names else preset.model.bands, r, pre.method_for(r), pre.padding
-    )
-    n_hold = int(round(cfg.holdout_fraction * len(chosen))) if len(chosen) >= 4 else 0
-    hold_ids = set(rng.permutation(len(chosen))[:n_hold].tolist())
+    n_hold = int(round(cfg.holdout_fraction * len(windows))) if len(windows) >= 4 else 0
+    hold_ids = set(rng.permutation(len(windows))[:n_hold].tolist())
     train: list[dict[str, torch.Tensor]] = []
     hold: list[dict[str, torch.Tensor]] = []
     p = cfg.patch_size
-    for k, win in enumerate(chosen):
+    for k, win in enumerate(windows):
         pan, _ = register_pan(win["ms"], win["pan"], win["bad"], r, win["centre"], mode)
         with torch.no_grad():
-            rr = wald_triplet(torch.from_numpy(win["ms"])[None], torch.from_numpy(pan)[None], nominal)
+            rr = wald_triplet(torch.from_numpy(win["ms"])[None], torch.from_numpy(pan)[None], degradation)
         h, w = win["ms"].shape[1:]
         stride = p if k in hold_ids else max(r, p // 2 // r * r)
         for y in range(0, h - p + 1, stride):
@@ -198,15 +214,14 @@ def adaptation_set(
                 }
                 (hold if k in hold_ids else train).append(item)
     if not train:
-        raise ValueError(f"scene {ms_path} + {pan_path}: no valid {p} px patch to adapt on")
+        raise ValueError(f"no valid {p} px patch to adapt on")
     report = {
-        "windows": len(chosen),
-        "window_size_ms_px": size,
+        "windows": len(windows),
         "patches": len(train),
         "holdout_patches": len(hold),
         "misregistration_pan_px": None if measured is None else [round(v, 4) for v in measured],
         "registration_applied": mode,
-        "degradation": nominal.describe(),
+        "degradation": degradation.describe(),
     }
     return AdaptationSet(_Items(train), _Items(hold), report)
 
@@ -296,4 +311,12 @@ def scene_identity(paths: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
-__all__ = ["AdaptConfig", "AdaptationSet", "adaptation_set", "adapt", "adapted_metadata", "scene_identity"]
+__all__ = [
+    "AdaptConfig",
+    "AdaptationSet",
+    "adaptation_set",
+    "patches_from_windows",
+    "adapt",
+    "adapted_metadata",
+    "scene_identity",
+]
