@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ddif.runtime.backends import FuserBackend
 
 # a method fuses a batch: (lms, pan, ms) -> fused, all (B, C, H, W) in [0, 1]
-Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 # one table row: the method's name under "method", then its metrics and timing
 Row = dict[str, Any]
 

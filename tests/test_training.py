@@ -200,6 +200,7 @@ def test_cli_sample_geotiff_pair(tmp_path, capsys):
     import ddif
     from ddif.data import write_geotiff
     from ddif.data.mtf import upsample
+    from ddif.data.registration import shift_image
     from ddif.data.scene import read_scene
 
     preset = _preset()
@@ -224,6 +225,8 @@ def test_cli_sample_geotiff_pair(tmp_path, capsys):
     assert fused.shape == (1, 4, 32, 32) and valid.all()
     _, lms, pan_n, _ = read_scene(tmp_path / "ms.tif", tmp_path / "pan.tif", preset=model.preset)
     expected_lms = upsample(torch.from_numpy(ms.astype(np.float32) / 2047)[None], 4, "interp23tap", "symmetric")[0]
+    # shared top-left corner: MS pixel j is centred on PAN 4 j + 1.5, the 23-tap grid on 4 j + 2 (exact placement)
+    expected_lms = shift_image(expected_lms.double(), 0.5, 0.5).float()
     np.testing.assert_allclose(lms, expected_lms.numpy(), atol=1e-6)
     np.testing.assert_allclose(pan_n, pan / 2047, rtol=1e-6)
     want = ddif.Fuser(DDIF.load(tmp_path / "m.pt"), steps=2).fuse(torch.from_numpy(lms), torch.from_numpy(pan_n))

@@ -19,6 +19,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ddif.training.adapt import AdaptConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +49,7 @@ def add_adapt_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adapt-seed", type=int, default=d.seed)
 
 
-def adapt_config(args: argparse.Namespace):
+def adapt_config(args: argparse.Namespace) -> AdaptConfig:
     from ddif.training.adapt import AdaptConfig
 
     return AdaptConfig(
@@ -104,7 +108,7 @@ def describe(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddif.cli.fuse import _band_stacks, pick_model
+    from ddif.cli.common import band_stacks, pick_model
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     model_path, match = pick_model(args.model, ms, pan, quiet=args.quiet)
     order = match.order if match is not None else None
     progress = not args.quiet and sys.stderr.isatty()
-    with _band_stacks(ms, pan, out.with_suffix(".tif"), keep=False, order=order) as (ms_path, pan_path, _):
+    with band_stacks(ms, pan, out.with_suffix(".tif"), keep=False, order=order) as (ms_path, pan_path, _):
         report = adapt_scene(model_path, ms_path, pan_path, out, args, [*ms, pan], progress)
     print(f"{out}: {describe(report)}")
     return 0

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ddif.fuser import Fuser
+    from ddif.inference.selection import BandMatch
     from ddif.models.ddif import DDIF
     from ddif.runtime.backends import FuserBackend
     from ddif.station.config import StationConfig
@@ -143,3 +147,73 @@ def build_station_backend(
             "tiles: export it again with --tile-size, or leave --tile-size unset"
         )
     return built
+
+
+@contextlib.contextmanager
+def band_stacks(
+    ms: list[Path], pan: Path, out: Path, keep: bool, order: tuple[int, ...] | None = None
+) -> Iterator[tuple[Path, Path, list[Path]]]:
+    """(MS, PAN, stacks) as the station reads them: a single plain raster as is; several MS files,
+    or a VRT (whose sources the tile journal's file identity would not see), through a band-stack
+    VRT beside the output (OUT_MS.vrt / OUT_PAN.vrt, rewritten only when a source changed, so a
+    rerun resumes from the tile journal). After a success the stacks are kept unless ``keep`` is
+    False; after a failure a stack this run created is removed unless a tile journal remains."""
+    from ddif.data.raster import is_vrt, write_band_stack
+    from ddif.station.run import default_journal_dir
+
+    stacks: list[Path] = []
+    created: list[Path] = []
+
+    def stacked(paths: list[Path], what: str, bands: list[int] | None = None) -> Path:
+        if len(paths) == 1 and not is_vrt(paths[0]) and bands is None:
+            return paths[0]
+        vrt = out.with_name(f"{out.stem}_{what}.vrt")
+        if vrt.resolve() in {p.resolve() for p in paths}:
+            raise ValueError(f"{what} {vrt}: is the band stack ddif fuse writes for {out}; give another output name")
+        if not vrt.exists():
+            created.append(vrt)
+        stacks.append(write_band_stack(paths, vrt, what, bands))
+        return vrt
+
+    # the model's band order (ddif.inference.selection): per-band files reordered, or a multi-band
+    # file's bands taken through the stack
+    select: list[int] | None = None
+    if order is not None:
+        if len(ms) > 1:
+            ms = [ms[i] for i in order]
+        else:
+            select = [i + 1 for i in order]
+
+    ok = False
+    try:
+        yield stacked(ms, "MS", select), stacked([pan], "PAN"), stacks
+        ok = True
+    finally:
+        if ok:
+            remove = [] if keep else stacks
+        else:
+            remove = [] if default_journal_dir(out).exists() else created
+        for vrt in remove:
+            vrt.unlink(missing_ok=True)
+
+
+def pick_model(name: str | None, ms: Sequence[Path], pan: Path, quiet: bool = False) -> tuple[Path, BandMatch | None]:
+    """The model file to fuse with and how the delivered bands map onto it: ``name`` (a path or a
+    shipped model's name; its card, when it has one, checked against the inputs) or, without a
+    name, the one shipped model that fits (:func:`ddif.inference.selection.choose_model`).
+    Says what it chose and what it did with the bands on stderr (unless ``quiet``)."""
+    from ddif.inference.selection import check_card, choose_model
+    from ddif.models.cards import resolve_model
+
+    if name is None:
+        chosen = choose_model(ms, pan)
+        if not quiet:
+            print(f"ddif: {chosen.reason}", file=sys.stderr)
+        match: BandMatch | None = chosen.match
+        path = chosen.checkpoint
+    else:
+        path, card = resolve_model(name)
+        match = check_card(card, ms, pan) if card is not None else None
+    if match is not None and match.note and not quiet:
+        print(f"ddif: {match.note}", file=sys.stderr)
+    return path, match

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ddif.cli.common import ASSETS
+
+if TYPE_CHECKING:
+    from ddif.evaluation import RealScene
 
 DEMO_MS = ASSETS / "landsat8_oli_demo_MS.tif"
 DEMO_PAN = ASSETS / "landsat8_oli_demo_PAN.tif"
@@ -35,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
-def demo_scene():
+def demo_scene() -> RealScene:
     from ddif.evaluation import RealScene
 
     return RealScene(

@@ -26,20 +26,16 @@ taken), never fused swapped.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ddif.cli.common import STATION_BACKENDS, build_station_backend
+from ddif.cli.common import STATION_BACKENDS, band_stacks, build_station_backend, pick_model
 from ddif.station.events import EventLog
-
-if TYPE_CHECKING:
-    from ddif.inference.selection import BandMatch
 
 # -co names ddif fuse sets on StationConfig: NAME -> (field, what the value must be)
 SETTABLE_CO = {
@@ -188,76 +184,6 @@ class _Messages(EventLog):
         return record
 
 
-@contextlib.contextmanager
-def _band_stacks(
-    ms: list[Path], pan: Path, out: Path, keep: bool, order: tuple[int, ...] | None = None
-) -> Iterator[tuple[Path, Path, list[Path]]]:
-    """(MS, PAN, stacks) as the station reads them: a single plain raster as is; several MS files,
-    or a VRT (whose sources the tile journal's file identity would not see), through a band-stack
-    VRT beside the output (OUT_MS.vrt / OUT_PAN.vrt, rewritten only when a source changed, so a
-    rerun resumes from the tile journal). After a success the stacks are kept unless ``keep`` is
-    False; after a failure a stack this run created is removed unless a tile journal remains."""
-    from ddif.data.raster import is_vrt, write_band_stack
-    from ddif.station.run import default_journal_dir
-
-    stacks: list[Path] = []
-    created: list[Path] = []
-
-    def stacked(paths: list[Path], what: str, bands: list[int] | None = None) -> Path:
-        if len(paths) == 1 and not is_vrt(paths[0]) and bands is None:
-            return paths[0]
-        vrt = out.with_name(f"{out.stem}_{what}.vrt")
-        if vrt.resolve() in {p.resolve() for p in paths}:
-            raise ValueError(f"{what} {vrt}: is the band stack ddif fuse writes for {out}; give another output name")
-        if not vrt.exists():
-            created.append(vrt)
-        stacks.append(write_band_stack(paths, vrt, what, bands))
-        return vrt
-
-    # the model's band order (ddif.inference.selection): per-band files reordered, or a multi-band
-    # file's bands taken through the stack
-    select: list[int] | None = None
-    if order is not None:
-        if len(ms) > 1:
-            ms = [ms[i] for i in order]
-        else:
-            select = [i + 1 for i in order]
-
-    ok = False
-    try:
-        yield stacked(ms, "MS", select), stacked([pan], "PAN"), stacks
-        ok = True
-    finally:
-        if ok:
-            remove = [] if keep else stacks
-        else:
-            remove = [] if default_journal_dir(out).exists() else created
-        for vrt in remove:
-            vrt.unlink(missing_ok=True)
-
-
-def pick_model(name: str | None, ms: Sequence[Path], pan: Path, quiet: bool = False) -> tuple[Path, BandMatch | None]:
-    """The model file to fuse with and how the delivered bands map onto it: ``name`` (a path or a
-    shipped model's name; its card, when it has one, checked against the inputs) or, without a
-    name, the one shipped model that fits (:func:`ddif.inference.selection.choose_model`).
-    Says what it chose and what it did with the bands on stderr (unless ``quiet``)."""
-    from ddif.inference.selection import check_card, choose_model
-    from ddif.models.cards import resolve_model
-
-    if name is None:
-        chosen = choose_model(ms, pan)
-        if not quiet:
-            print(f"ddif fuse: {chosen.reason}", file=sys.stderr)
-        match: BandMatch | None = chosen.match
-        path = chosen.checkpoint
-    else:
-        path, card = resolve_model(name)
-        match = check_card(card, ms, pan) if card is not None else None
-    if match is not None and match.note and not quiet:
-        print(f"ddif fuse: {match.note}", file=sys.stderr)
-    return path, match
-
-
 def adapted_model(
     model: Path, ms_path: Path, pan_path: Path, out: Path, args: argparse.Namespace, inputs: list[Path], progress: bool
 ) -> Path:
@@ -321,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     keep = not args.no_sidecars
     out.parent.mkdir(parents=True, exist_ok=True)
     order = match.order if match is not None else None
-    stacking = _band_stacks(ms, pan, out, keep, order)
+    stacking = band_stacks(ms, pan, out, keep, order)
     with stacking as (ms_path, pan_path, stacks), tempfile.TemporaryDirectory() as scratch:
         # the scene is checked against the model before any backend is built (no export for a bad scene)
         plan = plan_scene(ms_path, pan_path, preset, config, log=log)

@@ -20,8 +20,11 @@ from typing import TYPE_CHECKING, Any
 from ddif.cli.args import add_config_args, apply_config_args
 
 if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
     from ddif.config import Preset
     from ddif.data.h5 import FusionH5
+    from ddif.models.ddif import DDIF
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,7 +73,7 @@ def open_dataset(path: str, preset: Preset, train: bool = False, *, require_gt: 
     return _open(path, preset, require_gt=require_gt or train, augment=False)
 
 
-def open_training_sets(spec: str, preset: Preset, args: argparse.Namespace | None = None):
+def open_training_sets(spec: str, preset: Preset, args: argparse.Namespace | None = None) -> Dataset:
     """The training file(s) of ``--data`` (comma-separated paths are concatenated, in order); the
     preprocessing is adopted from the first, and every other must agree with it."""
     from torch.utils.data import ConcatDataset
@@ -119,7 +122,7 @@ def adopt_preprocessing(preset: Preset, attrs: Mapping[str, Any], args: argparse
     preset.data.__post_init__()
 
 
-def init_model(model, path: str) -> None:
+def init_model(model: DDIF, path: str) -> None:
     """``--init``: start from another checkpoint's weights (fine-tuning). Its own preset may differ
     in name, data, recipe and band count (a 4-band model from a 3-band one:
     :func:`ddif.models.transfer.transfer_weights`), not in the rest of the architecture."""

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ddif.data.degradation import DegradationRanges
 
 SIDES = ("left", "right", "top", "bottom")
 
@@ -171,7 +175,7 @@ class MakeDatasetConfig:
         """The explicit (rows, cols) correction of ``registration``, or None for measure / off."""
         return parse_registration(self.registration)
 
-    def degradation_ranges(self):
+    def degradation_ranges(self) -> DegradationRanges:
         """The :class:`ddif.data.degradation.DegradationRanges` of the variants."""
         from ddif.data.degradation import DegradationRanges
 

@@ -423,7 +423,7 @@ MIN_REGISTRATION_R2 = 0.5
 MIN_REGISTRATION_SHIFT = 0.05
 
 
-def qa_cloud_mask(cfg: MakeDatasetConfig, crop: Window | None) -> np.ndarray:
+def qa_cloud_mask(cfg: MakeDatasetConfig, crop: Sequence[int] | None) -> np.ndarray:
     """Clouds of ``cfg.qa`` (a Landsat quality band on the MS grid) inside ``crop``, dilated by
     ``cfg.cloud_margin`` MS px (:mod:`ddif.data.clouds`)."""
     from ddif.data.clouds import dilate, landsat_cloud_mask, qa_generation

@@ -19,6 +19,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ddif.data.dataset_config import MakeDatasetConfig
+    from ddif.data.degradation import Degradation
     from ddif.data.sources import PreparedScene
     from ddif.data.splits import Region
 
@@ -38,7 +39,7 @@ def fill_holes(x: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return x
 
 
-def nominal_degradation(cfg: MakeDatasetConfig, bands: int | Sequence[str]):
+def nominal_degradation(cfg: MakeDatasetConfig, bands: int | Sequence[str]) -> Degradation:
     """The sensor's nominal Wald simulation for ``cfg`` (its MTF gains, ``cfg.interpolation``):
     gains by band name when the scene names its bands as the sensor does (e.g. WorldView-2's
     blue, green, red, nir1 of its eight), else by position."""
@@ -60,7 +61,7 @@ def scene_bands(scene: PreparedScene) -> int | tuple[str, ...]:
     return names if names and len(names) == scene.ms.shape[0] else scene.ms.shape[0]
 
 
-def variant_degradations(cfg: MakeDatasetConfig, bands: int | Sequence[str]) -> list:
+def variant_degradations(cfg: MakeDatasetConfig, bands: int | Sequence[str]) -> list[Degradation]:
     """The degradations of the training region: the nominal one (``cfg.variants == 1``) or
     ``cfg.variants`` draws from ``cfg.degradation_ranges()``, seeded by ``cfg.seed``."""
     from ddif.data.degradation import draw_degradation
@@ -211,7 +212,7 @@ def write_test_full(
     if scene.pan is None:
         raise ValueError("a full-resolution test file needs a real PAN")
     r = cfg.ratio
-    items = [crops] if not isinstance(crops, (list, tuple)) else list(crops)
+    items: list[Region] = list(crops) if isinstance(crops, (list, tuple)) else [crops]  # type: ignore[list-item]
     with _writer(path, scene, cfg, attrs) as w:
         for crop in items:
             rows, cols = crop.slices

@@ -52,7 +52,8 @@ def scene_facts(ms_paths: Sequence[str | os.PathLike], pan_path: str | os.PathLi
     t, pt = infos[0].transform, pan.transform
     if not t.is_identity and not pt.is_identity and pt.a:
         ratio = abs(t.a / pt.a)
-    return SceneFacts(bands, pan.count, ratio, infos[0].dtype, delivery_facts(list(ms_paths), pan_path, descriptions))
+    facts = delivery_facts([Path(p) for p in ms_paths], Path(pan_path), descriptions)
+    return SceneFacts(bands, pan.count, ratio, infos[0].dtype, facts)
 
 
 @dataclass

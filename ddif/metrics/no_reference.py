@@ -27,6 +27,8 @@ interpolation run in float32, statistics in float64.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -125,7 +127,7 @@ def d_lambda(
     ms: torch.Tensor,
     pan: torch.Tensor | None = None,
     ratio: int = 4,
-    sensor: str = "wv3",
+    sensor: str | Sequence[float] = "wv3",
     block_size: int = 32,
     mtf_kernel: str = "ddif",
 ) -> MetricValue:
@@ -170,7 +172,7 @@ def hqnr(
     ms: torch.Tensor,
     pan: torch.Tensor,
     ratio: int = 4,
-    sensor: str = "wv3",
+    sensor: str | Sequence[float] = "wv3",
     block_size: int = 32,
     mtf_kernel: str = "ddif",
 ) -> MetricValue:
@@ -185,7 +187,7 @@ def full_resolution_metrics(
     ms: torch.Tensor,
     pan: torch.Tensor,
     ratio: int = 4,
-    sensor: str = "wv3",
+    sensor: str | Sequence[float] = "wv3",
     block_size: int = 32,
     mtf_kernel: str = "ddif",
 ) -> dict[str, MetricValue]:
