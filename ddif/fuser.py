@@ -93,6 +93,7 @@ class Fuser:
             preset_name=model.preset.name,
             tiling=self.tiling,
             batch_size=batch_size,
+            residual_mean=model.preset.diffusion.residual_mean,
         )
 
     @property

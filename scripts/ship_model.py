@@ -135,6 +135,10 @@ def main() -> None:
         model.preset.diffusion.sample_steps = int(args.steps)
         model.preset.diffusion.sample_timesteps = ()
     model.preset.name = args.name
+    from ddif.config import get_preset, preset_names
+
+    if args.name in preset_names():  # the preset's inference settings (e.g. the residual constraint)
+        model.preset.diffusion.residual_mean = get_preset(args.name).diffusion.residual_mean
     if args.ckpt:
         model.save(target, metadata={"kind": "shipped", "source": str(source)})
     steps = model.preset.diffusion.sample_steps

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -227,6 +228,68 @@ def is_vrt(path: str | os.PathLike) -> bool:
             return f.read(64).lstrip().startswith(b"<VRTDataset")
     except OSError:
         return False
+
+
+_NETWORK_PREFIXES = (
+    "/vsicurl",
+    "/vsis3",
+    "/vsigs",
+    "/vsiaz",
+    "/vsiadls",
+    "/vsioss",
+    "/vsiswift",
+    "/vsihdfs",
+    "/vsiwebhdfs",
+)
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+MAX_VRT_DEPTH = 8
+
+
+def raster_references(path: str | os.PathLike, depth: int = 0) -> list[str]:
+    """Every file or URL a raster makes GDAL read besides itself, read from the file's text (the
+    ``SourceFilename`` elements of a GDAL VRT, nested VRTs included, relative names resolved
+    against their VRT), without letting GDAL open any of them. Non-VRT rasters reference
+    nothing. A VRT nested deeper than ``MAX_VRT_DEPTH`` is reported as its own reference."""
+    import xml.etree.ElementTree as ET
+
+    path = Path(path)
+    if not is_vrt(path):
+        return []
+    try:
+        root = ET.fromstring(path.read_bytes()[: 64 << 20])
+    except (OSError, ET.ParseError) as exc:
+        raise SceneError(CORRUPT, f"{path}: a VRT that is not readable XML ({exc})") from None
+    out: list[str] = []
+    for el in root.iter():
+        tag = el.tag.rsplit("}", 1)[-1]
+        if tag not in ("SourceFilename", "SourceDataset", "Filename"):
+            continue
+        text = (el.text or "").strip()
+        if not text:
+            continue
+        relative = str(el.get("relativeToVRT", "0")).strip() in ("1", "true", "yes")
+        if relative and not text.startswith("/vsi") and not _URL_RE.match(text) and not os.path.isabs(text):
+            text = str(path.parent / text)
+        out.append(text)
+        if depth < MAX_VRT_DEPTH and not text.startswith("/vsi") and not _URL_RE.match(text) and is_vrt(text):
+            out.extend(raster_references(text, depth + 1))
+    return out
+
+
+def reference_problem(path: str | os.PathLike, root: str | os.PathLike) -> str | None:
+    """Why a raster inside ``root`` may not be read as delivered: it makes GDAL read a file
+    outside ``root`` (absolute or ``..`` sources, symbolic links leading out), a network or
+    archive location (``/vsicurl/``, ``/vsis3/``, URLs, any ``/vsi`` path), or a VRT nested deeper
+    than :data:`MAX_VRT_DEPTH`; None when everything it reads lies inside ``root``."""
+    real_root = os.path.realpath(root)
+    for ref in raster_references(path):
+        if ref.startswith("/vsi") or _URL_RE.match(ref):
+            kind = "a network location" if ref.startswith(_NETWORK_PREFIXES) or _URL_RE.match(ref) else "a /vsi path"
+            return f"{Path(path).name} is a VRT that reads {ref} ({kind}); only files inside {real_root} are read"
+        real = os.path.realpath(ref)
+        if os.path.commonpath([real, real_root]) != real_root:
+            return f"{Path(path).name} is a VRT that reads {ref} (resolved {real}), outside {real_root}"
+    return None
 
 
 def _nodata_text(value: float) -> str:

@@ -284,9 +284,13 @@ class InferencePath:
         preset_name: str,
         tiling: Tiling,
         batch_size: int | None = None,
+        residual_mean: str = "free",
     ):
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if residual_mean not in ("free", "zero"):
+            raise ValueError(f"residual_mean must be 'free' or 'zero', got {residual_mean!r}")
+        self.residual_mean = residual_mean
         self.sampler = sampler
         self.bands, self.guide_bands, self.max_dn = int(bands), int(guide_bands), float(max_dn)
         self.preset_name = preset_name
@@ -321,8 +325,16 @@ class InferencePath:
         parts = []
         for i in range(0, lms.shape[0], step):
             gens = None if generators is None else generators[i : i + step]
-            parts.append(self.sampler.sample_batch(lms[i : i + step], pan[i : i + step], noise[i : i + step], gens))
+            residual = self.sampler.sample_batch(lms[i : i + step], pan[i : i + step], noise[i : i + step], gens)
+            parts.append(self.constrain(residual))
         return torch.cat(parts)
+
+    def constrain(self, residual: torch.Tensor) -> torch.Tensor:
+        """The model's residual constraint (``preset.diffusion.residual_mean``): "zero" removes each
+        tile's per-band mean, so a tile's fusion keeps its interpolated MS's mean."""
+        if self.residual_mean == "zero":
+            return residual - residual.mean(dim=(-2, -1), keepdim=True)
+        return residual
 
     @torch.no_grad()
     def fuse(
@@ -369,7 +381,7 @@ class InferencePath:
             else:
                 x_t = torch.stack([tile_noise(seed, i, t.index, (c, t.height, t.width)) for i, t in chunk])
             gens = [step_generator(seed, i, t.index) for i, t in chunk] if stochastic else None
-            residual = self.sampler.sample_batch(lms_t, pan_t, x_t, gens)
+            residual = self.constrain(self.sampler.sample_batch(lms_t, pan_t, x_t, gens))
             out = residual if return_residual else lms_t + residual
             for k, (i, t) in enumerate(chunk):
                 values[(i, t.index)] = out[k].numpy()

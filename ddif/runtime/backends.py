@@ -81,6 +81,7 @@ class FuserBackend:
             preset_name=preset.name,
             tiling=tiling,
             batch_size=batch_size,
+            residual_mean=getattr(preset.diffusion, "residual_mean", "free"),
         )
 
     @property

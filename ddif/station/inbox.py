@@ -117,6 +117,8 @@ def scan_inbox(inbox: Path, reserved: Iterable[Path] = ()) -> dict[str, SceneFil
                     raise ValueError(f'"ms" and "pan" name the same file name {sf.ms.name!r}')
             except (ValueError, OSError) as exc:
                 sf.manifest_error = f"manifest {n}: {exc}"
+    for sf in scenes.values():
+        _check_references(sf, root)
     for n in names:
         if n in claimed:
             continue
@@ -131,7 +133,30 @@ def scan_inbox(inbox: Path, reserved: Iterable[Path] = ()) -> dict[str, SceneFil
                         sf.outside_error = f"{n} is a symbolic link to {real}, outside the inbox {root}"
         elif n.endswith(READY_SUFFIX):
             scenes.setdefault(n[: -len(READY_SUFFIX)], SceneFiles(n[: -len(READY_SUFFIX)])).marker = inbox / n
+    for sf in scenes.values():
+        if sf.manifest is None:
+            _check_references(sf, root)
     return scenes
+
+
+def _check_references(sf: SceneFiles, root: str) -> None:
+    """The inbox rule holds for what a delivered raster references too (the scene layer's
+    :func:`ddif.data.raster.reference_problem`: a VRT reading files outside the inbox or over the
+    network is refused, like a symbolic link leading out)."""
+    from ddif.data.raster import SceneError, reference_problem
+
+    if sf.outside_error or sf.manifest_error:
+        return
+    for p in (sf.ms, sf.pan):
+        if p is None or not p.is_file():
+            continue
+        try:
+            problem = reference_problem(p, root)
+        except (SceneError, OSError):
+            continue  # unreadable: the scene layer refuses it as corrupt when it is opened
+        if problem:
+            sf.outside_error = problem
+            return
 
 
 def read_inputs_marker(product_dir: Path) -> dict[str, Any] | None:

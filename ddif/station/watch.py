@@ -487,6 +487,8 @@ class StationService:
                         sf, MISSING_PARTNER, f"manifest {sf.manifest.name} names missing file(s) {missing}"
                     )
                 return "wait"
+            if sf.outside_error:  # a named file that references data outside the inbox
+                return self._quarantine(sf, OUTSIDE_INBOX, sf.outside_error) if stable else "wait"
             return "ready"
         if sf.outside_error:
             if stable:
