@@ -220,15 +220,21 @@ def run(args: argparse.Namespace) -> int:
     from ddif.export import model_preset
     from ddif.station.config import StationConfig
     from ddif.station.errors import Refused, environment_error_kind
+    from ddif.station.outputs import check_outputs, plan_outputs
     from ddif.station.plan import plan_scene
     from ddif.station.products import cog_creation_options
     from ddif.station.run import run_scene
 
     t0 = time.perf_counter()
     ms, pan, out = split_paths(args.paths)
-    inputs = {p.resolve() for p in (*ms, pan)}
-    if out.resolve() in inputs:
-        raise ValueError(f"output {out} is also an input; give another output path")
+    if len({p.resolve() for p in ms}) != len(ms):
+        names = [p.name for p in ms]
+        raise ValueError(f"MS {', '.join(names)}: the same band file is given more than once")
+    # every file this command may write, checked against each other and the inputs before anything is read
+    extra = {f"{k} band stack": out.with_name(f"{out.stem}_{k}.vrt") for k in ("MS", "PAN")}
+    if args.adapt:
+        extra["adapted model"] = out.with_name(out.stem + "_adapted.pt")
+    check_outputs(plan_outputs(out, write_stac=not args.no_sidecars, extra=extra), [*ms, pan])
     if out.exists() and not args.overwrite:
         raise Refused(f"output {out} exists; give --overwrite to replace it")
     fields, repeated = creation_option_fields(args.creation_options)

@@ -31,7 +31,8 @@ from ddif.data.scene import (  # noqa: F401 (re-exported)
 )
 
 BAD_MANIFEST = "bad_manifest"  # unreadable manifest, or one naming a path outside the inbox
-OUTSIDE_INBOX = "outside_inbox"  # a pair file that is a symbolic link leading out of the inbox
+OUTSIDE_INBOX = "outside_inbox"  # a pair file (or what a VRT reads) leading out of the inbox
+BAD_NAME = "bad_name"  # a scene name that cannot name the service's files (control characters, too long, reserved)
 PROCESSING_ERROR = "processing_error"
 
 _ENV_ERRNOS = {

@@ -12,12 +12,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PAIR_RE = re.compile(r"^(?P<scene>.+)_(?P<kind>MS|PAN)\.tiff?$", re.IGNORECASE)
+PAIR_RE = re.compile(r"^(?P<scene>.+)_(?P<kind>MS|PAN)\.tiff?$", re.IGNORECASE | re.DOTALL)
 MANIFEST_SUFFIX = ".manifest.json"
 READY_SUFFIX = ".ready"
 IGNORED_SUFFIXES = (".partial", ".tmp")
 CLAIM_SUFFIX = ".claim"
 INPUTS_FILE = ".inputs.json"  # in a product folder: the content identity of the inputs that made it
+
+
+# Scene names become file and folder names of the service (claims, staging folders, product and
+# archive folders): longer names would overflow 255-byte file names once a suffix is added, and
+# some names are the service's own files and folders.
+MAX_SCENE_NAME_BYTES = 200
+RESERVED_SCENE_NAMES = ("collection.json", "collection", "processed", "quarantine")
+
+
+def scene_name_problem(scene: str) -> str | None:
+    """Why a scene name cannot name the service's files and folders, or None."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in scene):
+        return f"scene name {scene!r} holds control characters (newline, tab, ...)"
+    size = len(scene.encode("utf-8", "surrogateescape"))
+    if size > MAX_SCENE_NAME_BYTES:
+        return (
+            f"scene name of {size} bytes is longer than {MAX_SCENE_NAME_BYTES} (with the service's suffixes "
+            "it would exceed the 255-byte file name limit)"
+        )
+    if scene.lower() in RESERVED_SCENE_NAMES or scene.startswith("."):
+        return f"scene name {scene!r} is one of the service's own names ({', '.join(RESERVED_SCENE_NAMES)}, .*)"
+    return None
+
+
+def safe_scene_name(scene: str) -> str:
+    """``scene`` itself when it can name files (:func:`scene_name_problem`), else a printable,
+    bounded name made from it and its hash (for the quarantine folder and claim of a badly named
+    scene)."""
+    if scene_name_problem(scene) is None:
+        return scene
+    import hashlib
+
+    digest = hashlib.sha256(scene.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    printable = re.sub(r"[^A-Za-z0-9._-]+", "_", scene).strip("._")[:60] or "scene"
+    return f"bad-name-{printable}-{digest}"
 
 
 @dataclass
@@ -29,6 +64,7 @@ class SceneFiles:
     marker: Path | None = None
     manifest_error: str | None = None
     outside_error: str | None = None  # a pair file is a symbolic link leading out of the inbox
+    name_error: str | None = None  # the scene's name cannot name the service's files (see scene_name_problem)
 
     @property
     def files(self) -> list[Path]:
@@ -115,6 +151,9 @@ def scan_inbox(inbox: Path, reserved: Iterable[Path] = ()) -> dict[str, SceneFil
                 assert sf.ms is not None and sf.pan is not None  # both set above
                 if sf.ms.name == sf.pan.name:
                     raise ValueError(f'"ms" and "pan" name the same file name {sf.ms.name!r}')
+                for key, path in (("ms", sf.ms), ("pan", sf.pan)):
+                    if path.name.endswith((MANIFEST_SUFFIX, READY_SUFFIX)):
+                        raise ValueError(f'"{key}" names {path.name}, a manifest or ready marker, not a raster')
             except (ValueError, OSError) as exc:
                 sf.manifest_error = f"manifest {n}: {exc}"
     for sf in scenes.values():
@@ -134,6 +173,7 @@ def scan_inbox(inbox: Path, reserved: Iterable[Path] = ()) -> dict[str, SceneFil
         elif n.endswith(READY_SUFFIX):
             scenes.setdefault(n[: -len(READY_SUFFIX)], SceneFiles(n[: -len(READY_SUFFIX)])).marker = inbox / n
     for sf in scenes.values():
+        sf.name_error = scene_name_problem(sf.name)
         if sf.manifest is None:
             _check_references(sf, root)
     return scenes

@@ -75,31 +75,58 @@ def move_scene(
     reason: dict[str, Any] | None = None,
 ) -> Path:
     """Move ``files`` into ``parent/<scene>/`` (or ``<scene>.N``) as one step: staged in
-    ``parent/.<scene>.partial/`` with a record, then renamed. Files must have distinct names.
+    ``parent/.<scene>.partial/`` with a record, then renamed. A file listed twice moves once; two
+    files of one name (from different folders) get ``<name>.1``, ... (the record keeps where each
+    came from).
     ``reason`` is written as ``reason.json`` beside them. Returns the final folder. On an error
     the staging folder is left with its record: call :func:`rollback_move` (or
     :func:`finish_move`)."""
     parent = Path(parent)
-    files = [Path(f) for f in files if Path(f).exists() or Path(f).is_symlink()]
-    names = [f.name for f in files]
-    if len(set(names)) != len(names):
-        raise ValueError(f"scene {scene}: two files share a name in {names}; cannot move them into one folder")
+    files = _distinct([Path(f) for f in files if Path(f).exists() or Path(f).is_symlink()])
     parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(parent, scene)
     staging.mkdir()  # FileExistsError: an unfinished move of this scene must be recovered first
     record = {
         "scene": scene,
         "kind": kind,
-        "files": [{"name": f.name, "from": str(f)} for f in files],
+        "files": [{"name": n, "from": str(f)} for f, n in zip(files, _names(files))],
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
     atomic_write_text(staging / MOVE_RECORD, json.dumps(record, indent=2) + "\n")
     if reason is not None:
         atomic_write_text(staging / REASON_FILE, json.dumps(reason, indent=2) + "\n")
-    for f in files:
-        shutil.move(os.fspath(f), os.fspath(staging / f.name))
+    for f, entry in zip(files, record["files"]):
+        shutil.move(os.fspath(f), os.fspath(staging / entry["name"]))
     return _publish(staging, parent, scene)
+
+
+def _distinct(files: list[Path]) -> list[Path]:
+    """``files`` without repeats of one file (a manifest naming the same file twice, or itself);
+    files of one name from different folders keep distinct names in the move (see
+    :func:`move_scene`)."""
+    seen: set[str] = set()
+    out = []
+    for f in files:
+        key = os.path.realpath(f) if not f.is_symlink() else os.path.abspath(f)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def _names(files: list[Path]) -> list[str]:
+    """A name per file inside one folder: its own, or ``<name>.<n>`` when an earlier one took it."""
+    taken: set[str] = set()
+    names = []
+    for f in files:
+        name, n = f.name, 0
+        while name in taken or name in (MOVE_RECORD, REASON_FILE):
+            n += 1
+            name = f"{f.name}.{n}"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def _publish(staging: Path, parent: Path, scene: str) -> Path:
@@ -150,17 +177,24 @@ def rollback_move(staging: Path) -> list[str]:
 
 
 def quarantine(
-    files: Iterable[Path], quarantine_dir: str | os.PathLike, scene: str, category: str, message: str
+    files: Iterable[Path],
+    quarantine_dir: str | os.PathLike,
+    scene: str,
+    category: str,
+    message: str,
+    original_name: str | None = None,
 ) -> Path:
     """Move a scene's files to ``quarantine_dir/<scene>/`` beside ``reason.json``
-    (``{"scene", "category", "reason", "time", "files"}``), as one step; returns that folder."""
-    files = [Path(f) for f in files]
+    (``{"scene", "category", "reason", "time", "files"}``), as one step; returns that folder.
+    ``original_name``: the scene's own name when ``scene`` is a safe stand-in for it (a name that
+    cannot name files); ``reason.json`` records it."""
+    files = _distinct([Path(f) for f in files if Path(f).exists() or Path(f).is_symlink()])
     reason = {
-        "scene": scene,
+        "scene": original_name if original_name is not None else scene,
         "category": category,
         "reason": message,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "files": [f.name for f in files if f.exists() or f.is_symlink()],
+        "files": _names(files),
     }
     return move_scene(files, quarantine_dir, scene, "quarantine", {"category": category}, reason=reason)
 

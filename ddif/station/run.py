@@ -47,6 +47,7 @@ from ddif.station.errors import OutputWriteError, StopRequested
 from ddif.station.events import EventLog, NullLog
 from ddif.station.io import overview_factors, product_profile, to_dn, verify_product, write_quicklook
 from ddif.station.journal import Journal, file_identity
+from ddif.station.outputs import check_outputs, default_journal_dir, plan_outputs  # noqa: F401 (re-exported)
 from ddif.station.plan import (  # noqa: F401 (re-exported: the station's planning API)
     PIPELINE_VERSION,
     ScenePlan,
@@ -372,11 +373,6 @@ def write_product_item(
     return write_stac_item(item, item_path)
 
 
-def default_journal_dir(out: str | Path) -> Path:
-    out = Path(out)
-    return out.parent / f".{out.name}.journal"
-
-
 def run_scene(
     ms_path: str | os.PathLike,
     pan_path: str | os.PathLike,
@@ -414,10 +410,17 @@ def run_scene(
         config = plan.config  # the plan's tiles and batches were laid out with its config
     config = config or StationConfig()
     log = log or NullLog()
-    out_path = Path(out_path)
-    quicklook_path = Path(quicklook_path) if quicklook_path else out_path.with_name(out_path.stem + "_quicklook.png")
-    report_path = Path(report_path) if report_path else out_path.with_name(out_path.stem + "_report.json")
-    journal_dir = Path(journal_dir) if journal_dir else default_journal_dir(out_path)
+    outputs = plan_outputs(
+        out_path,
+        quicklook=quicklook_path,
+        report=report_path,
+        stac_item=stac_path,
+        journal=journal_dir,
+        write_stac=write_stac,
+    )
+    check_outputs(outputs, [ms_path, pan_path])  # before anything is read or written
+    out_path, quicklook_path, report_path = outputs.product, outputs.quicklook, outputs.report
+    journal_dir = outputs.journal
     scene = Path(pan_path).name
     times: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -547,7 +550,7 @@ def run_scene(
         },
         "journal": {"path": str(journal_dir), "resumed": state["resumed"], "kept": config.keep_journal},
     }
-    item_path = (Path(stac_path) if stac_path else out_path.with_suffix(".json")) if write_stac else None
+    item_path = outputs.stac_item
     if item_path is not None:
         report["outputs"]["stac_item"] = os.path.relpath(item_path, report_path.parent)
     atomic_write_text(report_path, json.dumps(report, indent=2, default=str) + "\n")

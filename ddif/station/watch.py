@@ -68,6 +68,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from ddif.station.config import StationConfig, WatchConfig
 from ddif.station.errors import (
     BAD_MANIFEST,
+    BAD_NAME,
     MISSING_PARTNER,
     OUTSIDE_INBOX,
     PROCESSING_ERROR,
@@ -77,7 +78,15 @@ from ddif.station.errors import (
     environment_error_kind,
 )
 from ddif.station.events import EventLog
-from ddif.station.inbox import CLAIM_SUFFIX, INPUTS_FILE, SceneFiles, is_inside, read_inputs_marker, scan_inbox
+from ddif.station.inbox import (
+    CLAIM_SUFFIX,
+    INPUTS_FILE,
+    SceneFiles,
+    is_inside,
+    read_inputs_marker,
+    safe_scene_name,
+    scan_inbox,
+)
 from ddif.station.journal import content_identity, same_content
 from ddif.station.products import update_collection
 from ddif.station.quarantine import (
@@ -96,6 +105,18 @@ from ddif.utils.io import atomic_write_text, exchange_paths, fsync_dir, is_atomi
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+def _check_folders(inbox: Path, outbox: Path) -> None:
+    """The inbox and the outbox must be apart: products are folders named by scenes, and the
+    inbox's processed/ and quarantine/ folders, manifests and the collection would collide."""
+    a, b = os.path.realpath(inbox), os.path.realpath(outbox)
+    if a == b:
+        raise ValueError(f"--inbox and --outbox are the same folder {a}; give the products their own folder")
+    if is_inside(b, a):
+        raise ValueError(f"--outbox {b} lies inside --inbox {a}; give the products a folder outside the inbox")
+    if is_inside(a, b):
+        raise ValueError(f"--inbox {a} lies inside --outbox {b}; give the inbox a folder outside the products")
 
 
 def _serialised(method: Callable[Concatenate[StationService, _P], _R]) -> Callable[Concatenate[StationService, _P], _R]:
@@ -135,6 +156,7 @@ class StationService:
         self.quarantine_dir = Path(quarantine_dir) if quarantine_dir else self.inbox / "quarantine"
         self.processed_dir = Path(processed_dir) if processed_dir else self.inbox / "processed"
         self.workdir = Path(workdir) if workdir else self.outbox / ".work"
+        _check_folders(self.inbox, self.outbox)
         self.log = log or EventLog()
         self.model_id = model_id
         self._stop = False
@@ -198,7 +220,7 @@ class StationService:
 
         if scene in self._claims:
             return True
-        path = self.inbox / f".{scene}{CLAIM_SUFFIX}"
+        path = self.inbox / f".{safe_scene_name(scene)}{CLAIM_SUFFIX}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -221,7 +243,7 @@ class StationService:
         if fd is None:
             return
         with contextlib.suppress(OSError):
-            os.unlink(self.inbox / f".{scene}{CLAIM_SUFFIX}")  # while still holding the lock
+            os.unlink(self.inbox / f".{safe_scene_name(scene)}{CLAIM_SUFFIX}")  # while still holding the lock
         os.close(fd)
 
     @contextlib.contextmanager
@@ -405,7 +427,7 @@ class StationService:
         holds the scene) or 'failed'."""
         state = None
         for parent in dict.fromkeys((self.processed_dir, self.quarantine_dir)):
-            staging = staging_dir(parent, name)
+            staging = staging_dir(parent, safe_scene_name(name))
             if staging.is_dir():
                 result = self._recover_move(staging)
                 state = result if state in (None, "done") else state
@@ -474,6 +496,8 @@ class StationService:
         """'ready', 'wait' (may become ready), 'bad' (quarantined now) or 'idle' (orphan, waiting
         for its timeout)."""
         stable = polls >= self.watch.stable_polls
+        if sf.name_error:
+            return self._quarantine(sf, BAD_NAME, sf.name_error) if stable else "wait"
         if sf.manifest is not None:
             if sf.manifest_error:
                 if stable:
@@ -729,9 +753,11 @@ class StationService:
             if now is None or now.files != sf.files or (seen is not None and now.signature() != seen[0]):
                 return "wait"
             try:
-                dest = quarantine(sf.existing(), self.quarantine_dir, sf.name, category, message)
+                dest = quarantine(
+                    sf.existing(), self.quarantine_dir, safe_scene_name(sf.name), category, message, sf.name
+                )
             except (OSError, ValueError) as exc:
-                self._undo_move(self.quarantine_dir, sf.name)
+                self._undo_move(self.quarantine_dir, safe_scene_name(sf.name))
                 self.failures += 1
                 self.log.error(
                     "quarantine_failed",
