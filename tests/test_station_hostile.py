@@ -130,3 +130,128 @@ def test_fuse_refuses_outputs_that_overwrite_inputs_or_each_other(tmp_path, caps
     assert "more than once" in capsys.readouterr().err
     assert {k: v for k, v in _tree_state(tmp_path).items() if "F2_report" not in k} == before
     assert sorted(p.name for p in (tmp_path / "dir.tif").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------ silent wrong products
+def _pair(folder: Path, *, crs="EPSG:32632", ms_size=16, value=1000, dtype="uint16", pan_value=None):
+    import numpy as np
+    from rasterio.transform import from_origin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, size, res, count, v in (("S_MS.tif", ms_size, 40.0, 8, value),
+                                      ("S_PAN.tif", 4 * ms_size, 10.0, 1, pan_value if pan_value is not None else value)):
+        rng = np.random.default_rng(size)
+        data = (v * (1 + 0.1 * rng.random((count, size, size)))).astype(dtype)
+        kw = {} if crs is None else {"crs": crs}
+        with rasterio.open(folder / name, "w", driver="GTiff", width=size, height=size, count=count, dtype=dtype,
+                           transform=from_origin(500000.0, 4e6, res, res), **kw) as dst:
+            dst.write(data)
+        paths.append(folder / name)
+    return paths
+
+
+def _station_run(tmp_path, ms, pan, *extra):
+    from test_station_support import save_station_model
+
+    from ddif.cli.station import main
+
+    model = save_station_model(tmp_path / "m.pt")
+    return main(["run", "--ms", str(ms), "--pan", str(pan), "--model", str(model), "--out", str(tmp_path / "o.tif"),
+                 *extra])
+
+
+def test_a_pair_without_crs_is_refused(tmp_path, capsys):
+    ms, pan = _pair(tmp_path / "in", crs=None)
+    assert _station_run(tmp_path, ms, pan, "--dry-run") == 2
+    assert "no CRS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", ["inf", "nan", "0", "-1"])
+def test_input_scale_must_be_finite_and_positive(tmp_path, capsys, scale):
+    from ddif.cli.main import main
+
+    ms, pan = _pair(tmp_path / "in")
+    for cmd in (["station", "run", "--ms", str(ms), "--pan", str(pan), "--model", "x.pt", "--out", "o.tif"],
+                ["sample", "--ckpt", "x.pt", "--ms", str(ms), "--pan", str(pan), "--out", "o.h5"],
+                ["fuse", str(ms), str(pan), str(tmp_path / "o.tif")]):
+        try:
+            rc = main([*cmd, "--input-scale", scale])
+        except SystemExit as exc:  # argparse refuses it: one line, exit 2
+            rc = exc.code
+        assert rc == 2, cmd
+        err = capsys.readouterr().err
+        assert "input" in err and "scale" in err and "Traceback" not in err, err
+
+
+def test_an_input_scale_that_saturates_the_scene_is_refused(tmp_path, capsys):
+    ms, pan = _pair(tmp_path / "in")
+    assert _station_run(tmp_path, ms, pan, "--dry-run", "--input-scale", "1e300") == 2
+    assert "saturate" in capsys.readouterr().err
+    assert _station_run(tmp_path, ms, pan, "--dry-run", "--input-scale", "1e-6") == 2
+    assert "near zero" in capsys.readouterr().err
+
+
+def test_tile_size_beyond_memory_is_one_line(tmp_path, capsys):
+    ms, pan = _pair(tmp_path / "in")
+    assert _station_run(tmp_path, ms, pan, "--dry-run", "--tile-size", "100000") == 2
+    assert "tile_size 100000" in capsys.readouterr().err
+
+
+def test_a_huge_header_is_refused_in_seconds(tmp_path, capsys):
+    import time
+
+    from rasterio.transform import from_origin
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, size, res in (("H_MS.tif", 50_000, 40.0), ("H_PAN.tif", 200_000, 10.0)):
+        with rasterio.open(folder / name, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint16",
+                           crs="EPSG:32632", transform=from_origin(500000.0, 4e6, res, res), tiled=True,
+                           blockxsize=512, blockysize=512, compress="deflate", sparse_ok=True, BIGTIFF="YES"):
+            pass
+    from test_station_support import save_station_model
+
+    from ddif.cli.station import main
+
+    model = save_station_model(tmp_path / "m.pt", bands=1)
+    t0 = time.perf_counter()
+    rc = main(["run", "--ms", str(folder / "H_MS.tif"), "--pan", str(folder / "H_PAN.tif"), "--model", str(model),
+               "--out", str(tmp_path / "o.tif"), "--dry-run"])
+    assert rc == 2 and time.perf_counter() - t0 < 20
+    assert "max_scene_pixels" in capsys.readouterr().err
+
+
+def test_dry_run_of_an_all_nodata_scene_exits_like_the_run(tmp_path, capsys):
+    import numpy as np
+
+    ms, pan = _pair(tmp_path / "in")
+    with rasterio.open(pan, "r+") as dst:
+        dst.nodata = 0
+        dst.write(np.zeros((1, dst.height, dst.width), np.uint16))
+    assert _station_run(tmp_path, ms, pan, "--dry-run") == 2
+    assert "no pixel is valid" in capsys.readouterr().err
+
+
+def test_watch_on_a_read_only_outbox_is_an_environment_error(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from ddif.cli.station import main
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    real_open = os.open
+
+    def read_only(path, *a, **k):
+        if str(path).endswith(".station.lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", read_only)
+    from test_station_support import save_station_model
+
+    model = save_station_model(tmp_path / "m.pt")
+    rc = main(["watch", "--inbox", str(inbox), "--outbox", str(outbox), "--model", str(model), "--once",
+               "--backend", "pytorch"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "Read-only" in err and "Traceback" not in err

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ddif.cli.args import input_scale
+
 if TYPE_CHECKING:
     from ddif.training.adapt import AdaptConfig
 
@@ -32,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the adapted checkpoint (.pt)")
     add_adapt_options(p)
     p.add_argument("--nodata", type=float, default=None, help="nodata of inputs without a nodata tag")
-    p.add_argument("--input-scale", type=float, default=None, help="DN = file value x this")
+    p.add_argument("--input-scale", type=input_scale, default=None, help="DN = file value x this")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -118,3 +118,15 @@ def apply_config_args(preset: Preset, args: argparse.Namespace) -> Preset:
         if post is not None:
             post()
     return preset
+
+
+def input_scale(text: str) -> float:
+    """argparse type of ``--input-scale``: a finite positive number (DN = file value x it)."""
+    from ddif.data.scale import check_input_scale
+
+    try:
+        value = check_input_scale(float(text), "--input-scale")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert value is not None
+    return value

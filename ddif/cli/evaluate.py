@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ddif.cli.args import input_scale
 from ddif.cli.common import add_sampler_args
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ms", default=None, help="full-resolution MS GeoTIFF (with --pan): evaluate a real scene")
     p.add_argument("--pan", default=None, help="full-resolution PAN GeoTIFF (with --ms)")
     p.add_argument("--crop", default=None, help="row,col,height,width of --ms to evaluate (MS grid; free of nodata)")
-    p.add_argument("--input-scale", type=float, default=None, help="DN = value x this, for --ms / --pan")
+    p.add_argument("--input-scale", type=input_scale, default=None, help="DN = value x this, for --ms / --pan")
     p.add_argument("--input-nodata", type=float, default=None, help="nodata of --ms / --pan without a nodata tag")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--baselines", default="all", help="comma list of classical baselines, 'all' or 'none'")

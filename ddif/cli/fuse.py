@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ddif.cli.args import input_scale
 from ddif.cli.common import STATION_BACKENDS, band_stacks, build_station_backend, pick_model
 from ddif.station.events import EventLog
 
@@ -75,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--input-scale",
-        type=float,
+        type=input_scale,
         default=None,
         help="DN = file value x this (e.g. 10000 for reflectance in [0, 1])",
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ddif.cli.args import input_scale
 from ddif.cli.common import add_model_args, add_sampler_args, load_model_from_args, make_fuser
 
 
@@ -32,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="fuse only the first N images of --input")
     p.add_argument(
         "--input-scale",
-        type=float,
+        type=input_scale,
         default=None,
         help="DN = input value x this (e.g. 10000 for reflectance in [0, 1]); without it, inputs whose "
         "dtype or range does not fit the model's max DN are refused",

@@ -168,8 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ddif.station.plan import plan_scene
     from ddif.station.run import run_scene
 
+    config = dataclass_from_args(StationConfig, args)  # the settings are checked before the model is looked up
     args.model = str(resolve_model(args.model))
-    config = dataclass_from_args(StationConfig, args)
     log = EventLog()
     # the pair is checked against the model (bands, ratio, grids, scale) before any backend is
     # built: a wrong scene is refused in seconds, not after an ONNX export
@@ -234,9 +234,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from ddif.station.events import EventLog
     from ddif.station.watch import StationService
 
-    args.model = str(resolve_model(args.model))
     config = dataclass_from_args(StationConfig, args)
     watch = dataclass_from_args(WatchConfig, args)
+    args.model = str(resolve_model(args.model))
     if watch.scenes_in_flight > 1 and not args.ray_address:
         raise ValueError(
             f"--scenes-in-flight {watch.scenes_in_flight} needs --ray-address (scenes at once share a Ray "
@@ -260,7 +260,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
         log=log,
         model_id=_model_id(args.model),
     )
-    failures = service.run(once=args.once)
+    try:
+        failures = service.run(once=args.once)
+    except OSError as exc:
+        from ddif.station.errors import environment_error_kind
+
+        kind = environment_error_kind(exc)
+        if kind is None:
+            raise
+        # e.g. a read-only or full outbox at start: an environment error, retried by the supervisor
+        print(f"ddif station watch: {kind}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
     return 1 if failures else 0
 
 

@@ -100,6 +100,26 @@ def scale_problem(stats: ValueStats, max_dn: float, scale: float = 1.0) -> str |
     return None
 
 
+# Even with an explicit --input-scale, a conversion that saturates most of the scene or leaves it
+# near zero is a wrong number, not a user's choice: refused.
+SATURATED_FRACTION = 0.5
+DARK_PEAK_FRACTION = 0.005
+
+
+def check_input_scale(value: float | None, what: str = "input_scale") -> float | None:
+    """``value`` when it is a usable DN conversion factor (None, or finite and positive), else
+    ValueError naming it."""
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{what} must be a finite positive number (DN = file value x {what}), got {value!r}")
+    return v
+
+
 def check_scale(
     what: str,
     path: str,
@@ -111,9 +131,24 @@ def check_scale(
     """Refuse (:class:`SceneError` BAD_SCALE) a raster whose values do not fit the model's DN
     convention; when ``input_scale`` was stated explicitly, the user has the last word: the
     problem is only reported through ``warn``."""
-    problem = scale_problem(stats, max_dn, 1.0 if input_scale is None else float(input_scale))
+    scale = check_input_scale(input_scale)
+    problem = scale_problem(stats, max_dn, 1.0 if scale is None else scale)
     if problem is None:
         return
+    if scale is not None and stats.valid:
+        peak = stats.peak * scale
+        saturated = stats.above / stats.valid
+        if saturated > SATURATED_FRACTION or peak < DARK_PEAK_FRACTION * max_dn:
+            raise SceneError(
+                BAD_SCALE,
+                f"{what} {path}: with --input-scale {scale:g} {problem}; that would make "
+                + (
+                    f"{100 * saturated:.0f}% of the product saturate at the max DN"
+                    if saturated > SATURATED_FRACTION
+                    else "a product near zero"
+                )
+                + f". Expected DN = value x scale in [0, {max_dn:g}]",
+            )
     if input_scale is None:
         raise SceneError(
             BAD_SCALE,
@@ -122,4 +157,4 @@ def check_scale(
             "with --input-scale S (DN = value x S)",
         )
     if warn is not None:
-        warn(f"{what} {path}: {problem} (kept: --input-scale {input_scale:g} was given)")
+        warn(f"{what} {path}: {problem} (kept: --input-scale {scale:g} was given)")

@@ -85,6 +85,7 @@ from ddif.data.scale import (  # noqa: F401
     MIN_PEAK_FRACTION,
     ValueStats,
     array_stats,
+    check_input_scale,
     check_scale,
     new_stats,
     scale_problem,
@@ -171,7 +172,8 @@ class SceneReader:
         self.grid = grid
         self.pre = preprocessing
         self.max_dn = float(preprocessing.max_dn)
-        self.scale = 1.0 if input_scale is None else float(input_scale)
+        scale = check_input_scale(input_scale, "--input-scale")
+        self.scale = 1.0 if scale is None else scale
         self.interpolation = grid.interpolation
         self.padding = preprocessing.padding
         self.fill_iterations = preprocessing.fill_iterations

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
 INTERPOLATIONS = ("interp23tap", "bicubic")
 PADDINGS = ("symmetric", "replicate", "circular")
+MAX_TILE_SIZE = 4096
 # Tiles for models that sample whole images (the published presets): a scene must be cut somewhere.
 WHOLE_IMAGE_MODEL_TILE = 256
 
@@ -55,6 +56,9 @@ class StationConfig:
     metric_block: int = 32  # block size of the quality indices (toolbox: 32)
     gdal_cache_mb: int = 64  # GDAL block cache: part of the memory bound
     keep_journal: bool = False  # keep the per-tile journal after a successful product
+    # scenes with more PAN pixels are refused at once (a header can claim any size; planning reads
+    # every block): 50,000 x 50,000 by default, above any delivered PAN scene (Landsat: 15,000 px)
+    max_scene_pixels: int = 2_500_000_000
 
     def __post_init__(self) -> None:
         self.quicklook_percentiles = tuple(float(p) for p in self.quicklook_percentiles)
@@ -72,8 +76,16 @@ class StationConfig:
             raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.fill_iterations is not None and self.fill_iterations < 0:
             raise ValueError(f"fill_iterations must be >= 0, got {self.fill_iterations}")
-        if self.input_scale is not None and not self.input_scale > 0:
-            raise ValueError(f"input_scale must be positive, got {self.input_scale}")
+        from ddif.data.scale import check_input_scale
+
+        check_input_scale(self.input_scale)
+        if self.tile_size is not None and self.tile_size > MAX_TILE_SIZE:
+            raise ValueError(
+                f"tile_size {self.tile_size} is over {MAX_TILE_SIZE} px: a batch of such tiles would not fit in "
+                "memory (the models are trained on 32-256 px tiles; leave --tile-size unset for the model's own)"
+            )
+        if self.max_scene_pixels < 1:
+            raise ValueError(f"max_scene_pixels must be >= 1, got {self.max_scene_pixels}")
         if self.block_size < 16 or self.block_size % 16:
             raise ValueError(f"block_size must be a positive multiple of 16 (GeoTIFF tiles), got {self.block_size}")
         if self.compress.lower() not in COMPRESSIONS:

@@ -12,7 +12,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ddif.data.scene import Preprocessing, SceneGrid, SceneReader, check_scene_scale, gdal_env, open_pair, scan_scene
+from ddif.data.scene import (
+    ALL_NODATA,
+    BAD_GRID,
+    Preprocessing,
+    SceneError,
+    SceneGrid,
+    SceneReader,
+    check_scene_scale,
+    gdal_env,
+    open_pair,
+    scan_scene,
+)
 from ddif.inference.tiling import Tiling
 from ddif.station.config import StationConfig
 from ddif.station.events import EventLog
@@ -260,6 +271,27 @@ def _range(stats: dict[str, Any] | None) -> str:
     return f"{stats['min']:g}..{stats['max']:g} {stats['dtype']}"
 
 
+def check_product_grid(grid: SceneGrid, config: StationConfig) -> None:
+    """What a product needs beyond what the scene layer checks: a CRS (the product and its STAC
+    item are georeferenced: without one, the footprint would be projected metres read as
+    longitude / latitude) and a size the service accepts (``config.max_scene_pixels``: a header
+    can claim any size, and planning reads every block)."""
+    for info, what in ((grid.ms, "MS"), (grid.pan, "PAN")):
+        if info.crs is None:
+            raise SceneError(
+                BAD_GRID,
+                f"{what} {info.path}: no CRS; a product is georeferenced (assign the CRS the geotransform is in, "
+                "e.g. gdal_edit.py -a_srs EPSG:32632)",
+            )
+    pixels = int(grid.pan.height) * int(grid.pan.width)
+    if pixels > config.max_scene_pixels:
+        raise SceneError(
+            BAD_GRID,
+            f"PAN {grid.pan.path}: {grid.pan.width} x {grid.pan.height} px ({pixels / 1e6:,.0f} Mpx) is over the "
+            f"station's limit of {config.max_scene_pixels / 1e6:,.0f} Mpx (max_scene_pixels; --max-scene-pixels)",
+        )
+
+
 def plan_scene(
     ms_path: str | os.PathLike,
     pan_path: str | os.PathLike,
@@ -286,6 +318,7 @@ def plan_scene(
             preprocessing=pre,
             input_nodata=config.input_nodata,
         )
+        check_product_grid(grid, config)
         tiles = tiling.grid(grid.pan.height, grid.pan.width)
         tile_valid = np.zeros(len(tiles), dtype=np.int64)
 
@@ -300,6 +333,12 @@ def plan_scene(
             scan = scan_scene(reader, config.block_size, count)
         warn = (lambda msg: log.warning("input_scale_override", message=msg)) if log is not None else None
         check_scene_scale(grid, scan, pre.max_dn, config.input_scale, warn)
+    if scan.valid_pixels == 0:  # refused here, so that a dry run says what the run would
+        raise SceneError(
+            ALL_NODATA,
+            f"scene {ms_path} + {pan_path}: no pixel is valid in both MS and PAN "
+            "(all nodata, or nodata wherever they overlap)",
+        )
     fused = [int(i) for i in np.flatnonzero(tile_valid)]
     step = config.batch_size
     assert step is not None  # set by config.resolved()
