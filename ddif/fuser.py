@@ -128,11 +128,20 @@ class Fuser:
         noise: torch.Tensor | None = None,
         return_residual: bool = False,
         callback: Callable[[int, int], None] | None = None,
+        first_image: int = 0,
     ) -> torch.Tensor:
         """Fused image clamp(lms + residual, 0, 1) with the input's shape ((C,H,W) or (B,C,H,W));
-        see :meth:`ddif.inference.InferencePath.fuse` for ``noise``, ``generator`` and ``callback``."""
+        see :meth:`ddif.inference.InferencePath.fuse` for ``noise``, ``generator``, ``callback``
+        and ``first_image``."""
         return self.inference.fuse(
-            lms, pan, seed, noise=noise, generator=generator, return_residual=return_residual, callback=callback
+            lms,
+            pan,
+            seed,
+            noise=noise,
+            generator=generator,
+            return_residual=return_residual,
+            callback=callback,
+            first_image=first_image,
         )
 
     def sample_tiles(

@@ -80,6 +80,18 @@ def test_checkpoints_atomic_and_complete(tiny_data, tmp_path):
     assert not list((tmp_path / "run").rglob("*.partial"))
 
 
+def test_a_killed_runs_temporary_files_are_removed_on_resume(tiny_data, tmp_path):
+    """kill -9 during a checkpoint write leaves ``.step_*.pt.<random>.partial``: removed when the
+    run resumes (the resume still starts from the last complete checkpoint)."""
+    _trainer(tiny_data, tmp_path / "run", stop_after=3).fit()
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / ".step_00000006.pt.x1y2z3.partial").write_bytes(b"torn")
+    (tmp_path / "run" / ".model_ema.pt.abc.partial").write_bytes(b"torn")
+    resumed = _trainer(tiny_data, tmp_path / "run", resume=True)
+    resumed.fit()
+    assert resumed.step == 6 and not list((tmp_path / "run").rglob("*.partial"))
+
+
 def test_resume_refuses_other_model_config(tiny_data, tmp_path):
     _trainer(tiny_data, tmp_path / "run", stop_after=3).fit()
     from ddif.data import open_dataset

@@ -77,3 +77,13 @@ def test_fuser_pads_any_size(tiny_model):
     assert Fuser(tiny_model, steps=2).fuse(lms, pan).shape == (2, 4, 13, 7)
     lms, pan = torch.rand(1, 4, 1, 1), torch.rand(1, 1, 1, 1)
     assert Fuser(tiny_model, steps=2).fuse(lms, pan).shape == (1, 4, 1, 1)
+
+
+@pytest.mark.parametrize("scale,shift", [(2.5, 0.0), (1.0, -0.4)])
+def test_values_out_of_the_unit_range_are_rejected(tiny_model, scale, shift):
+    """Images scaled to [1, 3] (DN / max DN of another sensor) or shifted negative are refused."""
+    lms, pan = _good()
+    with pytest.raises(ValueError, match=r"values span"):
+        Fuser(tiny_model, steps=2).fuse(lms * scale + shift, pan)
+    with pytest.raises(ValueError, match=r"pan: values span"):
+        Fuser(tiny_model, steps=2).fuse(lms, pan * scale + shift)

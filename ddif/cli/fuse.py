@@ -273,6 +273,18 @@ def run(args: argparse.Namespace) -> int:
             backend = build_station_backend(
                 model, config, backend=args.backend, device=args.device, steps=args.steps, threads=args.threads
             )
+        except Exception as exc:
+            kind = environment_error_kind(exc)
+            if kind is None:
+                raise
+            print(
+                f"ddif fuse: {kind}: {type(exc).__name__}: {exc} (while preparing the {args.backend} backend, before "
+                "any pixel was fused: an ONNX export goes to the export cache, ~/.cache/ddif or $DDIF_CACHE_DIR, "
+                "which must be writable)",
+                file=sys.stderr,
+            )
+            return 3
+        try:
             report = run_scene(
                 ms_path,
                 pan_path,

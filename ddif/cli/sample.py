@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     outputs = []
     for start in tqdm(range(0, lms.shape[0], args.batch_size), desc="fuse", unit="batch"):
         sl = slice(start, start + args.batch_size)
-        outputs.append(fuser.fuse(lms[sl], pan[sl], seed=args.seed + start))
+        # image i's noise comes from (seed, i, tile) whatever the batch size
+        outputs.append(fuser.fuse(lms[sl], pan[sl], seed=args.seed, first_image=start))
     import torch
 
     fused = torch.cat(outputs).float().numpy()

@@ -37,7 +37,10 @@ if TYPE_CHECKING:
     from ddif.models.ddif import DDIF
 
 # Images are DN / max_DN; values far outside [0, 1] mean the caller forgot to normalise.
-PLAUSIBLE_RANGE = (-0.5, 3.0)
+# Inputs are DN / max DN: [0, 1], plus the small over- and undershoot of the interpolators at
+# sharp edges (interp23tap rings by a few percent next to saturated or zero pixels). Values in
+# [1, 3] or clearly negative are another scale, not images of this model.
+PLAUSIBLE_RANGE = (-0.1, 1.1)
 
 
 class TileSampler(Protocol):
@@ -347,9 +350,12 @@ class InferencePath:
         generator: torch.Generator | None = None,
         return_residual: bool = False,
         callback: Callable[[int, int], None] | None = None,
+        first_image: int = 0,
     ) -> torch.Tensor:
         """Fused image clamp(lms + residual, 0, 1) (or the residual), shaped like ``lms`` ((C, H, W)
-        or (B, C, H, W)), on ``lms``'s device and dtype.
+        or (B, C, H, W)), on ``lms``'s device and dtype. Image i's tiles draw their noise from
+        ``(seed, first_image + i, tile)``: a set fused in chunks (``first_image`` = the chunk's
+        start) gives what it gives fused at once.
 
         ``noise`` (B, C, Hp, Wp) at the padded size replaces the per-tile x_T (each tile takes its
         window of it); ``generator`` draws such a ``noise`` instead of the seed. ``callback(done,
@@ -379,8 +385,10 @@ class InferencePath:
             if noise is not None:
                 x_t = _cut(noise.detach().to("cpu", torch.float32), chunk)
             else:
-                x_t = torch.stack([tile_noise(seed, i, t.index, (c, t.height, t.width)) for i, t in chunk])
-            gens = [step_generator(seed, i, t.index) for i, t in chunk] if stochastic else None
+                x_t = torch.stack(
+                    [tile_noise(seed, first_image + i, t.index, (c, t.height, t.width)) for i, t in chunk]
+                )
+            gens = [step_generator(seed, first_image + i, t.index) for i, t in chunk] if stochastic else None
             residual = self.constrain(self.sampler.sample_batch(lms_t, pan_t, x_t, gens))
             out = residual if return_residual else lms_t + residual
             for k, (i, t) in enumerate(chunk):

@@ -111,11 +111,17 @@ class FuserBackend:
 
     @torch.no_grad()
     def fuse(
-        self, lms: torch.Tensor, pan: torch.Tensor, seed: int | None = 0, *, noise: torch.Tensor | None = None
+        self,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        seed: int | None = 0,
+        *,
+        noise: torch.Tensor | None = None,
+        first_image: int = 0,
     ) -> torch.Tensor:
         """Fused image clamp(lms + residual, 0, 1), shaped like ``lms`` ((C,H,W) or (B,C,H,W)), on
         ``lms``'s device and dtype (:meth:`ddif.inference.InferencePath.fuse`)."""
-        return self.inference.fuse(lms, pan, seed, noise=noise)
+        return self.inference.fuse(lms, pan, seed, noise=noise, first_image=first_image)
 
     def sample_tiles(
         self,

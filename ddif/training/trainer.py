@@ -426,9 +426,27 @@ class Trainer:
         row.update(reduced_metrics(torch.cat(preds), torch.cat(gts), self.preset.data.ratio))
         return row
 
+    def _remove_stale_temp_files(self) -> list[str]:
+        """A killed run leaves the temporary files of its atomic writes (``.<name>.<random>.partial``)
+        in the run folder and its checkpoints/: garbage, never a checkpoint. Removed at start."""
+        from ddif.utils.io import is_atomic_temp
+
+        removed = []
+        for folder in (self.out, self.ckpt_dir):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                if p.is_file() and is_atomic_temp(p.name):
+                    p.unlink(missing_ok=True)
+                    removed.append(p.name)
+        return removed
+
     def fit(self, on_step: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            stale = self._remove_stale_temp_files()
+            if stale:
+                print(f"removed {len(stale)} temporary file(s) of an interrupted run: {', '.join(sorted(stale)[:3])}")
             self.preset.save_json(self.out / "config.json")
         if self.opts.resume:
             latest = self.latest_checkpoint()
