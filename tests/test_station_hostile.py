@@ -255,3 +255,38 @@ def test_watch_on_a_read_only_outbox_is_an_environment_error(tmp_path, capsys, m
                "--backend", "pytorch"])
     err = capsys.readouterr().err
     assert rc == 3 and "Read-only" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------ collection
+def test_collection_converges_after_a_failed_update_and_a_truncation(tmp_path, monkeypatch):
+    import errno
+
+    from ddif.station import products
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    _scene(inbox, "a", ready=True)
+    service = _service(inbox, outbox)
+    real = products.atomic_write_text
+
+    def full_disk(path, text):
+        if Path(path).name == "collection.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(products, "atomic_write_text", full_disk)
+    service.run(once=True)
+    assert (outbox / "a" / "a.tif").is_file() and not (outbox / "collection.json").exists()
+    monkeypatch.setattr(products, "atomic_write_text", real)
+
+    def listed():
+        data = json.loads((outbox / "collection.json").read_text())
+        return sorted(lk["href"] for lk in data["links"] if lk["rel"] == "item")
+
+    # a restart (a new service) repairs it at its first poll, even with nothing new to fuse
+    _service(inbox, outbox).run(once=True)
+    assert listed() == ["a/a.json"]
+    # someone truncates it: the next poll rebuilds it, and later items are added
+    (outbox / "collection.json").write_text('{"type": "Coll')
+    _scene(inbox, "b", ready=True)
+    _service(inbox, outbox).run(once=True)
+    assert listed() == ["a/a.json", "b/b.json"]

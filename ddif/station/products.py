@@ -259,50 +259,97 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+DEFAULT_COLLECTION_DESCRIPTION = "Pansharpened products written by ddif station"
+
+
+def product_items(outbox: str | os.PathLike) -> list[Path]:
+    """The STAC items of the products in ``outbox``: ``<scene>/<scene>.json`` of every product
+    folder (superseded products kept as ``<scene>.N/`` are not in the collection)."""
+    outbox = Path(outbox)
+    items = []
+    with os.scandir(outbox) as entries:
+        for e in entries:
+            if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
+                continue
+            item = outbox / e.name / f"{e.name}.json"
+            if item.is_file():
+                items.append(item)
+    return sorted(items)
+
+
 def update_collection(
     outbox: str | os.PathLike,
-    item_path: str | os.PathLike,
+    item_path: str | os.PathLike | None = None,
     *,
     collection_id: str = "ddif-products",
     description: str | None = None,
 ) -> Path:
-    """Add (or replace) the item at ``item_path`` in ``outbox/collection.json`` and widen the
-    collection's extent, under a lock and atomically (several services may share an outbox
-    directory tree)."""
+    """Write ``outbox/collection.json`` as the index of the products on disk (every
+    :func:`product_items`), under a lock and atomically (several services may share an outbox).
+
+    The collection is rebuilt from the items each time rather than edited: one that is missing,
+    truncated or corrupt (by a failed write, a full disk, someone else), or behind (an update that
+    failed once), converges to the products at the next update. ``item_path``, when given, must be
+    one of them (the product just written); an item without a bbox is skipped with its name in the
+    collection's ``ddif:skipped``. The id, description and title of a readable collection are kept."""
     import pystac
 
     outbox = Path(outbox)
     path = outbox / "collection.json"
-    item_path = Path(item_path)
     with _locked(outbox / ".collection.lock"):
-        item = pystac.Item.from_dict(json.loads(item_path.read_text()))
-        if item.bbox is None:
-            raise ValueError(f"{item_path}: STAC item without a bbox")
-        bbox: list[float] = list(item.bbox)
-        if path.is_file():
-            data = json.loads(path.read_text())
-        else:
-            data = pystac.Collection(
-                id=collection_id,
-                description=description or "Pansharpened products written by ddif station",
-                extent=pystac.Extent(
-                    pystac.SpatialExtent([item.bbox]), pystac.TemporalExtent([[item.datetime, item.datetime]])
-                ),
-                license="other",
-            ).to_dict(include_self_link=False, transform_hrefs=False)
-        href = os.path.relpath(item_path, outbox)
-        links = [lk for lk in data.get("links", []) if not (lk.get("rel") == "item" and lk.get("href") == href)]
-        links.append({"rel": "item", "href": href, "type": "application/geo+json", "title": item.id})
-        data["links"] = links
-        boxes = [b for b in data["extent"]["spatial"]["bbox"] if b] + [bbox]
-        data["extent"]["spatial"]["bbox"] = [
-            [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
-        ]
-        when = item.datetime.isoformat().replace("+00:00", "Z") if item.datetime else None
-        interval = data["extent"]["temporal"]["interval"][0]
-        if when:
-            interval[0] = min(x for x in (interval[0], when) if x)
-            interval[1] = max(x for x in (interval[1], when) if x)
+        items = product_items(outbox)
+        if item_path is not None and Path(item_path).resolve() not in {p.resolve() for p in items}:
+            raise ValueError(f"{item_path}: not the item of a product folder of {outbox}")
+        previous: dict[str, Any] = {}
+        try:
+            loaded = json.loads(path.read_text())
+            previous = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            previous = {}
+        links, boxes, times, skipped = [], [], [], []
+        for item_file in items:
+            try:
+                item = pystac.Item.from_dict(json.loads(item_file.read_text()))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                skipped.append(f"{item_file.parent.name}: {type(exc).__name__}")
+                continue
+            if item.bbox is None:
+                skipped.append(f"{item_file.parent.name}: no bbox")
+                continue
+            boxes.append(list(item.bbox))
+            if item.datetime is not None:
+                times.append(item.datetime)
+            href = os.path.relpath(item_file, outbox)
+            links.append({"rel": "item", "href": href, "type": "application/geo+json", "title": item.id})
+        first = min(times) if times else None
+        last = max(times) if times else None
+        extent = pystac.Extent(
+            pystac.SpatialExtent(
+                [
+                    [
+                        min(b[0] for b in boxes),
+                        min(b[1] for b in boxes),
+                        max(b[2] for b in boxes),
+                        max(b[3] for b in boxes),
+                    ]
+                ]
+                if boxes
+                else [[-180.0, -90.0, 180.0, 90.0]]
+            ),
+            pystac.TemporalExtent([[first, last]]),
+        )
+        data = pystac.Collection(
+            id=str(previous.get("id") or collection_id),
+            description=str(
+                previous.get("description") or description or "Pansharpened products written by ddif station"
+            ),
+            extent=extent,
+            license="other",
+            title=previous.get("title") if isinstance(previous.get("title"), str) else None,
+        ).to_dict(include_self_link=False, transform_hrefs=False)
+        data["links"] = [lk for lk in data.get("links", []) if lk.get("rel") != "item"] + links
+        if skipped:
+            data["ddif:skipped"] = skipped
         atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
@@ -315,5 +362,6 @@ __all__ = [
     "stac_item",
     "write_stac_item",
     "update_collection",
+    "product_items",
     "OVERVIEW_RESAMPLINGS",
 ]

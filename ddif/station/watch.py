@@ -169,6 +169,7 @@ class StationService:
         self._quarantine_retry_at: dict[str, float] = {}  # scene -> when a failed quarantine move is retried
         self._recovery_errors: dict[str, str] = {}  # staging folder -> last recovery error logged
         self._busy_logged: set[str] = set()
+        self._collection_behind = True  # checked (and repaired) at start
         self.failures = 0
         self.processed: list[str] = []
         self.quarantined: list[str] = []
@@ -436,6 +437,8 @@ class StationService:
     def poll(self) -> tuple[bool, bool]:
         """One look at the inbox; process every scene that is ready. Returns (did any work,
         whether some scene may become ready by polling again)."""
+        if self._collection_behind or not self._collection_is_current():
+            self._catalogue()
         scenes = scan_inbox(self.inbox, self._reserved())
         for gone in set(self._seen) - set(scenes):
             self._seen.pop(gone, None)
@@ -657,16 +660,31 @@ class StationService:
         self._finish(sf, journal_dir, inputs)
 
     @_serialised
-    def _catalogue(self, name: str) -> None:
-        """Add the scene's STAC item to ``outbox/collection.json``. The collection is an index of
-        the products: a failure to update it is logged and leaves the product as it is."""
-        item = self.outbox / name / f"{name}.json"
-        if not item.is_file():
-            return
+    def _catalogue(self, name: str | None = None) -> None:
+        """Bring ``outbox/collection.json`` up to the products on disk (after the scene ``name``'s
+        product is in place, at start, and at the next poll after a failed update). The
+        collection is an index of the products, rebuilt from their items: a failure to write it is
+        logged, leaves the products as they are and is repaired by the next update."""
         try:
-            update_collection(self.outbox, item)
+            update_collection(self.outbox)
         except (OSError, ValueError) as exc:
-            self.log.warning("collection_not_updated", scene=name, item=str(item), error=str(exc))
+            self._collection_behind = True
+            self.log.warning("collection_not_updated", scene=name, error=f"{type(exc).__name__}: {exc}")
+        else:
+            if self._collection_behind and name is None:
+                self.log.info("collection_repaired", collection=str(self.outbox / "collection.json"))
+            self._collection_behind = False
+
+    def _collection_is_current(self) -> bool:
+        """Whether collection.json lists exactly the products on disk (readable, not behind)."""
+        from ddif.station.products import product_items
+
+        try:
+            data = json.loads((self.outbox / "collection.json").read_text())
+            listed = {lk.get("href") for lk in data.get("links", []) if lk.get("rel") == "item"}
+        except (OSError, ValueError, AttributeError):
+            return not product_items(self.outbox) if self.outbox.is_dir() else True
+        return listed == {os.path.relpath(p, self.outbox) for p in product_items(self.outbox)}
 
     @_serialised
     def _finish(self, sf: SceneFiles, journal_dir: Path, inputs: dict[str, Any]) -> None:
