@@ -185,6 +185,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         backend = load_backend(args, config, log)
+    except Exception as exc:
+        from ddif.station.errors import environment_error_kind
+
+        kind = environment_error_kind(exc)
+        if kind is None:
+            raise
+        print(
+            f"ddif station run: {kind}: {type(exc).__name__}: {exc} (while preparing the backend, before any "
+            "pixel was fused: an ONNX export goes to the export cache, ~/.cache/ddif or $DDIF_CACHE_DIR, which "
+            "must be writable)",
+            file=sys.stderr,
+        )
+        return 3
+    try:
         report = run_scene(
             args.ms,
             args.pan,
