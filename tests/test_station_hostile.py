@@ -290,3 +290,27 @@ def test_collection_converges_after_a_failed_update_and_a_truncation(tmp_path, m
     _scene(inbox, "b", ready=True)
     _service(inbox, outbox).run(once=True)
     assert listed() == ["a/a.json", "b/b.json"]
+
+
+def test_a_read_only_export_cache_is_named_as_such(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import ddif.cli.common as common
+    from ddif.cli.main import main
+
+    ms, pan = _pair(tmp_path / "in")
+    from test_station_support import save_station_model
+
+    model = save_station_model(tmp_path / "m.pt")
+
+    def read_only_cache(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", "/root/.cache/ddif/onnx/x.onnx")
+
+    monkeypatch.setattr(common, "build_station_backend", read_only_cache)
+    import ddif.cli.fuse as fuse
+
+    monkeypatch.setattr(fuse, "build_station_backend", read_only_cache)
+    rc = main(["fuse", str(ms), str(pan), str(tmp_path / "o.tif"), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert rc == 3 and "export cache" in err and "journal" not in err
+    assert not (tmp_path / "o.tif").exists()
