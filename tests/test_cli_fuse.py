@@ -200,14 +200,14 @@ def test_existing_output_needs_overwrite(scene, reference, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"output {out} exists; give --overwrite" in err and out.read_bytes() == b"not a product"
     assert fuse(scene, scene["stacked"], scene["stacked"], "--overwrite") == 2
-    assert "is also an input" in capsys.readouterr().err
+    assert "the product would overwrite input" in capsys.readouterr().err
     assert fuse(scene, scene["stacked"], out, "--overwrite") == 0
     assert out.read_bytes() == reference.read_bytes()
     from ddif.data.raster import write_band_stack
 
     stack = write_band_stack(scene["bands"], tmp_path / "again_MS.vrt")   # the stack "again.tif" would rewrite
     assert fuse(scene, stack, tmp_path / "again.tif") == 2
-    assert "is the band stack ddif fuse writes for" in capsys.readouterr().err
+    assert "the MS band stack would overwrite input" in capsys.readouterr().err
 
 
 def test_nodata_option_stands_in_for_a_missing_tag(scene, reference, tmp_path):

@@ -665,7 +665,14 @@ class StationService:
         product is in place, at start, and at the next poll after a failed update). The
         collection is an index of the products, rebuilt from their items: a failure to write it is
         logged, leaves the products as they are and is repaired by the next update."""
+        from ddif.station.products import product_items
+
         try:
+            if not (self.outbox / "collection.json").exists() and (
+                not self.outbox.is_dir() or not product_items(self.outbox)
+            ):
+                self._collection_behind = False
+                return  # no product yet: no collection
             update_collection(self.outbox)
         except (OSError, ValueError) as exc:
             self._collection_behind = True

@@ -1,0 +1,98 @@
+"""The models users get, on the paths users take: for every shipped real-sensor model, every
+backend equals ddif.Fuser (ONNX Runtime within 1e-4), and ``ddif fuse`` on a real pair, without
+--model, picks the model and writes a product equal to the Fuser's output within 1 DN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+rasterio = pytest.importorskip("rasterio")
+pytest.importorskip("onnxruntime")
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
+                                        "ignore::PendingDeprecationWarning")
+
+ASSETS = Path(__file__).resolve().parents[1] / "ddif" / "assets"
+REAL_MODELS = ["landsat8", "worldview2"]
+
+
+def _inputs(name: str, model):
+    """Realistic network inputs for the model: its own DN range, PAN mostly the MS bands' mean."""
+    g = torch.Generator().manual_seed(1)
+    b = model.config.bands
+    base = torch.rand(2, b, 70, 53, generator=g)
+    base = torch.nn.functional.avg_pool2d(base, 5, 1, 2)
+    lo, hi = (0.1, 0.35) if name.startswith("landsat") else (0.05, 0.6)
+    lms = lo + (hi - lo) * base
+    pan = lms.mean(1, keepdim=True) + 0.02 * torch.randn(2, 1, 70, 53, generator=g)
+    return lms, pan.clamp(0, 1)
+
+
+@pytest.mark.parametrize("name", REAL_MODELS)
+def test_every_backend_equals_the_fuser(tmp_path, name):
+    import ddif
+    from ddif.export import best_available
+    from ddif.models import DDIF
+    from ddif.models.cards import resolve_model
+    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+
+    path, card = resolve_model(name)
+    model = DDIF.load(path)
+    reference = ddif.Fuser(model)
+    assert reference.steps == card.default_steps and model.preset.diffusion.residual_mean == "zero"
+    lms, pan = _inputs(name, model)
+    want = reference.fuse(lms, pan, seed=5)
+    ort = best_available(path, device="cpu", cache_dir=tmp_path / "cache", ort_threads=1)
+    assert isinstance(ort, OnnxRuntimeFuser) and ort.steps == card.default_steps
+    for backend in (ort, TorchFuser(path)):
+        got = backend.fuse(lms, pan, seed=5)
+        assert float((got - want).abs().max()) <= 1e-4, backend.name
+    assert float((want - lms).abs().mean()) * model.config.max_dn > 1  # a fusion, not the interpolated MS
+
+
+def test_ddif_fuse_picks_landsat8_for_the_real_pair_and_equals_the_fuser(tmp_path, capsys):
+    import ddif
+    from ddif.cli.main import main
+    from ddif.data.scene import read_scene
+    from ddif.models import DDIF
+    from ddif.models.cards import resolve_model
+
+    ms, pan = ASSETS / "landsat8_oli_demo_MS.tif", ASSETS / "landsat8_oli_demo_PAN.tif"
+    out = tmp_path / "fused.tif"
+    assert main(["fuse", str(ms), str(pan), str(out), "--backend", "pytorch"]) == 0
+    assert "model landsat8" in capsys.readouterr().err
+    model = DDIF.load(resolve_model("landsat8")[0])
+    _, lms, pan_n, valid = read_scene(ms, pan, preset=model.preset)
+    want = ddif.Fuser(model).fuse(torch.from_numpy(lms), torch.from_numpy(pan_n), seed=0).numpy() * 65535
+    with rasterio.open(out) as src:
+        got = src.read().astype(np.float64)
+        assert src.descriptions == ("B2", "B3", "B4") or src.count == 3
+    diff = np.abs(got[:, valid] - np.rint(want[:, valid]))
+    assert valid.mean() > 0.95 and diff.max() <= 1, diff.max()
+
+
+def test_band_files_in_another_order_are_fused_in_the_models_order(tmp_path, capsys):
+    """B4, B3, B2 as separate files: reordered by name, the product equals the one of the
+    multi-band file in the model's order."""
+    from ddif.cli.main import main
+
+    ms = ASSETS / "landsat8_oli_demo_MS.tif"
+    with rasterio.open(ms) as src:
+        profile, data = src.profile, src.read()
+    files = []
+    for k, band in ((2, "B4"), (1, "B3"), (0, "B2")):
+        path = tmp_path / f"LC08_L1TP_020039_20150804_20170406_01_T1_{band}.TIF"
+        with rasterio.open(path, "w", **{**profile, "count": 1}) as dst:
+            dst.write(data[k : k + 1])
+        files.append(path)
+    pan = ASSETS / "landsat8_oli_demo_PAN.tif"
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    assert main(["fuse", *map(str, files), str(pan), str(a), "--backend", "pytorch", "--no-sidecars"]) == 0
+    assert "reordered to B2, B3, B4" in capsys.readouterr().err
+    assert main(["fuse", str(ms), str(pan), str(b), "--backend", "pytorch", "--no-sidecars"]) == 0
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        assert np.array_equal(x.read(), y.read())
