@@ -211,7 +211,8 @@ def adapted_fuser_for(model, whole: dict[str, np.ndarray], scene: RealScene, bud
         "bad": bad[:h, :w],
         "centre": (float(r // 2), float(r // 2)),  # the toolbox grid the Wald simulation made
     }
-    cfg = AdaptConfig(budget_s=budget, patch_size=16 if r == 4 else 32, registration="off", holdout_fraction=0.0)
+    patch = min(16 if r == 4 else 32, h // (2 * r) * r * 2 if h >= 4 * r else h // r * r, w // r * r)
+    cfg = AdaptConfig(budget_s=budget, patch_size=max(2 * r, patch), registration="off", holdout_fraction=0.0)
     data = patches_from_windows([window], r, nominal, cfg)
     adapted, report = adapt(model, data, cfg, progress=False)
     return Fuser(adapted, steps=steps), report

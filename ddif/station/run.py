@@ -532,6 +532,7 @@ def run_scene(
     report = {
         "scene": {k: v for k, v in plan.to_dict().items() if k not in ("tiles", "backend")},
         "backend": plan.backend_json(),
+        "model": model_id,
         "config": config.to_dict(),
         "tiles": tiles_info,
         "timing_s": {k: round(v, 4) for k, v in times.items()},
