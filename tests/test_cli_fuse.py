@@ -225,18 +225,18 @@ def test_nodata_option_stands_in_for_a_missing_tag(scene, reference, tmp_path):
     assert rc == 0 and out.read_bytes() == reference.read_bytes()
 
 
-def test_default_model_is_the_shipped_checkpoint(scene, tmp_path, capsys):
-    """Without --model the shipped checkpoint (ratio 4) is used: this ratio-2 pair is refused with
-    the reason, before any backend is built; a shipped checkpoint is also found by its name."""
+def test_without_model_the_shipped_model_that_fits_is_picked(scene, tmp_path, capsys):
+    """Without --model, ddif fuse picks the shipped model that fits the inputs and says which:
+    this real Landsat-8 ratio-2 pair (files named ..._B2.TIF ...) gets landsat8; a shipped model is
+    also found by its name, and an unknown name lists the shipped ones."""
     from ddif.cli.common import SHIPPED_MODEL, resolve_model
 
     out = tmp_path / "default.tif"
-    rc = main(["fuse", *map(str, scene["bands"]), str(scene["pan"]), str(out), "-q"])
+    rc = main(["fuse", *map(str, scene["bands"]), str(scene["pan"]), str(out), "--backend", "pytorch"])
     err = capsys.readouterr().err
-    assert rc == 2 and "resolution ratio is 2" in err and "ratio 4" in err
-    assert not any(tmp_path.iterdir())
+    assert rc == 0 and "model landsat8" in err and "sensor landsat8" in err and out.is_file()
     assert resolve_model(None) == SHIPPED_MODEL == resolve_model("landsat_small") and SHIPPED_MODEL.is_file()
-    with pytest.raises(FileNotFoundError, match="shipped: landsat_small"):
+    with pytest.raises(FileNotFoundError, match="shipped: landsat8, landsat_small"):
         resolve_model("no_such_model")
     assert main(["fuse", str(scene["pan"]), str(out)]) == 2
     assert "expected MS [MS ...] PAN OUT" in capsys.readouterr().err

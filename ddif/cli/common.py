@@ -7,8 +7,9 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ddif.fuser import Fuser
@@ -32,6 +33,7 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=8, help="images per network batch")
     g.add_argument("--device", default="auto")
     g.add_argument("--fused-kernels", action="store_true", help="use the fused kernels where they are live")
+    add_fast_path_args(p)
     g.add_argument(
         "--legacy-published-sampler",
         action="store_true",
@@ -62,6 +64,8 @@ def make_fuser(model: DDIF, args: argparse.Namespace) -> Fuser:
     device = resolve_device(args.device)
     if args.fused_kernels:
         enable_fused_kernels(model)
+    fast = FastPath.from_args(args)
+    fast.check("pytorch", str(device))
     return Fuser(
         model,
         sampler=args.sampler,
@@ -70,6 +74,7 @@ def make_fuser(model: DDIF, args: argparse.Namespace) -> Fuser:
         batch_size=args.batch_size,
         device=device,
         legacy_published_sampler=args.legacy_published_sampler,
+        **fast.kwargs(),
     )
 
 
@@ -98,6 +103,84 @@ def resolve_model(name: str | os.PathLike | None) -> Path:
     return resolve(name)[0]
 
 
+@dataclass
+class FastPath:
+    """The PyTorch fast-path switches of the command line (``--amp``, ``--compile``,
+    ``--cuda-graphs``, ``--channels-last``), as :class:`ddif.Fuser` / ``TorchFuser`` take them."""
+
+    amp: str | None = None  # "bf16" | "fp16"
+    compile: bool = False
+    cuda_graphs: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FastPath:
+        return cls(
+            getattr(args, "amp_inference", None),
+            bool(getattr(args, "compile", False)),
+            bool(getattr(args, "cuda_graphs", False)),
+            bool(getattr(args, "channels_last", False)),
+        )
+
+    @property
+    def any(self) -> bool:
+        return bool(self.amp or self.compile or self.cuda_graphs or self.channels_last)
+
+    def flags(self) -> list[str]:
+        out = [f"--amp {self.amp}"] if self.amp else []
+        out += [
+            f
+            for f, on in (
+                ("--compile", self.compile),
+                ("--cuda-graphs", self.cuda_graphs),
+                ("--channels-last", self.channels_last),
+            )
+            if on
+        ]
+        return out
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "amp": self.amp,
+            "compile": self.compile,
+            "cuda_graphs": self.cuda_graphs,
+            "channels_last": self.channels_last,
+        }
+
+    def check(self, backend: str, device: str | None) -> None:
+        """ValueError (one line) where a switch cannot apply: any of them with a backend other
+        than PyTorch (the ONNX / TensorRT graphs are built as they are), ``--cuda-graphs`` and
+        ``--amp fp16`` without a CUDA device."""
+        if not self.any:
+            return
+        if backend not in ("auto", "pytorch"):
+            raise ValueError(
+                f"{' '.join(self.flags())}: PyTorch fast-path switches, they do not apply to the {backend} backend "
+                "(use --backend pytorch, or leave them out)"
+            )
+        import torch
+
+        cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+        if self.cuda_graphs and not cuda:
+            raise ValueError("--cuda-graphs captures the sampler on a CUDA device; none is in use here")
+        if self.amp == "fp16" and not cuda:
+            raise ValueError("--amp fp16 needs a CUDA device (on a CPU use --amp bf16)")
+
+
+def add_fast_path_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("PyTorch fast path (the pytorch backend; results within the tested tolerances)")
+    g.add_argument(
+        "--amp",
+        dest="amp_inference",
+        choices=["bf16", "fp16"],
+        default=None,
+        help="autocast the network (fp32 accumulation); fp16 needs CUDA",
+    )
+    g.add_argument("--compile", action="store_true", help="torch.compile the network (weights frozen)")
+    g.add_argument("--cuda-graphs", action="store_true", help="capture the fixed-step sampler per tile batch (CUDA)")
+    g.add_argument("--channels-last", action="store_true", help="channels_last memory format (for GPUs)")
+
+
 def build_station_backend(
     model: str | os.PathLike,
     config: StationConfig,
@@ -106,6 +189,7 @@ def build_station_backend(
     device: str | None = None,
     steps: int | None = None,
     threads: int | None = None,
+    fast: FastPath | None = None,
 ) -> FuserBackend:
     """The station backend for ``model``: ``backend`` "auto" (``ddif.export.best_available``: the
     fastest that works here), "pytorch" or "onnxruntime" (a checkpoint is exported once into the
@@ -118,6 +202,10 @@ def build_station_backend(
 
     if backend not in STATION_BACKENDS:
         raise ValueError(f"backend must be one of {STATION_BACKENDS}, got {backend!r}")
+    fast = fast or FastPath()
+    fast.check(backend, device)
+    if fast.any:
+        backend = "pytorch"  # the switches are PyTorch's: "auto" honours them
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -137,7 +225,9 @@ def build_station_backend(
             path, device=device, steps=steps, tile_size=tiling.tile_size, ort_threads=threads, **tiles
         )
     if backend == "pytorch":
-        return runtime.TorchFuser(path, steps=steps, device=device, tile_size=tiling.tile_size, **tiles)
+        return runtime.TorchFuser(
+            path, steps=steps, device=device, tile_size=tiling.tile_size, **tiles, **fast.kwargs()
+        )
     if path.suffix.lower() != ".onnx":
         path = export.ensure_onnx(path, steps=steps, tile_size=tiling.tile_size)
     built = runtime.OnnxRuntimeFuser(path, device=device, steps=steps, intra_op_threads=threads, **tiles)

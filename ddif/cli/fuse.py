@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ddif.cli.args import input_scale
-from ddif.cli.common import STATION_BACKENDS, band_stacks, build_station_backend, pick_model
+from ddif.cli.common import STATION_BACKENDS, FastPath, band_stacks, build_station_backend, pick_model
 from ddif.station.events import EventLog
 
 # -co names ddif fuse sets on StationConfig: NAME -> (field, what the value must be)
@@ -101,8 +101,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "version within --budget seconds); the adapted model is kept beside OUT as OUT_adapted.pt",
     )
     from ddif.cli.adapt import add_adapt_options
+    from ddif.cli.common import add_fast_path_args
 
     add_adapt_options(p)
+    add_fast_path_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -238,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(plan_outputs(out, write_stac=not args.no_sidecars, extra=extra), [*ms, pan])
     if out.exists() and not args.overwrite:
         raise Refused(f"output {out} exists; give --overwrite to replace it")
+    fast = FastPath.from_args(args)
+    fast.check(args.backend, args.device)  # before anything is read
     fields, repeated = creation_option_fields(args.creation_options)
     config = StationConfig(
         tile_size=args.tile_size,
@@ -271,7 +275,13 @@ def run(args: argparse.Namespace) -> int:
         quicklook, report_path = (None, None) if keep else (Path(scratch) / "q.png", Path(scratch) / "r.json")
         try:
             backend = build_station_backend(
-                model, config, backend=args.backend, device=args.device, steps=args.steps, threads=args.threads
+                model,
+                config,
+                backend=args.backend,
+                device=args.device,
+                steps=args.steps,
+                threads=args.threads,
+                fast=fast,
             )
         except Exception as exc:
             kind = environment_error_kind(exc)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ddif.cli.args import add_dataclass_args, dataclass_from_args
-from ddif.cli.common import STATION_BACKENDS, build_station_backend, resolve_model
+from ddif.cli.common import STATION_BACKENDS, FastPath, add_fast_path_args, build_station_backend, resolve_model
 
 if TYPE_CHECKING:
     from ddif.station.config import StationConfig
@@ -56,6 +56,7 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    add_fast_path_args(p)
     ray = p.add_argument_group("scale-out on Ray (pip install 'ddif[ray]'; ddif/station/README.md)")
     ray.add_argument("--ray-address", default=None, help="fuse on this Ray cluster: auto or host:port")
     ray.add_argument("--ray-actors", type=int, default=None, help="actors (default: the cluster's CPUs or GPUs)")
@@ -142,6 +143,7 @@ def load_backend(args: argparse.Namespace, config: StationConfig, log: EventLog 
             device=args.device,
             steps=args.steps,
             threads=args.ray_threads,
+            fast=FastPath.from_args(args),
         )
         return RayBackend(
             args.model,
@@ -152,7 +154,9 @@ def load_backend(args: argparse.Namespace, config: StationConfig, log: EventLog 
             gpus_per_actor=args.ray_gpus_per_actor,
             log=log,
         )
-    return build_station_backend(args.model, config, backend=args.backend, device=args.device, steps=args.steps)
+    return build_station_backend(
+        args.model, config, backend=args.backend, device=args.device, steps=args.steps, fast=FastPath.from_args(args)
+    )
 
 
 def _model_id(path: str) -> dict[str, Any]:
@@ -169,6 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ddif.station.run import run_scene
 
     config = dataclass_from_args(StationConfig, args)  # the settings are checked before the model is looked up
+    FastPath.from_args(args).check(args.backend, args.device)
     args.model = str(resolve_model(args.model))
     log = EventLog()
     # the pair is checked against the model (bands, ratio, grids, scale) before any backend is
@@ -250,6 +255,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     config = dataclass_from_args(StationConfig, args)
     watch = dataclass_from_args(WatchConfig, args)
+    FastPath.from_args(args).check(args.backend, args.device)
     args.model = str(resolve_model(args.model))
     if watch.scenes_in_flight > 1 and not args.ray_address:
         raise ValueError(
