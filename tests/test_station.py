@@ -13,7 +13,7 @@ import torch
 
 rasterio = pytest.importorskip("rasterio")
 
-from test_station_support import station_backend  # noqa: F401  (fixture)
+from test_station_support import journal_tiles, station_backend  # noqa: F401  (fixture)
 from test_station_support import (CRS, backend_for, read, save_station_model, small_config, station_model,
                                   station_preset, synthetic_scene)
 
@@ -450,7 +450,7 @@ def test_watch_stops_between_batches_and_resumes(tmp_path, station_backend):
     wrapper.service = service
     assert service.run(once=True) == 0
     assert [e["event"] for e in log.events][-2:] == ["scene_interrupted", "service_stop"]
-    assert len(list((outbox / ".work" / "s").glob("tile_*.npy"))) == 4 and not (outbox / "s").exists()
+    assert journal_tiles(outbox / ".work" / "s") == 4 and not (outbox / "s").exists()
     assert not list(outbox.glob(".*.partial"))
 
     log = EventLog(stream=None)

@@ -595,8 +595,8 @@ def test_stale_partial_files_are_removed_at_start_but_not_in_the_inbox(tmp_path)
     _scene(inbox, "done")
     _service(inbox, outbox).run(once=True)
     stale = [outbox / ".x.tif.a1b2c3d4.partial", outbox / "done" / ".done.tif.k3j4h5g6.partial",
-             outbox / ".work" / "z" / ".tile_0000001.npy.qwertyui.partial",
-             workdir / "y" / ".tile_0000002.npy.asdfghjk.partial",
+             outbox / ".work" / "z" / ".batch_000001.npy.qwertyui.partial",
+             workdir / "y" / ".batch_000002.npy.asdfghjk.partial",
              inbox / "processed" / "done" / ".reason.json.zxcvbnm1.partial",
              inbox / "quarantine" / "q" / ".reason.json.poiuytre.partial",
              outbox / ".s.partial" / "s.tif"]

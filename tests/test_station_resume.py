@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("rasterio")
 
-from test_station_support import save_station_model, synthetic_scene
+from test_station_support import journal_tiles, save_station_model, synthetic_scene
 
 REPO = Path(__file__).resolve().parents[1]
 TILES = 16            # 192 x 192 PAN, 64-pixel tiles with 16 of overlap: 4 x 4
@@ -56,20 +56,20 @@ def test_kill9_then_disk_full_then_resume_is_byte_identical(tmp_path):
     victim = subprocess.Popen(watch_cmd(in_, out, model), stdout=victim_log, stderr=subprocess.STDOUT, **env_kw)
     journal = out / ".work" / "k"
     deadline = time.monotonic() + 240
-    while len(list(journal.glob("tile_*.npy"))) < 2:
+    while journal_tiles(journal) < 2:
         assert victim.poll() is None, "the victim finished before it could be killed"
         assert time.monotonic() < deadline, "no tile was journaled in time"
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     victim_log.close()
-    done_at_kill = len(list(journal.glob("tile_*.npy")))
+    done_at_kill = journal_tiles(journal)
     assert 2 <= done_at_kill < TILES
     assert not (out / "k").exists()                                 # no product, not even a partial one
     assert (in_ / "k_MS.tif").exists() and (in_ / "k_PAN.tif").exists()
 
     # restart into a "full disk": the remaining tiles are journaled, the product write fails
-    full = subprocess.run(watch_cmd(in_, out, model), capture_output=True, preexec_fn=_cap_file_size(200_000),
+    full = subprocess.run(watch_cmd(in_, out, model), capture_output=True, preexec_fn=_cap_file_size(300_000),
                           **env_kw)
     log = events(full.stderr)
     assert full.returncode == 1, full.stderr[-2000:]
@@ -80,7 +80,7 @@ def test_kill9_then_disk_full_then_resume_is_byte_identical(tmp_path):
     assert not (out / "k").exists()
     assert not [p for p in out.rglob("*") if p.name.endswith(".partial") or p.suffix == ".tif"], \
         "a half-written file was left behind"
-    assert len(list(journal.glob("tile_*.npy"))) == TILES and (in_ / "k_MS.tif").exists()
+    assert journal_tiles(journal) == TILES and (in_ / "k_MS.tif").exists()
 
     # a normal restart writes the product from the journal
     final = subprocess.run(watch_cmd(in_, out, model), capture_output=True, **env_kw)

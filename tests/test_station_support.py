@@ -140,3 +140,16 @@ def shared_backend():
 @pytest.fixture(scope="module")
 def station_backend():
     return shared_backend()
+
+
+def journal_tiles(folder: Path) -> int:
+    """Tiles journaled in a tile-journal folder (one file per batch of tiles)."""
+    import numpy as np
+
+    total = 0
+    for p in Path(folder).glob("batch_*.npy"):
+        try:
+            total += int(np.load(p, mmap_mode="r").shape[0])
+        except (OSError, ValueError):
+            pass
+    return total

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ddif.diffusion.sampling import sample_residual
-from ddif.inference.tiling import DEFAULT_BATCH_PIXELS, Tiling, pad_to, step_generator, tile_noise
+from ddif.inference.tiling import DEFAULT_BATCH_PIXELS, Tiling, pad_to, step_generator, tile_noise_batch
 from ddif.utils.tiling import Tile, TileGrid, blend_window
 from ddif.utils.validation import check_image
 
@@ -384,9 +384,10 @@ class InferencePath:
             lms_t, pan_t = _cut(lms_p, chunk), _cut(pan_p, chunk)
             if noise is not None:
                 x_t = _cut(noise.detach().to("cpu", torch.float32), chunk)
-            else:
-                x_t = torch.stack(
-                    [tile_noise(seed, first_image + i, t.index, (c, t.height, t.width)) for i, t in chunk]
+            else:  # one counter-based draw for the chunk's tiles (all of one shape)
+                t0 = chunk[0][1]
+                x_t = tile_noise_batch(
+                    seed, [first_image + i for i, _ in chunk], [t.index for _, t in chunk], (c, t0.height, t0.width)
                 )
             gens = [step_generator(seed, first_image + i, t.index) for i, t in chunk] if stochastic else None
             residual = self.constrain(self.sampler.sample_batch(lms_t, pan_t, x_t, gens))

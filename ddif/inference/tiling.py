@@ -11,14 +11,17 @@ out with :class:`Tiling`, so all of them sample the same tiles with the same noi
 - **whole image** (``tile_size == 0``, the published presets): one tile per image, padded at the
   bottom / right to the network's size multiple.
 
-A tile's initial noise x_T is drawn from ``derive_seed(seed, image, tile)`` on the CPU
-(:func:`tile_noise`): it depends on the tile's position only, not on batching, device, resume or
+A tile's initial noise x_T is a counter-based draw keyed by ``derive_seed(seed, image, tile)``
+(:func:`tile_noise_batch`: integer hashing of (key, element index), for a whole batch at once, on
+the backend's device): it depends on the tile's position only, not on batching, device, resume or
 the backend. Overlapping tiles are blended with the smooth partition of unity of
 :func:`ddif.utils.tiling.blend_window` (the station assembles its product with the same function).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,11 +108,74 @@ def default_overlap(tile_size: int) -> int:
     return tile_size // 8 if tile_size else 0
 
 
+_M32 = 0xFFFFFFFF
+_shr = torch.bitwise_right_shift  # (the ``>>`` operator takes a slower path on CPU)
+
+
+def _signed32(c: int) -> int:
+    return c - (1 << 32) if c >= (1 << 31) else c
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """The "lowbias32" integer hash (C. Wellons, hash-prospector) of int32 words, read as
+    unsigned: logical shifts (masked arithmetic ones) and products wrapped mod 2**32, which is
+    what CPU and CUDA integer multiplication do; a bijection with low bias."""
+    x = x ^ (_shr(x, 16) & 0xFFFF)
+    x = x * _signed32(0x7FEB352D)
+    x = x ^ (_shr(x, 15) & 0x1FFFF)
+    x = x * _signed32(0x846CA68B)
+    return x ^ (_shr(x, 16) & 0xFFFF)
+
+
+def counter_normal(
+    keys: torch.Tensor, shape: tuple[int, ...], device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Standard normal noise, one ``shape`` block per 63-bit key of ``keys`` (N,), as a pure
+    function of (key, element index): a counter-based generator (each value hashes its key and
+    counter, as Philox does), drawn for the whole batch at once on ``device`` with 32-bit integer
+    arithmetic that is exact everywhere, so CPU and GPU give the same uniforms (the Box-Muller
+    transform's float32 log / cos / sin agree to rounding). Returns (N, *shape) float32."""
+    keys = torch.as_tensor(keys, dtype=torch.int64)
+    k_lo = torch.where((keys & _M32) >= (1 << 31), (keys & _M32) - (1 << 32), keys & _M32).to(torch.int32)
+    k_hi = (_shr(keys, 32) & 0x7FFFFFFF).to(torch.int32)
+    key = _mix32(_mix32(k_lo) ^ k_hi).to(device)[:, None]  # one word per tile
+    n = int(math.prod(shape))
+    pairs = (n + 1) // 2  # Box-Muller: two normals per pair of uniforms
+    counter = torch.arange(pairs, dtype=torch.int32, device=key.device) * 2
+
+    def uniform(stream: int) -> torch.Tensor:
+        h = _mix32((counter + stream)[None, :] ^ key)
+        return ((_shr(h, 8) & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / 16777216.0)  # (0, 1), 24 bits
+
+    radius = torch.sqrt(-2.0 * torch.log(uniform(0)))
+    angle = (2.0 * math.pi) * uniform(1)
+    z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)[:, :n]
+    return z.reshape((keys.shape[0],) + tuple(shape))
+
+
+def tile_noise_batch(
+    seed: int | None,
+    images: int | Sequence[int],
+    tiles: Sequence[int],
+    shape: tuple[int, ...],
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """x_T of a batch of tiles, (N, *shape) float32: tile k's noise is a function of
+    ``(seed, image_k, tile_k)`` only (:func:`counter_normal` keyed by ``derive_seed``), whatever
+    the batch, the device or the order of the work (``seed=None``: torch's global generator)."""
+    tiles = [int(t) for t in tiles]
+    image_list = [int(images)] * len(tiles) if isinstance(images, int) else [int(i) for i in images]
+    if len(image_list) != len(tiles):
+        raise ValueError(f"{len(image_list)} image indices for {len(tiles)} tiles")
+    if seed is None:
+        return torch.randn((len(tiles),) + tuple(shape), dtype=torch.float32, device=device)
+    keys = torch.tensor([derive_seed(seed, i, t) for i, t in zip(image_list, tiles)], dtype=torch.int64)
+    return counter_normal(keys, tuple(shape), device)
+
+
 def tile_noise(seed: int | None, image: int, tile: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """x_T of one tile: float32 standard normal ``shape`` drawn on the CPU from
-    ``derive_seed(seed, image, tile)`` (``seed=None``: from torch's global generator)."""
-    gen = None if seed is None else generator_for(seed, image, tile)
-    return torch.randn(tuple(shape), generator=gen, dtype=torch.float32)
+    """x_T of one tile (:func:`tile_noise_batch` of one tile)."""
+    return tile_noise_batch(seed, image, [tile], shape)[0]
 
 
 def step_generator(seed: int | None, image: int, tile: int) -> torch.Generator | None:
@@ -118,4 +184,14 @@ def step_generator(seed: int | None, image: int, tile: int) -> torch.Generator |
     return None if seed is None else generator_for(seed, image, tile, 1)
 
 
-__all__ = ["Tiling", "DEFAULT_BATCH_PIXELS", "default_overlap", "pad_to", "tile_noise", "step_generator", "derive_seed"]
+__all__ = [
+    "Tiling",
+    "DEFAULT_BATCH_PIXELS",
+    "default_overlap",
+    "pad_to",
+    "tile_noise",
+    "tile_noise_batch",
+    "counter_normal",
+    "step_generator",
+    "derive_seed",
+]

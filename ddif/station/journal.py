@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ import numpy as np
 from ddif.station.errors import environment_error_kind
 from ddif.utils.io import atomic_path, atomic_write_text
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: one file per batch of tiles
+OPEN_BATCHES = 16  # batch files kept memory-mapped while the product is assembled
 
 
 def file_identity(path: str | os.PathLike) -> dict[str, Any]:
@@ -84,10 +86,23 @@ def fingerprint_digest(fingerprint: dict[str, Any]) -> str:
 
 
 class Journal:
-    def __init__(self, directory: str | os.PathLike, fingerprint: dict[str, Any]):
+    """The tiles of one scene's fusion, one file per batch of tiles (``batch_NNNNNN.npy``: the
+    batch's tiles stacked, (n, bands, h, w) float32, in the plan's order), under a ``plan.json``
+    holding the fingerprint (inputs, model, backend, settings: a resume never mixes tiles made
+    otherwise). ``batches`` are the plan's batches of tile indices (fixed by the settings in the
+    fingerprint). A batch file is written whole (temporary name, then renamed), so after a kill
+    every batch file present is complete; one torn by a power loss fails to load and is fused
+    again."""
+
+    def __init__(
+        self, directory: str | os.PathLike, fingerprint: dict[str, Any], batches: Sequence[Sequence[int]] = ()
+    ):
         self.directory = Path(directory)
         self.fingerprint = {"journal_version": JOURNAL_VERSION, **fingerprint}
         self.digest = fingerprint_digest(self.fingerprint)
+        self.batches = [list(b) for b in batches]
+        self._where = {int(t): (k, i) for k, b in enumerate(self.batches) for i, t in enumerate(b)}
+        self._open: dict[int, np.ndarray | None] = {}  # memory-mapped batches, least recently used first
 
     @property
     def plan_path(self) -> Path:
@@ -124,28 +139,54 @@ class Journal:
         done = len(self.done_indices())
         return {"resumed": done > 0, "tiles_done": done, "discarded": discarded}
 
-    def tile_path(self, index: int) -> Path:
-        return self.directory / f"tile_{index:07d}.npy"
+    def batch_path(self, k: int) -> Path:
+        return self.directory / f"batch_{k:06d}.npy"
+
+    def _batch(self, k: int) -> np.ndarray | None:
+        """Batch ``k`` memory-mapped (a few are kept open: a product block reads the tiles of the
+        batches around it), None when absent, unreadable or not the batch's shape."""
+        if k in self._open:
+            arr = self._open.pop(k)
+            self._open[k] = arr
+            return arr
+        arr = None
+        path = self.batch_path(k)
+        if path.is_file():
+            try:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError):
+                arr = None
+            if arr is not None and (arr.ndim != 4 or arr.shape[0] != len(self.batches[k])):
+                arr = None
+        if len(self._open) >= OPEN_BATCHES:
+            self._open.pop(next(iter(self._open)))
+        self._open[k] = arr
+        return arr
+
+    def batch_done(self, k: int, shape: tuple[int, ...] | None = None) -> bool:
+        arr = self._batch(k)
+        return arr is not None and (shape is None or tuple(arr.shape[1:]) == tuple(shape))
 
     def done_indices(self) -> set[int]:
-        out = set()
-        for p in self.directory.glob("tile_*.npy"):
-            with contextlib.suppress(ValueError):
-                out.add(int(p.stem.split("_")[1]))
+        out: set[int] = set()
+        for k, batch in enumerate(self.batches):
+            if self.batch_path(k).is_file() and self._batch(k) is not None:
+                out.update(batch)
+        self._open.clear()
         return out
 
-    def has(self, index: int) -> bool:
-        return self.tile_path(index).is_file()
-
-    def save(self, index: int, values: np.ndarray) -> None:
-        """Write one tile (a .npy file) atomically. A failed write raises an OSError that keeps
-        its errno (ENOSPC, EDQUOT, EFBIG, ...): numpy's own writer loses it ("N requested and M
-        written"), so the array is written through Python's file object, and an errno-less
-        short write is re-raised as ENOSPC. The service classes these as environment errors."""
+    def save_batch(self, k: int, values: np.ndarray) -> None:
+        """Write batch ``k`` (its tiles' values, in the batch's order) as one file, atomically. A
+        failed write raises an OSError that keeps its errno (ENOSPC, EDQUOT, EFBIG, ...): numpy's
+        own writer loses it ("N requested and M written"), so the array is written through
+        Python's file object, and an errno-less short write is re-raised as ENOSPC. The service
+        classes these as environment errors."""
         from numpy.lib import format as npy
 
         values = np.ascontiguousarray(values, dtype=np.float32)
-        path = self.tile_path(index)
+        if values.shape[0] != len(self.batches[k]):
+            raise ValueError(f"batch {k}: {values.shape[0]} tiles given, the plan has {len(self.batches[k])}")
+        path = self.batch_path(k)
         try:
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
@@ -155,19 +196,23 @@ class Journal:
             if exc.errno is None and environment_error_kind(exc) == "disk_full":
                 raise OSError(errno.ENOSPC, f"No space left on device writing tile journal {path} ({exc})") from exc
             raise
+        self._open.pop(k, None)
 
     def load(self, index: int) -> np.ndarray | None:
-        """The tile's values memory-mapped (only the slices used are read), None if absent or unreadable."""
-        path = self.tile_path(index)
-        if not path.is_file():
+        """Tile ``index``'s values (memory-mapped: only the slices used are read), None if its
+        batch is not journaled (or unreadable)."""
+        where = self._where.get(int(index))
+        if where is None:
             return None
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
-            return None
+        arr = self._batch(where[0])
+        return None if arr is None else arr[where[1]]
+
+    def close(self) -> None:
+        self._open.clear()
 
     def nbytes(self) -> int:
-        return sum(p.stat().st_size for p in self.directory.glob("tile_*.npy")) if self.directory.exists() else 0
+        return sum(p.stat().st_size for p in self.directory.glob("batch_*.npy")) if self.directory.exists() else 0
 
     def remove(self) -> None:
+        self._open.clear()
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ddif.config import Preset
 
 # 2: tiles in the model's tiling with per-tile noise, journal holds lms + residual
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3  # 3: counter-based tile noise, batch-window reads
 BACKEND_INTERFACE = ("name", "bands", "guide_bands", "max_dn", "rgb_bands", "ratio", "preset", "tiling", "sample_tiles")
 
 

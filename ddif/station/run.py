@@ -41,7 +41,7 @@ from ddif.data.scene import (
     SceneReader,
     gdal_env,
 )
-from ddif.inference.tiling import tile_noise
+from ddif.inference.tiling import tile_noise_batch
 from ddif.station.config import StationConfig
 from ddif.station.errors import OutputWriteError, StopRequested
 from ddif.station.events import EventLog, NullLog
@@ -82,15 +82,31 @@ def _band_names(plan: ScenePlan) -> list[str]:
 def _batch_inputs(
     plan: ScenePlan, reader: SceneReader, batch: Sequence[int], shape: tuple[int, int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """lms, pan and x_T (``(seed, 0, tile index)``) of one batch of tiles, as float32 tensors."""
+    """lms, pan and x_T (``(seed, 0, tile index)``) of one batch of tiles, as float32 tensors.
+
+    The batch's tiles are consecutive in raster order: the window that holds them all is read and
+    interpolated once (:meth:`SceneReader.window_inputs`, which gives a window the values the
+    whole scene would) and the tiles are cut from it, instead of one read and one interpolation
+    per tile. A tile reaching beyond the scene (a scene side shorter than a tile) is read on its
+    own and padded as the Fuser pads it."""
     import torch
 
+    tiles = [plan.tiles.tile(i) for i in batch]
     lms_np = np.empty((len(batch),) + shape, dtype=np.float32)
     pan_np = np.empty((len(batch), plan.grid.pan.count) + shape[1:], dtype=np.float32)
-    noise = torch.empty((len(batch),) + shape, dtype=torch.float32)
-    for i, t in enumerate(map(plan.tiles.tile, batch)):  # filled in place: no second copy
-        lms_np[i], pan_np[i] = reader.tile_inputs(t.y, t.x, t.height, t.width)
-        noise[i] = tile_noise(plan.config.seed, 0, t.index, shape)
+    H, W = plan.grid.shape
+    inside = [t for t in tiles if t.y + t.height <= H and t.x + t.width <= W]
+    if inside:
+        y0, x0 = min(t.y for t in inside), min(t.x for t in inside)
+        y1, x1 = max(t.y + t.height for t in inside), max(t.x + t.width for t in inside)
+        lms_w, pan_w = reader.window_inputs(y0, x0, y1 - y0, x1 - x0)
+    for i, t in enumerate(tiles):  # filled in place: no second copy
+        if t.y + t.height <= H and t.x + t.width <= W:
+            rows, cols = slice(t.y - y0, t.y - y0 + t.height), slice(t.x - x0, t.x - x0 + t.width)
+            lms_np[i], pan_np[i] = lms_w[:, rows, cols], pan_w[:, rows, cols]
+        else:
+            lms_np[i], pan_np[i] = reader.tile_inputs(t.y, t.x, t.height, t.width)
+    noise = tile_noise_batch(plan.config.seed, 0, batch, shape)
     return torch.from_numpy(lms_np), torch.from_numpy(pan_np), noise  # sharing the arrays' memory
 
 
@@ -112,11 +128,8 @@ def _fuse_tiles(
 
     shape = (plan.grid.bands, plan.tiles.tile_h, plan.tiles.tile_w)
 
-    def done(index: int) -> bool:
-        arr = journal.load(index)
-        return arr is not None and tuple(arr.shape) == shape
-
-    pending = [(k, b) for k, b in enumerate(plan.batches) if not all(done(i) for i in b)]
+    pending = [(k, b) for k, b in enumerate(plan.batches) if not journal.batch_done(k, shape)]
+    journal.close()
     skipped = len(plan.batches) - len(pending)
     t_read = t_fuse = t_save = 0.0
     computed = 0
@@ -149,7 +162,7 @@ def _fuse_tiles(
     extra: dict[str, Any] = {}
     try:
         if map_batches is None:
-            for n, (_, batch) in enumerate(pending):
+            for n, (k, batch) in enumerate(pending):
                 if should_stop is not None and should_stop():
                     raise StopRequested(f"stop requested after {n} of {len(pending)} pending batches")
                 t0 = time.perf_counter()
@@ -160,8 +173,7 @@ def _fuse_tiles(
                 lms += residual.detach().to("cpu", torch.float32)
                 del residual, pan, noise
                 t2 = time.perf_counter()
-                for i, index in enumerate(batch):
-                    journal.save(index, lms[i].numpy())
+                journal.save_batch(k, lms.numpy())
                 del lms  # one batch alive at a time: freed before the next one is allocated
                 t3 = time.perf_counter()
                 t_read, t_fuse, t_save = t_read + t1 - t0, t_fuse + t2 - t1, t_save + t3 - t2
@@ -192,8 +204,7 @@ def _fuse_tiles(
                 lms = lms_of.pop(k)
                 lms += residual.detach().to("cpu", torch.float32)  # the same sum as above
                 del residual
-                for i, index in enumerate(plan.batches[k]):
-                    journal.save(index, lms[i].numpy())
+                journal.save_batch(k, lms.numpy())
                 del lms
                 t_save += time.perf_counter() - t2
                 finished(n, plan.batches[k])
@@ -235,13 +246,9 @@ def _write_product(
     nodata = plan.nodata
     profile = product_profile(g, nodata, cfg.block_size, "deflate", 1)
     stats = BandStatistics(g.bands)
-    cache: dict[int, np.ndarray | None] = {}
 
     def load(tile, rows, cols):
-        if tile.index not in cache:
-            cache.clear()  # blocks visit tiles in raster order: keep one memory map at a time
-            cache[tile.index] = journal.load(tile.index) if plan.tile_valid[tile.index] else None
-        arr = cache[tile.index]
+        arr = journal.load(tile.index) if plan.tile_valid[tile.index] else None
         return None if arr is None else np.asarray(arr[:, rows, cols], dtype=np.float32)
 
     k = cfg.block_size
@@ -262,7 +269,7 @@ def _write_product(
                     block = to_dn(fused, valid, plan.backend["max_dn"], dtype, nodata)
                     stats.add(block, valid)
                     dst.write(block, window=Window(x0, y0, w, h))
-            cache.clear()
+            journal.close()
             factors = overview_factors(g.pan.height, g.pan.width, cfg.overview_min_size)
             if factors:
                 # nodata-aware: GDAL leaves nodata pixels out of every overview pixel's resampling
@@ -462,7 +469,7 @@ def run_scene(
         "steps": plan.backend["steps"],
         "settings": config.product_fields(),
     }
-    journal = Journal(journal_dir, fingerprint)
+    journal = Journal(journal_dir, fingerprint, plan.batches)
     state = journal.open()
     if state["discarded"]:
         log.warning("journal_discarded", scene=scene, journal=str(journal_dir), reason=state["discarded"])
