@@ -11,8 +11,9 @@ at the scale of the product is needed.
 Here (:func:`adaptation_set`): windows spread over the scene's valid area are read through the
 scene layer (nodata, scale, the model's preprocessing), the MS-to-PAN misregistration is measured
 on them and the PAN resampled onto the MS's own grid (as ``ddif make-dataset`` does for training
-data), each window is Wald-degraded with the model's nominal simulation and cut into patches; a
-tenth of the patches (whole windows) is held back. :func:`adapt` fine-tunes with the training
+data), each window is Wald-degraded with the model's nominal simulation and, as in training, a
+few simulations drawn around it (``AdaptConfig.variants``: adapting to one simulator would tune the
+model to that simulator), and cut into patches; a tenth of the windows is held back. :func:`adapt` fine-tunes with the training
 loop (:class:`ddif.training.Trainer`: the same loss, crops and flips) within a wall-time budget
 and keeps the adapted weights only if they lower ERGAS on the held-back patches (else the model is
 returned unchanged, and the report says so).
@@ -49,6 +50,10 @@ class AdaptConfig:
     window_size: int = 96  # MS px per window side
     holdout_fraction: float = 0.1  # windows held back to check the adaptation
     registration: str = "measure"  # as make-dataset: measure, off, or DY,DX
+    # simulations of the scene's reduced version: the sensor's nominal one and variants - 1 draws
+    # around it (ddif.data.degradation.DegradationRanges), as the model was trained: adapting to
+    # one simulator would tune the model to it, not to the scene
+    variants: int = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,6 +67,8 @@ class AdaptConfig:
             raise ValueError(f"holdout_fraction must lie in [0, 0.5), got {self.holdout_fraction}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.variants < 1:
+            raise ValueError(f"variants must be >= 1, got {self.variants}")
 
 
 class _Items(torch.utils.data.Dataset):
@@ -196,23 +203,32 @@ def patches_from_windows(
     train: list[dict[str, torch.Tensor]] = []
     hold: list[dict[str, torch.Tensor]] = []
     p = cfg.patch_size
+    from ddif.data.degradation import DegradationRanges, draw_degradation
+
+    draws = np.random.default_rng([cfg.seed, 2])
+    degradations = [degradation] + [
+        draw_degradation(draws, degradation, DegradationRanges()) for _ in range(cfg.variants - 1)
+    ]
     for k, win in enumerate(windows):
         pan, _ = register_pan(win["ms"], win["pan"], win["bad"], r, win["centre"], mode)
-        with torch.no_grad():
-            rr = wald_triplet(torch.from_numpy(win["ms"])[None], torch.from_numpy(pan)[None], degradation)
         h, w = win["ms"].shape[1:]
-        stride = p if k in hold_ids else max(r, p // 2 // r * r)
-        for y in range(0, h - p + 1, stride):
-            for x in range(0, w - p + 1, stride):
-                if win["bad"][y : y + p, x : x + p].any():
-                    continue
-                item = {
-                    "gt": rr.gt[0, :, y : y + p, x : x + p].clone(),
-                    "lms": rr.lms[0, :, y : y + p, x : x + p].clone(),
-                    "pan": rr.pan[0, :, y : y + p, x : x + p].clone(),
-                    "ms": rr.ms[0, :, y // r : (y + p) // r, x // r : (x + p) // r].clone(),
-                }
-                (hold if k in hold_ids else train).append(item)
+        held = k in hold_ids
+        stride = p if held else max(r, p // 2 // r * r)
+        # held-back windows are checked on the nominal simulation only
+        for deg in degradations[:1] if held else degradations:
+            with torch.no_grad():
+                rr = wald_triplet(torch.from_numpy(win["ms"])[None], torch.from_numpy(pan)[None], deg)
+            for y in range(0, h - p + 1, stride):
+                for x in range(0, w - p + 1, stride):
+                    if win["bad"][y : y + p, x : x + p].any():
+                        continue
+                    item = {
+                        "gt": rr.gt[0, :, y : y + p, x : x + p].clone(),
+                        "lms": rr.lms[0, :, y : y + p, x : x + p].clone(),
+                        "pan": rr.pan[0, :, y : y + p, x : x + p].clone(),
+                        "ms": rr.ms[0, :, y // r : (y + p) // r, x // r : (x + p) // r].clone(),
+                    }
+                    (hold if held else train).append(item)
     if not train:
         raise ValueError(f"no valid {p} px patch to adapt on")
     report = {
@@ -222,6 +238,7 @@ def patches_from_windows(
         "misregistration_pan_px": None if measured is None else [round(v, 4) for v in measured],
         "registration_applied": mode,
         "degradation": degradation.describe(),
+        "variants": len(degradations),
     }
     return AdaptationSet(_Items(train), _Items(hold), report)
 
