@@ -258,7 +258,7 @@ class SceneReader:
         import torch
 
         from ddif.data.mtf import upsample
-        from ddif.data.registration import sample_axis
+        from ddif.data.registration import shift_axis
 
         g = self.grid
         r = g.ratio
@@ -278,10 +278,8 @@ class SceneReader:
         up = upsample(torch.from_numpy(x)[None], r, method=self.interpolation, padding=self.padding)[0]
         # upsampled pixel k of the scene is pixel k - r*r0 of this window
         y0w, x0w = k0y - r * r0, k0x - r * c0
-        if res_y or res_x:
-            ys = torch.arange(y0w, y0w + h, dtype=torch.float64) - res_y
-            xs = torch.arange(x0w, x0w + w, dtype=torch.float64) - res_x
-            out = sample_axis(sample_axis(up.to(torch.float64), ys, 1), xs, 2)
+        if res_y or res_x:  # one constant fractional offset: a 4-tap convolution per axis
+            out = shift_axis(shift_axis(up.to(torch.float64), y0w - res_y, h, 1), x0w - res_x, w, 2)
             return np.ascontiguousarray(out.numpy(), dtype=np.float32)
         upn = up.numpy()
         if 0 <= y0w and y0w + h <= upn.shape[1] and 0 <= x0w and x0w + w <= upn.shape[2]:

@@ -13,10 +13,10 @@ scene layer (nodata, scale, the model's preprocessing), the MS-to-PAN misregistr
 on them and the PAN resampled onto the MS's own grid (as ``ddif make-dataset`` does for training
 data), each window is Wald-degraded with the model's nominal simulation and, as in training, a
 few simulations drawn around it (``AdaptConfig.variants``: adapting to one simulator would tune the
-model to that simulator), and cut into patches; a tenth of the windows is held back. :func:`adapt` fine-tunes with the training
-loop (:class:`ddif.training.Trainer`: the same loss, crops and flips) within a wall-time budget
-and keeps the adapted weights only if they lower ERGAS on the held-back patches (else the model is
-returned unchanged, and the report says so).
+model to that simulator), and cut into patches; a tenth of the windows is held back.
+:func:`adapt` fine-tunes with the training loop (:class:`ddif.training.Trainer`: the same loss,
+crops and flips) within a wall-time budget and keeps the adapted weights only if they lower ERGAS
+on the held-back patches (else the model is returned unchanged, and the report says so).
 """
 
 from __future__ import annotations
