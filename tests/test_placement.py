@@ -143,3 +143,50 @@ def test_misregistration_is_measured(shift):
     found = estimate_misregistration(ms, pan.numpy(), ratio, centre, pan_gain=0.9)
     np.testing.assert_allclose(found.shift_pan_px, shift, atol=0.08)
     assert found.r2 > 0.9
+
+
+def test_station_plan_checks_and_corrects_a_misregistered_pair(tmp_path):
+    """An MS displaced by (+0.7, -0.4) PAN px from where its geotransform says: the plan measures
+    it on several windows ("check": reported, a warning, nothing changed), and "measure" places the
+    MS there (the plan's residual moves by the shift)."""
+    from test_station_support import save_station_model
+
+    from ddif.station import StationConfig
+    from ddif.station.events import EventLog
+    from ddif.station.plan import plan_scene
+
+    rng = np.random.default_rng(3)
+    ratio, pan_res, ms_size = 4, 0.5, 96
+    n = ratio * ms_size
+    base = torch.from_numpy(rng.normal(size=(3, n + 16, n + 16)))
+    k = torch.tensor([1.0, 4, 6, 4, 1], dtype=torch.float64) / 16
+    for _ in range(3):
+        base = torch.nn.functional.conv2d(base[:, None], k.view(1, 1, 5, 1), padding=(2, 0))[:, 0]
+        base = torch.nn.functional.conv2d(base[:, None], k.view(1, 1, 1, 5), padding=(0, 2))[:, 0]
+    pan = (base * torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64).view(3, 1, 1)).sum(0)[8:-8, 8:-8]
+    shift = (0.7, -0.4)
+    ys = ratio * torch.arange(ms_size, dtype=torch.float64) + 1.5 + 8 + shift[0]
+    xs = ratio * torch.arange(ms_size, dtype=torch.float64) + 1.5 + 8 + shift[1]
+    ms = sample_axis(sample_axis(base, ys, 1), xs, 2)
+    # 8 bands for the station's test model: the three bands and five mixtures of them
+    ms8 = torch.cat([ms, (ms[:1] + ms[1:2]) / 2, (ms[1:2] + ms[2:]) / 2, ms.mean(0, keepdim=True), ms[:1], ms[2:]])
+    scale = lambda t: (800 + 150 * t).numpy()  # noqa: E731
+    write(tmp_path / "ms.tif", scale(ms8), from_origin(593000.0, 5747000.0, ratio * pan_res, ratio * pan_res))
+    write(tmp_path / "pan.tif", scale(pan)[None], from_origin(593000.0, 5747000.0, pan_res, pan_res))
+    preset_model = save_station_model(tmp_path / "m.pt")
+    from ddif.models import load_model
+
+    preset = load_model(str(preset_model)).preset
+    log = EventLog(stream=None)
+    checked = plan_scene(tmp_path / "ms.tif", tmp_path / "pan.tif", preset, StationConfig(), log=log)
+    rec = checked.registration
+    assert rec["consistent"] and rec["applied_pan_px"] is None
+    np.testing.assert_allclose(rec["shift_pan_px"], shift, atol=0.1)
+    assert checked.grid.subpixel == (-0.5, -0.5)
+    assert any(e["event"] == "misregistration" for e in log.events)
+    corrected = plan_scene(tmp_path / "ms.tif", tmp_path / "pan.tif", preset, StationConfig(registration="measure"))
+    np.testing.assert_allclose(
+        np.add(corrected.grid.shift, corrected.grid.subpixel), np.add((-0.5, -0.5), rec["shift_pan_px"]), atol=1e-9
+    )
+    off = plan_scene(tmp_path / "ms.tif", tmp_path / "pan.tif", preset, StationConfig(registration="off"))
+    assert off.registration == {"mode": "off"}

@@ -75,6 +75,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="nodata of inputs without a nodata tag (e.g. 0 for Landsat's zero fill)",
     )
     p.add_argument(
+        "--registration",
+        default="check",
+        help="MS-to-PAN registration beyond the geotransforms: check (measure and warn), measure (also correct "
+        "when the scene's windows agree), off, or DY,DX (PAN px)",
+    )
+    p.add_argument(
         "--input-scale",
         type=input_scale,
         default=None,
@@ -249,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         input_nodata=args.nodata,
         input_scale=args.input_scale,
+        registration=args.registration,
         **fields,
     )
     model, match = pick_model(args.model, ms, pan, quiet=args.quiet)

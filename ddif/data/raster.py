@@ -478,6 +478,24 @@ class SceneGrid:
         r = self.ratio
         return np.floor_divide(2 * k - 2 * self.phase + r, 2 * r)
 
+    def registered(self, correction: tuple[float, float]) -> SceneGrid:
+        """The same pair with the MS placed ``correction`` (rows, cols) PAN px further than its
+        geotransform says (a measured misregistration, :func:`ddif.data.scene.measure_registration`):
+        the integer shift and the fractional residual are recomputed, the coverage follows."""
+        from dataclasses import replace
+
+        offsets = (self.shift[0] + self.subpixel[0] + correction[0], self.shift[1] + self.subpixel[1] + correction[1])
+        shift = (int(math.floor(offsets[0] + 0.5)), int(math.floor(offsets[1] + 0.5)))
+        subpixel = (float(offsets[0] - shift[0]), float(offsets[1] - shift[1]))
+        r = self.ratio
+        coverage = (
+            max(0, shift[0]),
+            max(0, shift[1]),
+            min(self.pan.height, shift[0] + r * self.ms.height),
+            min(self.pan.width, shift[1] + r * self.ms.width),
+        )
+        return replace(self, shift=shift, subpixel=subpixel, coverage=coverage)
+
     def describe_placement(self) -> dict[str, Any]:
         return {
             "ratio": self.ratio,

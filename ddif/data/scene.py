@@ -327,6 +327,66 @@ class SceneReader:
         return lms, pan, self.valid_window(0, 0, H, W)
 
 
+def measure_registration(
+    reader: SceneReader, *, windows: int = 8, size: int = 96, min_r2: float = 0.5
+) -> dict[str, Any]:
+    """The MS-to-PAN misregistration of a scene beyond its geotransforms, in PAN px (rows, cols):
+    :func:`ddif.data.registration.estimate_misregistration` on up to ``windows`` MS windows of
+    ``size`` px spread over the scene (mostly valid ones), the median of the estimates whose fit
+    explains the low-passed PAN (R^2 >= ``min_r2``). Returns ``{"shift_pan_px": (dy, dx) or None,
+    "windows": n, "estimates": [...], "r2": [...]}``; None when no window gives a usable fit."""
+    from ddif.data.registration import estimate_misregistration
+
+    g = reader.grid
+    r = g.ratio
+    # windows of ``size`` MS px, smaller on small scenes (a 3 x 3 layout at least), >= 32 px
+    size = max(min(32, g.ms.height, g.ms.width), min(size, g.ms.height // 3, g.ms.width // 3))
+    ys = np.linspace(0, max(0, g.ms.height - size), num=max(1, min(4, g.ms.height // size or 1))).astype(int)
+    xs = np.linspace(0, max(0, g.ms.width - size), num=max(1, min(4, g.ms.width // size or 1))).astype(int)
+    candidates = [(int(y), int(x)) for y in ys for x in xs]
+    step = max(1, len(candidates) // windows)
+    estimates, fits = [], []
+    for j0, i0 in candidates[::step][:windows]:
+        py, px = r * j0 + g.shift[0], r * i0 + g.shift[1]
+        h, w = size, size
+        if py < 0 or px < 0 or py + r * h > g.pan.height or px + r * w > g.pan.width:
+            continue
+        raw = reader._read(reader._ms, "MS", j0, i0, h, w)
+        bad = invalid_mask(raw, g.ms.nodata)
+        pan, pan_bad = reader.pan_window(py, px, r * h, r * w)
+        bad = bad | pan_bad.reshape(h, r, w, r).any(axis=(1, 3))
+        if bad.mean() > 0.5:
+            continue
+        # MS pixel (0, 0)'s centre in the PAN window where the geotransforms (shift + residual) put it
+        centre = (g.phase + g.subpixel[0], g.phase + g.subpixel[1])
+        try:
+            found = estimate_misregistration(reader._norm(raw), reader._norm(pan)[0], r, centre, ~bad)
+        except ValueError:
+            continue
+        fits.append(round(found.r2, 4))
+        if found.r2 >= min_r2:
+            estimates.append(found.shift_pan_px)
+    shift = tuple(float(v) for v in np.median(np.asarray(estimates), axis=0)) if estimates else None
+    spread = None
+    if shift is not None:  # median absolute deviation of the window estimates, per axis
+        dev = np.abs(np.asarray(estimates) - np.asarray(shift))
+        spread = [round(float(v), 4) for v in np.median(dev, axis=0)]
+    consistent = shift is not None and len(estimates) >= 3 and max(spread or [1.0]) <= MAX_REGISTRATION_SPREAD
+    return {
+        "shift_pan_px": None if shift is None else [round(v, 4) for v in shift],
+        "spread_pan_px": spread,
+        "consistent": bool(consistent),
+        "windows": len(fits),
+        "estimates": [[round(a, 4), round(b, 4)] for a, b in estimates],
+        "r2": fits,
+    }
+
+
+# window estimates that disagree by more than this (median absolute deviation, PAN px) are not
+# one misregistration (clouds moving between the PAN and MS looks, parallax of tall objects)
+MAX_REGISTRATION_SPREAD = 0.25
+
+
 @dataclass
 class SceneScan:
     """What one pass over a scene found: valid pixels and value statistics of both rasters."""
@@ -475,6 +535,7 @@ __all__ = [
     "array_stats",
     "read_scene",
     "read_full_resolution",
+    "measure_registration",
     "paired_windows",
     "gdal_env",
     "CORRUPT",

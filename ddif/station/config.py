@@ -56,6 +56,11 @@ class StationConfig:
     metric_block: int = 32  # block size of the quality indices (toolbox: 32)
     gdal_cache_mb: int = 64  # GDAL block cache: part of the memory bound
     keep_journal: bool = False  # keep the per-tile journal after a successful product
+    # MS-to-PAN registration beyond the geotransforms: "check" measures it on a few windows and
+    # reports it (a warning when a consistent shift of 0.3 PAN px or more is found), "measure" also
+    # corrects the MS placement by it when the windows agree, "off" skips it, "DY,DX" applies a
+    # known shift (PAN px)
+    registration: str = "check"
     # scenes with more PAN pixels are refused at once (a header can claim any size; planning reads
     # every block): 50,000 x 50,000 by default, above any delivered PAN scene (Landsat: 15,000 px)
     max_scene_pixels: int = 2_500_000_000
@@ -84,6 +89,15 @@ class StationConfig:
                 f"tile_size {self.tile_size} is over {MAX_TILE_SIZE} px: a batch of such tiles would not fit in "
                 "memory (the models are trained on 32-256 px tiles; leave --tile-size unset for the model's own)"
             )
+        if self.registration.strip().lower() not in ("check", "measure", "off"):
+            from ddif.data.dataset_config import parse_registration
+
+            try:
+                parse_registration(self.registration)
+            except ValueError:
+                raise ValueError(
+                    f"registration must be check, measure, off or DY,DX (PAN px), got {self.registration!r}"
+                ) from None
         if self.max_scene_pixels < 1:
             raise ValueError(f"max_scene_pixels must be >= 1, got {self.max_scene_pixels}")
         if self.block_size < 16 or self.block_size % 16:
@@ -155,6 +169,7 @@ class StationConfig:
             "zlevel",
             "overview_min_size",
             "overview_resampling",
+            "registration",
         )
         return {k: getattr(self, k) for k in keys}
 

@@ -121,6 +121,7 @@ class ScenePlan:
     fused_tiles: list[int] = field(default_factory=list)
     batches: list[list[int]] = field(default_factory=list)
     value_stats: dict[str, Any] = field(default_factory=dict)
+    registration: dict[str, Any] = field(default_factory=dict)  # measured / applied MS-to-PAN shift
 
     @property
     def nodata(self) -> float:
@@ -159,6 +160,7 @@ class ScenePlan:
             "ms_shift_pan_px": list(g.shift),
             "subpixel_offset_pan_px": list(g.subpixel),
             "ms_coverage_pan_window": list(g.coverage),
+            "registration": self.registration,
             "halo_ms_px": g.halo,
             "interpolation": g.interpolation,
             "values": self.value_stats,
@@ -204,7 +206,8 @@ class ScenePlan:
             f"           PAN {self.pan_path}: {d['pan']['size'][0]}x{d['pan']['size'][1]} {d['pan']['dtype']} "
             f"nodata={d['pan']['nodata']}",
             f"grid       ratio {self.grid.ratio}, CRS {d['crs']}, MS placed at PAN shift {tuple(self.grid.shift)} "
-            f"(residual {sub} PAN px), MS covers PAN window {tuple(self.grid.coverage)}",
+            f"(residual {sub} PAN px, resampled), MS covers PAN window {tuple(self.grid.coverage)}",
+            f"register   {_registration_text(self.registration)}",
             f"backend    {self.backend['describe']} (preset {self.backend['preset']}, {self.backend['bands']} bands, "
             f"max DN {self.backend['max_dn']:g}, steps {self.backend['steps']})",
             f"tiles      {d['tiles']['grid'][0]}x{d['tiles']['grid'][1]} grid of "
@@ -271,6 +274,56 @@ def _range(stats: dict[str, Any] | None) -> str:
     return f"{stats['min']:g}..{stats['max']:g} {stats['dtype']}"
 
 
+REGISTRATION_WARNING_PX = 0.3
+
+
+def _registration_text(rec: dict[str, Any]) -> str:
+    mode = rec.get("mode", "off")
+    if mode == "off":
+        return "not checked (--registration off)"
+    if mode == "given":
+        return f"MS placed {rec['applied_pan_px']} PAN px from its geotransform (--registration given)"
+    shift = rec.get("shift_pan_px")
+    if shift is None:
+        return f"not measurable ({rec.get('windows', 0)} windows, no fit of the PAN by the MS bands)"
+    agree = "consistent" if rec.get("consistent") else f"inconsistent (spread {rec.get('spread_pan_px')})"
+    done = f", corrected by {rec['applied_pan_px']}" if rec.get("applied_pan_px") else ""
+    return f"measured {shift} PAN px over {len(rec.get('estimates', []))} windows, {agree}{done}"
+
+
+def _registration(
+    grid: SceneGrid, pre: Preprocessing, config: StationConfig, log: EventLog | None
+) -> tuple[SceneGrid, dict[str, Any]]:
+    """Check (and with ``config.registration``, correct) the MS-to-PAN registration
+    (:func:`ddif.data.scene.measure_registration`); returns the grid to fuse on and the record."""
+    from ddif.data.dataset_config import parse_registration
+    from ddif.data.scene import measure_registration
+
+    mode = config.registration.strip().lower()
+    if mode == "off":
+        return grid, {"mode": "off"}
+    given = None if mode in ("check", "measure") else parse_registration(config.registration)
+    if given is not None:
+        return grid.registered(given), {"mode": "given", "applied_pan_px": list(given)}
+    with SceneReader(grid, pre, config.input_scale) as reader:
+        found = measure_registration(reader)
+    record: dict[str, Any] = {"mode": mode, **found, "applied_pan_px": None}
+    shift = found["shift_pan_px"]
+    if shift is not None and found["consistent"]:
+        big = max(abs(v) for v in shift) >= REGISTRATION_WARNING_PX
+        if mode == "measure" and max(abs(v) for v in shift) >= 0.05:
+            grid = grid.registered((shift[0], shift[1]))
+            record["applied_pan_px"] = shift
+        elif big and log is not None:
+            log.warning(
+                "misregistration",
+                message=f"the MS sits {shift[0]:+.2f}, {shift[1]:+.2f} PAN px (rows, cols) from where its "
+                "geotransform puts it on the PAN (consistent over "
+                f"{len(found['estimates'])} windows); --registration measure corrects the placement",
+            )
+    return grid, record
+
+
 def check_product_grid(grid: SceneGrid, config: StationConfig) -> None:
     """What a product needs beyond what the scene layer checks: a CRS (the product and its STAC
     item are georeferenced: without one, the footprint would be projected metres read as
@@ -319,6 +372,7 @@ def plan_scene(
             input_nodata=config.input_nodata,
         )
         check_product_grid(grid, config)
+        grid, registration = _registration(grid, pre, config, log)
         tiles = tiling.grid(grid.pan.height, grid.pan.width)
         tile_valid = np.zeros(len(tiles), dtype=np.int64)
 
@@ -355,4 +409,5 @@ def plan_scene(
         fused,
         batches,
         {"ms": scan.ms.to_dict(), "pan": scan.pan.to_dict()},
+        registration,
     )

@@ -193,11 +193,16 @@ def patches_from_windows(
             continue
         if found.r2 >= 0.5:
             shifts.append(found.shift_pan_px)
+    from ddif.data.scene import MAX_REGISTRATION_SPREAD
+
     mode = cfg.registration
     measured = None
     if mode.strip().lower() == "measure" and shifts:
         measured = tuple(float(v) for v in np.median(np.asarray(shifts), axis=0))
-        mode = f"{measured[0]},{measured[1]}" if max(abs(v) for v in measured) >= 0.05 else "off"
+        spread = float(np.median(np.abs(np.asarray(shifts) - np.asarray(measured)), axis=0).max())
+        # one shift for the scene only when the windows agree (clouds move between the two looks)
+        usable = len(shifts) >= 3 and spread <= MAX_REGISTRATION_SPREAD
+        mode = f"{measured[0]},{measured[1]}" if usable and max(abs(v) for v in measured) >= 0.05 else "off"
     n_hold = int(round(cfg.holdout_fraction * len(windows))) if len(windows) >= 4 else 0
     hold_ids = set(rng.permutation(len(windows))[:n_hold].tolist())
     train: list[dict[str, torch.Tensor]] = []
