@@ -198,11 +198,29 @@ class RecordingModel(torch.nn.Module):
         self.calls.append(("encode",))
         return self.inner.encode_condition(lms, pan)
 
-    def forward(self, x_t, t, lms=None, pan=None, self_cond=None, cache=None):
-        out = self.inner(x_t, t, lms, pan, self_cond=self_cond, cache=cache)
+    def time_features(self, t):
+        return self.inner.time_features(t)
+
+    def forward(self, x_t, t, lms=None, pan=None, self_cond=None, cache=None, time_features=None):
+        out = self.inner(x_t, t, lms, pan, self_cond=self_cond, cache=cache, time_features=time_features)
         self.calls.append(("step", t.tolist(), None if self_cond is None else self_cond.clone(), out.clone(),
                            cache is not None))
         return out
+
+
+def test_time_features_give_the_networks_own_result(tiny_model):
+    """The timestep-only work computed once per timestep (time embedding, every TimeShift's
+    projection) gives the same denoiser output as computing it in the call."""
+    g = torch.Generator().manual_seed(0)
+    lms, pan = torch.rand(2, 4, 16, 16, generator=g), torch.rand(2, 1, 16, 16, generator=g)
+    x, t = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([7, 300])
+    tiny_model.eval()
+    with torch.no_grad():
+        cache = tiny_model.encode_condition(lms, pan)
+        direct = tiny_model(x, t, cache=cache)
+        feats = tiny_model.time_features(t)
+        assert len(feats.shifts) == sum(1 for m in tiny_model.modules() if type(m).__name__ == "TimeShift")
+        torch.testing.assert_close(tiny_model(x, t, cache=cache, time_features=feats), direct, rtol=0, atol=0)
 
 
 def _run(model, legacy=False, use_cache=True, steps=5):
@@ -370,3 +388,26 @@ def test_fuser_tiled_inference(tiny_model):
         Fuser(tiny_model, tile_size=15)
     with pytest.raises(ValueError, match="overlap must lie in"):
         Fuser(tiny_model, tile_size=16, tile_overlap=9)
+
+
+def test_the_tile_batch_sampler_compiles_as_one_graph(tiny_model):
+    """The fixed-step loop holds no host synchronisation (inputs are checked once at entry, the
+    grid is Python ints, the step coefficients Python floats): torch.compile captures the whole
+    sampler with fullgraph=True (a graph break, e.g. a value read back to the host, would raise),
+    and the captured sampler gives the eager result."""
+    from ddif.diffusion.sampling import sample_residual
+
+    sched = DDIMScheduler(NoiseSchedule.from_config(tiny_model.preset.diffusion))
+    sched.set_timesteps(2)
+    tiny_model.eval()
+
+    def sampler(lms, pan, noise):
+        return sample_residual(tiny_model, lms, pan, sched, noise=noise)
+
+    g = torch.Generator().manual_seed(4)
+    lms, pan = torch.rand(2, 4, 16, 16, generator=g), torch.rand(2, 1, 16, 16, generator=g)
+    noise = torch.randn(2, 4, 16, 16, generator=g)
+    with torch.no_grad():
+        eager = sampler(lms, pan, noise)
+        captured = torch.compile(sampler, fullgraph=True, backend="eager")(lms, pan, noise)
+    torch.testing.assert_close(captured, eager, rtol=0, atol=1e-6)

@@ -69,6 +69,7 @@ class _RespacedScheduler:
         self.spacing = spacing
         self.clip_sample = clip_sample
         self.timesteps = torch.empty(0, dtype=torch.int64)
+        self.grid: list[int] = []
         self._positions: dict[int, int] = {}
 
     @property
@@ -89,14 +90,17 @@ class _RespacedScheduler:
             self.timesteps = respace(self.num_train_timesteps, num_inference_steps, self.spacing)
         else:
             raise ValueError("set_timesteps needs num_inference_steps or timesteps")
-        # timestep -> position in the grid, for step(model_output, timestep, sample)
-        self._positions = {int(t): i for i, t in enumerate(self.timesteps.tolist())}
+        # the grid as Python ints (what a sampling loop iterates: constants for a traced / compiled
+        # loop, no tensor read back) and timestep -> position, for step(model_output, timestep, sample)
+        self.grid: list[int] = [int(t) for t in self.timesteps.tolist()]
+        self._positions = {t: i for i, t in enumerate(self.grid)}
         if len(self._positions) != len(self.timesteps):
             raise ValueError(f"sampling timesteps must be distinct, got {self.timesteps.tolist()}")
         ab = self.schedule.alphas_cumprod
-        self._ab = ab[self.timesteps]
+        # Python floats: a step reads no tensor back (nothing for a traced / compiled loop to sync on)
+        self._ab = ab[self.timesteps].tolist()
         # alpha_bar of the step each one leads to; the last step leads to the clean image
-        self._ab_prev = torch.cat([ab[self.timesteps[1:]], torch.ones(1, dtype=torch.float64)])
+        self._ab_prev = torch.cat([ab[self.timesteps[1:]], torch.ones(1, dtype=torch.float64)]).tolist()
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -114,6 +118,8 @@ class _RespacedScheduler:
         """Position in ``timesteps`` of ``timestep`` (an int or a 0-d/one-element tensor)."""
         if not len(self.timesteps):
             raise RuntimeError("call set_timesteps(n) before step()")
+        if type(timestep) is int and timestep in self._positions:  # the sampling loop's case
+            return self._positions[timestep]
         value: object = timestep
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:

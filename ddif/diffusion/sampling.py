@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ddif.diffusion.samplers import _RespacedScheduler
+from ddif.models.ddif import inputs_checked
 
 if TYPE_CHECKING:
     from ddif.models.ddif import DDIF
@@ -67,29 +68,36 @@ def sample_residual(
     if noise is None:
         noise = _draw(lms.shape, shared, per_item, lms.device)
     x = noise.to(lms.device, lms.dtype)
+    if tuple(x.shape) != (lms.shape[0], model.config.bands, *lms.shape[-2:]):
+        raise ValueError(
+            f"noise: expected shape {(lms.shape[0], model.config.bands, *lms.shape[-2:])}, got {tuple(x.shape)}"
+        )
+    # inputs are checked here, once (encode_condition checks lms / pan); the fixed-step loop then
+    # runs without the network's per-call checks, whose host read-backs would synchronise a GPU
+    # every step, and with the timestep-only work (time embedding, TimeShift projections) done
+    # for the whole grid up front
     cache = model.encode_condition(lms, pan) if use_cache else None
-    x0_prev = None
     n = len(scheduler.timesteps)
     batch = lms.shape[0]
-    for i, t in enumerate(scheduler.timesteps.tolist()):
-        # what the network is fed; the scheduler always steps from the training timestep t
-        t_in = (n - 1 - i) if legacy_published_sampler else t
-        t_batch = torch.full((batch,), t_in, dtype=torch.int64, device=lms.device)
-        sc = None if (legacy_published_sampler or not self_condition) else x0_prev
-        if cache is not None:
-            x0 = model(x, t_batch, self_cond=sc, cache=cache)
-        else:
-            x0 = model(x, t_batch, lms, pan, self_cond=sc)
-        x0 = x0.to(x.dtype)
-        step_noise = (
-            _draw(x.shape, None, per_item, x.device).to(x.device, x.dtype)
-            if per_item is not None and scheduler.adds_noise(t)
-            else None
-        )
-        out = scheduler.step(x0, t, x, generator=shared, noise=step_noise)
-        x, x0_prev = out.prev_sample, out.pred_original_sample
-        if callback is not None:
-            callback(i, n)
+    grid = list(scheduler.grid) if getattr(scheduler, "grid", None) else scheduler.timesteps.tolist()
+    fed = [(n - 1 - i) if legacy_published_sampler else t for i, t in enumerate(grid)]
+    t_batches = [torch.full((batch,), t_in, dtype=torch.int64, device=lms.device) for t_in in fed]
+    features = [model.time_features(tb) for tb in t_batches]
+    adds_noise = [per_item is not None and scheduler.adds_noise(t) for t in grid]
+    x0_prev = None
+    with inputs_checked():
+        for i, t in enumerate(grid):
+            sc = None if (legacy_published_sampler or not self_condition) else x0_prev
+            if cache is not None:
+                x0 = model(x, t_batches[i], self_cond=sc, cache=cache, time_features=features[i])
+            else:
+                x0 = model(x, t_batches[i], lms, pan, self_cond=sc, time_features=features[i])
+            x0 = x0.to(x.dtype)
+            step_noise = _draw(x.shape, None, per_item, x.device).to(x.device, x.dtype) if adds_noise[i] else None
+            out = scheduler.step(x0, t, x, generator=shared, noise=step_noise)
+            x, x0_prev = out.prev_sample, out.pred_original_sample
+            if callback is not None:
+                callback(i, n)
     return x
 
 

@@ -9,6 +9,7 @@ The network lineage is SR3 (Saharia et al., "Image Super-Resolution via Iterativ
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -54,15 +55,31 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
+@dataclass
+class TimeFeatures:
+    """A denoiser call's timestep-only work, computed once per timestep of a sampling grid: the
+    time embedding and each ``TimeShift``'s projection of it, in the modules' order."""
+
+    embedding: torch.Tensor
+    shifts: tuple[torch.Tensor, ...]
+
+
 class TimeShift(nn.Module):
     """Adds a per-channel projection of the time embedding (published name ``noise_func``)."""
+
+    index: int = -1  # position among the network's TimeShifts (set by DDIF.time_features)
 
     def __init__(self, time_dim: int, dim: int):
         super().__init__()
         self.noise_func = nn.Sequential(nn.Linear(time_dim, dim))
 
-    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        return x + self.noise_func(t_emb)[:, :, None, None]
+    def projection(self, t_emb: torch.Tensor) -> torch.Tensor:
+        return self.noise_func(t_emb)[:, :, None, None]
+
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor | TimeFeatures) -> torch.Tensor:
+        if isinstance(t_emb, TimeFeatures):  # precomputed for this timestep
+            return x + t_emb.shifts[self.index]
+        return x + self.projection(t_emb)
 
 
 class NormActConv(nn.Module):

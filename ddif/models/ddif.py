@@ -14,9 +14,11 @@ by the cached denoiser, so both give bit-identical results.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,8 @@ from ddif.models.blocks import (
     EncoderBlock,
     MidBlock,
     NormActConv,
+    TimeFeatures,
+    TimeShift,
     TimestepEncoding,
     Upsample,
     resize_to,
@@ -53,9 +57,28 @@ def _article(noun: str) -> str:
 _log = logging.getLogger("ddif.models")
 
 
+_checked = threading.local()
+
+
+@contextlib.contextmanager
+def inputs_checked() -> Iterator[None]:
+    """The inputs were checked once (at the sampler's entry): the network's per-call checks, which
+    read values back to the host (a device synchronisation per check on a GPU), are skipped in the
+    block. Thread-local and re-entrant."""
+    depth = getattr(_checked, "depth", 0)
+    _checked.depth = depth + 1
+    try:
+        yield
+    finally:
+        _checked.depth = depth
+
+
 def checks_enabled() -> bool:
     """Data-dependent input checks are skipped while tracing/exporting a graph or capturing a CUDA
-    graph (they read values back to the host, which capture forbids)."""
+    graph (they read values back to the host, which capture forbids), and inside
+    :func:`inputs_checked` (a sampler's fixed-step loop: its inputs were checked once at entry)."""
+    if getattr(_checked, "depth", 0):
+        return False
     if torch.jit.is_tracing():
         return False
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
@@ -334,11 +357,14 @@ class DDIF(nn.Module):
         pan: torch.Tensor | None = None,
         self_cond: torch.Tensor | None = None,
         cache: ConditionCache | None = None,
+        time_features: TimeFeatures | None = None,
     ) -> torch.Tensor:
         """Predict the clean residual x0 from the noisy residual ``x_t`` at training timesteps ``t``.
 
         Give either (lms, pan) or a ``cache`` from :meth:`encode_condition`. Without
         ``self_cond`` the network is fed ``x_t`` in its place (as the published network does).
+        ``time_features`` (:meth:`time_features` of ``t``) replaces the time embedding and every
+        block's time projection: a sampler computes them once per timestep of its grid.
         """
         if cache is None:
             if lms is None or pan is None:
@@ -360,10 +386,30 @@ class DDIF(nn.Module):
             x = torch.cat([x_t if self_cond is None else self_cond.to(dtype), x_t], dim=1)
         else:
             x = x_t
-        t_emb = self.noise_level_mlp[1:](self.noise_level_mlp[0](t).to(dtype))
+        t_emb: torch.Tensor | TimeFeatures = time_features if time_features is not None else self._time_embedding(t)
         return self._denoise(x, t_emb, cache)
 
-    def _denoise(self, x: torch.Tensor, t_emb: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
+    def _time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        return self.noise_level_mlp[1:](self.noise_level_mlp[0](t).to(self._param_dtype()))
+
+    @property
+    def _time_shifts(self) -> list[TimeShift]:
+        shifts = getattr(self, "_time_shift_modules", None)
+        if shifts is None:  # the TimeShift projections in call order (the blocks' order)
+            shifts = [m for m in self.modules() if isinstance(m, TimeShift)]
+            for i, m in enumerate(shifts):
+                m.index = i
+            object.__setattr__(self, "_time_shift_modules", shifts)
+        return shifts
+
+    def time_features(self, t: torch.Tensor) -> TimeFeatures:
+        """Everything of one denoiser call that depends on the timesteps ``t`` (B,) only: the time
+        embedding (its MLP) and every block's projection of it (the ``TimeShift`` linears), to be
+        computed once per timestep of a sampling grid and passed to :meth:`forward`."""
+        t_emb = self._time_embedding(t)
+        return TimeFeatures(t_emb, tuple(m.projection(t_emb) for m in self._time_shifts))
+
+    def _denoise(self, x: torch.Tensor, t_emb: torch.Tensor | TimeFeatures, cache: ConditionCache) -> torch.Tensor:
         x = self.downs[0](x)
         skips = [x]
         styles = iter(cache.styles)
