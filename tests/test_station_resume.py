@@ -68,7 +68,8 @@ def test_kill9_then_disk_full_then_resume_is_byte_identical(tmp_path):
     assert not (out / "k").exists()                                 # no product, not even a partial one
     assert (in_ / "k_MS.tif").exists() and (in_ / "k_PAN.tif").exists()
 
-    # restart into a "full disk": the remaining tiles are journaled, the product write fails
+    # restart into a "full disk": the remaining tiles are journaled, the product write fails (the
+    # cap, 300,000 bytes per file, sits between one journal batch file, 262 KB, and the product)
     full = subprocess.run(watch_cmd(in_, out, model), capture_output=True, preexec_fn=_cap_file_size(300_000),
                           **env_kw)
     log = events(full.stderr)

@@ -233,8 +233,10 @@ def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) 
     """Upper bound of what the pipeline holds at once, in bytes, by stage (the largest counts).
 
     With C bands, P guide bands, tile h x w, batch B, block K, ratio r, halo a (MS px):
-    - fusing: B tiles of lms + pan + fused (float32, twice for the torch copies), and one tile's
-      MS window ((h/r + 2a + 2) x (w/r + 2a + 2), raw + normalised + filled) and its interpolation;
+    - fusing: B tiles of lms + pan + fused (float32, twice for the torch copies), and the batch's
+      read window (one tile row, at most B tiles wide: h x Bw): its MS window
+      ((h/r + 2a + 3) x (Bw/r + 2a + 3), raw + normalised + filled), the MS interpolated onto it
+      and the PAN window (raw, float32 and float64 for the sub-pixel shift);
     - assembling: the block's blend accumulators and output (C x K x K), one tile slice, the
       validity reads of the block;
     - the quicklook: a decimated read of the product, at most ``quicklook_size`` on its long side;
@@ -250,7 +252,14 @@ def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) 
     itemsize = np.dtype(grid.ms.dtype).itemsize
     msh, msw = h // r + 2 * a + 3, w // r + 2 * a + 3
     ms_window = c * msh * msw * (itemsize + 4 * 3) + c * (r * msh) * (r * msw) * 4 * 2
-    fusing = 2 * b * (2 * c + p) * h * w * 4 + ms_window + p * h * w * (itemsize + 8)
+    bw = b * w
+    batch_msw = bw // r + 2 * a + 3
+    batch_window = (
+        c * msh * batch_msw * (itemsize + 4 * 3 + 8)
+        + c * (r * msh) * (r * batch_msw) * 4 * 3
+        + p * h * bw * (itemsize + 4 + 8)
+    )
+    fusing = 2 * b * (2 * c + p) * h * w * 4 + batch_window
     kk = k * k
     assembling = c * kk * 4 * 3 + kk * 4 * 3 + c * kk * itemsize + kk * (p * itemsize + 4) + ms_window
     q = min(config.quicklook_size, max(grid.pan.height, grid.pan.width))

@@ -84,8 +84,8 @@ def _batch_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """lms, pan and x_T (``(seed, 0, tile index)``) of one batch of tiles, as float32 tensors.
 
-    The batch's tiles are consecutive in raster order: the window that holds them all is read and
-    interpolated once (:meth:`SceneReader.window_inputs`, which gives a window the values the
+    The batch's tiles are consecutive in raster order: the window that holds those of one tile row
+    is read and interpolated once (:meth:`SceneReader.window_inputs`, which gives a window the values the
     whole scene would) and the tiles are cut from it, instead of one read and one interpolation
     per tile. A tile reaching beyond the scene (a scene side shorter than a tile) is read on its
     own and padded as the Fuser pads it."""
@@ -95,17 +95,22 @@ def _batch_inputs(
     lms_np = np.empty((len(batch),) + shape, dtype=np.float32)
     pan_np = np.empty((len(batch), plan.grid.pan.count) + shape[1:], dtype=np.float32)
     H, W = plan.grid.shape
-    inside = [t for t in tiles if t.y + t.height <= H and t.x + t.width <= W]
-    if inside:
-        y0, x0 = min(t.y for t in inside), min(t.x for t in inside)
-        y1, x1 = max(t.y + t.height for t in inside), max(t.x + t.width for t in inside)
-        lms_w, pan_w = reader.window_inputs(y0, x0, y1 - y0, x1 - x0)
-    for i, t in enumerate(tiles):  # filled in place: no second copy
+    # one window per run of tiles on the same tile row: a batch that wraps to the next row reads
+    # two windows, never a band of whole-scene width (memory stays bounded by the batch)
+    runs: dict[int, list[int]] = {}
+    for i, t in enumerate(tiles):
         if t.y + t.height <= H and t.x + t.width <= W:
-            rows, cols = slice(t.y - y0, t.y - y0 + t.height), slice(t.x - x0, t.x - x0 + t.width)
-            lms_np[i], pan_np[i] = lms_w[:, rows, cols], pan_w[:, rows, cols]
+            runs.setdefault(t.y, []).append(i)
         else:
             lms_np[i], pan_np[i] = reader.tile_inputs(t.y, t.x, t.height, t.width)
+    for y0, members in runs.items():
+        x0 = min(tiles[i].x for i in members)
+        x1 = max(tiles[i].x + tiles[i].width for i in members)
+        lms_w, pan_w = reader.window_inputs(y0, x0, tiles[members[0]].height, x1 - x0)
+        for i in members:  # filled in place: no second copy
+            t = tiles[i]
+            cols = slice(t.x - x0, t.x - x0 + t.width)
+            lms_np[i], pan_np[i] = lms_w[:, :, cols], pan_w[:, :, cols]
     noise = tile_noise_batch(plan.config.seed, 0, batch, shape)
     return torch.from_numpy(lms_np), torch.from_numpy(pan_np), noise  # sharing the arrays' memory
 
