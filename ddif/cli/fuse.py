@@ -335,11 +335,11 @@ def run(args: argparse.Namespace) -> int:
             f"in {time.perf_counter() - t0:.1f} s"
         )
         if keep:
-            outputs = report["outputs"]
+            written = report["outputs"]
             base = out.parent
-            extra = [str(base / outputs[k]) for k in ("quicklook", "report", "stac_item") if k in outputs]
-            extra += [str(p) for p in stacks]
-            print("  with " + ", ".join(extra))
+            also = [str(base / written[k]) for k in ("quicklook", "report", "stac_item") if k in written]
+            also += [str(p) for p in stacks]
+            print("  with " + ", ".join(also))
         quality = report["quality"].get("mean")
         if quality:
             print("  quality " + json.dumps({k: round(v, 4) for k, v in quality.items()}))

@@ -92,7 +92,7 @@ class _RespacedScheduler:
             raise ValueError("set_timesteps needs num_inference_steps or timesteps")
         # the grid as Python ints (what a sampling loop iterates: constants for a traced / compiled
         # loop, no tensor read back) and timestep -> position, for step(model_output, timestep, sample)
-        self.grid: list[int] = [int(t) for t in self.timesteps.tolist()]
+        self.grid = [int(t) for t in self.timesteps.tolist()]
         self._positions = {t: i for i, t in enumerate(self.grid)}
         if len(self._positions) != len(self.timesteps):
             raise ValueError(f"sampling timesteps must be distinct, got {self.timesteps.tolist()}")

@@ -541,7 +541,7 @@ def run_scene(
 
     tiles_info = dict(plan.to_dict()["tiles"])
     tiles_info.update({k: v for k, v in fuse_stats.items() if not k.endswith("_s")})
-    report = {
+    report: dict[str, Any] = {
         "scene": {k: v for k, v in plan.to_dict().items() if k not in ("tiles", "backend")},
         "backend": plan.backend_json(),
         "model": model_id,
