@@ -139,8 +139,15 @@ def main() -> None:
 
     if args.name in preset_names():  # the preset's inference settings (e.g. the residual constraint)
         model.preset.diffusion.residual_mean = get_preset(args.name).diffusion.residual_mean
-    if args.ckpt:
-        model.save(target, metadata={"kind": "shipped", "source": str(source)})
+    if args.ckpt or args.steps:
+        from ddif.models.checkpoint import read_contents
+
+        # a re-ship of the checkpoint already shipped (e.g. new default steps) keeps its metadata
+        if source.resolve() == target.resolve():
+            metadata = dict(read_contents(source).metadata)
+        else:
+            metadata = {"kind": "shipped", "source": str(source)}
+        model.save(target, metadata=metadata)
     steps = model.preset.diffusion.sample_steps
     old = ASSETS / f"{args.name}.card.json"
     previous: dict[str, Any] = json.loads(old.read_text()) if old.is_file() else {}

@@ -1,5 +1,5 @@
 """The one inference path, end to end with the checkpoint users get (``ddif/assets/landsat_small.pt``:
-32 px tiles, 8 px overlap, 10 steps) on real Landsat-8 pixels: a ground-station product equals
+32 px tiles, 8 px overlap, 2 steps) on real Landsat-8 pixels: a ground-station product equals
 ``ddif.Fuser``'s output for the same scene within 1 DN, with the PyTorch and the ONNX Runtime
 backend, on odd scene sizes and on a scene smaller than one tile."""
 from __future__ import annotations

@@ -104,24 +104,30 @@ def test_whole_image_checkpoint_backends_agree(tmp_path):
     _agree([backend], reference, lms, pan)
 
 
-def test_shipped_checkpoint_every_backend_equals_fuser(tmp_path, caplog):
-    """The checkpoint users get (32 px tiles, 8 px overlap, 10 steps), on a 90 x 77 input (a 4 x 3
-    grid of tiles, odd sizes): ONNX Runtime (first use exports it) == ddif.Fuser within 1e-4."""
+@pytest.mark.parametrize("name", ["landsat_small", "landsat8", "worldview2"])
+def test_shipped_checkpoint_every_backend_equals_fuser(tmp_path, caplog, name):
+    """Every checkpoint users get (32 px tiles, 8 px overlap, the card's default steps), on a
+    90 x 77 input (a 4 x 3 grid of tiles, odd sizes): ONNX Runtime (first use exports it, with the
+    checkpoint's steps) and the PyTorch backend == ddif.Fuser within 1e-4."""
     import ddif
-    from ddif.models import DDIF
-    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
     from ddif.export import best_available
+    from ddif.models import DDIF
+    from ddif.models.cards import read_card
+    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
 
+    ckpt = SHIPPED.with_name(f"{name}.pt")
+    card = read_card(ckpt.with_name(f"{name}.card.json"))
     with caplog.at_level(logging.INFO, logger="ddif.runtime"):
-        ort_backend = best_available(SHIPPED, device="cpu", cache_dir=tmp_path / "cache", ort_threads=1)
+        ort_backend = best_available(ckpt, device="cpu", cache_dir=tmp_path / "cache", ort_threads=1)
     assert isinstance(ort_backend, OnnxRuntimeFuser)
     assert any("exporting" in r.getMessage() for r in caplog.records)
-    reference = ddif.Fuser(DDIF.load(SHIPPED))
-    assert (reference.tile_size, reference.tile_overlap, reference.steps) == (32, 8, 10)
-    lms, pan = _images(2, 90, 77, bands=3)
+    reference = ddif.Fuser(DDIF.load(ckpt))
+    assert (reference.tile_size, reference.tile_overlap, reference.steps) == (32, 8, card.default_steps)
+    assert ort_backend.steps == card.default_steps == 2
+    lms, pan = _images(2, 90, 77, bands=len(card.bands))
     lms = 0.2 + 0.5 * lms
     pan = lms.mean(1, keepdim=True)
-    want = _agree([ort_backend, TorchFuser(SHIPPED)], reference, lms, pan, seed=3)
+    want = _agree([ort_backend, TorchFuser(ckpt)], reference, lms, pan, seed=3)
     assert float(want.std()) > 0.05
 
 
