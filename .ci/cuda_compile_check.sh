@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# CI step: compile AND link the CUDA kernels of the native CSM extension (csrc/style_conv_cuda.cu)
-# against a CUDA build of torch, then import the result, so CUDA code cannot rot unseen on machines
-# without a GPU. Everything happens in a throwaway venv under $TMPDIR; the project's own (CPU)
-# environment is untouched, and the venv is deleted at the end.
+# CI step, in the GPU machine's software on this CPU machine: a throwaway venv with its Python (3.12)
+# and its CUDA build of torch (2.11, with Triton 3.6) and none of rasterio / pystac / onnx.
+#  1. compile AND link the CUDA kernels of the native CSM extension (csrc/style_conv_cuda.cu)
+#     against that torch, then import the result, so CUDA code cannot rot unseen without a GPU;
+#  2. install ddif there as the GPU rule says (pip install --no-build-isolation --no-deps -e .)
+#     and run `.ci/gpu_check.sh --dry-run`: every step of the GPU check on the CPU with tiny
+#     shapes, so the check installs, collects and runs where it will run.
+# The project's own (CPU) environment is untouched, and the venv is deleted at the end.
 #
 #   bash .ci/cuda_compile_check.sh          # prints "CUDA compile check: PASS" or "... FAIL (why)"
 #
 # Environment knobs:
-#   DDIF_CUDA_TORCH_SPEC   torch requirement with CUDA (default torch==2.14.1: on this project's
-#                          machines its wheel lies on local disk)
+#   PYTHON                 the interpreter of the venv (default: python3.12, the GPU machine's;
+#                          found on PATH or under pyenv, else python3 with a warning)
+#   DDIF_CUDA_TORCH_SPEC   torch requirement with CUDA (default torch==2.11.0: the GPU machine's)
+#   DDIF_SKIP_GPU_DRY_RUN=1  compile check only
 #   TORCH_CUDA_ARCH_LIST   GPU architectures to build (default "7.5;8.0;9.0": the SIMT fallback,
 #                          fp16 / bf16 tensor cores, Hopper)
 #   MAX_JOBS               parallel compile jobs (default 2)
@@ -23,7 +29,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 START=$(date +%s)
-PY=${PYTHON:-python3}
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  PY=$(command -v python3.12 || ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+  if [ -z "$PY" ] || ! "$PY" --version > /dev/null 2>&1; then
+    echo "warning: no Python 3.12 here (the GPU machine's); using python3" >&2
+    PY=python3
+  fi
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ddif-cuda-check.XXXXXX")
 
 cleanup() {
@@ -52,9 +65,9 @@ pip_install() {
 step "venv in $WORK"
 "$PY" -m venv "$WORK/venv" || fail "cannot create a venv"
 VPY="$WORK/venv/bin/python"
-pip_install "setuptools>=69" wheel ninja numpy
+pip_install "setuptools>=69,<82" wheel ninja numpy
 
-TORCH_SPEC=${DDIF_CUDA_TORCH_SPEC:-torch==2.14.1}
+TORCH_SPEC=${DDIF_CUDA_TORCH_SPEC:-torch==2.11.0}
 step "installing $TORCH_SPEC"
 pip_install "$TORCH_SPEC"
 CUDA_VERSION=$("$VPY" -c "import torch; print(torch.version.cuda or '')" 2>/dev/null) || fail "import torch"
@@ -113,3 +126,19 @@ if [ -x "$CUDA_HOME/bin/cuobjdump" ]; then
 fi
 step "disk used: $(du -sh "$WORK" | cut -f1)"
 echo "CUDA compile check: PASS in $(elapsed) s (build ${BUILD_S} s)"
+
+if [ -n "${DDIF_SKIP_GPU_DRY_RUN:-}" ]; then exit 0; fi
+# --- the GPU check's dry run in the GPU machine's software: what that machine has of ddif's needs
+# (h5py, tqdm, pillow, safetensors, pytest, pytest-timeout), not rasterio / pystac / onnx
+step "GPU check dry run (Python $("$VPY" -c 'import sys; print(sys.version.split()[0])'), torch $("$VPY" -c 'import torch; print(torch.__version__)'))"
+pip_install h5py tqdm pillow safetensors pytest pytest-timeout
+unset CUDA_HOME LDFLAGS
+DRY_OUT="$WORK/dry"
+if ! OUT="$DRY_OUT" PYTHON="$VPY" bash .ci/gpu_check.sh --dry-run > "$WORK/dry.log" 2>&1; then
+  cat "$WORK/dry.log"
+  # the editable install points at the repository: leave no build products of this venv behind
+  echo "GPU check dry run: FAIL after $(elapsed) s"
+  exit 1
+fi
+sed -n '/===== GPU check summary/,$p' "$WORK/dry.log"
+echo "GPU check dry run: PASS in $(elapsed) s"

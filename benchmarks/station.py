@@ -5,20 +5,29 @@ thread count, side by side.
     python benchmarks/station.py --ms-size 64 --threads 1 --backends pytorch      # quick smoke check
     python benchmarks/station.py --ms S_MS.tif --pan S_PAN.tif --input-nodata 0   # an operator's own pair
 
-Model: the shipped checkpoint ``ddif/assets/landsat_small.pt`` (3 bands, ratio 4, 32 px tiles with
-8 px overlap, 10 DDIM steps) unless ``--model``. Station settings are the operator's defaults
-(``StationConfig()``: tile size, overlap, batch size, interpolation, padding, hole filling as the
-model was trained) with ``input_nodata`` for inputs without a nodata tag.
+Model: the shipped ``landsat8`` checkpoint (Landsat-8/9 B2-B4 + PAN, ratio 2, 32 px tiles with
+8 px overlap, its default 2 DDIM steps) unless ``--model`` (a path or a shipped model's name).
+Station settings are the operator's defaults (``StationConfig()``: tile size, overlap, station
+batches, interpolation, padding, hole filling as the model was trained) with ``input_nodata`` for
+inputs without a nodata tag; each backend cuts a station batch into calls of its own default size
+(``--backend-batch`` to force one).
 
 Scene (semi-synthetic, real pixels, synthesised PAN): a ``--ms-size x ratio`` square crop of the
 real Landsat-8 OLI B2-B4 scene ``$DDIF_SHARED/data/landsat8-scene/LC08_L1TP_224078_...TIF``
 (``DDIF_SHARED`` defaults to ``../shared`` beside the repository; uint16, zero = fill, no nodata
-tag) is taken as the high-resolution truth. The window is the one (16 px steps) whose fill
-fraction is closest to ``--fill`` (default 8 %: real data with a fill edge), unless ``--window``.
+tag) is taken as the high-resolution truth; a scene larger than the source (``--ms-size`` x ratio
+over 1860 px) is cut from the source mirrored at its edges (real pixels, symmetric extension;
+said in the output). The window is the one (16 px steps) whose fill fraction is closest to
+``--fill`` (default 8 %: real data with a fill edge), unless ``--window``.
 MS = ratio x ratio block means of the truth (uint16, transform scaled by the ratio; a block that
 touches fill is fill), PAN = 0.1 B2 + 0.6 B3 + 0.3 B4 of the truth (as tests/test_inference_path.py
 ``landsat_pair``; Landsat-8's PAN spans about 500-680 nm). Both written without a nodata tag, like
 the source, and fused with ``input_nodata=0``.
+
+The ``null`` backend has the model's facts but returns zero residuals at once: its row is the
+pipeline without the network (reads, interpolation, noise, journal, blending, COG with overviews,
+quicklook, quality indices), and each row's "overhead" is the share of its wall time spent
+outside the backend's ``sample_tiles`` calls. Every stage of the run report is a column.
 
 Per (backend, threads) a fresh Python process (so peak RSS is that configuration's): it sets
 ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` and ``torch.set_num_threads(n)`` (ONNX Runtime also gets
@@ -37,6 +46,7 @@ reported; a warning is printed when the table still holds disturbed rows.
 
 The ONNX graph is exported once, before the timed runs, into a fresh cache folder (first-use cost
 of the ONNX Runtime backend; printed separately, not in any row). Backends:
+  null          the pipeline alone: the model's facts, zero residuals, no network
   pytorch       ddif.runtime.TorchFuser (the engine, eager)
   onnxruntime   ddif.runtime.OnnxRuntimeFuser on that export
   tensorrt      ddif.runtime.TensorRTFuser (needs --device cuda and TensorRT; else the row says why)
@@ -66,10 +76,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "ddif" / "assets" / "landsat_small.pt"
+DEFAULT_MODEL = "landsat8"
 SCENE_NAME = "LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
 PAN_WEIGHTS = (0.1, 0.6, 0.3)       # Landsat-8 B2, B3, B4 overlap with the 500-680 nm PAN band
-BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+BACKENDS = ("null", "pytorch", "onnxruntime", "tensorrt")
+STAGES = ("plan_s", "read_s", "fuse_s", "journal_write_s", "write_s", "quicklook_s", "quality_s")
 WARMUP_PAN = 64                     # PAN side of the warm-up scene
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -136,19 +147,31 @@ def build_scene(folder: Path, source: Path, ms_size: int, ratio: int, bands: int
     if not source.is_file():
         raise SystemExit(f"scene not found: {source} (set DDIF_SHARED, or pass --scene / --ms and --pan)")
     side = ms_size * ratio
+    mirrored = False
     with rasterio.open(source) as src:
         if src.count != bands:
             raise SystemExit(f"{source} has {src.count} bands, the model fuses {bands}")
-        if window is None:
-            valid = (src.read() != 0).all(axis=0)
-            row, col, frac = pick_window(valid, side, fill)
+        if side > min(src.height, src.width):
+            # larger than the source: the source mirrored at its edges (real pixels, symmetric
+            # extension), the window at the top left, the transform the source's
+            whole = src.read()
+            reps_h, reps_w = -(-side // src.height), -(-side // src.width)
+            column = np.concatenate([whole[:, ::-1] if k % 2 else whole for k in range(reps_h)], axis=1)
+            rows = [column[:, :, ::-1] if k % 2 else column for k in range(reps_w)]
+            truth = np.ascontiguousarray(np.concatenate(rows, axis=2)[:, :side, :side])
+            row, col, frac, mirrored = 0, 0, None, True
+            transform, crs = src.transform, src.crs
         else:
-            row, col = window
-            if row < 0 or col < 0 or row + side > src.height or col + side > src.width:
-                raise SystemExit(f"--window {row},{col} + {side} px leaves the {src.height}x{src.width} scene")
-            frac = None
-        win = Window(col, row, side, side)
-        truth, transform, crs = src.read(window=win), src.window_transform(win), src.crs
+            if window is None:
+                valid = (src.read() != 0).all(axis=0)
+                row, col, frac = pick_window(valid, side, fill)
+            else:
+                row, col = window
+                if row < 0 or col < 0 or row + side > src.height or col + side > src.width:
+                    raise SystemExit(f"--window {row},{col} + {side} px leaves the {src.height}x{src.width} scene")
+                frac = None
+            win = Window(col, row, side, side)
+            truth, transform, crs = src.read(window=win), src.window_transform(win), src.crs
     fill_frac = float((truth == 0).any(axis=0).mean()) if frac is None else frac
     folder.mkdir(parents=True, exist_ok=True)
     ms, pan = write_pair(folder, "bench", truth, transform, crs, ratio)
@@ -163,7 +186,7 @@ def build_scene(folder: Path, source: Path, ms_size: int, ratio: int, bands: int
     warm = write_pair(folder, "warmup", truth[:, wy:wy + s, wx:wx + s], transform * Affine.translation(wx, wy), crs,
                       ratio)
     return {"ms": ms, "pan": pan, "warm_ms": warm[0], "warm_pan": warm[1], "row": row, "col": col, "side": side,
-            "fill": fill_frac, "source": source}
+            "fill": fill_frac, "source": source, "mirrored": mirrored}
 
 
 # --------------------------------------------------------------------------------------- machine
@@ -198,7 +221,9 @@ def make_backend(spec: dict):
     from ddif import runtime
 
     name, n = spec["backend"], spec["threads"]
-    tiles = {"tile_overlap": spec["overlap"], "batch_size": spec["batch_size"]}
+    tiles = {"tile_overlap": spec["overlap"], "batch_size": spec["backend_batch"]}
+    if name == "null":
+        return NullBackend(spec["model"], device=spec["device"], tile_size=spec["tile_size"], **tiles)
     if name == "pytorch":
         return runtime.TorchFuser(spec["model"], steps=spec["steps"], device=spec["device"],
                                   tile_size=spec["tile_size"], **tiles)
@@ -221,6 +246,30 @@ def make_backend(spec: dict):
         return runtime.TensorRTFuser(spec["onnx"], device=spec["device"], steps=spec["steps"],
                                      cache_dir=spec["cache"], **tiles)
     raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
+
+
+def _null_backend_class():
+    from ddif.runtime import TorchFuser
+
+    class NullBackend(TorchFuser):
+        """The model's facts (bands, tiling, steps, preprocessing) with a sampler that returns zero
+        residuals at once: the station pipeline without the network."""
+
+        name = "null"
+
+        def sample_tiles(self, lms, pan, noise, generators=None):
+            import torch
+
+            return torch.zeros_like(lms)
+
+        def describe(self) -> str:
+            return "null (no network: zero residuals)"
+
+    return NullBackend
+
+
+def NullBackend(*args, **kwargs):  # noqa: N802 - built lazily: torch is imported in the child only
+    return _null_backend_class()(*args, **kwargs)
 
 
 def child(spec_path: str) -> int:
@@ -248,6 +297,7 @@ def child(spec_path: str) -> int:
             times.append(time.perf_counter() - t0)
         last = reports[-1]
         result.update(ok=True, times_s=times, fuse_s=[r["timing_s"]["fuse_s"] for r in reports],
+                      stage_s={k: [r["timing_s"].get(k, 0.0) for r in reports] for k in STAGES},
                       report_total_s=[r["timing_s"]["total_s"] for r in reports],
                       timing_s=last["timing_s"], tiles=last["tiles"], config=last["config"],
                       describe=backend.describe(), steps=backend.steps, torch_threads=torch.get_num_threads(),
@@ -360,10 +410,10 @@ def read_dn(path: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ main
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="engine checkpoint (.pt) or exported .onnx "
-                   "(default: the shipped ddif/assets/landsat_small.pt)")
-    p.add_argument("--backends", default="pytorch,onnxruntime", help=f"comma list of {list(BACKENDS)} "
-                   "(default: pytorch,onnxruntime)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="engine checkpoint (.pt), exported .onnx or a shipped "
+                   "model's name (default: landsat8)")
+    p.add_argument("--backends", default="null,pytorch,onnxruntime", help=f"comma list of {list(BACKENDS)} "
+                   "(default: null,pytorch,onnxruntime)")
     p.add_argument("--threads", default="1,2", help="comma list of thread counts, one fresh process each "
                    "(default: 1,2)")
     p.add_argument("--repeats", type=int, default=1, help="timed run_scene calls per configuration after the "
@@ -381,8 +431,10 @@ def parse_args(argv):
     p.add_argument("--input-nodata", type=float, default=0.0, help="nodata of inputs without a nodata tag "
                    "(default 0: the Landsat scene's fill; the StationConfig field)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=None, help="tiles per backend call (default: the "
-                   "station's, about 256 k pixels of tiles)")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per station batch (the journal's unit; "
+                   "default: the station's, about 256 k pixels of tiles)")
+    p.add_argument("--backend-batch", type=int, default=None, help="tiles per backend call (default: the "
+                   "backend's own, about 32 k pixels of tiles on a CPU)")
     p.add_argument("--device", default="cpu", help="torch / ORT device (default cpu)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration before it is "
                    "given up (default 1800)")
@@ -420,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     from ddif import export
     from ddif.station import StationConfig, plan_scene
 
-    model = Path(args.model)
+    from ddif.models.cards import resolve_model
+
+    model = Path(args.model) if Path(args.model).exists() else resolve_model(args.model)[0]
     preset, _ = export.model_preset(model)
     config = StationConfig(input_nodata=args.input_nodata, batch_size=args.batch_size)
     tiling = config.tiling_for(preset)
@@ -456,15 +510,16 @@ def main(argv: list[str] | None = None) -> int:
 
         base = {"model": torch_ckpt, "onnx": str(onnx_path) if onnx_path else None, "cache": str(cache),
                 "steps": args.steps, "device": args.device, "tile_size": tiling.tile_size,
-                "overlap": tiling.overlap, "batch_size": resolved_batch, "repeats": args.repeats,
+                "overlap": tiling.overlap, "batch_size": resolved_batch, "backend_batch": args.backend_batch,
+                "repeats": args.repeats,
                 "ms": str(scene["ms"]), "pan": str(scene["pan"]), "warm_ms": str(scene["warm_ms"]),
                 "warm_pan": str(scene["warm_pan"]),
                 "config": {"input_nodata": args.input_nodata, "batch_size": args.batch_size}}
         results = []
         for name in names:
             for n in threads:
-                if name == "pytorch" and torch_ckpt is None:
-                    res = {"ok": False, "error": "PyTorch needs the checkpoint, --model is an .onnx"}
+                if name in ("pytorch", "null") and torch_ckpt is None:
+                    res = {"ok": False, "error": f"{name} needs the checkpoint, --model is an .onnx"}
                 else:
                     res = None
                     for attempt in range(1 + max(0, args.retry_loaded)):
@@ -481,10 +536,10 @@ def main(argv: list[str] | None = None) -> int:
                 results.append((name, n, res))
 
         # agreement: every product against the first one written
-        ref = next((r for _, _, r in results if r.get("ok")), None)
+        ref = next((r for b, _, r in results if r.get("ok") and b != "null"), None)
         ref_dn = read_dn(ref["out"]) if ref else None
-        for _, _, r in results:
-            if r.get("ok"):
+        for b, _, r in results:
+            if r.get("ok") and ref is not None and b != "null":
                 dn = read_dn(r["out"])
                 r["max_dn_diff"] = int(np.abs(dn - ref_dn).max()) if dn.shape == ref_dn.shape else None
         baseline = next((statistics.median(r["times_s"]) for b, n, r in results
@@ -495,8 +550,9 @@ def main(argv: list[str] | None = None) -> int:
         headers = ["backend", "threads", "PAN px", "MP", "s/scene"]
         if args.repeats > 1:
             headers += ["p20 s", "p80 s"]
-        headers += ["MP/s", "speedup vs pytorch 1 thr", "fuse s", "peak RSS MiB", "max abs dDN vs row 1",
-                    "other load (cores)", "notes"]
+        headers += ["MP/s", "speedup vs pytorch 1 thr", "backend s", "overhead %",
+                    *[k[:-2].replace("_write", "") + " s" for k in STAGES if k != "fuse_s"], "rest s",
+                    "peak RSS MiB", "max abs dDN vs first", "other load (cores)", "notes"]
         rows, csv_rows = [], []
         for name, n, r in results:
             if not r.get("ok"):
@@ -509,11 +565,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.repeats > 1:
                 row += [quantile(r["times_s"], 0.2), quantile(r["times_s"], 0.8)]
             speed = baseline / med if baseline else "n/a"
+            stages = {k: statistics.median(r["stage_s"][k]) for k in STAGES}
+            rest = med - sum(stages.values())
+            overhead = 100.0 * (med - fuse) / med
             note = r["describe"] + (f", HQNR {r['hqnr']:.3f}" if r.get("hqnr") is not None else "")
             if r.get("attempts", 1) > 1:
                 note += f", least disturbed of {r['attempts']} runs"
             load = r.get("other_load")
-            row += [mpix / med, speed, fuse, rss, r.get("max_dn_diff", "?"),
+            row += [mpix / med, speed, fuse, f"{overhead:.1f}",
+                    *[stages[k] for k in STAGES if k != "fuse_s"], rest, rss,
+                    r.get("max_dn_diff", "-" if name == "null" else "?"),
                     f"{load:.2f}" if load is not None else "?", note]
             rows.append(row)
             csv_rows.append({
@@ -531,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
                 "scene_s_median": med, "scene_s_p20": quantile(r["times_s"], 0.2),
                 "scene_s_p80": quantile(r["times_s"], 0.8), "mpix_per_s": mpix / med,
                 "speedup_vs_pytorch_1t": speed if baseline else "", "fuse_s_median": fuse,
+                "overhead_pct": overhead, **{f"{k}_median": stages[k] for k in STAGES if k != "fuse_s"},
+                "backend_batch": args.backend_batch or "",
                 "load_s": r["load_s"], "warmup_s": r["warmup_s"], "peak_rss_mib": rss,
                 "ru_maxrss_mib": r["ru_maxrss_kib"] / 1024,
                 "max_dn_diff_vs_first": r.get("max_dn_diff"), "other_load_cores": r.get("other_load"),
@@ -551,9 +614,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.steps or preset.diffusion.sample_steps} DDIM steps, batch {resolved_batch} tiles); station "
               f"defaults, input_nodata={args.input_nodata:g}")
         if scene["source"]:
+            where = (f"mirrored at its edges to {scene['side']} x {scene['side']} px" if scene.get("mirrored") else
+                     f"crop rows {scene['row']}:{scene['row'] + scene['side']}, cols "
+                     f"{scene['col']}:{scene['col'] + scene['side']}")
             print(f"- scene: semi-synthetic (real pixels, synthesised PAN): {scene['source'].name} (real Landsat-8 "
-                  f"OLI B2-B4, uint16) crop rows {scene['row']}:{scene['row'] + scene['side']}, cols "
-                  f"{scene['col']}:{scene['col'] + scene['side']} ({100 * scene['fill']:.1f}% fill) as the truth; "
+                  f"OLI B2-B4, uint16) {where} ({100 * scene['fill']:.1f}% fill) as the truth; "
                   f"MS = {ratio}x{ratio} block means (uint16), PAN = "
                   f"{' + '.join(f'{w:g} B{i + 2}' for i, w in enumerate(PAN_WEIGHTS))} of the truth (not a real "
                   f"PAN band); no nodata tag (zero = fill)")
@@ -567,13 +632,16 @@ def main(argv: list[str] | None = None) -> int:
                  "given as --model" if onnx_path else "not needed"))
         print(f"- per configuration: a fresh process (OMP/MKL threads = torch threads = ORT intra-op threads = n), "
               f"backend load, one warm-up run_scene on a {WARMUP_PAN}x{WARMUP_PAN} PAN scene, then {args.repeats} "
-              "timed run(s); s/scene = wall time of run_scene (median), fuse s = report timing_s.fuse_s, "
+              "timed run(s); s/scene = wall time of run_scene (median), backend s = report timing_s.fuse_s "
+              "(the backend's sample_tiles calls), overhead = (s/scene - backend s) / s/scene, the stage "
+              "columns = the report's timing_s (read: windows read + interpolated + noise; journal; write: "
+              "blending + COG with overviews; rest: journal open, COG validation, report), "
               "peak RSS = that process's own high-water mark (VmHWM; its ru_maxrss would also count this parent's "
-              "peak at the spawn); max abs dDN = largest |product DN - first row's product DN| "
+              "peak at the spawn); max abs dDN = largest |product DN - first network row's product DN| "
               "over all pixels; other load = CPU the rest of the machine used meanwhile (/proc/stat), in busy "
               "cores (near 0 on a quiet machine; timings with load are not comparable)\n")
         print(_markdown_table(headers, rows))
-        diffs = [r.get("max_dn_diff") for _, _, r in results if r.get("ok")]
+        diffs = [r.get("max_dn_diff") for b, _, r in results if r.get("ok") and b != "null"]
         if len(diffs) > 1:
             worst = max((d for d in diffs if d is not None), default=None)
             agree = worst is not None and worst <= 1 and None not in diffs

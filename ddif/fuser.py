@@ -26,7 +26,7 @@ class Fuser:
     ``(seed, image, tile)``, and overlapping tiles are blended, all by
     :class:`ddif.inference.InferencePath`, the path every runtime backend and the ground station
     share. The result depends on the seed, not on ``batch_size`` (tiles per network call, default:
-    what fills the GPU, or about 1 Mpx of tiles) or the device. ``amp`` ("bf16" / "fp16"),
+    what fills the GPU, or about 32 k pixels of tiles on a CPU) or the device. ``amp`` ("bf16" / "fp16"),
     ``channels_last``, ``compile`` and ``cuda_graphs`` are the fast-path options of
     :class:`ddif.inference.TorchTileSampler`.
     """

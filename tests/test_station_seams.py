@@ -119,3 +119,40 @@ def test_memory_bounded_by_windows(tmp_path, record_property):
     huge = memory_bound_bytes(dataclasses.replace(plan.grid, pan=huge_pan), TileGrid(40000, 40000, 64, 16), cfg)
     assert huge["total"] - huge["bookkeeping"] == bound["total"] - bound["bookkeeping"]
     assert huge["bookkeeping"] == 8 * 833 ** 2
+
+
+def test_batch_windows_hold_only_the_batch_and_give_each_tile_its_own_inputs(tmp_path):
+    """A batch of whole tile rows is read as one window (rows merged), a batch wrapping to the next
+    row reads two windows, a skipped (empty) tile splits a row; every tile cut from a window gets
+    exactly the inputs it gets read on its own."""
+    from ddif.data.scene import SceneReader
+    from ddif.station.run import _batch_inputs, _batch_windows
+
+    grid = TileGrid(256, 256, 64, 16)  # 5 x 5 tiles, stride 48
+    tiles = [grid.tile(i) for i in range(len(grid))]
+    whole_rows = _batch_windows(tiles[:10], 256, 256)
+    assert whole_rows == [list(range(10))]
+    wrapping = _batch_windows(tiles[3:7], 256, 256)
+    assert wrapping == [[0, 1], [2, 3]]
+    gap = _batch_windows([tiles[i] for i in (0, 1, 3, 4)], 256, 256)
+    assert gap == [[0, 1], [2, 3]]
+    for windows, batch in ((whole_rows, tiles[:10]), (wrapping, tiles[3:7])):
+        for members in windows:
+            ys = [batch[j].y for j in members]
+            xs = [batch[j].x for j in members]
+            area = (max(ys) + 64 - min(ys)) * (max(xs) + 64 - min(xs))
+            assert area <= len(members) * 64 * 64
+
+    backend = shared_backend()
+    cfg = small_config(batch_size=12)
+    ms, pan = synthetic_scene(tmp_path / "in", "w", ms_size=(64, 52), border=0)
+    plan = plan_scene(ms, pan, backend, cfg)
+    assert len(plan.batches) > 1 and plan.tiles.shape[1] > 1
+    shape = (plan.grid.bands, plan.tiles.tile_h, plan.tiles.tile_w)
+    with SceneReader(plan.grid, plan.backend["preprocessing"], cfg.input_scale) as reader:
+        for batch in plan.batches:
+            lms, pan_t, _ = _batch_inputs(plan, reader, batch, shape)
+            for k, index in enumerate(batch):
+                t = plan.tiles.tile(index)
+                one_lms, one_pan = reader.tile_inputs(t.y, t.x, t.height, t.width)
+                assert np.array_equal(lms[k].numpy(), one_lms) and np.array_equal(pan_t[k].numpy(), one_pan)

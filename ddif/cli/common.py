@@ -198,7 +198,6 @@ def build_station_backend(
     Shared by ``ddif station run|watch`` and ``ddif fuse``."""
     import ddif.export as export
     import ddif.runtime as runtime
-    from ddif.data.raster import Preprocessing
 
     if backend not in STATION_BACKENDS:
         raise ValueError(f"backend must be one of {STATION_BACKENDS}, got {backend!r}")
@@ -215,11 +214,9 @@ def build_station_backend(
     path = Path(model)
     preset, _ = export.model_preset(path)
     tiling = config.tiling_for(preset)
-    pre = Preprocessing.for_preset(
-        preset, interpolation=config.interpolation, padding=config.padding, fill_iterations=config.fill_iterations
-    )
-    batch = config.resolved(tiling, pre).batch_size
-    tiles = {"tile_overlap": tiling.overlap, "batch_size": batch}
+    # the station hands the backend its batches (the journal's unit); the backend cuts them into
+    # calls of its own size (its device's default) unless a batch size was given
+    tiles = {"tile_overlap": tiling.overlap, "batch_size": config.batch_size}
     if backend == "auto":
         return export.best_available(
             path, device=device, steps=steps, tile_size=tiling.tile_size, ort_threads=threads, **tiles

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from ddif.config import Preset
@@ -224,7 +225,9 @@ class OnnxRuntimeFuser(FuserBackend):
 
     ``providers`` default: CUDA then CPU where ``device`` is CUDA and onnxruntime has the CUDA
     provider, else CPU. ``intra_op_threads`` / ``graph_optimization`` set the session options.
-    The tile size is the graph's; ``tile_overlap`` may differ from the one recorded at export.
+    ``parallel_runs``: a batch is cut into this many parts run concurrently, each with
+    ``intra_op_threads / parallel_runs`` threads (default on a CPU: one run per thread). The tile
+    size is the graph's; ``tile_overlap`` may differ from the one recorded at export.
     """
 
     name = "onnxruntime"
@@ -241,6 +244,7 @@ class OnnxRuntimeFuser(FuserBackend):
         timesteps: Iterable[int] | str | None = None,
         batch_size: int | None = None,
         tile_overlap: int | None = None,
+        parallel_runs: int | None = None,
     ):
         ort = import_onnxruntime()
         self.path = Path(onnx_path)
@@ -268,8 +272,16 @@ class OnnxRuntimeFuser(FuserBackend):
         if graph_optimization not in levels:
             raise ValueError(f"graph_optimization must be one of {list(levels)}, got {graph_optimization!r}")
         options.graph_optimization_level = levels[graph_optimization]
+        on_cpu = list(providers)[0] == "CPUExecutionProvider"
+        if parallel_runs is None:
+            # on a CPU, n concurrent runs of one thread each beat one run of n threads: measured on
+            # a 2-core x86-64 CPU, shipped 32 px models, 2 steps: 3.1 ms per tile against 4.1
+            parallel_runs = int(intra_op_threads) if on_cpu and intra_op_threads and intra_op_threads > 1 else 1
+        if parallel_runs < 1:
+            raise ValueError(f"parallel_runs must be >= 1, got {parallel_runs}")
+        self.parallel_runs = int(parallel_runs)
         if intra_op_threads:
-            options.intra_op_num_threads = int(intra_op_threads)
+            options.intra_op_num_threads = max(1, int(intra_op_threads) // self.parallel_runs)
         options.log_severity_level = 3  # errors only: ORT's warnings are about its own fusions
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=list(providers))
@@ -287,8 +299,16 @@ class OnnxRuntimeFuser(FuserBackend):
             )
         self.providers = self.session.get_providers()
         self.intra_op_threads = intra_op_threads
+        self._pool = None
+        if self.parallel_runs > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.parallel_runs, thread_name_prefix="ddif-ort")
 
     def describe(self) -> str:
+        if self.parallel_runs > 1:
+            each = max(1, int(self.intra_op_threads or 1) // self.parallel_runs)
+            return f"onnxruntime ({self.providers[0]}, {self.parallel_runs} concurrent runs x {each} thread)"
         threads = f", {self.intra_op_threads} threads" if self.intra_op_threads else ""
         return f"onnxruntime ({self.providers[0]}{threads})"
 
@@ -304,7 +324,17 @@ class OnnxRuntimeFuser(FuserBackend):
             name: t.detach().to("cpu", torch.float32).contiguous().numpy()
             for name, t in (("lms", lms), ("pan", pan), ("noise", noise))
         }
-        return torch.from_numpy(self.session.run(list(OUTPUT_NAMES), feed)[0])
+        n = lms.shape[0]
+        if self._pool is None or n < 2:
+            return torch.from_numpy(self.session.run(list(OUTPUT_NAMES), feed)[0])
+        # the batch in parallel_runs equal parts (a fixed split: the same tiles always go together),
+        # run concurrently (ONNX Runtime releases the GIL; one session serves concurrent runs)
+        k = -(-n // self.parallel_runs)
+        parts = [(a, min(n, a + k)) for a in range(0, n, k)]
+        results = self._pool.map(
+            lambda ab: self.session.run(list(OUTPUT_NAMES), {m: v[ab[0] : ab[1]] for m, v in feed.items()})[0], parts
+        )
+        return torch.from_numpy(np.concatenate(list(results)))
 
 
 # ------------------------------------------------------------------------------------ TensorRT

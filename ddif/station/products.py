@@ -60,12 +60,13 @@ class BandStatistics:
         n = int(valid.sum())
         if not n:
             return
-        values = block[:, valid].astype(np.float64)
+        picked = block[:, valid]
+        values = picked.astype(np.float64)
         self.valid += n
         self.sum += values.sum(axis=1)
-        self.sumsq += np.square(values).sum(axis=1)
-        self.min = np.minimum(self.min, values.min(axis=1))
-        self.max = np.maximum(self.max, values.max(axis=1))
+        self.sumsq += np.einsum("ij,ij->i", values, values)  # no squared temporary
+        self.min = np.minimum(self.min, picked.min(axis=1))  # in the block's own (narrow) dtype
+        self.max = np.maximum(self.max, picked.max(axis=1))
 
     def to_list(self) -> list[dict[str, float | None]]:
         """One dict per band: minimum, maximum, mean, stddev, valid_percent (None without data)."""

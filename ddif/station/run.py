@@ -79,13 +79,47 @@ def _band_names(plan: ScenePlan) -> list[str]:
     return names
 
 
+def _batch_windows(tiles: Sequence[Any], H: int, W: int) -> list[list[int]]:
+    """The read windows of a batch of tiles (consecutive in raster order), as lists of tile
+    positions: a run of neighbouring tiles per tile row, and runs of consecutive tile rows merged
+    into one window when its area is no larger than theirs read apart (whole tile rows are read
+    and interpolated once, without re-interpolating the rows that tile rows share). A window
+    never holds more than its tiles: a batch that wraps from the end of one row to the start of
+    the next reads two windows, never a band of whole-scene width."""
+    runs: list[list[int]] = []  # neighbouring tiles of one tile row (a skipped empty tile splits a run)
+    for i, t in enumerate(tiles):
+        if t.y + t.height > H or t.x + t.width > W:
+            continue
+        last = tiles[runs[-1][-1]] if runs else None
+        if last is not None and last.y == t.y and t.x <= last.x + last.width:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    windows: list[list[int]] = []
+    box: list[int] = []  # y0, x0, y1, x1 of the last window
+    own = 0  # the summed areas of the last window's runs, each read on its own
+    for run in runs:
+        first, end = tiles[run[0]], tiles[run[-1]]
+        y0, x0, y1, x1 = first.y, first.x, first.y + first.height, end.x + end.width
+        area = (y1 - y0) * (x1 - x0)
+        if windows and y0 < box[2]:  # the next tile row, overlapping the last window's rows
+            merged = [box[0], min(box[1], x0), max(box[2], y1), max(box[3], x1)]
+            if (merged[2] - merged[0]) * (merged[3] - merged[1]) <= own + area:
+                windows[-1].extend(run)  # one window holds both: no larger than reading them apart
+                box, own = merged, own + area
+                continue
+        windows.append(list(run))
+        box, own = [y0, x0, y1, x1], area
+    return windows
+
+
 def _batch_inputs(
     plan: ScenePlan, reader: SceneReader, batch: Sequence[int], shape: tuple[int, int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """lms, pan and x_T (``(seed, 0, tile index)``) of one batch of tiles, as float32 tensors.
 
-    The batch's tiles are consecutive in raster order: the window that holds those of one tile row
-    is read and interpolated once (:meth:`SceneReader.window_inputs`, which gives a window the values the
+    The batch's tiles are consecutive in raster order: each window of :func:`_batch_windows` is
+    read and interpolated once (:meth:`SceneReader.window_inputs`, which gives a window the values the
     whole scene would) and the tiles are cut from it, instead of one read and one interpolation
     per tile. A tile reaching beyond the scene (a scene side shorter than a tile) is read on its
     own and padded as the Fuser pads it."""
@@ -95,22 +129,18 @@ def _batch_inputs(
     lms_np = np.empty((len(batch),) + shape, dtype=np.float32)
     pan_np = np.empty((len(batch), plan.grid.pan.count) + shape[1:], dtype=np.float32)
     H, W = plan.grid.shape
-    # one window per run of tiles on the same tile row: a batch that wraps to the next row reads
-    # two windows, never a band of whole-scene width (memory stays bounded by the batch)
-    runs: dict[int, list[int]] = {}
-    for i, t in enumerate(tiles):
-        if t.y + t.height <= H and t.x + t.width <= W:
-            runs.setdefault(t.y, []).append(i)
-        else:
+    for members in _batch_windows(tiles, H, W):
+        y0, x0 = tiles[members[0]].y, min(tiles[j].x for j in members)
+        y1 = max(tiles[j].y + tiles[j].height for j in members)
+        x1 = max(tiles[j].x + tiles[j].width for j in members)
+        lms_w, pan_w = reader.window_inputs(y0, x0, y1 - y0, x1 - x0)
+        for j in members:  # filled in place: no second copy
+            t = tiles[j]
+            rows, cols = slice(t.y - y0, t.y - y0 + t.height), slice(t.x - x0, t.x - x0 + t.width)
+            lms_np[j], pan_np[j] = lms_w[:, rows, cols], pan_w[:, rows, cols]
+    for i, t in enumerate(tiles):  # a tile reaching beyond the scene: read on its own and padded
+        if not (t.y + t.height <= H and t.x + t.width <= W):
             lms_np[i], pan_np[i] = reader.tile_inputs(t.y, t.x, t.height, t.width)
-    for y0, members in runs.items():
-        x0 = min(tiles[i].x for i in members)
-        x1 = max(tiles[i].x + tiles[i].width for i in members)
-        lms_w, pan_w = reader.window_inputs(y0, x0, tiles[members[0]].height, x1 - x0)
-        for i in members:  # filled in place: no second copy
-            t = tiles[i]
-            cols = slice(t.x - x0, t.x - x0 + t.width)
-            lms_np[i], pan_np[i] = lms_w[:, :, cols], pan_w[:, :, cols]
     noise = tile_noise_batch(plan.config.seed, 0, batch, shape)
     return torch.from_numpy(lms_np), torch.from_numpy(pan_np), noise  # sharing the arrays' memory
 
@@ -249,7 +279,9 @@ def _write_product(
     cfg, g = plan.config, plan.grid
     dtype = np.dtype(g.ms.dtype)
     nodata = plan.nodata
-    profile = product_profile(g, nodata, cfg.block_size, "deflate", 1)
+    # the stage is read once by the COG copy and deleted: written uncompressed (no compression
+    # pass twice; it is never larger than the tile journal beside it)
+    profile = product_profile(g, nodata, cfg.block_size, "none", 0)
     stats = BandStatistics(g.bands)
 
     def load(tile, rows, cols):

@@ -87,5 +87,9 @@ def save_quicklook(
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(stretch_rgb(image, rgb_bands, percentiles, valid_mask, limits)).save(buf, format="PNG")
+    # zlib level 1: a quicklook is for eyes, not archives (3x faster to encode than the default 6,
+    # the file about 15 % larger)
+    Image.fromarray(stretch_rgb(image, rgb_bands, percentiles, valid_mask, limits)).save(
+        buf, format="PNG", compress_level=1
+    )
     atomic_write_bytes(path, buf.getvalue())
