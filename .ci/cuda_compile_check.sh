@@ -31,8 +31,14 @@ REPO=$(pwd)
 START=$(date +%s)
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
-  PY=$(command -v python3.12 || ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
-  if [ -z "$PY" ] || ! "$PY" --version > /dev/null 2>&1; then
+  # the first Python 3.12 that runs (a pyenv shim on PATH may exist without its version selected)
+  for candidate in python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12; do
+    if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' > /dev/null 2>&1; then
+      PY=$candidate
+      break
+    fi
+  done
+  if [ -z "$PY" ]; then
     echo "warning: no Python 3.12 here (the GPU machine's); using python3" >&2
     PY=python3
   fi
@@ -76,7 +82,9 @@ CUDA_MAJOR=${CUDA_VERSION%%.*}
 step "torch $("$VPY" -c 'import torch; print(torch.__version__)' 2>/dev/null) built with CUDA $CUDA_VERSION"
 
 step "installing nvcc and the CUDA C++ headers (CCCL) matching CUDA $CUDA_VERSION"
-pip_install "cuda-toolkit[nvcc,cccl]==${CUDA_VERSION}.*"
+# nvcc's front end (nvvm) and its headers (crt) are separate packages that pip would otherwise
+# take at their newest release (13.5 beside a 13.0 nvcc: ptxas then rejects the newer PTX)
+pip_install "cuda-toolkit[nvcc,cccl]==${CUDA_VERSION}.*" "nvidia-nvvm==${CUDA_VERSION}.*" "nvidia-cuda-crt==${CUDA_VERSION}.*"
 SITE=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 export CUDA_HOME="$SITE/nvidia/cu$CUDA_MAJOR"
 [ -x "$CUDA_HOME/bin/nvcc" ] || fail "no nvcc under CUDA_HOME=$CUDA_HOME"
