@@ -190,3 +190,12 @@ def test_station_plan_checks_and_corrects_a_misregistered_pair(tmp_path):
     )
     off = plan_scene(tmp_path / "ms.tif", tmp_path / "pan.tif", preset, StationConfig(registration="off"))
     assert off.registration == {"mode": "off"}
+
+
+def test_the_gdal_block_cache_holds_the_configured_megabytes():
+    """rasterio hands an integer GDAL_CACHEMAX to GDAL in bytes: the scene readers' 64 MB cache
+    must reach GDAL as 64 MiB, not as a 64-byte cache that decompresses every block per read."""
+    from ddif.data.raster import gdal_env
+
+    with gdal_env(64):
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 64 * 2**20

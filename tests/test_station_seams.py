@@ -88,17 +88,17 @@ def test_no_discontinuity_at_tile_borders(seam_products, record_property):
 
 
 def test_memory_bounded_by_windows(tmp_path, record_property):
-    """A 256 x 256 x 8 scene (25 tiles of 64 px in batches of 2, 16 blocks of 64 px, a 128-px quicklook): the
-    pipeline's own peak allocations (numpy and Python, traced; torch's and GDAL's own memory are
-    not traced) stay far below one full-scene array and within the stated bound: only windows
-    are ever held."""
+    """A 256 x 768 x 8 scene (80 tiles of 64 px in batches of 2, 48 blocks of 64 px, a 128-px
+    quicklook): the pipeline's own peak allocations (numpy and Python, traced; torch's and GDAL's
+    own memory are not traced) stay far below one full-scene array and within the stated bound:
+    only windows are ever held (two read bands of at most 2 batches' area, blocks, one batch)."""
     backend = shared_backend()
     cfg = small_config(batch_size=2, metric_tiles=1, quicklook_size=128)
-    ms, pan = synthetic_scene(tmp_path / "in", "big", ms_size=64, border=2)
+    ms, pan = synthetic_scene(tmp_path / "in", "big", ms_size=(64, 192), border=2)
     plan = plan_scene(ms, pan, backend, cfg)
-    assert len(plan.tiles) == 25
+    assert len(plan.tiles) == 80
     bound = plan.memory_bound_bytes()
-    full_scene = 8 * 256 * 256 * 4                  # one float32 copy of the fused scene
+    full_scene = 8 * 256 * 768 * 4                  # one float32 copy of the fused scene
     # a one-tile scene first, so that imports and caches made on first use are not counted
     small = synthetic_scene(tmp_path / "in", "small", ms_size=16)
     run_scene(*small, tmp_path / "small.tif", backend, cfg)
@@ -121,27 +121,13 @@ def test_memory_bounded_by_windows(tmp_path, record_property):
     assert huge["bookkeeping"] == 8 * 833 ** 2
 
 
-def test_batch_windows_hold_only_the_batch_and_give_each_tile_its_own_inputs(tmp_path):
-    """A batch of whole tile rows is read as one window (rows merged), a batch wrapping to the next
-    row reads two windows, a skipped (empty) tile splits a row; every tile cut from a window gets
-    exactly the inputs it gets read on its own."""
+@pytest.mark.parametrize("budget_tiles", [1, 3, 40])
+def test_read_bands_give_each_tile_its_own_inputs_and_free_themselves(tmp_path, budget_tiles):
+    """Batches cut their tiles from bands of tile rows (one-row column segments when a row is wider
+    than the budget, several rows otherwise): every tile gets exactly the inputs it gets read on its
+    own, at most two bands are alive, and every band is freed once its tiles are taken."""
     from ddif.data.scene import SceneReader
-    from ddif.station.run import _batch_inputs, _batch_windows
-
-    grid = TileGrid(256, 256, 64, 16)  # 5 x 5 tiles, stride 48
-    tiles = [grid.tile(i) for i in range(len(grid))]
-    whole_rows = _batch_windows(tiles[:10], 256, 256)
-    assert whole_rows == [list(range(10))]
-    wrapping = _batch_windows(tiles[3:7], 256, 256)
-    assert wrapping == [[0, 1], [2, 3]]
-    gap = _batch_windows([tiles[i] for i in (0, 1, 3, 4)], 256, 256)
-    assert gap == [[0, 1], [2, 3]]
-    for windows, batch in ((whole_rows, tiles[:10]), (wrapping, tiles[3:7])):
-        for members in windows:
-            ys = [batch[j].y for j in members]
-            xs = [batch[j].x for j in members]
-            area = (max(ys) + 64 - min(ys)) * (max(xs) + 64 - min(xs))
-            assert area <= len(members) * 64 * 64
+    from ddif.station.run import TileRowBands, _batch_inputs
 
     backend = shared_backend()
     cfg = small_config(batch_size=12)
@@ -149,10 +135,20 @@ def test_batch_windows_hold_only_the_batch_and_give_each_tile_its_own_inputs(tmp
     plan = plan_scene(ms, pan, backend, cfg)
     assert len(plan.batches) > 1 and plan.tiles.shape[1] > 1
     shape = (plan.grid.bands, plan.tiles.tile_h, plan.tiles.tile_w)
+    budget = budget_tiles * plan.tiles.tile_h * plan.tiles.tile_w
     with SceneReader(plan.grid, plan.backend["preprocessing"], cfg.input_scale) as reader:
+        bands = TileRowBands(plan, reader, plan.batches, budget)
         for batch in plan.batches:
-            lms, pan_t, _ = _batch_inputs(plan, reader, batch, shape)
+            lms, pan_t, _ = _batch_inputs(plan, bands, reader, batch, shape)
+            assert len(bands._bands) <= 2
+            for _y0, _x0, band_lms, _ in bands._bands.values():
+                assert band_lms.shape[1] * band_lms.shape[2] <= max(budget, plan.tiles.tile_h * plan.tiles.tile_w)
             for k, index in enumerate(batch):
                 t = plan.tiles.tile(index)
                 one_lms, one_pan = reader.tile_inputs(t.y, t.x, t.height, t.width)
                 assert np.array_equal(lms[k].numpy(), one_lms) and np.array_equal(pan_t[k].numpy(), one_pan)
+        assert bands._bands == {}
+    if budget_tiles == 1:
+        assert bands._rows_per_band == 1 and bands._cols_per_seg == 1
+    if budget_tiles == 40:
+        assert bands._rows_per_band > 1 and bands._cols_per_seg == plan.tiles.shape[1]

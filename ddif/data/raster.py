@@ -69,10 +69,15 @@ def _rasterio():
 def gdal_env(cache_mb: int = 64) -> Iterator[None]:
     """GDAL settings of every scene read / product write: a bounded block cache (part of the
     station's memory bound), no side-car .aux.xml files, single-threaded (deterministic)
-    compression."""
+    compression.
+
+    rasterio hands an integer ``GDAL_CACHEMAX`` to ``GDALSetCacheMax`` in bytes (GDAL's own
+    "below 100000 means MB" rule applies to the string option only): 64 would be a 64-byte cache,
+    every window read decompressing its blocks again (measured: 8x slower reads of a 4096 px
+    scene), so the megabytes are converted here."""
     rasterio = _rasterio()
     with rasterio.Env(
-        GDAL_CACHEMAX=int(cache_mb), GDAL_PAM_ENABLED="NO", GDAL_NUM_THREADS="1", GDAL_TIFF_INTERNAL_MASK="YES"
+        GDAL_CACHEMAX=int(cache_mb) * 2**20, GDAL_PAM_ENABLED="NO", GDAL_NUM_THREADS="1", GDAL_TIFF_INTERNAL_MASK="YES"
     ):
         yield
 

@@ -233,10 +233,12 @@ def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) 
     """Upper bound of what the pipeline holds at once, in bytes, by stage (the largest counts).
 
     With C bands, P guide bands, tile h x w, batch B, block K, ratio r, halo a (MS px):
-    - fusing: B tiles of lms + pan + fused (float32, twice for the torch copies), and the batch's
-      read window (one tile row, at most B tiles wide: h x Bw): its MS window
-      ((h/r + 2a + 3) x (Bw/r + 2a + 3), raw + normalised + filled), the MS interpolated onto it
-      and the PAN window (raw, float32 and float64 for the sub-pixel shift);
+    - fusing: B tiles of lms + pan + fused (float32, twice for the torch copies), and the read
+      bands (:class:`ddif.station.run.TileRowBands`: at most two alive, each at most 2 B tiles'
+      area, lms + pan float32) with the one chunk being read into them: its MS window (the chunk
+      over r^2 plus the 2a + 3 px margins along its rows and columns; raw + normalised + filled +
+      float64), the MS interpolated onto it and the PAN window (raw, float32 and float64 for the
+      sub-pixel shift);
     - assembling: the block's blend accumulators and output (C x K x K), one tile slice, the
       validity reads of the block;
     - the quicklook: a decimated read of the product, at most ``quicklook_size`` on its long side;
@@ -252,14 +254,15 @@ def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) 
     itemsize = np.dtype(grid.ms.dtype).itemsize
     msh, msw = h // r + 2 * a + 3, w // r + 2 * a + 3
     ms_window = c * msh * msw * (itemsize + 4 * 3) + c * (r * msh) * (r * msw) * 4 * 2
-    bw = b * w
-    batch_msw = bw // r + 2 * a + 3
-    batch_window = (
-        c * msh * batch_msw * (itemsize + 4 * 3 + 8)
-        + c * (r * msh) * (r * batch_msw) * 4 * 3
-        + p * h * bw * (itemsize + 4 + 8)
+    band_px = 2 * b * h * w  # ddif.station.run.band_budget_px
+    perimeter = band_px // min(h, w) + max(h, w)  # a chunk's rows + columns, at most
+    m = 2 * a + 3
+    chunk_ms_px = band_px // (r * r) + m * perimeter // r + m * m
+    chunk = (
+        c * chunk_ms_px * (itemsize + 4 * 3 + 8) + c * chunk_ms_px * r * r * 4 * 3 + p * band_px * (itemsize + 4 + 8)
     )
-    fusing = 2 * b * (2 * c + p) * h * w * 4 + batch_window
+    bands = 2 * band_px * (c + p) * 4 + chunk
+    fusing = 2 * b * (2 * c + p) * h * w * 4 + bands
     kk = k * k
     assembling = c * kk * 4 * 3 + kk * 4 * 3 + c * kk * itemsize + kk * (p * itemsize + 4) + ms_window
     q = min(config.quicklook_size, max(grid.pan.height, grid.pan.width))
