@@ -154,3 +154,34 @@ def test_a_set_fused_in_chunks_equals_it_fused_at_once():
     whole = fuser.fuse(lms, pan, seed=3)
     parts = torch.cat([fuser.fuse(lms[s:s + 2], pan[s:s + 2], seed=3, first_image=s) for s in range(0, 5, 2)])
     torch.testing.assert_close(parts, whole, rtol=0, atol=1e-6)  # batch composition: float rounding only
+
+
+def test_tile_preparation_and_blend_groups_do_not_change_the_image(monkeypatch):
+    """InferencePath.fuse prepares inputs and noise for groups of sampler batches and blends tile
+    rows in groups: with groups of one batch / one tile row the image is bit-identical, and every
+    tile cut by _TileLayout.cut is its window of the padded input (an evenly spread, irregular grid
+    over two images, runs that wrap across rows and images)."""
+    import ddif
+    from ddif.inference import engine
+    from ddif.models import DDIF
+
+    model = DDIF.load(SHIPPED)
+    g = torch.Generator().manual_seed(1)
+    lms = torch.rand(2, 3, 97, 83, generator=g) * 0.3 + 0.2
+    pan = lms.mean(1, keepdim=True)
+    fuser = ddif.Fuser(model, steps=2, batch_size=5)
+    default = fuser.fuse(lms, pan, seed=4)
+    monkeypatch.setattr(engine, "PREP_PIXELS", 1)
+    monkeypatch.setattr(engine, "BLEND_STRIP_BYTES", 1)
+    assert torch.equal(fuser.fuse(lms, pan, seed=4), default)
+
+    grid = fuser.inference.tiling.grid(97, 83)
+    layout = engine._TileLayout(grid, 2, torch.device("cpu"))
+    x = torch.rand(2, 3, grid.height, grid.width, generator=g)
+    per_image = grid.shape[0] * grid.shape[1]
+    for jobs in (slice(0, layout.jobs), slice(3, 11), slice(per_image - 2, per_image + 3)):
+        cut = layout.cut(x, jobs)
+        for k, j in enumerate(range(jobs.start, jobs.stop)):
+            image, tile = divmod(j, per_image)
+            t = grid.tile(tile)
+            assert torch.equal(cut[k], x[image, :, t.y : t.y + t.height, t.x : t.x + t.width])
