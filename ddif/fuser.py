@@ -13,7 +13,7 @@ from ddif.inference.engine import InferencePath, TorchTileSampler
 from ddif.inference.tiling import Tiling
 
 if TYPE_CHECKING:
-    from ddif.diffusion.samplers import _RespacedScheduler
+    from ddif.diffusion.samplers import RespacedScheduler
     from ddif.models.ddif import DDIF
 
 
@@ -47,7 +47,7 @@ class Fuser:
         clip_sample: float | None = None,
         tile_size: int | None = None,
         tile_overlap: int | None = None,
-        scheduler: _RespacedScheduler | None = None,
+        scheduler: RespacedScheduler | None = None,
         amp: str | None = None,
         channels_last: bool = False,
         compile: bool = False,

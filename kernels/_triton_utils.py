@@ -78,7 +78,7 @@ def load_kernels(module: str) -> ModuleType | None:
     return importlib.import_module(module)
 
 
-def _constant_while_tracing(fn):
+def constant_while_tracing(fn):
     """``torch.compiler.assume_constant_result`` (torch.compile calls ``fn`` once while tracing and
     uses its result as a constant) without importing ``torch._dynamo`` at our import time (1.8 s,
     and it imports Triton): that decorator only sets this marker. The torch.compile test in
@@ -87,7 +87,7 @@ def _constant_while_tracing(fn):
     return fn
 
 
-@_constant_while_tracing
+@constant_while_tracing
 def can_launch(device: torch.device, module: str) -> bool:
     """Whether the kernels of ``module`` can run on tensors on ``device``.
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ddif.kernels._triton_utils import _constant_while_tracing
+from ddif.kernels._triton_utils import constant_while_tracing
 
 __all__ = ["style_modulated_conv_ref", "style_modulated_conv", "csm", "CsmKernelConfig", "CONFIG", "fused_available"]
 
@@ -93,7 +93,7 @@ def _load_extension():
     return _ext_state["module"]
 
 
-@_constant_while_tracing  # decided once while tracing (the loader imports and takes a lock)
+@constant_while_tracing  # decided once while tracing (the loader imports and takes a lock)
 def _missing_reason(device_type: str) -> str | None:
     """None when the fused op runs on ``device_type``, else why not."""
     ext = _load_extension()
@@ -307,7 +307,7 @@ def _broadcast_map(t: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
     return t
 
 
-@_constant_while_tracing  # under torch.compile: warns while tracing instead of being traced
+@constant_while_tracing  # under torch.compile: warns while tracing instead of being traced
 def _warn_fallback_once(reason: str) -> bool:
     global _fallback_warned
     if not _fallback_warned:

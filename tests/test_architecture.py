@@ -177,3 +177,17 @@ def test_installed_modules_resolve_to_the_repository_folders():
 
     assert Path(ddif.kernels.style_conv.__file__).resolve() == REPO / "kernels" / "style_conv.py"
     assert Path(ddif.export.onnx.__file__).resolve() == REPO / "export" / "onnx.py"
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A name with a leading underscore belongs to its module: importing it from another module
+    (``from ddif.x import _helper``) means the concept wants a public home."""
+    found = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("ddif")):
+                for alias in node.names:
+                    private = alias.name.startswith("_") and not alias.name.startswith("__")
+                    if private and alias.name != "_C":  # the compiled extension module
+                        found.append(f"{name}:{node.lineno} imports {alias.name} from {node.module}")
+    assert not found, "\n".join(found)

@@ -225,10 +225,10 @@ def adapted_model(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddif.cli.station import _model_id
     from ddif.export import model_preset
     from ddif.station.config import StationConfig
     from ddif.station.errors import Refused, environment_error_kind
+    from ddif.station.journal import model_identity
     from ddif.station.outputs import check_outputs, plan_outputs
     from ddif.station.plan import plan_scene
     from ddif.station.products import cog_creation_options
@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
                 cfg,
                 log=log,
                 progress=progress,
-                model_id=_model_id(str(model)),
+                model_id=model_identity(str(model)),
                 plan=plan,
                 quicklook_path=quicklook,
                 report_path=report_path,

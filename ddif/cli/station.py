@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ddif.cli.args import add_dataclass_args, dataclass_from_args
 from ddif.cli.common import STATION_BACKENDS, FastPath, add_fast_path_args, build_station_backend, resolve_model
@@ -159,16 +159,11 @@ def load_backend(args: argparse.Namespace, config: StationConfig, log: EventLog 
     )
 
 
-def _model_id(path: str) -> dict[str, Any]:
-    from ddif.station.journal import model_identity
-
-    return model_identity(path)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from ddif.export import model_preset
     from ddif.station.config import StationConfig
     from ddif.station.events import EventLog
+    from ddif.station.journal import model_identity
     from ddif.station.plan import plan_scene
     from ddif.station.run import run_scene
 
@@ -215,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             journal_dir=args.journal,
             log=log,
             progress=progress,
-            model_id=_model_id(args.model),
+            model_id=model_identity(args.model),
             plan=plan,
         )
     except Exception as exc:
@@ -251,6 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from ddif.station.config import StationConfig, WatchConfig
     from ddif.station.events import EventLog
+    from ddif.station.journal import model_identity
     from ddif.station.watch import StationService
 
     config = dataclass_from_args(StationConfig, args)
@@ -278,7 +274,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         processed_dir=args.processed,
         workdir=args.workdir,
         log=log,
-        model_id=_model_id(args.model),
+        model_id=model_identity(args.model),
     )
     try:
         failures = service.run(once=args.once)

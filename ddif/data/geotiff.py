@@ -17,13 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _rasterio():
-    try:
-        import rasterio
-    except ImportError as e:
-        raise ImportError("reading GeoTIFFs needs rasterio: pip install rasterio (or ddif[geo])") from e
-    return rasterio
+from ddif.data.raster import import_rasterio
 
 
 @dataclass
@@ -97,7 +91,7 @@ def read_geotiff(
     ``FileNotFoundError`` for a missing file; ``ValueError`` naming the file for one rasterio
     cannot open or decode (corrupt, truncated, not a raster) or for bands it does not have.
     """
-    rasterio = _rasterio()
+    rasterio = import_rasterio()
     from rasterio.errors import RasterioError
 
     path = Path(path)
@@ -143,7 +137,7 @@ def read_geotiff(
                         f"{src.height}x{src.width} raster"
                     )
                 data = src.read(indexes, window=Window(col, row, width, height))
-                t = _shift_transform(src.transform, row, col)
+                t = shift_transform(src.transform, row, col)
             nodata = src.nodata
             crs = src.crs.to_wkt() if src.crs else None
             transform = None if src.transform.is_identity else tuple(float(v) for v in tuple(t)[:6])
@@ -158,7 +152,7 @@ def read_geotiff(
     )
 
 
-def _shift_transform(t, row: int, col: int) -> tuple[float, ...]:
+def shift_transform(t: Sequence[float], row: int, col: int) -> tuple[float, ...]:
     """The affine transform of a window starting at (row, col)."""
     a, b, c, d, e, f = (float(v) for v in tuple(t)[:6])
     return (a, b, c + a * col + b * row, d, e, f + d * col + e * row)
@@ -214,7 +208,7 @@ def write_geotiff(
     compress: str | None = "deflate",
 ) -> Path:
     """Write ``data`` (bands, H, W) or (H, W) as a GeoTIFF, atomically (temporary file + rename)."""
-    rasterio = _rasterio()
+    rasterio = import_rasterio()
     from rasterio.transform import Affine
 
     from ddif.utils.io import atomic_path

@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,7 +43,7 @@ HISR_KEYS = {"gt": "GT", "ms": "LRHSI", "lms": "HSI_up", "pan": "RGB"}
 LAYOUTS = {"pancollection": PANCOLLECTION_KEYS, "hisr": HISR_KEYS}
 
 
-def _h5py():
+def import_h5py() -> ModuleType:
     try:
         import h5py
     except ImportError as e:  # pragma: no cover - h5py is a core dependency
@@ -90,7 +91,7 @@ def _expectation(preset_or_max_dn, bands, guide_bands, ratio) -> _Expectation:
     )
 
 
-def _is_numeric(dtype: np.dtype) -> bool:
+def is_numeric_dtype(dtype: np.dtype) -> bool:
     return dtype.kind in "iuf"  # signed / unsigned integers, floats; not bool, complex, strings, compounds
 
 
@@ -129,7 +130,7 @@ def inspect_h5(
     sizes that do not match (``gt``, ``lms``, ``pan`` equal, ``ms`` smaller by ``ratio``), or a
     ``max_dn`` attribute that disagrees with ``max_dn``.
     """
-    h5py = _h5py()
+    h5py = import_h5py()
     path = Path(path)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
@@ -170,7 +171,7 @@ def inspect_h5(
                 raise fail(f"'{name}' is a {type(obj).__name__}, expected a dataset")
             if obj.ndim != 4:
                 raise fail(f"'{name}' has rank {obj.ndim} (shape {obj.shape}), expected N x C x H x W")
-            if not _is_numeric(obj.dtype):
+            if not is_numeric_dtype(obj.dtype):
                 raise fail(f"'{name}' has non-numeric dtype {obj.dtype}, expected integers or floats")
             dsets[k] = obj
         counts = {keys[k]: d.shape[0] for k, d in dsets.items()}
@@ -195,7 +196,7 @@ def inspect_h5(
         for k in ("gt", "pan"):
             if k in dsets and tuple(dsets[k].shape[2:]) != size:
                 raise fail(
-                    f"'{keys[k]}' is {_hw(dsets[k].shape[2:])} but '{keys['lms']}' is {_hw(size)}: "
+                    f"'{keys[k]}' is {shape_text(dsets[k].shape[2:])} but '{keys['lms']}' is {shape_text(size)}: "
                     "they must be on the same grid"
                 )
         ms_size = tuple(dsets["ms"].shape[2:])
@@ -205,11 +206,11 @@ def inspect_h5(
             or size[1] % ms_size[1]
             or size[0] // ms_size[0] != size[1] // ms_size[1]
         ):
-            raise fail(f"'{keys['ms']}' is {_hw(ms_size)}, not {_hw(size)} divided by one integer ratio")
+            raise fail(f"'{keys['ms']}' is {shape_text(ms_size)}, not {shape_text(size)} divided by one integer ratio")
         found_ratio = size[0] // ms_size[0]
         if ratio is not None and found_ratio != ratio:
             raise fail(
-                f"'{keys['ms']}' is {_hw(ms_size)} and '{keys['lms']}' {_hw(size)}: ratio {found_ratio}, "
+                f"'{keys['ms']}' is {shape_text(ms_size)} and '{keys['lms']}' {shape_text(size)}: ratio {found_ratio}, "
                 f"expected {ratio}"
             )
 
@@ -277,7 +278,7 @@ def _check_dn_scale(path: Path, keys: dict[str, str], dsets: dict[str, Any], n: 
             )
 
 
-def _hw(shape: Sequence[int]) -> str:
+def shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
@@ -383,7 +384,7 @@ class FusionH5(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}('{self.path}', {len(self)} items, {self.bands}+{self.guide_bands} bands, "
-            f"{_hw(self.size)}, ratio {self.ratio}, gt={self.has_gt}, max_dn={self.max_dn:g}, "
+            f"{shape_text(self.size)}, ratio {self.ratio}, gt={self.has_gt}, max_dn={self.max_dn:g}, "
             f"augment={self.augment!r})"
         )
 
@@ -395,7 +396,7 @@ class FusionH5(torch.utils.data.Dataset):
             # handles are not fork-safe); open our own.
             self._file = None
             self._datasets = {}
-            h5py = _h5py()
+            h5py = import_h5py()
             try:
                 f = h5py.File(self.path, "r", rdcc_nbytes=self.rdcc_nbytes)
             except OSError as e:
@@ -484,7 +485,7 @@ class HISRH5(FusionH5):
 
 def detect_layout(path: str | os.PathLike) -> str:
     """'pancollection' or 'hisr' from the dataset names in the file."""
-    h5py = _h5py()
+    h5py = import_h5py()
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")

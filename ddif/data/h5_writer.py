@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ddif.data.h5 import LAYOUTS, _h5py, _hw, _is_numeric
+from ddif.data.h5 import LAYOUTS, import_h5py, is_numeric_dtype, shape_text
 
 if TYPE_CHECKING:
     import h5py
@@ -77,7 +77,7 @@ class FusionH5Writer:
         if not np.isfinite(max_dn) or max_dn <= 0:
             raise ValueError(f"max_dn must be a positive number, got {max_dn}")
         self.dtype = np.dtype(dtype)
-        if not _is_numeric(self.dtype):
+        if not is_numeric_dtype(self.dtype):
             raise ValueError(f"dtype must be an integer or float type, got {self.dtype}")
         if compression not in (None, "gzip", "lzf"):
             raise ValueError(f"compression must be None, 'gzip' or 'lzf', got {compression!r}")
@@ -97,7 +97,7 @@ class FusionH5Writer:
     def __enter__(self) -> FusionH5Writer:
         from ddif.utils.io import atomic_path
 
-        h5py = _h5py()
+        h5py = import_h5py()
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(self.path))
         self._file = h5py.File(tmp, "w")
@@ -153,10 +153,14 @@ class FusionH5Writer:
                 raise ValueError(f"{k}: {arrays[k].shape[1]} bands but lms has {c}")
         for k in ("gt", "pan"):
             if k in arrays and arrays[k].shape[2:] != size:
-                raise ValueError(f"{k}: spatial size {_hw(arrays[k].shape[2:])} differs from lms {_hw(size)}")
+                raise ValueError(
+                    f"{k}: spatial size {shape_text(arrays[k].shape[2:])} differs from lms {shape_text(size)}"
+                )
         ms_size = arrays["ms"].shape[2:]
         if size[0] % ms_size[0] or size[1] % ms_size[1] or size[0] // ms_size[0] != size[1] // ms_size[1]:
-            raise ValueError(f"ms: spatial size {_hw(ms_size)} is not lms {_hw(size)} divided by an integer ratio")
+            raise ValueError(
+                f"ms: spatial size {shape_text(ms_size)} is not lms {shape_text(size)} divided by an integer ratio"
+            )
         signature = (tuple(arrays), {k: a.shape[1:] for k, a in arrays.items()})
         if self._layout_seen is None:
             self._layout_seen = signature
@@ -180,7 +184,7 @@ class FusionH5Writer:
             a = np.asarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value)
             if name in self.keys.values():
                 raise ValueError(f"extra dataset name {name!r} clashes with an image dataset")
-            if a.ndim < 1 or a.shape[0] != n or not _is_numeric(a.dtype):
+            if a.ndim < 1 or a.shape[0] != n or not is_numeric_dtype(a.dtype):
                 raise ValueError(f"extra {name!r}: expected a numeric array with {n} rows, got {a.dtype} {a.shape}")
             extras[name] = a
         if self.length == 0:

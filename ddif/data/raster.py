@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,7 +58,7 @@ def gdal_errors() -> tuple[type[BaseException], ...]:
     return (RasterioError, CPLE_BaseError, OSError)
 
 
-def _rasterio():
+def import_rasterio() -> ModuleType:
     try:
         import rasterio
     except ImportError as exc:
@@ -75,7 +76,7 @@ def gdal_env(cache_mb: int = 64) -> Iterator[None]:
     "below 100000 means MB" rule applies to the string option only): 64 would be a 64-byte cache,
     every window read decompressing its blocks again (measured: 8x slower reads of a 4096 px
     scene), so the megabytes are converted here."""
-    rasterio = _rasterio()
+    rasterio = import_rasterio()
     with rasterio.Env(
         GDAL_CACHEMAX=int(cache_mb) * 2**20, GDAL_PAM_ENABLED="NO", GDAL_NUM_THREADS="1", GDAL_TIFF_INTERNAL_MASK="YES"
     ):
@@ -152,7 +153,7 @@ class RasterInfo:
 def open_raster(path: str | os.PathLike, what: str) -> RasterInfo:
     """Header of a raster (GeoTIFF, or a GDAL VRT whose source files all exist); :class:`SceneError`
     (corrupt, or missing_partner for a VRT source that is not there) when it cannot be opened."""
-    rasterio = _rasterio()
+    rasterio = import_rasterio()
     from rasterio.errors import NotGeoreferencedWarning
 
     path = Path(path)
@@ -218,7 +219,7 @@ _GDAL_TYPES = {
 def raster_files(path: str | os.PathLike) -> list[Path]:
     """The files GDAL reads for a raster: the file itself and, for a VRT, its source files (and
     any side-car such as ``.ovr``), in GDAL's order; ``[path]`` when it cannot be opened."""
-    rasterio = _rasterio()
+    rasterio = import_rasterio()
     try:
         with rasterio.open(path) as src:
             return [Path(f) for f in src.files if not f.startswith("/vsi")] or [Path(path)]
@@ -313,7 +314,7 @@ def band_stack_xml(paths: Sequence[str | os.PathLike], what: str = "MS", bands: 
     model's order of bands delivered in another)."""
     import xml.etree.ElementTree as ET
 
-    rasterio = _rasterio()
+    rasterio = import_rasterio()
     if not paths:
         raise ValueError(f"{what}: no band files given")
     files = [Path(p) for p in paths]

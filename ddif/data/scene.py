@@ -65,12 +65,12 @@ from ddif.data.raster import (  # noqa: F401 (re-exported)
     RasterInfo,
     SceneError,
     SceneGrid,
-    _rasterio,
     band_stack_xml,
     check_band_order,
     check_grids,
     gdal_env,
     gdal_errors,
+    import_rasterio,
     interpolation_geometry,
     is_vrt,
     open_pair,
@@ -181,7 +181,7 @@ class SceneReader:
         self._pan = None
 
     def __enter__(self) -> SceneReader:
-        rasterio = _rasterio()
+        rasterio = import_rasterio()
         self._ms = rasterio.open(self.grid.ms.path)
         self._pan = rasterio.open(self.grid.pan.path)
         return self

@@ -81,9 +81,9 @@ def load_image(
         if window is not None:
             arr = _window(arr, window, f"{what} ({source.path})")
             if transform is not None:
-                from ddif.data.geotiff import _shift_transform
+                from ddif.data.geotiff import shift_transform
 
-                transform = _shift_transform(transform, window[0], window[1])
+                transform = shift_transform(transform, window[0], window[1])
         if bands:
             arr = _select_bands(arr, bands, f"{what} ({source.path})")
         if arr.dtype.kind not in "iuf":

@@ -58,7 +58,7 @@ class SchedulerOutput:
     pred_original_sample: torch.Tensor
 
 
-class _RespacedScheduler:
+class RespacedScheduler:
     # alpha_bar at each step of the grid and at the step each one leads to, set by set_timesteps
     # (a subclass may keep them as Python floats, see ddif.runtime.plan.FixedStepDDIM)
     _ab: torch.Tensor | list[float]
@@ -147,7 +147,7 @@ class _RespacedScheduler:
         raise NotImplementedError(f"{type(self).__name__} does not implement step()")
 
 
-class DDIMScheduler(_RespacedScheduler):
+class DDIMScheduler(RespacedScheduler):
     """x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z."""
 
     def __init__(
@@ -194,7 +194,7 @@ class DDIMScheduler(_RespacedScheduler):
         return SchedulerOutput(prev, x0)
 
 
-class DDPMScheduler(_RespacedScheduler):
+class DDPMScheduler(RespacedScheduler):
     """Ancestral sampling from the posterior q(x_prev | x_t, x0) of the respaced chain."""
 
     def adds_noise(self, timestep: Timestep | None = None) -> bool:
@@ -239,7 +239,7 @@ SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
 
 def make_scheduler(
     name: str, schedule: NoiseSchedule, eta: float = 0.0, spacing: str = "leading", clip_sample: float | None = None
-) -> _RespacedScheduler:
+) -> RespacedScheduler:
     name = name.lower()
     if name == "ddim":
         return DDIMScheduler(schedule, eta=eta, spacing=spacing, clip_sample=clip_sample)

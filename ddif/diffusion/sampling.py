@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ddif.diffusion.samplers import _RespacedScheduler
+from ddif.diffusion.samplers import RespacedScheduler
 from ddif.models.ddif import inputs_checked
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def sample_residual(
     model: DDIF,
     lms: torch.Tensor,
     pan: torch.Tensor,
-    scheduler: _RespacedScheduler,
+    scheduler: RespacedScheduler,
     *,
     generator: torch.Generator | int | PerItemGenerators | None = None,
     noise: torch.Tensor | None = None,

@@ -37,7 +37,7 @@ from ddif.utils.tiling import Tile, TileGrid, blend_window
 from ddif.utils.validation import check_image
 
 if TYPE_CHECKING:
-    from ddif.diffusion.samplers import _RespacedScheduler
+    from ddif.diffusion.samplers import RespacedScheduler
     from ddif.models.ddif import DDIF
 
 # Images are DN / max_DN; values far outside [0, 1] mean the caller forgot to normalise.
@@ -94,7 +94,7 @@ class TorchTileSampler:
     def __init__(
         self,
         model: DDIF,
-        scheduler: _RespacedScheduler,
+        scheduler: RespacedScheduler,
         *,
         use_cache: bool = True,
         self_condition: bool = True,

@@ -13,12 +13,11 @@ import os
 
 import numpy as np
 
-from ddif.data.raster import gdal_errors
+from ddif.data.raster import gdal_errors, import_rasterio
 from ddif.data.scene import (  # noqa: F401 (re-exported)
     RasterInfo,
     SceneGrid,
     SceneReader,
-    _rasterio,
     fill_invalid,
     gdal_env,
     invalid_mask,
@@ -136,7 +135,7 @@ def verify_product(
     band and of every overview level. GDAL can report a failed write (full disk, file-size limit)
     only when the file is read again, so nothing is renamed into place before it passes. Reads
     one block per level: the cost does not grow with the scene. Raises :class:`OutputWriteError`."""
-    rasterio = _rasterio()
+    rasterio = import_rasterio()
 
     want_sizes = overview_sizes(height, width, list(overviews))
     try:
@@ -178,7 +177,7 @@ def write_quicklook(
     """True-colour (``rgb_bands``, 0-based) quicklook of a written product: a decimated read (GDAL
     serves it from the overviews: bounded memory), per-band percentile stretch over valid pixels
     (:mod:`ddif.utils.quicklook`), nodata black. Written atomically."""
-    rasterio = _rasterio()
+    rasterio = import_rasterio()
     from rasterio.enums import Resampling
 
     from ddif.utils.quicklook import band_limits, save_quicklook

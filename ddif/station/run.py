@@ -320,9 +320,9 @@ def _write_product(
     stage of the COG copy: fast compression) and return its per-band statistics. A failure to
     write it (disk full or a file-size limit show as libtiff write / seek errors; the errno only
     reaches GDAL's stderr) is an :class:`OutputWriteError`, not the scene's fault."""
-    from ddif.station.io import _rasterio
+    from ddif.data.raster import import_rasterio
 
-    rasterio = _rasterio()
+    rasterio = import_rasterio()
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
