@@ -92,7 +92,7 @@ def _exported_onnx(args, model, steps):
         import time
 
         from ddif.fuser import Fuser
-        from ddif.runtime.plan import resolve_sampling_plan
+        from ddif.diffusion.sampling_plan import resolve_sampling_plan
         from ddif.export.onnx import export_model
 
         timesteps = Fuser(model, sampler="ddim", steps=steps).scheduler.timesteps.tolist()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ddif.diffusion.samplers import make_scheduler
+from ddif.diffusion.sampling_plan import resolve_sampling_plan
 from ddif.diffusion.schedule import NoiseSchedule
 from ddif.inference.engine import InferencePath, TorchTileSampler
 from ddif.inference.tiling import Tiling
@@ -66,10 +67,10 @@ class Fuser:
                 spacing=dcfg.timestep_spacing,
                 clip_sample=clip_sample,
             )
-            if dcfg.sample_timesteps and steps in (None, len(dcfg.sample_timesteps)):
-                scheduler.set_timesteps(timesteps=dcfg.sample_timesteps)  # e.g. a distilled student's grid
-            else:
-                scheduler.set_timesteps(int(steps or dcfg.sample_steps))
+            # the one rule every entry point follows (explicit grid, a student's own timesteps,
+            # the asked steps, the checkpoint's recorded steps, the preset's default)
+            plan = resolve_sampling_plan(model.preset, getattr(model, "metadata", None), steps=steps)
+            scheduler.set_timesteps(timesteps=plan.timesteps)
         self.scheduler = scheduler
         self.steps = len(self.scheduler.timesteps)
         self.tiling = Tiling.for_preset(model.preset, tile_size, tile_overlap)

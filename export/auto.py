@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ddif.config import Preset
+from ddif.diffusion.sampling_plan import resolve_sampling_plan
 from ddif.export.onnx import DEFAULT_EXPORTER, DEFAULT_OPSET, export_model
 from ddif.inference.tiling import Tiling
 from ddif.models.checkpoint import read_contents
@@ -34,7 +35,6 @@ from ddif.runtime.backends import (
     load_onnx_spec,
     onnxruntime_unavailable_reason,
 )
-from ddif.runtime.plan import resolve_sampling_plan
 from ddif.runtime.spec import SPEC_VERSION, ExportSpec, sha256_file, spec_path_for
 from ddif.runtime.tensorrt import TensorRTUnavailable, default_cache_dir, tensorrt_unavailable_reason
 

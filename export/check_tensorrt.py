@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from benchmarks.common import bench, markdown_table
+    from ddif.diffusion.sampling_plan import resolve_sampling_plan
     from ddif.export.onnx import export_model, load_model_for_export
     from ddif.export.tensorrt import build_plan
     from ddif.runtime import OnnxRuntimeFuser, TensorRTFuser, TorchFuser
-    from ddif.runtime.plan import resolve_sampling_plan
     from ddif.runtime.spec import ExportSpec
     from ddif.runtime.tensorrt import tensorrt_unavailable_reason
 

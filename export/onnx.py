@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ddif.runtime.plan import SamplingPlan, resolve_sampling_plan
+from ddif.diffusion.sampling_plan import SamplingPlan, resolve_sampling_plan
 from ddif.runtime.spec import (  # noqa: F401
     INPUT_NAMES,
     METADATA_KEY,

@@ -120,7 +120,7 @@ def test_spec_file_contents(exported):
 def test_tiled_graph_static_tiles_dynamic_batch_and_model_left_untouched(tmp_path, exporter):
     """A tiled model's graph samples tiles of its tile size (static H / W, dynamic batch) with
     both exporters; it equals the PyTorch sampler; the caller's model keeps its fused flags."""
-    from ddif.runtime.plan import resolve_sampling_plan
+    from ddif.diffusion.sampling_plan import resolve_sampling_plan
     from ddif.runtime.spec import ShapeProfile
     from ddif.export.onnx import export_model
 
@@ -155,7 +155,7 @@ def test_tiled_graph_static_tiles_dynamic_batch_and_model_left_untouched(tmp_pat
 
 
 def test_export_rejects_bad_arguments(tmp_path):
-    from ddif.runtime.plan import resolve_sampling_plan
+    from ddif.diffusion.sampling_plan import resolve_sampling_plan
     from ddif.export.onnx import export_model, main
 
     model = _tiny_model()
@@ -182,7 +182,7 @@ def test_export_rejects_bad_arguments(tmp_path):
 # ----------------------------------------------------------------------- timestep resolution
 def test_sampling_plan_precedence_and_validation(caplog):
     from ddif.diffusion import respace
-    from ddif.runtime.plan import SamplingPlan, resolve_sampling_plan
+    from ddif.diffusion.sampling_plan import SamplingPlan, resolve_sampling_plan
 
     plain = tiny_preset()
     assert resolve_sampling_plan(plain, steps=2).timesteps == tuple(respace(500, 2).tolist())
@@ -198,7 +198,7 @@ def test_sampling_plan_precedence_and_validation(caplog):
     student.diffusion.__post_init__()
     assert resolve_sampling_plan(student).timesteps == STUDENT_GRID
     assert resolve_sampling_plan(student, steps=2).timesteps == STUDENT_GRID      # same count: its own grid
-    with caplog.at_level("WARNING", logger="ddif.runtime"):
+    with caplog.at_level("WARNING", logger="ddif.diffusion.sampling_plan"):
         assert resolve_sampling_plan(student, steps=4).timesteps == tuple(respace(500, 4).tolist())
     assert any("distilled" in r.getMessage() for r in caplog.records)
 

@@ -94,7 +94,7 @@ def fake_tensorrt(version: str = "10.9.0", *, fp16_flag: bool = True, parse_ok: 
 @pytest.fixture
 def fake_onnx(tmp_path):
     """An .onnx file with a valid spec beside it (the stand-in parser never reads the bytes)."""
-    from ddif.runtime.plan import resolve_sampling_plan
+    from ddif.diffusion.sampling_plan import resolve_sampling_plan
     from ddif.runtime.spec import ExportSpec, ShapeProfile, sha256_file, spec_path_for
 
     path = tmp_path / "fuser.onnx"

@@ -60,7 +60,7 @@ class SchedulerOutput:
 
 class RespacedScheduler:
     # alpha_bar at each step of the grid and at the step each one leads to, set by set_timesteps
-    # (a subclass may keep them as Python floats, see ddif.runtime.plan.FixedStepDDIM)
+    # (a subclass may keep them as Python floats, see ddif.diffusion.sampling_plan.FixedStepDDIM)
     _ab: torch.Tensor | list[float]
     _ab_prev: torch.Tensor | list[float]
 

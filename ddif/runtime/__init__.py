@@ -22,8 +22,8 @@ _LAZY = {
     "OnnxRuntimeFuser": "ddif.runtime.backends",
     "TensorRTFuser": "ddif.runtime.backends",
     "spec_tiling": "ddif.runtime.backends",
-    "SamplingPlan": "ddif.runtime.plan",
-    "resolve_sampling_plan": "ddif.runtime.plan",
+    "SamplingPlan": "ddif.diffusion.sampling_plan",  # re-exported: the plan lives with the schedulers
+    "resolve_sampling_plan": "ddif.diffusion.sampling_plan",
     "ExportSpec": "ddif.runtime.spec",
     "ShapeProfile": "ddif.runtime.spec",
     "EngineCache": "ddif.runtime.tensorrt",

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from ddif.config import Preset
+from ddif.diffusion.sampling_plan import SamplingPlan, resolve_sampling_plan
 from ddif.inference.engine import InferencePath
 from ddif.inference.tiling import Tiling
-from ddif.runtime.plan import SamplingPlan, resolve_sampling_plan
 from ddif.runtime.spec import INPUT_NAMES, OUTPUT_NAMES, ExportSpec, ShapeProfile, read_embedded_spec, spec_path_for
 from ddif.runtime.tensorrt import (
     EngineCache,

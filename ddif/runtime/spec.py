@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ddif.config import Preset
-from ddif.runtime.plan import SamplingPlan
+from ddif.diffusion.sampling_plan import SamplingPlan
 
 if TYPE_CHECKING:
     from ddif.inference.tiling import Tiling

@@ -1,4 +1,5 @@
-"""The fixed-step sampling plan shared by every runtime backend and by the ONNX export.
+"""The fixed-step sampling plan: the one rule for which timesteps a model samples, used by
+:class:`ddif.Fuser`, every runtime backend and the ONNX export.
 
 A plan is the list of training timesteps a deterministic DDIM sampler (Song et al., "Denoising
 Diffusion Implicit Models", ICLR 2021, eta = 0) visits. It comes from, in order of precedence:
@@ -28,7 +29,7 @@ from ddif.config import Preset
 from ddif.diffusion.samplers import DDIMScheduler, respace
 from ddif.diffusion.schedule import NoiseSchedule
 
-log = logging.getLogger("ddif.runtime")
+log = logging.getLogger(__name__)
 
 # Metadata keys a checkpoint may carry to say how it samples (a distilled student writes these):
 # a list of training timesteps, or a step count. Other values under these keys are ignored.
