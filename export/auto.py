@@ -24,7 +24,7 @@ import torch
 from ddif.config import Preset
 from ddif.diffusion.sampling_plan import resolve_sampling_plan
 from ddif.export.onnx import DEFAULT_EXPORTER, DEFAULT_OPSET, export_model
-from ddif.inference.tiling import Tiling
+from ddif.inference.tiling import Tiling, check_tiling
 from ddif.models.checkpoint import read_contents
 from ddif.models.ddif import DDIF
 from ddif.runtime.backends import (
@@ -175,11 +175,7 @@ def best_available(
         return None
 
     def check_graph_tiles(backend: FuserBackend) -> FuserBackend:
-        if tile_size is not None and backend.tiling.tile_size != int(tile_size):
-            raise ValueError(
-                f"{path}: the graph samples {backend.tiling.describe()}, not {tile_size} px tiles: "
-                "export it again with --tile-size"
-            )
+        check_tiling(backend.tiling, tile_size, what=f"{path}: the graph", fix="export it again with --tile-size")
         return backend
 
     def attempt(label: str, make):

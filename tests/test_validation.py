@@ -87,3 +87,15 @@ def test_values_out_of_the_unit_range_are_rejected(tiny_model, scale, shift):
         Fuser(tiny_model, steps=2).fuse(lms * scale + shift, pan)
     with pytest.raises(ValueError, match=r"pan: values span"):
         Fuser(tiny_model, steps=2).fuse(lms, pan * scale + shift)
+
+
+def test_one_tiling_check_names_what_samples_which_tiles():
+    from ddif.inference.tiling import Tiling, check_tiling
+
+    t = Tiling(32, 8, 8)
+    check_tiling(t, 32, 8, what="x", fix="y")
+    check_tiling(t, None, None, what="x", fix="y")  # nothing asked: nothing to refuse
+    with pytest.raises(ValueError, match=r"^fuser.onnx samples 32 px tiles, 8 px overlap, not 48 px tiles: export"):
+        check_tiling(t, 48, what="fuser.onnx", fix="export it again with --tile-size")
+    with pytest.raises(ValueError, match="not 32 px tiles with 4 px overlap"):
+        check_tiling(t, 32, 4, what="the backend", fix="build it with the station's tiles")

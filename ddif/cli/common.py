@@ -198,6 +198,7 @@ def build_station_backend(
     Shared by ``ddif station run|watch`` and ``ddif fuse``."""
     import ddif.export as export
     import ddif.runtime as runtime
+    from ddif.inference.tiling import check_tiling
 
     if backend not in STATION_BACKENDS:
         raise ValueError(f"backend must be one of {STATION_BACKENDS}, got {backend!r}")
@@ -228,11 +229,12 @@ def build_station_backend(
     if path.suffix.lower() != ".onnx":
         path = export.ensure_onnx(path, steps=steps, tile_size=tiling.tile_size)
     built = runtime.OnnxRuntimeFuser(path, device=device, steps=steps, intra_op_threads=threads, **tiles)
-    if built.tiling.tile_size != tiling.tile_size:
-        raise ValueError(
-            f"{path} samples {built.tiling.describe()}, the station is set to {tiling.tile_size} px "
-            "tiles: export it again with --tile-size, or leave --tile-size unset"
-        )
+    check_tiling(
+        built.tiling,
+        tiling.tile_size,
+        what=str(path),
+        fix="export it again with --tile-size, or leave --tile-size unset",
+    )
     return built
 
 

@@ -107,6 +107,19 @@ class Tiling:
         return f"{self.tile_size} px tiles, {self.overlap} px overlap"
 
 
+def check_tiling(actual: Tiling, tile_size: int | None, overlap: int | None = None, *, what: str, fix: str) -> None:
+    """The one check (and message) that a backend, graph or plan samples the tiles asked for:
+    ValueError "``what`` samples <its tiling>, not <asked>: ``fix``" when ``tile_size`` / ``overlap``
+    (None: not asked) differ from ``actual``'s."""
+    size_differs = tile_size is not None and actual.tile_size != int(tile_size)
+    overlap_differs = overlap is not None and actual.overlap != int(overlap)
+    if size_differs or overlap_differs:
+        asked = f"{int(tile_size)} px tiles" if tile_size is not None else "its tile size"
+        if overlap is not None:
+            asked += f" with {int(overlap)} px overlap"
+        raise ValueError(f"{what} samples {actual.describe()}, not {asked}: {fix}")
+
+
 def default_overlap(tile_size: int) -> int:
     """Overlap used with a tile size other than the model's: 1/8 of the tile (32 px for 256 px)."""
     return tile_size // 8 if tile_size else 0

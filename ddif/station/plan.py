@@ -24,7 +24,7 @@ from ddif.data.scene import (
     open_pair,
     scan_scene,
 )
-from ddif.inference.tiling import Tiling
+from ddif.inference.tiling import Tiling, check_tiling
 from ddif.station.config import StationConfig
 from ddif.station.events import EventLog
 from ddif.station.io import output_nodata, overview_factors
@@ -82,11 +82,13 @@ def model_facts(model: StationBackend | Preset, config: StationConfig | None = N
         tiling = model.tiling
         if not tiling.tiled:  # a whole-image backend (PyTorch, dynamic graph) samples any tile
             tiling = config.tiling_for(preset)
-        elif (config.tile_size not in (None, tiling.tile_size)) or (config.overlap not in (None, tiling.overlap)):
-            raise ValueError(
-                f"the backend samples {tiling.describe()}, the station is set to tile_size "
-                f"{config.tile_size}, overlap {config.overlap}: build the backend with the same tile "
-                "size and overlap"
+        else:
+            check_tiling(
+                tiling,
+                config.tile_size,
+                config.overlap,
+                what="the backend",
+                fix="the station's tile size / overlap: build the backend with the same ones",
             )
     pre = Preprocessing.for_preset(
         preset, interpolation=config.interpolation, padding=config.padding, fill_iterations=config.fill_iterations

@@ -41,7 +41,7 @@ from ddif.data.scene import (
     SceneReader,
     gdal_env,
 )
-from ddif.inference.tiling import tile_noise_batch
+from ddif.inference.tiling import check_tiling, tile_noise_batch
 from ddif.station.config import StationConfig
 from ddif.station.errors import OutputWriteError, StopRequested
 from ddif.station.events import EventLog, NullLog
@@ -524,11 +524,13 @@ def run_scene(
         config = plan.config
     elif plan.backend["name"] == "not loaded":  # planned (checked) before the backend existed
         facts = model_facts(backend, config)
-        if facts["tiling"].tile_size != plan.config.tile_size or facts["tiling"].overlap != plan.config.overlap:
-            raise ValueError(
-                f"the backend samples {facts['tiling'].describe()}, the plan was made for "
-                f"{plan.config.tile_size} px tiles with {plan.config.overlap} px overlap"
-            )
+        check_tiling(
+            facts["tiling"],
+            plan.config.tile_size,
+            plan.config.overlap,
+            what="the backend",
+            fix="the tiles the plan was made for: plan the scene with this backend",
+        )
         plan.backend = facts
     times["plan_s"] = time.perf_counter() - t_start
     if plan.valid_pixels == 0:
