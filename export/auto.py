@@ -204,6 +204,8 @@ def best_available(
                     )
                 )
             src = onnx_source()
+            if src is None:
+                raise FileNotFoundError(f"{path}: no ONNX graph to build a TensorRT engine from")
             return check_graph_tiles(
                 TensorRTFuser(
                     src,

@@ -18,6 +18,7 @@ Exit status: 0 pass, 1 PSNR below the bar, 2 TensorRT or CUDA missing.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import tempfile
@@ -141,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     lms_d, pan_d = lms.to(device), pan.to(device)
     rows, eager = [], None
     for label, fuser in runs:
-        timing = bench(lambda f=fuser: f.fuse(lms_d, pan_d, seed=args.seed), device, warmup=args.warmup, reps=args.reps)
+        timing = bench(
+            functools.partial(fuser.fuse, lms_d, pan_d, seed=args.seed), device, warmup=args.warmup, reps=args.reps
+        )
         eager = eager or timing.median
         rows.append(
             [

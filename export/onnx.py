@@ -35,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -50,6 +50,9 @@ from ddif.runtime.spec import (  # noqa: F401
     sha256_file,
     spec_path_for,
 )
+
+if TYPE_CHECKING:
+    from ddif.models.ddif import DDIF
 
 log = logging.getLogger("ddif.export")
 
@@ -66,7 +69,7 @@ class FixedStepSampler(torch.nn.Module):
     the previous x0 estimate), so PyTorch, ONNX and TensorRT all execute the same sampler.
     """
 
-    def __init__(self, model: torch.nn.Module, plan: SamplingPlan):
+    def __init__(self, model: DDIF, plan: SamplingPlan):
         super().__init__()
         self.model = model
         self.plan = plan

@@ -440,7 +440,7 @@ def haar_dwt2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     _analysis_kernel[_grid(lambda bs: cdiv(B * C, bs), h2, w2)](
         x, *bands, *x.stride(), B * C, C, H, W, h2, w2, **_blocks(B * C, h2, w2)
     )
-    return tuple(bands)
+    return bands[0], bands[1], bands[2], bands[3]
 
 
 def haar_synthesis(

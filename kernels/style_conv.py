@@ -32,6 +32,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +73,7 @@ CONFIG = CsmKernelConfig()
 # Layer 1: the native extension, imported on first use.
 # --------------------------------------------------------------------------------------------
 _ext_lock = threading.Lock()
-_ext_state: dict[str, object] = {"loaded": False, "module": None, "error": None}
+_ext_state: dict[str, Any] = {"loaded": False, "module": None, "error": None}
 _fallback_warned = False
 
 
@@ -201,7 +202,8 @@ def _csm_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight, grad_bias, grad_scale); entries not in ``output_mask`` are empty."""
     grads = _native_ops().csm_backward(grad_out, x, weight, bias, scale, conv, list(output_mask))
-    return tuple(g if g is not None else x.new_empty((0,)) for g in grads)
+    gx, gw, gb, gs = (g if g is not None else x.new_empty((0,)) for g in grads)
+    return gx, gw, gb, gs
 
 
 @_csm_backward_op.register_fake
