@@ -214,7 +214,7 @@ def mtf_glp_hpm(
     MTF-matched filter, decimation by ``ratio`` and interpolation back (23-tap for power-of-2
     ratios, bicubic otherwise); the fusion multiplies ``lms_k`` by the PAN's high-pass modulation,
     ``fused_k = lms_k * P_k / P_k^L``. ``sensor`` picks the MTF gains
-    (:data:`ddif.data.mtf.SENSOR_MTF`), or give the per-band gains themselves (e.g. for a band
+    (:data:`ddif.data.sensors.SENSOR_MTF`), or give the per-band gains themselves (e.g. for a band
     subset of a sensor: :meth:`ddif.data.sensors.Sensor.mtf_gains`). H and W must be divisible by
     ``ratio``.
 

@@ -56,7 +56,7 @@ class MakeDatasetConfig:
     ratio: int = _option(4, "MS / PAN resolution ratio")
     sensor: str = _option(
         "generic",
-        "MTF gains of the degradation (ddif.data.mtf.SENSOR_MTF: wv3, qb, gf2, landsat7, landsat8, landsat9, "
+        "MTF gains of the degradation (ddif.data.sensors.SENSOR_MTF: wv3, qb, gf2, landsat7, landsat8, landsat9, "
         "generic, ...; an unknown name is refused when the build starts)",
     )
     interpolation: str = _option("interp23tap", "how ms is re-interpolated to lms: interp23tap or bicubic")

@@ -179,7 +179,7 @@ def check_sensor(sensor: str) -> str:
     key = sensor.strip().lower() if isinstance(sensor, str) else sensor
     if key not in SENSOR_MTF and key not in SENSOR_ALIASES:
         raise ValueError(
-            f"sensor {sensor!r} has no MTF gains in ddif.data.mtf.SENSOR_MTF; pass --sensor with one of "
+            f"sensor {sensor!r} has no MTF gains in ddif.data.sensors.SENSOR_MTF; pass --sensor with one of "
             f"{', '.join(known_sensors())} ('generic' for the toolbox's default gains)"
         )
     return sensor

@@ -2,8 +2,9 @@
 
 Per sensor: its bands (name, aliases, band pass), the PAN band pass, the DN range of its standard
 product, its native MS / PAN ratio and how a delivery names itself (file-name patterns, metadata
-files). The MTF gains at Nyquist stay in :data:`ddif.data.mtf.SENSOR_MTF` (the toolbox's table,
-indexed by band position); :meth:`Sensor.mtf_gains` maps named bands to them. Model cards
+files), and the MTF gains at Nyquist of every sensor the degradations know (:data:`SENSOR_MTF`, the
+toolbox's table indexed by band position, with :data:`SENSOR_ALIASES`); :meth:`Sensor.mtf_gains`
+maps named bands to them, :meth:`Sensor.band_passes` gives the band-pass table. Model cards
 (:mod:`ddif.models.cards`) name their sensor and bands by the keys used here.
 
 Band passes: Landsat-8/9 OLI and Landsat-7 ETM+ from USGS ("What are the band designations for the
@@ -33,7 +34,7 @@ class Band:
 
 @dataclass(frozen=True)
 class Sensor:
-    key: str  # registry key, also the ddif.data.mtf.SENSOR_MTF key
+    key: str  # registry key, also the SENSOR_MTF key
     title: str
     bands: tuple[Band, ...]  # every MS band, in the order of SENSOR_MTF's gains
     pan_passband_nm: tuple[float, float] | None
@@ -72,9 +73,7 @@ class Sensor:
         return tuple(out)
 
     def mtf_gains(self, names: Sequence[str]) -> tuple[tuple[float, ...], float]:
-        """(MS gains of the named bands, PAN gain) from :data:`ddif.data.mtf.SENSOR_MTF`."""
-        from ddif.data.mtf import SENSOR_MTF
-
+        """(MS gains of the named bands, PAN gain) from :data:`SENSOR_MTF`."""
         gains, pan = SENSOR_MTF[self.mtf_key or self.key]
         out = []
         for n in names:
@@ -83,6 +82,16 @@ class Sensor:
                 raise ValueError(f"sensor {self.key}: no band named {n!r} (bands: {[b.name for b in self.bands]})")
             out.append(float(gains[0] if len(gains) == 1 else gains[i]))
         return tuple(out), float(pan)
+
+    def band_passes(self, pan_name: str | None = None) -> dict[str, tuple[float, float]]:
+        """Band name -> (lower, upper) band edge in nm, every MS band; the PAN band's too under
+        ``pan_name`` (e.g. "B8" for Landsat) when given."""
+        table = {b.name: b.passband_nm for b in self.bands}
+        if pan_name is not None:
+            if self.pan_passband_nm is None:
+                raise ValueError(f"sensor {self.key} has no PAN band")
+            table[pan_name] = self.pan_passband_nm
+        return table
 
     def pan_weights(self, names: Sequence[str]) -> tuple[float, ...]:
         """Band-pass overlap of the named bands with the PAN band, normalised to sum 1 (box
@@ -101,6 +110,83 @@ class Sensor:
         if total <= 0:
             raise ValueError(f"sensor {self.key}: none of the bands {list(names)} overlaps the PAN band")
         return tuple(o / total for o in overlaps)
+
+
+# Per sensor: (MS gains of the MTF at the Nyquist frequency of the MS grid, one per band, or a
+# single value that applies to every band; PAN gain at the same frequency).
+# Values from the toolbox (genMTF.m / MTF_PAN.m, Vivone et al. 2015/2021; Aiazzi et al. 2006).
+SENSOR_MTF: dict[str, tuple[tuple[float, ...], float]] = {
+    # WorldView-3, 8 bands (coastal, blue, green, yellow, red, red edge, NIR1, NIR2). The toolbox's
+    # MTF_PAN.m gives 0.14 for the WV3 PAN (0.15 is QuickBird's / the generic value).
+    "wv3": ((0.325, 0.355, 0.360, 0.350, 0.365, 0.360, 0.335, 0.315), 0.14),
+    # WorldView-2, 8 bands.
+    "wv2": ((0.35, 0.35, 0.35, 0.35, 0.35, 0.35, 0.35, 0.27), 0.11),
+    # QuickBird, 4 bands (B, G, R, NIR).
+    "qb": ((0.34, 0.32, 0.30, 0.22), 0.15),
+    # IKONOS, 4 bands (B, G, R, NIR).
+    "ikonos": ((0.26, 0.28, 0.29, 0.28), 0.17),
+    # GeoEye-1 and WorldView-4 (grouped together in the toolbox), 4 bands.
+    "geoeye1": ((0.23, 0.23, 0.23, 0.23), 0.16),
+    "wv4": ((0.23, 0.23, 0.23, 0.23), 0.16),
+    # GaoFen-2: no published per-band values; the toolbox's default for unlisted sensors.
+    "gf2": ((0.3,), 0.15),
+    # Landsat. The toolbox has no Landsat entry (its genMTF.m lists QB, IKONOS, GeoEye1/WV4, WV2 and
+    # WV3, everything else gets 0.3; MTF_PAN.m lists QB, IKONOS, GeoEye1, WV2, WV3 and 0.15 for
+    # 'none'), and neither do the benchmark papers above (their data sets are VHR sensors). Measured
+    # Landsat spatial responses exist: J. C. Storey, "Landsat 7 on-orbit modulation transfer
+    # function estimation", Proc. SPIE 4540, 50-61, 2001 (ETM+ modulation at Nyquist from the Lake
+    # Pontchartrain causeway; the degradation it trends is mainly in the 15 m PAN band), and for
+    # OLI E. J. Knight and G. Kvaran, "Landsat-8 Operational Land Imager design, characterization
+    # and performance", Remote Sens. 6(11), 10286-10305, 2014 (pre-launch and on-orbit
+    # characterisation). Their per-band numbers were not available when these entries were written
+    # (J. C. Storey et al., "Landsat 8 Operational Land Imager on-orbit geometric calibration and
+    # performance", Remote Sens. 6(11), 11127-11152, 2014, is the geometric companion paper: its
+    # abstract covers geolocation and band registration, not the MTF), so no measured value is
+    # claimed here: all three entries use the toolbox's values for a sensor without a measured entry,
+    # MS 0.3 (genMTF.m 'otherwise') and PAN 0.15 (MTF_PAN.m 'none'). Replace them with per-band
+    # values from those papers once checked against the text.
+    # Landsat-7 ETM+ (bands 1-5, 7 at 30 m; band 8 PAN at 15 m, ratio 2).
+    "landsat7": ((0.3,), 0.15),
+    # Landsat-8 OLI (bands 1-7, 9 at 30 m; band 8 PAN at 15 m, ratio 2).
+    "landsat8": ((0.3,), 0.15),
+    # Landsat-9 OLI-2: built to the OLI design, with the same bands and 15 m / 30 m sampling; same
+    # values as Landsat-8 (no separate measurement is claimed).
+    "landsat9": ((0.3,), 0.15),
+    # Any other sensor: the toolbox's default (genMTF 'otherwise' 0.3; MTF_PAN 0.15).
+    "generic": ((0.3,), 0.15),
+    # No filtering at all (gain 1 at Nyquist = all-pass, the kernel is a unit impulse); used for the
+    # hyperspectral presets whose degradation is defined by the dataset, not by a sensor MTF.
+    "none": ((1.0,), 1.0),
+}
+
+SENSOR_ALIASES: dict[str, str] = {
+    "worldview3": "wv3",
+    "worldview-3": "wv3",
+    "wv-3": "wv3",
+    "worldview2": "wv2",
+    "worldview-2": "wv2",
+    "wv-2": "wv2",
+    "worldview4": "wv4",
+    "worldview-4": "wv4",
+    "quickbird": "qb",
+    "geoeye": "geoeye1",
+    "geoeye-1": "geoeye1",
+    "ge1": "geoeye1",
+    "gaofen2": "gf2",
+    "gaofen-2": "gf2",
+    "gf-2": "gf2",
+    "landsat-7": "landsat7",
+    "l7": "landsat7",
+    "etm": "landsat7",
+    "etm+": "landsat7",
+    "landsat-8": "landsat8",
+    "l8": "landsat8",
+    "oli": "landsat8",
+    "landsat-9": "landsat9",
+    "l9": "landsat9",
+    "oli2": "landsat9",
+    "oli-2": "landsat9",
+}
 
 
 def normalise_band_name(text: str) -> str:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ddif.data.sensors import SENSORS
+
 if TYPE_CHECKING:
     import torch
 
@@ -271,19 +273,9 @@ def register_pair(
     )
 
 
-# Landsat-7 ETM+ band passes in nm (USGS, "What are the band designations for the Landsat
-# satellites?"; lower / upper band edges; band 6, thermal, left out). Band 8 is the panchromatic
-# band. Used to suggest synthetic-PAN weights (the Landsat-8 OLI table is
-# ddif.data.synthetic_pan.LANDSAT8_OLI_BANDPASS_NM).
-LANDSAT7_ETM_BANDPASS_NM: dict[str, tuple[float, float]] = {
-    "B1": (450.0, 520.0),
-    "B2": (520.0, 600.0),
-    "B3": (630.0, 690.0),
-    "B4": (770.0, 900.0),
-    "B5": (1550.0, 1750.0),
-    "B7": (2090.0, 2350.0),
-    "B8": (520.0, 900.0),
-}
+# Landsat-7 ETM+ band passes in nm (band 6, thermal, left out; band 8 the panchromatic band): the
+# sensor registry's (ddif.data.sensors). Used to suggest synthetic-PAN weights.
+LANDSAT7_ETM_BANDPASS_NM: dict[str, tuple[float, float]] = SENSORS["landsat7"].band_passes("B8")
 
 # band sets of common products, for suggestions: (what, table, band names); the ones with as many
 # bands as the MS are offered

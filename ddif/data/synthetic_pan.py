@@ -14,21 +14,14 @@ from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
+from ddif.data.sensors import SENSORS
+
 if TYPE_CHECKING:
     import torch
 
-# Landsat-8 OLI band passes in nm (USGS, "What are the band designations for the Landsat
-# satellites?"; lower / upper band edges). B8 is the panchromatic band.
-LANDSAT8_OLI_BANDPASS_NM: dict[str, tuple[float, float]] = {
-    "B1": (430.0, 450.0),
-    "B2": (450.0, 510.0),
-    "B3": (530.0, 590.0),
-    "B4": (640.0, 670.0),
-    "B5": (850.0, 880.0),
-    "B6": (1570.0, 1650.0),
-    "B7": (2110.0, 2290.0),
-    "B8": (500.0, 680.0),
-}
+# Landsat-8 OLI band passes in nm, B8 the panchromatic band: the sensor registry's
+# (ddif.data.sensors; USGS band designations)
+LANDSAT8_OLI_BANDPASS_NM: dict[str, tuple[float, float]] = SENSORS["landsat8"].band_passes("B8")
 
 
 def bandpass_pan_weights(

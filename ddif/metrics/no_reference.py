@@ -138,7 +138,7 @@ def d_lambda(
     fused image, ``"ddif"`` (:func:`ddif.data.mtf.mtf_kernel`: separable, gain exact at Nyquist,
     sum 1) or ``"toolbox"`` (:func:`ddif.data.mtf.toolbox_mtf_kernel`: the MATLAB toolbox's
     ``genMTF`` filter, for numbers comparable with tables made with it). Either way the gains come
-    from :data:`ddif.data.mtf.SENSOR_MTF`, which matches genMTF's table for the sensors it lists;
+    from :data:`ddif.data.sensors.SENSOR_MTF`, which matches genMTF's table for the sensors it lists;
     for ``sensor="none"`` ddif's table has an all-pass where genMTF would use 0.3.
     """
     check_mtf_kernel(mtf_kernel)
