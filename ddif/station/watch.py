@@ -59,27 +59,22 @@ import shutil
 import signal
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from ddif.station.claims import SceneClaims, outbox_lock
 from ddif.station.config import StationConfig, WatchConfig
 from ddif.station.errors import (
-    BAD_MANIFEST,
-    BAD_NAME,
-    MISSING_PARTNER,
-    OUTSIDE_INBOX,
     PROCESSING_ERROR,
-    Refused,
     SceneError,
     StopRequested,
     environment_error_kind,
 )
 from ddif.station.events import EventLog
+from ddif.station.failures import FailurePolicy
 from ddif.station.inbox import (
-    CLAIM_SUFFIX,
     INPUTS_FILE,
     SceneFiles,
     is_inside,
@@ -91,17 +86,13 @@ from ddif.station.journal import content_identity, same_content
 from ddif.station.products import update_collection
 from ddif.station.quarantine import (
     archive,
-    finish_move,
-    pending_moves,
     quarantine,
-    read_record,
-    rollback_move,
-    staged_scene,
-    staging_dir,
     unique_dir,
 )
+from ddif.station.readiness import QuarantineNow, scene_readiness
+from ddif.station.recovery import MoveLedger, clean_stale
 from ddif.station.run import StationBackend, run_scene
-from ddif.utils.io import atomic_write_text, exchange_paths, fsync_dir, is_atomic_temp
+from ddif.utils.io import atomic_write_text, exchange_paths, fsync_dir
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -161,16 +152,11 @@ class StationService:
         self.model_id = model_id
         self._stop = False
         self._seen: dict[str, tuple[tuple, int]] = {}  # scene -> (signature, polls unchanged)
-        self._retry_at: dict[str, float] = {}
-        self._attempts: dict[str, int] = {}
         self._once = False
-        self._failed_this_run: set[str] = set()  # --once: a failed scene is not retried
-        self._claims: dict[str, int] = {}  # scene -> fd of its flock'ed claim file
-        self._quarantine_retry_at: dict[str, float] = {}  # scene -> when a failed quarantine move is retried
-        self._recovery_errors: dict[str, str] = {}  # staging folder -> last recovery error logged
-        self._busy_logged: set[str] = set()
+        self.claims = SceneClaims(self.inbox, self.log)
+        self.policy = FailurePolicy(self.watch, self.log)
+        self.ledger = MoveLedger(self.processed_dir, self.quarantine_dir, self.claims, self.log, self.policy.count)
         self._collection_behind = True  # checked (and repaired) at start
-        self.failures = 0
         self.processed: list[str] = []
         self.quarantined: list[str] = []
         self._book = threading.RLock()  # the bookkeeping above, shared by the scene threads
@@ -188,24 +174,6 @@ class StationService:
     def _should_stop(self) -> bool:
         return self._stop
 
-    @contextlib.contextmanager
-    def _lock(self):
-        import fcntl
-
-        self.outbox.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.outbox / ".station.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Refused(
-                    f"another 'ddif station watch' is already serving {self.outbox} "
-                    f"(lock {self.outbox / '.station.lock'} is held)"
-                ) from None
-            yield
-        finally:
-            os.close(fd)
-
     def _reserved(self) -> list[Path]:
         """The service's folders that manifests may not point into (those holding the inbox aside)."""
         inbox = os.path.realpath(self.inbox)
@@ -215,168 +183,20 @@ class StationService:
             if not is_inside(inbox, os.path.realpath(p))
         ]
 
-    # ------------------------------------------------------------------ claims (one scene, one service)
-    def _try_claim(self, scene: str) -> bool:
-        import fcntl
-
-        if scene in self._claims:
-            return True
-        path = self.inbox / f".{safe_scene_name(scene)}{CLAIM_SUFFIX}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # the previous holder unlinks the file before it lets go: a lock on an unlinked
-            # (or since re-created) file claims nothing
-            st, now = os.fstat(fd), os.stat(path)
-            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
-                raise BlockingIOError
-        except (BlockingIOError, FileNotFoundError):
-            os.close(fd)
-            return False
-        except BaseException:
-            os.close(fd)
-            raise
-        self._claims[scene] = fd
-        return True
-
-    def _release_claim(self, scene: str) -> None:
-        fd = self._claims.pop(scene, None)
-        if fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self.inbox / f".{safe_scene_name(scene)}{CLAIM_SUFFIX}")  # while still holding the lock
-        os.close(fd)
-
-    @contextlib.contextmanager
-    def _claim(self, scene: str) -> Iterator[bool]:
-        """Hold ``scene``'s claim (re-entrant) for the block; yields False when another service has it."""
-        if scene in self._claims:
-            yield True
-            return
-        if not self._try_claim(scene):
-            if scene not in self._busy_logged:
-                self._busy_logged.add(scene)
-                self.log.info("scene_claimed_elsewhere", scene=scene, note="another service is working on it; skipped")
-            yield False
-            return
-        self._busy_logged.discard(scene)
-        try:
-            yield True
-        finally:
-            self._release_claim(scene)
-
-    # ------------------------------------------------------------------ start-up recovery
-    def _product_matches(self, record: dict[str, Any]) -> bool:
-        product, inputs = record.get("product"), record.get("inputs")
-        if not product or not inputs:
-            return False
-        marker = read_inputs_marker(Path(product))
-        return marker is not None and same_content(marker, inputs)
-
-    def _recover_move(self, staging: Path) -> str:
-        """Finish or undo one interrupted archive / quarantine move: 'done', 'busy' (another
-        service holds the scene) or 'failed' (logged; tried again at the next poll)."""
-        scene = staged_scene(staging)
-        with self._claim(scene) as mine:
-            if not mine:
-                return "busy"
-            if not staging.exists():
-                return "done"
-            record = read_record(staging) or {}
-            kind = record.get("kind")
-            try:
-                if kind == "quarantine" or (kind == "archive" and self._product_matches(record)):
-                    dest = finish_move(staging)
-                    if kind == "archive" and record.get("journal"):
-                        shutil.rmtree(record["journal"], ignore_errors=True)
-                    self.log.warning("move_recovered", scene=scene, kind=kind, action="finished", folder=str(dest))
-                else:
-                    restored = rollback_move(staging)
-                    self.log.warning(
-                        "move_recovered",
-                        scene=scene,
-                        kind=kind,
-                        action="moved back to the inbox",
-                        files=restored,
-                        why="no product with the same inputs" if kind == "archive" else "no record",
-                    )
-            except (OSError, ValueError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                if self._recovery_errors.get(str(staging)) != error:  # once per error, not every poll
-                    self._recovery_errors[str(staging)] = error
-                    self.failures += 1
-                    self.log.error(
-                        "move_recovery_failed",
-                        scene=scene,
-                        staging=str(staging),
-                        error=error,
-                        error_kind=environment_error_kind(exc),
-                        note="tried again at every poll",
-                    )
-                return "failed"
-        self._recovery_errors.pop(str(staging), None)
-        return "done"
-
-    def _recover_moves(self) -> None:
-        for parent in dict.fromkeys((self.processed_dir, self.quarantine_dir)):
-            for staging in pending_moves(parent):
-                self._recover_move(staging)
-
-    def _remove_stale(self, path: Path, what: str) -> None:
-        try:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            self.log.warning("stale_partial_kept", path=str(path), what=what, error=f"{type(exc).__name__}: {exc}")
-            return
-        self.log.info("stale_partial_removed", path=str(path), what=what)
-
-    def _clean_stale(self) -> None:
-        """Remove what a killed service leaves behind in the folders this service owns: product
-        staging folders (``outbox/.<scene>.partial/``) and temp files of atomic writes
-        (``.<name>.<random>.partial``) anywhere under the outbox, the workdir, processed/ and
-        quarantine/ (but not inside pending move folders, and never in the inbox itself)."""
-        if self.outbox.is_dir():
-            for p in sorted(self.outbox.glob(".*.partial")):
-                self._remove_stale(p, "staging folder" if p.is_dir() else "temp file")
-        inbox_real = os.path.realpath(self.inbox)
-        move_roots = {os.path.realpath(p) for p in (self.processed_dir, self.quarantine_dir)}
-        for root in dict.fromkeys((self.outbox, self.workdir, self.processed_dir, self.quarantine_dir)):
-            if not root.is_dir():
-                continue
-            for dirpath, dirnames, filenames in os.walk(root):
-                here = os.path.realpath(dirpath)
-                keep = []
-                for d in dirnames:
-                    real = os.path.join(here, d)
-                    if real == inbox_real:  # an inbox nested in the outbox: not ours
-                        continue
-                    if here in move_roots and d.startswith(".") and d.endswith(".partial"):
-                        continue  # a pending move of another service
-                    keep.append(d)
-                dirnames[:] = keep
-                for fn in filenames:
-                    if is_atomic_temp(fn):
-                        self._remove_stale(Path(dirpath) / fn, "temp file")
-
     def run(self, once: bool = False) -> int:
         """Serve until stopped (SIGTERM / SIGINT), or with ``once`` until nothing more can be done
         now. Returns the number of scenes that failed (not counting quarantined bad scenes)."""
         if not self.inbox.is_dir():
             raise FileNotFoundError(f"inbox {self.inbox} is not a folder")
-        self._once = once
+        self._once = self.policy.once = once
         old = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):  # not the main thread
                 old[sig] = signal.signal(sig, self.request_stop)
         try:
-            with self._lock():
-                self._recover_moves()
-                self._clean_stale()
+            with outbox_lock(self.outbox):
+                self.ledger.recover_all()
+                clean_stale(self.inbox, self.outbox, self.workdir, self.processed_dir, self.quarantine_dir, self.log)
                 self.log.info(
                     "service_start",
                     inbox=str(self.inbox),
@@ -392,7 +212,7 @@ class StationService:
                     try:
                         worked, waiting = self.poll()
                     except OSError as exc:  # inbox unmounted / unreadable: report, keep serving
-                        self.failures += 1
+                        self.policy.count()
                         self.log.error(
                             "inbox_error", error=f"{type(exc).__name__}: {exc}", error_kind=environment_error_kind(exc)
                         )
@@ -407,8 +227,7 @@ class StationService:
         except StopRequested:
             pass
         finally:
-            for scene in list(self._claims):
-                self._release_claim(scene)
+            self.claims.release_all()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
         self.log.info(
@@ -421,18 +240,10 @@ class StationService:
         return self.failures
 
     # ------------------------------------------------------------------ polling
-    def _pending_move(self, name: str) -> str | None:
-        """None when ``name`` has no unfinished archive / quarantine move. Otherwise the move is
-        resolved if possible and the scene left alone for this poll (its files were half moved,
-        what the inbox showed is stale): 'done' (look again next poll), 'busy' (another service
-        holds the scene) or 'failed'."""
-        state = None
-        for parent in dict.fromkeys((self.processed_dir, self.quarantine_dir)):
-            staging = staging_dir(parent, safe_scene_name(name))
-            if staging.is_dir():
-                result = self._recover_move(staging)
-                state = result if state in (None, "done") else state
-        return state
+    @property
+    def failures(self) -> int:
+        """Failures so far (scenes, moves, inbox errors; bad scenes quarantined are not failures)."""
+        return self.policy.failures
 
     def poll(self) -> tuple[bool, bool]:
         """One look at the inbox; process every scene that is ready. Returns (did any work,
@@ -445,7 +256,7 @@ class StationService:
         ready, waiting = [], False
         now = time.time()
         for name, sf in scenes.items():
-            pending = self._pending_move(name)
+            pending = self.ledger.pending(name)
             if pending is not None:
                 waiting = waiting or pending in ("busy", "done")
                 continue
@@ -457,7 +268,7 @@ class StationService:
             self._seen[name] = (sig, polls)
             state = self._state(sf, polls, now)
             if state == "ready":
-                if self._retry_at.get(name, 0) > now or (self._once and name in self._failed_this_run):
+                if self.policy.waiting(name, now):
                     continue
                 ready.append(sf)
             elif state == "wait":
@@ -486,7 +297,7 @@ class StationService:
         """Claim and process one ready scene: (processed it, may be ready at a later poll)."""
         if self._stop:
             return False, False
-        with self._claim(sf.name) as mine:
+        with self.claims.claim(sf.name) as mine:
             if not mine:
                 return False, True  # another service has it: look again later
             # another service may have taken (and archived) the scene between our look and the claim
@@ -497,57 +308,11 @@ class StationService:
 
     def _state(self, sf: SceneFiles, polls: int, now: float) -> str:
         """'ready', 'wait' (may become ready), 'bad' (quarantined now) or 'idle' (orphan, waiting
-        for its timeout)."""
-        stable = polls >= self.watch.stable_polls
-        if sf.name_error:
-            return self._quarantine(sf, BAD_NAME, sf.name_error) if stable else "wait"
-        if sf.manifest is not None:
-            if sf.manifest_error:
-                if stable:
-                    return self._quarantine(sf, BAD_MANIFEST, sf.manifest_error)
-                return "wait"
-            assert sf.ms is not None and sf.pan is not None  # a manifest without error names both
-            missing = [p.name for p in (sf.ms, sf.pan) if not p.exists()]
-            if missing:
-                if stable:
-                    return self._quarantine(
-                        sf, MISSING_PARTNER, f"manifest {sf.manifest.name} names missing file(s) {missing}"
-                    )
-                return "wait"
-            if sf.outside_error:  # a named file that references data outside the inbox
-                return self._quarantine(sf, OUTSIDE_INBOX, sf.outside_error) if stable else "wait"
-            return "ready"
-        if sf.outside_error:
-            if stable:
-                return self._quarantine(sf, OUTSIDE_INBOX, sf.outside_error)
-            return "wait"
-        both = sf.ms is not None and sf.pan is not None
-        if sf.marker is not None:
-            if both:
-                return "ready"
-            if stable:
-                have = sf.ms or sf.pan
-                return self._quarantine(
-                    sf,
-                    MISSING_PARTNER,
-                    f"ready marker {sf.marker.name} present but "
-                    f"{'no files' if have is None else 'only ' + have.name}: "
-                    f"expected {sf.name}_MS.tif and {sf.name}_PAN.tif",
-                )
-            return "wait"
-        if both:
-            return "ready" if stable else "wait"
-        # a lone MS or PAN: wait for the partner up to orphan_timeout_s after its arrival
-        age = now - sf.arrival_ns() / 1e9
-        if stable and age >= self.watch.orphan_timeout_s:
-            have = sf.ms or sf.pan
-            assert have is not None  # without a manifest or a marker, a scene is one file of a pair
-            return self._quarantine(
-                sf,
-                MISSING_PARTNER,
-                f"{have.name} has had no partner for {age:.0f} s (orphan_timeout_s = {self.watch.orphan_timeout_s:g})",
-            )
-        return "wait" if not stable else "idle"
+        for its timeout): :func:`ddif.station.readiness.scene_readiness`, acted on."""
+        state = scene_readiness(sf, polls, now, self.watch)
+        if isinstance(state, QuarantineNow):
+            return self._quarantine(sf, state.category, state.message)
+        return state
 
     # ------------------------------------------------------------------ one scene
     def _outputs(self, folder: Path, name: str) -> dict[str, Path]:
@@ -589,7 +354,7 @@ class StationService:
             scene=name,
             ms=str(sf.ms),
             pan=str(sf.pan),
-            attempt=self._attempts.get(name, 0) + 1,
+            attempt=self.policy.attempt(name),
             redelivered=final.exists() or None,
         )
         t0 = time.perf_counter()
@@ -699,77 +464,30 @@ class StationService:
         try:
             dest = archive(sf.existing(), self.processed_dir, sf.name, record)
         except (OSError, ValueError) as exc:
-            self._undo_move(self.processed_dir, sf.name)
+            self.ledger.undo(self.processed_dir, sf.name)
             self._failed(sf, exc, stage="archive")
             return
         shutil.rmtree(journal_dir, ignore_errors=True)
         self._seen.pop(sf.name, None)
-        self._attempts.pop(sf.name, None)
+        self.policy.succeeded(sf.name)
         self.processed.append(sf.name)
         self.log.info("scene_archived", scene=sf.name, inputs=str(dest))
 
-    def _undo_move(self, parent: Path, scene: str) -> None:
-        """After a failed move: put the files already moved back into the inbox (a pending move
-        that cannot be undone now is resolved by a later poll or start)."""
-        staging = staging_dir(parent, scene)
-        if not staging.exists():
-            return
-        try:
-            rollback_move(staging)
-        except OSError as exc:
-            self.log.error(
-                "move_rollback_failed",
-                scene=scene,
-                staging=str(staging),
-                error=f"{type(exc).__name__}: {exc}",
-                error_kind=environment_error_kind(exc),
-                note="resolved at the next poll or start",
-            )
-
     @_serialised
     def _failed(self, sf: SceneFiles, exc: BaseException, stage: str = "process") -> None:
-        self.failures += 1
-        self._failed_this_run.add(sf.name)
-        kind = environment_error_kind(exc)
-        name = sf.name
-        if kind is not None:
-            self._retry_at[name] = time.time() + self.watch.retry_backoff_s
-            self.log.error(
-                "scene_failed",
-                scene=name,
-                stage=stage,
-                error_kind=kind,
-                error=f"{type(exc).__name__}: {exc}",
-                retry_in_s=self.watch.retry_backoff_s,
-                note="not the scene's fault: it stays in the inbox with its journal",
-            )
-            return
-        attempts = self._attempts.get(name, 0) + 1
-        self._attempts[name] = attempts
-        self.log.error(
-            "scene_failed",
-            scene=name,
-            stage=stage,
-            error_kind="processing",
-            error=f"{type(exc).__name__}: {exc}",
-            attempt=attempts,
-            max_attempts=self.watch.max_attempts,
-            traceback=traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:],
-        )
-        if attempts >= self.watch.max_attempts:
-            shutil.rmtree(self.workdir / name, ignore_errors=True)
-            self._quarantine(sf, PROCESSING_ERROR, f"failed {attempts} times, last: {type(exc).__name__}: {exc}")
-        else:
-            self._retry_at[name] = time.time() + self.watch.retry_backoff_s
+        """:class:`ddif.station.failures.FailurePolicy` decides: retried later, or quarantined now."""
+        message = self.policy.failed(sf.name, exc, stage)
+        if message is not None:
+            shutil.rmtree(self.workdir / sf.name, ignore_errors=True)
+            self._quarantine(sf, PROCESSING_ERROR, message)
 
     @_serialised
     def _quarantine(self, sf: SceneFiles, category: str, message: str) -> str:
         """Move a claimed scene's files to quarantine. Returns the scene's state for :meth:`_state`:
         'bad' once quarantined, 'wait' when another service holds the scene or its files changed."""
-        if sf.name in self._quarantine_retry_at:
-            if self._once or self._quarantine_retry_at[sf.name] > time.time():
-                return "idle"  # a failed quarantine move is retried after the backoff
-        with self._claim(sf.name) as mine:
+        if self.policy.quarantine_waiting(sf.name):
+            return "idle"  # a failed quarantine move is retried after the backoff
+        with self.claims.claim(sf.name) as mine:
             if not mine:
                 return "wait"
             # the files may have changed (or been taken by another service) since the inbox was read
@@ -782,8 +500,8 @@ class StationService:
                     sf.existing(), self.quarantine_dir, safe_scene_name(sf.name), category, message, sf.name
                 )
             except (OSError, ValueError) as exc:
-                self._undo_move(self.quarantine_dir, safe_scene_name(sf.name))
-                self.failures += 1
+                self.ledger.undo(self.quarantine_dir, safe_scene_name(sf.name))
+                self.policy.quarantine_failed(sf.name)
                 self.log.error(
                     "quarantine_failed",
                     scene=sf.name,
@@ -793,10 +511,8 @@ class StationService:
                     error_kind=environment_error_kind(exc),
                     retry_in_s=self.watch.retry_backoff_s,
                 )
-                self._quarantine_retry_at[sf.name] = time.time() + self.watch.retry_backoff_s
-                self._retry_at[sf.name] = time.time() + self.watch.retry_backoff_s
                 return "idle"
-        self._quarantine_retry_at.pop(sf.name, None)
+        self.policy.quarantined(sf.name)
         self._seen.pop(sf.name, None)
         self.quarantined.append(sf.name)
         self.log.warning("scene_quarantined", scene=sf.name, category=category, reason=message, folder=str(dest))
