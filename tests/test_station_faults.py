@@ -435,10 +435,10 @@ def test_redelivered_scene_with_new_content_is_fused_again(tmp_path, monkeypatch
     import os
     import shutil
 
-    import ddif.station.watch as watch_mod
+    import ddif.station.catalogue as catalogue_mod
 
     if swap == "two renames":
-        monkeypatch.setattr(watch_mod, "exchange_paths", lambda a, b: False)
+        monkeypatch.setattr(catalogue_mod, "exchange_paths", lambda a, b: False)
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     backend = EchoBackend()
     _scene(inbox, "A", seed=0)

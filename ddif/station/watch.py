@@ -64,6 +64,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from ddif.station.catalogue import Catalogue, place_product
 from ddif.station.claims import SceneClaims, outbox_lock
 from ddif.station.config import StationConfig, WatchConfig
 from ddif.station.errors import (
@@ -83,7 +84,6 @@ from ddif.station.inbox import (
     scan_inbox,
 )
 from ddif.station.journal import content_identity, same_content
-from ddif.station.products import update_collection
 from ddif.station.quarantine import (
     archive,
     quarantine,
@@ -92,7 +92,7 @@ from ddif.station.quarantine import (
 from ddif.station.readiness import QuarantineNow, scene_readiness
 from ddif.station.recovery import MoveLedger, clean_stale
 from ddif.station.run import StationBackend, run_scene
-from ddif.utils.io import atomic_write_text, exchange_paths, fsync_dir
+from ddif.utils.io import atomic_write_text
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -156,7 +156,7 @@ class StationService:
         self.claims = SceneClaims(self.inbox, self.log)
         self.policy = FailurePolicy(self.watch, self.log)
         self.ledger = MoveLedger(self.processed_dir, self.quarantine_dir, self.claims, self.log, self.policy.count)
-        self._collection_behind = True  # checked (and repaired) at start
+        self.catalogue = Catalogue(self.outbox, self.log)
         self.processed: list[str] = []
         self.quarantined: list[str] = []
         self._book = threading.RLock()  # the bookkeeping above, shared by the scene threads
@@ -248,7 +248,7 @@ class StationService:
     def poll(self) -> tuple[bool, bool]:
         """One look at the inbox; process every scene that is ready. Returns (did any work,
         whether some scene may become ready by polling again)."""
-        if self._collection_behind or not self._collection_is_current():
+        if self.catalogue.behind or not self.catalogue.is_current():
             self._catalogue()
         scenes = scan_inbox(self.inbox, self._reserved())
         for gone in set(self._seen) - set(scenes):
@@ -378,27 +378,7 @@ class StationService:
                 input_links=[unique_dir(self.processed_dir, name) / p.name for p in (ms, pan)],
             )
             atomic_write_text(staging / INPUTS_FILE, json.dumps(inputs, indent=2, sort_keys=True) + "\n")
-            if final.exists() or final.is_symlink():
-                # a product of other inputs (a re-delivery with new content, or a folder from an older
-                # version): kept under a new name, never destroyed or merged into. The new folder
-                # goes to that name, then the two swap in one step (renameat2 RENAME_EXCHANGE), so
-                # <scene>/ always holds a whole product; without it: two renames.
-                previous = unique_dir(self.outbox, name)
-                os.rename(staging, previous)
-                if not exchange_paths(previous, final):
-                    tmp = self.outbox / f".{name}.superseded"
-                    os.rename(final, tmp)
-                    os.rename(previous, final)
-                    os.rename(tmp, previous)
-                self.log.warning(
-                    "product_superseded",
-                    scene=name,
-                    previous=str(previous),
-                    note="the scene was fused again from inputs with other content",
-                )
-            else:
-                os.rename(staging, final)
-            fsync_dir(self.outbox)
+            place_product(staging, final, self.outbox, self.log)
         except SceneError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(journal_dir, ignore_errors=True)
@@ -426,37 +406,7 @@ class StationService:
 
     @_serialised
     def _catalogue(self, name: str | None = None) -> None:
-        """Bring ``outbox/collection.json`` up to the products on disk (after the scene ``name``'s
-        product is in place, at start, and at the next poll after a failed update). The
-        collection is an index of the products, rebuilt from their items: a failure to write it is
-        logged, leaves the products as they are and is repaired by the next update."""
-        from ddif.station.products import product_items
-
-        try:
-            if not (self.outbox / "collection.json").exists() and (
-                not self.outbox.is_dir() or not product_items(self.outbox)
-            ):
-                self._collection_behind = False
-                return  # no product yet: no collection
-            update_collection(self.outbox)
-        except (OSError, ValueError) as exc:
-            self._collection_behind = True
-            self.log.warning("collection_not_updated", scene=name, error=f"{type(exc).__name__}: {exc}")
-        else:
-            if self._collection_behind and name is None:
-                self.log.info("collection_repaired", collection=str(self.outbox / "collection.json"))
-            self._collection_behind = False
-
-    def _collection_is_current(self) -> bool:
-        """Whether collection.json lists exactly the products on disk (readable, not behind)."""
-        from ddif.station.products import product_items
-
-        try:
-            data = json.loads((self.outbox / "collection.json").read_text())
-            listed = {lk.get("href") for lk in data.get("links", []) if lk.get("rel") == "item"}
-        except (OSError, ValueError, AttributeError):
-            return not product_items(self.outbox) if self.outbox.is_dir() else True
-        return listed == {os.path.relpath(p, self.outbox) for p in product_items(self.outbox)}
+        self.catalogue.update(name)
 
     @_serialised
     def _finish(self, sf: SceneFiles, journal_dir: Path, inputs: dict[str, Any]) -> None:
