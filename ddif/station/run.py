@@ -29,6 +29,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,12 @@ from ddif.station.errors import OutputWriteError, StopRequested
 from ddif.station.events import EventLog, NullLog
 from ddif.station.io import overview_factors, product_profile, to_dn, verify_product, write_quicklook
 from ddif.station.journal import Journal, file_identity
-from ddif.station.outputs import check_outputs, default_journal_dir, plan_outputs  # noqa: F401 (re-exported)
+from ddif.station.outputs import (  # noqa: F401 (re-exported)
+    OutputPaths,
+    check_outputs,
+    default_journal_dir,
+    plan_outputs,
+)
 from ddif.station.plan import (  # noqa: F401 (re-exported: the station's planning API)
     PIPELINE_VERSION,
     ScenePlan,
@@ -467,6 +473,196 @@ def write_product_item(
     return write_stac_item(item, item_path)
 
 
+@dataclass
+class SceneJob:
+    """One scene through the station: what :func:`run_scene` was given, and what each stage adds
+    (plan, journal, fusion statistics, band statistics, quicklook, quality, COG validation, times).
+    The stages run in order: :func:`_plan_stage`, :func:`_journal_stage`, :func:`_fuse_stage`,
+    :func:`_product_stage`, the quality indices, the COG validation, :func:`_report_stage`."""
+
+    ms_path: Path
+    pan_path: Path
+    outputs: OutputPaths
+    backend: StationBackend
+    config: StationConfig
+    log: EventLog
+    model_id: dict[str, Any] | None
+    inputs_linked: list[Path]  # where the STAC item's derived_from links point
+    progress: bool = False
+    should_stop: Callable[[], bool] | None = None
+    plan: ScenePlan = None  # type: ignore[assignment]  # set by _plan_stage
+    times: dict[str, float] = field(default_factory=dict)
+    journal: Journal = None  # type: ignore[assignment]  # set by _journal_stage
+    journal_state: dict[str, Any] = field(default_factory=dict)
+    fuse_stats: dict[str, Any] = field(default_factory=dict)
+    band_stats: BandStatistics | None = None
+    quicklook: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
+    cog: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scene(self) -> str:
+        return self.pan_path.name
+
+
+def _plan_stage(job: SceneJob) -> None:
+    """The plan (made here unless given; a plan made before the backend existed gets its facts),
+    refused when no pixel is valid."""
+    if job.plan is None:
+        job.plan = plan_scene(job.ms_path, job.pan_path, job.backend, job.config, log=job.log)
+        job.config = job.plan.config
+    elif job.plan.backend["name"] == "not loaded":  # planned (checked) before the backend existed
+        facts = model_facts(job.backend, job.config)
+        check_tiling(
+            facts["tiling"],
+            job.plan.config.tile_size,
+            job.plan.config.overlap,
+            what="the backend",
+            fix="the tiles the plan was made for: plan the scene with this backend",
+        )
+        job.plan.backend = facts
+    if job.plan.valid_pixels == 0:
+        raise SceneError(
+            ALL_NODATA,
+            f"scene {job.ms_path} + {job.pan_path}: no pixel is valid in both MS and PAN "
+            "(all nodata, or nodata wherever they overlap)",
+        )
+    keys = ("tiles", "ratio", "ms_shift_pan_px", "subpixel_offset_pan_px", "valid_fraction")
+    job.log.info("scene_plan", scene=job.scene, **{k: v for k, v in job.plan.to_dict().items() if k in keys})
+
+
+def _journal_stage(job: SceneJob) -> None:
+    """Open the tile journal: resumed when a run with the same fingerprint was interrupted."""
+    plan = job.plan
+    fingerprint = {
+        "pipeline_version": PIPELINE_VERSION,
+        "ms": file_identity(job.ms_path),
+        "pan": file_identity(job.pan_path),
+        "model": job.model_id or {"backend_preset": plan.backend["preset"]},
+        "backend": plan.backend["describe"],
+        "steps": plan.backend["steps"],
+        "settings": job.config.product_fields(),
+    }
+    journal_dir = job.outputs.journal
+    job.journal = Journal(journal_dir, fingerprint, plan.batches)
+    job.journal_state = state = job.journal.open()
+    if state["discarded"]:
+        job.log.warning("journal_discarded", scene=job.scene, journal=str(journal_dir), reason=state["discarded"])
+    job.log.info(
+        "journal_open",
+        scene=job.scene,
+        journal=str(journal_dir),
+        resumed=state["resumed"],
+        tiles_done=state["tiles_done"],
+    )
+
+
+def _fuse_stage(job: SceneJob, reader: SceneReader) -> None:
+    t0 = time.perf_counter()
+    job.fuse_stats = _fuse_tiles(job.plan, job.backend, job.journal, reader, job.log, job.progress, job.should_stop)
+    job.times["fuse_total_s"] = time.perf_counter() - t0
+    job.times.update({k: v for k, v in job.fuse_stats.items() if k.endswith("_s")})
+
+
+def _product_stage(job: SceneJob, reader: SceneReader) -> None:
+    """The product (assembled into a stage GeoTIFF, copied into a COG, verified) and its
+    quicklook, the product written atomically under its name."""
+    from ddif.utils.io import atomic_path
+
+    plan, config, g = job.plan, job.config, job.plan.grid
+    tags = {
+        "DDIF_PIPELINE": f"ddif.station v{PIPELINE_VERSION}",
+        "DDIF_BACKEND": plan.backend["name"],
+        "DDIF_PRESET": str(plan.backend["preset"]),
+        "DDIF_STEPS": str(plan.backend["steps"]),
+        "DDIF_RATIO": str(g.ratio),
+        "DDIF_MAX_DN": f"{plan.backend['max_dn']:g}",
+        "DDIF_TILING": f"{config.tile_size}/{config.overlap}/{config.batch_size}/seed{config.seed}",
+    }
+    t0 = time.perf_counter()
+    stage = job.outputs.journal / "product.stage.tif"
+    with atomic_path(job.outputs.product) as tmp:
+        try:  # the stage (the assembled GeoTIFF before its COG copy) never outlives this block
+            job.band_stats = _write_product(plan, job.journal, reader, stage, tags)
+            write_cog(
+                stage,
+                tmp,
+                cog_creation_options(
+                    config.compress, config.zlevel, config.block_size, g.ms.dtype, config.overview_resampling
+                ),
+            )
+        finally:
+            stage.unlink(missing_ok=True)
+        verify_product(
+            tmp,
+            bands=g.bands,
+            height=g.pan.height,
+            width=g.pan.width,
+            dtype=g.ms.dtype,
+            overviews=overview_factors(g.pan.height, g.pan.width, config.overview_min_size),
+        )
+        job.times["write_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lo, hi = config.quicklook_percentiles  # two values (checked by StationConfig)
+        job.quicklook = write_quicklook(
+            tmp, job.outputs.quicklook, tuple(plan.backend["rgb_bands"]), config.quicklook_size, (lo, hi)
+        )
+        job.times["quicklook_s"] = time.perf_counter() - t0
+
+
+def _report_stage(job: SceneJob) -> dict[str, Any]:
+    """The report and the STAC item (each written atomically), the journal removed unless kept."""
+    import json
+
+    from ddif.utils.io import atomic_write_text
+
+    plan, config, times, out = job.plan, job.config, job.times, job.outputs
+    assert job.band_stats is not None  # set by _product_stage
+    tiles_info = dict(plan.to_dict()["tiles"])
+    tiles_info.update({k: v for k, v in job.fuse_stats.items() if not k.endswith("_s")})
+    report: dict[str, Any] = {
+        "scene": {k: v for k, v in plan.to_dict().items() if k not in ("tiles", "backend")},
+        "backend": plan.backend_json(),
+        "model": job.model_id,
+        "config": config.to_dict(),
+        "tiles": tiles_info,
+        "timing_s": {k: round(v, 4) for k, v in times.items()},
+        "throughput": {
+            "scene_megapixels": plan.pixels / 1e6,
+            "megapixels_per_s": plan.pixels / 1e6 / max(times["total_s"], 1e-9),
+            "fused_megapixels_per_s": plan.pixels / 1e6 / max(times["fuse_s"], 1e-9),
+        },
+        "quality": job.quality,
+        "quicklook": job.quicklook,
+        "product": {"format": "COG", "cog_validation": job.cog, "band_statistics": job.band_stats.to_list()},
+        # relative to the report's folder, so the names stay right when a staging folder is renamed
+        "outputs": {
+            k: os.path.relpath(p, out.report.parent)
+            for k, p in (("product", out.product), ("quicklook", out.quicklook), ("report", out.report))
+        },
+        "journal": {"path": str(out.journal), "resumed": job.journal_state["resumed"], "kept": config.keep_journal},
+    }
+    if out.stac_item is not None:
+        report["outputs"]["stac_item"] = os.path.relpath(out.stac_item, out.report.parent)
+    atomic_write_text(out.report, json.dumps(report, indent=2, default=str) + "\n")
+    if out.stac_item is not None:
+        write_product_item(
+            plan, report, out.product, out.quicklook, out.report, out.stac_item, job.model_id, job.inputs_linked
+        )
+    if not config.keep_journal:
+        job.journal.remove()
+    job.log.info(
+        "scene_written",
+        scene=job.scene,
+        product=str(out.product),
+        seconds=round(times["total_s"], 3),
+        tiles_computed=job.fuse_stats["tiles_computed"],
+        tiles_from_journal=job.fuse_stats["tiles_from_journal"],
+        hqnr=job.quality.get("mean", {}).get("HQNR"),
+    )
+    return report
+
+
 def run_scene(
     ms_path: str | os.PathLike,
     pan_path: str | os.PathLike,
@@ -496,14 +692,9 @@ def run_scene(
     Raises :class:`SceneError` for a bad scene, :class:`StopRequested` when ``should_stop()``
     became true (journal kept), and OSError / rasterio errors from the file system as they are
     (nothing half-written is left under the output names)."""
-    import json
-
-    from ddif.utils.io import atomic_path, atomic_write_text
-
     if plan is not None:
         config = plan.config  # the plan's tiles and batches were laid out with its config
     config = config or StationConfig()
-    log = log or NullLog()
     outputs = plan_outputs(
         out_path,
         quicklook=quicklook_path,
@@ -513,164 +704,34 @@ def run_scene(
         write_stac=write_stac,
     )
     check_outputs(outputs, [ms_path, pan_path])  # before anything is read or written
-    out_path, quicklook_path, report_path = outputs.product, outputs.quicklook, outputs.report
-    journal_dir = outputs.journal
-    scene = Path(pan_path).name
-    times: dict[str, float] = {}
+    job = SceneJob(
+        ms_path=Path(ms_path),
+        pan_path=Path(pan_path),
+        outputs=outputs,
+        backend=backend,
+        config=config,
+        log=log or NullLog(),
+        model_id=model_id,
+        inputs_linked=[Path(p) for p in (input_links or (ms_path, pan_path))],
+        progress=progress,
+        should_stop=should_stop,
+        plan=plan,  # type: ignore[arg-type]  # planned below when None
+    )
     t_start = time.perf_counter()
-
-    if plan is None:
-        plan = plan_scene(ms_path, pan_path, backend, config, log=log)
-        config = plan.config
-    elif plan.backend["name"] == "not loaded":  # planned (checked) before the backend existed
-        facts = model_facts(backend, config)
-        check_tiling(
-            facts["tiling"],
-            plan.config.tile_size,
-            plan.config.overlap,
-            what="the backend",
-            fix="the tiles the plan was made for: plan the scene with this backend",
-        )
-        plan.backend = facts
-    times["plan_s"] = time.perf_counter() - t_start
-    if plan.valid_pixels == 0:
-        raise SceneError(
-            ALL_NODATA,
-            f"scene {ms_path} + {pan_path}: no pixel is valid in both MS and PAN "
-            "(all nodata, or nodata wherever they overlap)",
-        )
-    log.info(
-        "scene_plan",
-        scene=scene,
-        **{
-            k: v
-            for k, v in plan.to_dict().items()
-            if k in ("tiles", "ratio", "ms_shift_pan_px", "subpixel_offset_pan_px", "valid_fraction")
-        },
-    )
-
-    fingerprint = {
-        "pipeline_version": PIPELINE_VERSION,
-        "ms": file_identity(ms_path),
-        "pan": file_identity(pan_path),
-        "model": model_id or {"backend_preset": plan.backend["preset"]},
-        "backend": plan.backend["describe"],
-        "steps": plan.backend["steps"],
-        "settings": config.product_fields(),
-    }
-    journal = Journal(journal_dir, fingerprint, plan.batches)
-    state = journal.open()
-    if state["discarded"]:
-        log.warning("journal_discarded", scene=scene, journal=str(journal_dir), reason=state["discarded"])
-    log.info(
-        "journal_open", scene=scene, journal=str(journal_dir), resumed=state["resumed"], tiles_done=state["tiles_done"]
-    )
-
+    _plan_stage(job)
+    job.times["plan_s"] = time.perf_counter() - t_start
+    _journal_stage(job)
     with (
-        gdal_env(config.gdal_cache_mb),
-        SceneReader(plan.grid, plan.backend["preprocessing"], config.input_scale) as reader,
+        gdal_env(job.config.gdal_cache_mb),
+        SceneReader(job.plan.grid, job.plan.backend["preprocessing"], job.config.input_scale) as reader,
     ):
+        _fuse_stage(job, reader)
+        _product_stage(job, reader)
         t0 = time.perf_counter()
-        fuse_stats = _fuse_tiles(plan, backend, journal, reader, log, progress, should_stop)
-        times["fuse_total_s"] = time.perf_counter() - t0
-        times.update({k: v for k, v in fuse_stats.items() if k.endswith("_s")})
-
-        tags = {
-            "DDIF_PIPELINE": f"ddif.station v{PIPELINE_VERSION}",
-            "DDIF_BACKEND": plan.backend["name"],
-            "DDIF_PRESET": str(plan.backend["preset"]),
-            "DDIF_STEPS": str(plan.backend["steps"]),
-            "DDIF_RATIO": str(plan.grid.ratio),
-            "DDIF_MAX_DN": f"{plan.backend['max_dn']:g}",
-            "DDIF_TILING": f"{config.tile_size}/{config.overlap}/{config.batch_size}/seed{config.seed}",
-        }
-        t0 = time.perf_counter()
-        g = plan.grid
-        stage = journal_dir / "product.stage.tif"
-        with atomic_path(out_path) as tmp:
-            try:  # the stage (the assembled GeoTIFF before its COG copy) never outlives this block
-                band_stats = _write_product(plan, journal, reader, stage, tags)
-                write_cog(
-                    stage,
-                    tmp,
-                    cog_creation_options(
-                        config.compress, config.zlevel, config.block_size, g.ms.dtype, config.overview_resampling
-                    ),
-                )
-            finally:
-                stage.unlink(missing_ok=True)
-            verify_product(
-                tmp,
-                bands=g.bands,
-                height=g.pan.height,
-                width=g.pan.width,
-                dtype=g.ms.dtype,
-                overviews=overview_factors(g.pan.height, g.pan.width, config.overview_min_size),
-            )
-            times["write_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            lo, hi = config.quicklook_percentiles  # two values (checked by StationConfig)
-            quicklook = write_quicklook(
-                tmp, quicklook_path, tuple(plan.backend["rgb_bands"]), config.quicklook_size, (lo, hi)
-            )
-            times["quicklook_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        quality = _quality(plan, journal, reader)
-        times["quality_s"] = time.perf_counter() - t0
-    cog = validate_cog(out_path)
-    if not cog["valid"]:  # GDAL's COG driver wrote it: a failure here is a bug, not a bad scene
-        raise RuntimeError(f"{out_path}: not a valid Cloud-Optimized GeoTIFF: {cog['errors']}")
-    statistics = band_stats.to_list()
-    times["total_s"] = time.perf_counter() - t_start
-
-    tiles_info = dict(plan.to_dict()["tiles"])
-    tiles_info.update({k: v for k, v in fuse_stats.items() if not k.endswith("_s")})
-    report: dict[str, Any] = {
-        "scene": {k: v for k, v in plan.to_dict().items() if k not in ("tiles", "backend")},
-        "backend": plan.backend_json(),
-        "model": model_id,
-        "config": config.to_dict(),
-        "tiles": tiles_info,
-        "timing_s": {k: round(v, 4) for k, v in times.items()},
-        "throughput": {
-            "scene_megapixels": plan.pixels / 1e6,
-            "megapixels_per_s": plan.pixels / 1e6 / max(times["total_s"], 1e-9),
-            "fused_megapixels_per_s": plan.pixels / 1e6 / max(times["fuse_s"], 1e-9),
-        },
-        "quality": quality,
-        "quicklook": quicklook,
-        "product": {"format": "COG", "cog_validation": cog, "band_statistics": statistics},
-        # relative to the report's folder, so the names stay right when a staging folder is renamed
-        "outputs": {
-            k: os.path.relpath(p, report_path.parent)
-            for k, p in (("product", out_path), ("quicklook", quicklook_path), ("report", report_path))
-        },
-        "journal": {"path": str(journal_dir), "resumed": state["resumed"], "kept": config.keep_journal},
-    }
-    item_path = outputs.stac_item
-    if item_path is not None:
-        report["outputs"]["stac_item"] = os.path.relpath(item_path, report_path.parent)
-    atomic_write_text(report_path, json.dumps(report, indent=2, default=str) + "\n")
-    if item_path is not None:
-        write_product_item(
-            plan,
-            report,
-            out_path,
-            quicklook_path,
-            report_path,
-            item_path,
-            model_id,
-            [Path(p) for p in (input_links or (ms_path, pan_path))],
-        )
-    if not config.keep_journal:
-        journal.remove()
-    log.info(
-        "scene_written",
-        scene=scene,
-        product=str(out_path),
-        seconds=round(times["total_s"], 3),
-        tiles_computed=fuse_stats["tiles_computed"],
-        tiles_from_journal=fuse_stats["tiles_from_journal"],
-        hqnr=quality.get("mean", {}).get("HQNR"),
-    )
-    return report
+        job.quality = _quality(job.plan, job.journal, reader)
+        job.times["quality_s"] = time.perf_counter() - t0
+    job.cog = validate_cog(outputs.product)
+    if not job.cog["valid"]:  # GDAL's COG driver wrote it: a failure here is a bug, not a bad scene
+        raise RuntimeError(f"{outputs.product}: not a valid Cloud-Optimized GeoTIFF: {job.cog['errors']}")
+    job.times["total_s"] = time.perf_counter() - t_start
+    return _report_stage(job)
