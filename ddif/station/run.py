@@ -200,6 +200,21 @@ def band_budget_px(plan: ScenePlan) -> int:
     return 2 * int(plan.config.batch_size or 1) * plan.tiles.tile_h * plan.tiles.tile_w
 
 
+def sequential_batches(backend: StationBackend) -> Callable[..., Iterator[tuple[int, torch.Tensor]]]:
+    """The one-batch-at-a-time strategy: ``map_batches`` for a backend without its own (the
+    batches' residuals from ``backend.sample_tiles``, in order, one batch alive at a time)."""
+
+    def map_batches(
+        jobs: Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]], **_: Any
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        for k, lms, pan, noise in jobs:
+            residual = backend.sample_tiles(lms, pan, noise)
+            del lms, pan, noise  # not kept alive while the next batch is read
+            yield k, residual
+
+    return map_batches
+
+
 def _fuse_tiles(
     plan: ScenePlan,
     backend: StationBackend,
@@ -209,22 +224,25 @@ def _fuse_tiles(
     progress: bool,
     should_stop: Callable[[], bool] | None,
 ) -> dict[str, Any]:
-    """Fuse the batches not yet in the journal and journal their tiles. One batch at a time
-    through ``backend.sample_tiles``; or, when the backend has ``map_batches`` (several batches in
-    flight, e.g. :class:`ddif.station.distributed.RayBackend`), as many as it takes, each batch's
-    tiles journaled as it comes back (in any order: the journal holds one file per tile)."""
+    """Fuse the batches not yet in the journal and journal their tiles, through the backend's
+    ``map_batches`` strategy (several batches in flight, e.g.
+    :class:`ddif.station.distributed.RayBackend`) or :func:`sequential_batches`: the strategy pulls
+    batches from ``jobs()`` as it has room, so only those batches' inputs are held here, and each
+    batch's tiles are journaled as its residual comes back (in any order: the journal holds one
+    file per tile). A stop request ends the submissions; the batches in flight are still
+    journaled, then :class:`StopRequested` is raised."""
     import torch
     from tqdm import tqdm
 
     shape = (plan.grid.bands, plan.tiles.tile_h, plan.tiles.tile_w)
-
     pending = [(k, b) for k, b in enumerate(plan.batches) if not journal.batch_done(k, shape)]
     journal.close()
     bands = TileRowBands(plan, reader, [b for _, b in pending], band_budget_px(plan))
     skipped = len(plan.batches) - len(pending)
-    t_read = t_fuse = t_save = 0.0
+    t_read = t_save = 0.0
     computed = 0
     next_report = 0.1
+    scene = Path(plan.pan_path).name
     bar = tqdm(
         total=len(plan.batches),
         initial=skipped,
@@ -233,79 +251,53 @@ def _fuse_tiles(
         disable=not progress,
         leave=False,
     )
+    lms_of: dict[int, torch.Tensor] = {}
+    stopped: list[int] = []
 
-    def finished(n: int, batch: Sequence[int]) -> None:
-        nonlocal computed, next_report
-        computed += len(batch)
-        bar.update(1)
-        frac = (skipped + n + 1) / max(1, len(plan.batches))
-        if frac >= next_report or n == len(pending) - 1:
-            log.info(
-                "tiles_progress",
-                scene=Path(plan.pan_path).name,
-                batches_done=skipped + n + 1,
-                batches=len(plan.batches),
-                fraction=round(frac, 3),
-            )
-            next_report = math.floor(frac * 10 + 1e-9) / 10 + 0.1
+    def jobs() -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        nonlocal t_read
+        for n, (k, batch) in enumerate(pending):
+            if should_stop is not None and should_stop():
+                stopped.append(n)
+                return
+            t0 = time.perf_counter()
+            lms, pan, noise = _batch_inputs(plan, bands, reader, batch, shape)
+            t_read += time.perf_counter() - t0
+            lms_of[k] = lms
+            yield k, lms, pan, noise
+            del lms, pan, noise
 
-    map_batches = getattr(backend, "map_batches", None)
+    map_batches = getattr(backend, "map_batches", None) or sequential_batches(backend)
     extra: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    n = 0
     try:
-        if map_batches is None:
-            for n, (k, batch) in enumerate(pending):
-                if should_stop is not None and should_stop():
-                    raise StopRequested(f"stop requested after {n} of {len(pending)} pending batches")
-                t0 = time.perf_counter()
-                lms, pan, noise = _batch_inputs(plan, bands, reader, batch, shape)
-                t1 = time.perf_counter()
-                residual = backend.sample_tiles(lms, pan, noise)
-                # lms + residual: blended, then clamped, as in the Fuser
-                lms += residual.detach().to("cpu", torch.float32)
-                del residual, pan, noise
-                t2 = time.perf_counter()
-                journal.save_batch(k, lms.numpy())
-                del lms  # one batch alive at a time: freed before the next one is allocated
-                t3 = time.perf_counter()
-                t_read, t_fuse, t_save = t_read + t1 - t0, t_fuse + t2 - t1, t_save + t3 - t2
-                finished(n, batch)
-        else:
-            # several batches in flight: the backend pulls them from jobs() as it has room (its
-            # bound), so only those batches' lms are held here; a stop request ends the
-            # submissions, the batches in flight are still journaled, then the stop is raised
-            lms_of: dict[int, torch.Tensor] = {}
-            stopped: list[int] = []
-            t_start = time.perf_counter()
-
-            def jobs() -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-                nonlocal t_read
-                for n, (k, batch) in enumerate(pending):
-                    if should_stop is not None and should_stop():
-                        stopped.append(n)
-                        return
-                    t0 = time.perf_counter()
-                    lms, pan, noise = _batch_inputs(plan, bands, reader, batch, shape)
-                    t_read += time.perf_counter() - t0
-                    lms_of[k] = lms
-                    yield k, lms, pan, noise
-
-            n = 0
-            for k, residual in map_batches(jobs(), log=log, scene=Path(plan.pan_path).name):
-                t2 = time.perf_counter()
-                lms = lms_of.pop(k)
-                lms += residual.detach().to("cpu", torch.float32)  # the same sum as above
-                del residual
-                journal.save_batch(k, lms.numpy())
-                del lms
-                t_save += time.perf_counter() - t2
-                finished(n, plan.batches[k])
-                n += 1
-            t_fuse = time.perf_counter() - t_start - t_read - t_save  # waiting for the backend
-            pool_info = getattr(backend, "pool_info", None)
-            if pool_info is not None:
-                extra["executor"] = pool_info()
-            if stopped:
-                raise StopRequested(f"stop requested after {n} of {len(pending)} pending batches")
+        for k, residual in map_batches(jobs(), log=log, scene=scene):
+            t2 = time.perf_counter()
+            lms = lms_of.pop(k)
+            lms += residual.detach().to("cpu", torch.float32)  # lms + residual: blended, then clamped (the Fuser's)
+            del residual
+            journal.save_batch(k, lms.numpy())
+            del lms  # freed before the next batch is allocated
+            t_save += time.perf_counter() - t2
+            computed += len(plan.batches[k])
+            bar.update(1)
+            frac = (skipped + n + 1) / max(1, len(plan.batches))
+            if frac >= next_report or n == len(pending) - 1:
+                log.info(
+                    "tiles_progress",
+                    scene=scene,
+                    batches_done=skipped + n + 1,
+                    batches=len(plan.batches),
+                    fraction=round(frac, 3),
+                )
+                next_report = math.floor(frac * 10 + 1e-9) / 10 + 0.1
+            n += 1
+        pool_info = getattr(backend, "pool_info", None)
+        if pool_info is not None:
+            extra["executor"] = pool_info()
+        if stopped:
+            raise StopRequested(f"stop requested after {n} of {len(pending)} pending batches")
     finally:
         bar.close()
     return {
@@ -314,7 +306,7 @@ def _fuse_tiles(
         "tiles_from_journal": len(plan.fused_tiles) - computed,
         **extra,
         "read_s": t_read,
-        "fuse_s": t_fuse,
+        "fuse_s": time.perf_counter() - t_start - t_read - t_save,  # waiting for the backend
         "journal_write_s": t_save,
     }
 
