@@ -16,8 +16,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -123,7 +125,162 @@ def ensure_onnx(
     return out
 
 
-# -------------------------------------------------------------------------------- best_available
+# -------------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class BackendOptions:
+    """What a backend is built with (every registry entry takes the same options)."""
+
+    device: torch.device
+    steps: int | None = None
+    timesteps: Iterable[int] | str | None = None
+    tile_size: int | None = None  # None: the model's own
+    tile_overlap: int | None = None
+    batch_size: int | None = None  # None: the backend's device default
+    cache_dir: str | os.PathLike | None = None
+    fp16: bool = True  # TensorRT engines
+    allow_export: bool = True  # a checkpoint may be exported to ONNX (once, into the cache)
+    exporter: str | None = None
+    threads: int | None = None  # ONNX Runtime intra-op threads
+    torch_checkpoint: str | os.PathLike | None = None  # the checkpoint when the model is an .onnx / .plan
+    fast: Mapping[str, Any] = field(default_factory=dict)  # PyTorch fast-path switches
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """One registry entry: why it cannot run on a device (None: it can), and how it is built for a
+    model file (checkpoint, .onnx or .plan, of the kind given)."""
+
+    name: str  # "tensorrt", "onnxruntime", "pytorch": the CLIs' --backend values
+    title: str
+    unavailable: Callable[[Path, str, BackendOptions], str | None]
+    build: Callable[[Path, str, BackendOptions], FuserBackend]
+
+
+def _onnx_source(path: Path, kind: str, opts: BackendOptions) -> Path | None:
+    """The ONNX graph a model file gives: itself, a TensorRT engine's source, or a checkpoint
+    exported once into the cache (when allowed)."""
+    if kind == "onnx":
+        return path
+    if kind == "plan":
+        src = ExportSpec.load(spec_path_for(path)).tensorrt.get("onnx_file")
+        return Path(src) if src and Path(src).is_file() else None
+    if opts.allow_export:
+        return ensure_onnx(
+            path,
+            steps=opts.steps,
+            timesteps=opts.timesteps,
+            tile_size=opts.tile_size,
+            cache_dir=opts.cache_dir,
+            exporter=opts.exporter,
+        )
+    return None
+
+
+def _graph_tiles(backend: FuserBackend, path: Path, opts: BackendOptions) -> FuserBackend:
+    check_tiling(backend.tiling, opts.tile_size, what=f"{path}: the graph", fix="export it again with --tile-size")
+    return backend
+
+
+def _build_tensorrt(path: Path, kind: str, opts: BackendOptions) -> FuserBackend:
+    if kind == "plan":
+        engine = path
+    else:
+        src = _onnx_source(path, kind, opts)
+        if src is None:
+            raise FileNotFoundError(f"{path}: no ONNX graph to build a TensorRT engine from")
+        engine = src
+    built = TensorRTFuser(
+        engine,
+        device=opts.device,
+        fp16=opts.fp16,
+        cache_dir=opts.cache_dir,
+        steps=opts.steps,
+        timesteps=opts.timesteps,
+        batch_size=opts.batch_size,
+        tile_overlap=opts.tile_overlap,
+    )
+    return _graph_tiles(built, path, opts)
+
+
+def _build_onnxruntime(path: Path, kind: str, opts: BackendOptions) -> FuserBackend:
+    src = _onnx_source(path, kind, opts)
+    if src is None:
+        raise FileNotFoundError("no ONNX model (export disabled, or the engine's ONNX source is gone)")
+    built = OnnxRuntimeFuser(
+        src,
+        device=opts.device,
+        intra_op_threads=opts.threads,
+        steps=opts.steps,
+        timesteps=opts.timesteps,
+        batch_size=opts.batch_size,
+        tile_overlap=opts.tile_overlap,
+    )
+    return _graph_tiles(built, path, opts)
+
+
+def _torch_checkpoint(path: Path, kind: str, opts: BackendOptions) -> Path | None:
+    return Path(opts.torch_checkpoint) if opts.torch_checkpoint else (path if kind == "checkpoint" else None)
+
+
+def _pytorch_unavailable(path: Path, kind: str, opts: BackendOptions) -> str | None:
+    if _torch_checkpoint(path, kind, opts) is None:
+        return "PyTorch needs the engine checkpoint: pass torch_checkpoint=..."
+    return None
+
+
+def _build_pytorch(path: Path, kind: str, opts: BackendOptions) -> FuserBackend:
+    ckpt = _torch_checkpoint(path, kind, opts)
+    assert ckpt is not None  # checked by _pytorch_unavailable
+    return TorchFuser(
+        ckpt,
+        steps=opts.steps,
+        timesteps=opts.timesteps,
+        device=opts.device,
+        batch_size=opts.batch_size,
+        tile_size=opts.tile_size,
+        tile_overlap=opts.tile_overlap,
+        **dict(opts.fast),
+    )
+
+
+# fastest first: the order best_available tries them in
+BACKENDS: dict[str, BackendKind] = {
+    "tensorrt": BackendKind(
+        "tensorrt", "TensorRT", lambda path, kind, opts: tensorrt_unavailable_reason(opts.device), _build_tensorrt
+    ),
+    "onnxruntime": BackendKind(
+        "onnxruntime",
+        "ONNX Runtime",
+        lambda path, kind, opts: onnxruntime_unavailable_reason(opts.device),
+        _build_onnxruntime,
+    ),
+    "pytorch": BackendKind("pytorch", "PyTorch", _pytorch_unavailable, _build_pytorch),
+}
+
+
+def backend_options(device: str | torch.device | None = None, **options: Any) -> BackendOptions:
+    """:class:`BackendOptions` with ``device`` resolved (default: CUDA when available, else CPU)."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {dev} asked for, but no CUDA GPU is available here (use device='cpu')")
+    return BackendOptions(device=dev, **options)
+
+
+def build_backend(name: str, model_path: str | os.PathLike, opts: BackendOptions) -> FuserBackend:
+    """The registry's backend ``name`` for ``model_path``; ValueError (one line) naming why when it
+    cannot run here."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
+    path = Path(model_path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    entry, kind = BACKENDS[name], _model_kind(path)
+    reason = entry.unavailable(path, kind, opts)
+    if reason is not None:
+        raise ValueError(f"{entry.title} cannot run {path.name} here: {reason}")
+    return entry.build(path, kind, opts)
+
+
 def best_available(
     model_path: str | os.PathLike,
     device: str | torch.device | None = None,
@@ -140,8 +297,9 @@ def best_available(
     ort_threads: int | None = None,
     torch_checkpoint: str | os.PathLike | None = None,
 ) -> FuserBackend:
-    """The fastest backend that works here for ``model_path`` (an engine checkpoint ``.pt``, an
-    exported ``.onnx`` or a TensorRT ``.plan``), with one log line saying what was chosen and why.
+    """The fastest backend of :data:`BACKENDS` that works here for ``model_path`` (an engine
+    checkpoint ``.pt``, an exported ``.onnx`` or a TensorRT ``.plan``), with one log line saying
+    what was chosen and why.
 
     Order: TensorRT (CUDA device, ``tensorrt`` importable; a ``.plan`` as is, an ``.onnx`` or
     ``.pt`` through the engine cache), then ONNX Runtime (CPU, or CUDA where onnxruntime has
@@ -153,116 +311,39 @@ def best_available(
     path = Path(model_path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
-    device = (
-        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    opts = backend_options(
+        device,
+        steps=steps,
+        timesteps=timesteps,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        fp16=fp16,
+        allow_export=allow_export,
+        exporter=exporter,
+        threads=ort_threads,
+        torch_checkpoint=torch_checkpoint,
     )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but no CUDA GPU is available here (use device='cpu')")
     kind = _model_kind(path)
     skipped: list[tuple[str, str]] = []
-
-    def onnx_source() -> Path | None:
-        if kind == "onnx":
-            return path
-        if kind == "plan":
-            spec = ExportSpec.load(spec_path_for(path))
-            src = spec.tensorrt.get("onnx_file")
-            return Path(src) if src and Path(src).is_file() else None
-        if allow_export:
-            return ensure_onnx(
-                path, steps=steps, timesteps=timesteps, tile_size=tile_size, cache_dir=cache_dir, exporter=exporter
-            )
-        return None
-
-    def check_graph_tiles(backend: FuserBackend) -> FuserBackend:
-        check_tiling(backend.tiling, tile_size, what=f"{path}: the graph", fix="export it again with --tile-size")
-        return backend
-
-    def attempt(label: str, make):
-        try:
-            return make()
-        except (TensorRTUnavailable, ValueError, RuntimeError, FileNotFoundError, ImportError, OSError) as exc:
-            skipped.append((label, f"{type(exc).__name__}: {exc}"))
-            return None
-
     backend: FuserBackend | None = None
-    reason = tensorrt_unavailable_reason(device)
-    if reason is not None:
-        skipped.append(("TensorRT", reason))
-    else:
-
-        def make_trt():
-            if kind == "plan":
-                return check_graph_tiles(
-                    TensorRTFuser(
-                        path,
-                        device=device,
-                        steps=steps,
-                        timesteps=timesteps,
-                        batch_size=batch_size,
-                        tile_overlap=tile_overlap,
-                    )
-                )
-            src = onnx_source()
-            if src is None:
-                raise FileNotFoundError(f"{path}: no ONNX graph to build a TensorRT engine from")
-            return check_graph_tiles(
-                TensorRTFuser(
-                    src,
-                    device=device,
-                    fp16=fp16,
-                    cache_dir=cache_dir,
-                    steps=steps,
-                    timesteps=timesteps,
-                    batch_size=batch_size,
-                    tile_overlap=tile_overlap,
-                )
-            )
-
-        backend = attempt("TensorRT", make_trt)
-
-    if backend is None:
-        reason = onnxruntime_unavailable_reason(device)
+    entries = list(BACKENDS.values())
+    for entry in entries:
+        reason = entry.unavailable(path, kind, opts)
         if reason is not None:
-            skipped.append(("ONNX Runtime", reason))
-        else:
-
-            def make_ort():
-                src = onnx_source()
-                if src is None:
-                    raise FileNotFoundError("no ONNX model (export disabled, or the engine's ONNX source is gone)")
-                return check_graph_tiles(
-                    OnnxRuntimeFuser(
-                        src,
-                        device=device,
-                        intra_op_threads=ort_threads,
-                        steps=steps,
-                        timesteps=timesteps,
-                        batch_size=batch_size,
-                        tile_overlap=tile_overlap,
-                    )
-                )
-
-            backend = attempt("ONNX Runtime", make_ort)
-
+            skipped.append((entry.title, reason))
+            continue
+        if entry is entries[-1]:  # the last resort: its errors are the caller's
+            backend = entry.build(path, kind, opts)
+            break
+        try:
+            backend = entry.build(path, kind, opts)
+            break
+        except (TensorRTUnavailable, ValueError, RuntimeError, FileNotFoundError, ImportError, OSError) as exc:
+            skipped.append((entry.title, f"{type(exc).__name__}: {exc}"))
     if backend is None:
-        ckpt = Path(torch_checkpoint) if torch_checkpoint else (path if kind == "checkpoint" else None)
-        if ckpt is None:
-            raise RuntimeError(
-                f"no backend can run {path}: "
-                + "; ".join(f"{k}: {v}" for k, v in skipped)
-                + " (PyTorch needs the engine checkpoint: pass torch_checkpoint=...)"
-            )
-        backend = TorchFuser(
-            ckpt,
-            steps=steps,
-            timesteps=timesteps,
-            device=device,
-            batch_size=batch_size,
-            tile_size=tile_size,
-            tile_overlap=tile_overlap,
-        )
-
+        raise RuntimeError(f"no backend can run {path}: " + "; ".join(f"{k}: {v}" for k, v in skipped))
     why = "; ".join(f"{k} not used: {v}" for k, v in skipped)
     level = logging.WARNING if (kind == "plan" and backend.name != "tensorrt") else logging.INFO
     log.log(
@@ -290,4 +371,12 @@ def _model_kind(path: Path) -> str:
     )
 
 
-__all__ = ["best_available", "ensure_onnx", "model_preset"]
+__all__ = [
+    "BACKENDS",
+    "BackendOptions",
+    "backend_options",
+    "best_available",
+    "build_backend",
+    "ensure_onnx",
+    "model_preset",
+]

@@ -285,3 +285,22 @@ def test_import_is_lazy():
     code = ("import sys, ddif.runtime; "
             "assert not {'onnxruntime', 'tensorrt', 'onnx', 'torch'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_one_backend_registry_for_the_api_and_every_cli(tmp_path):
+    """The CLIs' --backend choices are "auto" + the registry's names; a registry backend that
+    cannot run here is refused in one line naming why; the registry builds the same backend the
+    classes give."""
+    from ddif.cli.common import STATION_BACKENDS
+    from ddif.export.auto import BACKENDS, backend_options, build_backend
+    from ddif.runtime import TorchFuser
+
+    assert STATION_BACKENDS == ("auto", *BACKENDS)
+    opts = backend_options("cpu", steps=2)
+    built = build_backend("pytorch", SHIPPED, opts)
+    assert isinstance(built, TorchFuser) and built.steps == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="^TensorRT cannot run .*: .*"):
+            build_backend("tensorrt", SHIPPED, opts)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        build_backend("tflite", SHIPPED, opts)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ddif.station.config import StationConfig
 
 # what --backend of the station commands and ``ddif fuse`` accepts
-STATION_BACKENDS = ("auto", "pytorch", "onnxruntime")
+STATION_BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")  # "auto" + ddif.export.auto.BACKENDS
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # checkpoints shipped with ddif
 SHIPPED_MODEL = ASSETS / "landsat_small.pt"  # the checkpoint ``ddif demo`` and ``ddif fuse`` use by default
 
@@ -192,13 +192,13 @@ def build_station_backend(
     fast: FastPath | None = None,
 ) -> FuserBackend:
     """The station backend for ``model``: ``backend`` "auto" (``ddif.export.best_available``: the
-    fastest that works here), "pytorch" or "onnxruntime" (a checkpoint is exported once into the
-    export cache), sampling the tiles the station cuts (``config.tiling_for``: the model's own
-    unless overridden). ``threads``: intra-op threads of PyTorch / ONNX Runtime (default: theirs).
-    Shared by ``ddif station run|watch`` and ``ddif fuse``."""
+    fastest that works here) or a name of the backend registry (``ddif.export.auto.BACKENDS``:
+    "tensorrt", "onnxruntime", "pytorch"; a checkpoint is exported once into the export cache),
+    sampling the tiles the station cuts (``config.tiling_for``: the model's own unless
+    overridden). ``threads``: intra-op threads of PyTorch / ONNX Runtime (default: theirs). Shared
+    by ``ddif station run|watch`` and ``ddif fuse``."""
     import ddif.export as export
-    import ddif.runtime as runtime
-    from ddif.inference.tiling import check_tiling
+    from ddif.export.auto import backend_options, build_backend
 
     if backend not in STATION_BACKENDS:
         raise ValueError(f"backend must be one of {STATION_BACKENDS}, got {backend!r}")
@@ -217,25 +217,11 @@ def build_station_backend(
     tiling = config.tiling_for(preset)
     # the station hands the backend its batches (the journal's unit); the backend cuts them into
     # calls of its own size (its device's default) unless a batch size was given
-    tiles = {"tile_overlap": tiling.overlap, "batch_size": config.batch_size}
+    tiles = {"tile_size": tiling.tile_size, "tile_overlap": tiling.overlap, "batch_size": config.batch_size}
     if backend == "auto":
-        return export.best_available(
-            path, device=device, steps=steps, tile_size=tiling.tile_size, ort_threads=threads, **tiles
-        )
-    if backend == "pytorch":
-        return runtime.TorchFuser(
-            path, steps=steps, device=device, tile_size=tiling.tile_size, **tiles, **fast.kwargs()
-        )
-    if path.suffix.lower() != ".onnx":
-        path = export.ensure_onnx(path, steps=steps, tile_size=tiling.tile_size)
-    built = runtime.OnnxRuntimeFuser(path, device=device, steps=steps, intra_op_threads=threads, **tiles)
-    check_tiling(
-        built.tiling,
-        tiling.tile_size,
-        what=str(path),
-        fix="export it again with --tile-size, or leave --tile-size unset",
-    )
-    return built
+        return export.best_available(path, device=device, steps=steps, ort_threads=threads, **tiles)
+    opts = backend_options(device, steps=steps, threads=threads, fast=fast.kwargs(), **tiles)
+    return build_backend(backend, path, opts)
 
 
 @contextlib.contextmanager
