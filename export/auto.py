@@ -83,9 +83,10 @@ def ensure_onnx(
     """
 
     checkpoint = Path(checkpoint)
-    model = DDIF.from_pretrained(checkpoint)
-    plan = resolve_sampling_plan(model.preset, getattr(model, "metadata", None), steps=steps, timesteps=timesteps)
-    tiling = Tiling.for_preset(model.preset, tile_size)
+    # the key needs the checkpoint's header only: the network is built on a cache miss alone
+    preset, metadata = model_preset(checkpoint)
+    plan = resolve_sampling_plan(preset, metadata, steps=steps, timesteps=timesteps)
+    tiling = Tiling.for_preset(preset, tile_size)
     opset = opset or DEFAULT_OPSET
     exporter = exporter or DEFAULT_EXPORTER
     ident = {
@@ -108,6 +109,7 @@ def ensure_onnx(
         except ValueError as exc:
             log.info("re-exporting %s: %s", out, exc)
     log.info("exporting %s (%d steps, %s) to ONNX once; cached as %s", checkpoint, plan.steps, tiling.describe(), out)
+    model = DDIF.from_pretrained(checkpoint)
     export_model(
         model,
         out,
