@@ -40,20 +40,21 @@ TILINGS = {"32 px tiles": (32, 8), "64 px tiles": (64, 16), "128 px tiles": (128
 
 
 def triplets(origins: list[tuple[int, int]], pan_weights: tuple[float, ...]) -> tuple[torch.Tensor, ...]:
-    """(gt, ms, lms, pan) of fill-free 256 px crops: MS degraded with the Landsat-8 MTF, PAN
-    synthesised from the reference bands."""
+    """(gt, ms, lms, pan) of fill-free 256 px crops: the Wald triplet of ddif.data.degradation
+    (MS degraded with the Landsat-8 nominal MTF, interpolated back; PAN synthesised from the
+    reference bands)."""
+    from ddif.data.degradation import Degradation, wald_triplet
     from ddif.data.geotiff import read_geotiff
-    from ddif.data.make_dataset import synthesize_pan
-    from ddif.data.mtf import degrade, upsample
 
+    degradation = Degradation.nominal("landsat8", 3, 4)
     out = []
     for row, col in origins:
         raster = read_geotiff(SCENE, window=(row, col, CROP, CROP))
         if raster.fill_mask([0]).any():
             raise ValueError(f"{SCENE}: crop at row {row}, column {col} holds fill pixels")
         gt = torch.from_numpy(raster.array.astype("float32"))[None] / MAX_DN
-        ms = degrade(gt, "landsat8", 4, kind="ms")
-        out.append((gt, ms, upsample(ms, 4, padding="symmetric"), synthesize_pan(gt, pan_weights)))
+        rr = wald_triplet(gt, None, degradation, pan_weights)
+        out.append((gt, rr.ms, rr.lms, rr.pan))
     return tuple(torch.cat([t[i] for t in out]) for i in range(4))
 
 
