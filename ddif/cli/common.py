@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from ddif.models.ddif import DDIF
     from ddif.runtime.backends import FuserBackend
     from ddif.station.config import StationConfig
+    from ddif.station.plan import ScenePlan
+    from ddif.station.run import StationBackend
 
 # what --backend of the station commands and ``ddif fuse`` accepts
 STATION_BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")  # "auto" + ddif.export.auto.BACKENDS
@@ -222,6 +224,55 @@ def build_station_backend(
         return export.best_available(path, device=device, steps=steps, ort_threads=threads, **tiles)
     opts = backend_options(device, steps=steps, threads=threads, fast=fast.kwargs(), **tiles)
     return build_backend(backend, path, opts)
+
+
+def fuse_planned_scene(
+    command: str,
+    plan: ScenePlan,
+    make_backend: Callable[[], StationBackend],
+    model: str | os.PathLike,
+    ms_path: str | os.PathLike,
+    pan_path: str | os.PathLike,
+    out: str | os.PathLike,
+    **run_kwargs: Any,
+) -> dict[str, Any] | int:
+    """The one single-scene job of ``ddif fuse`` and ``ddif station run``, after the scene was
+    planned (checked against the model): build the backend, then
+    :func:`ddif.station.run.run_scene` with that plan. Returns the report, or exit status 3 after
+    one line on stderr when the environment failed (disk full, read-only cache, permissions):
+    while building the backend (nothing fused) or while fusing (nothing written under the output
+    names; the tile journal stays, so the same command resumes)."""
+    from ddif.station.errors import environment_error_kind
+    from ddif.station.journal import model_identity
+    from ddif.station.run import run_scene
+
+    try:
+        backend = make_backend()
+    except Exception as exc:
+        kind = environment_error_kind(exc)
+        if kind is None:
+            raise
+        print(
+            f"{command}: {kind}: {type(exc).__name__}: {exc} (while preparing the backend, before any pixel was "
+            "fused: an ONNX export goes to the export cache, ~/.cache/ddif or $DDIF_CACHE_DIR, which must be "
+            "writable)",
+            file=sys.stderr,
+        )
+        return 3
+    try:
+        return run_scene(
+            ms_path, pan_path, out, backend, plan.config, plan=plan, model_id=model_identity(str(model)), **run_kwargs
+        )
+    except Exception as exc:
+        kind = environment_error_kind(exc)
+        if kind is None:
+            raise
+        print(
+            f"{command}: {kind}: {type(exc).__name__}: {exc} (no product written; run the same command again to "
+            "resume from the tile journal)",
+            file=sys.stderr,
+        )
+        return 3
 
 
 @contextlib.contextmanager

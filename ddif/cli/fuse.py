@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from ddif.cli.args import input_scale
-from ddif.cli.common import STATION_BACKENDS, FastPath, band_stacks, build_station_backend, pick_model
+from ddif.cli.common import (
+    STATION_BACKENDS,
+    FastPath,
+    band_stacks,
+    build_station_backend,
+    fuse_planned_scene,
+    pick_model,
+)
 from ddif.station.events import EventLog
 
 # -co names ddif fuse sets on StationConfig: NAME -> (field, what the value must be)
@@ -227,12 +234,10 @@ def adapted_model(
 def run(args: argparse.Namespace) -> int:
     from ddif.export import model_preset
     from ddif.station.config import StationConfig
-    from ddif.station.errors import Refused, environment_error_kind
-    from ddif.station.journal import model_identity
+    from ddif.station.errors import Refused
     from ddif.station.outputs import check_outputs, plan_outputs
     from ddif.station.plan import plan_scene
     from ddif.station.products import cog_creation_options
-    from ddif.station.run import run_scene
 
     t0 = time.perf_counter()
     ms, pan, out = split_paths(args.paths)
@@ -280,8 +285,10 @@ def run(args: argparse.Namespace) -> int:
             model = adapted_model(model, ms_path, pan_path, out, args, [*ms, pan], progress)
         # --no-sidecars: the quicklook and report run_scene always writes go to a scratch folder
         quicklook, report_path = (None, None) if keep else (Path(scratch) / "q.png", Path(scratch) / "r.json")
-        try:
-            backend = build_station_backend(
+        outcome = fuse_planned_scene(
+            "ddif fuse",
+            plan,
+            lambda: build_station_backend(
                 model,
                 config,
                 backend=args.backend,
@@ -289,43 +296,20 @@ def run(args: argparse.Namespace) -> int:
                 steps=args.steps,
                 threads=args.threads,
                 fast=fast,
-            )
-        except Exception as exc:
-            kind = environment_error_kind(exc)
-            if kind is None:
-                raise
-            print(
-                f"ddif fuse: {kind}: {type(exc).__name__}: {exc} (while preparing the {args.backend} backend, before "
-                "any pixel was fused: an ONNX export goes to the export cache, ~/.cache/ddif or $DDIF_CACHE_DIR, "
-                "which must be writable)",
-                file=sys.stderr,
-            )
-            return 3
-        try:
-            report = run_scene(
-                ms_path,
-                pan_path,
-                out,
-                backend,
-                cfg,
-                log=log,
-                progress=progress,
-                model_id=model_identity(str(model)),
-                plan=plan,
-                quicklook_path=quicklook,
-                report_path=report_path,
-                write_stac=keep,
-            )
-        except Exception as exc:
-            kind = environment_error_kind(exc)
-            if kind is None:
-                raise
-            print(
-                f"ddif fuse: {kind}: {type(exc).__name__}: {exc} (no product written; run the same command "
-                "again to resume from the tile journal)",
-                file=sys.stderr,
-            )
-            return 3
+            ),
+            model,
+            ms_path,
+            pan_path,
+            out,
+            log=log,
+            progress=progress,
+            quicklook_path=quicklook,
+            report_path=report_path,
+            write_stac=keep,
+        )
+        if isinstance(outcome, int):
+            return outcome
+        report = outcome
     if not args.quiet:
         g = plan.grid
         level = f" level {cfg.zlevel}" if cfg.compress in ("deflate", "zstd") else ""

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from ddif.cli.args import add_dataclass_args, dataclass_from_args
-from ddif.cli.common import STATION_BACKENDS, FastPath, add_fast_path_args, build_station_backend, resolve_model
+from ddif.cli.common import (
+    STATION_BACKENDS,
+    FastPath,
+    add_fast_path_args,
+    build_station_backend,
+    fuse_planned_scene,
+    resolve_model,
+)
 
 if TYPE_CHECKING:
     from ddif.station.config import StationConfig
@@ -163,9 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ddif.export import model_preset
     from ddif.station.config import StationConfig
     from ddif.station.events import EventLog
-    from ddif.station.journal import model_identity
     from ddif.station.plan import plan_scene
-    from ddif.station.run import run_scene
 
     config = dataclass_from_args(StationConfig, args)  # the settings are checked before the model is looked up
     FastPath.from_args(args).check(args.backend, args.device)
@@ -183,49 +188,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 0
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    try:
-        backend = load_backend(args, config, log)
-    except Exception as exc:
-        from ddif.station.errors import environment_error_kind
-
-        kind = environment_error_kind(exc)
-        if kind is None:
-            raise
-        print(
-            f"ddif station run: {kind}: {type(exc).__name__}: {exc} (while preparing the backend, before any "
-            "pixel was fused: an ONNX export goes to the export cache, ~/.cache/ddif or $DDIF_CACHE_DIR, which "
-            "must be writable)",
-            file=sys.stderr,
-        )
-        return 3
-    try:
-        report = run_scene(
-            args.ms,
-            args.pan,
-            args.out,
-            backend,
-            plan.config,
-            quicklook_path=args.quicklook,
-            report_path=args.report,
-            journal_dir=args.journal,
-            log=log,
-            progress=progress,
-            model_id=model_identity(args.model),
-            plan=plan,
-        )
-    except Exception as exc:
-        from ddif.station.errors import environment_error_kind
-
-        kind = environment_error_kind(exc)
-        if kind is None:
-            raise
-        # nothing is left under the output names (atomic writes); the journal stays for a rerun
-        print(
-            f"ddif station run: {kind}: {type(exc).__name__}: {exc} (no product written; rerun to resume from "
-            "the tile journal)",
-            file=sys.stderr,
-        )
-        return 3
+    outcome = fuse_planned_scene(
+        "ddif station run",
+        plan,
+        lambda: load_backend(args, config, log),
+        args.model,
+        args.ms,
+        args.pan,
+        args.out,
+        quicklook_path=args.quicklook,
+        report_path=args.report,
+        journal_dir=args.journal,
+        log=log,
+        progress=progress,
+    )
+    if isinstance(outcome, int):
+        return outcome
+    report = outcome
     q = report["quality"].get("mean")
     print(
         json.dumps(
