@@ -178,6 +178,16 @@ def _onnx_source(path: Path, kind: str, opts: BackendOptions) -> Path | None:
     return None
 
 
+def _sampling(opts: BackendOptions) -> dict[str, Any]:
+    """The options every backend samples with."""
+    return {
+        "steps": opts.steps,
+        "timesteps": opts.timesteps,
+        "batch_size": opts.batch_size,
+        "tile_overlap": opts.tile_overlap,
+    }
+
+
 def _graph_tiles(backend: FuserBackend, path: Path, opts: BackendOptions) -> FuserBackend:
     check_tiling(backend.tiling, opts.tile_size, what=f"{path}: the graph", fix="export it again with --tile-size")
     return backend
@@ -191,16 +201,7 @@ def _build_tensorrt(path: Path, kind: str, opts: BackendOptions) -> FuserBackend
         if src is None:
             raise FileNotFoundError(f"{path}: no ONNX graph to build a TensorRT engine from")
         engine = src
-    built = TensorRTFuser(
-        engine,
-        device=opts.device,
-        fp16=opts.fp16,
-        cache_dir=opts.cache_dir,
-        steps=opts.steps,
-        timesteps=opts.timesteps,
-        batch_size=opts.batch_size,
-        tile_overlap=opts.tile_overlap,
-    )
+    built = TensorRTFuser(engine, device=opts.device, fp16=opts.fp16, cache_dir=opts.cache_dir, **_sampling(opts))
     return _graph_tiles(built, path, opts)
 
 
@@ -208,15 +209,7 @@ def _build_onnxruntime(path: Path, kind: str, opts: BackendOptions) -> FuserBack
     src = _onnx_source(path, kind, opts)
     if src is None:
         raise FileNotFoundError("no ONNX model (export disabled, or the engine's ONNX source is gone)")
-    built = OnnxRuntimeFuser(
-        src,
-        device=opts.device,
-        intra_op_threads=opts.threads,
-        steps=opts.steps,
-        timesteps=opts.timesteps,
-        batch_size=opts.batch_size,
-        tile_overlap=opts.tile_overlap,
-    )
+    built = OnnxRuntimeFuser(src, device=opts.device, intra_op_threads=opts.threads, **_sampling(opts))
     return _graph_tiles(built, path, opts)
 
 
@@ -233,16 +226,7 @@ def _pytorch_unavailable(path: Path, kind: str, opts: BackendOptions) -> str | N
 def _build_pytorch(path: Path, kind: str, opts: BackendOptions) -> FuserBackend:
     ckpt = _torch_checkpoint(path, kind, opts)
     assert ckpt is not None  # checked by _pytorch_unavailable
-    return TorchFuser(
-        ckpt,
-        steps=opts.steps,
-        timesteps=opts.timesteps,
-        device=opts.device,
-        batch_size=opts.batch_size,
-        tile_size=opts.tile_size,
-        tile_overlap=opts.tile_overlap,
-        **dict(opts.fast),
-    )
+    return TorchFuser(ckpt, device=opts.device, tile_size=opts.tile_size, **_sampling(opts), **dict(opts.fast))
 
 
 # fastest first: the order best_available tries them in

@@ -44,13 +44,13 @@ def triplets(origins: list[tuple[int, int]], pan_weights: tuple[float, ...]) -> 
     (MS degraded with the Landsat-8 nominal MTF, interpolated back; PAN synthesised from the
     reference bands)."""
     from ddif.data.degradation import Degradation, wald_triplet
-    from ddif.data.geotiff import read_geotiff
+    from ddif.data.raster import nodata_mask, read_raster
 
     degradation = Degradation.nominal("landsat8", 3, 4)
     out = []
     for row, col in origins:
-        raster = read_geotiff(SCENE, window=(row, col, CROP, CROP))
-        if raster.fill_mask([0]).any():
+        raster = read_raster(SCENE, window=(row, col, CROP, CROP))
+        if nodata_mask(raster.array, [raster.nodata, 0]).any():
             raise ValueError(f"{SCENE}: crop at row {row}, column {col} holds fill pixels")
         gt = torch.from_numpy(raster.array.astype("float32"))[None] / MAX_DN
         rr = wald_triplet(gt, None, degradation, pan_weights)

@@ -56,14 +56,14 @@ def oli_demo(shared: Path) -> None:
 
 
 def rgb_crop(shared: Path) -> None:
-    from ddif.data.geotiff import read_geotiff, write_geotiff
+    from ddif.data.raster import read_raster, write_raster
 
     scene = shared / "landsat8-scene" / "LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
-    raster = read_geotiff(scene, window=(800, 0, 256, 256))
+    raster = read_raster(scene, window=(800, 0, 256, 256))
     if raster.fill_mask([0]).any():
         raise SystemExit("the crop contains fill pixels")
     out = ASSETS / "landsat8_demo_b2b4.tif"
-    write_geotiff(out, raster.array, crs=raster.crs, transform=raster.transform, compress="deflate")
+    write_raster(out, raster.array, crs=raster.info.crs, transform=raster.info.transform, compress="deflate")
     print(f"wrote {out}")
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddif.data import (MakeDatasetConfig, PanCollectionH5, bandpass_pan_weights, make_dataset, read_geotiff,
-                       read_geotiff_stack, synthesize_pan, write_geotiff)
+from ddif.data import (MakeDatasetConfig, PanCollectionH5, bandpass_pan_weights, make_dataset, nodata_mask,
+                       read_raster, synthesize_pan, write_raster)
 from ddif.data.make_dataset import LANDSAT8_OLI_BANDPASS_NM, split_regions
 
 SHARED = Path(os.environ.get("DDIF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -162,8 +162,8 @@ def test_synthesize_pan_and_bandpass_weights():
 def test_make_dataset_from_geotiffs_checks_registration(tmp_path, scene):
     ms, pan = scene
     crs = "EPSG:32632"
-    ms_path = write_geotiff(tmp_path / "ms.tif", ms, crs=crs, transform=(30, 0, 500000, 0, -30, 5600000), nodata=0)
-    pan_path = write_geotiff(tmp_path / "pan.tif", pan, crs=crs, transform=(7.5, 0, 500000, 0, -7.5, 5600000))
+    ms_path = write_raster(tmp_path / "ms.tif", ms, crs=crs, transform=(30, 0, 500000, 0, -30, 5600000), nodata=0)
+    pan_path = write_raster(tmp_path / "pan.tif", pan, crs=crs, transform=(7.5, 0, 500000, 0, -7.5, 5600000))
     cfg = _cfg(tmp_path / "out", ms=(str(ms_path),), pan=str(pan_path), nodata=(), crop=(8, 8, 80, 112))
     summary = make_dataset(cfg)
     with h5py.File(summary["files"]["train"]) as f:
@@ -179,7 +179,7 @@ def test_make_dataset_from_geotiffs_checks_registration(tmp_path, scene):
     # it, so it is dropped), it is not refused nor misregistered.
     from ddif.data.make_dataset import register_pair
 
-    shifted = write_geotiff(tmp_path / "pan_shift.tif", pan[:, :, 3:], crs=crs,
+    shifted = write_raster(tmp_path / "pan_shift.tif", pan[:, :, 3:], crs=crs,
                             transform=(7.5, 0, 500000 + 3 * 7.5, 0, -7.5, 5600000))
     base_cfg = _cfg(tmp_path / "reg", ms=(str(ms_path),), pan=str(pan_path))
     ms_win, pan_win, info = register_pair(str(ms_path), str(shifted), base_cfg)
@@ -189,14 +189,14 @@ def test_make_dataset_from_geotiffs_checks_registration(tmp_path, scene):
     summary = make_dataset(_cfg(tmp_path / "shifted", ms=(str(ms_path),), pan=str(shifted)))
     with h5py.File(summary["files"]["train"]) as f:
         assert tuple(f.attrs["ms_shift_pan_px"]) == (0, -3)
-    far = write_geotiff(tmp_path / "pan_far.tif", pan, crs=crs, transform=(7.5, 0, 505000, 0, -7.5, 5600000))
+    far = write_raster(tmp_path / "pan_far.tif", pan, crs=crs, transform=(7.5, 0, 505000, 0, -7.5, 5600000))
     with pytest.raises(ValueError, match="do not overlap"):
         make_dataset(_cfg(tmp_path / "bad", ms=(str(ms_path),), pan=str(far)))
-    other_crs = write_geotiff(tmp_path / "pan_4326.tif", pan, crs="EPSG:4326",
+    other_crs = write_raster(tmp_path / "pan_4326.tif", pan, crs="EPSG:4326",
                               transform=(7.5, 0, 500000, 0, -7.5, 5600000))
     with pytest.raises(ValueError, match="different CRSs"):
         make_dataset(_cfg(tmp_path / "bad", ms=(str(ms_path),), pan=str(other_crs)))
-    coarse = write_geotiff(tmp_path / "pan_coarse.tif", pan[:, ::2, ::2], crs=crs,
+    coarse = write_raster(tmp_path / "pan_coarse.tif", pan[:, ::2, ::2], crs=crs,
                            transform=(15, 0, 500000, 0, -15, 5600000))
     with pytest.raises(ValueError, match="trained for ratio 4"):
         make_dataset(_cfg(tmp_path / "bad", ms=(str(ms_path),), pan=str(coarse)))
@@ -246,40 +246,63 @@ def test_split_regions_bottom_and_left():
 # GeoTIFF reader
 # --------------------------------------------------------------------------------------------
 
-def test_geotiff_roundtrip_window_and_errors(tmp_path):
+def test_raster_roundtrip_window_stack_and_errors(tmp_path):
+    """The one reader (ddif.data.raster.read_raster): header as RasterInfo (rasterio CRS, Affine;
+    a window's own transform), the one nodata rule, one-band files stacked as a VRT, errors that
+    name the file."""
+    from rasterio.transform import Affine
+
     data = np.arange(2 * 6 * 8, dtype=np.int16).reshape(2, 6, 8)
     data[:, 0, 0] = -32768
     t = (15.0, 0.0, 400000.0, 0.0, -15.0, 5000000.0)
-    path = write_geotiff(tmp_path / "a.tif", data, crs="EPSG:32632", transform=t, nodata=-32768)
-    r = read_geotiff(path)
+    path = write_raster(tmp_path / "a.tif", data, crs="EPSG:32632", transform=t, nodata=-32768)
+    r = read_raster(path)
     np.testing.assert_array_equal(r.array, data)
-    assert r.nodata == -32768 and "32632" in r.crs and r.transform == t and r.resolution == (15.0, 15.0)
-    assert r.fill_mask()[0, 0] and r.fill_mask().sum() == 1
-    assert r.fill_mask(extra_nodata=(1.0,)).sum() == 2
-    w = read_geotiff(path, window=(2, 3, 4, 5))
+    assert r.nodata == -32768 and r.info.crs.to_epsg() == 32632 and r.transform_tuple == t
+    assert r.info.transform == Affine(*t) and "32632" in r.crs_wkt
+    assert nodata_mask(r.array, [r.nodata])[0, 0] and nodata_mask(r.array, [r.nodata]).sum() == 1
+    assert nodata_mask(r.array, [r.nodata, 1.0]).sum() == 2
+    w = read_raster(path, window=(2, 3, 4, 5))
     np.testing.assert_array_equal(w.array, data[:, 2:6, 3:8])
-    assert w.transform == (15.0, 0.0, 400000.0 + 45, 0.0, -15.0, 5000000.0 - 30)
+    assert w.transform_tuple == (15.0, 0.0, 400000.0 + 45, 0.0, -15.0, 5000000.0 - 30) and w.info.shape == (4, 5)
     with pytest.raises(ValueError, match="not inside"):
-        read_geotiff(path, window=(2, 3, 5, 5))
+        read_raster(path, window=(2, 3, 5, 5))
     with pytest.raises(ValueError, match=r"has 2 bands.*\[3\]"):
-        read_geotiff(path, bands=[3])
-    stack = read_geotiff_stack([path, path])
-    assert stack.array.shape == (4, 6, 8) and stack.nodata == -32768
-    other = write_geotiff(tmp_path / "b.tif", data[:, :5], crs="EPSG:32632", transform=t)
-    with pytest.raises(ValueError, match="b.tif: 5x8 pixels"):
-        read_geotiff_stack([path, other])
+        read_raster(path, bands=[3])
+    assert read_raster(path, bands=[2]).array.shape == (1, 6, 8)
+    one = [write_raster(tmp_path / f"b{k}.tif", data[k], crs="EPSG:32632", transform=t, nodata=-32768) for k in (0, 1)]
+    stack = read_raster(one)
+    np.testing.assert_array_equal(stack.array, data)
+    assert stack.nodata == -32768 and stack.transform_tuple == t and stack.info.count == 2
+    with pytest.raises(ValueError, match="has 2 bands, expected 1"):      # stacks are one band per file
+        read_raster([path, path])
+    other = write_raster(tmp_path / "c.tif", data[0, :5], crs="EPSG:32632", transform=t, nodata=-32768)
+    with pytest.raises(ValueError, match="c.tif: size"):
+        read_raster([one[0], other])
     with pytest.raises(FileNotFoundError, match="missing.tif"):
-        read_geotiff(tmp_path / "missing.tif")
+        read_raster(tmp_path / "missing.tif")
     garbage = tmp_path / "garbage.tif"
     garbage.write_bytes(np.random.default_rng(0).bytes(2000))
-    with pytest.raises(ValueError, match="garbage.tif: cannot read as a GeoTIFF"):
-        read_geotiff(garbage)
+    with pytest.raises(ValueError, match="garbage.tif: cannot open as a GeoTIFF"):
+        read_raster(garbage)
     noise = np.random.default_rng(0).integers(0, 60000, (1, 256, 256), dtype=np.uint16)
-    big = write_geotiff(tmp_path / "big.tif", noise, compress="deflate")
+    big = write_raster(tmp_path / "big.tif", noise, compress="deflate")
     truncated = tmp_path / "truncated.tif"
     truncated.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
-    with pytest.raises(ValueError, match="truncated.tif: cannot read"):
-        read_geotiff(truncated)
+    with pytest.raises(ValueError, match="truncated.tif: cannot"):
+        read_raster(truncated)
+
+
+def test_a_dataset_refuses_nan_that_is_not_its_nodata(tmp_path):
+    """The one non-finite rule: NaN is nodata where the file (or --nodata) says so, refused otherwise."""
+    from ddif.data.sources import load_image
+
+    ms = np.full((3, 8, 8), 0.25, dtype=np.float32)
+    ms[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match=r"MS \(array\)|MS: 1 pixels hold NaN/Inf"):
+        load_image(ms, "MS", [], [])
+    loaded = load_image(ms, "MS", [], [float("nan")])
+    assert loaded.fill[2, 3] and loaded.fill.sum() == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,7 +320,7 @@ def test_real_landsat8_rgb_crop_with_synthesized_pan(tmp_path):
                             val_fraction=0.25, test_size=64, compression="", max_dn=32767.0)
     summary = make_dataset(cfg)
     assert summary["train_patches"] > 20 and summary["val_patches"] > 5 and summary["train_rejected_fill"] > 0
-    scene = read_geotiff(LANDSAT_SCENE, window=cfg.crop).array
+    scene = read_raster(LANDSAT_SCENE, window=cfg.crop).array
     for split in ("train", "val", "test"):
         ds = PanCollectionH5(summary["files"][split], "landsat_small")     # 3 bands + 1 PAN, max DN 32767
         with h5py.File(ds.path) as f:
@@ -357,8 +380,8 @@ def test_landsat_placement_registers_the_real_pan(tmp_path):
     (j0, i0, h, w), (py, px, _, _), info = register_pair(ms_paths, pan_path, cfg)
     assert info["ms_shift_pan_px"] == (-1, 0) and (j0, i0) == (1, 0) and (py, px) == (1, 0)
     phase = interpolation_geometry(2, "interp23tap", "symmetric").phase
-    ms = read_geotiff_stack(ms_paths).array.astype(np.float64)
-    pan = read_geotiff(pan_path).array[0].astype(np.float64)
+    ms = read_raster(ms_paths).array.astype(np.float64)
+    pan = read_raster(pan_path).array[0].astype(np.float64)
     k = np.array([0.25, 0.5, 0.25])
     padded = np.pad(pan, 1, mode="edge")
     smooth = sum(k[a] * k[b] * padded[a:a + 82, b:b + 82] for a in range(3) for b in range(3))

@@ -164,16 +164,16 @@ def test_evaluate_cli_with_both_mtf_kernels(tmp_path, capsys):
     if not shipped.exists() or not demo.exists():
         pytest.skip("shipped checkpoint / demo scene not found")
     from ddif.cli.main import main
-    from ddif.data.geotiff import write_geotiff
+    from ddif.data.raster import write_raster
 
     with rasterio.open(demo) as src:
         truth, transform, crs = src.read().astype(np.float64)[:, :64, :64], src.transform, src.crs
     ms = truth.reshape(3, 16, 4, 16, 4).mean(axis=(2, 4))
     pan = np.tensordot(np.array([0.1, 0.6, 0.3]), truth, axes=1)[None]
     t = tuple(transform)[:6]
-    ms_path = write_geotiff(tmp_path / "ms.tif", np.rint(ms).astype(np.uint16), crs=str(crs),
+    ms_path = write_raster(tmp_path / "ms.tif", np.rint(ms).astype(np.uint16), crs=str(crs),
                             transform=(t[0] * 4, t[1], t[2], t[3], t[4] * 4, t[5]), nodata=0)
-    pan_path = write_geotiff(tmp_path / "pan.tif", np.rint(pan).astype(np.uint16), crs=str(crs), transform=t, nodata=0)
+    pan_path = write_raster(tmp_path / "pan.tif", np.rint(pan).astype(np.uint16), crs=str(crs), transform=t, nodata=0)
     rows = {}
     for kernel in ("ddif", "toolbox"):
         out = tmp_path / kernel

@@ -210,7 +210,7 @@ def test_cli_sample_geotiff_pair(tmp_path, capsys):
     import numpy as np
 
     import ddif
-    from ddif.data import write_geotiff
+    from ddif.data import write_raster
     from ddif.data.mtf import upsample
     from ddif.data.registration import shift_image
     from ddif.data.scene import read_scene
@@ -225,8 +225,8 @@ def test_cli_sample_geotiff_pair(tmp_path, capsys):
     ms = np.rint(g.random((4, 8, 8)) * 1600 + 200).astype(np.uint16)
     pan = np.rint(g.random((1, 32, 32)) * 1600 + 200).astype(np.uint16)
     geo = dict(crs="EPSG:32632")
-    write_geotiff(tmp_path / "ms.tif", ms, transform=(40.0, 0, 500000.0, 0, -40.0, 4e6), **geo)
-    write_geotiff(tmp_path / "pan.tif", pan, transform=(10.0, 0, 500000.0, 0, -10.0, 4e6), **geo)
+    write_raster(tmp_path / "ms.tif", ms, transform=(40.0, 0, 500000.0, 0, -40.0, 4e6), **geo)
+    write_raster(tmp_path / "pan.tif", pan, transform=(10.0, 0, 500000.0, 0, -10.0, 4e6), **geo)
     out = tmp_path / "f.h5"
     base = ["sample", "--ckpt", str(tmp_path / "m.pt"), "--ms", str(tmp_path / "ms.tif"), "--out", str(out),
             "--steps", "2"]
@@ -246,14 +246,14 @@ def test_cli_sample_geotiff_pair(tmp_path, capsys):
     assert np.abs(fused[0] - lms).mean() > 1e-3                     # a fusion, not the interpolated MS
 
     capsys.readouterr()
-    write_geotiff(tmp_path / "pan_4326.tif", pan, crs="EPSG:4326", transform=(10.0, 0, 505000.0, 0, -10.0, 4e6))
+    write_raster(tmp_path / "pan_4326.tif", pan, crs="EPSG:4326", transform=(10.0, 0, 505000.0, 0, -10.0, 4e6))
     assert cli(base + ["--pan", str(tmp_path / "pan_4326.tif")]) == 2
     err = capsys.readouterr().err
     assert "pan_4326.tif" in err and "different CRSs" in err and len(err.strip().splitlines()) == 1
-    write_geotiff(tmp_path / "ms_refl.tif", ms.astype(np.float32) / 2047, transform=(40.0, 0, 500000.0, 0, -40.0, 4e6),
+    write_raster(tmp_path / "ms_refl.tif", ms.astype(np.float32) / 2047, transform=(40.0, 0, 500000.0, 0, -40.0, 4e6),
                   **geo)
     refl = base[:4] + [str(tmp_path / "ms_refl.tif")] + base[5:]
-    write_geotiff(tmp_path / "pan_refl.tif", pan.astype(np.float32) / 2047,
+    write_raster(tmp_path / "pan_refl.tif", pan.astype(np.float32) / 2047,
                   transform=(10.0, 0, 500000.0, 0, -10.0, 4e6), **geo)
     assert cli(refl + ["--pan", str(tmp_path / "pan_refl.tif")]) == 2
     err = capsys.readouterr().err
@@ -262,7 +262,7 @@ def test_cli_sample_geotiff_pair(tmp_path, capsys):
                        "--out", str(tmp_path / "g.h5")]) == 0
     with h5py.File(tmp_path / "g.h5") as f:
         np.testing.assert_allclose(f["fused"][...], fused, atol=1e-5)
-    write_geotiff(tmp_path / "pan_bad.tif", pan[:, :30, :30])
+    write_raster(tmp_path / "pan_bad.tif", pan[:, :30, :30])
     assert cli(base + ["--pan", str(tmp_path / "pan_bad.tif")]) == 2
     assert "not georeferenced" in capsys.readouterr().err
 

@@ -39,16 +39,16 @@ _LAZY = {
     # augmentation
     "RandomDihedral": "ddif.data.augment",
     "dihedral": "ddif.data.augment",
-    # GeoTIFF
-    "Raster": "ddif.data.geotiff",
-    "read_geotiff": "ddif.data.geotiff",
-    "read_geotiff_stack": "ddif.data.geotiff",
-    "write_geotiff": "ddif.data.geotiff",
+    # rasters: the one ingestion layer (GeoTIFF / VRT / one-band files stacked as a VRT)
+    "Raster": "ddif.data.raster",
+    "read_raster": "ddif.data.raster",
+    "write_raster": "ddif.data.raster",
+    "nodata_mask": "ddif.data.raster",
     # Wald protocol / MTF filtering
     "simulate_reduced_resolution": "ddif.data.mtf",
     "upsample": "ddif.data.mtf",
     "interp23tap": "ddif.data.mtf",
-    "SENSOR_MTF": "ddif.data.mtf",
+    "SENSOR_MTF": "ddif.data.sensors",
 }
 
 __all__ = list(_LAZY) + [

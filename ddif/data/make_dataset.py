@@ -78,7 +78,7 @@ def make_dataset(
     """Build ``{name}_train.h5`` / ``_val.h5`` / ``_test.h5`` (PanCollection layout) from one scene.
 
     ``ms`` / ``pan`` override ``cfg.ms`` / ``cfg.pan`` with arrays (C, h, w) and (P, r*h, r*w) in
-    DN, tensors, :class:`ddif.data.geotiff.Raster` objects or paths. Returns a summary (patch
+    DN, tensors, :class:`ddif.data.raster.Raster` objects or paths. Returns a summary (patch
     counts, file paths, regions), also written as ``{name}_summary.json``. ``progress`` shows
     tqdm bars while patches are written.
 

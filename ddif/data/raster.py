@@ -8,6 +8,7 @@ integer resolution ratio, overlap, bands, band order), the one placement rule
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -644,3 +645,184 @@ def open_pair(
         )
     halo = -(-geo.support // ratio) + 1 + int(preprocessing.fill_iterations)
     return SceneGrid(ms, pan, ratio, shift, subpixel, geo.phase, halo, (row0, col0, row1, col1), interpolation)
+
+
+# --------------------------------------------------------------------------------------------
+# whole reads (datasets, demos): the same rasters, headers, stacking and nodata rule
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Raster:
+    """Pixels ``(bands, H, W)`` in their stored dtype and the file's header (:class:`RasterInfo`,
+    the one header type: rasterio CRS and affine transform; for a window, the window's)."""
+
+    array: np.ndarray
+    info: RasterInfo
+
+    @property
+    def path(self) -> str:
+        return self.info.path
+
+    @property
+    def nodata(self) -> float | None:
+        return self.info.nodata
+
+    @property
+    def georeferenced(self) -> bool:
+        return not self.info.transform.is_identity
+
+    @property
+    def crs_wkt(self) -> str | None:
+        return self.info.crs.to_wkt() if self.info.crs else None
+
+    @property
+    def transform_tuple(self) -> tuple[float, ...] | None:
+        """(a, b, c, d, e, f): x = a col + b row + c, y = d col + e row + f; None without georeferencing."""
+        return tuple(float(v) for v in tuple(self.info.transform)[:6]) if self.georeferenced else None
+
+
+def nodata_mask(data: np.ndarray, nodata_values: Sequence[float | None]) -> np.ndarray:
+    """The one nodata rule: (H, W) True where any band of ``data`` (bands, H, W) equals one of
+    ``nodata_values`` (a NaN value matches NaN; a value the dtype cannot hold matches nothing).
+    Non-finite values that are not nodata are not masked here: :func:`check_finite_values`
+    refuses them (a NaN is data gone wrong unless the file says it means nodata)."""
+    mask = np.zeros(data.shape[-2:], dtype=bool)
+    for v in nodata_values:
+        if v is None:
+            continue
+        if math.isnan(v):
+            if data.dtype.kind == "f":
+                mask |= np.isnan(data).any(axis=0)
+            continue
+        if data.dtype.kind in "iu":
+            info = np.iinfo(data.dtype)
+            if not (float(v).is_integer() and info.min <= v <= info.max):
+                continue
+        mask |= (data == data.dtype.type(v)).any(axis=0)
+    return mask
+
+
+def check_finite_values(data: np.ndarray, nodata: np.ndarray, what: str) -> None:
+    """:class:`SceneError` (bad_values) naming ``what`` when a float raster holds NaN / Inf outside
+    its nodata mask."""
+    if data.dtype.kind == "f":
+        bad = ~np.isfinite(data).all(axis=0) & ~nodata
+        if bad.any():
+            raise SceneError(
+                BAD_VALUES,
+                f"{what}: {int(bad.sum())} pixels hold NaN/Inf that are not the nodata value (declare the "
+                "nodata value, e.g. --nodata nan, if they mark missing data)",
+            )
+
+
+def read_raster(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    what: str = "raster",
+    *,
+    bands: Sequence[int] | None = None,
+    window: Sequence[int] | None = None,
+) -> Raster:
+    """Read a raster whole, or only ``window`` = (row, col, height, width): one GeoTIFF / VRT
+    (all bands, or the 1-based ``bands``), or several one-band files stacked in order as a VRT
+    (:func:`band_stack_xml`: same CRS, geotransform, size, dtype and nodata). Opened by
+    :func:`open_raster` like every scene: ``FileNotFoundError`` for a missing file,
+    :class:`SceneError` (a ``ValueError``) naming the file for one that cannot be opened or
+    decoded (corrupt, truncated, not a raster) or for bands / windows it does not have."""
+    rasterio = import_rasterio()
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    files = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    if not files:
+        raise ValueError(f"{what}: no raster files given")
+    for f in files:
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: no such file")
+        if f.is_dir():
+            raise ValueError(f"{f}: is a directory, expected a GeoTIFF")
+    if len(files) == 1:
+        info = open_raster(files[0], what)
+        source: str = str(files[0])
+    else:
+        if bands is not None:
+            raise ValueError(f"{what}: a band selection applies to one multi-band file, got {len(files)} files")
+        source = band_stack_xml(files, what)  # GDAL opens a VRT given as its XML text
+        info = dataclasses.replace(open_raster(files[0], what), path=",".join(str(f) for f in files))
+        info.count = len(files)
+    indexes = list(range(1, info.count + 1)) if bands is None else [int(b) for b in bands]
+    bad = [b for b in indexes if not 1 <= b <= info.count]
+    if bad:
+        raise SceneError(WRONG_BANDS, f"{info.path}: has {info.count} bands (1-based), asked for {bad}")
+    win = None
+    if window is not None:
+        row, col, height, width = (int(v) for v in window)
+        if row < 0 or col < 0 or height <= 0 or width <= 0 or row + height > info.height or col + width > info.width:
+            raise SceneError(
+                BAD_GRID,
+                f"{info.path}: window (row {row}, col {col}, {height}x{width}) is not inside the "
+                f"{info.height}x{info.width} raster",
+            )
+        win = Window(col, row, width, height)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # an ungeoreferenced file is fine
+            with rasterio.open(source) as src:
+                if len({src.dtypes[i - 1] for i in indexes}) > 1:
+                    raise SceneError(BAD_VALUES, f"{info.path}: bands {indexes} have mixed dtypes {src.dtypes}")
+                data = src.read(indexes, window=win)
+    except gdal_errors() as exc:
+        raise SceneError(
+            CORRUPT, f"{info.path}: cannot read as a GeoTIFF (corrupt, truncated or not a raster?): {exc}"
+        ) from None
+    if data.dtype.kind not in "iuf":
+        raise SceneError(BAD_VALUES, f"{info.path}: pixel dtype {data.dtype} is not integer or float")
+    header = dataclasses.replace(info, count=len(indexes), dtype=str(data.dtype))
+    if win is not None:
+        header = dataclasses.replace(header, width=win.width, height=win.height)
+        if not info.transform.is_identity:
+            header.transform = window_transform(win, info.transform)
+    return Raster(data, header)
+
+
+def write_raster(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    crs: Any = None,
+    transform: Any = None,
+    nodata: float | None = None,
+    compress: str | None = "deflate",
+) -> Path:
+    """Write ``data`` (bands, H, W) or (H, W) as a GeoTIFF, atomically (temporary file + rename).
+    ``crs``: anything rasterio takes ("EPSG:32632", WKT, a CRS); ``transform``: an Affine or its
+    six coefficients (a, b, c, d, e, f)."""
+    rasterio = import_rasterio()
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.transform import Affine
+
+    from ddif.utils.io import atomic_path
+
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3 or data.size == 0:
+        raise ValueError(f"expected (bands, H, W) or (H, W) pixels, got shape {data.shape}")
+    if data.dtype.kind not in "iuf" or data.dtype == np.float16:
+        raise ValueError(f"GeoTIFF pixels must be an integer or float32/64 dtype, got {data.dtype}")
+    profile: dict[str, Any] = dict(
+        driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=data.dtype.name
+    )
+    if crs is not None:
+        profile["crs"] = crs
+    if transform is not None:
+        profile["transform"] = transform if isinstance(transform, Affine) else Affine(*tuple(transform)[:6])
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if compress:
+        profile["compress"] = compress
+    path = Path(path)
+    with atomic_path(path, suffix=".partial.tif") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # allowed: no transform given
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+    return path

@@ -40,7 +40,6 @@ DN) is stored in its checkpoint (``preset.data`` / ``preset.model.max_dn``) and 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,12 +66,14 @@ from ddif.data.raster import (  # noqa: F401 (re-exported)
     SceneGrid,
     band_stack_xml,
     check_band_order,
+    check_finite_values,
     check_grids,
     gdal_env,
     gdal_errors,
     import_rasterio,
     interpolation_geometry,
     is_vrt,
+    nodata_mask,
     open_pair,
     open_raster,
     paired_windows,
@@ -99,24 +100,14 @@ if TYPE_CHECKING:
 # masks, filling, normalisation
 # --------------------------------------------------------------------------------------------
 def invalid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(H, W) True where any band is nodata (or NaN when nodata is NaN)."""
-    mask = np.zeros(data.shape[-2:], dtype=bool)
-    if nodata is None:
-        return mask
-    if data.dtype.kind == "f" and math.isnan(nodata):
-        return np.isnan(data).any(axis=0)
-    if data.dtype.kind in "iu":
-        info = np.iinfo(data.dtype)
-        if not (float(nodata).is_integer() and info.min <= nodata <= info.max):
-            return mask
-    return (data == data.dtype.type(nodata)).any(axis=0)
+    """(H, W) True where any band is the file's nodata value: :func:`ddif.data.raster.nodata_mask`
+    with its one tag."""
+    return nodata_mask(data, [nodata])
 
 
 def check_finite(data: np.ndarray, invalid: np.ndarray, what: str) -> None:
-    if data.dtype.kind == "f":
-        bad = ~np.isfinite(data).all(axis=0) & ~invalid
-        if bad.any():
-            raise SceneError(BAD_VALUES, f"{what}: {int(bad.sum())} pixels hold NaN/Inf that are not the nodata value")
+    """NaN / Inf outside the nodata mask refused (:func:`ddif.data.raster.check_finite_values`)."""
+    check_finite_values(data, invalid, what)
 
 
 def fill_invalid(x: np.ndarray, invalid: np.ndarray, iterations: int) -> np.ndarray:

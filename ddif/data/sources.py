@@ -1,5 +1,5 @@
 """The scene a dataset is built from: loading MS / PAN pixels from paths (GeoTIFF, per-band
-GeoTIFFs, ``.npy``), :class:`ddif.data.geotiff.Raster` objects, arrays or tensors; band selection,
+GeoTIFFs, ``.npy``), :class:`ddif.data.raster.Raster` objects, arrays or tensors; band selection,
 windows and fill masks; MS / PAN registration (:func:`register_pair`, by the placement rule of
 :mod:`ddif.data.scene`); and :func:`prepare_scene`, which turns a configured pair into the
 trimmed, normalised arrays the splits are planned on and degraded from.
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from ddif.data.dataset_config import MakeDatasetConfig
-    from ddif.data.geotiff import Raster
+    from ddif.data.raster import Raster
 
     # what an image is loaded from (see load_image): a path (GeoTIFF or .npy), per-band GeoTIFF
     # paths, a Raster, a (C, H, W) / (H, W) array or tensor
@@ -58,7 +58,7 @@ def load_image(
     only there)."""
     import torch
 
-    from ddif.data.geotiff import Raster, fill_mask, read_geotiff, read_geotiff_stack
+    from ddif.data.raster import Raster, check_finite_values, nodata_mask, read_raster
 
     if isinstance(source, torch.Tensor):
         source = source.detach().cpu().numpy()
@@ -76,22 +76,25 @@ def load_image(
             except ValueError as e:
                 raise ValueError(f"{paths[0]}: not a readable .npy file: {e}") from None
             return _from_array(arr, what, bands, extra_nodata, str(paths[0]), window)
-        source = read_geotiff(paths[0], window=window) if len(paths) == 1 else read_geotiff_stack(paths, window=window)
+        source = read_raster(paths[0] if len(paths) == 1 else paths, what, window=window)
         window = None  # already applied
     if isinstance(source, Raster):
-        arr, transform = source.array, source.transform
+        arr, transform = source.array, source.transform_tuple
         if window is not None:
             arr = _window(arr, window, f"{what} ({source.path})")
             if transform is not None:
-                from ddif.data.geotiff import shift_transform
+                from rasterio.transform import Affine
 
-                transform = shift_transform(transform, window[0], window[1])
+                shifted = source.info.transform @ Affine.translation(int(window[1]), int(window[0]))
+                transform = tuple(float(v) for v in tuple(shifted)[:6])
         if bands:
             arr = _select_bands(arr, bands, f"{what} ({source.path})")
         if arr.dtype.kind not in "iuf":
             raise ValueError(f"{what}: pixel dtype {arr.dtype} is not numeric")
         tags = [] if source.nodata is None else [source.nodata]
-        return LoadedImage(arr, fill_mask(arr, tags + list(extra_nodata)), source.crs, transform, source.path)
+        fill = nodata_mask(arr, tags + list(extra_nodata))
+        check_finite_values(arr, fill, f"{what} ({source.path})")
+        return LoadedImage(arr, fill, source.crs_wkt, transform, source.path)
     if isinstance(source, np.ndarray):
         return _from_array(source, what, bands, extra_nodata, "array", window)
     raise ValueError(
@@ -115,7 +118,7 @@ def _select_bands(arr: np.ndarray, bands: Sequence[int], what: str) -> np.ndarra
 
 
 def _from_array(arr: np.ndarray, what: str, bands, extra_nodata, source: str, window=None) -> LoadedImage:
-    from ddif.data.geotiff import fill_mask
+    from ddif.data.raster import check_finite_values, nodata_mask
 
     if arr.ndim == 2:
         arr = arr[None]
@@ -132,7 +135,9 @@ def _from_array(arr: np.ndarray, what: str, bands, extra_nodata, source: str, wi
     if bands:
         arr = _select_bands(arr, bands, what)
     arr = np.ascontiguousarray(arr)
-    return LoadedImage(arr, fill_mask(arr, list(extra_nodata)), None, None, source)
+    fill = nodata_mask(arr, list(extra_nodata))
+    check_finite_values(arr, fill, what)
+    return LoadedImage(arr, fill, None, None, source)
 
 
 def auto_max_dn(arr: np.ndarray) -> float:
@@ -154,8 +159,8 @@ def _check_shapes(ms: LoadedImage, pan: LoadedImage, ratio: int) -> None:
 def _georef(source) -> Any:
     """A :class:`ddif.data.scene.RasterInfo` header of a GeoTIFF source (path, list of per-band
     paths, or Raster), or None for arrays / ungeoreferenced rasters."""
-    from ddif.data.geotiff import Raster
-    from ddif.data.scene import RasterInfo, open_raster
+    from ddif.data.raster import Raster
+    from ddif.data.scene import open_raster
 
     if isinstance(source, (str, os.PathLike)):
         source = (source,)
@@ -164,21 +169,8 @@ def _georef(source) -> Any:
             return None
         info = open_raster(source[0], "MS" if len(source) > 1 else "raster")
         return None if info.transform.is_identity else info
-    if isinstance(source, Raster) and source.transform is not None:
-        from rasterio.crs import CRS
-        from rasterio.transform import Affine
-
-        h, w = source.shape
-        return RasterInfo(
-            source.path,
-            w,
-            h,
-            source.bands,
-            str(source.array.dtype),
-            source.nodata,
-            CRS.from_wkt(source.crs) if source.crs else None,
-            Affine(*source.transform[:6]),
-        )
+    if isinstance(source, Raster) and source.georeferenced:
+        return source.info
     return None
 
 
