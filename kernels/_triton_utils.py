@@ -1,5 +1,5 @@
-"""Plumbing shared by the Triton kernels: can Triton launch here, autocast, export guards, launch
-sizes.
+"""Plumbing shared by the Triton kernels: can Triton launch here, launch sizes (the export and
+autocast rules live in :mod:`ddif.kernels.dispatch`).
 
 Nothing here imports Triton at module import. The kernel modules (``ddif.kernels._haar_triton``,
 ``ddif.kernels._fwm_triton``) are imported on first use; Triton decides *when a kernel is defined*
@@ -118,27 +118,6 @@ def launch_error(device: torch.device) -> RuntimeError:
         "use the reference op, or a CUDA tensor, or set TRITON_INTERPRET=1 before the first "
         "kernel use to run on CPU in the interpreter"
     )
-
-
-def exporting() -> bool:
-    """True while a graph is traced for export (ONNX or torch.export): use the reference ops then,
-    so the exported graph holds only standard operators."""
-    if torch.jit.is_tracing():
-        return True
-    if torch.onnx.is_in_onnx_export():
-        return True
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting and is_exporting())
-
-
-def autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The autocast policy of the fused ops: under ``torch.autocast`` floating inputs are cast to
-    the autocast dtype (the kernels still accumulate in fp32), the way eager matmuls are."""
-    device_type = tensors[0].device.type
-    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)
-    return tensors
 
 
 def next_pow2(n: int) -> int:

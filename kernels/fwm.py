@@ -25,15 +25,8 @@ import math
 import torch
 from torch import Tensor
 
-from ddif.kernels._triton_utils import (
-    KERNEL_DTYPES,
-    autocast_inputs,
-    can_launch,
-    exporting,
-    launch_error,
-    load_kernels,
-    status_entry,
-)
+from ddif.kernels._triton_utils import KERNEL_DTYPES, can_launch, launch_error, load_kernels, status_entry
+from ddif.kernels.dispatch import autocast_dtype, autocast_inputs, exporting
 
 __all__ = [
     "fwm_context_ref",
@@ -174,8 +167,7 @@ def fused_ready(*tensors: Tensor) -> bool:
     """Whether the Triton kernels can take these tensors here (device, dtype after the autocast
     policy, non-empty)."""
     t = tensors[0]
-    device_type = t.device.type
-    cast = device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
+    cast = autocast_dtype(t.device.type) is not None
     ok_dtype = (lambda x: x.is_floating_point()) if cast else (lambda x: x.dtype in KERNEL_DTYPES)
     return all(ok_dtype(x) and x.numel() > 0 and x.device == t.device for x in tensors) and can_launch(
         t.device, _KERNELS

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddif.kernels._triton_utils import KERNEL_DTYPES, can_launch, exporting, launch_error, load_kernels, status_entry
+from ddif.kernels._triton_utils import KERNEL_DTYPES, can_launch, launch_error, load_kernels, status_entry
+from ddif.kernels.dispatch import exporting
 
 __all__ = [
     "haar_dwt2_ref",

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ddif.kernels._triton_utils import constant_while_tracing
+from ddif.kernels.dispatch import autocast_inputs, exporting
 
 __all__ = ["style_modulated_conv_ref", "style_modulated_conv", "csm", "CsmKernelConfig", "CONFIG", "fused_available"]
 
@@ -268,13 +269,11 @@ def style_modulated_conv(
     be); ``scale`` / ``shift`` may broadcast to (B, C_out, H, W); any memory layout is accepted.
     ONNX / ``torch.export`` see the reference, which exporters understand.
     """
-    if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+    if exporting():
         return style_modulated_conv_ref(x, weight, bias, scale, shift)
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        x, weight, scale, shift = (t.to(dtype) for t in (x, weight, scale, shift))
-        bias = bias.to(dtype) if bias is not None else None
+    x, weight, scale, shift = autocast_inputs(x, weight, scale, shift)
+    if bias is not None:
+        (bias,) = autocast_inputs(bias)
     if x.dim() == 4 and weight.dim() in (2, 4):
         out_shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
         scale, shift = (_broadcast_map(t, out_shape) for t in (scale, shift))

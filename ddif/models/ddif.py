@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ddif.config import ModelConfig, Preset, get_preset
+from ddif.kernels.dispatch import tracing_or_capturing
 from ddif.models.blocks import (
     DecoderBlock,
     Downsample,
@@ -79,15 +80,7 @@ def checks_enabled() -> bool:
     :func:`inputs_checked` (a sampler's fixed-step loop: its inputs were checked once at entry)."""
     if getattr(_checked, "depth", 0):
         return False
-    if torch.jit.is_tracing():
-        return False
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        return False
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()):
-        return False
-    onnx = getattr(torch, "onnx", None)
-    return not (onnx is not None and onnx.is_in_onnx_export())
+    return not tracing_or_capturing()
 
 
 @dataclass
