@@ -191,3 +191,56 @@ def test_no_private_name_is_imported_across_modules():
                     if private and alias.name != "_C":  # the compiled extension module
                         found.append(f"{name}:{node.lineno} imports {alias.name} from {node.module}")
     assert not found, "\n".join(found)
+
+
+# Functions over 80 lines and classes over 300 lines in the installed package, each with why it is
+# one unit (or what split is still open). A new one fails this test: give it a reason here or cut it.
+LONG_UNITS = {
+    "ddif.station.distributed.RayBackend": "actor pool and batch scheduler share one lock and the "
+    "capacity accounting of every scene in flight; the split into pool and scheduler is open (issue 20)",
+    "ddif.station.distributed.RayBackend.map_batches": "the scheduler's one loop: submit within the "
+    "call's share, wait, journal, resubmit a lost actor's batches; its states are local to the loop",
+    "ddif.station.distributed.RayBackend.__init__": "argument checks, Ray start, model shipping and "
+    "the pool's first actors: one sequence whose cleanup on failure is one try block",
+    "ddif.training.trainer.Trainer": "the training loop's state (model, EMA, optimiser, scheduler, "
+    "AMP scaler, data order, logs) saved and resumed exactly as one checkpoint",
+    "ddif.station.watch.StationService": "the service's poll loop and per-scene orchestration; its "
+    "parts (claims, recovery, readiness, failures, catalogue) are modules of their own",
+    "ddif.models.ddif.DDIF": "the published network (encoder, decoder, condition cache, time "
+    "features, checkpoint I/O) as one nn.Module, as the reference code has it",
+    "ddif.data.h5.inspect_h5": "one pass over a file's datasets with one message per problem found",
+    "ddif.export.check_tensorrt.main": "a GPU-machine script: build, accuracy and timing in order",
+    "ddif.cli.fuse.run": "the one-shot command's order of checks before anything is written",
+    "ddif.data.make_dataset.make_dataset": "the dataset recipe in order (load, register, split, "
+    "degrade, write, summarise); each step is a function of its own",
+    "ddif.station.run._fuse_tiles": "the one journaling loop (read, sample strategy, journal, "
+    "progress, stop) shared by the sequential and the Ray paths",
+    "ddif.data.raster.band_stack_xml": "one VRT document: the checks of every band file against the "
+    "first and the XML they produce",
+    "ddif.station.products.stac_item": "one STAC item: every extension's fields in one place",
+    "ddif.kernels._haar_triton._wavelet_condition_bwd_kernel": "a Triton kernel: one program",
+    "ddif.station.watch.StationService._process": "one scene: fuse, place, catalogue, archive, with "
+    "one handler per outcome (bad scene, stop, any other error)",
+}
+
+
+def test_long_functions_and_classes_have_a_stated_reason():
+    found = {}
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text(), str(path))
+
+        def visit(node, prefix):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    qual = f"{prefix}.{child.name}"
+                    lines = child.end_lineno - child.lineno + 1
+                    limit = 300 if isinstance(child, ast.ClassDef) else 80
+                    if lines > limit:
+                        found[qual] = lines
+                    visit(child, qual)
+
+        visit(tree, name)
+    unexplained = {k: v for k, v in found.items() if k not in LONG_UNITS}
+    assert not unexplained, f"over 80 lines (functions) / 300 lines (classes) without a reason: {unexplained}"
+    stale = sorted(set(LONG_UNITS) - set(found))
+    assert not stale, f"no longer long, remove from LONG_UNITS: {stale}"
