@@ -196,12 +196,8 @@ def test_no_private_name_is_imported_across_modules():
 # Functions over 80 lines and classes over 300 lines in the installed package, each with why it is
 # one unit (or what split is still open). A new one fails this test: give it a reason here or cut it.
 LONG_UNITS = {
-    "ddif.station.distributed.RayBackend": "actor pool and batch scheduler share one lock and the "
-    "capacity accounting of every scene in flight; the split into pool and scheduler is open (issue 20)",
     "ddif.station.distributed.RayBackend.map_batches": "the scheduler's one loop: submit within the "
     "call's share, wait, journal, resubmit a lost actor's batches; its states are local to the loop",
-    "ddif.station.distributed.RayBackend.__init__": "argument checks, Ray start, model shipping and "
-    "the pool's first actors: one sequence whose cleanup on failure is one try block",
     "ddif.training.trainer.Trainer": "the training loop's state (model, EMA, optimiser, scheduler, "
     "AMP scaler, data order, logs) saved and resumed exactly as one checkpoint",
     "ddif.station.watch.StationService": "the service's poll loop and per-scene orchestration; its "

@@ -260,7 +260,7 @@ def test_watch_on_ray_cluster_survives_a_killed_node_byte_identical(tmp_path, cl
     pool_s = time.perf_counter() - t0
     try:
         assert backend.actors == 2 and backend.name == "pytorch"
-        nodes = {a.facts["node"] for a in backend._live}
+        nodes = {a.facts["node"] for a in backend.pool.live}
         assert len(nodes) == 2  # one actor per worker node
         head = [n["NodeID"] for n in ray.nodes() if n["Alive"] and not n["Resources"].get("CPU")]
         assert head == [ray.get_runtime_context().get_node_id()]  # the driver is on the head

@@ -162,8 +162,198 @@ class _Batch:
     refs: tuple[Any, Any, Any]  # lms, pan, noise in the object store (kept until the batch is done)
 
 
+class ActorPool:
+    """The actors of a :class:`RayBackend`: spawning (one checkpoint shipped once through the object
+    store), joining (an actor that built another backend than the first is refused), losing and
+    replacing, and the capacity shared by the scenes in flight. Its state (``live``, ``starting``,
+    busy counts, ``empty_since``, ``lost``) is changed under ``lock``; ``freed`` wakes a scene
+    waiting for capacity."""
+
+    def __init__(
+        self,
+        ray: ModuleType,
+        model: Path,
+        factory: BackendFactory,
+        *,
+        threads: int,
+        gpus_per_actor: float,
+        in_flight_per_actor: int,
+        replace_timeout_s: float,
+        log: EventLog,
+    ):
+        self.ray = ray
+        self.lost_errors = _lost_errors(ray)
+        self.log = log
+        self.threads = threads
+        self.gpus_per_actor = gpus_per_actor
+        self.in_flight_per_actor = in_flight_per_actor
+        self.replace_timeout_s = replace_timeout_s
+        data = model.read_bytes()
+        self.model_sha256 = hashlib.sha256(data).hexdigest()
+        self._model_ref = ray.put(data)
+        del data
+        self._model_name = model.name
+        self._factory = factory
+        options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
+        if gpus_per_actor > 0:
+            options.update(num_gpus=gpus_per_actor, num_cpus=1)
+        else:
+            options.update(num_cpus=threads)
+        self._actor_class = ray.remote(TileActor).options(**options)
+        self._next_id = 0
+        self.live: list[_Actor] = []
+        self.starting: dict[Any, _Actor] = {}  # facts() ref -> actor not yet known to be up
+        self.empty_since: float | None = None
+        self.facts: dict[str, Any] | None = None  # the first actor's backend facts
+        self.lost = 0
+        self.resubmitted = 0
+        self.lock = threading.RLock()
+        self.freed = threading.Condition(self.lock)
+        self.active_calls = 0
+
+    def default_actors(self) -> int:
+        res = self.ray.cluster_resources()
+        cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+        n = int(gpus // self.gpus_per_actor) if self.gpus_per_actor > 0 else int(cpus // self.threads)
+        if n < 1:
+            need = f"{self.gpus_per_actor:g} GPU" if self.gpus_per_actor > 0 else f"{self.threads} CPU"
+            raise RuntimeError(
+                f"the Ray cluster offers {cpus:g} CPUs and {gpus:g} GPUs: not enough for one actor ({need} each)"
+            )
+        return n
+
+    def spawn(self) -> _Actor:
+        handle = self._actor_class.remote(
+            self._model_ref, self._model_name, self.model_sha256, self._factory, self.threads
+        )
+        actor = _Actor(self._next_id, handle)
+        self._next_id += 1
+        self.starting[handle.facts.remote()] = actor
+        return actor
+
+    def join(self, ref: Any, log: EventLog, fields: dict[str, Any], strict: bool = False) -> BaseException | None:
+        """A starting actor answered: add it to the pool, or return why it could not start. One
+        that built another backend than the first is refused: an error at start (``strict``),
+        later (a replacement on another kind of machine) a logged ``ray_actor_refused``."""
+        actor = self.starting.pop(ref)
+        try:
+            facts = self.ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - a failed start is reported, not fatal while others live
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor.handle, no_restart=True)
+            log.warning("ray_actor_start_failed", actor=actor.id, error=_short(exc), **fields)
+            return exc
+        if self.facts is None:
+            self.facts = facts
+        else:
+            same = ("name", "describe", "steps", "batch_size", "tiling")
+            diff = {k: (self.facts[k], facts[k]) for k in same if facts[k] != self.facts[k]}
+            if diff:
+                with contextlib.suppress(Exception):
+                    self.ray.kill(actor.handle, no_restart=True)
+                message = (
+                    f"Ray actor {actor.id} on {facts['ip']} built another backend than the first ({diff}): "
+                    "the product would mix two computations; name the backend and device explicitly"
+                )
+                if strict:
+                    raise RuntimeError(message)
+                log.error("ray_actor_refused", actor=actor.id, ip=facts["ip"], error=message, **fields)
+                return RuntimeError(message)
+            if facts["versions"] != self.facts["versions"]:
+                log.warning(
+                    "ray_version_mismatch",
+                    actor=actor.id,
+                    versions=facts["versions"],
+                    first=self.facts["versions"],
+                    note="products may differ in the last bits from a single-machine run",
+                )
+        actor.facts = facts
+        self.live.append(actor)
+        self.empty_since = None
+        return None
+
+    def start(self, actors: int, timeout_s: float) -> None:
+        """Spawn ``actors`` and wait up to ``timeout_s`` for them: an error when none started."""
+        for _ in range(actors):
+            self.spawn()
+        deadline = time.monotonic() + timeout_s
+        errors: list[BaseException] = []
+        while self.starting and time.monotonic() < deadline:
+            ready, _ = self.ray.wait(list(self.starting), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            for ref in ready:
+                exc = self.join(ref, self.log, {}, strict=True)
+                if exc is not None:
+                    errors.append(exc)
+        if not self.live:
+            why = f": {_short(errors[0])}" if errors else f" within {timeout_s:g} s (not enough resources?)"
+            raise RuntimeError(f"no Ray actor could be started{why}")
+        if self.starting:
+            self.log.warning(
+                "ray_actors_pending",
+                pending=len(self.starting),
+                actors=len(self.live),
+                note="not placed yet: they join the pool when Ray can place them",
+            )
+
+    def lose(
+        self,
+        actor: _Actor,
+        exc: BaseException,
+        first: _Batch,
+        inflight: dict[Any, tuple[_Batch, _Actor]],
+        queue: deque[_Batch],
+        log: EventLog,
+        fields: dict[str, Any],
+    ) -> int:
+        """``actor`` is gone: queue the calling scene's batches on it again (ahead of new ones); the
+        first call to notice (several scenes may have had batches on it) asks for a replacement.
+        Returns the number of batches queued again."""
+        moved = [first] + [inflight.pop(ref)[0] for ref in [r for r, (_, a) in inflight.items() if a is actor]]
+        moved.sort(key=lambda b: b.key)
+        queue.extendleft(reversed(moved))
+        replacement = None
+        with self.lock:
+            if actor in self.live:
+                self.live.remove(actor)
+                self.lost += 1
+                with contextlib.suppress(Exception):
+                    self.ray.kill(actor.handle, no_restart=True)
+                if not self.live and self.empty_since is None:
+                    self.empty_since = time.monotonic()
+                replacement = self.spawn()
+            self.resubmitted += len(moved)
+            self.freed.notify_all()
+        log.warning(
+            "ray_actor_lost",
+            **actor.where(),
+            error=_short(exc),
+            batches_resubmitted=[b.key for b in moved],
+            actors_left=len(self.live),
+            replacement=replacement.id if replacement is not None else None,
+            **fields,
+        )
+        return len(moved)
+
+    def has_room(self, mine: int) -> bool:
+        """Whether a call with ``mine`` batches in flight may submit one more (under ``lock``): the
+        pool is below its capacity (``in_flight_per_actor`` x actors) and the call below its share,
+        the capacity split evenly between the calls running now."""
+        capacity = self.in_flight_per_actor * len(self.live)
+        share = max(1, -(-capacity // max(1, self.active_calls)))
+        return bool(self.live) and sum(a.busy for a in self.live) < capacity and mine < share
+
+    def close(self) -> None:
+        for actor in [*self.live, *self.starting.values()]:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor.handle, no_restart=True)
+        self.live.clear()
+        self.starting.clear()
+
+
 class RayBackend:
-    """A station backend whose ``sample_tiles`` runs on a pool of Ray actors (module docstring).
+    """A station backend whose ``sample_tiles`` runs on a pool of Ray actors (module docstring):
+    the backend's facts (those of the first actor's backend) and the batch scheduler
+    (:meth:`map_batches`) over an :class:`ActorPool`.
 
     ``model``: the checkpoint (any single file ``factory`` accepts: engine ``.pt``, self-contained
     ``.onnx``, ...); its bytes are shipped to the actors. ``factory(path)`` builds the backend in
@@ -191,22 +381,17 @@ class RayBackend:
         replace_timeout_s: float = 120.0,
         log: EventLog | None = None,
     ):
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        if gpus_per_actor < 0:
-            raise ValueError(f"gpus_per_actor must be >= 0, got {gpus_per_actor}")
+        for name, value, low in (("threads", threads, 1), ("gpus_per_actor", gpus_per_actor, 0)):
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
         if in_flight_per_actor < 1:
             raise ValueError(f"in_flight_per_actor must be >= 1, got {in_flight_per_actor}")
         if actors is not None and actors < 1:
             raise ValueError(f"actors must be >= 1, got {actors}")
         ray = import_ray()
         self._ray = ray
-        self._lost = _lost_errors(ray)
         self.log = log or NullLog()
         self.threads = int(threads)
-        self.gpus_per_actor = float(gpus_per_actor)
-        self.in_flight_per_actor = int(in_flight_per_actor)
-        self.replace_timeout_s = float(replace_timeout_s)
         t0 = time.perf_counter()
         self._owns_ray = False
         if not ray.is_initialized():
@@ -216,56 +401,38 @@ class RayBackend:
             except Exception as exc:  # ConnectionError, a wrong address, a version mismatch ...
                 raise RuntimeError(f"cannot connect to the Ray cluster at {address or 'RAY_ADDRESS'}: {exc}") from exc
             self._owns_ray = True
-        path = Path(model)
-        data = path.read_bytes()
-        self.model_sha256 = hashlib.sha256(data).hexdigest()
-        self._model_ref = ray.put(data)
-        del data
-        self._model_name = path.name
-        self._factory = factory
-        options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
-        if self.gpus_per_actor > 0:
-            options.update(num_gpus=self.gpus_per_actor, num_cpus=1)
-        else:
-            options.update(num_cpus=self.threads)
-        self._actor_class = ray.remote(TileActor).options(**options)
-        if actors is None:
-            actors = self._default_actors()
-        self._next_id = 0
-        self._live: list[_Actor] = []
-        self._starting: dict[Any, _Actor] = {}  # facts() ref -> actor not yet known to be up
-        self._empty_since: float | None = None
-        self._facts: dict[str, Any] | None = None
-        self.lost = 0
-        self.resubmitted = 0
-        # the pool (_live, _starting, busy counts, _empty_since, lost) is shared by the scenes being
-        # fused at once: changed under _lock; _freed wakes a scene waiting for the capacity to free
-        self._lock = threading.RLock()
-        self._freed = threading.Condition(self._lock)
-        self._active_calls = 0
+        self.pool = ActorPool(
+            ray,
+            Path(model),
+            factory,
+            threads=self.threads,
+            gpus_per_actor=float(gpus_per_actor),
+            in_flight_per_actor=int(in_flight_per_actor),
+            replace_timeout_s=float(replace_timeout_s),
+            log=self.log,
+        )
+        self.model_sha256 = self.pool.model_sha256
         self._per_thread = threading.local()  # this thread's map_batches statistics
         try:
-            for _ in range(actors):
-                self._spawn()
-            self._await_start(start_timeout_s)
+            self.pool.start(actors if actors is not None else self.pool.default_actors(), start_timeout_s)
         except BaseException:
             self.close()
             raise
         self.log.info(
             "ray_pool_started",
-            actors=len(self._live),
-            pending=len(self._starting),
-            nodes=len({a.where()["node"] for a in self._live}),
+            actors=len(self.pool.live),
+            pending=len(self.pool.starting),
+            nodes=len({a.where()["node"] for a in self.pool.live}),
             backend=self.describe(),
             threads=self.threads,
-            gpus_per_actor=self.gpus_per_actor or None,
+            gpus_per_actor=self.pool.gpus_per_actor or None,
             seconds=round(time.perf_counter() - t0, 3),
         )
 
     # ------------------------------------------------------------------ the backend interface
     def _fact(self, key: str) -> Any:
-        assert self._facts is not None  # set once the first actor started (__init__)
-        return self._facts[key]
+        assert self.pool.facts is not None  # set once the first actor started (__init__)
+        return self.pool.facts[key]
 
     @property
     def name(self) -> str:
@@ -316,7 +483,12 @@ class RayBackend:
     @property
     def actors(self) -> int:
         """Actors up now."""
-        return len(self._live)
+        return len(self.pool.live)
+
+    @property
+    def lost(self) -> int:
+        """Actors lost so far."""
+        return self.pool.lost
 
     def sample_tiles(
         self,
@@ -342,139 +514,9 @@ class RayBackend:
 
     def pool_info(self) -> dict[str, Any]:
         """The calling thread's last :meth:`map_batches` run, for the scene's report."""
-        return {"executor": "ray", "actors": len(self._live), "threads_per_actor": self.threads, **self.last_run}
+        return {"executor": "ray", "actors": len(self.pool.live), "threads_per_actor": self.threads, **self.last_run}
 
-    # ------------------------------------------------------------------ the pool
-    def _default_actors(self) -> int:
-        res = self._ray.cluster_resources()
-        cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
-        n = int(gpus // self.gpus_per_actor) if self.gpus_per_actor > 0 else int(cpus // self.threads)
-        if n < 1:
-            need = f"{self.gpus_per_actor:g} GPU" if self.gpus_per_actor > 0 else f"{self.threads} CPU"
-            raise RuntimeError(
-                f"the Ray cluster offers {cpus:g} CPUs and {gpus:g} GPUs: not enough for one actor ({need} each)"
-            )
-        return n
-
-    def _spawn(self) -> _Actor:
-        handle = self._actor_class.remote(
-            self._model_ref, self._model_name, self.model_sha256, self._factory, self.threads
-        )
-        actor = _Actor(self._next_id, handle)
-        self._next_id += 1
-        self._starting[handle.facts.remote()] = actor
-        return actor
-
-    def _join(self, ref: Any, log: EventLog, fields: dict[str, Any], strict: bool = False) -> BaseException | None:
-        """A starting actor answered: add it to the pool, or return why it could not start. One
-        that built another backend than the first is refused: an error at start (``strict``),
-        later (a replacement on another kind of machine) a logged ``ray_actor_refused``."""
-        actor = self._starting.pop(ref)
-        try:
-            facts = self._ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - a failed start is reported, not fatal while others live
-            with contextlib.suppress(Exception):
-                self._ray.kill(actor.handle, no_restart=True)
-            log.warning("ray_actor_start_failed", actor=actor.id, error=_short(exc), **fields)
-            return exc
-        if self._facts is None:
-            self._facts = facts
-        else:
-            same = ("name", "describe", "steps", "batch_size", "tiling")
-            diff = {k: (self._facts[k], facts[k]) for k in same if facts[k] != self._facts[k]}
-            if diff:
-                with contextlib.suppress(Exception):
-                    self._ray.kill(actor.handle, no_restart=True)
-                message = (
-                    f"Ray actor {actor.id} on {facts['ip']} built another backend than the first ({diff}): "
-                    "the product would mix two computations; name the backend and device explicitly"
-                )
-                if strict:
-                    raise RuntimeError(message)
-                log.error("ray_actor_refused", actor=actor.id, ip=facts["ip"], error=message, **fields)
-                return RuntimeError(message)
-            if facts["versions"] != self._facts["versions"]:
-                log.warning(
-                    "ray_version_mismatch",
-                    actor=actor.id,
-                    versions=facts["versions"],
-                    first=self._facts["versions"],
-                    note="products may differ in the last bits from a single-machine run",
-                )
-        actor.facts = facts
-        self._live.append(actor)
-        self._empty_since = None
-        return None
-
-    def _await_start(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        errors: list[BaseException] = []
-        while self._starting and time.monotonic() < deadline:
-            ready, _ = self._ray.wait(
-                list(self._starting), num_returns=1, timeout=max(0.0, deadline - time.monotonic())
-            )
-            for ref in ready:
-                exc = self._join(ref, self.log, {}, strict=True)
-                if exc is not None:
-                    errors.append(exc)
-        if not self._live:
-            why = f": {_short(errors[0])}" if errors else f" within {timeout_s:g} s (not enough resources?)"
-            raise RuntimeError(f"no Ray actor could be started{why}")
-        if self._starting:
-            self.log.warning(
-                "ray_actors_pending",
-                pending=len(self._starting),
-                actors=len(self._live),
-                note="not placed yet: they join the pool when Ray can place them",
-            )
-
-    def _lose(
-        self,
-        actor: _Actor,
-        exc: BaseException,
-        first: _Batch,
-        inflight: dict[Any, tuple[_Batch, _Actor]],
-        queue: deque[_Batch],
-        log: EventLog,
-        fields: dict[str, Any],
-    ) -> None:
-        """``actor`` is gone: queue this call's batches on it again (ahead of new ones); the first
-        call to notice (several scenes may have had batches on it) asks for a replacement."""
-        moved = [first] + [inflight.pop(ref)[0] for ref in [r for r, (_, a) in inflight.items() if a is actor]]
-        moved.sort(key=lambda b: b.key)
-        queue.extendleft(reversed(moved))
-        replacement = None
-        with self._lock:
-            if actor in self._live:
-                self._live.remove(actor)
-                self.lost += 1
-                with contextlib.suppress(Exception):
-                    self._ray.kill(actor.handle, no_restart=True)
-                if not self._live and self._empty_since is None:
-                    self._empty_since = time.monotonic()
-                replacement = self._spawn()
-            self.resubmitted += len(moved)
-            self._freed.notify_all()
-        self.last_run["resubmitted_batches"] = self.last_run.get("resubmitted_batches", 0) + len(moved)
-        self.last_run["actors_lost"] = self.last_run.get("actors_lost", 0) + 1
-        log.warning(
-            "ray_actor_lost",
-            **actor.where(),
-            error=_short(exc),
-            batches_resubmitted=[b.key for b in moved],
-            actors_left=len(self._live),
-            replacement=replacement.id if replacement is not None else None,
-            **fields,
-        )
-
-    def _has_room(self, mine: int) -> bool:
-        """Whether a call with ``mine`` batches in flight may submit one more (under _lock): the
-        pool is below its capacity (``in_flight_per_actor`` x actors) and the call below its share,
-        the capacity split evenly between the calls running now."""
-        capacity = self.in_flight_per_actor * len(self._live)
-        share = max(1, -(-capacity // max(1, self._active_calls)))
-        return bool(self._live) and sum(a.busy for a in self._live) < capacity and mine < share
-
+    # ------------------------------------------------------------------ the batch scheduler
     def map_batches(
         self, jobs: Iterable[Job], log: EventLog | None = None, **fields: Any
     ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -484,21 +526,21 @@ class RayBackend:
         are added to the pool's events (e.g. ``scene=``)."""
         import torch
 
-        ray = self._ray
+        ray, pool = self._ray, self.pool
         log = log or self.log
         source = iter(jobs)
         queue: deque[_Batch] = deque()  # batches of lost actors, submitted again first
         inflight: dict[Any, tuple[_Batch, _Actor]] = {}
         exhausted = False
-        self._per_thread.run = {"batches": 0, "actors_lost": 0, "resubmitted_batches": 0, "max_in_flight": 0}
-        with self._lock:
-            self._active_calls += 1
+        run = self._per_thread.run = {"batches": 0, "actors_lost": 0, "resubmitted_batches": 0, "max_in_flight": 0}
+        with pool.lock:
+            pool.active_calls += 1
         try:
             while True:
                 # submit while this call has room: reading a batch (next(source)) is done outside the lock
                 while True:
-                    with self._lock:
-                        if not self._has_room(len(inflight)):
+                    with pool.lock:
+                        if not pool.has_room(len(inflight)):
                             break
                     if queue:
                         batch = queue.popleft()
@@ -511,71 +553,70 @@ class RayBackend:
                         batch = _Batch(int(key), tuple(ray.put(t.detach().cpu().numpy()) for t in (lms, pan, noise)))
                     else:
                         break
-                    with self._lock:
-                        if not self._has_room(len(inflight)):
+                    with pool.lock:
+                        if not pool.has_room(len(inflight)):
                             queue.appendleft(batch)  # another scene took the room meanwhile
                             break
-                        actor = min(self._live, key=lambda a: a.busy)
+                        actor = min(pool.live, key=lambda a: a.busy)
                         ref = actor.handle.sample_tiles.remote(*batch.refs)
                         actor.busy += 1
                     inflight[ref] = (batch, actor)
-                    self.last_run["max_in_flight"] = max(self.last_run["max_in_flight"], len(inflight))
+                    run["max_in_flight"] = max(run["max_in_flight"], len(inflight))
                 if exhausted and not inflight and not queue:
                     return
-                with self._lock:
-                    if not self._live:
-                        waited = time.monotonic() - (self._empty_since or time.monotonic())
-                        if not self._starting or waited > self.replace_timeout_s:
+                with pool.lock:
+                    if not pool.live:
+                        waited = time.monotonic() - (pool.empty_since or time.monotonic())
+                        if not pool.starting or waited > pool.replace_timeout_s:
                             raise ComputeUnavailable(
-                                f"no Ray actor left ({self.lost} lost) and no replacement started within "
-                                f"{self.replace_timeout_s:g} s: {len(queue) + len(inflight)} batches not fused "
+                                f"no Ray actor left ({pool.lost} lost) and no replacement started within "
+                                f"{pool.replace_timeout_s:g} s: {len(queue) + len(inflight)} batches not fused "
                                 "(the tiles done are in the journal: rerun to resume)"
                             )
-                    starting = list(self._starting)
+                    starting = list(pool.starting)
                     if not inflight and not starting:
                         # the whole capacity is with other scenes: wait until one of their batches returns
-                        self._freed.wait(timeout=1.0)
+                        pool.freed.wait(timeout=1.0)
                         continue
                 ready, _ = ray.wait(list(inflight) + starting, num_returns=1, timeout=1.0)
                 for ref in ready:
                     if ref not in inflight:
-                        with self._lock:
-                            if ref in self._starting and self._join(ref, log, fields) is None:
-                                started = self._live[-1].where()
-                                log.info("ray_actor_started", **started, actors=len(self._live), **fields)
-                                self._freed.notify_all()
+                        with pool.lock:
+                            if ref in pool.starting and pool.join(ref, log, fields) is None:
+                                started = pool.live[-1].where()
+                                log.info("ray_actor_started", **started, actors=len(pool.live), **fields)
+                                pool.freed.notify_all()
                         continue  # an actor that started (or was already joined by another scene)
                     batch, actor = inflight.pop(ref)
-                    with self._lock:
+                    with pool.lock:
                         actor.busy -= 1
-                        self._freed.notify_all()
+                        pool.freed.notify_all()
                     try:
                         residual = ray.get(ref)
-                    except self._lost as exc:
-                        self._lose(actor, exc, batch, inflight, queue, log, fields)
+                    except pool.lost_errors as exc:
+                        moved = pool.lose(actor, exc, batch, inflight, queue, log, fields)
+                        run["resubmitted_batches"] += moved
+                        run["actors_lost"] += 1
                         continue
-                    self.last_run["batches"] += 1
+                    run["batches"] += 1
                     yield batch.key, torch.from_numpy(np.array(residual))  # a writable copy
         finally:
-            with self._lock:
+            with pool.lock:
                 for ref, (_, actor) in inflight.items():  # abandoned (an error, or the consumer stopped early)
                     with contextlib.suppress(Exception):
                         ray.cancel(ref)
                     actor.busy -= 1
-                self._active_calls -= 1
-                self._freed.notify_all()
+                pool.active_calls -= 1
+                pool.freed.notify_all()
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Kill the actors (and disconnect from Ray when this backend connected)."""
-        ray = self._ray
-        for actor in [*self._live, *self._starting.values()]:
-            with contextlib.suppress(Exception):
-                ray.kill(actor.handle, no_restart=True)
-        self._live.clear()
-        self._starting.clear()
-        if self._owns_ray and ray.is_initialized():
-            ray.shutdown()
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.close()
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
             self._owns_ray = False
 
     def __enter__(self) -> RayBackend:
@@ -585,8 +626,8 @@ class RayBackend:
         self.close()
 
     def __repr__(self) -> str:
-        backend = self.describe() if self._facts else "not started"
-        return f"RayBackend({backend}, actors={len(self._live)}, threads={self.threads})"
+        backend = self.describe() if self.pool.facts else "not started"
+        return f"RayBackend({backend}, actors={len(self.pool.live)}, threads={self.threads})"
 
 
 def _short(exc: BaseException) -> str:
