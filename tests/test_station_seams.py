@@ -18,7 +18,7 @@ from test_station_support import (backend_for, read, shared_backend, small_confi
 
 from ddif.station import plan_scene, run_scene
 from ddif.station.plan import memory_bound_bytes
-from ddif.utils.tiling import TileGrid
+from ddif.utils.tile_grid import TileGrid
 
 MAX_DN = 2047.0
 

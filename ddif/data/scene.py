@@ -298,7 +298,7 @@ class SceneReader:
     def tile_inputs(self, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """Network inputs of a tile that may reach beyond the scene's bottom / right edge (a scene
         side shorter than a tile): the part inside is read and padded the way
-        :func:`ddif.utils.tiling.pad_to` pads a whole image, so the tile equals the Fuser's."""
+        :func:`ddif.utils.tile_grid.pad_to` pads a whole image, so the tile equals the Fuser's."""
         H, W = self.grid.shape
         hh, ww = min(h, H - y0), min(w, W - x0)
         lms, pan = self.window_inputs(y0, x0, hh, ww)
@@ -306,7 +306,7 @@ class SceneReader:
             return lms, pan
         import torch
 
-        from ddif.utils.tiling import pad_to
+        from ddif.utils.tile_grid import pad_to
 
         return (pad_to(torch.from_numpy(lms), h, w).numpy(), pad_to(torch.from_numpy(pan), h, w).numpy())
 

@@ -11,7 +11,7 @@ Runtime and TensorRT backends of :mod:`ddif.runtime` run an exported graph of th
 3. draw each tile's x_T from ``(seed, image, tile)``;
 4. send tiles to the sampler ``batch_size`` at a time;
 5. per tile ``lms + residual`` (or the residual), blended with the weights of
-   :func:`ddif.utils.tiling.blend_window`, cropped, clamped to [0, 1].
+   :func:`ddif.utils.tile_grid.blend_window`, cropped, clamped to [0, 1].
 
 Steps 2-5 run on the sampler's device (a GPU model's tiles never travel to the host): tiles are
 cut by stacking views, x_T comes from the counter-based generator for a whole batch at once, and
@@ -33,7 +33,7 @@ import torch
 
 from ddif.diffusion.sampling import sample_residual
 from ddif.inference.tiling import DEFAULT_BATCH_PIXELS, Tiling, pad_to, step_generator, tile_noise_batch
-from ddif.utils.tiling import Tile, TileGrid, blend_window
+from ddif.utils.tile_grid import Tile, TileGrid, blend_window
 from ddif.utils.validation import check_image
 
 if TYPE_CHECKING:
@@ -444,7 +444,7 @@ class _TileLayout:
     separable (``TileGrid.weights`` = w_row(y) x w_col(x)): each tile row is first blended along
     x into a band of the image's width, then the bands along y, and the result divided by the
     summed weights, the product of the two axes' sums. So it is
-    :func:`ddif.utils.tiling.blend_window`'s blend up to float rounding, with a fixed order of
+    :func:`ddif.utils.tile_grid.blend_window`'s blend up to float rounding, with a fixed order of
     additions: deterministic on every device and independent of the batch size."""
 
     def __init__(self, grid: TileGrid, images: int, device: torch.device):

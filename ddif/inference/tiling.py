@@ -6,7 +6,7 @@ out with :class:`Tiling`, so all of them sample the same tiles with the same noi
 - **tiled** (``tile_size > 0``, e.g. the shipped ``landsat_small`` checkpoint: 32 px tiles, 8 px
   overlap): every tile is ``tile_size x tile_size``. An image side shorter than a tile is padded
   up to the tile (reflect where possible, else replicate); a longer side is covered by tiles that
-  lie inside the image (:class:`ddif.utils.tiling.TileGrid`), so nothing else is padded and a
+  lie inside the image (:class:`ddif.utils.tile_grid.TileGrid`), so nothing else is padded and a
   scene read by windows gives the same tiles as the whole image in memory.
 - **whole image** (``tile_size == 0``, the published presets): one tile per image, padded at the
   bottom / right to the network's size multiple.
@@ -15,7 +15,7 @@ A tile's initial noise x_T is a counter-based draw keyed by ``derive_seed(seed, 
 (:func:`tile_noise_batch`: integer hashing of (key, element index), for a whole batch at once, on
 the backend's device): it depends on the tile's position only, not on batching, device, resume or
 the backend. Overlapping tiles are blended with the smooth partition of unity of
-:func:`ddif.utils.tiling.blend_window` (the station assembles its product with the same function).
+:func:`ddif.utils.tile_grid.blend_window` (the station assembles its product with the same function).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ddif.utils.seeding import derive_seed, generator_for
-from ddif.utils.tiling import TileGrid, pad_to  # noqa: F401 (pad_to: part of this layer's API)
+from ddif.utils.tile_grid import TileGrid, pad_to  # noqa: F401 (pad_to: part of this layer's API)
 
 if TYPE_CHECKING:
     from ddif.config import Preset

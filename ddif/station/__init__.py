@@ -8,7 +8,7 @@ unattended and crash-safe.
 
 Command line: ``ddif station run ...`` and ``ddif station watch ...`` (:mod:`ddif.cli.station`).
 Modules: :mod:`~ddif.station.io` (product writer, read-back check, quicklook; the scenes are read by
-the one ingestion layer :mod:`ddif.data.scene`), :mod:`ddif.inference` and :mod:`~ddif.utils.tiling`
+the one ingestion layer :mod:`ddif.data.scene`), :mod:`ddif.inference` and :mod:`~ddif.utils.tile_grid`
 (tiles, noise, blending; shared with ddif.Fuser), :mod:`~ddif.station.journal` (per-tile journal),
 :mod:`~ddif.station.run` (one scene), :mod:`~ddif.station.watch` (the service),
 :mod:`~ddif.station.quarantine`, :mod:`~ddif.station.events` (JSON-lines logs),
@@ -29,7 +29,7 @@ _LAZY = {
     "run_scene": "ddif.station.run",
     "ScenePlan": "ddif.station.plan",
     "StationService": "ddif.station.watch",
-    "TileGrid": "ddif.utils.tiling",
+    "TileGrid": "ddif.utils.tile_grid",
     "Journal": "ddif.station.journal",
     "RayBackend": "ddif.station.distributed",
 }

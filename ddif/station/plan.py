@@ -28,7 +28,7 @@ from ddif.inference.tiling import Tiling, check_tiling
 from ddif.station.config import StationConfig
 from ddif.station.events import EventLog
 from ddif.station.io import output_nodata, overview_factors
-from ddif.utils.tiling import TileGrid
+from ddif.utils.tile_grid import TileGrid
 
 if TYPE_CHECKING:
     import torch

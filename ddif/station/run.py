@@ -5,7 +5,7 @@ The scene is read by windows through the one ingestion layer (:mod:`ddif.data.sc
 MS-to-PAN placement, nodata, hole filling, interpolation, scale) and laid out in the model's
 tiles (:class:`ddif.inference.Tiling`: the checkpoint's tile size and overlap, the same grid
 ``ddif.Fuser`` uses); each tile's x_T is drawn from ``(seed, 0, tile index)`` and its values
-``lms + residual`` are blended with :func:`ddif.utils.tiling.blend_window`, as in the Fuser, so
+``lms + residual`` are blended with :func:`ddif.utils.tile_grid.blend_window`, as in the Fuser, so
 the product equals ``ddif.Fuser``'s output for the whole scene (up to rounding to DN).
 
 Determinism (what makes a resumed product byte-identical to an uninterrupted one):
@@ -70,7 +70,7 @@ from ddif.station.products import (
     write_cog,
     write_stac_item,
 )
-from ddif.utils.tiling import blend_window
+from ddif.utils.tile_grid import blend_window
 
 if TYPE_CHECKING:
     import torch
