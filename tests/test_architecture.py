@@ -209,8 +209,6 @@ LONG_UNITS = {
     "ddif.cli.fuse.run": "the one-shot command's order of checks before anything is written",
     "ddif.data.make_dataset.make_dataset": "the dataset recipe in order (load, register, split, "
     "degrade, write, summarise); each step is a function of its own",
-    "ddif.station.run._fuse_tiles": "the one journaling loop (read, sample strategy, journal, "
-    "progress, stop) shared by the sequential and the Ray paths",
     "ddif.data.raster.band_stack_xml": "one VRT document: the checks of every band file against the "
     "first and the XML they produce",
     "ddif.station.products.stac_item": "one STAC item: every extension's fields in one place",

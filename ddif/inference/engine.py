@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
 from ddif.diffusion.sampling import sample_residual
+from ddif.inference.driver import drive_tiles, sequential
 from ddif.inference.tiling import DEFAULT_BATCH_PIXELS, Tiling, pad_to, step_generator, tile_noise_batch
 from ddif.utils.tile_grid import Tile, TileGrid, blend_window
 from ddif.utils.validation import check_image
@@ -386,38 +387,17 @@ class InferencePath:
             )
         layout = _TileLayout(grid, b, device)
         step = self._batch_for(self.tiling.tile_shape(h, w))
-        stochastic = bool(getattr(self.sampler, "stochastic", False))
         th, tw = grid.tile_h, grid.tile_w
         values = torch.empty((layout.jobs, c, th, tw), dtype=torch.float32, device=device)
-        # inputs and noise are prepared for groups of whole sampler batches of about PREP_PIXELS
-        # (fewer, larger tensor operations: the noise of 1024 tiles in one draw), then sampled a
-        # batch at a time; a tile's noise is keyed by (seed, image, tile), so grouping changes nothing
-        group = step * max(1, PREP_PIXELS // (step * th * tw))
-        for g0 in range(0, layout.jobs, group):
-            g_jobs = slice(g0, min(g0 + group, layout.jobs))
-            lms_g, pan_g = layout.cut(lms_p, g_jobs), layout.cut(pan_p, g_jobs)
-            images, tiles = layout.image_list(g_jobs), layout.tile_list(g_jobs)
-            if noise is not None:
-                x_g = layout.cut(noise.detach().to(device, torch.float32), g_jobs)
-            else:  # one counter-based draw for the group's tiles, on the device
-                x_g = tile_noise_batch(seed, [first_image + i for i in images], tiles, (c, th, tw), device=device)
-            for start in range(0, g_jobs.stop - g0, step):
-                part = slice(start, min(start + step, g_jobs.stop - g0))
-                lms_t = lms_g[part]
-                gens = (
-                    [step_generator(seed, first_image + i, t) for i, t in zip(images[part], tiles[part])]
-                    if stochastic
-                    else None
-                )
-                residual = self.sampler.sample_batch(lms_t, pan_g[part], x_g[part], gens)
-                residual = self.constrain(residual.to(device, torch.float32))
-                jobs = slice(g0 + part.start, g0 + part.stop)
-                if return_residual:
-                    values[jobs] = residual
-                else:  # lms + residual written straight into the batch's rows of values
-                    torch.add(lms_t, residual, out=values[jobs])
-                if callback is not None:
-                    callback(jobs.stop, layout.jobs)
+        x_noise = None if noise is None else noise.detach().to(device, torch.float32)
+        source = _ImageTiles(layout, lms_p, pan_p, x_noise, seed, first_image, step)
+        stochastic = bool(getattr(self.sampler, "stochastic", False))
+
+        def sample(key: int, lms_t: torch.Tensor, pan_t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+            gens = source.generators(key, len(lms_t)) if stochastic else None
+            return self.constrain(self.sampler.sample_batch(lms_t, pan_t, x_t, gens).to(device, torch.float32))
+
+        drive_tiles(source, _BlendBuffer(values, return_residual, callback), sequential(sample))
         result = layout.blend(values, c)[:, :, :h, :w]  # our own buffer: clamped in place
         if not return_residual:
             result = result.clamp_(0, 1)
@@ -433,6 +413,72 @@ class InferencePath:
 
 PREP_PIXELS = 1 << 20  # tile pixels whose inputs and noise InferencePath.fuse prepares at once
 BLEND_STRIP_BYTES = 32 << 20  # x-blended tile-row bands held at once by _TileLayout.blend
+
+
+class _ImageTiles:
+    """The tile source of :meth:`InferencePath.fuse`: jobs (image-major, tiles in index order) cut
+    from the padded images and noised for groups of whole sampler batches of about PREP_PIXELS
+    (fewer, larger tensor operations: the noise of 1024 tiles in one draw), then handed out a
+    batch at a time (key: the batch's first job). A tile's noise is keyed by (seed, image, tile),
+    so the grouping changes nothing."""
+
+    def __init__(
+        self,
+        layout: _TileLayout,
+        lms: torch.Tensor,
+        pan: torch.Tensor,
+        noise: torch.Tensor | None,
+        seed: int | None,
+        first_image: int,
+        step: int,
+    ):
+        self.layout, self.lms, self.pan, self.noise = layout, lms, pan, noise
+        self.seed, self.first_image, self.step = seed, first_image, step
+        th, tw = layout.grid.tile_h, layout.grid.tile_w
+        self.group = step * max(1, PREP_PIXELS // (step * th * tw))
+        self._lms: dict[int, torch.Tensor] = {}
+
+    def jobs(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        layout, c = self.layout, self.lms.shape[1]
+        shape = (c, layout.grid.tile_h, layout.grid.tile_w)
+        for g0 in range(0, layout.jobs, self.group):
+            g_jobs = slice(g0, min(g0 + self.group, layout.jobs))
+            lms_g, pan_g = layout.cut(self.lms, g_jobs), layout.cut(self.pan, g_jobs)
+            if self.noise is not None:
+                x_g = layout.cut(self.noise, g_jobs)
+            else:  # one counter-based draw for the group's tiles, on the device
+                images = [self.first_image + i for i in layout.image_list(g_jobs)]
+                x_g = tile_noise_batch(self.seed, images, layout.tile_list(g_jobs), shape, device=layout.device)
+            for start in range(0, g_jobs.stop - g0, self.step):
+                part = slice(start, min(start + self.step, g_jobs.stop - g0))
+                self._lms[g0 + start] = lms_g[part]
+                yield g0 + start, lms_g[part], pan_g[part], x_g[part]
+
+    def take(self, key: int) -> torch.Tensor:
+        return self._lms.pop(key)
+
+    def generators(self, key: int, n: int) -> list[torch.Generator | None]:
+        """Per-step generators of a stochastic sampler for the batch starting at job ``key``."""
+        jobs = slice(key, key + n)
+        images, tiles = self.layout.image_list(jobs), self.layout.tile_list(jobs)
+        return [step_generator(self.seed, self.first_image + i, t) for i, t in zip(images, tiles)]
+
+
+class _BlendBuffer:
+    """The tile sink of :meth:`InferencePath.fuse`: each batch's ``lms + residual`` (or the
+    residual) written into its rows of the jobs' buffer, blended once every batch is in."""
+
+    def __init__(self, values: torch.Tensor, residual_only: bool, callback: Callable[[int, int], None] | None):
+        self.values, self.residual_only, self.callback = values, residual_only, callback
+
+    def put(self, key: int, lms: torch.Tensor, residual: torch.Tensor) -> None:
+        rows = slice(key, key + len(residual))
+        if self.residual_only:
+            self.values[rows] = residual
+        else:  # lms + residual written straight into the batch's rows
+            torch.add(lms, residual, out=self.values[rows])
+        if self.callback is not None:
+            self.callback(rows.stop, len(self.values))
 
 
 class _TileLayout:

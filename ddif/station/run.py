@@ -42,6 +42,7 @@ from ddif.data.scene import (
     SceneReader,
     gdal_env,
 )
+from ddif.inference.driver import MapBatches, drive_tiles, sequential
 from ddif.inference.tiling import check_tiling, tile_noise_batch
 from ddif.station.config import StationConfig
 from ddif.station.errors import OutputWriteError, StopRequested
@@ -200,19 +201,90 @@ def band_budget_px(plan: ScenePlan) -> int:
     return 2 * int(plan.config.batch_size or 1) * plan.tiles.tile_h * plan.tiles.tile_w
 
 
-def sequential_batches(backend: StationBackend) -> Callable[..., Iterator[tuple[int, torch.Tensor]]]:
-    """The one-batch-at-a-time strategy: ``map_batches`` for a backend without its own (the
-    batches' residuals from ``backend.sample_tiles``, in order, one batch alive at a time)."""
+class _SceneBatches:
+    """The station's tile source: the batches not yet in the journal, read from the scene's bands
+    of tile rows (:class:`TileRowBands`) when the strategy asks for them; a stop request ends
+    them (``stopped`` says after how many)."""
 
-    def map_batches(
-        jobs: Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]], **_: Any
-    ) -> Iterator[tuple[int, torch.Tensor]]:
-        for k, lms, pan, noise in jobs:
-            residual = backend.sample_tiles(lms, pan, noise)
-            del lms, pan, noise  # not kept alive while the next batch is read
-            yield k, residual
+    def __init__(
+        self,
+        plan: ScenePlan,
+        reader: SceneReader,
+        pending: Sequence[tuple[int, Sequence[int]]],
+        should_stop: Callable[[], bool] | None,
+    ):
+        self.plan, self.reader, self.pending, self.should_stop = plan, reader, pending, should_stop
+        self.shape = (plan.grid.bands, plan.tiles.tile_h, plan.tiles.tile_w)
+        self.bands = TileRowBands(plan, reader, [b for _, b in pending], band_budget_px(plan))
+        self.read_s = 0.0
+        self.stopped: int | None = None
+        self._lms: dict[int, torch.Tensor] = {}
 
-    return map_batches
+    def jobs(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for n, (k, batch) in enumerate(self.pending):
+            if self.should_stop is not None and self.should_stop():
+                self.stopped = n
+                return
+            t0 = time.perf_counter()
+            lms, pan, noise = _batch_inputs(self.plan, self.bands, self.reader, batch, self.shape)
+            self.read_s += time.perf_counter() - t0
+            self._lms[k] = lms
+            yield k, lms, pan, noise
+            del lms, pan, noise
+
+    def take(self, key: int) -> torch.Tensor:
+        return self._lms.pop(key)
+
+
+class _JournalSink:
+    """The station's tile sink: each batch's ``lms + residual`` saved to the tile journal (one
+    file per tile: any order), with the progress bar and ``tiles_progress`` events."""
+
+    def __init__(self, plan: ScenePlan, journal: Journal, log: EventLog, progress: bool, skipped: int, pending: int):
+        from tqdm import tqdm
+
+        self.plan, self.journal, self.log = plan, journal, log
+        self.skipped, self.pending = skipped, pending
+        self.scene = Path(plan.pan_path).name
+        self.done = self.computed = 0
+        self.save_s = 0.0
+        self.next_report = 0.1
+        self.bar = tqdm(
+            total=len(plan.batches),
+            initial=skipped,
+            unit="batch",
+            desc=Path(plan.pan_path).stem,
+            disable=not progress,
+            leave=False,
+        )
+
+    def put(self, key: int, lms: torch.Tensor, residual: torch.Tensor) -> None:
+        import torch
+
+        t0 = time.perf_counter()
+        lms += residual.detach().to("cpu", torch.float32)  # lms + residual: blended, then clamped (the Fuser's)
+        self.journal.save_batch(key, lms.numpy())
+        del lms  # freed before the next batch is allocated
+        self.save_s += time.perf_counter() - t0
+        self.computed += len(self.plan.batches[key])
+        self.bar.update(1)
+        total = len(self.plan.batches)
+        frac = (self.skipped + self.done + 1) / max(1, total)
+        if frac >= self.next_report or self.done == self.pending - 1:
+            self.log.info(
+                "tiles_progress",
+                scene=self.scene,
+                batches_done=self.skipped + self.done + 1,
+                batches=total,
+                fraction=round(frac, 3),
+            )
+            self.next_report = math.floor(frac * 10 + 1e-9) / 10 + 0.1
+        self.done += 1
+
+
+def sequential_batches(backend: StationBackend) -> MapBatches:
+    """The one-batch-at-a-time strategy for a backend without its own ``map_batches``."""
+    return sequential(lambda key, lms, pan, noise: backend.sample_tiles(lms, pan, noise))
 
 
 def _fuse_tiles(
@@ -224,90 +296,39 @@ def _fuse_tiles(
     progress: bool,
     should_stop: Callable[[], bool] | None,
 ) -> dict[str, Any]:
-    """Fuse the batches not yet in the journal and journal their tiles, through the backend's
-    ``map_batches`` strategy (several batches in flight, e.g.
-    :class:`ddif.station.distributed.RayBackend`) or :func:`sequential_batches`: the strategy pulls
-    batches from ``jobs()`` as it has room, so only those batches' inputs are held here, and each
-    batch's tiles are journaled as its residual comes back (in any order: the journal holds one
-    file per tile). A stop request ends the submissions; the batches in flight are still
-    journaled, then :class:`StopRequested` is raised."""
-    import torch
-    from tqdm import tqdm
-
+    """Fuse the batches not yet in the journal and journal their tiles: the one tile driver
+    (:func:`ddif.inference.driver.drive_tiles`) from the scene's bands into the journal, through
+    the backend's ``map_batches`` strategy (several batches in flight, e.g.
+    :class:`ddif.station.distributed.RayBackend`) or :func:`sequential_batches`. The strategy
+    pulls batches as it has room, so only those batches' inputs are held here; each batch's tiles
+    are journaled as its residual comes back (in any order). A stop request ends the submissions;
+    the batches in flight are still journaled, then :class:`StopRequested` is raised."""
     shape = (plan.grid.bands, plan.tiles.tile_h, plan.tiles.tile_w)
     pending = [(k, b) for k, b in enumerate(plan.batches) if not journal.batch_done(k, shape)]
     journal.close()
-    bands = TileRowBands(plan, reader, [b for _, b in pending], band_budget_px(plan))
     skipped = len(plan.batches) - len(pending)
-    t_read = t_save = 0.0
-    computed = 0
-    next_report = 0.1
-    scene = Path(plan.pan_path).name
-    bar = tqdm(
-        total=len(plan.batches),
-        initial=skipped,
-        unit="batch",
-        desc=Path(plan.pan_path).stem,
-        disable=not progress,
-        leave=False,
-    )
-    lms_of: dict[int, torch.Tensor] = {}
-    stopped: list[int] = []
-
-    def jobs() -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        nonlocal t_read
-        for n, (k, batch) in enumerate(pending):
-            if should_stop is not None and should_stop():
-                stopped.append(n)
-                return
-            t0 = time.perf_counter()
-            lms, pan, noise = _batch_inputs(plan, bands, reader, batch, shape)
-            t_read += time.perf_counter() - t0
-            lms_of[k] = lms
-            yield k, lms, pan, noise
-            del lms, pan, noise
-
+    source = _SceneBatches(plan, reader, pending, should_stop)
+    sink = _JournalSink(plan, journal, log, progress, skipped, len(pending))
     map_batches = getattr(backend, "map_batches", None) or sequential_batches(backend)
     extra: dict[str, Any] = {}
     t_start = time.perf_counter()
-    n = 0
     try:
-        for k, residual in map_batches(jobs(), log=log, scene=scene):
-            t2 = time.perf_counter()
-            lms = lms_of.pop(k)
-            lms += residual.detach().to("cpu", torch.float32)  # lms + residual: blended, then clamped (the Fuser's)
-            del residual
-            journal.save_batch(k, lms.numpy())
-            del lms  # freed before the next batch is allocated
-            t_save += time.perf_counter() - t2
-            computed += len(plan.batches[k])
-            bar.update(1)
-            frac = (skipped + n + 1) / max(1, len(plan.batches))
-            if frac >= next_report or n == len(pending) - 1:
-                log.info(
-                    "tiles_progress",
-                    scene=scene,
-                    batches_done=skipped + n + 1,
-                    batches=len(plan.batches),
-                    fraction=round(frac, 3),
-                )
-                next_report = math.floor(frac * 10 + 1e-9) / 10 + 0.1
-            n += 1
+        drive_tiles(source, sink, map_batches, log=log, scene=sink.scene)
         pool_info = getattr(backend, "pool_info", None)
         if pool_info is not None:
             extra["executor"] = pool_info()
-        if stopped:
-            raise StopRequested(f"stop requested after {n} of {len(pending)} pending batches")
+        if source.stopped is not None:
+            raise StopRequested(f"stop requested after {sink.done} of {len(pending)} pending batches")
     finally:
-        bar.close()
+        sink.bar.close()
     return {
         "batches_from_journal": skipped,
-        "tiles_computed": computed,
-        "tiles_from_journal": len(plan.fused_tiles) - computed,
+        "tiles_computed": sink.computed,
+        "tiles_from_journal": len(plan.fused_tiles) - sink.computed,
         **extra,
-        "read_s": t_read,
-        "fuse_s": time.perf_counter() - t_start - t_read - t_save,  # waiting for the backend
-        "journal_write_s": t_save,
+        "read_s": source.read_s,
+        "fuse_s": time.perf_counter() - t_start - source.read_s - sink.save_s,  # waiting for the backend
+        "journal_write_s": sink.save_s,
     }
 
 
