@@ -84,10 +84,10 @@ def build(row: str, model_path: Path, device: torch.device, args):
         except ImportError as exc:
             return None, f"needs onnx and onnxruntime ({exc.name} is missing)"
         from ddif.export import ensure_onnx
-        from ddif.runtime import OnnxRuntimeFuser
+        from ddif.runtime import OnnxRuntimeBackend
 
         onnx_path = ensure_onnx(model_path, cache_dir=args.cache_dir)
-        backend = OnnxRuntimeFuser(onnx_path, device=device, intra_op_threads=args.threads)
+        backend = OnnxRuntimeBackend(onnx_path, device=device, intra_op_threads=args.threads)
         return (lambda lms, pan: backend.fuse(lms, pan, seed=0)), backend.describe()
     fast = {
         "pytorch": {},

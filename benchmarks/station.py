@@ -47,9 +47,9 @@ reported; a warning is printed when the table still holds disturbed rows.
 The ONNX graph is exported once, before the timed runs, into a fresh cache folder (first-use cost
 of the ONNX Runtime backend; printed separately, not in any row). Backends:
   null          the pipeline alone: the model's facts, zero residuals, no network
-  pytorch       ddif.runtime.TorchFuser (the engine, eager)
-  onnxruntime   ddif.runtime.OnnxRuntimeFuser on that export
-  tensorrt      ddif.runtime.TensorRTFuser (needs --device cuda and TensorRT; else the row says why)
+  pytorch       ddif.runtime.TorchBackend (the engine, eager)
+  onnxruntime   ddif.runtime.OnnxRuntimeBackend on that export
+  tensorrt      ddif.runtime.TensorRTBackend (needs --device cuda and TensorRT; else the row says why)
 Prints the machine, the scene, a Markdown table, and appends CSV rows to --csv (device, dtype,
 shape, backend, threads, git commit, timings).
 """
@@ -225,7 +225,7 @@ def make_backend(spec: dict):
     if name == "null":
         return NullBackend(spec["model"], device=spec["device"], tile_size=spec["tile_size"], **tiles)
     if name == "pytorch":
-        return runtime.TorchFuser(spec["model"], steps=spec["steps"], device=spec["device"],
+        return runtime.TorchBackend(spec["model"], steps=spec["steps"], device=spec["device"],
                                   tile_size=spec["tile_size"], **tiles)
     if name == "onnxruntime":
         import torch
@@ -235,7 +235,7 @@ def make_backend(spec: dict):
         reason = onnxruntime_unavailable_reason(torch.device(spec["device"]))
         if reason:
             raise RuntimeError(reason)
-        return runtime.OnnxRuntimeFuser(spec["onnx"], device=spec["device"], steps=spec["steps"],
+        return runtime.OnnxRuntimeBackend(spec["onnx"], device=spec["device"], steps=spec["steps"],
                                         intra_op_threads=n, **tiles)
     if name == "tensorrt":
         import torch
@@ -243,15 +243,15 @@ def make_backend(spec: dict):
         reason = runtime.tensorrt_unavailable_reason(torch.device(spec["device"]))
         if reason:
             raise RuntimeError(reason)
-        return runtime.TensorRTFuser(spec["onnx"], device=spec["device"], steps=spec["steps"],
+        return runtime.TensorRTBackend(spec["onnx"], device=spec["device"], steps=spec["steps"],
                                      cache_dir=spec["cache"], **tiles)
     raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
 
 
 def _null_backend_class():
-    from ddif.runtime import TorchFuser
+    from ddif.runtime import TorchBackend
 
-    class NullBackend(TorchFuser):
+    class NullBackend(TorchBackend):
         """The model's facts (bands, tiling, steps, preprocessing) with a sampler that returns zero
         residuals at once: the station pipeline without the network."""
 

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from test_station_ray import LocalRayCluster
     from test_station_support import synthetic_scene
 
-    from ddif.runtime import TorchFuser
+    from ddif.runtime import TorchBackend
     from ddif.station import StationConfig
     from ddif.station.distributed import RayBackend
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         warm = [synthetic_scene(work / "in", "warm", bands=3, ms_size=16, max_dn=32767.0, seed=99)]
         config = StationConfig(batch_size=args.batch_size, metric_tiles=1)
-        factory = functools.partial(TorchFuser)  # the checkpoint's own tiles and steps
+        factory = functools.partial(TorchBackend)  # the checkpoint's own tiles and steps
         rows: list[dict] = []
 
         hz = os.sysconf("SC_CLK_TCK")

@@ -12,8 +12,8 @@ Providers (same WV3-preset model, same inputs, same run):
              a distilled student's sampler (cached PyTorch) at 4 / 2 / 1 steps; a student has
              the teacher's architecture, so its cost does not depend on its weights
   onnxruntime  the --onnx-steps sampler (default 2: the 2-step student) exported to one ONNX
-             graph (exported once per run, not timed), run by ``ddif.runtime.OnnxRuntimeFuser``
-  tensorrt   that graph as a TensorRT fp16 engine (``ddif.runtime.TensorRTFuser``); skipped,
+             graph (exported once per run, not timed), run by ``ddif.runtime.OnnxRuntimeBackend``
+  tensorrt   that graph as a TensorRT fp16 engine (``ddif.runtime.TensorRTBackend``); skipped,
              with its reason, where TensorRT or a GPU is missing
 
 Each provider is warmed up with a 1-step run of the same path (same shapes, same kernels), then
@@ -113,9 +113,9 @@ def _onnxruntime_available(args) -> str | None:
 
 
 def _onnxruntime_build(args, model, steps):
-    from ddif.runtime import OnnxRuntimeFuser
+    from ddif.runtime import OnnxRuntimeBackend
 
-    backend = OnnxRuntimeFuser(_exported_onnx(args, model, steps), device=args.device,
+    backend = OnnxRuntimeBackend(_exported_onnx(args, model, steps), device=args.device,
                                intra_op_threads=args.ort_threads)
     print(f"# onnxruntime: {backend.describe()}")
     return lambda lms, pan: backend.fuse(lms, pan, seed=0)
@@ -128,12 +128,12 @@ def _tensorrt_available(args) -> str | None:
 
 
 def _tensorrt_build(args, model, steps):
-    from ddif.runtime import ShapeProfile, TensorRTFuser
+    from ddif.runtime import ShapeProfile, TensorRTBackend
 
     m = model.config.size_multiple
     size = -(-args.size // m) * m
     profile = ShapeProfile((1, m, m), (args.batch, size, size), (args.batch, size, size))
-    backend = TensorRTFuser(_exported_onnx(args, model, steps), device=args.device, fp16=True, profile=profile,
+    backend = TensorRTBackend(_exported_onnx(args, model, steps), device=args.device, fp16=True, profile=profile,
                             cache_dir=args._tmpdir)
     return lambda lms, pan: backend.fuse(lms, pan, seed=0)
 

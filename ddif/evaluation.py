@@ -22,7 +22,7 @@ from ddif.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
     from ddif.fuser import Fuser
-    from ddif.runtime.backends import FuserBackend
+    from ddif.runtime.backends import RuntimeBackend
 
 # a method fuses a batch: (lms, pan, ms) -> fused, all (B, C, H, W) in [0, 1]
 Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -46,7 +46,7 @@ def classical_methods(
     return methods
 
 
-def fuser_method(fuser: Fuser | FuserBackend, seed: int = 0) -> Method:
+def fuser_method(fuser: Fuser | RuntimeBackend, seed: int = 0) -> Method:
     return lambda lms, pan, ms: fuser.fuse(lms, pan, seed=seed)
 
 

@@ -30,10 +30,10 @@ from ddif.inference.tiling import Tiling, check_tiling
 from ddif.models.checkpoint import read_contents
 from ddif.models.ddif import DDIF
 from ddif.runtime.backends import (
-    FuserBackend,
-    OnnxRuntimeFuser,
-    TensorRTFuser,
-    TorchFuser,
+    OnnxRuntimeBackend,
+    RuntimeBackend,
+    TensorRTBackend,
+    TorchBackend,
     load_onnx_spec,
     onnxruntime_unavailable_reason,
 )
@@ -155,7 +155,7 @@ class BackendKind:
     name: str  # "tensorrt", "onnxruntime", "pytorch": the CLIs' --backend values
     title: str
     unavailable: Callable[[Path, str, BackendOptions], str | None]
-    build: Callable[[Path, str, BackendOptions], FuserBackend]
+    build: Callable[[Path, str, BackendOptions], RuntimeBackend]
 
 
 def _onnx_source(path: Path, kind: str, opts: BackendOptions) -> Path | None:
@@ -188,12 +188,12 @@ def _sampling(opts: BackendOptions) -> dict[str, Any]:
     }
 
 
-def _graph_tiles(backend: FuserBackend, path: Path, opts: BackendOptions) -> FuserBackend:
+def _graph_tiles(backend: RuntimeBackend, path: Path, opts: BackendOptions) -> RuntimeBackend:
     check_tiling(backend.tiling, opts.tile_size, what=f"{path}: the graph", fix="export it again with --tile-size")
     return backend
 
 
-def _build_tensorrt(path: Path, kind: str, opts: BackendOptions) -> FuserBackend:
+def _build_tensorrt(path: Path, kind: str, opts: BackendOptions) -> RuntimeBackend:
     if kind == "plan":
         engine = path
     else:
@@ -201,15 +201,15 @@ def _build_tensorrt(path: Path, kind: str, opts: BackendOptions) -> FuserBackend
         if src is None:
             raise FileNotFoundError(f"{path}: no ONNX graph to build a TensorRT engine from")
         engine = src
-    built = TensorRTFuser(engine, device=opts.device, fp16=opts.fp16, cache_dir=opts.cache_dir, **_sampling(opts))
+    built = TensorRTBackend(engine, device=opts.device, fp16=opts.fp16, cache_dir=opts.cache_dir, **_sampling(opts))
     return _graph_tiles(built, path, opts)
 
 
-def _build_onnxruntime(path: Path, kind: str, opts: BackendOptions) -> FuserBackend:
+def _build_onnxruntime(path: Path, kind: str, opts: BackendOptions) -> RuntimeBackend:
     src = _onnx_source(path, kind, opts)
     if src is None:
         raise FileNotFoundError("no ONNX model (export disabled, or the engine's ONNX source is gone)")
-    built = OnnxRuntimeFuser(src, device=opts.device, intra_op_threads=opts.threads, **_sampling(opts))
+    built = OnnxRuntimeBackend(src, device=opts.device, intra_op_threads=opts.threads, **_sampling(opts))
     return _graph_tiles(built, path, opts)
 
 
@@ -223,10 +223,10 @@ def _pytorch_unavailable(path: Path, kind: str, opts: BackendOptions) -> str | N
     return None
 
 
-def _build_pytorch(path: Path, kind: str, opts: BackendOptions) -> FuserBackend:
+def _build_pytorch(path: Path, kind: str, opts: BackendOptions) -> RuntimeBackend:
     ckpt = _torch_checkpoint(path, kind, opts)
     assert ckpt is not None  # checked by _pytorch_unavailable
-    return TorchFuser(ckpt, device=opts.device, tile_size=opts.tile_size, **_sampling(opts), **dict(opts.fast))
+    return TorchBackend(ckpt, device=opts.device, tile_size=opts.tile_size, **_sampling(opts), **dict(opts.fast))
 
 
 # fastest first: the order best_available tries them in
@@ -252,7 +252,7 @@ def backend_options(device: str | torch.device | None = None, **options: Any) ->
     return BackendOptions(device=dev, **options)
 
 
-def build_backend(name: str, model_path: str | os.PathLike, opts: BackendOptions) -> FuserBackend:
+def build_backend(name: str, model_path: str | os.PathLike, opts: BackendOptions) -> RuntimeBackend:
     """The registry's backend ``name`` for ``model_path``; ValueError (one line) naming why when it
     cannot run here."""
     if name not in BACKENDS:
@@ -282,7 +282,7 @@ def best_available(
     exporter: str | None = None,
     ort_threads: int | None = None,
     torch_checkpoint: str | os.PathLike | None = None,
-) -> FuserBackend:
+) -> RuntimeBackend:
     """The fastest backend of :data:`BACKENDS` that works here for ``model_path`` (an engine
     checkpoint ``.pt``, an exported ``.onnx`` or a TensorRT ``.plan``), with one log line saying
     what was chosen and why.
@@ -313,7 +313,7 @@ def best_available(
     )
     kind = _model_kind(path)
     skipped: list[tuple[str, str]] = []
-    backend: FuserBackend | None = None
+    backend: RuntimeBackend | None = None
     entries = list(BACKENDS.values())
     for entry in entries:
         reason = entry.unavailable(path, kind, opts)

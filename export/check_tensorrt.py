@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddif.diffusion.sampling_plan import resolve_sampling_plan
     from ddif.export.onnx import export_model, load_model_for_export
     from ddif.export.tensorrt import build_plan
-    from ddif.runtime import OnnxRuntimeFuser, TensorRTFuser, TorchFuser
+    from ddif.runtime import OnnxRuntimeBackend, TensorRTBackend, TorchBackend
     from ddif.runtime.spec import ExportSpec
     from ddif.runtime.tensorrt import tensorrt_unavailable_reason
 
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     build_plan(onnx_path, engine, shapes=shapes, fp16=not args.fp32)
 
     lms, pan = test_images(model.config.bands, model.config.guide_bands, args.batch, args.size, args.seed)
-    trt_fuser = TensorRTFuser(engine, device=device)
-    torch_fuser = TorchFuser(model, timesteps=list(trt_fuser.timesteps), device=device, dtype=torch.float32)
+    trt_fuser = TensorRTBackend(engine, device=device)
+    torch_fuser = TorchBackend(model, timesteps=list(trt_fuser.timesteps), device=device, dtype=torch.float32)
 
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = [("pytorch eager fp32", torch_fuser), (f"tensorrt {precision}", trt_fuser)]
     try:
-        ort_fuser = OnnxRuntimeFuser(onnx_path, device=device)
+        ort_fuser = OnnxRuntimeBackend(onnx_path, device=device)
         if ort_fuser.providers[0] == "CUDAExecutionProvider":
             runs.append(("onnxruntime cuda", ort_fuser))
     except (RuntimeError, ValueError) as exc:

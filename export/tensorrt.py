@@ -10,7 +10,7 @@ default is the profile recorded in the ONNX spec. Writes ``fuser.plan`` atomical
 GPU + TensorRT version + precision + profile) and an existing one is reused.
 
 Needs TensorRT >= 10 and an NVIDIA GPU. Where they are missing the command says so and exits
-with status 2: the ONNX model then runs on ONNX Runtime (``ddif.runtime.OnnxRuntimeFuser``).
+with status 2: the ONNX model then runs on ONNX Runtime (``ddif.runtime.OnnxRuntimeBackend``).
 This builder is written against the documented TensorRT Python API and has NOT been run with a
 real TensorRT on the development machines (none available); ``export/check_tensorrt.py``
 verifies a build where TensorRT exists.
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:
         print(
             f"TensorRT is not available here: {reason}. The ONNX model runs on ONNX Runtime instead: "
-            f"ddif.runtime.OnnxRuntimeFuser('{args.onnx}') or ddif.runtime.best_available('{args.onnx}').",
+            f"ddif.runtime.OnnxRuntimeBackend('{args.onnx}') or ddif.runtime.best_available('{args.onnx}').",
             file=sys.stderr,
         )
         return 2

@@ -159,11 +159,11 @@ def test_tensorrt_broken_or_old(monkeypatch):
 
 
 def test_tensorrt_fuser_refuses_cpu(monkeypatch, fake_onnx):
-    from ddif.runtime import TensorRTFuser, TensorRTUnavailable
+    from ddif.runtime import TensorRTBackend, TensorRTUnavailable
 
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
     with pytest.raises(TensorRTUnavailable, match="CUDA"):
-        TensorRTFuser(fake_onnx, device="cpu")
+        TensorRTBackend(fake_onnx, device="cpu")
 
 
 # ------------------------------------------------------------------------------------- builder

@@ -65,12 +65,12 @@ def station_dn(ms: Path, pan: Path, out: Path, backend, **config) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory):
-    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+    from ddif.runtime import OnnxRuntimeBackend, TorchBackend
     from ddif.export import ensure_onnx
 
     onnx_path = ensure_onnx(SHIPPED, cache_dir=tmp_path_factory.mktemp("cache"))
-    return {"pytorch": TorchFuser(SHIPPED, batch_size=64),
-            "onnxruntime": OnnxRuntimeFuser(onnx_path, intra_op_threads=1, batch_size=64)}
+    return {"pytorch": TorchBackend(SHIPPED, batch_size=64),
+            "onnxruntime": OnnxRuntimeBackend(onnx_path, intra_op_threads=1, batch_size=64)}
 
 
 @pytest.mark.parametrize("name", ["pytorch", "onnxruntime"])

@@ -67,13 +67,13 @@ def test_backends_agree_with_each_other_and_with_fuser(artifacts):
     one side, batched and unbatched: every backend gives ddif.Fuser's image within 1e-4."""
     import ddif
     from ddif.models import DDIF
-    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+    from ddif.runtime import OnnxRuntimeBackend, TorchBackend
 
     ckpt, onnx_path, _ = artifacts
     reference = ddif.Fuser(DDIF.load(ckpt), steps=2)
     assert (reference.tile_size, reference.tile_overlap) == (16, 4)
-    backends = [TorchFuser(ckpt, steps=2), OnnxRuntimeFuser(onnx_path, intra_op_threads=1),
-                OnnxRuntimeFuser(onnx_path, batch_size=1, graph_optimization="basic")]
+    backends = [TorchBackend(ckpt, steps=2), OnnxRuntimeBackend(onnx_path, intra_op_threads=1),
+                OnnxRuntimeBackend(onnx_path, batch_size=1, graph_optimization="basic")]
     assert all(b.tiling == reference.tiling for b in backends)
     for b, h, w in ((2, 37, 53), (1, 13, 22), (1, 16, 16)):
         lms, pan = _images(b, h, w, seed=h)
@@ -92,12 +92,12 @@ def test_whole_image_checkpoint_backends_agree(tmp_path):
     """A model without a tile size samples whole images: its graph has dynamic H and W."""
     import ddif
     from ddif.models import DDIF
-    from ddif.runtime import OnnxRuntimeFuser
+    from ddif.runtime import OnnxRuntimeBackend
     from ddif.export import ensure_onnx
 
     ckpt = _tiny_checkpoint(tmp_path / "whole.pt", tile_size=0, overlap=0)
     onnx_path = ensure_onnx(ckpt, steps=2, cache_dir=tmp_path / "cache")
-    backend = OnnxRuntimeFuser(onnx_path, intra_op_threads=1)
+    backend = OnnxRuntimeBackend(onnx_path, intra_op_threads=1)
     assert not backend.tiling.tiled and "whole" in onnx_path.name
     reference = ddif.Fuser(DDIF.load(ckpt), steps=2)
     lms, pan = _images(2, 13, 22)
@@ -113,13 +113,13 @@ def test_shipped_checkpoint_every_backend_equals_fuser(tmp_path, caplog, name):
     from ddif.export import best_available
     from ddif.models import DDIF
     from ddif.models.cards import read_card
-    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+    from ddif.runtime import OnnxRuntimeBackend, TorchBackend
 
     ckpt = SHIPPED.with_name(f"{name}.pt")
     card = read_card(ckpt.with_name(f"{name}.card.json"))
     with caplog.at_level(logging.INFO, logger="ddif.runtime"):
         ort_backend = best_available(ckpt, device="cpu", cache_dir=tmp_path / "cache", ort_threads=1)
-    assert isinstance(ort_backend, OnnxRuntimeFuser)
+    assert isinstance(ort_backend, OnnxRuntimeBackend)
     assert any("exporting" in r.getMessage() for r in caplog.records)
     reference = ddif.Fuser(DDIF.load(ckpt))
     assert (reference.tile_size, reference.tile_overlap, reference.steps) == (32, 8, card.default_steps)
@@ -127,16 +127,16 @@ def test_shipped_checkpoint_every_backend_equals_fuser(tmp_path, caplog, name):
     lms, pan = _images(2, 90, 77, bands=len(card.bands))
     lms = 0.2 + 0.5 * lms
     pan = lms.mean(1, keepdim=True)
-    want = _agree([ort_backend, TorchFuser(ckpt)], reference, lms, pan, seed=3)
+    want = _agree([ort_backend, TorchBackend(ckpt)], reference, lms, pan, seed=3)
     assert float(want.std()) > 0.05
 
 
 def test_one_interface_and_attributes(artifacts):
-    from ddif.runtime import FuserBackend, OnnxRuntimeFuser, TorchFuser
+    from ddif.runtime import RuntimeBackend, OnnxRuntimeBackend, TorchBackend
 
     ckpt, onnx_path, _ = artifacts
-    for backend, name in ((TorchFuser(ckpt, steps=2), "pytorch"), (OnnxRuntimeFuser(onnx_path), "onnxruntime")):
-        assert isinstance(backend, FuserBackend) and backend.name == name
+    for backend, name in ((TorchBackend(ckpt, steps=2), "pytorch"), (OnnxRuntimeBackend(onnx_path), "onnxruntime")):
+        assert isinstance(backend, RuntimeBackend) and backend.name == name
         assert (backend.bands, backend.guide_bands, backend.max_dn) == (4, 1, 1.0)
         assert backend.rgb_bands == (2, 1, 0) and backend.ratio == 4
         assert backend.steps == 2 and backend.timesteps == (250, 0)
@@ -156,11 +156,11 @@ def test_one_interface_and_attributes(artifacts):
     (lambda: ("lms", torch.rand(1, 1, 16, 16)), "lms: expected a torch.Tensor"),
 ])
 def test_bad_inputs_raise_value_errors(artifacts, make, match):
-    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+    from ddif.runtime import OnnxRuntimeBackend, TorchBackend
 
     ckpt, onnx_path, _ = artifacts
     lms, pan = make()
-    for backend in (TorchFuser(ckpt, steps=2), OnnxRuntimeFuser(onnx_path)):
+    for backend in (TorchBackend(ckpt, steps=2), OnnxRuntimeBackend(onnx_path)):
         with pytest.raises(ValueError, match=match):
             backend.fuse(lms, pan, seed=0)
 
@@ -168,10 +168,10 @@ def test_bad_inputs_raise_value_errors(artifacts, make, match):
 def test_noise_override_and_its_shape_check(artifacts):
     """A full x_T at the padded size replaces the per-tile draws: each tile takes its window."""
     from ddif.inference import tile_noise
-    from ddif.runtime import OnnxRuntimeFuser
+    from ddif.runtime import OnnxRuntimeBackend
 
     _, onnx_path, _ = artifacts
-    backend = OnnxRuntimeFuser(onnx_path)
+    backend = OnnxRuntimeBackend(onnx_path)
     lms, pan = _images(1, 13, 22)                  # 13 < 16: padded to a tile's 16 rows; 22 -> 2 tiles
     grid = backend.tiling.grid(13, 22)
     assert (grid.height, grid.width, len(grid)) == (16, 22, 2)
@@ -196,35 +196,35 @@ def test_noise_override_and_its_shape_check(artifacts):
 
 
 def test_best_available_onnx_falls_back_to_onnxruntime_with_one_message(artifacts, caplog):
-    from ddif.runtime import OnnxRuntimeFuser
+    from ddif.runtime import OnnxRuntimeBackend
     from ddif.export import best_available
 
     _, onnx_path, _ = artifacts
     with caplog.at_level(logging.INFO, logger="ddif.runtime"):
         backend = best_available(onnx_path, device="cpu")
-    assert isinstance(backend, OnnxRuntimeFuser)
+    assert isinstance(backend, OnnxRuntimeBackend)
     trt_lines = [r for r in caplog.records if "TensorRT" in r.getMessage()]
     assert len(trt_lines) == 1
     assert "using onnxruntime" in trt_lines[0].getMessage() and "TensorRT not used" in trt_lines[0].getMessage()
 
 
 def test_best_available_checkpoint_uses_cached_export_or_torch(artifacts, caplog):
-    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+    from ddif.runtime import OnnxRuntimeBackend, TorchBackend
     from ddif.export import best_available
 
     ckpt, onnx_path, d = artifacts
     mtime = onnx_path.stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="ddif.runtime"):
         backend = best_available(ckpt, device="cpu", steps=2, cache_dir=d / "cache")
-    assert isinstance(backend, OnnxRuntimeFuser) and backend.path == onnx_path
+    assert isinstance(backend, OnnxRuntimeBackend) and backend.path == onnx_path
     assert onnx_path.stat().st_mtime_ns == mtime                       # cache hit: not exported again
     assert not any("exporting" in r.getMessage() for r in caplog.records)
     torch_backend = best_available(ckpt, device="cpu", steps=2, allow_export=False)
-    assert isinstance(torch_backend, TorchFuser)
+    assert isinstance(torch_backend, TorchBackend)
 
 
 def test_best_available_plan_without_tensorrt_warns_once_and_uses_its_onnx(artifacts, caplog, tmp_path):
-    from ddif.runtime import OnnxRuntimeFuser
+    from ddif.runtime import OnnxRuntimeBackend
     from ddif.export import best_available
     from ddif.runtime.spec import ExportSpec, sha256_file, spec_path_for
 
@@ -237,7 +237,7 @@ def test_best_available_plan_without_tensorrt_warns_once_and_uses_its_onnx(artif
     spec.save(spec_path_for(plan))
     with caplog.at_level(logging.INFO, logger="ddif.runtime"):
         backend = best_available(plan, device="cpu")
-    assert isinstance(backend, OnnxRuntimeFuser)
+    assert isinstance(backend, OnnxRuntimeBackend)
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     with pytest.raises(RuntimeError, match="no backend can run"):
         spec.tensorrt = {}
@@ -248,30 +248,30 @@ def test_best_available_plan_without_tensorrt_warns_once_and_uses_its_onnx(artif
 def test_exports_are_checked_before_use(artifacts, tmp_path):
     import shutil
 
-    from ddif.runtime import OnnxRuntimeFuser
+    from ddif.runtime import OnnxRuntimeBackend
     from ddif.export import best_available
     from ddif.runtime.spec import spec_path_for
 
     _, onnx_path, _ = artifacts
     with pytest.raises(ValueError, match="exported for 2 steps"):
-        OnnxRuntimeFuser(onnx_path, steps=4)
+        OnnxRuntimeBackend(onnx_path, steps=4)
     with pytest.raises(ValueError, match="exported for 2 steps"):
-        OnnxRuntimeFuser(onnx_path, timesteps="480,240")
-    assert OnnxRuntimeFuser(onnx_path, steps=2).steps == 2
+        OnnxRuntimeBackend(onnx_path, timesteps="480,240")
+    assert OnnxRuntimeBackend(onnx_path, steps=2).steps == 2
     # spec missing: the copy embedded in the model is used
     lone = tmp_path / "lone.onnx"
     shutil.copy(onnx_path, lone)
-    assert OnnxRuntimeFuser(lone).timesteps == (250, 0)
+    assert OnnxRuntimeBackend(lone).timesteps == (250, 0)
     # file replaced after export: the spec's hash no longer matches
     stale = tmp_path / "stale.onnx"
     shutil.copy(onnx_path, stale)
     shutil.copy(spec_path_for(onnx_path), spec_path_for(stale))
     stale.write_bytes(stale.read_bytes()[:1000])
     with pytest.raises(ValueError, match="does not match its spec"):
-        OnnxRuntimeFuser(stale)
+        OnnxRuntimeBackend(stale)
     spec_path_for(stale).unlink()                                      # truncated, no spec at all
     with pytest.raises(ValueError, match="not a readable ONNX model"):
-        OnnxRuntimeFuser(stale)
+        OnnxRuntimeBackend(stale)
     with pytest.raises(ValueError, match=r"expected a checkpoint \(.pt, .pth, .ckpt, .safetensors\), an .onnx or a .plan"):
         best_available(spec_path_for(onnx_path), device="cpu")
     with pytest.raises(FileNotFoundError):
@@ -293,12 +293,12 @@ def test_one_backend_registry_for_the_api_and_every_cli(tmp_path):
     classes give."""
     from ddif.cli.common import STATION_BACKENDS
     from ddif.export.auto import BACKENDS, backend_options, build_backend
-    from ddif.runtime import TorchFuser
+    from ddif.runtime import TorchBackend
 
     assert STATION_BACKENDS == ("auto", *BACKENDS)
     opts = backend_options("cpu", steps=2)
     built = build_backend("pytorch", SHIPPED, opts)
-    assert isinstance(built, TorchFuser) and built.steps == 2
+    assert isinstance(built, TorchBackend) and built.steps == 2
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="^TensorRT cannot run .*: .*"):
             build_backend("tensorrt", SHIPPED, opts)

@@ -38,7 +38,7 @@ def test_every_backend_equals_the_fuser(tmp_path, name):
     from ddif.export import best_available
     from ddif.models import DDIF
     from ddif.models.cards import resolve_model
-    from ddif.runtime import OnnxRuntimeFuser, TorchFuser
+    from ddif.runtime import OnnxRuntimeBackend, TorchBackend
 
     path, card = resolve_model(name)
     model = DDIF.load(path)
@@ -47,8 +47,8 @@ def test_every_backend_equals_the_fuser(tmp_path, name):
     lms, pan = _inputs(name, model)
     want = reference.fuse(lms, pan, seed=5)
     ort = best_available(path, device="cpu", cache_dir=tmp_path / "cache", ort_threads=1)
-    assert isinstance(ort, OnnxRuntimeFuser) and ort.steps == card.default_steps
-    for backend in (ort, TorchFuser(path)):
+    assert isinstance(ort, OnnxRuntimeBackend) and ort.steps == card.default_steps
+    for backend in (ort, TorchBackend(path)):
         got = backend.fuse(lms, pan, seed=5)
         assert float((got - want).abs().max()) <= 1e-4, backend.name
     assert float((want - lms).abs().mean()) * model.config.max_dn > 1  # a fusion, not the interpolated MS

@@ -93,7 +93,7 @@ def test_mis_scaled_scenes_are_refused_and_input_scale_states_the_conversion(tmp
 
 
 def test_watch_quarantines_a_reflectance_scene_with_the_reason(tmp_path):
-    from ddif.runtime import TorchFuser
+    from ddif.runtime import TorchBackend
     from ddif.station import StationService, WatchConfig
     from ddif.station.events import EventLog
 
@@ -104,7 +104,7 @@ def test_watch_quarantines_a_reflectance_scene_with_the_reason(tmp_path):
         with rasterio.open(src) as s:
             _write(inbox / name, (s.read() / 32767).astype(np.float32), src)
     (inbox / "refl.ready").touch()
-    service = StationService(inbox, tmp_path / "outbox", TorchFuser(SHIPPED), watch=WatchConfig(poll_interval_s=0),
+    service = StationService(inbox, tmp_path / "outbox", TorchBackend(SHIPPED), watch=WatchConfig(poll_interval_s=0),
                              log=EventLog(stream=None))
     service.run(once=True)
     reason = json.loads((inbox / "quarantine" / "refl" / "reason.json").read_text())
@@ -115,9 +115,9 @@ def test_watch_quarantines_a_reflectance_scene_with_the_reason(tmp_path):
 _RSS_CHILD = r"""
 import json, resource, sys, torch
 torch.set_num_threads(1)
-from ddif.runtime import OnnxRuntimeFuser
+from ddif.runtime import OnnxRuntimeBackend
 from ddif.station import StationConfig, run_scene
-backend = OnnxRuntimeFuser(sys.argv[1], intra_op_threads=1, batch_size=8)
+backend = OnnxRuntimeBackend(sys.argv[1], intra_op_threads=1, batch_size=8)
 cfg = StationConfig(metric_tiles=0, batch_size=8)
 run_scene(sys.argv[2], sys.argv[3], sys.argv[4] + "_warm.tif", backend, cfg)     # first calls, allocator pools
 run_scene(sys.argv[5], sys.argv[6], sys.argv[4] + ".tif", backend, cfg)

@@ -175,9 +175,9 @@ class LocalRayCluster:
 
 def backend_factory(tile_size: int = 64, overlap: int = 16, steps: int | None = None):
     """What each actor (and the single-machine reference) builds: the engine on a checkpoint path."""
-    from ddif.runtime import TorchFuser
+    from ddif.runtime import TorchBackend
 
-    return functools.partial(TorchFuser, steps=steps, tile_size=tile_size, tile_overlap=overlap)
+    return functools.partial(TorchBackend, steps=steps, tile_size=tile_size, tile_overlap=overlap)
 
 
 def make_inbox(inbox: Path, n: int, ms_size: int) -> list[str]:

@@ -1,5 +1,5 @@
 """Helpers for the ground-station tests: synthetic GeoTIFF scenes (CRS, transform, nodata
-borders) and a tiny real model (``ddif.runtime.TorchFuser`` over a small random DDIF, the real
+borders) and a tiny real model (``ddif.runtime.TorchBackend`` over a small random DDIF, the real
 sampling path, no mock). Imported by tests/test_station*.py; holds no tests itself."""
 from __future__ import annotations
 
@@ -57,9 +57,9 @@ def save_station_model(path: Path, **kwargs) -> Path:
 
 
 def backend_for(model):
-    from ddif.runtime import TorchFuser
+    from ddif.runtime import TorchBackend
 
-    return TorchFuser(model)
+    return TorchBackend(model)
 
 
 def synthetic_scene(folder: Path, name: str = "scene", *, bands: int = 8, ms_size: int | tuple[int, int] = 64,

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ddif.fuser import Fuser
     from ddif.inference.selection import BandMatch
     from ddif.models.ddif import DDIF
-    from ddif.runtime.backends import FuserBackend
+    from ddif.runtime.backends import RuntimeBackend
     from ddif.station.config import StationConfig
     from ddif.station.plan import ScenePlan
     from ddif.station.run import StationBackend
@@ -108,7 +108,7 @@ def resolve_model(name: str | os.PathLike | None) -> Path:
 @dataclass
 class FastPath:
     """The PyTorch fast-path switches of the command line (``--amp``, ``--compile``,
-    ``--cuda-graphs``, ``--channels-last``), as :class:`ddif.Fuser` / ``TorchFuser`` take them."""
+    ``--cuda-graphs``, ``--channels-last``), as :class:`ddif.Fuser` / ``TorchBackend`` take them."""
 
     amp: str | None = None  # "bf16" | "fp16"
     compile: bool = False
@@ -192,7 +192,7 @@ def build_station_backend(
     steps: int | None = None,
     threads: int | None = None,
     fast: FastPath | None = None,
-) -> FuserBackend:
+) -> RuntimeBackend:
     """The station backend for ``model``: ``backend`` "auto" (``ddif.export.best_available``: the
     fastest that works here) or a name of the backend registry (``ddif.export.auto.BACKENDS``:
     "tensorrt", "onnxruntime", "pytorch"; a checkpoint is exported once into the export cache),

@@ -1,7 +1,7 @@
 """Runtime backends for the fixed-step sampler: PyTorch, ONNX Runtime, TensorRT.
 
     import ddif.runtime
-    backend = ddif.runtime.OnnxRuntimeFuser("fuser.onnx")    # or TorchFuser("model.pt"), TensorRTFuser(...)
+    backend = ddif.runtime.OnnxRuntimeBackend("fuser.onnx")    # or TorchBackend("model.pt"), TensorRTBackend(...)
     fused = backend.fuse(lms, pan, seed=0)
 
 Picking the fastest one and exporting a checkpoint on demand: ``ddif.export.best_available``
@@ -17,10 +17,10 @@ from __future__ import annotations
 from ddif.utils.lazy import lazy_exports
 
 _LAZY = {
-    "FuserBackend": "ddif.runtime.backends",
-    "TorchFuser": "ddif.runtime.backends",
-    "OnnxRuntimeFuser": "ddif.runtime.backends",
-    "TensorRTFuser": "ddif.runtime.backends",
+    "RuntimeBackend": "ddif.runtime.backends",
+    "TorchBackend": "ddif.runtime.backends",
+    "OnnxRuntimeBackend": "ddif.runtime.backends",
+    "TensorRTBackend": "ddif.runtime.backends",
     "spec_tiling": "ddif.runtime.backends",
     "SamplingPlan": "ddif.diffusion.sampling_plan",  # re-exported: the plan lives with the schedulers
     "resolve_sampling_plan": "ddif.diffusion.sampling_plan",
@@ -34,4 +34,21 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+_lazy_getattr, __dir__ = lazy_exports(__name__, _LAZY, globals())
+
+# the backends' names before they were named for what they are (kept working, with a warning)
+_RENAMED = {
+    "FuserBackend": "RuntimeBackend",
+    "TorchFuser": "TorchBackend",
+    "OnnxRuntimeFuser": "OnnxRuntimeBackend",
+    "TensorRTFuser": "TensorRTBackend",
+}
+
+
+def __getattr__(name: str):
+    if name in _RENAMED:
+        import warnings
+
+        warnings.warn(f"ddif.runtime.{name} is now ddif.runtime.{_RENAMED[name]}", DeprecationWarning, stacklevel=2)
+        return _lazy_getattr(_RENAMED[name])
+    return _lazy_getattr(name)

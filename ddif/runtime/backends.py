@@ -1,8 +1,8 @@
 """Runtime backends with one interface: ``backend.fuse(lms, pan, seed) -> fused``.
 
-- :class:`TorchFuser`: the engine itself (:class:`ddif.Fuser`), any device;
-- :class:`OnnxRuntimeFuser`: an exported graph (``python -m ddif.export.onnx``) on ONNX Runtime;
-- :class:`TensorRTFuser`: a TensorRT engine (``python -m ddif.export.tensorrt``) on an NVIDIA GPU.
+- :class:`TorchBackend`: the engine itself (:class:`ddif.Fuser`), any device;
+- :class:`OnnxRuntimeBackend`: an exported graph (``python -m ddif.export.onnx``) on ONNX Runtime;
+- :class:`TensorRTBackend`: a TensorRT engine (``python -m ddif.export.tensorrt``) on an NVIDIA GPU.
 
 A backend only runs the fixed-step sampler (DDIM, eta 0, the plan's timesteps) on a batch of
 tiles. Everything else (input checks, padding, tiling with the model's tile size and overlap,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ddif.runtime")
 
 
-class FuserBackend:
+class RuntimeBackend:
     """Common front of every backend: the model's facts and the one inference path over the
     backend's tile sampler (``sample_batch``, implemented by each subclass or handed in)."""
 
@@ -155,7 +155,7 @@ class FuserBackend:
 
 
 # ------------------------------------------------------------------------------------- PyTorch
-class TorchFuser(FuserBackend):
+class TorchBackend(RuntimeBackend):
     """The engine itself: :class:`ddif.Fuser` (condition cache, self-conditioning), DDIM eta 0
     over the plan's timesteps. ``model`` is a :class:`ddif.DDIF` or a checkpoint path."""
 
@@ -220,7 +220,7 @@ class TorchFuser(FuserBackend):
 
 
 # -------------------------------------------------------------------------------- ONNX Runtime
-class OnnxRuntimeFuser(FuserBackend):
+class OnnxRuntimeBackend(RuntimeBackend):
     """An exported tile sampler (``fuser.onnx`` + ``fuser.onnx.json``) on ONNX Runtime.
 
     ``providers`` default: CUDA then CPU where ``device`` is CUDA and onnxruntime has the CUDA
@@ -338,7 +338,7 @@ class OnnxRuntimeFuser(FuserBackend):
 
 
 # ------------------------------------------------------------------------------------ TensorRT
-class TensorRTFuser(FuserBackend):
+class TensorRTBackend(RuntimeBackend):
     """A TensorRT engine on an NVIDIA GPU.
 
     ``model_path`` is a ``.plan`` (with its ``.plan.json`` spec, from ``python -m ddif.export.tensorrt``)
@@ -513,10 +513,10 @@ def check_plan_matches(
 
 
 __all__ = [
-    "FuserBackend",
-    "TorchFuser",
-    "OnnxRuntimeFuser",
-    "TensorRTFuser",
+    "RuntimeBackend",
+    "TorchBackend",
+    "OnnxRuntimeBackend",
+    "TensorRTBackend",
     "load_onnx_spec",
     "spec_tiling",
     "import_onnxruntime",

@@ -358,7 +358,7 @@ class RayBackend:
     ``model``: the checkpoint (any single file ``factory`` accepts: engine ``.pt``, self-contained
     ``.onnx``, ...); its bytes are shipped to the actors. ``factory(path)`` builds the backend in
     each actor (picklable: a module-level function or ``functools.partial`` of one, e.g.
-    ``partial(ddif.runtime.TorchFuser, tile_size=..., tile_overlap=..., batch_size=...)``).
+    ``partial(ddif.runtime.TorchBackend, tile_size=..., tile_overlap=..., batch_size=...)``).
     ``address``: the cluster (``"auto"``, ``"host:port"``; None: ``$RAY_ADDRESS`` or a new local
     Ray) unless Ray is initialised already. ``actors``: default as many as the cluster's CPUs
     (divided by ``threads``) or, with ``gpus_per_actor``, its GPUs (divided by that) allow.

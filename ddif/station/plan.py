@@ -42,7 +42,7 @@ BACKEND_INTERFACE = ("name", "bands", "guide_bands", "max_dn", "rgb_bands", "rat
 
 class StationBackend(Protocol):
     """What the station uses of a backend (the ``ddif.runtime`` interface, e.g.
-    :class:`ddif.runtime.TorchFuser`; :func:`model_facts` checks every name of
+    :class:`ddif.runtime.TorchBackend`; :func:`model_facts` checks every name of
     ``BACKEND_INTERFACE``; ``describe()`` and ``steps`` are used where present)."""
 
     @property
