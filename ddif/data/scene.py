@@ -105,11 +105,6 @@ def invalid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
     return nodata_mask(data, [nodata])
 
 
-def check_finite(data: np.ndarray, invalid: np.ndarray, what: str) -> None:
-    """NaN / Inf outside the nodata mask refused (:func:`ddif.data.raster.check_finite_values`)."""
-    check_finite_values(data, invalid, what)
-
-
 def fill_invalid(x: np.ndarray, invalid: np.ndarray, iterations: int) -> np.ndarray:
     """Fill nodata pixels of (C, H, W) float32 ``x`` by growing the valid area ``iterations`` times
     (each new pixel = mean of its valid 3x3 neighbours), then the rest with the valid mean: the
@@ -203,7 +198,7 @@ class SceneReader:
         """PAN DN (P, h, w) in its dtype and its invalid mask."""
         data = self._read(self._pan, "PAN", y0, x0, h, w)
         bad = invalid_mask(data, self.grid.pan.nodata)
-        check_finite(data, bad, f"PAN {self.grid.pan.path}")
+        check_finite_values(data, bad, f"PAN {self.grid.pan.path}")
         return data, bad
 
     # ---- MS
@@ -227,7 +222,7 @@ class SceneReader:
         c0, c1 = int(jx[inx].min()), int(jx[inx].max()) + 1
         data = self._read(self._ms, "MS", r0, c0, r1 - r0, c1 - c0)
         bad = invalid_mask(data, g.ms.nodata)
-        check_finite(data, bad, f"MS {g.ms.path}")
+        check_finite_values(data, bad, f"MS {g.ms.path}")
         sub = bad[np.clip(jy - r0, 0, r1 - r0 - 1)][:, np.clip(jx - c0, 0, c1 - c0 - 1)]
         return sub | ~iny[:, None] | ~inx[None, :]
 
@@ -264,7 +259,7 @@ class SceneReader:
             return np.zeros((g.bands, h, w), dtype=np.float32)
         data = self._read(self._ms, "MS", r0, c0, r1 - r0, c1 - c0)
         bad = invalid_mask(data, g.ms.nodata)
-        check_finite(data, bad, f"MS {g.ms.path}")
+        check_finite_values(data, bad, f"MS {g.ms.path}")
         x = fill_invalid(self._norm(data), bad, self.fill_iterations)
         up = upsample(torch.from_numpy(x)[None], r, method=self.interpolation, padding=self.padding)[0]
         # upsampled pixel k of the scene is pixel k - r*r0 of this window
@@ -410,7 +405,7 @@ def scan_scene(
             h, w = min(block, g.ms.height - r0), min(block, g.ms.width - c0)
             data = reader._read(reader._ms, "MS", r0, c0, h, w)
             bad = invalid_mask(data, g.ms.nodata)
-            check_finite(data, bad, f"MS {g.ms.path}")
+            check_finite_values(data, bad, f"MS {g.ms.path}")
             ms_stats.add(data, bad)
     return SceneScan(total, pan_stats, ms_stats)
 
@@ -515,7 +510,7 @@ __all__ = [
     "placement",
     "interpolation_geometry",
     "invalid_mask",
-    "check_finite",
+    "check_finite_values",
     "fill_invalid",
     "normalise",
     "scan_scene",

@@ -83,9 +83,11 @@ def load_image(
         if window is not None:
             arr = _window(arr, window, f"{what} ({source.path})")
             if transform is not None:
-                from rasterio.transform import Affine
+                from rasterio.windows import Window
+                from rasterio.windows import transform as window_transform
 
-                shifted = source.info.transform @ Affine.translation(int(window[1]), int(window[0]))
+                row, col, height, width = (int(v) for v in window)
+                shifted = window_transform(Window(col, row, width, height), source.info.transform)
                 transform = tuple(float(v) for v in tuple(shifted)[:6])
         if bands:
             arr = _select_bands(arr, bands, f"{what} ({source.path})")

@@ -231,6 +231,13 @@ class ScenePlan:
         return "\n".join(lines)
 
 
+def read_band_pixels(batch_size: int, tile_h: int, tile_w: int) -> int:
+    """PAN pixels of one read band of :class:`ddif.station.run.TileRowBands`: two station batches
+    of tiles (enough for bands of several tile rows of a 4096 px scene at the default batch; at
+    most two bands are alive, as the memory bound counts)."""
+    return 2 * batch_size * tile_h * tile_w
+
+
 def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) -> dict[str, int]:
     """Upper bound of what the pipeline holds at once, in bytes, by stage (the largest counts).
 
@@ -256,7 +263,7 @@ def memory_bound_bytes(grid: SceneGrid, tiles: TileGrid, config: StationConfig) 
     itemsize = np.dtype(grid.ms.dtype).itemsize
     msh, msw = h // r + 2 * a + 3, w // r + 2 * a + 3
     ms_window = c * msh * msw * (itemsize + 4 * 3) + c * (r * msh) * (r * msw) * 4 * 2
-    band_px = 2 * b * h * w  # ddif.station.run.band_budget_px
+    band_px = read_band_pixels(b, h, w)
     perimeter = band_px // min(h, w) + max(h, w)  # a chunk's rows + columns, at most
     m = 2 * a + 3
     chunk_ms_px = band_px // (r * r) + m * perimeter // r + m * m

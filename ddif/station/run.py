@@ -62,6 +62,7 @@ from ddif.station.plan import (  # noqa: F401 (re-exported: the station's planni
     memory_bound_bytes,
     model_facts,
     plan_scene,
+    read_band_pixels,
 )
 from ddif.station.products import (
     BandStatistics,
@@ -95,7 +96,7 @@ class TileRowBands:
     and kept until the batches have taken all their tiles.
 
     A band holds as many consecutive tile rows of the scene's width as fit in ``budget_px`` PAN
-    pixels (:func:`band_budget_px`); where one tile row is wider than that, a band is one
+    pixels (:func:`ddif.station.plan.read_band_pixels`); where one tile row is wider than that, a band is one
     tile row cut into column segments of at most ``budget_px`` pixels. Batches (consecutive in
     raster order) therefore never re-read nor re-interpolate the rows that tile rows share inside a
     band, nor the MS margins of each window, and a batch ending inside a tile row leaves the rest of
@@ -195,12 +196,6 @@ def _batch_inputs(
     return torch.from_numpy(lms_np), torch.from_numpy(pan_np), noise  # sharing the arrays' memory
 
 
-def band_budget_px(plan: ScenePlan) -> int:
-    """PAN pixels of one read band: two station batches of tiles (enough for bands of several tile
-    rows of a 4096 px scene at the default batch; at most two bands are alive)."""
-    return 2 * int(plan.config.batch_size or 1) * plan.tiles.tile_h * plan.tiles.tile_w
-
-
 class _SceneBatches:
     """The station's tile source: the batches not yet in the journal, read from the scene's bands
     of tile rows (:class:`TileRowBands`) when the strategy asks for them; a stop request ends
@@ -215,7 +210,12 @@ class _SceneBatches:
     ):
         self.plan, self.reader, self.pending, self.should_stop = plan, reader, pending, should_stop
         self.shape = (plan.grid.bands, plan.tiles.tile_h, plan.tiles.tile_w)
-        self.bands = TileRowBands(plan, reader, [b for _, b in pending], band_budget_px(plan))
+        self.bands = TileRowBands(
+            plan,
+            reader,
+            [b for _, b in pending],
+            read_band_pixels(int(plan.config.batch_size or 1), plan.tiles.tile_h, plan.tiles.tile_w),
+        )
         self.read_s = 0.0
         self.stopped: int | None = None
         self._lms: dict[int, torch.Tensor] = {}
@@ -264,7 +264,6 @@ class _JournalSink:
         t0 = time.perf_counter()
         lms += residual.detach().to("cpu", torch.float32)  # lms + residual: blended, then clamped (the Fuser's)
         self.journal.save_batch(key, lms.numpy())
-        del lms  # freed before the next batch is allocated
         self.save_s += time.perf_counter() - t0
         self.computed += len(self.plan.batches[key])
         self.bar.update(1)
