@@ -35,6 +35,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from ddif.kernels._triton_common import INTERPRETED, cast_to
 from ddif.kernels._triton_utils import autotune, cdiv, next_pow2, target_programs
@@ -537,7 +538,7 @@ def lse_rows(x: torch.Tensor) -> torch.Tensor:
     lse = torch.empty((B, C, H), dtype=torch.float32, device=x.device)
     block_w = min(next_pow2(W), 1024 if INTERPRETED else 128)
     meta = {"BLOCK_R": max(1, min(next_pow2(B * C * H), _INTERP_MAX_TILE // block_w))} if INTERPRETED else {}
-    _lse_rows_kernel[lambda m: (cdiv(B * C * H, m["BLOCK_R"]),)](
+    wrap_triton(_lse_rows_kernel)[lambda m: (cdiv(B * C * H, m["BLOCK_R"]),)](
         x, lse, x.stride(0), x.stride(1), C, H, W, B * C * H, BLOCK_W=block_w, **meta
     )
     return lse
@@ -553,7 +554,7 @@ def lse_cols(x: torch.Tensor) -> torch.Tensor:
         meta = {"BLOCK_R": next_pow2(H)}
     else:
         block_x, meta = 64, {}
-    _lse_cols_kernel[(cdiv(B * C * W, block_x),)](
+    wrap_triton(_lse_cols_kernel)[(cdiv(B * C * W, block_x),)](
         x, lse, x.stride(0), x.stride(1), C, H, W, B * C * W, BLOCK_X=block_x, **meta
     )
     return lse
@@ -572,7 +573,7 @@ def fwm_context(k: torch.Tensor, v: torch.Tensor, heads: int) -> tuple[torch.Ten
     per_split = cdiv(cdiv(H * W, splits), 256) * 256
     splits = cdiv(H * W, per_split)
     part = torch.empty((B, heads, splits, d, d), dtype=torch.float32, device=k.device)
-    _context_fwd_kernel[(groups, splits)](
+    wrap_triton(_context_fwd_kernel)[(groups, splits)](
         k, v, lse, part, k.stride(0), k.stride(1), v.stride(0), v.stride(1), heads, d, H, W, per_split, splits, **meta
     )
     ctx = part[:, :, 0] if splits == 1 else part.sum(dim=2)
@@ -590,7 +591,7 @@ def fwm_context_backward(
     rows = max(1, cdiv(H, max(1, target_programs(k.device, INTERPRETED) // groups)))
     rowdot = torch.empty((B, dim, H), dtype=torch.float32, device=k.device)
     block_w = max(16, min(next_pow2(W), 1024 if INTERPRETED else 64))
-    _context_rowdot_kernel[(groups, cdiv(H, rows))](
+    wrap_triton(_context_rowdot_kernel)[(groups, cdiv(H, rows))](
         k,
         v,
         lse,
@@ -614,7 +615,7 @@ def fwm_context_backward(
     )
     gk = torch.empty((B, dim, H, W), dtype=k.dtype, device=k.device)
     gv = torch.empty((B, dim, H, W), dtype=v.dtype, device=v.device)
-    _context_bwd_kernel[_tiles_grid(groups, H * W)](
+    wrap_triton(_context_bwd_kernel)[_tiles_grid(groups, H * W)](
         k,
         v,
         lse,
@@ -644,7 +645,7 @@ def fwm_apply(q: torch.Tensor, context: torch.Tensor, heads: int) -> tuple[torch
     lse = lse_cols(q)
     meta = _position_meta(d, dim, H * W, q.dtype)
     out = torch.empty((B, dim, H, W), dtype=q.dtype, device=q.device)
-    _apply_fwd_kernel[_tiles_grid(B * cdiv(heads, meta["G"]), H * W)](
+    wrap_triton(_apply_fwd_kernel)[_tiles_grid(B * cdiv(heads, meta["G"]), H * W)](
         q, lse, context, out, q.stride(0), q.stride(1), *context.stride(), heads, d, H, W, 1.0 / math.sqrt(d), **meta
     )
     return out, lse
@@ -664,7 +665,7 @@ def fwm_apply_backward(
     rows = {"ROWS": max(1, min(next_pow2(H), _INTERP_MAX_TILE // (meta["BLOCK_D"] * cols)))} if INTERPRETED else {}
     colsum = torch.empty((B, dim, W), dtype=torch.float32, device=q.device)
     part = torch.empty((B, heads, strips, d, d), dtype=torch.float32, device=q.device)
-    _apply_colsum_kernel[(groups, strips)](
+    wrap_triton(_apply_colsum_kernel)[(groups, strips)](
         q,
         lse,
         context,
@@ -689,7 +690,7 @@ def fwm_apply_backward(
         **rows,
     )
     gq = torch.empty((B, dim, H, W), dtype=q.dtype, device=q.device)
-    _apply_bwd_kernel[_tiles_grid(groups, H * W)](
+    wrap_triton(_apply_bwd_kernel)[_tiles_grid(groups, H * W)](
         q,
         lse,
         colsum,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from ddif.kernels._triton_common import INTERPRETED, cast_to
 from ddif.kernels._triton_utils import autotune, cdiv, next_pow2
@@ -437,7 +438,7 @@ def haar_dwt2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     B, C, H, W = x.shape
     h2, w2 = (H + 1) // 2, (W + 1) // 2
     bands = [x.new_empty((B, C, h2, w2)) for _ in range(4)]
-    _analysis_kernel[_grid(lambda bs: cdiv(B * C, bs), h2, w2)](
+    wrap_triton(_analysis_kernel)[_grid(lambda bs: cdiv(B * C, bs), h2, w2)](
         x, *bands, *x.stride(), B * C, C, H, W, h2, w2, **_blocks(B * C, h2, w2)
     )
     return bands[0], bands[1], bands[2], bands[3]
@@ -449,7 +450,7 @@ def haar_synthesis(
     B, C, h2, w2 = ll.shape
     bands = [t.contiguous() for t in (ll, h, v, d)]
     x = ll.new_empty((B, C, out_h, out_w))
-    _synthesis_kernel[_grid(lambda bs: cdiv(B * C, bs), h2, w2)](
+    wrap_triton(_synthesis_kernel)[_grid(lambda bs: cdiv(B * C, bs), h2, w2)](
         *bands, x, B * C, h2, w2, out_h, out_w, **_blocks(B * C, h2, w2)
     )
     return x
@@ -465,7 +466,7 @@ def wavelet_condition(lms: torch.Tensor, guide: torch.Tensor, detail_order: str,
     h2, w2 = (H + 1) // 2, (W + 1) // 2
     OH, OW = (H, W) if resize else (h2, w2)
     out = lms.new_empty((B, C + 3 * P, OH, OW))
-    _wavelet_condition_kernel[_grid(lambda bs: B * (cdiv(C, bs) + cdiv(P, bs)), OH, OW)](
+    wrap_triton(_wavelet_condition_kernel)[_grid(lambda bs: B * (cdiv(C, bs) + cdiv(P, bs)), OH, OW)](
         lms,
         guide,
         out,
@@ -496,7 +497,7 @@ def wavelet_condition_backward(
     OH, OW = grad.shape[-2:]
     g_lms = grad.new_empty((B, C, H, W))
     g_guide = grad.new_empty((B, P, H, W))
-    _wavelet_condition_bwd_kernel[_grid(lambda bs: B * (cdiv(C, bs) + cdiv(P, bs)), h2, w2)](
+    wrap_triton(_wavelet_condition_bwd_kernel)[_grid(lambda bs: B * (cdiv(C, bs) + cdiv(P, bs)), h2, w2)](
         grad,
         g_lms,
         g_guide,

@@ -14,7 +14,9 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -118,6 +120,43 @@ def launch_error(device: torch.device) -> RuntimeError:
         "use the reference op, or a CUDA tensor, or set TRITON_INTERPRET=1 before the first "
         "kernel use to run on CPU in the interpreter"
     )
+
+
+def kernels_interpreted(module: str) -> bool:
+    """Whether the kernel module ``module`` was built for Triton's CPU interpreter."""
+    loaded = load_kernels(module)
+    return bool(loaded is not None and loaded.INTERPRETED)
+
+
+def triton_kernel_op(name: str, module: str) -> Callable[[Callable[..., Any]], Any]:
+    """Register ``fn`` (whose kernels launch through ``torch.library.wrap_triton``) as the
+    ``torch.library.triton_op`` ``name``: eager calls launch the kernels directly, and under
+    ``torch.compile`` AOT autograd decomposes the op into its kernel launches, so inductor sees
+    (and schedules) the Triton kernels instead of an opaque call.
+
+    Two departures from plain ``triton_op``, both because Triton's CPU interpreter
+    (``TRITON_INTERPRET=1``, ``module.INTERPRETED``) launches kernels eagerly even where a graph is
+    traced (``wrap_triton`` hands back the raw kernel there) and so cannot run on fake tensors:
+    the op's fake (meta) implementation is the explicit shape function the caller registers with
+    ``op.register_fake`` (not ``fn`` run on fake tensors), and while the kernels are interpreted
+    the op stays one opaque node under functionalization instead of being decomposed.
+    """
+
+    def register(fn: Callable[..., Any]) -> Any:
+        from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+        op: Any = torch.library.triton_op(name, fn, mutates_args=())
+
+        def functionalize(mode, overload, types, args, kwargs):  # noqa: ANN001, ANN202 - torch's protocol
+            if kernels_interpreted(module):
+                return mode.__torch_dispatch__(overload, types, args, kwargs)
+            with mode:
+                return fn(*args, **kwargs)
+
+        op.register_torch_dispatch(FunctionalTensorMode, functionalize)
+        return op
+
+    return register
 
 
 def next_pow2(n: int) -> int:

@@ -11,7 +11,8 @@ Because k and v depend on the condition only, ``context`` is computed once per i
 (:func:`fwm_context_ref`) and applied at every sampling step (:func:`fwm_apply_ref`).
 
 Fused path: Triton kernels (:mod:`ddif.kernels._fwm_triton`, imported on first use) that never write
-the softmaxed q or k, wrapped as ``torch.library.custom_op`` ops ``ddif::fwm_context`` and
+the softmaxed q or k (launched through ``torch.library.wrap_triton``), registered as
+``torch.library.triton_op`` ops ``ddif::fwm_context`` and
 ``ddif::fwm_apply`` with fake (meta) kernels and autograd (their backward passes are Triton
 kernels too: ``ddif::fwm_context_backward``, ``ddif::fwm_apply_backward``). The public
 ``fwm_*_fused`` functions validate inputs, apply the autocast policy (floating inputs cast to the
@@ -25,7 +26,14 @@ import math
 import torch
 from torch import Tensor
 
-from ddif.kernels._triton_utils import KERNEL_DTYPES, can_launch, launch_error, load_kernels, status_entry
+from ddif.kernels._triton_utils import (
+    KERNEL_DTYPES,
+    can_launch,
+    launch_error,
+    load_kernels,
+    status_entry,
+    triton_kernel_op,
+)
 from ddif.kernels.dispatch import autocast_dtype, autocast_inputs, exporting
 
 __all__ = [
@@ -73,7 +81,7 @@ def _kernels():
 
 # The forward ops return the softmax statistics (log-sum-exp of k's rows / q's columns, fp32) as
 # a second output: the backward needs them, and they are 1/W or 1/H of the input.
-@torch.library.custom_op("ddif::fwm_context", mutates_args=())
+@triton_kernel_op("ddif::fwm_context", _KERNELS)
 def _fwm_context_op(k: Tensor, v: Tensor, heads: int) -> tuple[Tensor, Tensor]:
     return _kernels().fwm_context(k, v, heads)
 
@@ -85,7 +93,7 @@ def _(k, v, heads):
     return k.new_empty((b, heads, d, d)), k.new_empty((b, dim, h), dtype=torch.float32)
 
 
-@torch.library.custom_op("ddif::fwm_context_backward", mutates_args=())
+@triton_kernel_op("ddif::fwm_context_backward", _KERNELS)
 def _fwm_context_backward_op(grad: Tensor, k: Tensor, v: Tensor, lse: Tensor, heads: int) -> tuple[Tensor, Tensor]:
     d = k.shape[1] // heads
     if tuple(grad.shape) != (k.shape[0], heads, d, d) or tuple(lse.shape) != tuple(k.shape[:3]):
@@ -119,7 +127,7 @@ def _context_backward(ctx, grad, _grad_lse):
 torch.library.register_autograd("ddif::fwm_context", _context_backward, setup_context=_context_setup)
 
 
-@torch.library.custom_op("ddif::fwm_apply", mutates_args=())
+@triton_kernel_op("ddif::fwm_apply", _KERNELS)
 def _fwm_apply_op(q: Tensor, context: Tensor, heads: int) -> tuple[Tensor, Tensor]:
     return _kernels().fwm_apply(q, context, heads)
 
@@ -130,7 +138,7 @@ def _(q, context, heads):
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((b, dim, w), dtype=torch.float32)
 
 
-@torch.library.custom_op("ddif::fwm_apply_backward", mutates_args=())
+@triton_kernel_op("ddif::fwm_apply_backward", _KERNELS)
 def _fwm_apply_backward_op(grad: Tensor, q: Tensor, context: Tensor, lse: Tensor, heads: int) -> tuple[Tensor, Tensor]:
     if grad.shape != q.shape or tuple(lse.shape) != (q.shape[0], q.shape[1], q.shape[3]):
         raise ValueError(

@@ -14,8 +14,9 @@ guide's detail bands in the model's recorded order (grouped by detail type), res
 (align_corners=False) back to the input size.
 
 Three layers per op: Triton kernels and launchers (:mod:`ddif.kernels._haar_triton`, imported on first
-use), ``torch.library.custom_op`` wrappers with fake (meta) and autograd registrations
-(``ddif::haar_dwt2``, ``ddif::haar_synthesis``, ``ddif::wavelet_condition`` and its backward), and
+use; every launch goes through ``torch.library.wrap_triton``), ``torch.library.triton_op`` ops with
+fake (meta) and autograd registrations (``ddif::haar_dwt2``, ``ddif::haar_synthesis``,
+``ddif::wavelet_condition`` and its backward; see :func:`ddif.kernels._triton_utils.triton_kernel_op`), and
 the public ``*_fused`` functions, which validate inputs, fall back to the ``*_ref`` ops while a
 graph is exported, and otherwise call the custom ops. :func:`wavelet_condition` picks fused or
 reference per call.
@@ -34,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddif.kernels._triton_utils import KERNEL_DTYPES, can_launch, launch_error, load_kernels, status_entry
+from ddif.kernels._triton_utils import (
+    KERNEL_DTYPES,
+    can_launch,
+    launch_error,
+    load_kernels,
+    status_entry,
+    triton_kernel_op,
+)
 from ddif.kernels.dispatch import exporting
 
 __all__ = [
@@ -101,7 +109,7 @@ def _kernels():
     return load_kernels(_KERNELS)
 
 
-@torch.library.custom_op("ddif::haar_dwt2", mutates_args=())
+@triton_kernel_op("ddif::haar_dwt2", _KERNELS)
 def _haar_dwt2_op(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _kernels().haar_dwt2(x)
 
@@ -112,7 +120,7 @@ def _(x):
     return tuple(x.new_empty((b, c, (h + 1) // 2, (w + 1) // 2)) for _ in range(4))
 
 
-@torch.library.custom_op("ddif::haar_synthesis", mutates_args=())
+@triton_kernel_op("ddif::haar_synthesis", _KERNELS)
 def _haar_synthesis_op(ll: Tensor, h: Tensor, v: Tensor, d: Tensor, out_h: int, out_w: int) -> Tensor:
     if (out_h + 1) // 2 != ll.shape[-2] or (out_w + 1) // 2 != ll.shape[-1]:
         raise ValueError(f"haar_synthesis: bands of size {tuple(ll.shape[-2:])} cannot make a {out_h}x{out_w} image")
@@ -150,7 +158,7 @@ torch.library.register_autograd("ddif::haar_dwt2", _dwt2_backward, setup_context
 torch.library.register_autograd("ddif::haar_synthesis", _synthesis_backward, setup_context=_synthesis_setup)
 
 
-@torch.library.custom_op("ddif::wavelet_condition", mutates_args=())
+@triton_kernel_op("ddif::wavelet_condition", _KERNELS)
 def _wavelet_condition_op(lms: Tensor, guide: Tensor, detail_order: str, resize: bool) -> Tensor:
     return _kernels().wavelet_condition(lms, guide, detail_order, resize)
 
@@ -162,7 +170,7 @@ def _(lms, guide, detail_order, resize):
     return lms.new_empty((b, c + 3 * guide.shape[1], *size))
 
 
-@torch.library.custom_op("ddif::wavelet_condition_backward", mutates_args=())
+@triton_kernel_op("ddif::wavelet_condition_backward", _KERNELS)
 def _wavelet_condition_backward_op(
     grad: Tensor, bands: int, guide_bands: int, height: int, width: int, detail_order: str, resize: bool
 ) -> tuple[Tensor, Tensor]:

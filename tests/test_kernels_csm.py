@@ -269,18 +269,18 @@ def test_fused_gradcheck_float64(conv_policy):
 def test_opcheck_forward(keep_conv):
     x, w, b, s, t = make_inputs(2, 6, 8, 5, 7)
     args = [u.requires_grad_(True) for u in (x, w, b, s, t)]
-    torch.library.opcheck(sc._csm_forward_op, (*args, keep_conv))
+    torch.library.opcheck(torch.ops.ddif.csm_forward.default, (*args, keep_conv))
 
 
 @needs_native
 @pytest.mark.parametrize("keep_conv", [False, True], ids=["recompute_conv", "keep_conv"])
 def test_custom_op_autograd_matches_reference(keep_conv):
-    """The torch.library op (what torch.compile traces) gives the eager path's results."""
+    """The C++ op with its registered autograd (what eager and torch.compile run) gives the reference results."""
     shape = (2, 31, 32, 9, 7)
     inputs = make_inputs(*shape)
     grad_out = torch.randn(2, 32, 9, 7)
     y_ref, g_ref = forward_and_grads(style_modulated_conv_ref, inputs, grad_out)
-    y, g = forward_and_grads(lambda *a: sc._csm_forward_op(*a, keep_conv)[0], inputs, grad_out)
+    y, g = forward_and_grads(lambda *a: torch.ops.ddif.csm_forward.default(*a, keep_conv)[0], inputs, grad_out)
     assert max_rel_err(y, y_ref) < 1e-5
     for name, a, e in zip(GRAD_NAMES, g, g_ref):
         assert max_rel_err(a, e) < 2e-5, name
@@ -291,8 +291,8 @@ def test_opcheck_backward():
     x, w, b, s, _ = make_inputs(2, 6, 8, 5, 7)
     grad_out = torch.randn(2, 8, 5, 7)
     conv = style_modulated_conv_ref(x, w, b, torch.zeros_like(s), torch.zeros_like(s))
-    torch.library.opcheck(sc._csm_backward_op, (grad_out, x, w, b, s, None, [True, True, True, True]))
-    torch.library.opcheck(sc._csm_backward_op, (grad_out, x, w, b, s, conv, [False, True, False, True]))
+    torch.library.opcheck(torch.ops.ddif.csm_backward.default, (grad_out, x, w, b, s, None, [True, True, True, True]))
+    torch.library.opcheck(torch.ops.ddif.csm_backward.default, (grad_out, x, w, b, s, conv, [False, True, False, True]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,4 +499,4 @@ def test_cuda_gradcheck_float64_and_device_checks():
     x, w, b, s, t = make_inputs(2, 4, 6, 5, 5, device="cuda")
     with pytest.raises(RuntimeError, match=r"scale must be a CUDA tensor for this kernel, got a tensor on cpu"):
         torch.ops.ddif.csm_forward(x, w, b, s.cpu(), t, False)
-    torch.library.opcheck(sc._csm_forward_op, (x, w, b, s, t, True))
+    torch.library.opcheck(torch.ops.ddif.csm_forward.default, (x, w, b, s, t, True))

@@ -255,6 +255,38 @@ def test_torch_compile_fullgraph_keeps_the_fused_ops():
     assert _max_err(cond, wavelet_condition_ref(lms, pan, "HDV")) <= 2e-6
 
 
+def test_aot_graph_sees_the_triton_kernels():
+    """The fused ops are ``triton_op``s: under AOT autograd (inductor's input) a GPU build
+    decomposes them into their Triton kernel launches, so inductor schedules the kernels; Triton's
+    CPU interpreter cannot launch on fake tensors, so there each op stays one opaque node."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    from ddif.kernels._triton_utils import kernels_interpreted
+    from ddif.kernels.haar_dwt import wavelet_condition_fused, wavelet_condition_ref
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def step(q, k, v, lms, pan):
+        return fwm_apply_fused(q, fwm_context_fused(k, v, 2), 2), wavelet_condition_fused(lms, pan)
+
+    q, k, v = _features(1, 16, 6, 8)
+    lms, pan = torch.rand(1, 4, 6, 8, device=DEVICE), torch.rand(1, 1, 6, 8, device=DEVICE)
+    out, cond = torch.compile(step, backend=aot_autograd(fw_compiler=record), fullgraph=True)(q, k, v, lms, pan)
+    targets = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    ours = {"ddif.fwm_context.default", "ddif.fwm_apply.default", "ddif.wavelet_condition.default"}
+    if kernels_interpreted("ddif.kernels._fwm_triton"):
+        assert ours <= targets, targets
+    else:
+        assert not ours & targets, targets
+        assert any("triton_kernel_wrapper" in t for t in targets), targets
+    assert _rel_err(out, fwm_apply_ref(q, fwm_context_ref(k, v, 2), 2)) <= 1e-5
+    assert _max_err(cond, wavelet_condition_ref(lms, pan, "HDV")) <= 2e-6
+
+
 # ----------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_pair():
