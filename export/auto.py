@@ -12,8 +12,6 @@ which never import this package).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +27,7 @@ from ddif.export.onnx import DEFAULT_EXPORTER, DEFAULT_OPSET, export_model
 from ddif.inference.tiling import Tiling, check_tiling
 from ddif.models.checkpoint import read_contents
 from ddif.models.ddif import DDIF
+from ddif.runtime.artifacts import ArtifactCache
 from ddif.runtime.backends import (
     OnnxRuntimeBackend,
     RuntimeBackend,
@@ -38,7 +37,7 @@ from ddif.runtime.backends import (
     onnxruntime_unavailable_reason,
 )
 from ddif.runtime.spec import SPEC_VERSION, ExportSpec, sha256_file, spec_path_for
-from ddif.runtime.tensorrt import TensorRTUnavailable, default_cache_dir, tensorrt_unavailable_reason
+from ddif.runtime.tensorrt import TensorRTUnavailable, tensorrt_unavailable_reason
 
 log = logging.getLogger("ddif.runtime")
 
@@ -98,16 +97,11 @@ def ensure_onnx(
         "tile_size": tiling.tile_size,
         "spec": SPEC_VERSION,
     }
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = ArtifactCache(cache_dir)
     tiles = f"tile{tiling.tile_size}" if tiling.tiled else "whole"
-    out = root / "onnx" / f"{checkpoint.stem}-{plan.steps}steps-{tiles}-{digest}.onnx"
-    if out.is_file() and spec_path_for(out).is_file():
-        try:
-            ExportSpec.for_model(out, verify=True)
-            return out
-        except ValueError as exc:
-            log.info("re-exporting %s: %s", out, exc)
+    out = cache.path_for("onnx", f"{checkpoint.stem}-{plan.steps}steps-{tiles}", ident, ".onnx")
+    if cache.lookup(out, ident) is not None:
+        return out
     log.info("exporting %s (%d steps, %s) to ONNX once; cached as %s", checkpoint, plan.steps, tiling.describe(), out)
     model = DDIF.from_pretrained(checkpoint)
     export_model(
@@ -124,6 +118,7 @@ def ensure_onnx(
             "checkpoint_sha256": ident["checkpoint_sha256"],
         },
     )
+    cache.record(out, ident)
     return out
 
 

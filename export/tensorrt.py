@@ -94,9 +94,7 @@ def build_plan(
         )
 
     if out is None:
-        return EngineCache(Path(cache_dir) / "tensorrt" if cache_dir else None).get_or_build(
-            onnx_path, key, profile, build
-        )
+        return EngineCache(cache_dir).get_or_build(onnx_path, key, profile, build)
     out = Path(out)
     build(onnx_path, out)
     write_engine_spec(out, onnx_path, key, profile)

@@ -220,7 +220,7 @@ def test_engine_cache_keys_paths_hits_and_misses(tmp_path, fake_onnx):
     assert key.precision == "fp16" and key.profile == str(profile) and len(key.onnx_sha256) == 64
     cache = EngineCache(tmp_path / "cache")
     path = cache.path_for(key)
-    assert path == cache.path_for(key) and path.parent == tmp_path / "cache" and path.suffix == ".plan"
+    assert path == cache.path_for(key) and path.parent == tmp_path / "cache" / "tensorrt" and path.suffix == ".plan"
     variants = [replace(key, onnx_sha256="0" * 64), replace(key, gpu="NVIDIA A100 (sm_80)"),
                 replace(key, tensorrt_version="10.10.0"), replace(key, precision="fp32"),
                 replace(key, profile="1x2x2/1x4x4/1x8x8")]

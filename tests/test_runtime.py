@@ -104,6 +104,43 @@ def test_whole_image_checkpoint_backends_agree(tmp_path):
     _agree([backend], reference, lms, pan)
 
 
+def test_onnx_artifact_cache_hits_and_refuses_a_foreign_spec(tmp_path, caplog, monkeypatch):
+    """One artifact cache (ddif.runtime.artifacts): the second ensure_onnx is a hit that neither
+    exports nor builds the network; a cached file whose spec records another key, or whose bytes
+    changed, is exported again instead of trusted."""
+    import json
+
+    from ddif.export import ensure_onnx
+    from ddif.models import DDIF
+    from ddif.runtime.spec import spec_path_for
+
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.pt")
+    first = ensure_onnx(ckpt, steps=2, cache_dir=tmp_path / "cache")
+    assert first.parent == tmp_path / "cache" / "onnx"
+    spec = json.loads(spec_path_for(first).read_text())
+    assert spec["cache_key"]["timesteps"] and len(spec["cache_key"]["checkpoint_sha256"]) == 64
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a cache hit must not build the network")
+
+    with monkeypatch.context() as m:
+        m.setattr(DDIF, "from_pretrained", no_build)
+        assert ensure_onnx(ckpt, steps=2, cache_dir=tmp_path / "cache") == first
+
+    spec["cache_key"]["opset"] = -1  # a spec written for another key
+    spec_path_for(first).write_text(json.dumps(spec))
+    with caplog.at_level(logging.INFO, logger="ddif"):
+        again = ensure_onnx(ckpt, steps=2, cache_dir=tmp_path / "cache")
+    assert again == first and any("another key" in r.getMessage() for r in caplog.records)
+    assert json.loads(spec_path_for(first).read_text())["cache_key"]["opset"] != -1
+
+    first.write_bytes(first.read_bytes() + b"\0")  # bytes no longer match the spec
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ddif"):
+        ensure_onnx(ckpt, steps=2, cache_dir=tmp_path / "cache")
+    assert any("exporting" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("name", ["landsat_small", "landsat8", "worldview2"])
 def test_shipped_checkpoint_every_backend_equals_fuser(tmp_path, caplog, name):
     """Every checkpoint users get (32 px tiles, 8 px overlap, the card's default steps), on a

@@ -26,6 +26,7 @@ _LAZY = {
     "resolve_sampling_plan": "ddif.diffusion.sampling_plan",
     "ExportSpec": "ddif.runtime.spec",
     "ShapeProfile": "ddif.runtime.spec",
+    "ArtifactCache": "ddif.runtime.artifacts",
     "EngineCache": "ddif.runtime.tensorrt",
     "EngineKey": "ddif.runtime.tensorrt",
     "TensorRTUnavailable": "ddif.runtime.tensorrt",

@@ -383,7 +383,7 @@ class TensorRTBackend(RuntimeBackend):
             key = engine_key(
                 path, profile, fp16=fp16, gpu=gpu_identity(self.device), tensorrt_version=str(trt.__version__)
             )
-            cache = EngineCache(Path(cache_dir) / "tensorrt" if cache_dir else None)
+            cache = EngineCache(cache_dir)
             model = onnx_spec.preset["model"]
 
             def build(onnx_path: Path, out: Path) -> None:

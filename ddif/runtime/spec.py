@@ -154,6 +154,7 @@ class ExportSpec:
     producer: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] = field(default_factory=dict)
     tiling: dict[str, int] = field(default_factory=dict)  # Tiling.to_dict(): the tiles the graph samples
+    cache_key: dict[str, Any] = field(default_factory=dict)  # ddif.runtime.artifacts: what it was built for
     format: str = SPEC_FORMAT
     version: int = SPEC_VERSION
 

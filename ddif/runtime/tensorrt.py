@@ -18,9 +18,7 @@ real build (accuracy and speed) where TensorRT and a GPU exist.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -31,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ddif.runtime.artifacts import ArtifactCache, key_digest
 from ddif.runtime.spec import INPUT_NAMES, OUTPUT_NAMES, ExportSpec, ShapeProfile, sha256_file, spec_path_for
 
 log = logging.getLogger("ddif.runtime")
@@ -177,33 +176,22 @@ class EngineKey:
     profile: str
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DDIF_CACHE_DIR") or Path.home() / ".cache" / "ddif")
+        return key_digest(asdict(self))
 
 
 class EngineCache:
-    """Serialized engines under ``root``, one file per :class:`EngineKey`, each with its spec."""
+    """TensorRT engines in the artifact cache (:class:`ddif.runtime.artifacts.ArtifactCache`,
+    kind ``tensorrt``), one per :class:`EngineKey`, each with its spec."""
 
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root is not None else default_cache_dir() / "tensorrt"
+        self.artifacts = ArtifactCache(root)
 
     def path_for(self, key: EngineKey, stem: str = "fuser") -> Path:
-        return self.root / f"{stem}-{key.digest()}.plan"
+        return self.artifacts.path_for("tensorrt", stem, asdict(key), ".plan")
 
     def lookup(self, key: EngineKey, stem: str = "fuser") -> Path | None:
         """The cached engine for ``key``, or None (missing, spec missing or for another key, corrupt)."""
-        path = self.path_for(key, stem)
-        if not path.is_file():
-            return None
-        try:
-            spec = ExportSpec.for_model(path, verify=True)
-        except (ValueError, FileNotFoundError) as exc:
-            log.info("ignoring cached engine %s: %s", path, exc)
-            return None
-        return path if spec.tensorrt.get("key") == asdict(key) else None
+        return self.artifacts.lookup(self.path_for(key, stem), asdict(key))
 
     def get_or_build(
         self,
@@ -220,6 +208,7 @@ class EngineCache:
         if hit is not None:
             return hit, True
         path = self.path_for(key, stem)
+        path.parent.mkdir(parents=True, exist_ok=True)
         build(onnx_path, path)
         write_engine_spec(path, onnx_path, key, profile)
         return path, False
@@ -230,8 +219,8 @@ def write_engine_spec(engine_path: Path, onnx_path: Path, key: EngineKey, profil
     spec = ExportSpec.for_model(onnx_path, verify=False)
     spec.kind, spec.model_file, spec.sha256 = "tensorrt", engine_path.name, sha256_file(engine_path)
     spec.profile = profile.to_dict()
+    spec.cache_key = asdict(key)
     spec.tensorrt = {
-        "key": asdict(key),
         "onnx_file": str(onnx_path.resolve()),
         "onnx_sha256": key.onnx_sha256,
         "gpu": key.gpu,
