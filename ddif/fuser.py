@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ddif.diffusion.samplers import make_scheduler
-from ddif.diffusion.sampling_plan import resolve_sampling_plan
+from ddif.diffusion.sampling_plan import SamplingPlan, resolve_sampling_plan
 from ddif.diffusion.schedule import NoiseSchedule
 from ddif.inference.engine import InferencePath, TorchTileSampler
 from ddif.inference.tiling import Tiling
@@ -30,6 +30,11 @@ class Fuser:
     what fills the GPU, or about 32 k pixels of tiles on a CPU) or the device. ``amp`` ("bf16" / "fp16"),
     ``channels_last``, ``compile`` and ``cuda_graphs`` are the fast-path options of
     :class:`ddif.inference.TorchTileSampler`.
+
+    Sampling and layout come as objects or as their loose parts: ``plan`` (a
+    :class:`ddif.diffusion.sampling_plan.SamplingPlan`: the deterministic fixed-step DDIM over its
+    timesteps, what every runtime backend runs) instead of ``sampler`` / ``steps``, and ``tiling``
+    (a :class:`Tiling`) instead of ``tile_size`` / ``tile_overlap``.
     """
 
     def __init__(
@@ -49,6 +54,8 @@ class Fuser:
         tile_size: int | None = None,
         tile_overlap: int | None = None,
         scheduler: RespacedScheduler | None = None,
+        plan: SamplingPlan | None = None,
+        tiling: Tiling | None = None,
         amp: str | None = None,
         channels_last: bool = False,
         compile: bool = False,
@@ -59,6 +66,10 @@ class Fuser:
         if device is not None or dtype is not None:
             self.model = model.to(device=device, dtype=dtype)
         self.model.eval()
+        if plan is not None:
+            if scheduler is not None or steps is not None or sampler is not None:
+                raise ValueError("Fuser: pass a sampling plan, or a scheduler, or sampler / steps, not several")
+            scheduler = plan.scheduler(model.preset)  # the deterministic fixed-step DDIM over the plan
         if scheduler is None:
             scheduler = make_scheduler(
                 sampler or dcfg.sampler,
@@ -73,7 +84,17 @@ class Fuser:
             scheduler.set_timesteps(timesteps=plan.timesteps)
         self.scheduler = scheduler
         self.steps = len(self.scheduler.timesteps)
-        self.tiling = Tiling.for_preset(model.preset, tile_size, tile_overlap)
+        if tiling is not None:
+            if tile_size is not None or tile_overlap is not None:
+                raise ValueError("Fuser: pass a Tiling or tile_size / tile_overlap, not both")
+            if tiling.size_multiple != model.preset.model.size_multiple:
+                raise ValueError(
+                    f"Fuser: the tiling is for sizes that are multiples of {tiling.size_multiple}, the model "
+                    f"needs multiples of {model.preset.model.size_multiple}"
+                )
+            self.tiling = tiling
+        else:
+            self.tiling = Tiling.for_preset(model.preset, tile_size, tile_overlap)
         self.sampler = TorchTileSampler(
             self.model,
             self.scheduler,

@@ -341,3 +341,27 @@ def test_one_backend_registry_for_the_api_and_every_cli(tmp_path):
             build_backend("tensorrt", SHIPPED, opts)
     with pytest.raises(ValueError, match="backend must be one of"):
         build_backend("tflite", SHIPPED, opts)
+
+
+def test_fuser_takes_plan_and_tiling_objects(tmp_path):
+    """Fuser(plan=, tiling=) is the loose steps / tile_size path in object form: same image; mixing
+    both forms, or a tiling for another size multiple, is refused."""
+    import ddif
+    from ddif.diffusion.sampling_plan import resolve_sampling_plan
+    from ddif.inference.tiling import Tiling
+    from ddif.models import DDIF
+
+    model = DDIF.load(_tiny_checkpoint(tmp_path / "tiny.pt"))
+    plan = resolve_sampling_plan(model.preset, model.metadata, steps=2)
+    tiling = Tiling.for_preset(model.preset, 16, 4)
+    lms, pan = _images(1, 21, 30)
+    by_objects = ddif.Fuser(model, plan=plan, tiling=tiling)
+    loose = ddif.Fuser(model, tile_size=16, tile_overlap=4, scheduler=plan.scheduler(model.preset))
+    assert by_objects.tiling == loose.tiling and by_objects.steps == 2
+    assert torch.equal(by_objects.fuse(lms, pan, seed=3), loose.fuse(lms, pan, seed=3))
+    with pytest.raises(ValueError, match="not several"):
+        ddif.Fuser(model, plan=plan, steps=2)
+    with pytest.raises(ValueError, match="not both"):
+        ddif.Fuser(model, tiling=tiling, tile_size=16)
+    with pytest.raises(ValueError, match="multiples of"):
+        ddif.Fuser(model, tiling=Tiling(0, 0, tiling.size_multiple * 3))
