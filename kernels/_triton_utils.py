@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -73,11 +74,32 @@ def status_entry(name: str) -> dict[str, str | bool]:
     return {name: f"{mode}: {detail}"}
 
 
+_ON_LOAD: dict[str, list[Callable[[], None]]] = {}
+_HOOKS_RUN: set[str] = set()
+_HOOKS_LOCK = threading.Lock()
+
+
+def on_kernels_loaded(module: str, hook: Callable[[], None]) -> None:
+    """Run ``hook`` once, right after the kernel module ``module`` is first loaded through
+    :func:`load_kernels`. The op modules register their ``torch.library`` ops this way: defining a
+    ``triton_op`` imports Triton, and Triton fixes at import whether its own language functions are
+    interpreted (``TRITON_INTERPRET``), so nothing may import it before the first kernel use."""
+    _ON_LOAD.setdefault(module, []).append(hook)
+
+
 def load_kernels(module: str) -> ModuleType | None:
-    """Import a Triton kernel module, or None when Triton is not installed."""
+    """Import a Triton kernel module (and run its :func:`on_kernels_loaded` hooks once), or None
+    when Triton is not installed."""
     if importlib.util.find_spec("triton") is None:
         return None
-    return importlib.import_module(module)
+    loaded = importlib.import_module(module)
+    if module not in _HOOKS_RUN:
+        with _HOOKS_LOCK:
+            if module not in _HOOKS_RUN:
+                for hook in _ON_LOAD.get(module, ()):
+                    hook()
+                _HOOKS_RUN.add(module)
+    return loaded
 
 
 def constant_while_tracing(fn):
@@ -99,15 +121,14 @@ def can_launch(device: torch.device, module: str) -> bool:
     """
     if device.type not in ("cpu", "cuda"):
         return False
-    loaded = sys.modules.get(module)
-    if loaded is None:
+    if module not in sys.modules:
         if device.type == "cpu" and not interpret_requested():
             return False
         if device.type == "cuda" and not interpret_requested() and not _gpu_driver()[0]:
             return False
-        loaded = load_kernels(module)
-        if loaded is None:
-            return False
+    loaded = load_kernels(module)  # (runs the op registrations once, also for a module imported directly)
+    if loaded is None:
+        return False
     if loaded.INTERPRETED:
         return True
     return device.type == "cuda" and _gpu_driver()[0]

@@ -31,6 +31,7 @@ from ddif.kernels._triton_utils import (
     can_launch,
     launch_error,
     load_kernels,
+    on_kernels_loaded,
     status_entry,
     triton_kernel_op,
 )
@@ -79,95 +80,91 @@ def _kernels():
     return load_kernels(_KERNELS)
 
 
-# The forward ops return the softmax statistics (log-sum-exp of k's rows / q's columns, fp32) as
-# a second output: the backward needs them, and they are 1/W or 1/H of the input.
-@triton_kernel_op("ddif::fwm_context", _KERNELS)
-def _fwm_context_op(k: Tensor, v: Tensor, heads: int) -> tuple[Tensor, Tensor]:
-    return _kernels().fwm_context(k, v, heads)
+def _register_ops() -> None:
+    """The ``torch.library`` ops, their fakes and autograd (run once, when the kernels load:
+    see :func:`ddif.kernels._triton_utils.on_kernels_loaded`)."""
 
+    # The forward ops return the softmax statistics (log-sum-exp of k's rows / q's columns, fp32) as
+    # a second output: the backward needs them, and they are 1/W or 1/H of the input.
+    @triton_kernel_op("ddif::fwm_context", _KERNELS)
+    def _fwm_context_op(k: Tensor, v: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+        return _kernels().fwm_context(k, v, heads)
 
-@_fwm_context_op.register_fake
-def _(k, v, heads):
-    b, dim, h, _ = k.shape
-    d = dim // heads
-    return k.new_empty((b, heads, d, d)), k.new_empty((b, dim, h), dtype=torch.float32)
+    @_fwm_context_op.register_fake
+    def _(k, v, heads):
+        b, dim, h, _ = k.shape
+        d = dim // heads
+        return k.new_empty((b, heads, d, d)), k.new_empty((b, dim, h), dtype=torch.float32)
 
+    @triton_kernel_op("ddif::fwm_context_backward", _KERNELS)
+    def _fwm_context_backward_op(grad: Tensor, k: Tensor, v: Tensor, lse: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+        d = k.shape[1] // heads
+        if tuple(grad.shape) != (k.shape[0], heads, d, d) or tuple(lse.shape) != tuple(k.shape[:3]):
+            raise ValueError(
+                f"fwm_context_backward: grad {tuple(grad.shape)} / lse {tuple(lse.shape)} do not match "
+                f"k {tuple(k.shape)} with {heads} heads"
+            )
+        return _kernels().fwm_context_backward(grad, k, v, lse, heads)
 
-@triton_kernel_op("ddif::fwm_context_backward", _KERNELS)
-def _fwm_context_backward_op(grad: Tensor, k: Tensor, v: Tensor, lse: Tensor, heads: int) -> tuple[Tensor, Tensor]:
-    d = k.shape[1] // heads
-    if tuple(grad.shape) != (k.shape[0], heads, d, d) or tuple(lse.shape) != tuple(k.shape[:3]):
-        raise ValueError(
-            f"fwm_context_backward: grad {tuple(grad.shape)} / lse {tuple(lse.shape)} do not match "
-            f"k {tuple(k.shape)} with {heads} heads"
+    @_fwm_context_backward_op.register_fake
+    def _(grad, k, v, lse, heads):
+        return (
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format),
         )
-    return _kernels().fwm_context_backward(grad, k, v, lse, heads)
 
+    def _context_setup(ctx, inputs, output):
+        k, v, ctx.heads = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(k, v, output[1])
 
-@_fwm_context_backward_op.register_fake
-def _(grad, k, v, lse, heads):
-    return (
-        torch.empty_like(k, memory_format=torch.contiguous_format),
-        torch.empty_like(v, memory_format=torch.contiguous_format),
-    )
+    def _context_backward(ctx, grad, _grad_lse):
+        k, v, lse = ctx.saved_tensors
+        gk, gv = torch.ops.ddif.fwm_context_backward(grad, k, v, lse, ctx.heads)
+        return gk, gv, None
 
+    torch.library.register_autograd("ddif::fwm_context", _context_backward, setup_context=_context_setup)
 
-def _context_setup(ctx, inputs, output):
-    k, v, ctx.heads = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(k, v, output[1])
+    @triton_kernel_op("ddif::fwm_apply", _KERNELS)
+    def _fwm_apply_op(q: Tensor, context: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+        return _kernels().fwm_apply(q, context, heads)
 
+    @_fwm_apply_op.register_fake
+    def _(q, context, heads):
+        b, dim, _, w = q.shape
+        return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((b, dim, w), dtype=torch.float32)
 
-def _context_backward(ctx, grad, _grad_lse):
-    k, v, lse = ctx.saved_tensors
-    gk, gv = torch.ops.ddif.fwm_context_backward(grad, k, v, lse, ctx.heads)
-    return gk, gv, None
+    @triton_kernel_op("ddif::fwm_apply_backward", _KERNELS)
+    def _fwm_apply_backward_op(
+        grad: Tensor, q: Tensor, context: Tensor, lse: Tensor, heads: int
+    ) -> tuple[Tensor, Tensor]:
+        if grad.shape != q.shape or tuple(lse.shape) != (q.shape[0], q.shape[1], q.shape[3]):
+            raise ValueError(
+                f"fwm_apply_backward: grad {tuple(grad.shape)} / lse {tuple(lse.shape)} do not match q {tuple(q.shape)}"
+            )
+        return _kernels().fwm_apply_backward(grad, q, context, lse, heads)
 
-
-torch.library.register_autograd("ddif::fwm_context", _context_backward, setup_context=_context_setup)
-
-
-@triton_kernel_op("ddif::fwm_apply", _KERNELS)
-def _fwm_apply_op(q: Tensor, context: Tensor, heads: int) -> tuple[Tensor, Tensor]:
-    return _kernels().fwm_apply(q, context, heads)
-
-
-@_fwm_apply_op.register_fake
-def _(q, context, heads):
-    b, dim, _, w = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((b, dim, w), dtype=torch.float32)
-
-
-@triton_kernel_op("ddif::fwm_apply_backward", _KERNELS)
-def _fwm_apply_backward_op(grad: Tensor, q: Tensor, context: Tensor, lse: Tensor, heads: int) -> tuple[Tensor, Tensor]:
-    if grad.shape != q.shape or tuple(lse.shape) != (q.shape[0], q.shape[1], q.shape[3]):
-        raise ValueError(
-            f"fwm_apply_backward: grad {tuple(grad.shape)} / lse {tuple(lse.shape)} do not match q {tuple(q.shape)}"
+    @_fwm_apply_backward_op.register_fake
+    def _(grad, q, context, lse, heads):
+        return (
+            torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(context, memory_format=torch.contiguous_format),
         )
-    return _kernels().fwm_apply_backward(grad, q, context, lse, heads)
+
+    def _apply_setup(ctx, inputs, output):
+        q, context, ctx.heads = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(q, context, output[1])
+
+    def _apply_backward(ctx, grad, _grad_lse):
+        q, context, lse = ctx.saved_tensors
+        gq, gctx = torch.ops.ddif.fwm_apply_backward(grad, q, context, lse, ctx.heads)
+        return gq, gctx, None
+
+    torch.library.register_autograd("ddif::fwm_apply", _apply_backward, setup_context=_apply_setup)
 
 
-@_fwm_apply_backward_op.register_fake
-def _(grad, q, context, lse, heads):
-    return (
-        torch.empty_like(q, memory_format=torch.contiguous_format),
-        torch.empty_like(context, memory_format=torch.contiguous_format),
-    )
-
-
-def _apply_setup(ctx, inputs, output):
-    q, context, ctx.heads = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(q, context, output[1])
-
-
-def _apply_backward(ctx, grad, _grad_lse):
-    q, context, lse = ctx.saved_tensors
-    gq, gctx = torch.ops.ddif.fwm_apply_backward(grad, q, context, lse, ctx.heads)
-    return gq, gctx, None
-
-
-torch.library.register_autograd("ddif::fwm_apply", _apply_backward, setup_context=_apply_setup)
+on_kernels_loaded(_KERNELS, _register_ops)
 
 
 # ----------------------------------------------------------------------------------- public API

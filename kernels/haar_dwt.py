@@ -40,6 +40,7 @@ from ddif.kernels._triton_utils import (
     can_launch,
     launch_error,
     load_kernels,
+    on_kernels_loaded,
     status_entry,
     triton_kernel_op,
 )
@@ -109,116 +110,107 @@ def _kernels():
     return load_kernels(_KERNELS)
 
 
-@triton_kernel_op("ddif::haar_dwt2", _KERNELS)
-def _haar_dwt2_op(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _kernels().haar_dwt2(x)
+def _register_ops() -> None:
+    """The ``torch.library`` ops, their fakes and autograd (run once, when the kernels load:
+    see :func:`ddif.kernels._triton_utils.on_kernels_loaded`)."""
+
+    @triton_kernel_op("ddif::haar_dwt2", _KERNELS)
+    def _haar_dwt2_op(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _kernels().haar_dwt2(x)
+
+    @_haar_dwt2_op.register_fake
+    def _(x):
+        b, c, h, w = x.shape
+        return tuple(x.new_empty((b, c, (h + 1) // 2, (w + 1) // 2)) for _ in range(4))
+
+    @triton_kernel_op("ddif::haar_synthesis", _KERNELS)
+    def _haar_synthesis_op(ll: Tensor, h: Tensor, v: Tensor, d: Tensor, out_h: int, out_w: int) -> Tensor:
+        if (out_h + 1) // 2 != ll.shape[-2] or (out_w + 1) // 2 != ll.shape[-1]:
+            raise ValueError(
+                f"haar_synthesis: bands of size {tuple(ll.shape[-2:])} cannot make a {out_h}x{out_w} image"
+            )
+        return _kernels().haar_synthesis(ll, h, v, d, out_h, out_w)
+
+    @_haar_synthesis_op.register_fake
+    def _(ll, h, v, d, out_h, out_w):
+        return ll.new_empty((ll.shape[0], ll.shape[1], out_h, out_w))
+
+    def _zeros_for_none(grads: Sequence[Tensor | None], like: Tensor) -> list[Tensor]:
+        return [torch.zeros_like(like) if g is None else g for g in grads]
+
+    def _dwt2_setup(ctx, inputs, output):
+        ctx.out_hw = inputs[0].shape[-2:]
+
+    def _dwt2_backward(ctx, g_ll, g_h, g_v, g_d):
+        like = next(g for g in (g_ll, g_h, g_v, g_d) if g is not None)
+        grads = _zeros_for_none((g_ll, g_h, g_v, g_d), like)
+        return torch.ops.ddif.haar_synthesis(*grads, ctx.out_hw[0], ctx.out_hw[1])
+
+    def _synthesis_setup(ctx, inputs, output):
+        pass
+
+    def _synthesis_backward(ctx, grad):
+        return (*torch.ops.ddif.haar_dwt2(grad), None, None)
+
+    torch.library.register_autograd("ddif::haar_dwt2", _dwt2_backward, setup_context=_dwt2_setup)
+    torch.library.register_autograd("ddif::haar_synthesis", _synthesis_backward, setup_context=_synthesis_setup)
+
+    @triton_kernel_op("ddif::wavelet_condition", _KERNELS)
+    def _wavelet_condition_op(lms: Tensor, guide: Tensor, detail_order: str, resize: bool) -> Tensor:
+        return _kernels().wavelet_condition(lms, guide, detail_order, resize)
+
+    @_wavelet_condition_op.register_fake
+    def _(lms, guide, detail_order, resize):
+        b, c, h, w = lms.shape
+        size = (h, w) if resize else ((h + 1) // 2, (w + 1) // 2)
+        return lms.new_empty((b, c + 3 * guide.shape[1], *size))
+
+    @triton_kernel_op("ddif::wavelet_condition_backward", _KERNELS)
+    def _wavelet_condition_backward_op(
+        grad: Tensor, bands: int, guide_bands: int, height: int, width: int, detail_order: str, resize: bool
+    ) -> tuple[Tensor, Tensor]:
+        size = (height, width) if resize else ((height + 1) // 2, (width + 1) // 2)
+        if grad.dim() != 4 or grad.shape[1] != bands + 3 * guide_bands or tuple(grad.shape[-2:]) != size:
+            raise ValueError(
+                f"wavelet_condition_backward: grad of shape {tuple(grad.shape)} does not match "
+                f"{bands} + 3 x {guide_bands} channels of {size[0]}x{size[1]}"
+            )
+        return _kernels().wavelet_condition_backward(grad, bands, guide_bands, height, width, detail_order, resize)
+
+    @_wavelet_condition_backward_op.register_fake
+    def _(grad, bands, guide_bands, height, width, detail_order, resize):
+        b = grad.shape[0]
+        return grad.new_empty((b, bands, height, width)), grad.new_empty((b, guide_bands, height, width))
+
+    def _condition_setup(ctx, inputs, output):
+        lms, guide, ctx.detail_order, ctx.resize = inputs
+        ctx.dims = (lms.shape[1], guide.shape[1], lms.shape[2], lms.shape[3])
+
+    def _condition_backward(ctx, grad):
+        g_lms, g_guide = torch.ops.ddif.wavelet_condition_backward(grad, *ctx.dims, ctx.detail_order, ctx.resize)
+        return g_lms, g_guide, None, None
+
+    def _condition_bwd_setup(ctx, inputs, output):
+        _, ctx.bands, ctx.guide_bands, _, _, ctx.detail_order, ctx.resize = inputs
+
+    def _condition_bwd_backward(ctx, gg_lms, gg_guide):
+        # the backward is linear in ``grad``: its own backward is the forward map
+        if gg_lms is None and gg_guide is None:
+            return (None,) * 7
+        like = gg_lms if gg_lms is not None else gg_guide
+        if gg_lms is None:
+            gg_lms = like.new_zeros((like.shape[0], ctx.bands, *like.shape[-2:]))
+        if gg_guide is None:
+            gg_guide = like.new_zeros((like.shape[0], ctx.guide_bands, *like.shape[-2:]))
+        return (torch.ops.ddif.wavelet_condition(gg_lms, gg_guide, ctx.detail_order, ctx.resize),) + (None,) * 6
+
+    torch.library.register_autograd("ddif::wavelet_condition", _condition_backward, setup_context=_condition_setup)
+    torch.library.register_autograd(
+        "ddif::wavelet_condition_backward", _condition_bwd_backward, setup_context=_condition_bwd_setup
+    )
 
 
-@_haar_dwt2_op.register_fake
-def _(x):
-    b, c, h, w = x.shape
-    return tuple(x.new_empty((b, c, (h + 1) // 2, (w + 1) // 2)) for _ in range(4))
-
-
-@triton_kernel_op("ddif::haar_synthesis", _KERNELS)
-def _haar_synthesis_op(ll: Tensor, h: Tensor, v: Tensor, d: Tensor, out_h: int, out_w: int) -> Tensor:
-    if (out_h + 1) // 2 != ll.shape[-2] or (out_w + 1) // 2 != ll.shape[-1]:
-        raise ValueError(f"haar_synthesis: bands of size {tuple(ll.shape[-2:])} cannot make a {out_h}x{out_w} image")
-    return _kernels().haar_synthesis(ll, h, v, d, out_h, out_w)
-
-
-@_haar_synthesis_op.register_fake
-def _(ll, h, v, d, out_h, out_w):
-    return ll.new_empty((ll.shape[0], ll.shape[1], out_h, out_w))
-
-
-def _zeros_for_none(grads: Sequence[Tensor | None], like: Tensor) -> list[Tensor]:
-    return [torch.zeros_like(like) if g is None else g for g in grads]
-
-
-def _dwt2_setup(ctx, inputs, output):
-    ctx.out_hw = inputs[0].shape[-2:]
-
-
-def _dwt2_backward(ctx, g_ll, g_h, g_v, g_d):
-    like = next(g for g in (g_ll, g_h, g_v, g_d) if g is not None)
-    grads = _zeros_for_none((g_ll, g_h, g_v, g_d), like)
-    return torch.ops.ddif.haar_synthesis(*grads, ctx.out_hw[0], ctx.out_hw[1])
-
-
-def _synthesis_setup(ctx, inputs, output):
-    pass
-
-
-def _synthesis_backward(ctx, grad):
-    return (*torch.ops.ddif.haar_dwt2(grad), None, None)
-
-
-torch.library.register_autograd("ddif::haar_dwt2", _dwt2_backward, setup_context=_dwt2_setup)
-torch.library.register_autograd("ddif::haar_synthesis", _synthesis_backward, setup_context=_synthesis_setup)
-
-
-@triton_kernel_op("ddif::wavelet_condition", _KERNELS)
-def _wavelet_condition_op(lms: Tensor, guide: Tensor, detail_order: str, resize: bool) -> Tensor:
-    return _kernels().wavelet_condition(lms, guide, detail_order, resize)
-
-
-@_wavelet_condition_op.register_fake
-def _(lms, guide, detail_order, resize):
-    b, c, h, w = lms.shape
-    size = (h, w) if resize else ((h + 1) // 2, (w + 1) // 2)
-    return lms.new_empty((b, c + 3 * guide.shape[1], *size))
-
-
-@triton_kernel_op("ddif::wavelet_condition_backward", _KERNELS)
-def _wavelet_condition_backward_op(
-    grad: Tensor, bands: int, guide_bands: int, height: int, width: int, detail_order: str, resize: bool
-) -> tuple[Tensor, Tensor]:
-    size = (height, width) if resize else ((height + 1) // 2, (width + 1) // 2)
-    if grad.dim() != 4 or grad.shape[1] != bands + 3 * guide_bands or tuple(grad.shape[-2:]) != size:
-        raise ValueError(
-            f"wavelet_condition_backward: grad of shape {tuple(grad.shape)} does not match "
-            f"{bands} + 3 x {guide_bands} channels of {size[0]}x{size[1]}"
-        )
-    return _kernels().wavelet_condition_backward(grad, bands, guide_bands, height, width, detail_order, resize)
-
-
-@_wavelet_condition_backward_op.register_fake
-def _(grad, bands, guide_bands, height, width, detail_order, resize):
-    b = grad.shape[0]
-    return grad.new_empty((b, bands, height, width)), grad.new_empty((b, guide_bands, height, width))
-
-
-def _condition_setup(ctx, inputs, output):
-    lms, guide, ctx.detail_order, ctx.resize = inputs
-    ctx.dims = (lms.shape[1], guide.shape[1], lms.shape[2], lms.shape[3])
-
-
-def _condition_backward(ctx, grad):
-    g_lms, g_guide = torch.ops.ddif.wavelet_condition_backward(grad, *ctx.dims, ctx.detail_order, ctx.resize)
-    return g_lms, g_guide, None, None
-
-
-def _condition_bwd_setup(ctx, inputs, output):
-    _, ctx.bands, ctx.guide_bands, _, _, ctx.detail_order, ctx.resize = inputs
-
-
-def _condition_bwd_backward(ctx, gg_lms, gg_guide):
-    # the backward is linear in ``grad``: its own backward is the forward map
-    if gg_lms is None and gg_guide is None:
-        return (None,) * 7
-    like = gg_lms if gg_lms is not None else gg_guide
-    if gg_lms is None:
-        gg_lms = like.new_zeros((like.shape[0], ctx.bands, *like.shape[-2:]))
-    if gg_guide is None:
-        gg_guide = like.new_zeros((like.shape[0], ctx.guide_bands, *like.shape[-2:]))
-    return (torch.ops.ddif.wavelet_condition(gg_lms, gg_guide, ctx.detail_order, ctx.resize),) + (None,) * 6
-
-
-torch.library.register_autograd("ddif::wavelet_condition", _condition_backward, setup_context=_condition_setup)
-torch.library.register_autograd(
-    "ddif::wavelet_condition_backward", _condition_bwd_backward, setup_context=_condition_bwd_setup
-)
+on_kernels_loaded(_KERNELS, _register_ops)
 
 
 # ----------------------------------------------------------------------------------- public API

@@ -238,3 +238,19 @@ def test_long_functions_and_classes_have_a_stated_reason():
     assert not unexplained, f"over 80 lines (functions) / 300 lines (classes) without a reason: {unexplained}"
     stale = sorted(set(LONG_UNITS) - set(found))
     assert not stale, f"no longer long, remove from LONG_UNITS: {stale}"
+
+
+def test_importing_the_model_and_kernels_does_not_import_triton():
+    """Triton decides at its own import whether its language functions are interpreted
+    (TRITON_INTERPRET): importing ddif, the model or the op modules must not import it (the
+    triton_op registrations run when the kernels first load), or setting TRITON_INTERPRET=1 later
+    breaks every interpreted kernel."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ddif, ddif.models, ddif.kernels.haar_dwt, ddif.kernels.fwm, ddif.kernels.style_conv; "
+        "print('triton' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
