@@ -215,6 +215,9 @@ LONG_UNITS = {
     "ddif.kernels._haar_triton._wavelet_condition_bwd_kernel": "a Triton kernel: one program",
     "ddif.station.watch.StationService._process": "one scene: fuse, place, catalogue, archive, with "
     "one handler per outcome (bad scene, stop, any other error)",
+    "ddif.kernels.haar_dwt._register_ops": "the op definitions (each a few lines: op, fake, autograd) "
+    "in one function so they run when the kernels load, not at import (Triton's interpreter rule)",
+    "ddif.kernels.fwm._register_ops": "as ddif.kernels.haar_dwt._register_ops",
 }
 
 
