@@ -293,6 +293,7 @@ def _real_sensor(
     iterations: int,
     lr: float,
     milestone: int,
+    guide_bands: int = 1,
 ) -> Preset:
     """The shipped models for real sensors: ``landsat_small``'s network (the published architecture
     at a width that samples a scene in seconds on a CPU), trained on a real PAN + MS pair
@@ -300,6 +301,7 @@ def _real_sensor(
     p = _small_rgb()
     p.name = name
     p.model.bands = len(bands)
+    p.model.guide_bands = guide_bands
     p.model.max_dn = max_dn
     p.diffusion.residual_mean = "zero"
     p.train = TrainConfig(
@@ -340,6 +342,21 @@ _PRESET_FACTORIES = {
     # WorldView-2 blue, green, red, NIR1 with its PAN (0.5 m / 2 m), 11-bit DN; fine-tuned
     "worldview2": lambda: _real_sensor(
         "worldview2", ("blue", "green", "red", "nir1"), 2047.0, 4, "wv2", (2, 1, 0), 3000, 1e-4, 2400
+    ),
+    # Sentinel-2 MSI: the six 20 m bands sharpened to 10 m with the four 10 m bands (B02, B03, B04,
+    # B08) as a 4-band guide, ratio 2; DN = reflectance x 10000 (max_dn: reflectance 1); preview
+    # bands B11, B8A, B05 (false colour)
+    "sentinel2": lambda: _real_sensor(
+        "sentinel2",
+        ("B05", "B06", "B07", "B8A", "B11", "B12"),
+        10000.0,
+        2,
+        "sentinel2",
+        (4, 3, 0),
+        6000,
+        5e-4,  # trained from scratch (--init transfers a band count, not a guide's)
+        5000,
+        guide_bands=4,
     ),
 }
 

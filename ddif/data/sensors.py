@@ -152,6 +152,13 @@ SENSOR_MTF: dict[str, tuple[tuple[float, ...], float]] = {
     # Landsat-9 OLI-2: built to the OLI design, with the same bands and 15 m / 30 m sampling; same
     # values as Landsat-8 (no separate measurement is claimed).
     "landsat9": ((0.3,), 0.15),
+    # Sentinel-2 MSI, the ten 10 m / 20 m bands in the registry's order (B02, B03, B04, B05, B06,
+    # B07, B08, B8A, B11, B12), and for the "PAN" role the 10 m guide bands (B02, B03, B04, B08:
+    # 0.26, 0.28, 0.24, 0.26, their mean). MTF at each band's Nyquist as used for Sentinel-2
+    # sharpening by M. O. Ulfarsson et al., "Sentinel-2 sharpening using a reduced-rank method",
+    # IEEE TGRS 57(9), 6408-6420, 2019 (S2Sharp), who take them from ESA's Sentinel-2 data quality
+    # reports; recalled from that work, not re-checked here against the reports themselves.
+    "sentinel2": ((0.26, 0.28, 0.24, 0.38, 0.34, 0.34, 0.26, 0.33, 0.23, 0.22), 0.26),
     # Any other sensor: the toolbox's default (genMTF 'otherwise' 0.3; MTF_PAN 0.15).
     "generic": ((0.3,), 0.15),
     # No filtering at all (gain 1 at Nyquist = all-pass, the kernel is a unit impulse); used for the
@@ -186,6 +193,9 @@ SENSOR_ALIASES: dict[str, str] = {
     "l9": "landsat9",
     "oli2": "landsat9",
     "oli-2": "landsat9",
+    "sentinel-2": "sentinel2",
+    "s2": "sentinel2",
+    "msi": "sentinel2",
 }
 
 
@@ -211,9 +221,47 @@ def _oli_bands() -> tuple[Band, ...]:
     )
 
 
+def _msi_bands() -> tuple[Band, ...]:
+    """Sentinel-2 MSI bands at 10 m and 20 m (centre +- half the bandwidth, S2A)."""
+    return (
+        Band("B02", (458.0, 523.0), ("blue",)),
+        Band("B03", (543.0, 578.0), ("green",)),
+        Band("B04", (650.0, 680.0), ("red",)),
+        Band("B05", (698.0, 713.0), ("red edge 1", "re1")),
+        Band("B06", (733.0, 748.0), ("red edge 2", "re2")),
+        Band("B07", (773.0, 793.0), ("red edge 3", "re3")),
+        Band("B08", (785.0, 900.0), ("nir",)),
+        Band("B8A", (855.0, 875.0), ("nir narrow", "narrow nir", "nir2")),
+        Band("B11", (1565.0, 1655.0), ("swir1", "swir 1")),
+        Band("B12", (2100.0, 2280.0), ("swir2", "swir 2")),
+    )
+
+
+#: Sentinel-2's 10 m bands (the guide) and 20 m bands (what is sharpened), and the order of a
+#: sharpened 10 m product.
+SENTINEL2_10M = ("B02", "B03", "B04", "B08")
+SENTINEL2_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
+SENTINEL2_PRODUCT_ORDER = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+
+
 SENSORS: dict[str, Sensor] = {
     s.key: s
     for s in (
+        Sensor(
+            "sentinel2",
+            "Sentinel-2 MSI",
+            _msi_bands(),
+            None,
+            ratio=2,
+            max_dn=10000.0,
+            dn_bits=16,
+            aliases=("sentinel-2", "s2", "msi", "s2a", "s2b", "s2c"),
+            file_patterns=(r"^S2[ABC]?_", r"^T\d{2}[A-Z]{3}_\d{8}T\d{6}_B"),
+            metadata_ids=(("SPACECRAFT_NAME", "Sentinel-2A"), ("SPACECRAFT_NAME", "Sentinel-2B")),
+            notes="no PAN: the 20 m bands are sharpened with the 10 m bands as a 4-band guide; L1C / L2A "
+            "DN = reflectance x 10000 (L2A from baseline 04.00 with BOA_ADD_OFFSET -1000); max_dn is the "
+            "DN of reflectance 1",
+        ),
         Sensor(
             "landsat8",
             "Landsat-8 OLI",
@@ -390,11 +438,12 @@ class DeliveryFacts:
     notes: list[str] = field(default_factory=list)
 
 
-_BAND_IN_NAME = re.compile(r"[_\-.](B0?\d{1,2}A?)(?=\.[A-Za-z0-9]+$)", re.IGNORECASE)
+# the band token just before the extension, or before a Sentinel-2 L2A resolution suffix (_B05_20m.jp2)
+_BAND_IN_NAME = re.compile(r"[_\-.](B0?\d{1,2}A?)(?:_\d{2}m)?(?=\.[A-Za-z0-9]+$)", re.IGNORECASE)
 
 
 def band_from_file_name(path: str | Path) -> str | None:
-    """'B4' from '..._B4.TIF' / '..._B04.tif' (Landsat, Sentinel-2 style), else None."""
+    """'B4' from '..._B4.TIF' / '..._B04.tif' / '..._B04_10m.jp2' (Landsat, Sentinel-2 style), else None."""
     m = _BAND_IN_NAME.search(Path(path).name)
     if not m:
         return None

@@ -178,16 +178,17 @@ def _georef(source) -> Any:
 
 def band_names(source: ImageSource, bands: Sequence[int]) -> tuple[str, ...]:
     """Names of the MS bands used, when the source names them: the band descriptions of a GeoTIFF,
-    or Landsat-style ``..._B4.TIF`` file names of per-band files; () when unknown."""
-    import re
+    or Landsat / Sentinel-2 style ``..._B4.TIF`` / ``..._B8A.tif`` file names of per-band files
+    (:func:`ddif.data.sensors.band_from_file_name`); () when unknown."""
+    from ddif.data.sensors import band_from_file_name
 
     if isinstance(source, (str, os.PathLike)):
         source = (source,)
     if not (isinstance(source, (tuple, list)) and source and all(isinstance(p, (str, os.PathLike)) for p in source)):
         return ()
     if len(source) > 1:
-        found = [re.search(r"_(B\d+)\.tiff?$", str(p), re.IGNORECASE) for p in source]
-        names = tuple(m.group(1).upper() for m in found if m)
+        found = [band_from_file_name(p) for p in source]
+        names = tuple(n for n in found if n)
         return names if len(names) == len(source) else ()
     if Path(source[0]).suffix.lower() == ".npy":
         return ()
