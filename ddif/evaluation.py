@@ -36,11 +36,12 @@ def classical_methods(
     ratio: int, sensor: str | Sequence[float], names: Sequence[str] | None = None
 ) -> dict[str, Method]:
     """EXP (the interpolated MS itself) and the classical baselines of :mod:`ddif.baselines`
-    (``sensor``: a sensor name or the MS bands' MTF gains, e.g. for a band subset)."""
-    from ddif.baselines import BASELINES
+    (``sensor``: a sensor name or the MS bands' MTF gains, e.g. for a band subset), those that use
+    every band of a multi-band guide included."""
+    from ddif.baselines import BASELINES, MULTI_GUIDE_BASELINES
 
     methods: dict[str, Method] = {"EXP (interpolated MS)": lambda lms, pan, ms: lms}
-    for name, fn in BASELINES.items():
+    for name, fn in {**BASELINES, **MULTI_GUIDE_BASELINES}.items():
         if names is None or name in names:
             methods[name] = (lambda f: lambda lms, pan, ms: f(lms, pan, ms=ms, ratio=ratio, sensor=sensor))(fn)
     return methods

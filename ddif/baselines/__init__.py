@@ -13,10 +13,21 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .classical import brovey, gs, gsa, mtf_glp_hpm
+from .classical import bicubic, brovey, gs, gsa, gsa_synthesized, mtf_glp_hpm, mtf_glp_synthesized
 from .gdal_pansharpen import gdal_available
 
-__all__ = ["brovey", "gs", "gsa", "mtf_glp_hpm", "BASELINES", "Baseline"]
+__all__ = [
+    "bicubic",
+    "brovey",
+    "gs",
+    "gsa",
+    "gsa_synthesized",
+    "mtf_glp_hpm",
+    "mtf_glp_synthesized",
+    "BASELINES",
+    "MULTI_GUIDE_BASELINES",
+    "Baseline",
+]
 
 Baseline = Callable[..., torch.Tensor]
 
@@ -71,11 +82,48 @@ def _gdal_brovey(
     return fused[0] if unbatched else fused
 
 
+def _bicubic(
+    lms: torch.Tensor,
+    pan: torch.Tensor,
+    ms: torch.Tensor | None = None,
+    ratio: int = 4,
+    sensor: str | Sequence[float] = "wv3",
+) -> torch.Tensor:
+    return bicubic(lms, ms, ratio)
+
+
+def _gsa_synthesized(
+    lms: torch.Tensor,
+    pan: torch.Tensor,
+    ms: torch.Tensor | None = None,
+    ratio: int = 4,
+    sensor: str | Sequence[float] = "wv3",
+) -> torch.Tensor:
+    return gsa_synthesized(lms, pan, ms, ratio, sensor)
+
+
+def _mtf_glp_synthesized(
+    lms: torch.Tensor,
+    pan: torch.Tensor,
+    ms: torch.Tensor | None = None,
+    ratio: int = 4,
+    sensor: str | Sequence[float] = "wv3",
+) -> torch.Tensor:
+    return mtf_glp_synthesized(lms, pan, ms, ratio, sensor)
+
+
 BASELINES: dict[str, Baseline] = {
     "brovey": _brovey,
     "gs": _gs,
     "gsa": _gsa,
     "mtf_glp_hpm": _mtf_glp_hpm,
+}
+#: the baselines that use every band of a multi-band guide (Sentinel-2's four 10 m bands, an RGB
+#: guide): one regressed high-resolution band per MS band, and plain bicubic interpolation
+MULTI_GUIDE_BASELINES: dict[str, Baseline] = {
+    "bicubic": _bicubic,
+    "gsa_synthesized": _gsa_synthesized,
+    "mtf_glp_synthesized": _mtf_glp_synthesized,
 }
 # GDAL's own weighted Brovey (gdal_pansharpen.py defaults), where rasterio is installed
 if gdal_available():
