@@ -167,10 +167,14 @@ class DataConfig:
     interp_padding: str = "symmetric"  # interp23tap boundary: symmetric, replicate or circular
     fill_iterations: int = 4
     band_names: tuple[str, ...] = ()  # the MS bands in the model's order (e.g. "B2", "B3", "B4"), if known
+    # the guide's bands when it is a set of the sensor's own bands (Sentinel-2: "B02", "B03", "B04",
+    # "B08"); a product then carries them too, in the sensor's band order (sensors.product_band_layout)
+    guide_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.rgb_bands = tuple(int(b) for b in self.rgb_bands)
         self.band_names = tuple(str(b) for b in self.band_names)
+        self.guide_names = tuple(str(b) for b in self.guide_names)
         if self.interpolation not in ("interp23tap", "bicubic"):
             raise ValueError(f"interpolation must be interp23tap or bicubic, got {self.interpolation!r}")
         if self.interp_padding not in ("symmetric", "replicate", "circular"):
@@ -294,6 +298,7 @@ def _real_sensor(
     lr: float,
     milestone: int,
     guide_bands: int = 1,
+    guide_names: tuple[str, ...] = (),
 ) -> Preset:
     """The shipped models for real sensors: ``landsat_small``'s network (the published architecture
     at a width that samples a scene in seconds on a CPU), trained on a real PAN + MS pair
@@ -319,7 +324,9 @@ def _real_sensor(
         log_every=50,
         num_workers=0,
     )
-    p.data = DataConfig(ratio=ratio, layout="pancollection", sensor=sensor, rgb_bands=rgb, band_names=bands)
+    p.data = DataConfig(
+        ratio=ratio, layout="pancollection", sensor=sensor, rgb_bands=rgb, band_names=bands, guide_names=guide_names
+    )
     return p
 
 
@@ -357,6 +364,7 @@ _PRESET_FACTORIES = {
         5e-4,  # trained from scratch (--init transfers a band count, not a guide's)
         5000,
         guide_bands=4,
+        guide_names=("B02", "B03", "B04", "B08"),
     ),
 }
 

@@ -3,6 +3,7 @@
     ddif fuse MS.tif PAN.tif OUT.tif                                  # multi-band MS
     ddif fuse B2.TIF B3.TIF B4.TIF B8.TIF OUT.tif --nodata 0          # one file per MS band (Landsat)
     ddif fuse MS.vrt PAN.tif OUT.tif -co COMPRESS=ZSTD -co LEVEL=9 -co BLOCKSIZE=512
+    ddif fuse S2_SCENE_DIR OUT.tif       # Sentinel-2: band files *_B02.tif ... *_B12.tif, a .SAFE or a VRT
 
 The last two paths are the PAN and the output; every path before them is the MS: one multi-band
 raster (GeoTIFF or GDAL VRT), or single-band files stacked in the order given (same CRS, grid,
@@ -21,6 +22,10 @@ picks the one shipped model (`ddif models`) that fits the inputs: their band cou
 or .IMD beside the files, or the file names), and says which; when none fits it names the models
 and why. Bands delivered in another order than the model's are reordered by name (or a subset
 taken), never fused swapped.
+
+Sentinel-2 (two paths: a delivery and OUT): the six 20 m bands are sharpened to 10 m with the four
+10 m bands as the guide, and OUT carries all ten bands in the order B02, B03, B04, B05, B06, B07,
+B08, B8A, B11, B12 (the 10 m bands passed through unchanged), each named in its band description.
 """
 
 from __future__ import annotations
@@ -232,6 +237,52 @@ def adapted_model(
 
 
 def run(args: argparse.Namespace) -> int:
+    from ddif.data.sentinel2 import is_sentinel2_input
+
+    if len(args.paths) == 2 and is_sentinel2_input(args.paths[0]):
+        return run_sentinel2(args, Path(args.paths[0]), Path(args.paths[1]))
+    ms, pan, out = split_paths(args.paths)
+    return fuse_scene(args, ms, pan, out)
+
+
+def run_sentinel2(args: argparse.Namespace, source: Path, out: Path) -> int:
+    """``ddif fuse DIR OUT.tif`` on a Sentinel-2 delivery (a folder of band files, a .SAFE or a
+    VRT, :func:`ddif.data.sentinel2.find_bands`): the six 20 m bands sharpened with the four 10 m
+    bands as the guide (stacked into OUT_guide10m.vrt), one COG on the 10 m grid with the ten
+    bands in Sentinel-2 order, the 10 m bands passed through (the product layout of the station:
+    :attr:`ddif.station.plan.ScenePlan.product_bands`)."""
+    from ddif.data.raster import write_band_stack
+    from ddif.data.sensors import SENTINEL2_10M, SENTINEL2_20M
+    from ddif.data.sentinel2 import find_bands
+    from ddif.station.errors import Refused
+
+    delivery = find_bands(source)
+    if delivery.dn_offset:
+        raise Refused(
+            f"{source}: the product adds {delivery.dn_offset:g} to its DN (processing baseline 04.00 or later); "
+            "sharpening such products is not supported yet (their DN do not follow the model's "
+            "reflectance x 10000 convention)"
+        )
+    guide = out.with_name(f"{out.stem}_guide10m.vrt")
+    if out.exists() and not args.overwrite:
+        raise Refused(f"output {out} exists; give --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_band_stack(delivery.guide_files, guide, "guide")
+    if not args.quiet:
+        print(
+            f"ddif: Sentinel-2 {delivery.layout} {source}: sharpening {', '.join(SENTINEL2_20M)} to 10 m with "
+            f"{', '.join(SENTINEL2_10M)} as the guide",
+            file=sys.stderr,
+        )
+    try:
+        return fuse_scene(args, delivery.sharpened_files, guide, out)
+    finally:
+        if args.no_sidecars:
+            guide.unlink(missing_ok=True)
+
+
+def fuse_scene(args: argparse.Namespace, ms: list[Path], pan: Path, out: Path) -> int:
+    """One MS + PAN (or guide) scene into OUT through the station's single-scene path."""
     from ddif.export import model_preset
     from ddif.station.config import StationConfig
     from ddif.station.errors import Refused
@@ -240,7 +291,6 @@ def run(args: argparse.Namespace) -> int:
     from ddif.station.products import cog_creation_options
 
     t0 = time.perf_counter()
-    ms, pan, out = split_paths(args.paths)
     if len({p.resolve() for p in ms}) != len(ms):
         names = [p.name for p in ms]
         raise ValueError(f"MS {', '.join(names)}: the same band file is given more than once")

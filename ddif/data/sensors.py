@@ -409,6 +409,28 @@ for _s in SENSORS.values():
         _ALIASES[_a.lower()] = _s.key
 
 
+def product_band_layout(sensor: str, fused: Sequence[str], guide: Sequence[str]) -> list[tuple[str, int, str]] | None:
+    """The bands of a product that carries the guide bands beside the sharpened ones, in the
+    sensor's own band order: ``[(kind, index, name)]`` with kind "fused" (index into the fused
+    bands) or "guide" (index into the guide bands), names canonical. None when the model names no
+    guide bands or the sensor does not list every band (then the product is the fused bands alone).
+    Sentinel-2: B02, B03, B04, B05, B06, B07, B08, B8A, B11, B12 from six sharpened 20 m bands and
+    the four 10 m guide bands."""
+    entry = find_sensor(sensor) if sensor else None
+    if entry is None or not guide or not fused:
+        return None
+    placed = []
+    for kind, names in (("fused", fused), ("guide", guide)):
+        for i, name in enumerate(names):
+            pos = entry.band_index(name)
+            if pos is None:
+                return None
+            placed.append((pos, kind, i, entry.bands[pos].name))
+    if len({p[0] for p in placed}) != len(placed):
+        return None
+    return [(kind, i, name) for _, kind, i, name in sorted(placed)]
+
+
 def get_sensor(name: str) -> Sensor:
     """The registry entry of ``name`` (key or alias, case-insensitive); ``ValueError`` naming the
     known ones otherwise."""

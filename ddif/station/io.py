@@ -91,13 +91,16 @@ def overview_sizes(height: int, width: int, factors: list[int]) -> list[tuple[in
     return [(-(-height // f), -(-width // f)) for f in factors]
 
 
-def product_profile(grid: SceneGrid, nodata: float, block_size: int, compress: str, zlevel: int) -> dict:
+def product_profile(
+    grid: SceneGrid, nodata: float, block_size: int, compress: str, zlevel: int, count: int | None = None
+) -> dict:
+    """The product's GeoTIFF profile on the PAN grid (``count`` bands, default the fused ones)."""
     dtype = np.dtype(grid.ms.dtype)
     profile = dict(
         driver="GTiff",
         width=grid.pan.width,
         height=grid.pan.height,
-        count=grid.bands,
+        count=grid.bands if count is None else count,
         dtype=dtype.name,
         crs=grid.pan.crs,
         transform=grid.pan.transform,

@@ -101,6 +101,8 @@ def model_facts(model: StationBackend | Preset, config: StationConfig | None = N
         "guide_bands": int(preset.model.guide_bands),
         "max_dn": float(preset.model.max_dn),
         "rgb_bands": [int(b) for b in preset.data.rgb_bands],
+        "band_names": list(preset.data.band_names),
+        "guide_names": list(preset.data.guide_names),
         "ratio": int(preset.data.ratio),
         "sensor": str(preset.data.sensor or "generic"),
         "steps": steps,
@@ -128,6 +130,25 @@ class ScenePlan:
     @property
     def nodata(self) -> float:
         return output_nodata(self.grid.ms, self.grid.pan, np.dtype(self.grid.ms.dtype))
+
+    @property
+    def product_bands(self) -> list[tuple[str, int, str]]:
+        """The product's bands in order, ``(kind, index, name)``: the fused bands, and with a model
+        whose guide is a set of the sensor's bands (Sentinel-2's 10 m bands) the guide bands passed
+        through, in the sensor's band order (:func:`ddif.data.sensors.product_band_layout`)."""
+        from ddif.data.sensors import product_band_layout
+
+        facts = self.backend
+        guide = facts.get("guide_names") or ()
+        if len(guide) == self.grid.pan.count:
+            layout = product_band_layout(facts.get("sensor", ""), facts.get("band_names") or (), guide)
+            if layout is not None and sum(k == "fused" for k, _, _ in layout) == self.grid.bands:
+                return layout
+        names = []
+        for i in range(self.grid.bands):
+            d = (self.grid.ms.descriptions or ())[i] if i < len(self.grid.ms.descriptions or ()) else None
+            names.append(f"{d} (pansharpened)" if d else f"band {i + 1} (pansharpened)")
+        return [("fused", i, n) for i, n in enumerate(names)]
 
     @property
     def pixels(self) -> int:

@@ -79,12 +79,13 @@ if TYPE_CHECKING:
 
 
 def _band_names(plan: ScenePlan) -> list[str]:
-    names = []
-    for i, d in enumerate(plan.grid.ms.descriptions or ()):
-        names.append(f"{d} (pansharpened)" if d else f"band {i + 1} (pansharpened)")
-    while len(names) < plan.grid.bands:
-        names.append(f"band {len(names) + 1} (pansharpened)")
-    return names
+    return [name for _, _, name in plan.product_bands]
+
+
+def _product_rgb(plan: ScenePlan) -> tuple[int, ...]:
+    """The model's preview bands (indices into the fused bands) as product band indices."""
+    where = {i: k for k, (kind, i, _) in enumerate(plan.product_bands) if kind == "fused"}
+    return tuple(where.get(int(b), int(b)) for b in plan.backend["rgb_bands"])
 
 
 READ_CHUNK_COLS = 1024  # PAN columns interpolated at a time (see TileRowBands._band)
@@ -349,8 +350,10 @@ def _write_product(
     nodata = plan.nodata
     # the stage is read once by the COG copy and deleted: written uncompressed (no compression
     # pass twice; it is never larger than the tile journal beside it)
-    profile = product_profile(g, nodata, cfg.block_size, "none", 0)
-    stats = BandStatistics(g.bands)
+    layout = plan.product_bands
+    guide_used = any(kind == "guide" for kind, _, _ in layout)
+    profile = product_profile(g, nodata, cfg.block_size, "none", 0, count=len(layout))
+    stats = BandStatistics(len(layout))
 
     def load(tile, rows, cols):
         arr = journal.load(tile.index) if plan.tile_valid[tile.index] else None
@@ -362,6 +365,11 @@ def _write_product(
             for i, name in enumerate(_band_names(plan), start=1):
                 dst.set_band_description(i, name)
             dst.update_tags(**tags)
+            if guide_used:
+                dst.update_tags(
+                    DDIF_SHARPENED_BANDS=",".join(n for kind, _, n in layout if kind == "fused"),
+                    DDIF_PASSED_THROUGH_BANDS=",".join(n for kind, _, n in layout if kind == "guide"),
+                )
             for y0 in range(0, g.pan.height, k):
                 for x0 in range(0, g.pan.width, k):
                     h, w = min(k, g.pan.height - y0), min(k, g.pan.width - x0)
@@ -372,6 +380,8 @@ def _write_product(
                     else:
                         fused = np.zeros((g.bands, h, w), dtype=np.float32)
                     block = to_dn(fused, valid, plan.backend["max_dn"], dtype, nodata)
+                    if guide_used:
+                        block = _with_guide_bands(layout, block, reader, (y0, x0, h, w), valid, dtype, nodata)
                     stats.add(block, valid)
                     dst.write(block, window=Window(x0, y0, w, h))
             journal.close()
@@ -387,6 +397,41 @@ def _write_product(
             f"{path}: writing the product failed (disk full, file-size limit or I/O error?): {exc}"
         ) from exc
     return stats
+
+
+def _mtf_gains(plan: ScenePlan) -> str | list[float]:
+    """The MS bands' MTF gains for the quality indices: by band name where the model names its
+    bands (a band subset of a sensor, e.g. Sentinel-2's 20 m bands), else the sensor's by position."""
+    from ddif.data.degradation import sensor_band_gains
+
+    facts = plan.backend
+    names = facts.get("band_names") or ()
+    if len(names) == plan.grid.bands:
+        return list(sensor_band_gains(facts["sensor"], list(names))[0])
+    return str(facts["sensor"])
+
+
+def _with_guide_bands(
+    layout: list[tuple[str, int, str]],
+    fused: np.ndarray,
+    reader: SceneReader,
+    window: tuple[int, int, int, int],
+    valid: np.ndarray,
+    dtype: np.dtype,
+    nodata: float,
+) -> np.ndarray:
+    """A product block in ``layout``'s band order: the fused bands and the guide's own DN passed
+    through unchanged (nodata where the product is not valid)."""
+    guide, _ = reader.pan_window(*window)
+    info = np.iinfo(dtype) if dtype.kind in "ui" else None
+    block = np.empty((len(layout), *fused.shape[1:]), dtype=dtype)
+    for k, (kind, i, _) in enumerate(layout):
+        if kind == "fused":
+            block[k] = fused[i]
+        else:
+            band = guide[i] if info is None else np.clip(guide[i], info.min, info.max)
+            block[k] = np.where(valid, band, nodata).astype(dtype)
+    return block
 
 
 def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str, Any]:
@@ -427,7 +472,7 @@ def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # unknown sensor -> generic MTF, said in the report
             m = full_resolution_metrics(
-                fused, ms, pan, ratio=r, sensor=plan.backend["sensor"], block_size=cfg.metric_block
+                fused, ms, pan, ratio=r, sensor=_mtf_gains(plan), block_size=cfg.metric_block
             )
         per_tile.append({"tile": index, "pan_window": [py, px, ny, nx], **{key: float(v) for key, v in m.items()}})
     if not per_tile:
@@ -607,7 +652,7 @@ def _product_stage(job: SceneJob, reader: SceneReader) -> None:
             stage.unlink(missing_ok=True)
         verify_product(
             tmp,
-            bands=g.bands,
+            bands=len(plan.product_bands),
             height=g.pan.height,
             width=g.pan.width,
             dtype=g.ms.dtype,
@@ -616,9 +661,7 @@ def _product_stage(job: SceneJob, reader: SceneReader) -> None:
         job.times["write_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         lo, hi = config.quicklook_percentiles  # two values (checked by StationConfig)
-        job.quicklook = write_quicklook(
-            tmp, job.outputs.quicklook, tuple(plan.backend["rgb_bands"]), config.quicklook_size, (lo, hi)
-        )
+        job.quicklook = write_quicklook(tmp, job.outputs.quicklook, _product_rgb(plan), config.quicklook_size, (lo, hi))
         job.times["quicklook_s"] = time.perf_counter() - t0
 
 
