@@ -471,9 +471,7 @@ def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str
         pan = torch.from_numpy(reader.pan_normalised(py, px, ny, nx))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # unknown sensor -> generic MTF, said in the report
-            m = full_resolution_metrics(
-                fused, ms, pan, ratio=r, sensor=_mtf_gains(plan), block_size=cfg.metric_block
-            )
+            m = full_resolution_metrics(fused, ms, pan, ratio=r, sensor=_mtf_gains(plan), block_size=cfg.metric_block)
         per_tile.append({"tile": index, "pan_window": [py, px, ny, nx], **{key: float(v) for key, v in m.items()}})
     if not per_tile:
         return {"skipped": f"tiles too small for {cfg.metric_block}-pixel metric blocks at ratio {r}"}
