@@ -88,6 +88,30 @@ def scenes_for(model: str) -> list[RealScene]:
                 nodata=(0.0,),
             )
         ]
+    if model == "sentinel2":
+        import tempfile
+
+        from ddif.data.raster import write_band_stack
+        from ddif.data.sensors import SENTINEL2_10M, SENTINEL2_20M
+
+        d = SHARED / "sentinel2-l1c-north"
+        stem = "S2_T18SVG_20160112"
+        guide = write_band_stack(
+            [d / f"{stem}_{b}.tif" for b in SENTINEL2_10M], Path(tempfile.gettempdir()) / "ddif_eval_s2_guide.vrt"
+        )
+        return [
+            RealScene(
+                "Sentinel-2 L1C T18SVG 2016-01-12, held-out left strip (20 m grid columns 0-191), 32 px crops",
+                tuple(str(d / f"{stem}_{b}.tif") for b in SENTINEL2_20M),
+                str(guide),
+                2,
+                "sentinel2",
+                SENTINEL2_20M,
+                10000.0,
+                holdout="strip:192",
+                crop=32,
+            )
+        ]
     raise ValueError(f"no evaluation scenes for {model!r}")
 
 
@@ -119,15 +143,20 @@ def full_set(scene: RealScene) -> dict[str, torch.Tensor]:
 
 
 def methods(scene: RealScene, fuser, adapt_fn=None) -> dict[str, Any]:
-    from ddif.baselines import BASELINES
+    from ddif.baselines import BASELINES, MULTI_GUIDE_BASELINES
     from ddif.data.degradation import sensor_band_gains
 
     gains = sensor_band_gains(scene.sensor, list(scene.band_names))[0]
     r = scene.ratio
     out: dict[str, Any] = {"EXP (interpolated MS)": lambda d: d["lms"]}
-    for name in ("gsa", "mtf_glp_hpm", "gdal_brovey", "brovey", "gs"):
-        if name in BASELINES:
-            fn = BASELINES[name]
+    names = ("gsa", "mtf_glp_hpm", "gdal_brovey", "brovey", "gs")
+    table = dict(BASELINES)
+    if scene.sensor == "sentinel2":  # a 4-band guide: the methods that use every guide band, and bicubic
+        names = ("bicubic", "gsa_synthesized", "mtf_glp_synthesized", "gsa", "mtf_glp_hpm")
+        table.update(MULTI_GUIDE_BASELINES)
+    for name in names:
+        if name in table:
+            fn = table[name]
             out[name] = lambda d, fn=fn: fn(d["lms"], d["pan"], d["ms"], r, gains)
     out["DDIF"] = lambda d: fuser.fuse(d["lms"], d["pan"], seed=0)
     if adapt_fn is not None:

@@ -1,0 +1,155 @@
+"""Sentinel-2 20 m -> 10 m sharpening: finding the band files of a delivery (folder, .SAFE, VRT),
+and ``ddif fuse DIR OUT.tif`` giving one COG on the 10 m grid with the ten bands in Sentinel-2
+order, the 10 m bands passed through unchanged, each named, and its STAC item. A tiny random
+model with the sentinel2 preset's band layout (6 bands, 4-band guide, ratio 2) on a small
+synthetic delivery whose 20 m grid starts 10 m west of the 10 m grid (as the shared crop's)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+rasterio = pytest.importorskip("rasterio")
+
+from conftest import condition_matters  # noqa: E402
+
+from ddif.cli.main import main  # noqa: E402
+from ddif.data.raster import SceneError  # noqa: E402
+from ddif.data.sensors import SENTINEL2_10M, SENTINEL2_20M, SENTINEL2_PRODUCT_ORDER, product_band_layout  # noqa: E402
+from ddif.data.sentinel2 import find_bands, is_sentinel2_input  # noqa: E402
+
+X0, Y0 = 435730.0, 4179460.0
+CRS = "EPSG:32618"
+
+
+def _write(path: Path, data: np.ndarray, res: float, x0: float) -> None:
+    from rasterio.transform import from_origin
+
+    with rasterio.open(
+        path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="uint16",
+        crs=CRS, transform=from_origin(x0, Y0, res, res),
+    ) as dst:
+        dst.write(data, 1)
+
+
+def write_delivery(folder: Path, h10: int = 48, w10: int = 40, seed: int = 0, pattern: str = "T18SVG_20160112_{}.tif",
+                   bands=(*SENTINEL2_10M, *SENTINEL2_20M)) -> Path:
+    """Smooth random 10 m bands (h10 x w10) and 20 m bands (h10/2 x w10/2 + 1, starting 10 m west)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h10, 0:w10] / 10.0
+    for k, band in enumerate(bands):
+        base = 1500 + 600 * np.sin(xx * (1 + 0.1 * k)) * np.cos(yy * 0.7) + rng.normal(0, 30, (h10, w10))
+        if band in SENTINEL2_10M:
+            _write(folder / pattern.format(band), np.clip(base, 1, 60000).astype(np.uint16), 10.0, X0)
+        else:
+            padded = np.pad(base, ((0, 0), (1, 1)), mode="edge")  # one 10 m column west, one east
+            coarse = padded[:, : 2 * (w10 // 2 + 1)].reshape(h10 // 2, 2, w10 // 2 + 1, 2).mean(axis=(1, 3))
+            _write(folder / pattern.format(band), np.clip(coarse, 1, 60000).astype(np.uint16), 20.0, X0 - 10.0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_s2_model(tmp_path_factory):
+    from ddif.config import get_preset
+    from ddif.models import DDIF
+
+    preset = get_preset("sentinel2")
+    preset.model.base_width, preset.model.channel_mults = 8, (1, 2)
+    torch.manual_seed(0)
+    model = condition_matters(DDIF(preset)).eval()
+    path = tmp_path_factory.mktemp("s2model") / "tiny_sentinel2.pt"
+    model.save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------ deliveries
+def test_find_bands_in_a_folder_and_a_safe(tmp_path):
+    folder = write_delivery(tmp_path / "plain")
+    d = find_bands(folder)
+    assert d.layout == "folder" and list(d.bands) == [*SENTINEL2_10M, *SENTINEL2_20M] and d.dn_offset == 0
+    assert [p.name for p in d.guide_files] == [f"T18SVG_20160112_{b}.tif" for b in SENTINEL2_10M]
+    # L2A .SAFE: native-resolution copies win over the resampled ones; the baseline offset is read
+    safe = tmp_path / "S2B_MSIL2A_20230101T000000_N0509_R001_T18SVG_20230101T000000.SAFE"
+    img = safe / "GRANULE" / "L2A_T18SVG_A000001_20230101T000000" / "IMG_DATA"
+    write_delivery(img / "R10m", bands=SENTINEL2_10M, pattern="T18SVG_20230101T000000_{}_10m.jp2.tif")
+    for p in (img / "R10m").iterdir():
+        p.rename(p.with_name(p.name.replace(".jp2.tif", ".tif")))
+    write_delivery(img / "R20m", bands=SENTINEL2_20M, pattern="T18SVG_20230101T000000_{}_20m.tif")
+    write_delivery(img / "R60m", bands=("B05",), pattern="T18SVG_20230101T000000_{}_60m.tif")
+    (safe / "MTD_MSIL2A.xml").write_text('<x><BOA_ADD_OFFSET band_id="0">-1000</BOA_ADD_OFFSET></x>')
+    d = find_bands(safe)
+    assert d.layout == "safe" and d.level == "L2A" and d.dn_offset == -1000.0
+    assert d.bands["B05"].parent.name == "R20m" and d.bands["B02"].parent.name == "R10m"
+
+
+def test_missing_bands_and_a_vrt_reaching_outside_are_refused(tmp_path):
+    folder = write_delivery(tmp_path / "partial", bands=(*SENTINEL2_10M, "B05", "B06"))
+    with pytest.raises(SceneError, match=r"bands B07, B8A, B11, B12 not found \(found: B02, B03, B04, B05, B06, B08\)"):
+        find_bands(folder)
+    assert not is_sentinel2_input(tmp_path / "nothing-here")
+    full = write_delivery(tmp_path / "full")
+    inside = tmp_path / "full" / "scene.vrt"
+    sources = "".join(f'<SourceFilename relativeToVRT="1">T18SVG_20160112_{b}.tif</SourceFilename>'
+                      for b in SENTINEL2_PRODUCT_ORDER)
+    inside.write_text(f"<VRTDataset>{sources}</VRTDataset>")
+    assert find_bands(inside).layout == "vrt" and len(find_bands(inside).bands) == 10
+    outside = tmp_path / "elsewhere" / "scene.vrt"
+    outside.parent.mkdir()
+    outside.write_text(f'<VRTDataset><SourceFilename relativeToVRT="1">../full/T18SVG_20160112_B02.tif'
+                       f"</SourceFilename>{sources}</VRTDataset>")
+    with pytest.raises(SceneError, match="outside the VRT's folder"):
+        find_bands(outside)
+    assert full.is_dir()
+
+
+def test_product_layout_is_the_sensor_order():
+    layout = product_band_layout("sentinel2", SENTINEL2_20M, SENTINEL2_10M)
+    assert [n for _, _, n in layout] == list(SENTINEL2_PRODUCT_ORDER)
+    assert [(k, i) for k, i, _ in layout][:4] == [("guide", 0), ("guide", 1), ("guide", 2), ("fused", 0)]
+    assert product_band_layout("sentinel2", SENTINEL2_20M, ()) is None  # no guide names: fused bands only
+    assert product_band_layout("landsat8", ("B2", "B3", "B4"), ("B8",)) is None  # B8 is not an MS band there
+
+
+# ------------------------------------------------------------------------------------ ddif fuse
+def test_fuse_a_delivery_folder_gives_the_ten_band_product(tmp_path, tiny_s2_model, capsys):
+    folder = write_delivery(tmp_path / "delivery")
+    out = tmp_path / "out" / "S2_10m.tif"
+    rc = main(["fuse", str(folder), str(out), "--model", str(tiny_s2_model), "--backend", "pytorch", "--threads", "1"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "sharpening B05, B06, B07, B8A, B11, B12 to 10 m with B02, B03, B04, B08" in err
+    with rasterio.open(out) as src:
+        assert (src.count, src.height, src.width, src.dtypes[0]) == (10, 48, 40, "uint16")
+        assert src.descriptions == SENTINEL2_PRODUCT_ORDER
+        assert src.tags()["DDIF_PASSED_THROUGH_BANDS"] == "B02,B03,B04,B08"
+        product = src.read()
+        assert src.transform.c == X0 and src.transform.a == 10.0
+    for k, band in enumerate(SENTINEL2_PRODUCT_ORDER):
+        with rasterio.open(folder / f"T18SVG_20160112_{band}.tif") as src:
+            original = src.read(1)
+        if band in SENTINEL2_10M:
+            assert np.array_equal(product[k], original), band  # passed through unchanged
+    # the delivery route is the generic one: the 20 m files and the guide stack given explicitly
+    # give the same product, byte for byte (the layout comes from the model, not the route)
+    files = [str(folder / f"T18SVG_20160112_{b}.tif") for b in SENTINEL2_20M]
+    explicit = tmp_path / "explicit" / "S2_10m.tif"
+    guide = out.with_name("S2_10m_guide10m.vrt")
+    args = ["fuse", *files, str(guide), str(explicit), "--model", str(tiny_s2_model), "--backend", "pytorch"]
+    assert main([*args, "--threads", "1", "--no-sidecars"]) == 0
+    assert explicit.read_bytes() == out.read_bytes()
+    item = json.loads(out.with_suffix(".json").read_text())
+    assert item["assets"]["product"]["ddif:band_names"] == list(SENTINEL2_PRODUCT_ORDER)
+    assert len(item["assets"]["product"]["raster:bands"]) == 10
+    assert out.with_name("S2_10m_guide10m.vrt").is_file()
+
+
+def test_fuse_refuses_a_delivery_with_an_offset_it_cannot_honour(tmp_path, tiny_s2_model):
+    folder = write_delivery(tmp_path / "delivery")
+    (folder / "MTD_MSIL1C.xml").write_text("<x><RADIO_ADD_OFFSET band_id='1'>-1000</RADIO_ADD_OFFSET></x>")
+    rc = main(["fuse", str(folder), str(tmp_path / "o.tif"), "--model", str(tiny_s2_model), "--backend", "pytorch"])
+    assert rc != 0 and not (tmp_path / "o.tif").exists()
