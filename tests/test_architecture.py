@@ -206,7 +206,7 @@ LONG_UNITS = {
     "features, checkpoint I/O) as one nn.Module, as the reference code has it",
     "ddif.data.h5.inspect_h5": "one pass over a file's datasets with one message per problem found",
     "ddif.export.check_tensorrt.main": "a GPU-machine script: build, accuracy and timing in order",
-    "ddif.cli.fuse.run": "the one-shot command's order of checks before anything is written",
+    "ddif.cli.fuse.fuse_scene": "the one-shot command's order of checks before anything is written",
     "ddif.data.make_dataset.make_dataset": "the dataset recipe in order (load, register, split, "
     "degrade, write, summarise); each step is a function of its own",
     "ddif.data.raster.band_stack_xml": "one VRT document: the checks of every band file against the "
