@@ -169,6 +169,7 @@ def main() -> None:
     if args.name in preset_names():  # the preset's inference settings (e.g. the residual constraint)
         model.preset.diffusion.residual_mean = get_preset(args.name).diffusion.residual_mean
         model.preset.data.guide_names = get_preset(args.name).data.guide_names  # a product's passed-through bands
+        model.preset.data.band_names = get_preset(args.name).data.band_names or model.preset.data.band_names
     if args.ckpt or args.steps:
         from ddif.models.checkpoint import read_contents
 
@@ -214,7 +215,11 @@ def main() -> None:
         recipe=recipe,
         metrics=metrics,
         limitations=tuple(spec["limitations"]),
-        extra={"parameters": model.num_parameters(), "preset": model.preset.name},
+        extra={
+            "parameters": model.num_parameters(),
+            "preset": model.preset.name,
+            "guide_bands": int(model.config.guide_bands),
+        },
     )
     card.save(old)
     print(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB) and {old}")

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
                                         "ignore::PendingDeprecationWarning")
 
 ASSETS = Path(__file__).resolve().parents[1] / "ddif" / "assets"
-REAL_MODELS = ["landsat8", "worldview2"]
+REAL_MODELS = ["landsat8", "worldview2", "sentinel2"]
 
 
 def _inputs(name: str, model):
@@ -26,9 +26,15 @@ def _inputs(name: str, model):
     b = model.config.bands
     base = torch.rand(2, b, 70, 53, generator=g)
     base = torch.nn.functional.avg_pool2d(base, 5, 1, 2)
-    lo, hi = (0.1, 0.35) if name.startswith("landsat") else (0.05, 0.6)
+    lo, hi = (0.1, 0.35) if name.startswith("landsat") else (0.03, 0.4) if name == "sentinel2" else (0.05, 0.6)
     lms = lo + (hi - lo) * base
-    pan = lms.mean(1, keepdim=True) + 0.02 * torch.randn(2, 1, 70, 53, generator=g)
+    p = model.config.guide_bands
+    if p == 1:
+        guide = lms.mean(1, keepdim=True)
+    else:  # a multi-band guide (Sentinel-2's 10 m bands): each a mixture of the bands
+        mix = torch.rand(p, b, generator=g)
+        guide = torch.einsum("pb,nbhw->nphw", mix / mix.sum(1, keepdim=True), lms)
+    pan = guide + 0.02 * torch.randn(2, p, 70, 53, generator=g)
     return lms, pan.clamp(0, 1)
 
 
@@ -96,3 +102,52 @@ def test_band_files_in_another_order_are_fused_in_the_models_order(tmp_path, cap
     assert main(["fuse", str(ms), str(pan), str(b), "--backend", "pytorch", "--no-sidecars"]) == 0
     with rasterio.open(a) as x, rasterio.open(b) as y:
         assert np.array_equal(x.read(), y.read())
+
+
+def test_ddif_fuse_picks_sentinel2_for_a_real_delivery_and_equals_the_fuser(tmp_path, capsys):
+    """A 160 x 200 px (10 m) window of the real Sentinel-2 L1C crop, delivered as band files: ddif
+    fuse DIR OUT picks the sentinel2 model, writes the ten bands in Sentinel-2 order with the 10 m
+    bands unchanged, and its sharpened bands equal ddif.Fuser on the scene layer's inputs within 1 DN."""
+    import os
+
+    import ddif
+    from ddif.cli.main import main
+    from ddif.data.scene import read_scene
+    from ddif.data.sensors import SENTINEL2_10M, SENTINEL2_PRODUCT_ORDER
+    from ddif.models import DDIF
+    from ddif.models.cards import resolve_model
+    from rasterio.windows import Window
+
+    shared = Path(os.environ.get("DDIF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    src_dir = shared / "data" / "sentinel2-l1c-north"
+    if not src_dir.is_dir():
+        pytest.skip(f"{src_dir} not found (set DDIF_SHARED)")
+    delivery = tmp_path / "delivery"
+    delivery.mkdir()
+    for band in SENTINEL2_PRODUCT_ORDER:
+        path = src_dir / f"S2_T18SVG_20160112_{band}.tif"
+        res = 10 if band in SENTINEL2_10M else 20
+        win = Window(400 * 10 // res, 300 * 10 // res, 200 * 10 // res + (res == 20), 160 * 10 // res)
+        with rasterio.open(path) as src:
+            profile = src.profile | {"width": int(win.width), "height": int(win.height),
+                                     "transform": src.window_transform(win)}
+            data = src.read(window=win)
+        with rasterio.open(delivery / path.name, "w", **profile) as dst:
+            dst.write(data)
+    out = tmp_path / "out" / "S2_10m.tif"
+    assert main(["fuse", str(delivery), str(out), "--backend", "pytorch"]) == 0
+    assert "model sentinel2" in capsys.readouterr().err
+    model = DDIF.load(resolve_model("sentinel2")[0])
+    _, lms, guide, valid = read_scene(out.with_name("S2_10m_MS.vrt"), out.with_name("S2_10m_guide10m.vrt"),
+                                      preset=model.preset)
+    want = ddif.Fuser(model).fuse(torch.from_numpy(lms), torch.from_numpy(guide), seed=0).numpy() * 10000
+    with rasterio.open(out) as src:
+        assert src.descriptions == SENTINEL2_PRODUCT_ORDER
+        got = src.read().astype(np.float64)
+    sharpened = [k for k, b in enumerate(SENTINEL2_PRODUCT_ORDER) if b not in SENTINEL2_10M]
+    diff = np.abs(got[sharpened][:, valid] - np.rint(want[:, valid]))
+    assert valid.mean() > 0.95 and diff.max() <= 1, diff.max()
+    for k, band in enumerate(SENTINEL2_PRODUCT_ORDER):
+        if band in SENTINEL2_10M:
+            with rasterio.open(delivery / f"S2_T18SVG_20160112_{band}.tif") as src:
+                assert np.array_equal(src.read(1), got[k].astype(np.uint16)), band

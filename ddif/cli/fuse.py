@@ -364,7 +364,8 @@ def fuse_scene(args: argparse.Namespace, ms: list[Path], pan: Path, out: Path) -
         g = plan.grid
         level = f" level {cfg.zlevel}" if cfg.compress in ("deflate", "zstd") else ""
         print(
-            f"{out}: {g.bands} bands {g.pan.height} x {g.pan.width} {g.ms.dtype}, COG {cfg.compress.upper()}{level} "
+            f"{out}: {len(plan.product_bands)} bands {g.pan.height} x {g.pan.width} {g.ms.dtype}, "
+            f"COG {cfg.compress.upper()}{level} "
             f"{cfg.block_size} px blocks, {report['tiles']['fused']} tiles with {report['backend']['describe']} "
             f"in {time.perf_counter() - t0:.1f} s"
         )

@@ -117,8 +117,10 @@ def card_problem(card: ModelCard, facts: SceneFacts) -> tuple[str | None, BandMa
             f"{', '.join(card.sensors)}",
             BandMatch(None),
         )
-    if facts.guide_bands != 1 and card.pan:
-        return f"the PAN has {facts.guide_bands} bands, the model takes one", BandMatch(None)
+    want = int(card.extra.get("guide_bands", 1))  # cards before multi-band guides: a PAN
+    if facts.guide_bands != want:
+        taken = "one" if want == 1 else f"a {want}-band guide"
+        return f"the PAN has {facts.guide_bands} bands, the model takes {taken}", BandMatch(None)
     match = match_bands(card, facts)
     return match.problem, match
 

@@ -447,12 +447,11 @@ def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str
     full = [i for i in plan.fused_tiles if plan.tile_valid[i] == plan.tiles.tile_h * plan.tiles.tile_w]
     if not full:
         return {"skipped": "no tile is free of nodata"}
-    n = min(cfg.metric_tiles, len(full))
-    picks = sorted({full[round(i * (len(full) - 1) / max(1, n - 1))] for i in range(n)})
     r = g.ratio
     unit = r * cfg.metric_block // math.gcd(r, cfg.metric_block)
-    per_tile = []
-    for index in picks:
+
+    def window(index: int) -> tuple[int, int, int, int, int, int] | None:
+        """The tile's largest crop of whole MS pixels and whole metric blocks, or None."""
         t = plan.tiles.tile(index)
         py = t.y + (g.shift[0] - t.y) % r
         px = t.x + (g.shift[1] - t.x) % r
@@ -460,7 +459,23 @@ def _quality(plan: ScenePlan, journal: Journal, reader: SceneReader) -> dict[str
         nx = (t.x + t.width - px) // unit * unit
         j0, i0 = (py - g.shift[0]) // r, (px - g.shift[1]) // r
         if ny == 0 or nx == 0 or j0 < 0 or i0 < 0 or j0 + ny // r > g.ms.height or i0 + nx // r > g.ms.width:
-            continue
+            return None
+        return py, px, ny, nx, j0, i0
+
+    # up to metric_tiles tiles spread over the scene: from each spread position, the first tile whose
+    # crop holds a whole block (an MS grid offset by one PAN pixel leaves some tiles one pixel short)
+    n = min(cfg.metric_tiles, len(full))
+    starts = sorted({round(i * (len(full) - 1) / max(1, n - 1)) for i in range(n)})
+    picks: list[tuple[int, tuple[int, int, int, int, int, int]]] = []
+    for start in starts:
+        for index in full[start:] + full[:start]:
+            found = window(index)
+            if found is not None and index not in {p[0] for p in picks}:
+                picks.append((index, found))
+                break
+    per_tile = []
+    for index, (py, px, ny, nx, j0, i0) in picks:
+        t = plan.tiles.tile(index)
         values = journal.load(index)
         if values is None:
             raise RuntimeError(f"tile {index}: missing from the tile journal {journal.directory} after fusing")
