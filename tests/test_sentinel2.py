@@ -153,3 +153,44 @@ def test_fuse_refuses_a_delivery_with_an_offset_it_cannot_honour(tmp_path, tiny_
     (folder / "MTD_MSIL1C.xml").write_text("<x><RADIO_ADD_OFFSET band_id='1'>-1000</RADIO_ADD_OFFSET></x>")
     rc = main(["fuse", str(folder), str(tmp_path / "o.tif"), "--model", str(tiny_s2_model), "--backend", "pytorch"])
     assert rc != 0 and not (tmp_path / "o.tif").exists()
+
+
+def test_station_run_and_ray_give_the_fuse_product(tmp_path, tiny_s2_model, monkeypatch):
+    """``ddif station run`` on the delivery's 20 m stack and its guide stack, and the station on a
+    local Ray (2 actors), write the same ten-band product as ``ddif fuse DIR``, byte for byte."""
+    ray = pytest.importorskip("ray")
+    import functools
+    import tempfile
+
+    from ddif.runtime import TorchBackend
+    from ddif.station import run_scene
+    from ddif.station.config import StationConfig
+    from ddif.station.distributed import RayBackend
+    from ddif.station.events import EventLog
+
+    folder = write_delivery(tmp_path / "delivery")
+    out = tmp_path / "fuse" / "S2.tif"
+    common = ["--model", str(tiny_s2_model), "--backend", "pytorch"]
+    assert main(["fuse", str(folder), str(out), *common]) == 0
+    station_out = tmp_path / "station" / "S2.tif"
+    ms_vrt, guide_vrt = out.with_name("S2_MS.vrt"), out.with_name("S2_guide10m.vrt")
+    assert main(["station", "run", "--ms", str(ms_vrt), "--pan", str(guide_vrt), "--out", str(station_out),
+                 *common, "--no-progress"]) == 0
+    assert station_out.read_bytes() == out.read_bytes()
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="ddif-ray-", dir="/tmp"))
+    try:
+        # what each actor builds: the engine on the checkpoint path, at the model's own tiling
+        factory = functools.partial(TorchBackend)
+        backend = RayBackend(tiny_s2_model, factory, threads=1, log=EventLog(stream=None))
+        ray_out = tmp_path / "ray" / "S2.tif"
+        ray_out.parent.mkdir()
+        report = run_scene(ms_vrt, guide_vrt, ray_out, backend, StationConfig(), log=EventLog(stream=None))
+        backend.close()
+    finally:
+        ray.shutdown()
+    assert report["tiles"]["executor"]["executor"] == "ray"
+    assert ray_out.read_bytes() == out.read_bytes()
