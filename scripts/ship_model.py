@@ -72,8 +72,9 @@ CARDS: dict[str, dict[str, Any]] = {
         "limitations": [
             "Trained on one winter scene (January, US mid-Atlantic coast: farmland, marsh, open water); other "
             "seasons and land covers are unseen.",
-            "Products of processing baseline 04.00 and later (DN offset -1000, from January 2022) are refused "
-            "until the offset is handled.",
+            "Products of processing baseline 04.00 and later (DN offset -1000, from January 2022) are read with "
+            "the offset from their MTD file and written back in their own convention; the model saw no such "
+            "product in training (the offset only moves the DN).",
             "The 60 m bands (B01, B09, B10) are not sharpened.",
         ],
     },

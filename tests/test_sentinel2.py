@@ -148,11 +148,31 @@ def test_fuse_a_delivery_folder_gives_the_ten_band_product(tmp_path, tiny_s2_mod
     assert out.with_name("S2_10m_guide10m.vrt").is_file()
 
 
-def test_fuse_refuses_a_delivery_with_an_offset_it_cannot_honour(tmp_path, tiny_s2_model):
-    folder = write_delivery(tmp_path / "delivery")
-    (folder / "MTD_MSIL1C.xml").write_text("<x><RADIO_ADD_OFFSET band_id='1'>-1000</RADIO_ADD_OFFSET></x>")
-    rc = main(["fuse", str(folder), str(tmp_path / "o.tif"), "--model", str(tiny_s2_model), "--backend", "pytorch"])
-    assert rc != 0 and not (tmp_path / "o.tif").exists()
+def test_a_delivery_with_the_baseline_offset_gives_the_same_reflectances(tmp_path, tiny_s2_model, capsys):
+    """Processing baseline 04.00+: every DN is reflectance x 10000 + 1000 (RADIO_ADD_OFFSET -1000 in
+    the MTD file). The same scene delivered that way is read as the same reflectances and written
+    back in its own convention: sharpened bands +1000 DN (within 1 DN of rounding), 10 m bands as
+    delivered."""
+    plain = write_delivery(tmp_path / "plain")
+    shifted = tmp_path / "shifted"
+    shifted.mkdir()
+    for f in plain.iterdir():
+        with rasterio.open(f) as src:
+            profile, data = src.profile, src.read()
+        with rasterio.open(shifted / f.name, "w", **profile) as dst:
+            dst.write((data.astype(np.int64) + 1000).astype(np.uint16))
+    (shifted / "MTD_MSIL1C.xml").write_text("<x><RADIO_ADD_OFFSET band_id='1'>-1000</RADIO_ADD_OFFSET></x>")
+    args = ["--model", str(tiny_s2_model), "--backend", "pytorch", "--threads", "1", "--no-sidecars"]
+    assert main(["fuse", str(plain), str(tmp_path / "a.tif"), *args]) == 0
+    assert main(["fuse", str(shifted), str(tmp_path / "b.tif"), *args]) == 0
+    assert "DN offset -1000" in capsys.readouterr().err
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
+        pa, pb = a.read().astype(np.int64), b.read().astype(np.int64)
+    # where the plain product is not clipped at reflectance 0 (the offset exists to keep negative
+    # reflectances: the shifted product keeps them, down to -0.1)
+    kept = pa > 1
+    assert kept.mean() > 0.3 and np.abs(pb - 1000 - pa)[kept].max() <= 1
+    assert np.array_equal(pb[:3] - 1000, pa[:3])  # B02, B03, B04 passed through as delivered
 
 
 def test_station_run_and_ray_give_the_fuse_product(tmp_path, tiny_s2_model, monkeypatch):

@@ -92,26 +92,6 @@ def _bicubic(
     return bicubic(lms, ms, ratio)
 
 
-def _gsa_synthesized(
-    lms: torch.Tensor,
-    pan: torch.Tensor,
-    ms: torch.Tensor | None = None,
-    ratio: int = 4,
-    sensor: str | Sequence[float] = "wv3",
-) -> torch.Tensor:
-    return gsa_synthesized(lms, pan, ms, ratio, sensor)
-
-
-def _mtf_glp_synthesized(
-    lms: torch.Tensor,
-    pan: torch.Tensor,
-    ms: torch.Tensor | None = None,
-    ratio: int = 4,
-    sensor: str | Sequence[float] = "wv3",
-) -> torch.Tensor:
-    return mtf_glp_synthesized(lms, pan, ms, ratio, sensor)
-
-
 BASELINES: dict[str, Baseline] = {
     "brovey": _brovey,
     "gs": _gs,
@@ -119,11 +99,12 @@ BASELINES: dict[str, Baseline] = {
     "mtf_glp_hpm": _mtf_glp_hpm,
 }
 #: the baselines that use every band of a multi-band guide (Sentinel-2's four 10 m bands, an RGB
-#: guide): one regressed high-resolution band per MS band, and plain bicubic interpolation
+#: guide): one regressed high-resolution band per MS band (these two have the uniform signature
+#: themselves), and plain bicubic interpolation
 MULTI_GUIDE_BASELINES: dict[str, Baseline] = {
     "bicubic": _bicubic,
-    "gsa_synthesized": _gsa_synthesized,
-    "mtf_glp_synthesized": _mtf_glp_synthesized,
+    "gsa_synthesized": gsa_synthesized,
+    "mtf_glp_synthesized": mtf_glp_synthesized,
 }
 # GDAL's own weighted Brovey (gdal_pansharpen.py defaults), where rasterio is installed
 if gdal_available():

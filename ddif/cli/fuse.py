@@ -99,6 +99,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="DN = file value x this (e.g. 10000 for reflectance in [0, 1])",
     )
     p.add_argument(
+        "--input-offset",
+        type=float,
+        default=None,
+        help="DN = file value x scale + this (Sentinel-2 from processing baseline 04.00: -1000, read from its "
+        "MTD file by default); the product is written back in the file's convention",
+    )
+    p.add_argument(
         "-co",
         dest="creation_options",
         action="append",
@@ -257,12 +264,13 @@ def run_sentinel2(args: argparse.Namespace, source: Path, out: Path) -> int:
     from ddif.station.errors import Refused
 
     delivery = find_bands(source)
-    if delivery.dn_offset:
-        raise Refused(
-            f"{source}: the product adds {delivery.dn_offset:g} to its DN (processing baseline 04.00 or later); "
-            "sharpening such products is not supported yet (their DN do not follow the model's "
-            "reflectance x 10000 convention)"
-        )
+    if args.input_offset is None and delivery.dn_offset:
+        args.input_offset = delivery.dn_offset  # reflectance x 10000 = DN + offset (the MTD file's)
+        if not args.quiet:
+            print(
+                f"ddif: {source}: DN offset {delivery.dn_offset:g} (processing baseline 04.00+) applied",
+                file=sys.stderr,
+            )
     guide = out.with_name(f"{out.stem}_guide10m.vrt")
     if out.exists() and not args.overwrite:
         raise Refused(f"output {out} exists; give --overwrite to replace it")
@@ -310,6 +318,7 @@ def fuse_scene(args: argparse.Namespace, ms: list[Path], pan: Path, out: Path) -
         seed=args.seed,
         input_nodata=args.nodata,
         input_scale=args.input_scale,
+        input_offset=args.input_offset or 0.0,
         registration=args.registration,
         **fields,
     )

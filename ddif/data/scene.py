@@ -137,11 +137,14 @@ def fill_invalid(x: np.ndarray, invalid: np.ndarray, iterations: int) -> np.ndar
     return x
 
 
-def normalise(data: np.ndarray, max_dn: float, scale: float = 1.0) -> np.ndarray:
-    """DN (``data * scale``) -> [0, 1] float32 (values above the max DN saturate at 1, negatives at 0)."""
+def normalise(data: np.ndarray, max_dn: float, scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
+    """DN (``data * scale + offset``) -> [0, 1] float32 (values above the max DN saturate at 1,
+    negatives at 0)."""
     x = data.astype(np.float32)
     if scale != 1.0:
         x *= np.float32(scale)
+    if offset:
+        x += np.float32(offset)
     return np.clip(x / np.float32(max_dn), 0.0, 1.0)
 
 
@@ -151,11 +154,19 @@ def normalise(data: np.ndarray, max_dn: float, scale: float = 1.0) -> np.ndarray
 class SceneReader:
     """Open MS + PAN datasets of a :class:`SceneGrid` and read PAN-grid windows of them.
 
-    ``input_scale`` converts file values to DN (DN = value x scale) before normalising by
-    ``preprocessing.max_dn``."""
+    ``input_scale`` and ``input_offset`` convert file values to DN (DN = value x scale + offset,
+    e.g. Sentinel-2's -1000 from processing baseline 04.00) before normalising by
+    ``preprocessing.max_dn``; nodata is recognised on the file values."""
 
-    def __init__(self, grid: SceneGrid, preprocessing: Preprocessing, input_scale: float | None = None):
+    def __init__(
+        self,
+        grid: SceneGrid,
+        preprocessing: Preprocessing,
+        input_scale: float | None = None,
+        input_offset: float = 0.0,
+    ):
         self.grid = grid
+        self.offset = float(input_offset)
         self.pre = preprocessing
         self.max_dn = float(preprocessing.max_dn)
         scale = check_input_scale(input_scale, "--input-scale")
@@ -191,7 +202,7 @@ class SceneReader:
             ) from None
 
     def _norm(self, data: np.ndarray) -> np.ndarray:
-        return normalise(data, self.max_dn, self.scale)
+        return normalise(data, self.max_dn, self.scale, self.offset)
 
     # ---- PAN
     def pan_window(self, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,9 @@ class StationConfig:
     fill_iterations: int | None = None  # 3x3 dilations filling nodata holes before interpolating (None: as trained)
     input_nodata: float | None = None  # nodata of inputs that carry no nodata tag (e.g. 0 for zero-filled scenes)
     input_scale: float | None = None  # DN = file value x input_scale (e.g. 10000 for reflectance in [0, 1])
+    # added after the scale (Sentinel-2 from processing baseline 04.00: -1000); the product is written
+    # back in the file's convention (DN - offset)
+    input_offset: float = 0.0
     block_size: int = 256  # GeoTIFF internal tile; the product is assembled one block at a time
     compress: str = "deflate"
     zlevel: int = 6
@@ -171,7 +174,10 @@ class StationConfig:
             "overview_resampling",
             "registration",
         )
-        return {k: getattr(self, k) for k in keys}
+        fields = {k: getattr(self, k) for k in keys}
+        if self.input_offset:  # only when set: journals written before the field existed still resume
+            fields["input_offset"] = self.input_offset
+        return fields
 
 
 @dataclass

@@ -49,14 +49,19 @@ def output_nodata(ms: RasterInfo, pan: RasterInfo, dtype: np.dtype) -> float:
     return float("nan")
 
 
-def to_dn(fused: np.ndarray, valid: np.ndarray, max_dn: float, dtype: np.dtype, nodata: float) -> np.ndarray:
-    """[0, 1] floats -> DN of ``dtype`` in [0, max_dn] (rounded half to even); nodata where not
-    valid; a valid pixel that would equal the nodata value is moved one DN (one ulp for floats)
-    away from it so that it is not mistaken for nodata."""
+def to_dn(
+    fused: np.ndarray, valid: np.ndarray, max_dn: float, dtype: np.dtype, nodata: float, offset: float = 0.0
+) -> np.ndarray:
+    """[0, 1] floats -> DN of ``dtype`` in [0, max_dn] (rounded half to even), written back in the
+    input's convention (minus ``offset``, the input's DN offset); nodata where not valid; a valid
+    pixel that would equal the nodata value is moved one DN (one ulp for floats) away from it so
+    that it is not mistaken for nodata."""
     dn = fused * np.float32(max_dn)
+    if offset:
+        dn -= np.float32(offset)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
-        lo, hi = max(0.0, float(info.min)), min(float(max_dn), float(info.max))
+        lo, hi = max(0.0, float(info.min)), min(float(max_dn) - float(offset), float(info.max))
         dn = np.clip(np.rint(dn), lo, hi)
         out = dn.astype(dtype)
         if lo <= nodata <= hi:
@@ -65,7 +70,7 @@ def to_dn(fused: np.ndarray, valid: np.ndarray, max_dn: float, dtype: np.dtype, 
             out[clash] = dtype.type(nodata + 1 if nodata < hi else nodata - 1)
         out[:, ~valid] = dtype.type(nodata)
         return out
-    out = np.clip(dn, 0.0, float(max_dn)).astype(dtype)
+    out = np.clip(dn, 0.0 - float(offset), float(max_dn) - float(offset)).astype(dtype)  # 0.0 - 0.0 is +0.0
     if not math.isnan(nodata):
         nd = dtype.type(nodata)
         clash = (out == nd) & valid[None]

@@ -347,7 +347,7 @@ def _registration(
     given = None if mode in ("check", "measure") else parse_registration(config.registration)
     if given is not None:
         return grid.registered(given), {"mode": "given", "applied_pan_px": list(given)}
-    with SceneReader(grid, pre, config.input_scale) as reader:
+    with SceneReader(grid, pre, config.input_scale, config.input_offset) as reader:
         found = measure_registration(reader)
     record: dict[str, Any] = {"mode": mode, **found, "applied_pan_px": None}
     shift = found["shift_pan_px"]
@@ -425,7 +425,7 @@ def plan_scene(
                 xs = slice(max(x0, t.x) - x0, min(x0 + w, t.x + t.width) - x0)
                 tile_valid[t.index] += int(valid[ys, xs].sum())
 
-        with SceneReader(grid, pre, config.input_scale) as reader:
+        with SceneReader(grid, pre, config.input_scale, config.input_offset) as reader:
             scan = scan_scene(reader, config.block_size, count)
         warn = (lambda msg: log.warning("input_scale_override", message=msg)) if log is not None else None
         check_scene_scale(grid, scan, pre.max_dn, config.input_scale, warn)

@@ -379,7 +379,7 @@ def _write_product(
                         valid &= den > 0
                     else:
                         fused = np.zeros((g.bands, h, w), dtype=np.float32)
-                    block = to_dn(fused, valid, plan.backend["max_dn"], dtype, nodata)
+                    block = to_dn(fused, valid, plan.backend["max_dn"], dtype, nodata, cfg.input_offset)
                     if guide_used:
                         block = _with_guide_bands(layout, block, reader, (y0, x0, h, w), valid, dtype, nodata)
                     stats.add(block, valid)
@@ -791,7 +791,9 @@ def run_scene(
     _journal_stage(job)
     with (
         gdal_env(job.config.gdal_cache_mb),
-        SceneReader(job.plan.grid, job.plan.backend["preprocessing"], job.config.input_scale) as reader,
+        SceneReader(
+            job.plan.grid, job.plan.backend["preprocessing"], job.config.input_scale, job.config.input_offset
+        ) as reader,
     ):
         _fuse_stage(job, reader)
         _product_stage(job, reader)
