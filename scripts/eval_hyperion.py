@@ -13,9 +13,8 @@ MTF-GLP-HPM per band, GLP-HS (MTF-GLP-HPM with one high-resolution band regresse
 the guide: B. Aiazzi et al. / M. Selva et al., "Hyper-sharpening", IEEE JSTARS 8(6), 2015;
 :func:`ddif.baselines.classical.mtf_glp_synthesized`), GSA with the regressed per-band guides, and
 DDIF obtained by scene adaptation from the shipped ``landsat8`` model (its three bands mapped to the
-128 by wavelength with ``ddif.models.transfer``, then ``ddif adapt``'s fine-tuning on the reduced
-scene degraded once more: the reference is never seen). DDIF needs a 1-band guide to start from a
-shipped model (every shipped model has a PAN), so the HS + MS case has no DDIF row.
+128 by wavelength and its PAN to the guide's bands with ``ddif.models.transfer``, then ``ddif
+adapt``'s fine-tuning on the reduced scene degraded once more: the reference is never seen).
 
     python scripts/eval_hyperion.py [--budget 120] [--json OUT.json]
 """
@@ -109,8 +108,10 @@ def classical(case: dict[str, torch.Tensor], guide_is_pan: bool) -> dict[str, to
 
 def adapted_ddif(case: dict[str, torch.Tensor], bands: np.ndarray, budget: float) -> tuple[torch.Tensor, dict]:
     """The shipped landsat8 model moved to 128 bands (each HS band starts from the Landsat band
-    nearest in wavelength: B2 below 520 nm, B3 to 600 nm, B4 beyond) and adapted to this scene's
-    coarse cube and PAN degraded once more (ddif adapt's protocol); then it fuses the case."""
+    nearest in wavelength: B2 below 520 nm, B3 to 600 nm, B4 beyond) and to the case's guide (the
+    PAN, or the 9 MS bands, which start from the PAN's weights shared among them:
+    ``ddif.models.transfer``), adapted to this scene's coarse cube and guide degraded once more
+    (ddif adapt's protocol); then it fuses the case."""
     from ddif.config import get_preset
     from ddif.data.degradation import Degradation
     from ddif.fuser import Fuser
@@ -123,6 +124,7 @@ def adapted_ddif(case: dict[str, torch.Tensor], bands: np.ndarray, budget: float
     preset = get_preset("landsat8")
     preset.name = "hyperion_ali_adapted"
     preset.model.bands = case["lms"].shape[1]
+    preset.model.guide_bands = case["pan"].shape[1]  # the PAN, or the 9 ALI MS bands (each from the PAN's weights / 9)
     preset.model.max_dn = 1.0
     preset.data.ratio, preset.data.sensor, preset.data.band_names = RATIO, "generic", ()
     preset.data.interpolation = "bicubic"
@@ -174,7 +176,7 @@ def main() -> None:
         timings = {}
         for name, fused in classical(case, is_pan).items():
             rows[name] = metrics_row(fused, case["gt"])
-        if is_pan and not args.no_ddif:
+        if not args.no_ddif:
             t0 = time.perf_counter()
             fused, report = adapted_ddif(case, d["bands"], args.budget)
             timings["DDIF adaptation + fusion s"] = time.perf_counter() - t0
