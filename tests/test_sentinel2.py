@@ -214,3 +214,43 @@ def test_station_run_and_ray_give_the_fuse_product(tmp_path, tiny_s2_model, monk
         ray.shutdown()
     assert report["tiles"]["executor"]["executor"] == "ray"
     assert ray_out.read_bytes() == out.read_bytes()
+
+
+def test_user_errors_are_named_before_anything_is_written(tmp_path, tiny_s2_model, capsys):
+    """What a user gets wrong with a delivery: each is one line naming the problem, and no stray
+    stack is left. A VRT next to symbolic links of the band files is read (the links are the
+    user's; only the path text of a source must stay in the VRT's folder)."""
+    plain = write_delivery(tmp_path / "plain")
+    run = ["--model", str(tiny_s2_model), "--backend", "pytorch", "--threads", "1"]
+    # an empty folder and a missing folder: find_bands' own messages (not "expected 3 paths")
+    (tmp_path / "empty").mkdir()
+    assert main(["fuse", str(tmp_path / "empty"), str(tmp_path / "o1.tif"), *run]) != 0
+    assert "Sentinel-2 bands B02, B03" in capsys.readouterr().err
+    assert main(["fuse", str(tmp_path / "nope"), str(tmp_path / "o2.tif"), *run]) != 0
+    assert "no such folder, .SAFE or VRT" in capsys.readouterr().err
+    # a 20 m band delivered at 10 m: named as such, not as a wrong ratio
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    for f in plain.iterdir():
+        (wrong / f.name).symlink_to(f)
+    (wrong / "T18SVG_20160112_B05.tif").unlink()
+    (wrong / "T18SVG_20160112_B05.tif").symlink_to(plain / "T18SVG_20160112_B02.tif")
+    assert main(["fuse", str(wrong), str(tmp_path / "o3.tif"), *run]) != 0
+    err = capsys.readouterr().err
+    assert "band B05 has 10 m pixels, expected 20 m" in err and not (tmp_path / "o3_guide10m.vrt").exists()
+    # a VRT beside symbolic links of the band files
+    links = tmp_path / "links"
+    links.mkdir()
+    for f in plain.iterdir():
+        (links / f.name).symlink_to(f)
+    sources = "".join(f'<SourceFilename relativeToVRT="1">T18SVG_20160112_{b}.tif</SourceFilename>'
+                      for b in SENTINEL2_PRODUCT_ORDER)
+    (links / "scene.vrt").write_text(f"<VRTDataset>{sources}</VRTDataset>")
+    assert find_bands(links / "scene.vrt").bands["B05"] == links / "T18SVG_20160112_B05.tif"
+    # an acquisition after processing baseline 04.00 without its MTD file: a warning naming the option
+    late = tmp_path / "late"
+    late.mkdir()
+    for f in plain.iterdir():
+        (late / f.name.replace("20160112", "20230112")).symlink_to(f)
+    assert main(["fuse", str(late), str(tmp_path / "o4.tif"), *run, "--no-sidecars"]) == 0
+    assert "--input-offset -1000" in capsys.readouterr().err

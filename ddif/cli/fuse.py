@@ -136,7 +136,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def split_paths(paths: Sequence[str]) -> tuple[list[Path], Path, Path]:
     """(MS paths, PAN, OUT) of ``MS [MS ...] PAN OUT``."""
     if len(paths) < 3:
-        raise ValueError(f"expected MS [MS ...] PAN OUT (at least 3 paths), got {len(paths)}: {' '.join(paths)}")
+        raise ValueError(
+            f"expected MS [MS ...] PAN OUT (at least 3 paths), or a Sentinel-2 delivery (folder, .SAFE or VRT) "
+            f"and OUT, got {len(paths)}: {' '.join(paths)}"
+        )
     return [Path(p) for p in paths[:-2]], Path(paths[-2]), Path(paths[-1])
 
 
@@ -244,10 +247,10 @@ def adapted_model(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddif.data.sentinel2 import is_sentinel2_input
-
-    if len(args.paths) == 2 and is_sentinel2_input(args.paths[0]):
-        return run_sentinel2(args, Path(args.paths[0]), Path(args.paths[1]))
+    first = Path(args.paths[0])
+    delivery_like = first.is_dir() or first.suffix.lower() in (".vrt", ".safe") or not first.suffix
+    if len(args.paths) == 2 and delivery_like:  # DIR OUT: a Sentinel-2 delivery (a pair takes three paths)
+        return run_sentinel2(args, first, Path(args.paths[1]))
     ms, pan, out = split_paths(args.paths)
     return fuse_scene(args, ms, pan, out)
 
@@ -260,10 +263,15 @@ def run_sentinel2(args: argparse.Namespace, source: Path, out: Path) -> int:
     :attr:`ddif.station.plan.ScenePlan.product_bands`)."""
     from ddif.data.raster import write_band_stack
     from ddif.data.sensors import SENTINEL2_10M, SENTINEL2_20M
-    from ddif.data.sentinel2 import find_bands
+    from ddif.data.sentinel2 import check_band_resolutions, find_bands, offset_warning
     from ddif.station.errors import Refused
+    from ddif.station.run import default_journal_dir
 
     delivery = find_bands(source)
+    check_band_resolutions(delivery)
+    warning = offset_warning(delivery)
+    if warning and args.input_offset is None:
+        print(f"ddif fuse: warning: {warning}", file=sys.stderr)
     if args.input_offset is None and delivery.dn_offset:
         args.input_offset = delivery.dn_offset  # reflectance x 10000 = DN + offset (the MTD file's)
         if not args.quiet:
@@ -274,7 +282,12 @@ def run_sentinel2(args: argparse.Namespace, source: Path, out: Path) -> int:
     guide = out.with_name(f"{out.stem}_guide10m.vrt")
     if out.exists() and not args.overwrite:
         raise Refused(f"output {out} exists; give --overwrite to replace it")
+    inputs = {p.resolve() for p in delivery.bands.values()}
+    for what, path in (("product", out), ("guide stack", guide)):
+        if path.resolve() in inputs:
+            raise Refused(f"the {what} {path} would overwrite an input band file; give the output another name")
     out.parent.mkdir(parents=True, exist_ok=True)
+    created = not guide.exists()
     write_band_stack(delivery.guide_files, guide, "guide")
     if not args.quiet:
         print(
@@ -282,10 +295,16 @@ def run_sentinel2(args: argparse.Namespace, source: Path, out: Path) -> int:
             f"{', '.join(SENTINEL2_10M)} as the guide",
             file=sys.stderr,
         )
+    ok = False
     try:
-        return fuse_scene(args, delivery.sharpened_files, guide, out)
+        rc = fuse_scene(args, delivery.sharpened_files, guide, out)
+        ok = rc == 0
+        return rc
     finally:
-        if args.no_sidecars:
+        # kept beside a product (the record of the guide bands); gone after --no-sidecars, and after
+        # a failure unless a tile journal remains for a rerun to resume
+        failed_fresh = not ok and created and not default_journal_dir(out).exists()
+        if args.no_sidecars or failed_fresh:
             guide.unlink(missing_ok=True)
 
 

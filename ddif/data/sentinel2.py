@@ -25,6 +25,7 @@ from the product's ``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml`` where present and rep
 
 from __future__ import annotations
 
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -33,7 +34,14 @@ from pathlib import Path
 from ddif.data.raster import MISSING_PARTNER, SceneError
 from ddif.data.sensors import SENTINEL2_10M, SENTINEL2_20M, band_from_file_name, normalise_band_name
 
-__all__ = ["Sentinel2Delivery", "find_bands", "is_sentinel2_input", "canonical_band"]
+__all__ = [
+    "Sentinel2Delivery",
+    "canonical_band",
+    "check_band_resolutions",
+    "find_bands",
+    "is_sentinel2_input",
+    "offset_warning",
+]
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 _WANTED = {normalise_band_name(b): b for b in (*SENTINEL2_10M, *SENTINEL2_20M)}
@@ -97,18 +105,20 @@ def _candidates(path: Path) -> tuple[dict[str, list[Path]], str]:
 
 
 def _vrt_sources(vrt: Path) -> list[Path]:
-    """The source files a VRT names, resolved relative to it and required to stay in its folder."""
+    """The source files a VRT names, relative to it, required to stay in its folder. The check is
+    on the path the VRT writes (``..`` or an absolute path elsewhere is refused); a symbolic link
+    placed in the folder is the user's own choice and is followed."""
     root = ET.parse(vrt).getroot()
-    base = vrt.parent.resolve()
+    base = Path(os.path.abspath(vrt.parent))
     out = []
     for node in root.iter("SourceFilename"):
         text = (node.text or "").strip()
         relative = node.get("relativeToVRT", "0") == "1"
-        src = (vrt.parent / text) if relative or not Path(text).is_absolute() else Path(text)
-        resolved = src.resolve()
-        if base not in (resolved, *resolved.parents):
+        src = (base / text) if relative or not Path(text).is_absolute() else Path(text)
+        lexical = Path(os.path.normpath(os.path.abspath(src)))
+        if base not in (lexical, *lexical.parents):
             raise SceneError(MISSING_PARTNER, f"{vrt}: source {text!r} lies outside the VRT's folder {base}; refused")
-        out.append(resolved)
+        out.append(lexical)
     return out
 
 
@@ -136,6 +146,44 @@ def _product_metadata(path: Path, layout: str) -> tuple[str | None, float, list[
                 return level, offsets[0], [f"{name}: band offsets differ ({sorted(set(offsets))}); the first is used"]
             return level, (offsets[0] if offsets else 0.0), []
     return None, 0.0, []
+
+
+# processing baseline 04.00 (DN offset -1000) was introduced on 25 January 2022
+BASELINE_0400_DATE = "20220125"
+
+
+def check_band_resolutions(delivery: Sentinel2Delivery) -> None:
+    """Each band file at its band's resolution (10 m or 20 m, one grid per resolution), read from
+    the headers: a 20 m band delivered at 10 m (or the reverse) is named, before any model check
+    would report it as a wrong ratio."""
+    from ddif.data.raster import BAD_GRID, open_raster
+
+    expected = {b: 10.0 for b in SENTINEL2_10M} | {b: 20.0 for b in SENTINEL2_20M}
+    for band, path in delivery.bands.items():
+        info = open_raster(path, f"Sentinel-2 {band}")
+        res = abs(float(info.transform.a))
+        if abs(res - expected[band]) > 1e-3 * expected[band]:
+            raise SceneError(
+                BAD_GRID,
+                f"{path}: band {band} has {res:g} m pixels, expected {expected[band]:g} m "
+                f"({'a 10 m guide band' if band in SENTINEL2_10M else 'a 20 m band to sharpen'})",
+            )
+
+
+def offset_warning(delivery: Sentinel2Delivery) -> str | None:
+    """A warning when the DN offset is unknown but the acquisition date in the file names is on or
+    after processing baseline 04.00 (its products add 1000 to every DN) and no MTD file says."""
+    if delivery.level is not None or delivery.dn_offset:
+        return None
+    dates = {m for f in delivery.bands.values() for m in re.findall(r"(?<!\d)(20\d{6})(?!\d)", f.name)}
+    late = sorted(d for d in dates if d >= BASELINE_0400_DATE)
+    if not late:
+        return None
+    return (
+        f"{delivery.source}: acquired {late[0]} (processing baseline 04.00 or later adds 1000 to every DN) and no "
+        "MTD_MSIL1C.xml / MTD_MSIL2A.xml says which baseline: the DN are taken as reflectance x 10000; give "
+        "--input-offset -1000 if the product is of baseline 04.00 or later"
+    )
 
 
 def find_bands(path: str | Path) -> Sentinel2Delivery:
