@@ -254,3 +254,16 @@ def test_user_errors_are_named_before_anything_is_written(tmp_path, tiny_s2_mode
         (late / f.name.replace("20160112", "20230112")).symlink_to(f)
     assert main(["fuse", str(late), str(tmp_path / "o4.tif"), *run, "--no-sidecars"]) == 0
     assert "--input-offset -1000" in capsys.readouterr().err
+
+
+def test_a_truncated_band_file_is_named(tmp_path, tiny_s2_model, capsys):
+    """A band file cut short: the read error names that band file, not only the stack VRT."""
+    import os
+
+    folder = write_delivery(tmp_path / "delivery", h10=256, w10=240)
+    bad = folder / "T18SVG_20160112_B06.tif"
+    os.truncate(bad, bad.stat().st_size // 2)
+    rc = main(["fuse", str(folder), str(tmp_path / "o.tif"), "--model", str(tiny_s2_model), "--backend", "pytorch"])
+    err = capsys.readouterr().err
+    assert rc != 0 and f"(band file {bad})" in err, err
+    assert "See previous exception" not in err

@@ -151,6 +151,21 @@ def normalise(data: np.ndarray, max_dn: float, scale: float = 1.0, offset: float
 # --------------------------------------------------------------------------------------------
 # windowed readers
 # --------------------------------------------------------------------------------------------
+def _unreadable_source(ds: Any, window: Any) -> str | None:
+    """For a band-stack VRT whose window failed to read: the first of its source files that cannot
+    be read at the same window (band stacks share one grid), so the error names the broken band."""
+    if not str(ds.name).lower().endswith(".vrt"):
+        return None
+    rasterio = import_rasterio()
+    for path in list(getattr(ds, "files", []))[1:]:
+        try:
+            with rasterio.open(path) as src:
+                src.read(window=window)
+        except gdal_errors():
+            return str(path)
+    return None
+
+
 class SceneReader:
     """Open MS + PAN datasets of a :class:`SceneGrid` and read PAN-grid windows of them.
 
@@ -195,10 +210,13 @@ class SceneReader:
         try:
             return ds.read(window=Window(col0, row0, w, h))
         except gdal_errors() as exc:
+            culprit = _unreadable_source(ds, Window(col0, row0, w, h))
+            where = f" (band file {culprit})" if culprit else ""
+            detail = str(exc).replace(" See previous exception for details.", "")
             raise SceneError(
                 CORRUPT,
-                f"{what} {ds.name}: cannot read pixels at rows {row0}..{row0 + h}, cols "
-                f"{col0}..{col0 + w} (corrupt or truncated file): {exc}",
+                f"{what} {ds.name}{where}: cannot read pixels at rows {row0}..{row0 + h}, cols "
+                f"{col0}..{col0 + w} (corrupt or truncated file): {detail}",
             ) from None
 
     def _norm(self, data: np.ndarray) -> np.ndarray:
