@@ -183,12 +183,7 @@ def gsa(lms: torch.Tensor, pan: torch.Tensor, ms: torch.Tensor | None = None, ra
     """
     if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
         raise ValueError(f"ratio: expected a positive integer scale ratio, got {ratio!r}")
-    if ms is None:
-        x_check = check_image("lms", lms, allow_unbatched=True)
-        ms = decimate(x_check, ratio)
-        if isinstance(lms, torch.Tensor) and lms.dim() == 3:
-            ms = ms[0]
-    x, p, m, unbatched, dtype = _prepare(lms, pan, ms, ratio)
+    x, p, m, unbatched, dtype = _prepare(lms, pan, _ms_or_decimated(lms, ms, ratio), ratio)
     assert m is not None  # ms was given (or made) above
     b, c = x.shape[:2]
     p0 = p - _mean(p)
@@ -233,29 +228,39 @@ def mtf_glp_hpm(
     floor, gains below 4: most scenes) the result is the toolbox's HPM; elsewhere the gain stays
     bounded and the product non-negative.
     """
-    if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 2:
-        raise ValueError(f"ratio: expected an integer scale ratio >= 2, got {ratio!r}")
+    _check_pyramid_ratio(ratio)
     if not 0.0 <= floor < 1.0:
         raise ValueError(f"floor: expected a fraction in [0, 1), got {floor!r}")
     x, p, _, unbatched, dtype = _prepare(lms, pan)
-    h, w = x.shape[-2:]
-    if h % ratio or w % ratio:
-        raise ValueError(f"lms: spatial size {h}x{w} is not divisible by the ratio {ratio}")
-    c = x.shape[1]
-    if isinstance(sensor, str):
-        gains: Sequence[float] = sensor_gains(sensor, c)[0]
-    else:
-        gains = [float(g) for g in sensor]
-        if len(gains) not in (1, c):
-            raise ValueError(f"sensor: {len(gains)} MTF gains given for {c} bands")
+    _check_divisible_by(x, ratio)
+    gains = _band_gains(sensor, x.shape[1])
     p_lp = _filter(mtf_filter, p, 0.3, ratio)
     p_eq = (p - _mean(p)) * (_std(x) / _std(p_lp).clamp_min(_EPS)) + _mean(x)  # (B, C, H, W)
     p_eq = p_eq.clamp_min(0.0)
+    return _finish(_hpm_modulate(x, p_eq, gains, ratio, floor), unbatched, dtype)
+
+
+def _hpm_modulate(
+    x: torch.Tensor, p_eq: torch.Tensor, gains: Sequence[float], ratio: int, floor: float
+) -> torch.Tensor:
+    """MTF-GLP-HPM's fusion of prepared tensors: ``x * P / P^L`` with the pyramid (each band's MTF
+    filter, decimation, interpolation back) and the divisor floor and gain cap of
+    :func:`mtf_glp_hpm`; ``p_eq`` (B, C, H, W) is already on each band's scale."""
     method = "interp23tap" if ratio & (ratio - 1) == 0 else "bicubic"
     p_low = _filter(lambda t: upsample(decimate(mtf_filter(t, gains, ratio), ratio), ratio, method=method), p_eq)
     divisor = torch.maximum(p_low, floor * _mean(x)).clamp_min(_EPS)
-    modulation = (p_eq / divisor).clamp_max(HPM_MAX_MODULATION)
-    return _finish(x * modulation, unbatched, dtype)
+    return x * (p_eq / divisor).clamp_max(HPM_MAX_MODULATION)
+
+
+def _check_pyramid_ratio(ratio: int) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 2:
+        raise ValueError(f"ratio: expected an integer scale ratio >= 2, got {ratio!r}")
+
+
+def _check_divisible_by(x: torch.Tensor, ratio: int) -> None:
+    h, w = x.shape[-2:]
+    if h % ratio or w % ratio:
+        raise ValueError(f"lms: spatial size {h}x{w} is not divisible by the ratio {ratio}")
 
 
 # ------------------------------------------------------------------ multi-band guides (Sentinel-2)
@@ -280,6 +285,31 @@ def _ms_or_decimated(lms: torch.Tensor, ms: torch.Tensor | None, ratio: int) -> 
     return m[0] if isinstance(lms, torch.Tensor) and lms.dim() == 3 else m
 
 
+def _synthesize(x: torch.Tensor, p: torch.Tensor, m: torch.Tensor, ratio: int, gains: Sequence[float]) -> torch.Tensor:
+    """:func:`synthesize_band_guides` on prepared, batched float64 tensors."""
+    b, c = x.shape[:2]
+    n_guide = p.shape[1]
+    synth = []
+    for k in range(c):
+        low = decimate(_filter(mtf_filter, p, [gains[k]] * n_guide, ratio), ratio)  # (B, P, h, w)
+        design = torch.cat([low, torch.ones_like(low[:, :1])], dim=1).flatten(2).transpose(1, 2)
+        weights = torch.linalg.lstsq(design, m[:, k].flatten(1).unsqueeze(-1)).solution  # (B, P + 1, 1)
+        synth.append(
+            (p * weights[:, :n_guide].view(b, n_guide, 1, 1)).sum(1, keepdim=True)
+            + weights[:, n_guide].view(b, 1, 1, 1)
+        )
+    return torch.cat(synth, dim=1)
+
+
+def _prepare_multi_guide(
+    lms: torch.Tensor, guide: torch.Tensor, ms: torch.Tensor | None, ratio: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool, torch.dtype]:
+    """float64 (lms, every guide band, the coarse MS (given or decimated), unbatched, out dtype)."""
+    x, p, m, unbatched, dtype = _prepare(lms, guide, _ms_or_decimated(lms, ms, ratio), ratio, keep_guide_bands=True)
+    assert m is not None  # given or made above
+    return x, p, m, unbatched, dtype
+
+
 def synthesize_band_guides(
     lms: torch.Tensor,
     guide: torch.Tensor,
@@ -296,21 +326,8 @@ def synthesize_band_guides(
     VNIR and SWIR spectral bands of Sentinel-2", ISPRS Archives XLI-B7, 2016; G. Vivone et al.'s
     MRA-based Sentinel-2 sharpening, IEEE GRSL 2019, regress it the same way). Returns (B, C, H, W)
     float64 (unbatched in, unbatched out)."""
-    x, p, _, unbatched, _ = _prepare(lms, guide, keep_guide_bands=True)
-    m = check_image("ms", _ms_or_decimated(lms, ms, ratio), allow_unbatched=True).to(torch.float64)
-    b, c = x.shape[:2]
-    n_guide = p.shape[1]
-    gains = _band_gains(sensor, c)
-    synth = []
-    for k in range(c):
-        low = decimate(_filter(mtf_filter, p, [gains[k]] * n_guide, ratio), ratio)  # (B, P, h, w)
-        design = torch.cat([low, torch.ones_like(low[:, :1])], dim=1).flatten(2).transpose(1, 2)
-        weights = torch.linalg.lstsq(design, m[:, k].flatten(1).unsqueeze(-1)).solution  # (B, P + 1, 1)
-        synth.append(
-            (p * weights[:, :n_guide].view(b, n_guide, 1, 1)).sum(1, keepdim=True)
-            + weights[:, n_guide].view(b, 1, 1, 1)
-        )
-    out = torch.cat(synth, dim=1)
+    x, p, m, unbatched, _ = _prepare_multi_guide(lms, guide, ms, ratio)
+    out = _synthesize(x, p, m, ratio, _band_gains(sensor, x.shape[1]))
     return out[0] if unbatched else out
 
 
@@ -326,20 +343,12 @@ def mtf_glp_synthesized(
     :func:`mtf_glp_hpm`'s pyramid (band k's MTF filter, decimation, interpolation back) and its
     guards (``P_k`` clipped at 0, divisor floored, gain capped). The regression already puts
     ``P_k`` on band k's scale, so no histogram equalisation is needed."""
-    if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 2:
-        raise ValueError(f"ratio: expected an integer scale ratio >= 2, got {ratio!r}")
-    x, _, _, unbatched, dtype = _prepare(lms, guide, keep_guide_bands=True)
-    h, w = x.shape[-2:]
-    if h % ratio or w % ratio:
-        raise ValueError(f"lms: spatial size {h}x{w} is not divisible by the ratio {ratio}")
-    synth = synthesize_band_guides(x, _batched(guide, unbatched), _batched_opt(ms, unbatched), ratio, sensor)
-    synth = synth.clamp_min(0.0)
+    _check_pyramid_ratio(ratio)
+    x, p, m, unbatched, dtype = _prepare_multi_guide(lms, guide, ms, ratio)
+    _check_divisible_by(x, ratio)
     gains = _band_gains(sensor, x.shape[1])
-    method = "interp23tap" if ratio & (ratio - 1) == 0 else "bicubic"
-    low = _filter(lambda t: upsample(decimate(mtf_filter(t, gains, ratio), ratio), ratio, method=method), synth)
-    divisor = torch.maximum(low, HPM_FLOOR * _mean(x)).clamp_min(_EPS)
-    modulation = (synth / divisor).clamp_max(HPM_MAX_MODULATION)
-    return _finish(x * modulation, unbatched, dtype)
+    synth = _synthesize(x, p, m, ratio, gains).clamp_min(0.0)
+    return _finish(_hpm_modulate(x, synth, gains, ratio, HPM_FLOOR), unbatched, dtype)
 
 
 def gsa_synthesized(
@@ -353,10 +362,9 @@ def gsa_synthesized(
     high-resolution band (:func:`synthesize_band_guides`) as its PAN (the intensity regressed on
     the whole MS, the gain of band k), the component-substitution counterpart of
     :func:`mtf_glp_synthesized`."""
-    x, _, _, unbatched, dtype = _prepare(lms, guide, keep_guide_bands=True)
-    m = _batched(_ms_or_decimated(lms, ms, ratio), unbatched)
-    synth = synthesize_band_guides(x, _batched(guide, unbatched), m, ratio, sensor)
-    bands = [gsa(x, synth[:, k : k + 1], m.to(torch.float64), ratio)[:, k : k + 1] for k in range(x.shape[1])]
+    x, p, m, unbatched, dtype = _prepare_multi_guide(lms, guide, ms, ratio)
+    synth = _synthesize(x, p, m, ratio, _band_gains(sensor, x.shape[1]))
+    bands = [gsa(x, synth[:, k : k + 1], m, ratio)[:, k : k + 1] for k in range(x.shape[1])]
     return _finish(torch.cat(bands, dim=1), unbatched, dtype)
 
 
@@ -368,11 +376,3 @@ def bicubic(lms: torch.Tensor, ms: torch.Tensor | None = None, ratio: int = 2) -
     m4 = m[None] if m.dim() == 3 else m
     out = bicubic_upsample(m4.to(torch.float32), ratio).to(x.dtype)
     return out[0] if lms.dim() == 3 else out
-
-
-def _batched(t: torch.Tensor, unbatched: bool) -> torch.Tensor:
-    return t[None] if unbatched else t
-
-
-def _batched_opt(t: torch.Tensor | None, unbatched: bool) -> torch.Tensor | None:
-    return None if t is None else _batched(t, unbatched)
