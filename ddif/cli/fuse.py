@@ -265,6 +265,7 @@ def run_sentinel2(args: argparse.Namespace, source: Path, out: Path) -> int:
     from ddif.data.sensors import SENTINEL2_10M, SENTINEL2_20M
     from ddif.data.sentinel2 import check_band_resolutions, find_bands, offset_warning
     from ddif.station.errors import Refused
+    from ddif.station.outputs import check_outputs, plan_outputs
     from ddif.station.run import default_journal_dir
 
     delivery = find_bands(source)
@@ -282,10 +283,10 @@ def run_sentinel2(args: argparse.Namespace, source: Path, out: Path) -> int:
     guide = out.with_name(f"{out.stem}_guide10m.vrt")
     if out.exists() and not args.overwrite:
         raise Refused(f"output {out} exists; give --overwrite to replace it")
-    inputs = {p.resolve() for p in delivery.bands.values()}
-    for what, path in (("product", out), ("guide stack", guide)):
-        if path.resolve() in inputs:
-            raise Refused(f"the {what} {path} would overwrite an input band file; give the output another name")
+    # before the guide stack is written (fuse_scene checks its own outputs again, with the stack as an input)
+    check_outputs(
+        plan_outputs(out, write_stac=not args.no_sidecars, extra={"guide stack": guide}), delivery.bands.values()
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     created = not guide.exists()
     write_band_stack(delivery.guide_files, guide, "guide")

@@ -257,10 +257,16 @@ class SceneReader:
 
     def valid_window(self, y0: int, x0: int, h: int, w: int, pan_stats: ValueStats | None = None) -> np.ndarray:
         """(h, w) True where the product holds data: PAN valid and MS valid under it."""
+        return self.pan_and_valid(y0, x0, h, w, pan_stats)[1]
+
+    def pan_and_valid(
+        self, y0: int, x0: int, h: int, w: int, pan_stats: ValueStats | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The PAN DN of the window (P, h, w) and :meth:`valid_window`'s mask, from one read."""
         pan, pan_bad = self.pan_window(y0, x0, h, w)
         if pan_stats is not None:
             pan_stats.add(pan, pan_bad)
-        return ~(pan_bad | self.ms_invalid(y0, x0, h, w))
+        return pan, ~(pan_bad | self.ms_invalid(y0, x0, h, w))
 
     def ms_upsampled(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
         """The MS interpolated to the PAN window, normalised to [0, 1]: (C, h, w) float32.

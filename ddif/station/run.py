@@ -373,7 +373,7 @@ def _write_product(
             for y0 in range(0, g.pan.height, k):
                 for x0 in range(0, g.pan.width, k):
                     h, w = min(k, g.pan.height - y0), min(k, g.pan.width - x0)
-                    valid = reader.valid_window(y0, x0, h, w)
+                    guide, valid = reader.pan_and_valid(y0, x0, h, w)  # one PAN read: mask and pass-through
                     if valid.any():
                         fused, den = blend_window(plan.tiles, y0, x0, h, w, g.bands, load)
                         valid &= den > 0
@@ -381,7 +381,7 @@ def _write_product(
                         fused = np.zeros((g.bands, h, w), dtype=np.float32)
                     block = to_dn(fused, valid, plan.backend["max_dn"], dtype, nodata, cfg.input_offset)
                     if guide_used:
-                        block = _with_guide_bands(layout, block, reader, (y0, x0, h, w), valid, dtype, nodata)
+                        block = _with_guide_bands(layout, block, guide, valid, dtype, nodata)
                     stats.add(block, valid)
                     dst.write(block, window=Window(x0, y0, w, h))
             journal.close()
@@ -414,15 +414,13 @@ def _mtf_gains(plan: ScenePlan) -> str | list[float]:
 def _with_guide_bands(
     layout: list[tuple[str, int, str]],
     fused: np.ndarray,
-    reader: SceneReader,
-    window: tuple[int, int, int, int],
+    guide: np.ndarray,
     valid: np.ndarray,
     dtype: np.dtype,
     nodata: float,
 ) -> np.ndarray:
-    """A product block in ``layout``'s band order: the fused bands and the guide's own DN passed
-    through unchanged (nodata where the product is not valid)."""
-    guide, _ = reader.pan_window(*window)
+    """A product block in ``layout``'s band order: the fused bands and the guide's own DN (the
+    window's PAN read) passed through unchanged (nodata where the product is not valid)."""
     info = np.iinfo(dtype) if dtype.kind in "ui" else None
     block = np.empty((len(layout), *fused.shape[1:]), dtype=dtype)
     for k, (kind, i, _) in enumerate(layout):
